@@ -1,0 +1,71 @@
+//! Flow hashing, shared by the dataplane (which applies it per packet) and user space (which
+//! uses it in tests and to predict placement).
+//!
+//! Invariant: the hash depends only on the fields passed in, so every packet of a flow (and every
+//! fragment of a datagram, which the dataplane maps to its first fragment's flow) gets the same
+//! value on every CPU and every router running the same code.
+
+const SEED: u32 = 0x5bd1_e995;
+
+#[inline(always)]
+const fn mix(h: u32, k: u32) -> u32 {
+    let k = k.wrapping_mul(0xcc9e_2d51).rotate_left(15).wrapping_mul(0x1b87_3593);
+    (h ^ k).rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64)
+}
+
+#[inline(always)]
+const fn finish(mut h: u32) -> u32 {
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
+}
+
+/// Hashes a flow (murmur3 mixing). `src` and `dst` are [`crate::ip_key`] values; `ports` holds
+/// the source and destination ports as the 4 wire bytes read as a native `u32`, or 0 for
+/// protocols without ports.
+#[inline(always)]
+pub const fn flow_hash(src: u32, dst: u32, ports: u32, proto: u8) -> u32 {
+    let mut h = SEED;
+    h = mix(h, src);
+    h = mix(h, dst);
+    h = mix(h, ports);
+    h = mix(h, proto as u32);
+    finish(h ^ 13)
+}
+
+/// Maps a 32-bit hash uniformly onto `0..n` without a division (Lemire's multiply-shift).
+#[inline(always)]
+pub const fn pick_index(hash: u32, n: u32) -> u32 {
+    ((hash as u64 * n as u64) >> 32) as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_depends_on_every_field() {
+        let base = flow_hash(1, 2, 3, 17);
+        assert_ne!(base, flow_hash(9, 2, 3, 17));
+        assert_ne!(base, flow_hash(1, 9, 3, 17));
+        assert_ne!(base, flow_hash(1, 2, 9, 17));
+        assert_ne!(base, flow_hash(1, 2, 3, 6));
+        assert_eq!(base, flow_hash(1, 2, 3, 17));
+    }
+
+    #[test]
+    fn pick_index_stays_in_range_and_spreads() {
+        let mut counts = [0u32; 3];
+        for port in 0..30_000u32 {
+            let i = pick_index(flow_hash(0x0a00_0001, 0x3564_33c6, port, 17), 3);
+            counts[i as usize] += 1;
+        }
+        for c in counts {
+            assert!((9_000..11_000).contains(&c), "uneven spread {counts:?}");
+        }
+        assert_eq!(pick_index(u32::MAX, 7), 6);
+        assert_eq!(pick_index(0, 7), 0);
+    }
+}

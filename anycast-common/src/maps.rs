@@ -1,0 +1,256 @@
+//! Map names, capacities and value layouts of the dataplane.
+//!
+//! Invariants:
+//! - A map name here is the name of a map in the eBPF object, and the file name of its pin.
+//! - Values hold integers, byte arrays and named flag constants only; no `bool`, `Option` or
+//!   Rust enum crosses the boundary.
+//! - [`AddrEntry`] is replaced whole (one hash update), so the dataplane never sees a
+//!   half-written member set.
+
+/// Pinned map names (also the pin file names under the pin directory).
+pub mod names {
+    /// Anycast address -> [`super::AddrEntry`].
+    pub const ADDRS: &str = "ADDRS";
+    /// Member host index -> [`super::Host`].
+    pub const HOSTS: &str = "HOSTS";
+    /// Member host IPv4 -> host index (used to learn MACs from ARP).
+    pub const HOST_IDS: &str = "HOST_IDS";
+    /// Attached ifindex -> [`super::Iface`].
+    pub const IFACES: &str = "IFACES";
+    /// Egress devmap for XDP_REDIRECT, keyed by ifindex.
+    pub const TX_PORTS: &str = "TX_PORTS";
+    /// Per-CPU [`super::AddrStats`] indexed by address slot.
+    pub const ADDR_STATS: &str = "ADDR_STATS";
+    /// Per-CPU [`super::MemberStats`] indexed by member counter index.
+    pub const MEMBER_STATS: &str = "MEMBER_STATS";
+    /// Per-CPU global `u64` counters indexed by `STAT_*`.
+    pub const STATS: &str = "STATS";
+    /// LRU: first fragment of a datagram -> the member it went to.
+    pub const FRAGS: &str = "FRAGS";
+    /// Every map of the object.
+    pub const ALL: [&str; 9] = [
+        ADDRS,
+        HOSTS,
+        HOST_IDS,
+        IFACES,
+        TX_PORTS,
+        ADDR_STATS,
+        MEMBER_STATS,
+        STATS,
+        FRAGS,
+    ];
+}
+
+/// Programs in the eBPF object.
+pub mod programs {
+    /// The dataplane.
+    pub const ANYCAST: &str = "anycast";
+    /// Benchmark baseline: swap MACs, XDP_TX.
+    pub const BENCH_BASELINE: &str = "bench_baseline";
+    pub const ALL: [&str; 2] = [ANYCAST, BENCH_BASELINE];
+}
+
+/// Anycast addresses (the RFC's 2^16).
+pub const MAX_ADDRS: u32 = 65_536;
+/// Members of one anycast address.
+pub const MAX_MEMBERS: usize = 64;
+/// Distinct member hosts.
+pub const MAX_HOSTS: u32 = 65_536;
+/// (address, member) pairs, each with its own counters: 16 members for each of 65,536 addresses.
+pub const MAX_MEMBER_COUNTERS: u32 = 1 << 20;
+/// Attached interfaces.
+pub const MAX_IFACES: u32 = 1_024;
+/// Datagrams in flight as fragments.
+pub const MAX_FRAGS: u32 = 16_384;
+
+/// One member of an anycast address: the host to send to, and its counter slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemberRef {
+    /// Index into `HOSTS`.
+    pub host: u32,
+    /// Index into `MEMBER_STATS`.
+    pub counter: u32,
+}
+
+/// The state of one anycast address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AddrEntry {
+    /// Index into `ADDR_STATS`, stable while the address exists.
+    pub slot: u32,
+    /// Number of valid entries at the front of `members`.
+    pub n_members: u32,
+    pub members: [MemberRef; MAX_MEMBERS],
+}
+
+impl AddrEntry {
+    pub const fn new(slot: u32) -> Self {
+        Self {
+            slot,
+            n_members: 0,
+            members: [MemberRef { host: 0, counter: 0 }; MAX_MEMBERS],
+        }
+    }
+
+    /// The valid members.
+    pub fn members(&self) -> &[MemberRef] {
+        let n = if (self.n_members as usize) < MAX_MEMBERS {
+            self.n_members as usize
+        } else {
+            MAX_MEMBERS
+        };
+        &self.members[..n]
+    }
+}
+
+/// `Host::flags`: the MAC is known and may be used.
+pub const HOST_MAC_KNOWN: u32 = 1 << 0;
+/// `Host::flags`: the MAC was given by the operator; the dataplane does not relearn it.
+pub const HOST_MAC_STATIC: u32 = 1 << 1;
+
+/// A member host, on-link on an attached interface.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Host {
+    /// The host's unicast address ([`crate::ip_key`]).
+    pub ip: u32,
+    /// Egress interface.
+    pub ifindex: u32,
+    /// The host's MAC (Ethernet destination).
+    pub mac: [u8; 6],
+    /// The egress interface's MAC (Ethernet source).
+    pub smac: [u8; 6],
+    /// `HOST_*` flags.
+    pub flags: u32,
+}
+
+/// `Iface::mode` values.
+pub const MODE_NATIVE: u32 = 1;
+pub const MODE_SKB: u32 = 2;
+
+/// An interface the dataplane is attached to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Iface {
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+    /// `MODE_*`.
+    pub mode: u32,
+}
+
+/// Reasons a packet to an anycast address is passed to the kernel (`AddrStats::passed`).
+pub const PASS_TTL: usize = 0;
+pub const PASS_NO_MEMBER: usize = 1;
+pub const PASS_MAC_UNKNOWN: usize = 2;
+pub const PASS_NO_PORT: usize = 3;
+pub const PASS_REASONS: usize = 4;
+/// Names of the `PASS_*` reasons, as printed by `stats`.
+pub const PASS_NAMES: [&str; PASS_REASONS] =
+    ["ttl_exceeded", "no_member", "mac_unknown", "egress_not_attached"];
+
+/// Per-address counters (per CPU; user space sums them).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AddrStats {
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub fwd_packets: u64,
+    pub fwd_bytes: u64,
+    pub arp_replies: u64,
+    pub passed: [u64; PASS_REASONS],
+}
+
+/// Per-member counters (per CPU; user space sums them).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemberStats {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Global counters, `STATS` indices.
+pub const STAT_FRAMES: u32 = 0;
+/// IPv4 to an address that is not anycast: passed untouched.
+pub const STAT_NOT_ANYCAST: u32 = 1;
+/// Neither IPv4 nor ARP: passed untouched.
+pub const STAT_OTHER_ETHERTYPE: u32 = 2;
+/// Truncated or malformed Ethernet/IPv4/ARP header: passed untouched.
+pub const STAT_MALFORMED: u32 = 3;
+/// ARP not answered by the dataplane: passed untouched.
+pub const STAT_ARP_PASSED: u32 = 4;
+/// A member's MAC learned or changed from its ARP.
+pub const STAT_MAC_LEARNED: u32 = 5;
+/// Frame on an interface without an `IFACES` entry.
+pub const STAT_IFACE_UNKNOWN: u32 = 6;
+/// Non-first fragment whose first fragment was not seen: placed by its 3-tuple.
+pub const STAT_FRAG_ORPHAN: u32 = 7;
+pub const STAT_COUNT: u32 = 8;
+/// Names of the `STAT_*` counters.
+pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
+    "frames",
+    "not_anycast",
+    "other_ethertype",
+    "malformed",
+    "arp_passed",
+    "mac_learned",
+    "iface_unknown",
+    "fragment_orphan",
+];
+
+/// Key of the fragment table: what identifies one IPv4 datagram.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragKey {
+    pub src: u32,
+    pub dst: u32,
+    pub id: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+const _: () = {
+    assert!(core::mem::size_of::<MemberRef>() == 8);
+    assert!(core::mem::size_of::<AddrEntry>() == 8 + 8 * MAX_MEMBERS);
+    assert!(core::mem::size_of::<Host>() == 24);
+    assert!(core::mem::size_of::<Iface>() == 12);
+    assert!(core::mem::size_of::<AddrStats>() == 8 * (5 + PASS_REASONS));
+    assert!(core::mem::size_of::<MemberStats>() == 16);
+    assert!(core::mem::size_of::<FragKey>() == 12);
+};
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are #[repr(C)], Copy, made of integers and byte arrays only, and have
+    // no padding bytes (sizes asserted above), so every bit pattern is a valid value.
+    unsafe impl aya::Pod for MemberRef {}
+    unsafe impl aya::Pod for AddrEntry {}
+    unsafe impl aya::Pod for Host {}
+    unsafe impl aya::Pod for Iface {}
+    unsafe impl aya::Pod for AddrStats {}
+    unsafe impl aya::Pod for MemberStats {}
+    unsafe impl aya::Pod for FragKey {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn members_never_exceeds_capacity() {
+        let mut e = AddrEntry::new(3);
+        assert!(e.members().is_empty());
+        e.n_members = 2;
+        assert_eq!(e.members().len(), 2);
+        e.n_members = u32::MAX;
+        assert_eq!(e.members().len(), MAX_MEMBERS);
+    }
+
+    #[test]
+    fn names_fit_the_kernel_limit() {
+        for n in names::ALL.iter().chain(programs::ALL.iter()) {
+            assert!(n.len() < 16, "{n} is too long for BPF_OBJ_NAME_LEN");
+        }
+    }
+}
