@@ -125,6 +125,12 @@ pub struct Host {
     pub flags: u32,
 }
 
+impl Host {
+    pub const fn mac_known(&self) -> bool {
+        self.flags & HOST_MAC_KNOWN != 0
+    }
+}
+
 /// `Iface::mode` values.
 pub const MODE_NATIVE: u32 = 1;
 pub const MODE_SKB: u32 = 2;

@@ -1,1 +1,24 @@
+//! anycast-ctl: user space of the anycast router.
+//!
+//! - [`pin`]: the pin directory on bpffs, and the lock that serialises writers.
+//! - [`dataplane`]: loading the embedded eBPF object and typed access to its pinned maps.
+//! - [`attach`]: attaching the dataplane to interfaces, detaching it, and its status.
+//! - [`members`]: where a membership becomes a map entry (used by the CLI and the agent).
+//! - [`report`]: reading addresses, members and counters back out of the maps.
+//! - [`net`]: rtnetlink look-ups: links, routes, neighbours.
+//! - [`cli`]: the command line.
 
+pub mod attach;
+pub mod cli;
+pub mod dataplane;
+pub mod error;
+pub mod mac;
+pub mod members;
+pub mod net;
+pub mod pin;
+pub mod report;
+
+pub use error::{Error, Result};
+
+/// The eBPF object, built by build.rs and embedded so that the tool is a single file.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/anycast"));

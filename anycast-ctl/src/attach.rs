@@ -1,0 +1,259 @@
+//! Attaching the dataplane to interfaces, detaching it, and reporting where it is attached.
+//!
+//! Each attachment is a bpf_link pinned at `PIN_DIR/links/<ifindex>`, so it outlives this
+//! process. Attaching also records the interface in `IFACES` (its MAC, for ARP replies) and
+//! `TX_PORTS` (so other interfaces can redirect to it). Detaching the last interface removes
+//! the whole pin directory: program, maps and all.
+use anycast_common::{Iface, MODE_NATIVE, MODE_SKB, programs};
+use aya::programs::{
+    Xdp, XdpMode,
+    links::{FdLink, PinnedLink},
+};
+use serde::Serialize;
+
+use crate::{
+    Error, Result, dataplane,
+    dataplane::Maps,
+    net::{Link, Netlink},
+    pin::PinDir,
+};
+
+/// Attach mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// Driver mode: the program runs in the NIC driver (fast).
+    Native,
+    /// Generic mode: the program runs after skb allocation (works on any interface, slower).
+    Skb,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Native => "native",
+            Mode::Skb => "skb",
+        }
+    }
+
+    fn xdp(self) -> XdpMode {
+        match self {
+            Mode::Native => XdpMode::Driver,
+            Mode::Skb => XdpMode::Skb,
+        }
+    }
+
+    fn code(self) -> u32 {
+        match self {
+            Mode::Native => MODE_NATIVE,
+            Mode::Skb => MODE_SKB,
+        }
+    }
+
+    fn from_code(code: u32) -> &'static str {
+        match code {
+            MODE_NATIVE => "native",
+            MODE_SKB => "skb",
+            _ => "unknown",
+        }
+    }
+}
+
+/// What `attach` did for one interface.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Attached {
+    New,
+    Already,
+}
+
+/// Attaches the dataplane to each of `ifaces`. All interfaces are checked before anything is
+/// attached; on a failure, attachments made by this call are undone.
+pub async fn attach(pin: &PinDir, nl: &Netlink, ifaces: &[String], mode: Mode) -> Result<Vec<(String, Attached)>> {
+    let mut links = Vec::new();
+    for name in ifaces {
+        links.push(nl.link_by_name(name).await?);
+    }
+    let _lock = pin.lock(true)?;
+    let fresh = !pin.has_maps();
+    let result = attach_locked(pin, &links, mode);
+    if result.is_err() && fresh && links_present(pin) == 0 {
+        let _ = pin.remove();
+    }
+    result
+}
+
+fn attach_locked(pin: &PinDir, links: &[Link], mode: Mode) -> Result<Vec<(String, Attached)>> {
+    let mut ebpf = dataplane::load(pin)?;
+    let program: &mut Xdp = ebpf
+        .program_mut(programs::ANYCAST)
+        .expect("the embedded object has the anycast program")
+        .try_into()?;
+    program.load()?;
+    let mut maps = Maps::open(pin)?;
+    let mut done: Vec<(String, Attached)> = Vec::new();
+    let mut made: Vec<u32> = Vec::new();
+    for link in links {
+        if pin.link(link.index).exists() {
+            done.push((link.name.clone(), Attached::Already));
+            continue;
+        }
+        let iface = Iface {
+            mac: link.mac,
+            _pad: [0; 2],
+            mode: mode.code(),
+        };
+        let step = (|| -> Result<()> {
+            maps.ifaces
+                .insert(link.index, iface, 0)
+                .map_err(|e| Error::map("IFACES", e))?;
+            maps.tx_ports
+                .insert(link.index, link.index, None, 0)
+                .map_err(|e| Error::io("updating TX_PORTS", std::io::Error::other(e)))?;
+            let id = program
+                .attach_to_if_index(link.index, mode.xdp())
+                .map_err(|e| attach_error(link, mode, e))?;
+            let fd_link: FdLink = program
+                .take_link(id)?
+                .try_into()
+                .map_err(|e: aya::programs::links::LinkError| Error::Attach {
+                    iface: link.name.clone(),
+                    mode: mode.name(),
+                    reason: e.to_string(),
+                    hint: "",
+                })?;
+            fd_link
+                .pin(pin.link(link.index))
+                .map_err(|e| Error::io(format!("pinning the link of {}", link.name), std::io::Error::other(e)))?;
+            Ok(())
+        })();
+        if let Err(e) = step {
+            forget_iface(&mut maps, link.index);
+            for index in made {
+                let _ = detach_one(pin, &mut maps, index);
+            }
+            return Err(e);
+        }
+        made.push(link.index);
+        done.push((link.name.clone(), Attached::New));
+    }
+    Ok(done)
+}
+
+fn attach_error(link: &Link, mode: Mode, e: aya::programs::ProgramError) -> Error {
+    let hint = match mode {
+        Mode::Native => " (the driver may not support native XDP; try --mode skb)",
+        Mode::Skb => "",
+    };
+    let reason = match &e {
+        aya::programs::ProgramError::SyscallError(s) => s.io_error.to_string(),
+        other => other.to_string(),
+    };
+    Error::Attach {
+        iface: link.name.clone(),
+        mode: mode.name(),
+        reason,
+        hint,
+    }
+}
+
+/// Detaches the dataplane from each of `ifaces`; the last one removes all pins.
+pub async fn detach(pin: &PinDir, nl: &Netlink, ifaces: &[String]) -> Result<()> {
+    let _lock = pin.lock(false)?;
+    let mut targets = Vec::new();
+    for name in ifaces {
+        // An interface that is gone (its namespace deleted) can still be detached by index.
+        let index = match nl.link_by_name(name).await {
+            Ok(link) => link.index,
+            Err(_) => name.parse().map_err(|_| Error::UnknownInterface { name: name.clone() })?,
+        };
+        if !pin.link(index).exists() {
+            return Err(Error::IfaceNotAttached { iface: name.clone() });
+        }
+        targets.push(index);
+    }
+    let mut maps = Maps::open(pin)?;
+    for index in targets {
+        detach_one(pin, &mut maps, index)?;
+    }
+    if links_present(pin) == 0 {
+        drop(maps);
+        pin.remove()?;
+    }
+    Ok(())
+}
+
+fn detach_one(pin: &PinDir, maps: &mut Maps, ifindex: u32) -> Result<()> {
+    let link = PinnedLink::from_pin(pin.link(ifindex))
+        .map_err(|e| Error::io("opening a pinned link", std::io::Error::other(e)))?;
+    let fd_link = link
+        .unpin()
+        .map_err(|e| Error::io("unpinning a link", e))?;
+    // Dropping the last reference to the bpf_link detaches the program.
+    drop(fd_link);
+    forget_iface(maps, ifindex);
+    Ok(())
+}
+
+fn forget_iface(maps: &mut Maps, ifindex: u32) {
+    let _ = maps.ifaces.remove(&ifindex);
+    let _ = maps.tx_ports.remove(ifindex);
+}
+
+fn links_present(pin: &PinDir) -> usize {
+    std::fs::read_dir(pin.links())
+        .map(|d| d.filter_map(|e| e.ok()).count())
+        .unwrap_or(0)
+}
+
+/// One attached interface, as `status` shows it.
+#[derive(Debug, Serialize)]
+pub struct IfaceStatus {
+    pub name: String,
+    pub ifindex: u32,
+    pub mode: &'static str,
+    pub program_id: u32,
+    pub mac: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub pin_dir: String,
+    pub interfaces: Vec<IfaceStatus>,
+    pub addresses: usize,
+}
+
+pub async fn status(pin: &PinDir, nl: &Netlink) -> Result<Status> {
+    let mut status = Status {
+        pin_dir: pin.path().display().to_string(),
+        interfaces: Vec::new(),
+        addresses: 0,
+    };
+    if !pin.has_maps() {
+        return Ok(status);
+    }
+    let maps = Maps::open(pin)?;
+    status.addresses = maps.addrs.keys().filter_map(|k| k.ok()).count();
+    let mut indexes: Vec<u32> = std::fs::read_dir(pin.links())
+        .map_err(|e| Error::io("reading the links directory", e))?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    indexes.sort_unstable();
+    for ifindex in indexes {
+        let program_id = PinnedLink::from_pin(pin.link(ifindex))
+            .ok()
+            .and_then(|l| FdLink::from(l).info().ok())
+            .map_or(0, |i| i.program_id());
+        let iface = maps.ifaces.get(&ifindex, 0).unwrap_or_default();
+        let name = match nl.link_by_index(ifindex).await {
+            Ok(link) => link.name,
+            Err(_) => format!("(gone: ifindex {ifindex})"),
+        };
+        status.interfaces.push(IfaceStatus {
+            name,
+            ifindex,
+            mode: Mode::from_code(iface.mode),
+            program_id,
+            mac: crate::mac::MacAddr(iface.mac).to_string(),
+        });
+    }
+    Ok(status)
+}

@@ -1,0 +1,365 @@
+//! The command line: argument definitions, and each command as a call into the library plus
+//! output formatting (aligned tables for people, `--json` for programs).
+use std::{fmt::Write as _, net::Ipv4Addr, path::PathBuf};
+
+use clap::{Parser, Subcommand};
+
+use crate::{
+    Error, Result,
+    attach::{self, Attached, Mode},
+    dataplane::Maps,
+    mac::MacAddr,
+    members,
+    net::Netlink,
+    pin::{DEFAULT_PIN_DIR, PinDir},
+    report,
+};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "anycast-ctl",
+    version,
+    about = "RFC 1546 anycast on a Linux router: control the XDP dataplane"
+)]
+pub struct Cli {
+    /// Directory on bpffs that holds the dataplane's maps and links.
+    #[arg(long, global = true, env = "ANYCAST_PIN_DIR", default_value = DEFAULT_PIN_DIR)]
+    pub pin_dir: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Attach the dataplane to interfaces (idempotent).
+    Attach {
+        #[arg(required = true, value_name = "IFACE")]
+        ifaces: Vec<String>,
+        /// Attach mode [default: native; use skb where the driver lacks native XDP].
+        #[arg(long, short, value_enum, default_value_t = Mode::Native, hide_default_value = true)]
+        mode: Mode,
+    },
+    /// Detach the dataplane from interfaces; the last detach removes all state.
+    Detach {
+        #[arg(required = true, value_name = "IFACE")]
+        ifaces: Vec<String>,
+    },
+    /// Show where the dataplane is attached.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add or remove members of anycast addresses.
+    #[command(subcommand)]
+    Member(MemberCommand),
+    /// Show anycast addresses and their members.
+    Show {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show counters per anycast address and per member.
+    Stats {
+        /// Only this anycast address.
+        #[arg(value_parser = anycast_address)]
+        address: Option<Ipv4Addr>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MemberCommand {
+    /// Make MEMBER_IP serve ANYCAST_IP. The member must be on-link on an attached interface;
+    /// its MAC is resolved through the neighbour table unless given.
+    Add {
+        #[arg(value_parser = anycast_address)]
+        anycast_ip: Ipv4Addr,
+        #[arg(value_parser = unicast_address)]
+        member_ip: Ipv4Addr,
+        /// Interface the member is on [default: from the route table].
+        #[arg(long, value_name = "IFACE")]
+        dev: Option<String>,
+        /// The member's MAC [default: resolved]; a given MAC is never relearned.
+        #[arg(long)]
+        mac: Option<MacAddr>,
+    },
+    /// Stop MEMBER_IP serving ANYCAST_IP.
+    Del {
+        #[arg(value_parser = anycast_address)]
+        anycast_ip: Ipv4Addr,
+        #[arg(value_parser = unicast_address)]
+        member_ip: Ipv4Addr,
+    },
+}
+
+fn unicast_address(s: &str) -> Result<Ipv4Addr, String> {
+    let ip: Ipv4Addr = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not an IPv4 address"))?;
+    if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() || ip.is_loopback() {
+        return Err(format!("{ip} is not a unicast address"));
+    }
+    Ok(ip)
+}
+
+fn anycast_address(s: &str) -> Result<Ipv4Addr, String> {
+    unicast_address(s)
+}
+
+/// Runs one command and returns what to print on stdout.
+pub async fn run(cli: Cli) -> Result<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(Error::NotRoot);
+    }
+    let pin = PinDir::new(&cli.pin_dir);
+    pin.check()?;
+    let nl = Netlink::new()?;
+    match cli.command {
+        Command::Attach { ifaces, mode } => {
+            let done = attach::attach(&pin, &nl, &ifaces, mode).await?;
+            let mut out = String::new();
+            for (name, what) in done {
+                match what {
+                    Attached::New => writeln!(out, "attached to {name} ({} mode)", mode.name()),
+                    Attached::Already => writeln!(out, "{name}: already attached"),
+                }
+                .expect("writing to a String");
+            }
+            Ok(out)
+        }
+        Command::Detach { ifaces } => {
+            attach::detach(&pin, &nl, &ifaces).await?;
+            Ok(format!("detached from {}\n", ifaces.join(" ")))
+        }
+        Command::Status { json } => {
+            let status = attach::status(&pin, &nl).await?;
+            if json {
+                return Ok(to_json(&status));
+            }
+            let rows = status
+                .interfaces
+                .iter()
+                .map(|i| {
+                    vec![
+                        i.name.clone(),
+                        i.ifindex.to_string(),
+                        i.mode.to_string(),
+                        i.program_id.to_string(),
+                        i.mac.clone(),
+                    ]
+                })
+                .collect();
+            Ok(format!(
+                "pin dir: {}\nanycast addresses: {}\n{}",
+                status.pin_dir,
+                status.addresses,
+                table(&["INTERFACE", "IFINDEX", "MODE", "PROG ID", "MAC"], rows)
+            ))
+        }
+        Command::Member(MemberCommand::Add {
+            anycast_ip,
+            member_ip,
+            dev,
+            mac,
+        }) => {
+            let _lock = pin.lock(false)?;
+            let mut maps = Maps::open(&pin)?;
+            let placement =
+                members::locate(&maps, &nl, member_ip, dev.as_deref(), mac.map(|m| m.0)).await?;
+            let what = match members::add(&mut maps, anycast_ip, &placement)? {
+                members::Added::New => "added",
+                members::Added::Updated => "updated",
+            };
+            Ok(format!(
+                "{what} member {member_ip} of {anycast_ip} (mac {}, ifindex {})\n",
+                MacAddr(placement.mac),
+                placement.ifindex
+            ))
+        }
+        Command::Member(MemberCommand::Del {
+            anycast_ip,
+            member_ip,
+        }) => {
+            let _lock = pin.lock(false)?;
+            let mut maps = Maps::open(&pin)?;
+            members::del(&mut maps, anycast_ip, member_ip)?;
+            Ok(format!("deleted member {member_ip} of {anycast_ip}\n"))
+        }
+        Command::Show { json } => {
+            let maps = Maps::open(&pin)?;
+            let names = interface_names(&nl).await;
+            let show = report::show(&maps, &|i| {
+                names.get(&i).cloned().unwrap_or_else(|| i.to_string())
+            })?;
+            if json {
+                return Ok(to_json(&show));
+            }
+            let mut rows = Vec::new();
+            for a in &show.addresses {
+                if a.members.is_empty() {
+                    rows.push(vec![a.address.to_string(), "-".into(), String::new(), String::new()]);
+                }
+                for m in &a.members {
+                    let mac = match (m.mac_known, m.static_mac) {
+                        (false, _) => "unknown".to_string(),
+                        (true, true) => format!("{} (static)", m.mac),
+                        (true, false) => m.mac.clone(),
+                    };
+                    rows.push(vec![
+                        a.address.to_string(),
+                        m.address.to_string(),
+                        m.interface.clone(),
+                        mac,
+                    ]);
+                }
+            }
+            Ok(table(&["ANYCAST", "MEMBER", "INTERFACE", "MAC"], rows))
+        }
+        Command::Stats { address, json } => {
+            let maps = Maps::open(&pin)?;
+            let stats = report::stats(&maps, address)?;
+            if json {
+                return Ok(to_json(&stats));
+            }
+            let mut rows = Vec::new();
+            for a in &stats.addresses {
+                let passed: u64 = a.passed.values().sum();
+                rows.push(vec![
+                    a.address.to_string(),
+                    String::new(),
+                    a.rx_packets.to_string(),
+                    a.rx_bytes.to_string(),
+                    a.forwarded_packets.to_string(),
+                    a.forwarded_bytes.to_string(),
+                    passed.to_string(),
+                    a.arp_replies.to_string(),
+                ]);
+                for m in &a.members {
+                    rows.push(vec![
+                        String::new(),
+                        m.address.to_string(),
+                        String::new(),
+                        String::new(),
+                        m.packets.to_string(),
+                        m.bytes.to_string(),
+                        String::new(),
+                        String::new(),
+                    ]);
+                }
+            }
+            let mut out = table(
+                &["ANYCAST", "MEMBER", "RX PKTS", "RX BYTES", "FWD PKTS", "FWD BYTES", "PASSED", "ARP REPLIES"],
+                rows,
+            );
+            for a in &stats.addresses {
+                let reasons: Vec<String> = a
+                    .passed
+                    .iter()
+                    .filter(|(_, n)| **n > 0)
+                    .map(|(r, n)| format!("{r}={n}"))
+                    .collect();
+                if !reasons.is_empty() {
+                    writeln!(out, "{} passed to the kernel: {}", a.address, reasons.join(" "))
+                        .expect("writing to a String");
+                }
+            }
+            Ok(out)
+        }
+    }
+}
+
+async fn interface_names(nl: &Netlink) -> std::collections::HashMap<u32, String> {
+    let mut names = std::collections::HashMap::new();
+    for index in 1..=4096u32 {
+        if names.len() > 256 {
+            break;
+        }
+        if let Ok(link) = nl.link_by_index(index).await {
+            names.insert(index, link.name);
+        }
+    }
+    names
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> String {
+    let mut s = serde_json::to_string_pretty(value).expect("report types serialize");
+    s.push('\n');
+    s
+}
+
+/// Formats rows as a left-aligned table with a header.
+fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let mut out = String::new();
+    let header: Vec<String> = headers.iter().map(|h| h.to_string()).collect();
+    for row in std::iter::once(&header).chain(rows.iter()) {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        writeln!(out, "{}", line.join("  ").trim_end()).expect("writing to a String");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("anycast-ctl").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn parses_the_contract() {
+        let cli = parse(&["--pin-dir", "/sys/fs/bpf/x", "attach", "eth0", "eth1", "--mode", "skb"]).unwrap();
+        assert_eq!(cli.pin_dir, PathBuf::from("/sys/fs/bpf/x"));
+        assert!(matches!(cli.command, Command::Attach { ref ifaces, mode: Mode::Skb } if ifaces.len() == 2));
+        let cli = parse(&["attach", "eth0"]).unwrap();
+        assert!(matches!(cli.command, Command::Attach { mode: Mode::Native, .. }));
+        let cli = parse(&["member", "add", "198.51.100.53", "203.0.113.2", "--dev", "r1", "--mac", "02:00:00:00:00:01"]).unwrap();
+        match cli.command {
+            Command::Member(MemberCommand::Add { anycast_ip, member_ip, dev, mac }) => {
+                assert_eq!(anycast_ip, Ipv4Addr::new(198, 51, 100, 53));
+                assert_eq!(member_ip, Ipv4Addr::new(203, 0, 113, 2));
+                assert_eq!(dev.as_deref(), Some("r1"));
+                assert_eq!(mac, Some(MacAddr([2, 0, 0, 0, 0, 1])));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(parse(&["stats", "198.51.100.53", "--json"]).unwrap().command, Command::Stats { address: Some(_), json: true }));
+        assert!(matches!(parse(&["status", "--json"]).unwrap().command, Command::Status { json: true }));
+        assert!(matches!(parse(&["show"]).unwrap().command, Command::Show { json: false }));
+        assert!(matches!(parse(&["member", "del", "198.51.100.53", "203.0.113.2"]).unwrap().command, Command::Member(MemberCommand::Del { .. })));
+    }
+
+    #[test]
+    fn rejects_bad_arguments() {
+        for bad in [
+            &["attach"][..],
+            &["attach", "eth0", "--mode", "turbo"],
+            &["member", "add", "1.2.3", "203.0.113.2"],
+            &["member", "add", "198.51.100.53", "224.0.0.1"],
+            &["member", "add", "0.0.0.0", "203.0.113.2"],
+            &["member", "add", "198.51.100.53", "203.0.113.2", "--mac", "zz"],
+            &["member", "del", "198.51.100.53"],
+            &["stats", "not-an-ip"],
+            &["frobnicate"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn table_aligns_columns() {
+        let t = table(&["A", "LONGER"], vec![vec!["xyz".into(), "1".into()]]);
+        assert_eq!(t, "A    LONGER\nxyz  1\n");
+    }
+}

@@ -1,0 +1,96 @@
+//! Errors of anycast-ctl. Each message is one line that names the problem.
+use std::{net::Ipv4Addr, path::PathBuf};
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("permission denied: anycast-ctl needs root (CAP_BPF and CAP_NET_ADMIN)")]
+    NotRoot,
+    #[error("pin directory {path} is not on a bpf filesystem (mount one with: mount -t bpf bpf DIR)")]
+    NotBpffs { path: PathBuf },
+    #[error("nothing is attached under {path}; run `anycast-ctl attach IFACE` first")]
+    NotAttached { path: PathBuf },
+    #[error("no such interface: {name}")]
+    UnknownInterface { name: String },
+    #[error("{iface} is not attached")]
+    IfaceNotAttached { iface: String },
+    #[error("attaching to {iface} in {mode} mode failed: {reason}{hint}")]
+    Attach {
+        iface: String,
+        mode: &'static str,
+        reason: String,
+        hint: &'static str,
+    },
+    #[error("member {member} has no route here")]
+    NoRoute { member: Ipv4Addr },
+    #[error("member {member} is not on-link: the route to it goes via {gateway}")]
+    NotOnLink { member: Ipv4Addr, gateway: Ipv4Addr },
+    #[error("member {member} is not on-link on {iface}")]
+    NotOnLinkDev { member: Ipv4Addr, iface: String },
+    #[error("member {member} is reached through {iface}, which is not attached")]
+    EgressNotAttached { member: Ipv4Addr, iface: String },
+    #[error("could not resolve the MAC of {member} on {iface}: no ARP reply within {millis} ms (give it with --mac)")]
+    MacUnresolved {
+        member: Ipv4Addr,
+        iface: String,
+        millis: u64,
+    },
+    #[error("{address} is not an anycast address here")]
+    NoSuchAddress { address: Ipv4Addr },
+    #[error("{member} is not a member of {address}")]
+    NotMember {
+        address: Ipv4Addr,
+        member: Ipv4Addr,
+    },
+    #[error("{address} already has the maximum of {max} members")]
+    TooManyMembers { address: Ipv4Addr, max: usize },
+    #[error("no free {what} slot (all {max} in use)")]
+    Full { what: &'static str, max: u32 },
+    #[error("BPF map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("loading the eBPF object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("BPF program: {0}")]
+    Program(#[from] aya::programs::ProgramError),
+    #[error("netlink: {0}")]
+    Netlink(String),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        if source.kind() == std::io::ErrorKind::PermissionDenied {
+            return Error::NotRoot;
+        }
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// A map error, with EPERM reported as missing privileges.
+    pub fn map(name: &'static str, source: aya::maps::MapError) -> Self {
+        if let aya::maps::MapError::SyscallError(e) = &source
+            && e.io_error.kind() == std::io::ErrorKind::PermissionDenied
+        {
+            return Error::NotRoot;
+        }
+        Error::Map { name, source }
+    }
+}
+
+impl From<rtnetlink::Error> for Error {
+    fn from(e: rtnetlink::Error) -> Self {
+        Error::Netlink(e.to_string())
+    }
+}

@@ -1,0 +1,253 @@
+//! Where a membership becomes a map entry.
+//!
+//! [`locate`] turns a member IP into where to send to it (egress interface, MACs) using the
+//! router's route and neighbour tables. [`add`] and [`del`] then change the maps; the CLI and the
+//! agent both go through them, under the pin-directory lock.
+//!
+//! Invariants:
+//! - An address's `AddrEntry` is written whole, after the `HOSTS` entries it points to, so the
+//!   dataplane never follows a member to a half-written host.
+//! - A counter slot is zeroed before it is handed to a new (address, member) pair; an address
+//!   slot likewise.
+//! - An address stays once created (with zero members it counts `no_member` passes and is no
+//!   longer answered in ARP); hosts no member refers to are dropped from `HOST_IDS`.
+use std::{collections::HashSet, net::Ipv4Addr, time::Duration};
+
+use anycast_common::{
+    AddrEntry, AddrStats, HOST_MAC_KNOWN, HOST_MAC_STATIC, Host, MAX_ADDRS, MAX_HOSTS,
+    MAX_MEMBER_COUNTERS, MAX_MEMBERS, MemberRef, MemberStats, ip_key,
+};
+
+use crate::{
+    Error, Result,
+    dataplane::{Maps, zeroed},
+    net::Netlink,
+};
+
+/// How long `member add` waits for the kernel to resolve a member's MAC.
+pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Where to send to one member.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Placement {
+    pub member: Ipv4Addr,
+    pub ifindex: u32,
+    pub mac: [u8; 6],
+    /// MAC of the egress interface.
+    pub smac: [u8; 6],
+    /// The MAC was given by the operator and is not relearned.
+    pub static_mac: bool,
+}
+
+/// Finds the egress interface and MACs of `member`, which must be on-link on an attached
+/// interface (`dev`, if given). Resolves the MAC through the kernel unless `mac` is given.
+pub async fn locate(
+    maps: &Maps,
+    nl: &Netlink,
+    member: Ipv4Addr,
+    dev: Option<&str>,
+    mac: Option<[u8; 6]>,
+) -> Result<Placement> {
+    let dev = match dev {
+        Some(name) => Some(nl.link_by_name(name).await?),
+        None => None,
+    };
+    let route = nl
+        .route_to(member, dev.as_ref().map(|d| d.index))
+        .await?
+        .filter(|r| r.unicast)
+        .ok_or(Error::NoRoute { member })?;
+    if let Some(gateway) = route.gateway {
+        return Err(match dev {
+            Some(d) => Error::NotOnLinkDev {
+                member,
+                iface: d.name,
+            },
+            None => Error::NotOnLink { member, gateway },
+        });
+    }
+    let egress = nl.link_by_index(route.oif).await?;
+    if let Some(d) = &dev
+        && d.index != egress.index
+    {
+        return Err(Error::NotOnLinkDev {
+            member,
+            iface: d.name.clone(),
+        });
+    }
+    if maps.ifaces.get(&egress.index, 0).is_err() {
+        return Err(Error::EgressNotAttached {
+            member,
+            iface: egress.name,
+        });
+    }
+    let (mac, static_mac) = match mac {
+        Some(mac) => (mac, true),
+        None => {
+            let mac = nl
+                .resolve(egress.index, member, RESOLVE_TIMEOUT)
+                .await?
+                .ok_or_else(|| Error::MacUnresolved {
+                    member,
+                    iface: egress.name.clone(),
+                    millis: RESOLVE_TIMEOUT.as_millis() as u64,
+                })?;
+            (mac, false)
+        }
+    };
+    Ok(Placement {
+        member,
+        ifindex: egress.index,
+        mac,
+        smac: egress.mac,
+        static_mac,
+    })
+}
+
+/// Whether `add` created a member or refreshed an existing one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Added {
+    New,
+    Updated,
+}
+
+/// Adds `p.member` to the anycast `address` (creating the address if needed), or refreshes
+/// where it is sent if it already is a member.
+pub fn add(maps: &mut Maps, address: Ipv4Addr, p: &Placement) -> Result<Added> {
+    let key = ip_key(address.octets());
+    let mut entry = match maps.addrs.get(&key, 0) {
+        Ok(entry) => entry,
+        Err(_) => {
+            let slot = free_index(
+                maps.addrs.iter().filter_map(|r| r.ok()).map(|(_, e)| e.slot),
+                MAX_ADDRS,
+                "address",
+            )?;
+            maps.addr_stats
+                .set(slot, zeroed::<AddrStats>()?, 0)
+                .map_err(|e| Error::map("ADDR_STATS", e))?;
+            AddrEntry::new(slot)
+        }
+    };
+
+    // Check everything that can fail before writing anything.
+    let known_host = maps.host_ids.get(&ip_key(p.member.octets()), 0).ok();
+    if let Some(host) = known_host
+        && entry.members().iter().any(|m| m.host == host)
+    {
+        write_host(maps, p)?;
+        return Ok(Added::Updated);
+    }
+    let n = entry.members().len();
+    if n >= MAX_MEMBERS {
+        return Err(Error::TooManyMembers {
+            address,
+            max: MAX_MEMBERS,
+        });
+    }
+    let counter = free_index(used_counters(maps), MAX_MEMBER_COUNTERS, "member counter")?;
+    let host = write_host(maps, p)?;
+    maps.member_stats
+        .set(counter, zeroed::<MemberStats>()?, 0)
+        .map_err(|e| Error::map("MEMBER_STATS", e))?;
+    entry.members[n] = MemberRef { host, counter };
+    entry.n_members = n as u32 + 1;
+    maps.addrs
+        .insert(key, entry, 0)
+        .map_err(|e| Error::map("ADDRS", e))?;
+    Ok(Added::New)
+}
+
+/// Removes `member` from `address`.
+pub fn del(maps: &mut Maps, address: Ipv4Addr, member: Ipv4Addr) -> Result<()> {
+    let key = ip_key(address.octets());
+    let mut entry = maps
+        .addrs
+        .get(&key, 0)
+        .map_err(|_| Error::NoSuchAddress { address })?;
+    let host = maps
+        .host_ids
+        .get(&ip_key(member.octets()), 0)
+        .map_err(|_| Error::NotMember { address, member })?;
+    let n = entry.members().len();
+    let pos = entry
+        .members()
+        .iter()
+        .position(|m| m.host == host)
+        .ok_or(Error::NotMember { address, member })?;
+    entry.members.copy_within(pos + 1..n, pos);
+    entry.members[n - 1] = MemberRef::default();
+    entry.n_members = n as u32 - 1;
+    maps.addrs
+        .insert(key, entry, 0)
+        .map_err(|e| Error::map("ADDRS", e))?;
+
+    let still_used = maps
+        .addrs
+        .iter()
+        .filter_map(|r| r.ok())
+        .any(|(_, e)| e.members().iter().any(|m| m.host == host));
+    if !still_used {
+        maps.host_ids
+            .remove(&ip_key(member.octets()))
+            .map_err(|e| Error::map("HOST_IDS", e))?;
+    }
+    Ok(())
+}
+
+/// Writes the host record of a member (reusing its index if it has one) and returns the index.
+fn write_host(maps: &mut Maps, p: &Placement) -> Result<u32> {
+    let ip = ip_key(p.member.octets());
+    let index = match maps.host_ids.get(&ip, 0) {
+        Ok(index) => index,
+        Err(_) => free_index(
+            maps.host_ids.iter().filter_map(|r| r.ok()).map(|(_, i)| i),
+            MAX_HOSTS,
+            "member host",
+        )?,
+    };
+    let host = Host {
+        ip,
+        ifindex: p.ifindex,
+        mac: p.mac,
+        smac: p.smac,
+        flags: HOST_MAC_KNOWN | if p.static_mac { HOST_MAC_STATIC } else { 0 },
+    };
+    maps.hosts
+        .set(index, host, 0)
+        .map_err(|e| Error::map("HOSTS", e))?;
+    maps.host_ids
+        .insert(ip, index, 0)
+        .map_err(|e| Error::map("HOST_IDS", e))?;
+    Ok(index)
+}
+
+fn used_counters(maps: &Maps) -> impl Iterator<Item = u32> + '_ {
+    maps.addrs
+        .iter()
+        .filter_map(|r| r.ok())
+        .flat_map(|(_, e)| e.members().iter().map(|m| m.counter).collect::<Vec<_>>())
+}
+
+/// The smallest index below `max` not in `used`.
+fn free_index(used: impl Iterator<Item = u32>, max: u32, what: &'static str) -> Result<u32> {
+    let used: HashSet<u32> = used.collect();
+    (0..max)
+        .find(|i| !used.contains(i))
+        .ok_or(Error::Full { what, max })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_index_takes_the_smallest_gap() {
+        assert_eq!(free_index([].into_iter(), 4, "x").unwrap(), 0);
+        assert_eq!(free_index([0, 1, 3].into_iter(), 4, "x").unwrap(), 2);
+        assert!(matches!(
+            free_index([0, 1, 2, 3].into_iter(), 4, "x"),
+            Err(Error::Full { max: 4, .. })
+        ));
+    }
+}

@@ -1,0 +1,210 @@
+//! rtnetlink look-ups of the router's own state: interfaces, routes and neighbours.
+//!
+//! This is how a member given only by its IP gets an egress interface and a MAC: the route
+//! table says which interface reaches it (and whether it is on-link), the neighbour table gives
+//! its MAC, and if the kernel does not know it yet we ask the kernel to resolve it (NTF_USE, as
+//! `ip neigh replace ... use` does), so it works with no prior traffic to the member.
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    time::{Duration, Instant},
+};
+
+use futures::TryStreamExt;
+use netlink_packet_route::{
+    AddressFamily,
+    link::{LinkAttribute, LinkMessage},
+    neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourState},
+    route::{RouteAddress, RouteAttribute, RouteMessage, RouteType},
+};
+use rtnetlink::Handle;
+
+use crate::{Error, Result};
+
+/// An interface of this host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    pub mac: [u8; 6],
+    pub up: bool,
+}
+
+/// Where the route table sends packets for an address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Route {
+    pub oif: u32,
+    pub gateway: Option<Ipv4Addr>,
+    /// Unicast (reachable) or not (local, unreachable, blackhole, ...).
+    pub unicast: bool,
+}
+
+pub struct Netlink {
+    handle: Handle,
+}
+
+impl Netlink {
+    /// Opens a netlink connection; must be called inside a tokio runtime.
+    pub fn new() -> Result<Self> {
+        let (connection, handle, _) =
+            rtnetlink::new_connection().map_err(|e| Error::io("opening rtnetlink", e))?;
+        tokio::spawn(connection);
+        Ok(Self { handle })
+    }
+
+    pub async fn link_by_name(&self, name: &str) -> Result<Link> {
+        let found = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute()
+            .try_next()
+            .await;
+        match found {
+            Ok(Some(msg)) => Ok(link_from(msg)),
+            _ => Err(Error::UnknownInterface {
+                name: name.to_string(),
+            }),
+        }
+    }
+
+    pub async fn link_by_index(&self, index: u32) -> Result<Link> {
+        let found = self
+            .handle
+            .link()
+            .get()
+            .match_index(index)
+            .execute()
+            .try_next()
+            .await;
+        match found {
+            Ok(Some(msg)) => Ok(link_from(msg)),
+            _ => Err(Error::UnknownInterface {
+                name: format!("ifindex {index}"),
+            }),
+        }
+    }
+
+    /// `ip route get DST [oif OIF]`.
+    pub async fn route_to(&self, dst: Ipv4Addr, oif: Option<u32>) -> Result<Option<Route>> {
+        let mut msg = RouteMessage::default();
+        msg.header.address_family = AddressFamily::Inet;
+        msg.header.destination_prefix_length = 32;
+        msg.attributes
+            .push(RouteAttribute::Destination(RouteAddress::Inet(dst)));
+        if let Some(oif) = oif {
+            msg.attributes.push(RouteAttribute::Oif(oif));
+        }
+        let reply = match self.handle.route().get(msg).execute().try_next().await {
+            Ok(Some(reply)) => reply,
+            // ENETUNREACH and friends: no route.
+            Ok(None) | Err(rtnetlink::Error::NetlinkError(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let mut route = Route {
+            oif: 0,
+            gateway: None,
+            unicast: reply.header.kind == RouteType::Unicast,
+        };
+        for attr in reply.attributes {
+            match attr {
+                RouteAttribute::Oif(i) => route.oif = i,
+                RouteAttribute::Gateway(RouteAddress::Inet(g)) => route.gateway = Some(g),
+                _ => {}
+            }
+        }
+        Ok(Some(route))
+    }
+
+    /// The MAC the kernel knows for `ip` on `ifindex`, if any.
+    pub async fn neighbour(&self, ifindex: u32, ip: Ipv4Addr) -> Result<Option<[u8; 6]>> {
+        let mut neighbours = self.handle.neighbours().get().execute();
+        while let Some(msg) = neighbours.try_next().await? {
+            if msg.header.ifindex != ifindex || !usable(msg.header.state) {
+                continue;
+            }
+            let mut dst = None;
+            let mut mac = None;
+            for attr in msg.attributes {
+                match attr {
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => dst = Some(a),
+                    NeighbourAttribute::LinkLayerAddress(l) if l.len() == 6 => {
+                        mac = Some([l[0], l[1], l[2], l[3], l[4], l[5]])
+                    }
+                    _ => {}
+                }
+            }
+            if dst == Some(ip) && mac.is_some() {
+                return Ok(mac);
+            }
+        }
+        Ok(None)
+    }
+
+    /// The MAC of `ip` on `ifindex`, asking the kernel to resolve it if unknown, waiting up to
+    /// `timeout`.
+    pub async fn resolve(
+        &self,
+        ifindex: u32,
+        ip: Ipv4Addr,
+        timeout: Duration,
+    ) -> Result<Option<[u8; 6]>> {
+        if let Some(mac) = self.neighbour(ifindex, ip).await? {
+            return Ok(Some(mac));
+        }
+        let deadline = Instant::now() + timeout;
+        let mut next_probe = Instant::now();
+        while Instant::now() < deadline {
+            if Instant::now() >= next_probe {
+                self.handle
+                    .neighbours()
+                    .add(ifindex, IpAddr::V4(ip))
+                    .state(NeighbourState::None)
+                    .flags(NeighbourFlags::Use)
+                    .replace()
+                    .execute()
+                    .await?;
+                next_probe = Instant::now() + Duration::from_millis(500);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            if let Some(mac) = self.neighbour(ifindex, ip).await? {
+                return Ok(Some(mac));
+            }
+        }
+        Ok(None)
+    }
+}
+
+fn usable(state: NeighbourState) -> bool {
+    matches!(
+        state,
+        NeighbourState::Reachable
+            | NeighbourState::Stale
+            | NeighbourState::Delay
+            | NeighbourState::Probe
+            | NeighbourState::Permanent
+            | NeighbourState::Noarp
+    )
+}
+
+fn link_from(msg: LinkMessage) -> Link {
+    let mut link = Link {
+        index: msg.header.index,
+        name: String::new(),
+        mac: [0; 6],
+        up: msg
+            .header
+            .flags
+            .contains(netlink_packet_route::link::LinkFlags::Up),
+    };
+    for attr in msg.attributes {
+        match attr {
+            LinkAttribute::IfName(n) => link.name = n,
+            LinkAttribute::Address(a) if a.len() == 6 => {
+                link.mac.copy_from_slice(&a);
+            }
+            _ => {}
+        }
+    }
+    link
+}

@@ -1,0 +1,161 @@
+//! Reading the dataplane's state back: addresses with their members (`show`) and counters
+//! (`stats`). Per-CPU counters are summed here. Both are plain serde structs: the JSON output
+//! is exactly these fields.
+use std::{collections::BTreeMap, net::Ipv4Addr};
+
+use anycast_common::{AddrStats, MemberStats, PASS_NAMES, STAT_COUNT, STAT_NAMES, ip_octets};
+use serde::Serialize;
+
+use crate::{
+    Error, Result,
+    dataplane::{Maps, sum},
+    mac::MacAddr,
+};
+
+#[derive(Debug, Serialize)]
+pub struct MemberInfo {
+    pub address: Ipv4Addr,
+    pub ifindex: u32,
+    pub interface: String,
+    pub mac: String,
+    pub mac_known: bool,
+    pub static_mac: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct AddressInfo {
+    pub address: Ipv4Addr,
+    pub members: Vec<MemberInfo>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Show {
+    pub addresses: Vec<AddressInfo>,
+}
+
+/// Addresses and members, sorted by address. `ifname` names an ifindex.
+pub fn show(maps: &Maps, ifname: &dyn Fn(u32) -> String) -> Result<Show> {
+    let mut addresses = Vec::new();
+    for item in maps.addrs.iter() {
+        let (key, entry) = item.map_err(|e| Error::map("ADDRS", e))?;
+        let mut members = Vec::new();
+        for m in entry.members() {
+            let host = maps
+                .hosts
+                .get(&m.host, 0)
+                .map_err(|e| Error::map("HOSTS", e))?;
+            members.push(MemberInfo {
+                address: Ipv4Addr::from(ip_octets(host.ip)),
+                ifindex: host.ifindex,
+                interface: ifname(host.ifindex),
+                mac: MacAddr(host.mac).to_string(),
+                mac_known: host.mac_known(),
+                static_mac: host.flags & anycast_common::HOST_MAC_STATIC != 0,
+            });
+        }
+        addresses.push(AddressInfo {
+            address: Ipv4Addr::from(ip_octets(key)),
+            members,
+        });
+    }
+    addresses.sort_by_key(|a| a.address);
+    Ok(Show { addresses })
+}
+
+#[derive(Debug, Serialize)]
+pub struct MemberCounters {
+    pub address: Ipv4Addr,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct AddressCounters {
+    pub address: Ipv4Addr,
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub forwarded_packets: u64,
+    pub forwarded_bytes: u64,
+    pub arp_replies: u64,
+    /// Packets passed to the kernel, by reason.
+    pub passed: BTreeMap<&'static str, u64>,
+    pub members: Vec<MemberCounters>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Stats {
+    pub addresses: Vec<AddressCounters>,
+    /// Counters not tied to an anycast address.
+    pub global: BTreeMap<&'static str, u64>,
+}
+
+/// Counters of every address, or only of `only`.
+pub fn stats(maps: &Maps, only: Option<Ipv4Addr>) -> Result<Stats> {
+    let mut addresses = Vec::new();
+    for item in maps.addrs.iter() {
+        let (key, entry) = item.map_err(|e| Error::map("ADDRS", e))?;
+        let address = Ipv4Addr::from(ip_octets(key));
+        if only.is_some_and(|o| o != address) {
+            continue;
+        }
+        let per_cpu = maps
+            .addr_stats
+            .get(&entry.slot, 0)
+            .map_err(|e| Error::map("ADDR_STATS", e))?;
+        let total = sum(&per_cpu, |t: &mut AddrStats, v| {
+            t.rx_packets += v.rx_packets;
+            t.rx_bytes += v.rx_bytes;
+            t.fwd_packets += v.fwd_packets;
+            t.fwd_bytes += v.fwd_bytes;
+            t.arp_replies += v.arp_replies;
+            for (a, b) in t.passed.iter_mut().zip(v.passed) {
+                *a += b;
+            }
+        });
+        let mut members = Vec::new();
+        for m in entry.members() {
+            let host = maps
+                .hosts
+                .get(&m.host, 0)
+                .map_err(|e| Error::map("HOSTS", e))?;
+            let per_cpu = maps
+                .member_stats
+                .get(&m.counter, 0)
+                .map_err(|e| Error::map("MEMBER_STATS", e))?;
+            let c = sum(&per_cpu, |t: &mut MemberStats, v| {
+                t.packets += v.packets;
+                t.bytes += v.bytes;
+            });
+            members.push(MemberCounters {
+                address: Ipv4Addr::from(ip_octets(host.ip)),
+                packets: c.packets,
+                bytes: c.bytes,
+            });
+        }
+        addresses.push(AddressCounters {
+            address,
+            rx_packets: total.rx_packets,
+            rx_bytes: total.rx_bytes,
+            forwarded_packets: total.fwd_packets,
+            forwarded_bytes: total.fwd_bytes,
+            arp_replies: total.arp_replies,
+            passed: PASS_NAMES.iter().copied().zip(total.passed).collect(),
+            members,
+        });
+    }
+    if let Some(address) = only
+        && addresses.is_empty()
+    {
+        return Err(Error::NoSuchAddress { address });
+    }
+    addresses.sort_by_key(|a| a.address);
+    let mut global = BTreeMap::new();
+    for (index, name) in (0..STAT_COUNT).zip(STAT_NAMES) {
+        let per_cpu = maps
+            .stats
+            .get(&index, 0)
+            .map_err(|e| Error::map("STATS", e))?;
+        global.insert(name, per_cpu.iter().sum());
+    }
+    Ok(Stats { addresses, global })
+}

@@ -1,0 +1,89 @@
+//! The anycast XDP dataplane.
+//!
+//! One entry point, [`anycast`], runs on every attached interface. Per frame it either answers
+//! ARP for an anycast address (`arp`), or picks a member for a datagram to an anycast address
+//! (`select`), rewrites the frame for it (`forward`) and sends it on, or passes the frame to the
+//! kernel untouched. Every outcome is counted (`stats`). Maps live in `maps`, packet access in
+//! `packet`.
+//!
+//! Invariant: a frame is modified only once its verdict is XDP_TX or XDP_REDIRECT; every
+//! XDP_PASS leaves it byte for byte as received.
+#![no_std]
+#![no_main]
+
+mod arp;
+mod bench;
+mod forward;
+mod maps;
+mod packet;
+mod select;
+mod stats;
+
+use anycast_common::{PASS_MAC_UNKNOWN, PASS_NO_MEMBER, PASS_NO_PORT, PASS_TTL};
+use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+
+use crate::packet::{ETH_P_ARP, ETH_P_IP, EthHdr, Ipv4Hdr};
+
+#[xdp]
+pub fn anycast(ctx: XdpContext) -> u32 {
+    match try_anycast(&ctx) {
+        Ok(action) | Err(action) => action,
+    }
+}
+
+/// `Err` carries an XDP_PASS verdict whose reason has already been counted.
+#[inline(always)]
+fn try_anycast(ctx: &XdpContext) -> Result<u32, u32> {
+    stats::global(anycast_common::STAT_FRAMES);
+    let eth: &mut EthHdr = packet::header(ctx, 0).ok_or_else(stats::malformed)?;
+    match eth.ethertype() {
+        ETH_P_IP => ipv4(ctx, eth),
+        ETH_P_ARP => arp::handle(ctx, eth),
+        _ => Err(stats::pass_global(anycast_common::STAT_OTHER_ETHERTYPE)),
+    }
+}
+
+#[inline(always)]
+fn ipv4(ctx: &XdpContext, eth: &mut EthHdr) -> Result<u32, u32> {
+    let ip: &mut Ipv4Hdr = packet::header(ctx, packet::ETH_HLEN).ok_or_else(stats::malformed)?;
+    let l4_offset = ip.l4_offset().ok_or_else(stats::malformed)?;
+    let Some(addr) = maps::addr(ip.dst()) else {
+        return Err(stats::pass_global(anycast_common::STAT_NOT_ANYCAST));
+    };
+    let frame_len = (ctx.data_end() - ctx.data()) as u64;
+    let counters = stats::addr(addr.slot).ok_or(xdp_action::XDP_PASS)?;
+    counters.rx_packets += 1;
+    counters.rx_bytes += frame_len;
+
+    // The kernel sends ICMP time exceeded.
+    if ip.ttl <= 1 {
+        return Err(stats::pass(counters, PASS_TTL));
+    }
+    let Some(member) = select::member(ctx, ip, l4_offset, addr) else {
+        return Err(stats::pass(counters, PASS_NO_MEMBER));
+    };
+    let Some(host) = maps::host(member.host) else {
+        return Err(stats::pass(counters, PASS_NO_MEMBER));
+    };
+    if !host.mac_known() {
+        return Err(stats::pass(counters, PASS_MAC_UNKNOWN));
+    }
+    let action = forward::verdict(ctx, host.ifindex)
+        .ok_or_else(|| stats::pass(counters, PASS_NO_PORT))?;
+    forward::rewrite(eth, ip, host);
+
+    counters.fwd_packets += 1;
+    counters.fwd_bytes += frame_len;
+    stats::member(member.counter, frame_len);
+    Ok(action)
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

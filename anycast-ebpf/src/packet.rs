@@ -1,0 +1,111 @@
+//! Header layouts and bounds-checked access to the frame.
+//!
+//! Invariant: every header type here is `#[repr(C)]` of byte arrays only (alignment 1), so a
+//! header may sit at any offset; [`header`] is the only place that turns a packet offset into a
+//! reference, and only after checking it against `data_end`.
+use core::mem::size_of;
+
+use aya_ebpf::programs::XdpContext;
+
+pub const ETH_HLEN: usize = 14;
+pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_ARP: u16 = 0x0806;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+
+/// Returns the header of type `T` at `offset`, or `None` if the frame is too short.
+#[inline(always)]
+pub fn header<'a, T>(ctx: &XdpContext, offset: usize) -> Option<&'a mut T> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + offset + size_of::<T>() > end {
+        return None;
+    }
+    // SAFETY: the range [start + offset, start + offset + size_of::<T>()) lies inside the frame
+    // (checked just above, which is also what the verifier checks); T has alignment 1 and every
+    // bit pattern is valid for it; the frame is not otherwise referenced while the program runs.
+    Some(unsafe { &mut *((start + offset) as *mut T) })
+}
+
+#[repr(C)]
+pub struct EthHdr {
+    pub dst: [u8; 6],
+    pub src: [u8; 6],
+    pub proto: [u8; 2],
+}
+
+impl EthHdr {
+    #[inline(always)]
+    pub fn ethertype(&self) -> u16 {
+        u16::from_be_bytes(self.proto)
+    }
+}
+
+#[repr(C)]
+pub struct Ipv4Hdr {
+    pub version_ihl: u8,
+    pub tos: u8,
+    pub tot_len: [u8; 2],
+    pub id: [u8; 2],
+    pub frag_off: [u8; 2],
+    pub ttl: u8,
+    pub proto: u8,
+    pub check: [u8; 2],
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+}
+
+impl Ipv4Hdr {
+    /// Offset of the L4 header from the start of the frame, or `None` for a header that is not
+    /// IPv4 or claims fewer than 20 bytes.
+    #[inline(always)]
+    pub fn l4_offset(&self) -> Option<usize> {
+        let ihl = (self.version_ihl & 0x0f) as usize;
+        if self.version_ihl >> 4 != 4 || ihl < 5 {
+            return None;
+        }
+        Some(ETH_HLEN + ihl * 4)
+    }
+
+    #[inline(always)]
+    pub fn src(&self) -> u32 {
+        u32::from_ne_bytes(self.src)
+    }
+
+    #[inline(always)]
+    pub fn dst(&self) -> u32 {
+        u32::from_ne_bytes(self.dst)
+    }
+
+    /// Fragment offset in 8-byte units (0 for an unfragmented datagram or a first fragment).
+    #[inline(always)]
+    pub fn frag_offset(&self) -> u16 {
+        u16::from_be_bytes(self.frag_off) & 0x1fff
+    }
+
+    /// The "more fragments" flag.
+    #[inline(always)]
+    pub fn more_fragments(&self) -> bool {
+        u16::from_be_bytes(self.frag_off) & 0x2000 != 0
+    }
+}
+
+/// ARP for IPv4 over Ethernet.
+#[repr(C)]
+pub struct ArpHdr {
+    pub htype: [u8; 2],
+    pub ptype: [u8; 2],
+    pub hlen: u8,
+    pub plen: u8,
+    pub op: [u8; 2],
+    pub sha: [u8; 6],
+    pub spa: [u8; 4],
+    pub tha: [u8; 6],
+    pub tpa: [u8; 4],
+}
+
+/// The first four bytes of a TCP or UDP header.
+#[repr(C)]
+pub struct Ports {
+    pub bytes: [u8; 4],
+}
