@@ -22,7 +22,7 @@ mod stats;
 use anycast_common::{PASS_MAC_UNKNOWN, PASS_NO_MEMBER, PASS_NO_PORT, PASS_TTL};
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 
-use crate::packet::{ETH_P_ARP, ETH_P_IP, EthHdr, Ipv4Hdr};
+use crate::packet::{ETH_HLEN, ETH_P_ARP, ETH_P_IP, EthHdr, IPPROTO_TCP, IPPROTO_UDP, Ipv4Hdr, Ports};
 
 #[xdp]
 pub fn anycast(ctx: XdpContext) -> u32 {
@@ -45,12 +45,27 @@ fn try_anycast(ctx: &XdpContext) -> Result<u32, u32> {
 
 #[inline(always)]
 fn ipv4(ctx: &XdpContext, eth: &mut EthHdr) -> Result<u32, u32> {
-    let ip: &mut Ipv4Hdr = packet::header(ctx, packet::ETH_HLEN).ok_or_else(stats::malformed)?;
+    let ip: &mut Ipv4Hdr = packet::header(ctx, ETH_HLEN).ok_or_else(stats::malformed)?;
     let l4_offset = ip.l4_offset().ok_or_else(stats::malformed)?;
     let Some(addr) = maps::addr(ip.dst()) else {
         return Err(stats::pass_global(anycast_common::STAT_NOT_ANYCAST));
     };
-    let frame_len = (ctx.data_end() - ctx.data()) as u64;
+    let frame_len = ctx.data_end() - ctx.data();
+    // A datagram cut short, or whose ports are missing, goes to the kernel (which drops it).
+    let ip_len = u16::from_be_bytes(ip.tot_len) as usize;
+    if ETH_HLEN + ip_len > frame_len || ETH_HLEN + ip_len < l4_offset {
+        return Err(stats::malformed());
+    }
+    let ports = if ip.frag_offset() == 0 && (ip.proto == IPPROTO_TCP || ip.proto == IPPROTO_UDP) {
+        if ETH_HLEN + ip_len < l4_offset + 4 {
+            return Err(stats::malformed());
+        }
+        let ports: &Ports = packet::header(ctx, l4_offset).ok_or_else(stats::malformed)?;
+        u32::from_ne_bytes(ports.bytes)
+    } else {
+        0
+    };
+    let frame_len = frame_len as u64;
     let counters = stats::addr(addr.slot).ok_or(xdp_action::XDP_PASS)?;
     counters.rx_packets += 1;
     counters.rx_bytes += frame_len;
@@ -59,7 +74,7 @@ fn ipv4(ctx: &XdpContext, eth: &mut EthHdr) -> Result<u32, u32> {
     if ip.ttl <= 1 {
         return Err(stats::pass(counters, PASS_TTL));
     }
-    let Some(member) = select::member(ctx, ip, l4_offset, addr) else {
+    let Some(member) = select::member(ip, ports, addr) else {
         return Err(stats::pass(counters, PASS_NO_MEMBER));
     };
     let Some(host) = maps::host(member.host) else {

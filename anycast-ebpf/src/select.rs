@@ -1,25 +1,14 @@
 //! Member choice: where a datagram to an anycast address gets its member.
 //!
-//! The flow hash covers the 5-tuple for TCP and UDP, and source, destination and protocol
+//! `ports` are the TCP/UDP ports (0 for other protocols and later fragments). The flow hash covers the 5-tuple for TCP and UDP, and source, destination and protocol
 //! otherwise, and indexes the address's member set. A first fragment records its member in
 //! `FRAGS`, so the later fragments of the datagram (which carry no ports) follow it; a later
 //! fragment whose first fragment was not seen is placed by its 3-tuple and counted.
 use anycast_common::{AddrEntry, FragKey, MAX_MEMBERS, MemberRef, STAT_FRAG_ORPHAN, flow_hash, pick_index};
-use aya_ebpf::programs::XdpContext;
-
-use crate::{
-    maps::FRAGS,
-    packet::{self, IPPROTO_TCP, IPPROTO_UDP, Ipv4Hdr, Ports},
-    stats,
-};
+use crate::{maps::FRAGS, packet::Ipv4Hdr, stats};
 
 #[inline(always)]
-pub fn member(
-    ctx: &XdpContext,
-    ip: &Ipv4Hdr,
-    l4_offset: usize,
-    addr: &AddrEntry,
-) -> Option<MemberRef> {
+pub fn member(ip: &Ipv4Hdr, ports: u32, addr: &AddrEntry) -> Option<MemberRef> {
     let n = addr.n_members;
     if n == 0 {
         return None;
@@ -41,11 +30,6 @@ pub fn member(
         stats::global(STAT_FRAG_ORPHAN);
     }
 
-    let ports = if ip.frag_offset() == 0 && (ip.proto == IPPROTO_TCP || ip.proto == IPPROTO_UDP) {
-        packet::header::<Ports>(ctx, l4_offset).map_or(0, |p| u32::from_ne_bytes(p.bytes))
-    } else {
-        0
-    };
     let hash = flow_hash(ip.src(), ip.dst(), ports, ip.proto);
     let index = pick_index(hash, n) as usize;
     if index >= MAX_MEMBERS {

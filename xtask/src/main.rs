@@ -1,1 +1,82 @@
-fn main() {}
+//! `cargo xtask`: developer tasks of the anycast workspace.
+//!
+//! Every task first runs [`setup::setup`], which installs what a fresh
+//! Debian 12 machine lacks (eBPF toolchain, Debian packages, bpffs), so a
+//! single `cargo xtask test` works from a clean checkout.
+
+mod cmd;
+mod setup;
+mod tasks;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "Developer tasks of the anycast workspace"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what the build, tests and demo need (idempotent; must run as root).
+    Setup,
+    /// Build anycast-ctl, which embeds the eBPF object.
+    Build {
+        /// Build with the release profile.
+        #[arg(long)]
+        release: bool,
+    },
+    /// Run the workspace tests serially (`cargo xtask test -- ARGS` passes ARGS to cargo test).
+    Test {
+        /// Extra arguments for `cargo test`; arguments after a second `--` go to the test harness.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Run the demo binary of anycast-tests.
+    Demo,
+    /// Run the benchmark binary of anycast-tests (writes target/bench/report.json).
+    Bench,
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Setup => setup::setup(),
+        Command::Build { release } => tasks::build(release),
+        Command::Test { args } => tasks::test(&args),
+        Command::Demo => tasks::demo(),
+        Command::Bench => tasks::bench(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn test_args_keep_a_second_separator() {
+        let cli = Cli::parse_from([
+            "xtask",
+            "test",
+            "--",
+            "-p",
+            "anycast-tests",
+            "--",
+            "--nocapture",
+        ]);
+        let Command::Test { args } = cli.command else {
+            panic!("expected the test command");
+        };
+        assert_eq!(args, ["-p", "anycast-tests", "--", "--nocapture"]);
+    }
+}

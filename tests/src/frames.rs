@@ -1,0 +1,385 @@
+//! Frames built byte by byte, and a BPF_PROG_TEST_RUN bed: the real dataplane object loaded in
+//! a private network namespace, with its maps filled through anycast-ctl's own code paths.
+//!
+//! The builders compute every checksum from scratch (RFC 1071), independently of the
+//! dataplane's incremental update, so a fixture's expected frame checks the dataplane's math.
+use std::{
+    fs::File,
+    net::Ipv4Addr,
+    os::fd::AsRawFd,
+    sync::atomic::{AtomicU32, Ordering},
+    time::Duration,
+};
+
+use anycast_common::{HOST_MAC_KNOWN, Host, Iface, MODE_NATIVE, ip_key, programs};
+use anycast_ctl::{
+    dataplane::{self, Maps},
+    members::{self, Placement},
+    pin::PinDir,
+};
+use anyhow::{Context, Result, bail};
+use aya::{
+    Ebpf,
+    programs::{TestRun, TestRunOptions, Xdp},
+};
+
+pub const XDP_ABORTED: u32 = 0;
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
+pub const XDP_REDIRECT: u32 = 4;
+
+pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_ARP: u16 = 0x0806;
+
+/// RFC 1071 Internet checksum.
+pub fn checksum(bytes: &[u8]) -> u16 {
+    let mut sum: u32 = 0;
+    for chunk in bytes.chunks(2) {
+        let word = if chunk.len() == 2 {
+            u16::from_be_bytes([chunk[0], chunk[1]])
+        } else {
+            u16::from_be_bytes([chunk[0], 0])
+        };
+        sum += word as u32;
+    }
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// An IPv4 datagram to build.
+#[derive(Clone, Debug)]
+pub struct Ipv4 {
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub proto: u8,
+    pub ttl: u8,
+    pub id: u16,
+    /// Flags and fragment offset, as on the wire (0x2000 = more fragments).
+    pub frag: u16,
+    /// IP options (a multiple of 4 bytes).
+    pub options: Vec<u8>,
+    pub payload: Vec<u8>,
+}
+
+impl Ipv4 {
+    pub fn udp(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, data: &[u8]) -> Self {
+        let mut payload = Vec::new();
+        payload.extend_from_slice(&sport.to_be_bytes());
+        payload.extend_from_slice(&dport.to_be_bytes());
+        payload.extend_from_slice(&((8 + data.len()) as u16).to_be_bytes());
+        payload.extend_from_slice(&[0, 0]); // no UDP checksum (allowed over IPv4)
+        payload.extend_from_slice(data);
+        Self::new(src, dst, 17, payload)
+    }
+
+    pub fn tcp_syn(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16) -> Self {
+        let mut payload = Vec::new();
+        payload.extend_from_slice(&sport.to_be_bytes());
+        payload.extend_from_slice(&dport.to_be_bytes());
+        payload.extend_from_slice(&1u32.to_be_bytes()); // seq
+        payload.extend_from_slice(&0u32.to_be_bytes()); // ack
+        payload.extend_from_slice(&[0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0]); // doff 5, SYN
+        Self::new(src, dst, 6, payload)
+    }
+
+    pub fn icmp_echo(src: Ipv4Addr, dst: Ipv4Addr) -> Self {
+        let mut payload = vec![8, 0, 0, 0, 0x12, 0x34, 0, 1];
+        let c = checksum(&payload);
+        payload[2..4].copy_from_slice(&c.to_be_bytes());
+        Self::new(src, dst, 1, payload)
+    }
+
+    pub fn new(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, payload: Vec<u8>) -> Self {
+        Self {
+            src,
+            dst,
+            proto,
+            ttl: 64,
+            id: 0x1c46,
+            frag: 0x4000, // DF
+            options: Vec::new(),
+            payload,
+        }
+    }
+
+    /// The IP header and payload, with a freshly computed header checksum.
+    pub fn bytes(&self) -> Vec<u8> {
+        let ihl = (20 + self.options.len()) / 4;
+        let total = ihl * 4 + self.payload.len();
+        let mut h = vec![0x40 | ihl as u8, 0];
+        h.extend_from_slice(&(total as u16).to_be_bytes());
+        h.extend_from_slice(&self.id.to_be_bytes());
+        h.extend_from_slice(&self.frag.to_be_bytes());
+        h.extend_from_slice(&[self.ttl, self.proto, 0, 0]);
+        h.extend_from_slice(&self.src.octets());
+        h.extend_from_slice(&self.dst.octets());
+        h.extend_from_slice(&self.options);
+        let c = checksum(&h);
+        h[10..12].copy_from_slice(&c.to_be_bytes());
+        h.extend_from_slice(&self.payload);
+        h
+    }
+}
+
+pub fn ethernet(dst: [u8; 6], src: [u8; 6], ethertype: u16, payload: &[u8]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(14 + payload.len());
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&ethertype.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+pub fn ipv4_frame(dst: [u8; 6], src: [u8; 6], ip: &Ipv4) -> Vec<u8> {
+    ethernet(dst, src, ETH_P_IP, &ip.bytes())
+}
+
+/// An ARP frame (Ethernet/IPv4).
+pub fn arp_frame(
+    eth_dst: [u8; 6],
+    op: u16,
+    sha: [u8; 6],
+    spa: Ipv4Addr,
+    tha: [u8; 6],
+    tpa: Ipv4Addr,
+) -> Vec<u8> {
+    let mut a = vec![0, 1, 0x08, 0x00, 6, 4];
+    a.extend_from_slice(&op.to_be_bytes());
+    a.extend_from_slice(&sha);
+    a.extend_from_slice(&spa.octets());
+    a.extend_from_slice(&tha);
+    a.extend_from_slice(&tpa.octets());
+    ethernet(eth_dst, sha, ETH_P_ARP, &a)
+}
+
+/// One interface of the bed.
+#[derive(Clone, Debug)]
+pub struct Port {
+    pub name: String,
+    pub ifindex: u32,
+    pub mac: [u8; 6],
+}
+
+static BEDS: AtomicU32 = AtomicU32::new(0);
+
+/// The dataplane loaded (not attached) in a private namespace with two veth ports, `p0` and
+/// `p1`, both registered as attached interfaces. The calling thread runs inside that namespace
+/// while the bed lives; dropping it returns the thread, deletes the namespace and the pins.
+pub struct Bed {
+    ns: String,
+    home: File,
+    pin: PinDir,
+    ebpf: Ebpf,
+    pub maps: Maps,
+    pub ports: Vec<Port>,
+}
+
+impl Bed {
+    pub fn new() -> Result<Self> {
+        crate::require_root();
+        let n = BEDS.fetch_add(1, Ordering::Relaxed);
+        let ns = format!("acfx-{}-{n}", std::process::id());
+        let pin = PinDir::new(format!("/sys/fs/bpf/anycast-fx-{}-{n}", std::process::id()));
+        let home = File::open("/proc/thread-self/ns/net").context("opening our netns")?;
+        crate::cmd::run("ip", &["netns", "add", &ns])?;
+        let mut bed = Self::setup(ns.clone(), home, pin.clone());
+        if let Err(e) = &mut bed {
+            let _ = crate::cmd::run("ip", &["netns", "del", &ns]);
+            let _ = std::fs::remove_dir_all(pin.path());
+            bail!("building the TEST_RUN bed: {e:#}");
+        }
+        bed
+    }
+
+    fn setup(ns: String, home: File, pin: PinDir) -> Result<Self> {
+        for (a, b) in [("p0", "p0peer"), ("p1", "p1peer")] {
+            crate::cmd::run(
+                "ip",
+                &[
+                    "-n", &ns, "link", "add", a, "type", "veth", "peer", "name", b,
+                ],
+            )?;
+            crate::cmd::run("ip", &["-n", &ns, "link", "set", a, "up"])?;
+            crate::cmd::run("ip", &["-n", &ns, "link", "set", b, "up"])?;
+        }
+        let target = File::open(format!("/run/netns/{ns}"))?;
+        // SAFETY: setns on this thread only; both fds are valid namespace files.
+        if unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            bail!("setns: {}", std::io::Error::last_os_error());
+        }
+        pin.check()?;
+        std::fs::create_dir_all(pin.links())?;
+        let mut ebpf = dataplane::load(&pin)?;
+        for name in programs::ALL {
+            let p: &mut Xdp = ebpf
+                .program_mut(name)
+                .with_context(|| format!("program {name}"))?
+                .try_into()?;
+            p.load()?;
+        }
+        let mut maps = Maps::open(&pin)?;
+        let mut ports = Vec::new();
+        for name in ["p0", "p1"] {
+            let (ifindex, mac) = link_info(name)?;
+            maps.ifaces.insert(
+                ifindex,
+                Iface {
+                    mac,
+                    _pad: [0; 2],
+                    mode: MODE_NATIVE,
+                },
+                0,
+            )?;
+            maps.tx_ports.insert(ifindex, ifindex, None, 0)?;
+            ports.push(Port {
+                name: name.into(),
+                ifindex,
+                mac,
+            });
+        }
+        Ok(Self {
+            ns,
+            home,
+            pin,
+            ebpf,
+            maps,
+            ports,
+        })
+    }
+
+    /// Adds a member through the same code path as `anycast-ctl member add`.
+    pub fn add_member(
+        &mut self,
+        anycast: Ipv4Addr,
+        member: Ipv4Addr,
+        port: usize,
+        mac: [u8; 6],
+    ) -> Result<()> {
+        let p = Placement {
+            member,
+            ifindex: self.ports[port].ifindex,
+            mac,
+            smac: self.ports[port].mac,
+            static_mac: false,
+        };
+        members::add(&mut self.maps, anycast, &p)?;
+        Ok(())
+    }
+
+    pub fn del_member(&mut self, anycast: Ipv4Addr, member: Ipv4Addr) -> Result<()> {
+        Ok(members::del(&mut self.maps, anycast, member)?)
+    }
+
+    /// Marks a member host's MAC as unknown, as if never resolved.
+    pub fn forget_mac(&mut self, member: Ipv4Addr) -> Result<()> {
+        let index = self.maps.host_ids.get(&ip_key(member.octets()), 0)?;
+        let host: Host = self.maps.hosts.get(&index, 0)?;
+        self.maps.hosts.set(
+            index,
+            Host {
+                flags: host.flags & !HOST_MAC_KNOWN,
+                ..host
+            },
+            0,
+        )?;
+        Ok(())
+    }
+
+    pub fn host(&self, member: Ipv4Addr) -> Result<Host> {
+        let index = self.maps.host_ids.get(&ip_key(member.octets()), 0)?;
+        Ok(self.maps.hosts.get(&index, 0)?)
+    }
+
+    /// Runs `program` once on `frame` arriving on port `ingress`: the verdict and the frame
+    /// as the program left it.
+    pub fn run(&self, program: &str, ingress: usize, frame: &[u8]) -> Result<(u32, Vec<u8>)> {
+        let mut out = vec![0u8; frame.len() + 256];
+        let ctx = xdp_md(frame.len(), self.ports[ingress].ifindex);
+        let mut ctx_out = [0u8; 24];
+        let prog: &Xdp = self.ebpf.program(program).context("program")?.try_into()?;
+        let r = prog.test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx),
+            ctx_out: Some(&mut ctx_out),
+            repeat: 1,
+            ..Default::default()
+        })?;
+        out.truncate(r.data_size_out as usize);
+        Ok((r.return_value, out))
+    }
+
+    /// Runs `program` `repeat` times on `frame` in the kernel; the mean time per run.
+    pub fn time(
+        &self,
+        program: &str,
+        ingress: usize,
+        frame: &[u8],
+        repeat: u32,
+    ) -> Result<Duration> {
+        let ctx = xdp_md(frame.len(), self.ports[ingress].ifindex);
+        let prog: &Xdp = self.ebpf.program(program).context("program")?.try_into()?;
+        let r = prog.test_run(TestRunOptions {
+            data_in: Some(frame),
+            ctx_in: Some(&ctx),
+            repeat,
+            ..Default::default()
+        })?;
+        Ok(r.duration)
+    }
+}
+
+impl Drop for Bed {
+    fn drop(&mut self) {
+        // SAFETY: `home` is this thread's original namespace, opened at creation.
+        unsafe { libc::setns(self.home.as_raw_fd(), libc::CLONE_NEWNET) };
+        let _ = crate::cmd::run("ip", &["netns", "del", &self.ns]);
+        let _ = std::fs::remove_dir_all(self.pin.path());
+    }
+}
+
+/// `struct xdp_md` for TEST_RUN: data 0, data_end = len, the ingress ifindex, rx queue 0.
+fn xdp_md(len: usize, ifindex: u32) -> [u8; 24] {
+    let mut ctx = [0u8; 24];
+    ctx[4..8].copy_from_slice(&(len as u32).to_ne_bytes());
+    ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+    ctx
+}
+
+/// Index and MAC of an interface in the current thread's namespace (ioctl, not sysfs: sysfs
+/// shows the namespace it was mounted in).
+fn link_info(name: &str) -> Result<(u32, [u8; 6])> {
+    let cname = std::ffi::CString::new(name)?;
+    // SAFETY: valid NUL-terminated name.
+    let ifindex = unsafe { libc::if_nametoindex(cname.as_ptr()) };
+    if ifindex == 0 {
+        bail!("no interface {name}");
+    }
+    // SAFETY: a plain datagram socket for the ioctl, closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) };
+    if fd < 0 {
+        bail!("socket: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: ifreq is plain data; zero is a valid initial value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFHWADDR reads ifr_name and writes ifr_hwaddr of a valid ifreq.
+    let rc = unsafe { libc::ioctl(fd, libc::SIOCGIFHWADDR, &mut req) };
+    // SAFETY: fd is ours.
+    unsafe { libc::close(fd) };
+    if rc != 0 {
+        bail!("SIOCGIFHWADDR {name}: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: the ioctl filled ifr_hwaddr.
+    let data = unsafe { req.ifr_ifru.ifru_hwaddr.sa_data };
+    let mut mac = [0u8; 6];
+    for (m, d) in mac.iter_mut().zip(data) {
+        *m = d as u8;
+    }
+    Ok((ifindex, mac))
+}

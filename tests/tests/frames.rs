@@ -1,0 +1,498 @@
+//! Frame-level fixtures through BPF_PROG_TEST_RUN: for each input frame, the exact verdict and
+//! output frame of the real dataplane object, and the counters it leaves.
+use std::net::Ipv4Addr;
+
+use anycast_common::{STAT_FRAG_ORPHAN, STAT_MAC_LEARNED, STAT_MALFORMED, programs::ANYCAST};
+use anycast_ctl::report;
+use anycast_tests::frames::*;
+
+const ANYCAST_A: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 53);
+/// Has one member, on the ingress port (so XDP_TX).
+const ANYCAST_B: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 54);
+/// Exists with no members.
+const ANYCAST_EMPTY: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 55);
+const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
+const CLIENT_MAC: [u8; 6] = [0x02, 0xc0, 0, 0, 0, 0x10];
+const M1: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
+const M1_MAC: [u8; 6] = [0x02, 0x11, 0, 0, 0, 0x02];
+const M2: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 6);
+const M2_MAC: [u8; 6] = [0x02, 0x22, 0, 0, 0, 0x06];
+const M3: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 20);
+const M3_MAC: [u8; 6] = [0x02, 0x33, 0, 0, 0, 0x20];
+
+/// p0 faces the client; A's members M1 and M2 are on p1; B's member M3 is on p0.
+fn bed() -> Bed {
+    let mut bed = Bed::new().expect("TEST_RUN bed");
+    bed.add_member(ANYCAST_A, M1, 1, M1_MAC).unwrap();
+    bed.add_member(ANYCAST_A, M2, 1, M2_MAC).unwrap();
+    bed.add_member(ANYCAST_B, M3, 0, M3_MAC).unwrap();
+    bed.add_member(ANYCAST_EMPTY, M1, 1, M1_MAC).unwrap();
+    bed.del_member(ANYCAST_EMPTY, M1).unwrap();
+    bed
+}
+
+fn to_router(bed: &Bed, ip: &Ipv4) -> Vec<u8> {
+    ipv4_frame(bed.ports[0].mac, CLIENT_MAC, ip)
+}
+
+/// What the dataplane must emit for `ip` sent to a member: new MACs, TTL - 1, and a header
+/// checksum recomputed from scratch.
+fn forwarded(dst_mac: [u8; 6], src_mac: [u8; 6], ip: &Ipv4) -> Vec<u8> {
+    let mut out = ip.clone();
+    out.ttl -= 1;
+    ipv4_frame(dst_mac, src_mac, &out)
+}
+
+fn member_mac(frame: &[u8]) -> [u8; 6] {
+    frame[0..6].try_into().unwrap()
+}
+
+fn stats(bed: &Bed) -> report::Stats {
+    report::stats(&bed.maps, None).unwrap()
+}
+
+fn addr_stats(bed: &Bed, a: Ipv4Addr) -> report::AddressCounters {
+    report::stats(&bed.maps, Some(a)).unwrap().addresses.remove(0)
+}
+
+fn global(bed: &Bed, index: u32) -> u64 {
+    bed.maps.stats.get(&index, 0).unwrap().iter().sum()
+}
+
+#[derive(Debug)]
+enum Expect {
+    Unchanged,
+    Frame(Vec<u8>),
+}
+
+struct Fixture {
+    name: &'static str,
+    ingress: usize,
+    input: Vec<u8>,
+    verdict: u32,
+    output: Expect,
+}
+
+fn check(bed: &Bed, f: &Fixture) {
+    let (verdict, out) = bed.run(ANYCAST, f.ingress, &f.input).unwrap();
+    assert_eq!(verdict, f.verdict, "{}: verdict", f.name);
+    match &f.output {
+        Expect::Unchanged => assert_eq!(out, f.input, "{}: frame must pass untouched", f.name),
+        Expect::Frame(want) => assert_eq!(&out, want, "{}: output frame", f.name),
+    }
+}
+
+#[test]
+fn fixture_table() {
+    let bed = bed();
+    let p0 = bed.ports[0].mac;
+    let p1 = bed.ports[1].mac;
+
+    // Which member a flow goes to is the hash's business; the fixture asks the dataplane once
+    // and then requires the exact frame for that member.
+    let udp = Ipv4::udp(CLIENT, ANYCAST_A, 40000, 53, b"query");
+    let (_, probe) = bed.run(ANYCAST, 0, &to_router(&bed, &udp)).unwrap();
+    let udp_member = member_mac(&probe);
+    assert!(udp_member == M1_MAC || udp_member == M2_MAC);
+
+    let tcp = Ipv4::tcp_syn(CLIENT, ANYCAST_A, 40001, 80);
+    let (_, probe) = bed.run(ANYCAST, 0, &to_router(&bed, &tcp)).unwrap();
+    let tcp_member = member_mac(&probe);
+
+    let icmp = Ipv4::icmp_echo(CLIENT, ANYCAST_A);
+    let (_, probe) = bed.run(ANYCAST, 0, &to_router(&bed, &icmp)).unwrap();
+    let icmp_member = member_mac(&probe);
+
+    let mut with_options = Ipv4::udp(CLIENT, ANYCAST_A, 40002, 53, b"opts");
+    with_options.options = vec![0x01, 0x01, 0x01, 0x00]; // NOP NOP NOP EOL
+    let (_, probe) = bed.run(ANYCAST, 0, &to_router(&bed, &with_options)).unwrap();
+    let options_member = member_mac(&probe);
+
+    let udp_b = Ipv4::udp(CLIENT, ANYCAST_B, 40003, 53, b"b");
+    let mut ttl1 = udp.clone();
+    ttl1.ttl = 1;
+    let mut ttl0 = udp.clone();
+    ttl0.ttl = 0;
+    let mut ttl255 = udp.clone();
+    ttl255.ttl = 255;
+    let not_anycast = Ipv4::udp(CLIENT, Ipv4Addr::new(203, 0, 113, 99), 40004, 53, b"x");
+    let no_members = Ipv4::udp(CLIENT, ANYCAST_EMPTY, 40005, 53, b"x");
+    let mut bad_version = udp.bytes();
+    bad_version[0] = 0x65;
+    let mut short_ihl = udp.bytes();
+    short_ihl[0] = 0x44;
+    let mut tot_len_too_big = udp.bytes();
+    tot_len_too_big[2..4].copy_from_slice(&500u16.to_be_bytes());
+    let udp_no_ports = Ipv4::new(CLIENT, ANYCAST_A, 17, vec![0x9c, 0x40]);
+    let mut padded = to_router(&bed, &udp);
+    padded.extend_from_slice(&[0; 18]); // Ethernet padding after the datagram
+
+    let arp_req = arp_frame([0xff; 6], 1, CLIENT_MAC, CLIENT, [0; 6], ANYCAST_A);
+    let mut arp_reply = arp_frame(CLIENT_MAC, 2, p0, ANYCAST_A, CLIENT_MAC, CLIENT);
+    arp_reply[6..12].copy_from_slice(&p0);
+    let vlan = {
+        let mut f = ethernet(p0, CLIENT_MAC, 0x8100, &[0, 10, 0x08, 0x00]);
+        f.extend_from_slice(&udp.bytes());
+        f
+    };
+
+    let fixtures = vec![
+        Fixture {
+            name: "UDP to an anycast address is redirected to a member on another port",
+            ingress: 0,
+            input: to_router(&bed, &udp),
+            verdict: XDP_REDIRECT,
+            output: Expect::Frame(forwarded(udp_member, p1, &udp)),
+        },
+        Fixture {
+            name: "Ethernet padding after the datagram is kept and forwarded",
+            ingress: 0,
+            input: padded.clone(),
+            verdict: XDP_REDIRECT,
+            output: Expect::Frame({
+                let mut f = forwarded(udp_member, p1, &udp);
+                f.extend_from_slice(&[0; 18]);
+                f
+            }),
+        },
+        Fixture {
+            name: "TCP to an anycast address is redirected",
+            ingress: 0,
+            input: to_router(&bed, &tcp),
+            verdict: XDP_REDIRECT,
+            output: Expect::Frame(forwarded(tcp_member, p1, &tcp)),
+        },
+        Fixture {
+            name: "ICMP (no ports) to an anycast address is redirected",
+            ingress: 0,
+            input: to_router(&bed, &icmp),
+            verdict: XDP_REDIRECT,
+            output: Expect::Frame(forwarded(icmp_member, p1, &icmp)),
+        },
+        Fixture {
+            name: "IP options: the checksum covers the whole 24-byte header",
+            ingress: 0,
+            input: to_router(&bed, &with_options),
+            verdict: XDP_REDIRECT,
+            output: Expect::Frame(forwarded(options_member, p1, &with_options)),
+        },
+        Fixture {
+            name: "TTL 255 decrements with a correct checksum",
+            ingress: 0,
+            input: to_router(&bed, &ttl255),
+            verdict: XDP_REDIRECT,
+            output: Expect::Frame(forwarded(udp_member, p1, &ttl255)),
+        },
+        Fixture {
+            name: "a member on the ingress port gets the frame back with XDP_TX",
+            ingress: 0,
+            input: to_router(&bed, &udp_b),
+            verdict: XDP_TX,
+            output: Expect::Frame(forwarded(M3_MAC, p0, &udp_b)),
+        },
+        Fixture {
+            name: "TTL 1 passes to the kernel (ICMP time exceeded)",
+            ingress: 0,
+            input: to_router(&bed, &ttl1),
+            verdict: XDP_PASS,
+            output: Expect::Unchanged,
+        },
+        Fixture {
+            name: "TTL 0 passes to the kernel",
+            ingress: 0,
+            input: to_router(&bed, &ttl0),
+            verdict: XDP_PASS,
+            output: Expect::Unchanged,
+        },
+        Fixture {
+            name: "unicast that is not anycast passes untouched",
+            ingress: 0,
+            input: to_router(&bed, &not_anycast),
+            verdict: XDP_PASS,
+            output: Expect::Unchanged,
+        },
+        Fixture {
+            name: "an anycast address without members passes (normal routing applies)",
+            ingress: 0,
+            input: to_router(&bed, &no_members),
+            verdict: XDP_PASS,
+            output: Expect::Unchanged,
+        },
+        Fixture {
+            name: "IP version 6 in an IPv4 ethertype passes",
+            ingress: 0,
+            input: ethernet(p0, CLIENT_MAC, ETH_P_IP, &bad_version),
+            verdict: XDP_PASS,
+            output: Expect::Unchanged,
+        },
+        Fixture {
+            name: "IHL below 5 passes",
+            ingress: 0,
+            input: ethernet(p0, CLIENT_MAC, ETH_P_IP, &short_ihl),
+            verdict: XDP_PASS,
+            output: Expect::Unchanged,
+        },
+        Fixture {
+            name: "total length beyond the frame passes",
+            ingress: 0,
+            input: ethernet(p0, CLIENT_MAC, ETH_P_IP, &tot_len_too_big),
+            verdict: XDP_PASS,
+            output: Expect::Unchanged,
+        },
+        Fixture {
+            name: "UDP without room for its ports passes",
+            ingress: 0,
+            input: to_router(&bed, &udp_no_ports),
+            verdict: XDP_PASS,
+            output: Expect::Unchanged,
+        },
+        Fixture {
+            name: "ARP request for an anycast address with members is answered",
+            ingress: 0,
+            input: arp_req.clone(),
+            verdict: XDP_TX,
+            output: Expect::Frame(arp_reply),
+        },
+        Fixture {
+            name: "ARP request for another address passes",
+            ingress: 0,
+            input: arp_frame([0xff; 6], 1, CLIENT_MAC, CLIENT, [0; 6], Ipv4Addr::new(192, 0, 2, 1)),
+            verdict: XDP_PASS,
+            output: Expect::Unchanged,
+        },
+        Fixture {
+            name: "ARP request for an anycast address without members passes",
+            ingress: 0,
+            input: arp_frame([0xff; 6], 1, CLIENT_MAC, CLIENT, [0; 6], ANYCAST_EMPTY),
+            verdict: XDP_PASS,
+            output: Expect::Unchanged,
+        },
+        Fixture {
+            name: "gratuitous ARP for an anycast address passes",
+            ingress: 0,
+            input: arp_frame([0xff; 6], 1, CLIENT_MAC, ANYCAST_A, [0; 6], ANYCAST_A),
+            verdict: XDP_PASS,
+            output: Expect::Unchanged,
+        },
+        Fixture {
+            name: "ARP reply passes",
+            ingress: 0,
+            input: arp_frame(p0, 2, CLIENT_MAC, CLIENT, p0, ANYCAST_A),
+            verdict: XDP_PASS,
+            output: Expect::Unchanged,
+        },
+        Fixture {
+            name: "ARP for a non-IPv4 protocol passes",
+            ingress: 0,
+            input: {
+                let mut f = arp_req.clone();
+                f[16] = 0x86;
+                f[17] = 0xdd;
+                f
+            },
+            verdict: XDP_PASS,
+            output: Expect::Unchanged,
+        },
+        Fixture {
+            name: "VLAN-tagged frames pass untouched",
+            ingress: 0,
+            input: vlan,
+            verdict: XDP_PASS,
+            output: Expect::Unchanged,
+        },
+        Fixture {
+            name: "IPv6 passes untouched",
+            ingress: 0,
+            input: ethernet(p0, CLIENT_MAC, 0x86dd, &[0x60; 60]),
+            verdict: XDP_PASS,
+            output: Expect::Unchanged,
+        },
+    ];
+    for f in &fixtures {
+        check(&bed, f);
+    }
+
+    // Counters: exactly what the frames above (and the four probes) did.
+    let a = addr_stats(&bed, ANYCAST_A);
+    let forwarded_a = 4 /* probes */ + 6;
+    assert_eq!(a.forwarded_packets, forwarded_a);
+    assert_eq!(a.passed["ttl_exceeded"], 2);
+    assert_eq!(a.passed["no_member"], 0);
+    assert_eq!(a.passed["mac_unknown"], 0);
+    assert_eq!(a.rx_packets, forwarded_a + 2);
+    assert_eq!(a.arp_replies, 1);
+    let member_packets: u64 = a.members.iter().map(|m| m.packets).sum();
+    let member_bytes: u64 = a.members.iter().map(|m| m.bytes).sum();
+    assert_eq!(member_packets, a.forwarded_packets);
+    assert_eq!(member_bytes, a.forwarded_bytes);
+    let b = addr_stats(&bed, ANYCAST_B);
+    assert_eq!((b.rx_packets, b.forwarded_packets), (1, 1));
+    assert_eq!(b.members[0].bytes, to_router(&bed, &udp_b).len() as u64);
+    let empty = addr_stats(&bed, ANYCAST_EMPTY);
+    assert_eq!((empty.rx_packets, empty.passed["no_member"]), (1, 1));
+    let g = stats(&bed).global;
+    assert_eq!(g["frames"], fixtures.len() as u64 + 4);
+    assert_eq!(g["malformed"], 5); // version, IHL, total length, no ports, ARP ptype
+    assert_eq!(g["not_anycast"], 1);
+    assert_eq!(g["other_ethertype"], 2);
+    assert_eq!(g["arp_passed"], 4);
+}
+
+#[test]
+fn truncation_at_every_length_passes_and_counts_malformed() {
+    let bed = bed();
+    let udp = to_router(&bed, &Ipv4::udp(CLIENT, ANYCAST_A, 40000, 53, b"payload"));
+    let mut opts = Ipv4::udp(CLIENT, ANYCAST_A, 40000, 53, b"payload");
+    opts.options = vec![1, 1, 1, 0];
+    let with_options = to_router(&bed, &opts);
+    let tcp = to_router(&bed, &Ipv4::tcp_syn(CLIENT, ANYCAST_A, 40000, 80));
+    let arp = arp_frame([0xff; 6], 1, CLIENT_MAC, CLIENT, [0; 6], ANYCAST_A);
+    let mut cuts = 0;
+    for full in [&udp, &with_options, &tcp, &arp] {
+        // BPF_PROG_TEST_RUN refuses frames shorter than an Ethernet header; from there on,
+        // every cut is fed to the program.
+        for len in 14..full.len() {
+            let before = global(&bed, STAT_MALFORMED);
+            let frame = &full[..len];
+            let (verdict, out) = bed.run(ANYCAST, 0, frame).unwrap();
+            assert_eq!(verdict, XDP_PASS, "cut at {len} of {}", full.len());
+            assert_eq!(out, frame, "cut at {len}: frame must be untouched");
+            assert_eq!(global(&bed, STAT_MALFORMED), before + 1, "cut at {len}: counted as malformed");
+            cuts += 1;
+        }
+    }
+    let a = addr_stats(&bed, ANYCAST_A);
+    assert_eq!((a.rx_packets, a.forwarded_packets, a.arp_replies), (0, 0, 0));
+    assert_eq!(global(&bed, anycast_common::STAT_FRAMES), cuts);
+}
+
+#[test]
+fn fragments_follow_their_first_fragment() {
+    let bed = bed();
+    let p1 = bed.ports[1].mac;
+    // Several datagrams, so that both members are seen as targets of a first fragment.
+    let mut targets = std::collections::HashSet::new();
+    for sport in 41000..41016u16 {
+        let mut first = Ipv4::udp(CLIENT, ANYCAST_A, sport, 53, &[7; 32]);
+        first.id = sport;
+        first.frag = 0x2000; // MF, offset 0
+        let (verdict, out) = bed.run(ANYCAST, 0, &to_router(&bed, &first)).unwrap();
+        assert_eq!(verdict, XDP_REDIRECT);
+        let member = member_mac(&out);
+        targets.insert(member);
+
+        let mut second = Ipv4::new(CLIENT, ANYCAST_A, 17, vec![9; 16]);
+        second.id = sport;
+        second.frag = 5; // offset 40 bytes, last fragment
+        let (verdict, out) = bed.run(ANYCAST, 0, &to_router(&bed, &second)).unwrap();
+        assert_eq!(verdict, XDP_REDIRECT);
+        assert_eq!(out, forwarded(member, p1, &second), "fragment of datagram {sport}");
+    }
+    assert_eq!(targets.len(), 2, "16 datagrams should reach both members");
+    assert_eq!(global(&bed, STAT_FRAG_ORPHAN), 0);
+
+    // A later fragment whose first fragment was never seen still reaches a member, and is counted.
+    let mut orphan = Ipv4::new(CLIENT, ANYCAST_A, 17, vec![9; 16]);
+    orphan.id = 7;
+    orphan.frag = 5;
+    let (verdict, _) = bed.run(ANYCAST, 0, &to_router(&bed, &orphan)).unwrap();
+    assert_eq!(verdict, XDP_REDIRECT);
+    assert_eq!(global(&bed, STAT_FRAG_ORPHAN), 1);
+}
+
+#[test]
+fn unknown_member_mac_passes_and_is_counted() {
+    let mut bed = bed();
+    bed.forget_mac(M3).unwrap();
+    let frame = to_router(&bed, &Ipv4::udp(CLIENT, ANYCAST_B, 40000, 53, b"x"));
+    let (verdict, out) = bed.run(ANYCAST, 0, &frame).unwrap();
+    assert_eq!((verdict, out), (XDP_PASS, frame));
+    assert_eq!(addr_stats(&bed, ANYCAST_B).passed["mac_unknown"], 1);
+}
+
+#[test]
+fn member_mac_is_learned_from_its_arp() {
+    let mut bed = bed();
+    let new_mac = [0x02, 0x33, 0, 0, 0, 0x99];
+    // M3 lives on p0; an ARP from it arriving on p1 must not move it.
+    let arp = arp_frame([0xff; 6], 1, new_mac, M3, [0; 6], Ipv4Addr::new(192, 0, 2, 1));
+    assert_eq!(bed.run(ANYCAST, 1, &arp).unwrap().0, XDP_PASS);
+    assert_eq!(bed.host(M3).unwrap().mac, M3_MAC);
+    assert_eq!(global(&bed, STAT_MAC_LEARNED), 0);
+
+    // On its own port it is followed, and the next datagram goes to the new MAC.
+    let (verdict, out) = bed.run(ANYCAST, 0, &arp).unwrap();
+    assert_eq!((verdict, out), (XDP_PASS, arp.clone()));
+    assert_eq!(bed.host(M3).unwrap().mac, new_mac);
+    assert_eq!(global(&bed, STAT_MAC_LEARNED), 1);
+    let udp = Ipv4::udp(CLIENT, ANYCAST_B, 40000, 53, b"x");
+    let (verdict, out) = bed.run(ANYCAST, 0, &to_router(&bed, &udp)).unwrap();
+    assert_eq!(verdict, XDP_TX);
+    assert_eq!(member_mac(&out), new_mac);
+
+    // A member with an unknown MAC becomes usable once it ARPs.
+    bed.forget_mac(M3).unwrap();
+    bed.run(ANYCAST, 0, &arp).unwrap();
+    assert_eq!(bed.run(ANYCAST, 0, &to_router(&bed, &udp)).unwrap().0, XDP_TX);
+}
+
+#[test]
+fn flows_spread_and_stick() {
+    let bed = bed();
+    let mut per_member = std::collections::HashMap::new();
+    for sport in 30000..30300u16 {
+        let frame = to_router(&bed, &Ipv4::udp(CLIENT, ANYCAST_A, sport, 53, b"x"));
+        let (_, first) = bed.run(ANYCAST, 0, &frame).unwrap();
+        for _ in 0..3 {
+            let (_, again) = bed.run(ANYCAST, 0, &frame).unwrap();
+            assert_eq!(member_mac(&again), member_mac(&first), "flow {sport} moved");
+        }
+        *per_member.entry(member_mac(&first)).or_insert(0u32) += 1;
+    }
+    assert_eq!(per_member.len(), 2);
+    for (mac, n) in per_member {
+        assert!(n >= 100, "member {mac:02x?} got only {n} of 300 flows");
+    }
+}
+
+#[test]
+fn baseline_program_swaps_macs() {
+    let bed = bed();
+    let frame = to_router(&bed, &Ipv4::udp(CLIENT, ANYCAST_A, 40000, 53, b"x"));
+    let (verdict, out) = bed
+        .run(anycast_common::programs::BENCH_BASELINE, 0, &frame)
+        .unwrap();
+    assert_eq!(verdict, XDP_TX);
+    assert_eq!(out[0..6], frame[6..12]);
+    assert_eq!(out[6..12], frame[0..6]);
+    assert_eq!(out[12..], frame[12..]);
+}
+
+#[test]
+fn object_names_match_user_space() {
+    let object = aya_obj_names();
+    for name in anycast_common::names::ALL {
+        assert!(object.0.contains(&name.to_string()), "map {name} missing from the object");
+    }
+    assert_eq!(object.0.len(), anycast_common::names::ALL.len(), "maps: {:?}", object.0);
+    for name in anycast_common::programs::ALL {
+        assert!(object.1.contains(&name.to_string()), "program {name} missing");
+    }
+}
+
+/// Map and program names of the embedded object, parsed without loading it.
+fn aya_obj_names() -> (Vec<String>, Vec<String>) {
+    let dir = format!("/sys/fs/bpf/anycast-names-{}", std::process::id());
+    std::fs::create_dir_all(&dir).unwrap();
+    let ebpf = aya::EbpfLoader::new()
+        .default_map_pin_directory(&dir)
+        .load(anycast_ctl::EBPF_OBJECT);
+    let names = ebpf.as_ref().map(|e| {
+        (
+            e.maps().map(|(n, _)| n.to_string()).collect(),
+            e.programs().map(|(n, _)| n.to_string()).collect(),
+        )
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    names.expect("loading the object")
+}
