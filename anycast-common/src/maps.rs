@@ -4,13 +4,23 @@
 //! - A map name here is the name of a map in the eBPF object, and the file name of its pin.
 //! - Values hold integers, byte arrays and named flag constants only; no `bool`, `Option` or
 //!   Rust enum crosses the boundary.
-//! - [`AddrEntry`] is replaced whole (one hash update), so the dataplane never sees a
-//!   half-written member set.
+//! - The dataplane finds an anycast address in `ADDRS`, an open-addressed array (an array
+//!   lookup is inlined by the verifier; a hash map lookup costs about as much as the rest of the
+//!   forward path). An address sits within [`ADDR_PROBES`] buckets of [`addr_bucket`], and
+//!   addresses are never removed from it while the dataplane is loaded, so a lookup stops at the
+//!   first empty bucket.
+//! - Each address has two [`MemberSet`]s in `MEMBER_SETS`; its bucket names the live one. User
+//!   space writes the other one, then flips `AddrBucket::version` (one aligned 32-bit store), so
+//!   the dataplane never reads a half-written member set.
 
 /// Pinned map names (also the pin file names under the pin directory).
 pub mod names {
-    /// Anycast address -> [`super::AddrEntry`].
+    /// Open-addressed array of [`super::AddrBucket`]: anycast address -> slot and live set.
     pub const ADDRS: &str = "ADDRS";
+    /// [`super::MemberSet`] pairs, indexed by [`super::member_set_index`].
+    pub const MEMBER_SETS: &str = "MEMBER_SETS";
+    /// Anycast address -> slot: user space's directory of `ADDRS` (not read by the dataplane).
+    pub const ADDR_KEYS: &str = "ADDR_KEYS";
     /// Member host index -> [`super::Host`].
     pub const HOSTS: &str = "HOSTS";
     /// Member host IPv4 -> host index (used to learn MACs from ARP).
@@ -28,8 +38,10 @@ pub mod names {
     /// LRU: first fragment of a datagram -> the member it went to.
     pub const FRAGS: &str = "FRAGS";
     /// Every map of the object.
-    pub const ALL: [&str; 9] = [
+    pub const ALL: [&str; 11] = [
         ADDRS,
+        MEMBER_SETS,
+        ADDR_KEYS,
         HOSTS,
         HOST_IDS,
         IFACES,
@@ -52,6 +64,10 @@ pub mod programs {
 
 /// Anycast addresses (the RFC's 2^16).
 pub const MAX_ADDRS: u32 = 65_536;
+/// Buckets of the `ADDRS` index: a power of two, four per address, so probe runs stay short.
+pub const ADDR_BUCKETS: u32 = 4 * MAX_ADDRS;
+/// An address is at most this many buckets after its home bucket.
+pub const ADDR_PROBES: u32 = 16;
 /// Members of one anycast address.
 pub const MAX_MEMBERS: usize = 64;
 /// Distinct member hosts.
@@ -73,26 +89,52 @@ pub struct MemberRef {
     pub counter: u32,
 }
 
-/// The state of one anycast address.
+/// One bucket of the `ADDRS` index. `ip == 0` marks an empty bucket.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AddrBucket {
+    /// The anycast address ([`crate::ip_key`]).
+    pub ip: u32,
+    /// Index into `ADDR_STATS`; with `version`, into `MEMBER_SETS`. Fixed for the address's life.
+    pub slot: u32,
+    /// Which of the address's two member sets is live (0 or 1).
+    pub version: u32,
+    pub _pad: u32,
+}
+
+/// Home bucket of an address in `ADDRS`.
+#[inline(always)]
+pub const fn addr_bucket(ip: u32) -> u32 {
+    crate::flow::fmix32(ip) & (ADDR_BUCKETS - 1)
+}
+
+/// Index into `MEMBER_SETS` of an address slot's set `version`.
+#[inline(always)]
+pub const fn member_set_index(slot: u32, version: u32) -> u32 {
+    slot * 2 + (version & 1)
+}
+
+/// The members of one anycast address.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct AddrEntry {
-    /// Index into `ADDR_STATS`, stable while the address exists.
-    pub slot: u32,
+pub struct MemberSet {
     /// Number of valid entries at the front of `members`.
     pub n_members: u32,
+    pub _pad: u32,
     pub members: [MemberRef; MAX_MEMBERS],
 }
 
-impl AddrEntry {
-    pub const fn new(slot: u32) -> Self {
+impl Default for MemberSet {
+    fn default() -> Self {
         Self {
-            slot,
             n_members: 0,
+            _pad: 0,
             members: [MemberRef { host: 0, counter: 0 }; MAX_MEMBERS],
         }
     }
+}
 
+impl MemberSet {
     /// The valid members.
     pub fn members(&self) -> &[MemberRef] {
         let n = if (self.n_members as usize) < MAX_MEMBERS {
@@ -175,26 +217,25 @@ pub struct MemberStats {
     pub bytes: u64,
 }
 
-/// Global counters, `STATS` indices.
-pub const STAT_FRAMES: u32 = 0;
+/// Global counters, `STATS` indices. (Frames that reach an anycast address are counted per
+/// address instead.)
 /// IPv4 to an address that is not anycast: passed untouched.
-pub const STAT_NOT_ANYCAST: u32 = 1;
+pub const STAT_NOT_ANYCAST: u32 = 0;
 /// Neither IPv4 nor ARP: passed untouched.
-pub const STAT_OTHER_ETHERTYPE: u32 = 2;
+pub const STAT_OTHER_ETHERTYPE: u32 = 1;
 /// Truncated or malformed Ethernet/IPv4/ARP header: passed untouched.
-pub const STAT_MALFORMED: u32 = 3;
+pub const STAT_MALFORMED: u32 = 2;
 /// ARP not answered by the dataplane: passed untouched.
-pub const STAT_ARP_PASSED: u32 = 4;
+pub const STAT_ARP_PASSED: u32 = 3;
 /// A member's MAC learned or changed from its ARP.
-pub const STAT_MAC_LEARNED: u32 = 5;
+pub const STAT_MAC_LEARNED: u32 = 4;
 /// Frame on an interface without an `IFACES` entry.
-pub const STAT_IFACE_UNKNOWN: u32 = 6;
+pub const STAT_IFACE_UNKNOWN: u32 = 5;
 /// Non-first fragment whose first fragment was not seen: placed by its 3-tuple.
-pub const STAT_FRAG_ORPHAN: u32 = 7;
-pub const STAT_COUNT: u32 = 8;
+pub const STAT_FRAG_ORPHAN: u32 = 6;
+pub const STAT_COUNT: u32 = 7;
 /// Names of the `STAT_*` counters.
 pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
-    "frames",
     "not_anycast",
     "other_ethertype",
     "malformed",
@@ -217,7 +258,9 @@ pub struct FragKey {
 
 const _: () = {
     assert!(core::mem::size_of::<MemberRef>() == 8);
-    assert!(core::mem::size_of::<AddrEntry>() == 8 + 8 * MAX_MEMBERS);
+    assert!(core::mem::size_of::<AddrBucket>() == 16);
+    assert!(core::mem::size_of::<MemberSet>() == 8 + 8 * MAX_MEMBERS);
+    assert!(ADDR_BUCKETS.is_power_of_two());
     assert!(core::mem::size_of::<Host>() == 24);
     assert!(core::mem::size_of::<Iface>() == 12);
     assert!(core::mem::size_of::<AddrStats>() == 8 * (5 + PASS_REASONS));
@@ -231,7 +274,8 @@ mod pod {
     // SAFETY: all of these are #[repr(C)], Copy, made of integers and byte arrays only, and have
     // no padding bytes (sizes asserted above), so every bit pattern is a valid value.
     unsafe impl aya::Pod for MemberRef {}
-    unsafe impl aya::Pod for AddrEntry {}
+    unsafe impl aya::Pod for AddrBucket {}
+    unsafe impl aya::Pod for MemberSet {}
     unsafe impl aya::Pod for Host {}
     unsafe impl aya::Pod for Iface {}
     unsafe impl aya::Pod for AddrStats {}
@@ -245,12 +289,34 @@ mod tests {
 
     #[test]
     fn members_never_exceeds_capacity() {
-        let mut e = AddrEntry::new(3);
+        let mut e = MemberSet::default();
         assert!(e.members().is_empty());
         e.n_members = 2;
         assert_eq!(e.members().len(), 2);
         e.n_members = u32::MAX;
         assert_eq!(e.members().len(), MAX_MEMBERS);
+    }
+
+    /// Linear probing with the real bucket function: 65,536 addresses, in a dense block and
+    /// spread out, all land within ADDR_PROBES of home.
+    #[test]
+    fn full_index_keeps_probe_runs_short() {
+        for (base, stride) in [(0xc612_0000u32, 1u32), (0x0a00_0001, 7919), (0xcb00_7100, 65_537)] {
+            let mut used = [false; ADDR_BUCKETS as usize];
+            let mut worst = 0;
+            for i in 0..MAX_ADDRS {
+                let ip = crate::ip_key(base.wrapping_add(i.wrapping_mul(stride)).to_be_bytes());
+                let mut b = addr_bucket(ip);
+                let mut probes = 0;
+                while used[b as usize] {
+                    b = (b + 1) & (ADDR_BUCKETS - 1);
+                    probes += 1;
+                }
+                used[b as usize] = true;
+                worst = worst.max(probes);
+            }
+            assert!(worst < ADDR_PROBES, "probe run of {worst} for base {base:#x}");
+        }
     }
 
     #[test]

@@ -231,7 +231,7 @@ pub async fn status(pin: &PinDir, nl: &Netlink) -> Result<Status> {
         return Ok(status);
     }
     let maps = Maps::open(pin)?;
-    status.addresses = maps.addrs.keys().filter_map(|k| k.ok()).count();
+    status.addresses = maps.addr_keys.keys().filter_map(|k| k.ok()).count();
     let mut indexes: Vec<u32> = std::fs::read_dir(pin.links())
         .map_err(|e| Error::io("reading the links directory", e))?
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())

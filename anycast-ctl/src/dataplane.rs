@@ -2,7 +2,10 @@
 //!
 //! Invariant: every map is pinned under the [`PinDir`]; [`load`] creates the pins on first use
 //! and reuses them afterwards, so every attached interface and every process shares one state.
-use anycast_common::{AddrEntry, AddrStats, Host, Iface, MemberStats, names};
+use anycast_common::{
+    ADDR_BUCKETS, ADDR_PROBES, AddrBucket, AddrStats, Host, Iface, MemberSet, MemberStats,
+    addr_bucket, member_set_index, names,
+};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues, xdp::DevMapHash},
@@ -28,7 +31,9 @@ pub fn load(pin: &PinDir) -> Result<Ebpf> {
 
 /// Typed handles on the pinned maps.
 pub struct Maps {
-    pub addrs: HashMap<MapData, u32, AddrEntry>,
+    pub addrs: Array<MapData, AddrBucket>,
+    pub member_sets: Array<MapData, MemberSet>,
+    pub addr_keys: HashMap<MapData, u32, u32>,
     pub hosts: Array<MapData, Host>,
     pub host_ids: HashMap<MapData, u32, u32>,
     pub ifaces: HashMap<MapData, u32, Iface>,
@@ -48,6 +53,8 @@ impl Maps {
         }
         Ok(Self {
             addrs: open(pin, names::ADDRS)?,
+            member_sets: open(pin, names::MEMBER_SETS)?,
+            addr_keys: open(pin, names::ADDR_KEYS)?,
             hosts: open(pin, names::HOSTS)?,
             host_ids: open(pin, names::HOST_IDS)?,
             ifaces: open(pin, names::IFACES)?,
@@ -56,6 +63,58 @@ impl Maps {
             member_stats: open(pin, names::MEMBER_STATS)?,
             stats: open(pin, names::STATS)?,
         })
+    }
+}
+
+/// Where an anycast address is, or would go, in the `ADDRS` index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bucket {
+    /// The address is in bucket `index`.
+    Found { index: u32, entry: AddrBucket },
+    /// The address is absent; `index` is the first free bucket of its probe run.
+    Free { index: u32 },
+    /// The address is absent and its probe run has no free bucket.
+    Full,
+}
+
+impl Maps {
+    /// Probes `ADDRS` for `ip` exactly as the dataplane does.
+    pub fn bucket(&self, ip: u32) -> Result<Bucket> {
+        let mut index = addr_bucket(ip);
+        for _ in 0..ADDR_PROBES {
+            let entry = self
+                .addrs
+                .get(&index, 0)
+                .map_err(|e| Error::map(names::ADDRS, e))?;
+            if entry.ip == ip {
+                return Ok(Bucket::Found { index, entry });
+            }
+            if entry.ip == 0 {
+                return Ok(Bucket::Free { index });
+            }
+            index = (index + 1) & (ADDR_BUCKETS - 1);
+        }
+        Ok(Bucket::Full)
+    }
+
+    /// The live member set of an address.
+    pub fn member_set(&self, entry: &AddrBucket) -> Result<MemberSet> {
+        self.member_sets
+            .get(&member_set_index(entry.slot, entry.version), 0)
+            .map_err(|e| Error::map(names::MEMBER_SETS, e))
+    }
+
+    /// Every anycast address with its bucket, sorted by address.
+    pub fn addresses(&self) -> Result<Vec<(std::net::Ipv4Addr, AddrBucket)>> {
+        let mut out = Vec::new();
+        for key in self.addr_keys.keys() {
+            let ip = key.map_err(|e| Error::map(names::ADDR_KEYS, e))?;
+            if let Bucket::Found { entry, .. } = self.bucket(ip)? {
+                out.push((std::net::Ipv4Addr::from(anycast_common::ip_octets(ip)), entry));
+            }
+        }
+        out.sort_by_key(|(a, _)| *a);
+        Ok(out)
     }
 }
 

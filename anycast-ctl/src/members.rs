@@ -5,8 +5,9 @@
 //! agent both go through them, under the pin-directory lock.
 //!
 //! Invariants:
-//! - An address's `AddrEntry` is written whole, after the `HOSTS` entries it points to, so the
-//!   dataplane never follows a member to a half-written host.
+//! - A member set is written into the address's spare `MEMBER_SETS` entry, after the `HOSTS`
+//!   entries it points to, and only then made live by flipping the bucket's version: the
+//!   dataplane never follows a member to a half-written set or host.
 //! - A counter slot is zeroed before it is handed to a new (address, member) pair; an address
 //!   slot likewise.
 //! - An address stays once created (with zero members it counts `no_member` passes and is no
@@ -14,13 +15,13 @@
 use std::{collections::HashSet, net::Ipv4Addr, time::Duration};
 
 use anycast_common::{
-    AddrEntry, AddrStats, HOST_MAC_KNOWN, HOST_MAC_STATIC, Host, MAX_ADDRS, MAX_HOSTS,
-    MAX_MEMBER_COUNTERS, MAX_MEMBERS, MemberRef, MemberStats, ip_key,
+    AddrBucket, AddrStats, HOST_MAC_KNOWN, HOST_MAC_STATIC, Host, MAX_ADDRS, MAX_HOSTS,
+    MAX_MEMBER_COUNTERS, MAX_MEMBERS, MemberRef, MemberSet, MemberStats, ip_key, member_set_index,
 };
 
 use crate::{
     Error, Result,
-    dataplane::{Maps, zeroed},
+    dataplane::{Bucket, Maps, zeroed},
     net::Netlink,
 };
 
@@ -115,84 +116,116 @@ pub enum Added {
 /// where it is sent if it already is a member.
 pub fn add(maps: &mut Maps, address: Ipv4Addr, p: &Placement) -> Result<Added> {
     let key = ip_key(address.octets());
-    let mut entry = match maps.addrs.get(&key, 0) {
-        Ok(entry) => entry,
-        Err(_) => {
-            let slot = free_index(
-                maps.addrs.iter().filter_map(|r| r.ok()).map(|(_, e)| e.slot),
-                MAX_ADDRS,
-                "address",
-            )?;
-            maps.addr_stats
-                .set(slot, zeroed::<AddrStats>()?, 0)
-                .map_err(|e| Error::map("ADDR_STATS", e))?;
-            AddrEntry::new(slot)
+    let (bucket, mut set) = match maps.bucket(key)? {
+        Bucket::Found { index, entry } => ((index, Some(entry)), maps.member_set(&entry)?),
+        Bucket::Free { index } => ((index, None), MemberSet::default()),
+        Bucket::Full => {
+            return Err(Error::Full {
+                what: "address index",
+                max: anycast_common::ADDR_BUCKETS,
+            });
         }
     };
 
     // Check everything that can fail before writing anything.
     let known_host = maps.host_ids.get(&ip_key(p.member.octets()), 0).ok();
     if let Some(host) = known_host
-        && entry.members().iter().any(|m| m.host == host)
+        && set.members().iter().any(|m| m.host == host)
     {
         write_host(maps, p)?;
         return Ok(Added::Updated);
     }
-    let n = entry.members().len();
+    let n = set.members().len();
     if n >= MAX_MEMBERS {
         return Err(Error::TooManyMembers {
             address,
             max: MAX_MEMBERS,
         });
     }
-    let counter = free_index(used_counters(maps), MAX_MEMBER_COUNTERS, "member counter")?;
+    let counter = free_index(used_counters(maps)?, MAX_MEMBER_COUNTERS, "member counter")?;
+    let slot = match bucket.1 {
+        Some(entry) => entry.slot,
+        None => free_index(maps.addr_keys.iter().filter_map(|r| r.ok()).map(|(_, s)| s), MAX_ADDRS, "address")?,
+    };
+
     let host = write_host(maps, p)?;
     maps.member_stats
         .set(counter, zeroed::<MemberStats>()?, 0)
         .map_err(|e| Error::map("MEMBER_STATS", e))?;
-    entry.members[n] = MemberRef { host, counter };
-    entry.n_members = n as u32 + 1;
-    maps.addrs
-        .insert(key, entry, 0)
-        .map_err(|e| Error::map("ADDRS", e))?;
+    set.members[n] = MemberRef { host, counter };
+    set.n_members = n as u32 + 1;
+    match bucket {
+        (index, Some(entry)) => publish(maps, index, entry, &set)?,
+        (index, None) => {
+            maps.addr_stats
+                .set(slot, zeroed::<AddrStats>()?, 0)
+                .map_err(|e| Error::map("ADDR_STATS", e))?;
+            let entry = AddrBucket {
+                ip: key,
+                slot,
+                version: 1,
+                _pad: 0,
+            };
+            // Version 1 now, flipped to 0 by publish: the same path as every later update.
+            publish(maps, index, entry, &set)?;
+            maps.addr_keys
+                .insert(key, slot, 0)
+                .map_err(|e| Error::map("ADDR_KEYS", e))?;
+        }
+    }
     Ok(Added::New)
 }
 
-/// Removes `member` from `address`.
+/// Removes `member` from `address`. The address stays, possibly with no members.
 pub fn del(maps: &mut Maps, address: Ipv4Addr, member: Ipv4Addr) -> Result<()> {
-    let key = ip_key(address.octets());
-    let mut entry = maps
-        .addrs
-        .get(&key, 0)
-        .map_err(|_| Error::NoSuchAddress { address })?;
+    let Bucket::Found { index, entry } = maps.bucket(ip_key(address.octets()))? else {
+        return Err(Error::NoSuchAddress { address });
+    };
+    let mut set = maps.member_set(&entry)?;
     let host = maps
         .host_ids
         .get(&ip_key(member.octets()), 0)
         .map_err(|_| Error::NotMember { address, member })?;
-    let n = entry.members().len();
-    let pos = entry
+    let n = set.members().len();
+    let pos = set
         .members()
         .iter()
         .position(|m| m.host == host)
         .ok_or(Error::NotMember { address, member })?;
-    entry.members.copy_within(pos + 1..n, pos);
-    entry.members[n - 1] = MemberRef::default();
-    entry.n_members = n as u32 - 1;
-    maps.addrs
-        .insert(key, entry, 0)
-        .map_err(|e| Error::map("ADDRS", e))?;
+    set.members.copy_within(pos + 1..n, pos);
+    set.members[n - 1] = MemberRef::default();
+    set.n_members = n as u32 - 1;
+    publish(maps, index, entry, &set)?;
 
-    let still_used = maps
-        .addrs
-        .iter()
-        .filter_map(|r| r.ok())
-        .any(|(_, e)| e.members().iter().any(|m| m.host == host));
+    let mut still_used = false;
+    for (_, e) in maps.addresses()? {
+        still_used |= maps.member_set(&e)?.members().iter().any(|m| m.host == host);
+    }
     if !still_used {
         maps.host_ids
             .remove(&ip_key(member.octets()))
             .map_err(|e| Error::map("HOST_IDS", e))?;
     }
     Ok(())
+}
+
+/// Makes `set` the live member set of the address in bucket `index`: writes the spare set, then
+/// flips the version in the bucket.
+fn publish(maps: &mut Maps, index: u32, entry: AddrBucket, set: &MemberSet) -> Result<()> {
+    let next = entry.version ^ 1;
+    maps.member_sets
+        .set(member_set_index(entry.slot, next), set, 0)
+        .map_err(|e| Error::map("MEMBER_SETS", e))?;
+    maps.addrs
+        .set(
+            index,
+            AddrBucket {
+                version: next,
+                ..entry
+            },
+            0,
+        )
+        .map_err(|e| Error::map("ADDRS", e))
 }
 
 /// Writes the host record of a member (reusing its index if it has one) and returns the index.
@@ -222,16 +255,17 @@ fn write_host(maps: &mut Maps, p: &Placement) -> Result<u32> {
     Ok(index)
 }
 
-fn used_counters(maps: &Maps) -> impl Iterator<Item = u32> + '_ {
-    maps.addrs
-        .iter()
-        .filter_map(|r| r.ok())
-        .flat_map(|(_, e)| e.members().iter().map(|m| m.counter).collect::<Vec<_>>())
+fn used_counters(maps: &Maps) -> Result<Vec<u32>> {
+    let mut used = Vec::new();
+    for (_, entry) in maps.addresses()? {
+        used.extend(maps.member_set(&entry)?.members().iter().map(|m| m.counter));
+    }
+    Ok(used)
 }
 
 /// The smallest index below `max` not in `used`.
-fn free_index(used: impl Iterator<Item = u32>, max: u32, what: &'static str) -> Result<u32> {
-    let used: HashSet<u32> = used.collect();
+fn free_index(used: impl IntoIterator<Item = u32>, max: u32, what: &'static str) -> Result<u32> {
+    let used: HashSet<u32> = used.into_iter().collect();
     (0..max)
         .find(|i| !used.contains(i))
         .ok_or(Error::Full { what, max })

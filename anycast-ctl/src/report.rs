@@ -36,10 +36,9 @@ pub struct Show {
 /// Addresses and members, sorted by address. `ifname` names an ifindex.
 pub fn show(maps: &Maps, ifname: &dyn Fn(u32) -> String) -> Result<Show> {
     let mut addresses = Vec::new();
-    for item in maps.addrs.iter() {
-        let (key, entry) = item.map_err(|e| Error::map("ADDRS", e))?;
+    for (address, entry) in maps.addresses()? {
         let mut members = Vec::new();
-        for m in entry.members() {
+        for m in maps.member_set(&entry)?.members() {
             let host = maps
                 .hosts
                 .get(&m.host, 0)
@@ -53,12 +52,8 @@ pub fn show(maps: &Maps, ifname: &dyn Fn(u32) -> String) -> Result<Show> {
                 static_mac: host.flags & anycast_common::HOST_MAC_STATIC != 0,
             });
         }
-        addresses.push(AddressInfo {
-            address: Ipv4Addr::from(ip_octets(key)),
-            members,
-        });
+        addresses.push(AddressInfo { address, members });
     }
-    addresses.sort_by_key(|a| a.address);
     Ok(Show { addresses })
 }
 
@@ -92,9 +87,7 @@ pub struct Stats {
 /// Counters of every address, or only of `only`.
 pub fn stats(maps: &Maps, only: Option<Ipv4Addr>) -> Result<Stats> {
     let mut addresses = Vec::new();
-    for item in maps.addrs.iter() {
-        let (key, entry) = item.map_err(|e| Error::map("ADDRS", e))?;
-        let address = Ipv4Addr::from(ip_octets(key));
+    for (address, entry) in maps.addresses()? {
         if only.is_some_and(|o| o != address) {
             continue;
         }
@@ -113,7 +106,7 @@ pub fn stats(maps: &Maps, only: Option<Ipv4Addr>) -> Result<Stats> {
             }
         });
         let mut members = Vec::new();
-        for m in entry.members() {
+        for m in maps.member_set(&entry)?.members() {
             let host = maps
                 .hosts
                 .get(&m.host, 0)
@@ -148,7 +141,6 @@ pub fn stats(maps: &Maps, only: Option<Ipv4Addr>) -> Result<Stats> {
     {
         return Err(Error::NoSuchAddress { address });
     }
-    addresses.sort_by_key(|a| a.address);
     let mut global = BTreeMap::new();
     for (index, name) in (0..STAT_COUNT).zip(STAT_NAMES) {
         let per_cpu = maps

@@ -9,7 +9,7 @@ use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 
 use crate::{
     maps::{self, HOST_IDS, HOSTS, IFACES},
-    packet::{self, ArpHdr, ETH_HLEN, EthHdr},
+    packet::{self, ArpHdr, ETH_HLEN, EthHdr, copy_mac},
     stats,
 };
 
@@ -37,7 +37,7 @@ pub fn handle(ctx: &XdpContext, eth: &mut EthHdr) -> Result<u32, u32> {
     let Some(addr) = maps::addr(target) else {
         return Err(stats::pass_global(STAT_ARP_PASSED));
     };
-    if addr.n_members == 0 {
+    if addr.set.n_members == 0 {
         return Err(stats::pass_global(STAT_ARP_PASSED));
     }
     // SAFETY: IFACES values are written whole by user space only at attach time.
@@ -46,12 +46,14 @@ pub fn handle(ctx: &XdpContext, eth: &mut EthHdr) -> Result<u32, u32> {
     };
     let counters = stats::addr(addr.slot).ok_or(xdp_action::XDP_PASS)?;
 
-    eth.dst = arp.sha;
-    eth.src = iface.mac;
+    let requester = arp.sha;
+    let requester_ip = arp.spa;
+    copy_mac(&mut eth.dst, &requester);
+    copy_mac(&mut eth.src, &iface.mac);
     arp.op = ARP_REPLY.to_be_bytes();
-    arp.tha = arp.sha;
-    arp.tpa = arp.spa;
-    arp.sha = iface.mac;
+    copy_mac(&mut arp.tha, &requester);
+    arp.tpa = requester_ip;
+    copy_mac(&mut arp.sha, &iface.mac);
     arp.spa = target.to_ne_bytes();
     counters.arp_replies += 1;
     Ok(xdp_action::XDP_TX)
@@ -75,7 +77,7 @@ fn learn(arp: &ArpHdr, ingress: u32) {
         return;
     }
     if host.mac != arp.sha || host.flags & HOST_MAC_KNOWN == 0 {
-        host.mac = arp.sha;
+        copy_mac(&mut host.mac, &arp.sha);
         host.flags |= HOST_MAC_KNOWN;
         stats::global(STAT_MAC_LEARNED);
     }

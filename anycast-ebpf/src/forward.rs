@@ -7,7 +7,7 @@ use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 
 use crate::{
     maps::TX_PORTS,
-    packet::{EthHdr, Ipv4Hdr},
+    packet::{self, EthHdr, Ipv4Hdr},
 };
 
 /// XDP_TX back out of the ingress interface, or XDP_REDIRECT to another attached interface;
@@ -22,8 +22,8 @@ pub fn verdict(ctx: &XdpContext, egress: u32) -> Option<u32> {
 
 #[inline(always)]
 pub fn rewrite(eth: &mut EthHdr, ip: &mut Ipv4Hdr, host: &Host) {
-    eth.dst = host.mac;
-    eth.src = host.smac;
+    packet::copy_mac(&mut eth.dst, &host.mac);
+    packet::copy_mac(&mut eth.src, &host.smac);
     decrement_ttl(ip);
 }
 

@@ -34,7 +34,6 @@ pub fn anycast(ctx: XdpContext) -> u32 {
 /// `Err` carries an XDP_PASS verdict whose reason has already been counted.
 #[inline(always)]
 fn try_anycast(ctx: &XdpContext) -> Result<u32, u32> {
-    stats::global(anycast_common::STAT_FRAMES);
     let eth: &mut EthHdr = packet::header(ctx, 0).ok_or_else(stats::malformed)?;
     match eth.ethertype() {
         ETH_P_IP => ipv4(ctx, eth),
@@ -74,7 +73,7 @@ fn ipv4(ctx: &XdpContext, eth: &mut EthHdr) -> Result<u32, u32> {
     if ip.ttl <= 1 {
         return Err(stats::pass(counters, PASS_TTL));
     }
-    let Some(member) = select::member(ip, ports, addr) else {
+    let Some(member) = select::member(ip, ports, addr.set) else {
         return Err(stats::pass(counters, PASS_NO_MEMBER));
     };
     let Some(host) = maps::host(member.host) else {

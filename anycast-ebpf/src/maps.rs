@@ -2,19 +2,27 @@
 //! `anycast_common::maps`; all maps are pinned by name under the pin directory user space
 //! chooses, so they outlive any process and are shared by every attached interface.
 use anycast_common::{
-    AddrEntry, AddrStats, FragKey, Host, Iface, MAX_ADDRS, MAX_FRAGS, MAX_HOSTS, MAX_IFACES,
-    MAX_MEMBER_COUNTERS, MemberRef, MemberStats, STAT_COUNT,
+    ADDR_BUCKETS, ADDR_PROBES, AddrBucket, AddrStats, FragKey, Host, Iface, MAX_ADDRS, MAX_FRAGS,
+    MAX_HOSTS, MAX_IFACES, MAX_MEMBER_COUNTERS, MemberRef, MemberSet, MemberStats, STAT_COUNT,
+    addr_bucket, member_set_index,
 };
 use aya_ebpf::{
-    bindings::BPF_F_NO_PREALLOC,
     macros::map,
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
 };
 
-/// Anycast address -> its member set. Not preallocated: an update swaps in a new element and
-/// the old one is freed after an RCU grace period, so readers see one whole version.
+/// Anycast address -> slot and live member set: an open-addressed array (see
+/// `anycast_common::maps` for the probing and update rules).
 #[map]
-pub static ADDRS: HashMap<u32, AddrEntry> = HashMap::pinned(MAX_ADDRS, BPF_F_NO_PREALLOC);
+pub static ADDRS: Array<AddrBucket> = Array::pinned(ADDR_BUCKETS, 0);
+
+/// Two member sets per address slot; `AddrBucket::version` picks the live one.
+#[map]
+pub static MEMBER_SETS: Array<MemberSet> = Array::pinned(2 * MAX_ADDRS, 0);
+
+/// Anycast address -> slot, for user space to enumerate addresses (never read here).
+#[map]
+pub static ADDR_KEYS: HashMap<u32, u32> = HashMap::pinned(MAX_ADDRS, 0);
 
 /// Member host index -> where and how to send to it.
 #[map]
@@ -32,7 +40,7 @@ pub static IFACES: HashMap<u32, Iface> = HashMap::pinned(MAX_IFACES, 0);
 #[map]
 pub static TX_PORTS: DevMapHash = DevMapHash::pinned(MAX_IFACES, 0);
 
-/// Per-address counters, indexed by `AddrEntry::slot`.
+/// Per-address counters, indexed by `AddrBucket::slot`.
 #[map]
 pub static ADDR_STATS: PerCpuArray<AddrStats> = PerCpuArray::pinned(MAX_ADDRS, 0);
 
@@ -48,13 +56,36 @@ pub static STATS: PerCpuArray<u64> = PerCpuArray::pinned(STAT_COUNT, 0);
 #[map]
 pub static FRAGS: LruHashMap<FragKey, MemberRef> = LruHashMap::pinned(MAX_FRAGS, 0);
 
-/// The member set of an anycast address.
+/// An anycast address: its counter slot and live member set.
+pub struct Addr<'a> {
+    pub slot: u32,
+    pub set: &'a MemberSet,
+}
+
+/// Looks up an anycast address.
 #[inline(always)]
-pub fn addr<'a>(ip: u32) -> Option<&'a AddrEntry> {
-    // SAFETY: ADDRS is not preallocated, so an element stays valid until an RCU grace period
-    // after it is replaced or deleted, which outlasts this program run; it is never written in
-    // place.
-    ADDRS.get_ptr(ip).map(|p| unsafe { &*p })
+pub fn addr<'a>(ip: u32) -> Option<Addr<'a>> {
+    if ip == 0 {
+        return None;
+    }
+    let mut bucket = addr_bucket(ip);
+    for _ in 0..ADDR_PROBES {
+        let entry = ADDRS.get(bucket)?;
+        if entry.ip == ip {
+            // SAFETY: a plain aligned u32 read; user space flips it with one 32-bit store.
+            let version = unsafe { core::ptr::read_volatile(&entry.version) };
+            let set = MEMBER_SETS.get(member_set_index(entry.slot, version))?;
+            return Some(Addr {
+                slot: entry.slot,
+                set,
+            });
+        }
+        if entry.ip == 0 {
+            return None;
+        }
+        bucket = (bucket + 1) & (ADDR_BUCKETS - 1);
+    }
+    None
 }
 
 #[inline(always)]

@@ -4,12 +4,12 @@
 //! otherwise, and indexes the address's member set. A first fragment records its member in
 //! `FRAGS`, so the later fragments of the datagram (which carry no ports) follow it; a later
 //! fragment whose first fragment was not seen is placed by its 3-tuple and counted.
-use anycast_common::{AddrEntry, FragKey, MAX_MEMBERS, MemberRef, STAT_FRAG_ORPHAN, flow_hash, pick_index};
+use anycast_common::{FragKey, MemberSet, MAX_MEMBERS, MemberRef, STAT_FRAG_ORPHAN, flow_hash, pick_index};
 use crate::{maps::FRAGS, packet::Ipv4Hdr, stats};
 
 #[inline(always)]
-pub fn member(ip: &Ipv4Hdr, ports: u32, addr: &AddrEntry) -> Option<MemberRef> {
-    let n = addr.n_members;
+pub fn member(ip: &Ipv4Hdr, ports: u32, set: &MemberSet) -> Option<MemberRef> {
+    let n = set.n_members;
     if n == 0 {
         return None;
     }
@@ -35,7 +35,7 @@ pub fn member(ip: &Ipv4Hdr, ports: u32, addr: &AddrEntry) -> Option<MemberRef> {
     if index >= MAX_MEMBERS {
         return None;
     }
-    let member = addr.members[index];
+    let member = set.members[index];
     if fragmented && ip.frag_offset() == 0 {
         let _ = FRAGS.insert(&frag_key, &member, 0);
     }

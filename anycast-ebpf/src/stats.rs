@@ -1,7 +1,7 @@
 //! Counters. All are per-CPU (summed by user space), so updates are plain increments.
 //!
 //! Invariant: each frame bumps exactly one outcome counter (forwarded, an ARP reply, or one pass
-//! reason), besides `STAT_FRAMES` and the per-address `rx_*` counters.
+//! reason), besides the per-address `rx_*` counters.
 use anycast_common::{AddrStats, STAT_MALFORMED};
 use aya_ebpf::bindings::xdp_action;
 

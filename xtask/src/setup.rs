@@ -21,11 +21,9 @@ const BPFFS: &str = "/sys/fs/bpf";
 pub fn setup() -> Result<()> {
     ensure_root()?;
     let mut installed = 0;
-    installed += usize::from(nightly_toolchain()?);
     // anycast-ctl's build.rs builds the eBPF crate with stable (RUSTC_BOOTSTRAP=1,
-    // `-Z build-std=core`); nightly gets rust-src too for `cargo +nightly` builds.
+    // `-Z build-std=core`), whose LLVM is the one bpf-linker links against: no nightly needed.
     installed += usize::from(rust_src("stable")?);
-    installed += usize::from(rust_src("nightly")?);
     installed += usize::from(bpf_linker()?);
     installed += usize::from(deb_packages()?);
     installed += usize::from(bpffs()?);
@@ -49,17 +47,6 @@ fn ensure_root() -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// Installs the nightly toolchain if rustup lacks it.
-fn nightly_toolchain() -> Result<bool> {
-    let list = probe(command("rustup").args(["toolchain", "list"])).unwrap_or_default();
-    if list.lines().any(|line| line.starts_with("nightly")) {
-        return Ok(false);
-    }
-    run(command("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))?;
-    println!("setup: installed the nightly toolchain");
-    Ok(true)
 }
 
 /// Adds the rust-src component to `toolchain` (needed by `-Z build-std=core`).

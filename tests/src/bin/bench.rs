@@ -1,0 +1,207 @@
+//! `cargo xtask bench`: measures the dataplane and writes `target/bench/report.json`.
+//!
+//! Every figure is the kernel's own time per run of BPF_PROG_TEST_RUN (1,000,000 repeats),
+//! taken as the median of several interleaved rounds, and compared only as ratios within this
+//! one run: this machine is shared and noisy, so absolute numbers from different runs differ.
+use std::{collections::BTreeMap, net::Ipv4Addr, time::Instant};
+
+use anycast_common::{AddrBucket, ip_key, member_set_index, programs};
+use anycast_ctl::dataplane::Bucket;
+use anycast_tests::frames::{Bed, Ipv4, arp_frame, ipv4_frame};
+use anyhow::{Context, Result};
+use serde_json::json;
+
+const REPEAT: u32 = 1_000_000;
+const ROUNDS: usize = 5;
+const ANYCAST: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 53);
+const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
+const CLIENT_MAC: [u8; 6] = [0x02, 0xc0, 0, 0, 0, 0x10];
+/// Extra anycast addresses for the scale case come from 198.18.0.0/15.
+const SCALE_ADDRESSES: u32 = 65_536;
+
+struct Case {
+    name: &'static str,
+    program: &'static str,
+    frame: Vec<u8>,
+}
+
+fn main() -> Result<()> {
+    anycast_tests::require_root();
+    let mut bed = Bed::new()?;
+    for (i, member) in [[203, 0, 113, 2], [203, 0, 113, 6], [203, 0, 113, 10]]
+        .iter()
+        .enumerate()
+    {
+        bed.add_member(
+            ANYCAST,
+            Ipv4Addr::from(*member),
+            1,
+            [0x02, 0x10, 0, 0, 0, i as u8],
+        )?;
+    }
+    let p0 = bed.ports[0].mac;
+    let udp = ipv4_frame(
+        p0,
+        CLIENT_MAC,
+        &Ipv4::udp(CLIENT, ANYCAST, 40000, 53, &[0; 18]),
+    );
+    let tcp = ipv4_frame(p0, CLIENT_MAC, &Ipv4::tcp_syn(CLIENT, ANYCAST, 40000, 80));
+    let arp = arp_frame([0xff; 6], 1, CLIENT_MAC, CLIENT, [0; 6], ANYCAST);
+    let other = ipv4_frame(
+        p0,
+        CLIENT_MAC,
+        &Ipv4::udp(CLIENT, Ipv4Addr::new(203, 0, 113, 99), 40000, 53, &[0; 18]),
+    );
+    let cases = [
+        Case {
+            name: "baseline_swap_macs_tx",
+            program: programs::BENCH_BASELINE,
+            frame: udp.clone(),
+        },
+        Case {
+            name: "udp_forward",
+            program: programs::ANYCAST,
+            frame: udp.clone(),
+        },
+        Case {
+            name: "tcp_forward",
+            program: programs::ANYCAST,
+            frame: tcp,
+        },
+        Case {
+            name: "arp_reply",
+            program: programs::ANYCAST,
+            frame: arp,
+        },
+        Case {
+            name: "pass_not_anycast",
+            program: programs::ANYCAST,
+            frame: other,
+        },
+    ];
+
+    let mut ns = measure(&bed, &cases)?;
+    ns.insert("udp_forward_1_address", ns["udp_forward"]);
+
+    eprintln!("installing {SCALE_ADDRESSES} anycast addresses ...");
+    let started = Instant::now();
+    fill_addresses(&mut bed, SCALE_ADDRESSES - 1)?;
+    eprintln!("  done in {:.1} s", started.elapsed().as_secs_f64());
+    let scaled = measure(
+        &bed,
+        &[
+            Case {
+                name: "baseline_swap_macs_tx",
+                program: programs::BENCH_BASELINE,
+                frame: udp.clone(),
+            },
+            Case {
+                name: "udp_forward",
+                program: programs::ANYCAST,
+                frame: udp,
+            },
+        ],
+    )?;
+    // Normalise by the baseline of each phase, so that drift between the phases cancels.
+    let scale = (scaled["udp_forward"] / scaled["baseline_swap_macs_tx"])
+        / (ns["udp_forward"] / ns["baseline_swap_macs_tx"]);
+    ns.insert("udp_forward_65536_addresses", scaled["udp_forward"]);
+
+    let forward_vs_baseline = ns["udp_forward"] / ns["baseline_swap_macs_tx"];
+    println!(
+        "\n{:<32} {:>10}",
+        "case (TEST_RUN, 1M repeats)", "ns/packet"
+    );
+    for (name, v) in &ns {
+        println!("{name:<32} {v:>10.1}");
+    }
+    println!("\nforward_vs_baseline  {forward_vs_baseline:.3}  (target <= 1.5)");
+    println!("scale_65536_vs_1     {scale:.3}  (target <= 1.1)");
+
+    let report = json!({
+        "machine": machine(),
+        "method": format!("BPF_PROG_TEST_RUN, {REPEAT} repeats, median of {ROUNDS} interleaved rounds; kernel-measured ns per run"),
+        "ns_per_packet": ns,
+        "ratios": {
+            "forward_vs_baseline": forward_vs_baseline,
+            "scale_65536_vs_1": scale,
+        },
+        "targets": {
+            "forward_vs_baseline": 1.5,
+            "scale_65536_vs_1": 1.1,
+        },
+    });
+    let dir = target_dir().join("bench");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("report.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&report)? + "\n")?;
+    println!("\nreport: {}", path.display());
+    Ok(())
+}
+
+/// Median ns/packet of each case over interleaved rounds.
+fn measure(bed: &Bed, cases: &[Case]) -> Result<BTreeMap<&'static str, f64>> {
+    let mut samples: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
+    for _ in 0..ROUNDS {
+        for case in cases {
+            let d = bed
+                .time(case.program, 0, &case.frame, REPEAT)
+                .with_context(|| case.name)?;
+            samples
+                .entry(case.name)
+                .or_default()
+                .push(d.as_nanos() as f64);
+        }
+    }
+    Ok(samples
+        .into_iter()
+        .map(|(name, mut v)| {
+            v.sort_by(f64::total_cmp);
+            (name, v[v.len() / 2])
+        })
+        .collect())
+}
+
+/// Installs `n` more anycast addresses (198.18.0.0/15), each with the same three members as
+/// the measured one. Written straight into the maps (one probe and three updates each): this
+/// measures the kernel's lookup at scale, not the control plane.
+fn fill_addresses(bed: &mut Bed, n: u32) -> Result<()> {
+    let Bucket::Found { entry, .. } = bed.maps.bucket(ip_key(ANYCAST.octets()))? else {
+        anyhow::bail!("{ANYCAST} is not installed");
+    };
+    let set = bed.maps.member_set(&entry)?;
+    let base = u32::from(Ipv4Addr::new(198, 18, 0, 0));
+    for i in 0..n {
+        let ip = ip_key(Ipv4Addr::from(base + i).octets());
+        let Bucket::Free { index } = bed.maps.bucket(ip)? else {
+            anyhow::bail!("no bucket for address {i}");
+        };
+        let slot = entry.slot + 1 + i;
+        bed.maps.member_sets.set(member_set_index(slot, 0), set, 0)?;
+        let bucket = AddrBucket { ip, slot, version: 0, _pad: 0 };
+        bed.maps.addrs.set(index, bucket, 0)?;
+        bed.maps.addr_keys.insert(ip, slot, 0)?;
+    }
+    Ok(())
+}
+
+fn machine() -> serde_json::Value {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|l| l.trim_start_matches([' ', '\t', ':']).to_string())
+        .unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    json!({
+        "cpu": cpu,
+        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "kernel": kernel.trim(),
+    })
+}
+
+fn target_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(Into::into)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
+}
