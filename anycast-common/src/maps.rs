@@ -129,7 +129,10 @@ impl Default for MemberSet {
         Self {
             n_members: 0,
             _pad: 0,
-            members: [MemberRef { host: 0, counter: 0 }; MAX_MEMBERS],
+            members: [MemberRef {
+                host: 0,
+                counter: 0,
+            }; MAX_MEMBERS],
         }
     }
 }
@@ -194,8 +197,12 @@ pub const PASS_MAC_UNKNOWN: usize = 2;
 pub const PASS_NO_PORT: usize = 3;
 pub const PASS_REASONS: usize = 4;
 /// Names of the `PASS_*` reasons, as printed by `stats`.
-pub const PASS_NAMES: [&str; PASS_REASONS] =
-    ["ttl_exceeded", "no_member", "mac_unknown", "egress_not_attached"];
+pub const PASS_NAMES: [&str; PASS_REASONS] = [
+    "ttl_exceeded",
+    "no_member",
+    "mac_unknown",
+    "egress_not_attached",
+];
 
 /// Per-address counters (per CPU; user space sums them).
 #[repr(C)]
@@ -301,7 +308,11 @@ mod tests {
     /// spread out, all land within ADDR_PROBES of home.
     #[test]
     fn full_index_keeps_probe_runs_short() {
-        for (base, stride) in [(0xc612_0000u32, 1u32), (0x0a00_0001, 7919), (0xcb00_7100, 65_537)] {
+        for (base, stride) in [
+            (0xc612_0000u32, 1u32),
+            (0x0a00_0001, 7919),
+            (0xcb00_7100, 65_537),
+        ] {
             let mut used = [false; ADDR_BUCKETS as usize];
             let mut worst = 0;
             for i in 0..MAX_ADDRS {
@@ -315,7 +326,10 @@ mod tests {
                 used[b as usize] = true;
                 worst = worst.max(probes);
             }
-            assert!(worst < ADDR_PROBES, "probe run of {worst} for base {base:#x}");
+            assert!(
+                worst < ADDR_PROBES,
+                "probe run of {worst} for base {base:#x}"
+            );
         }
     }
 

@@ -67,7 +67,12 @@ pub enum Attached {
 
 /// Attaches the dataplane to each of `ifaces`. All interfaces are checked before anything is
 /// attached; on a failure, attachments made by this call are undone.
-pub async fn attach(pin: &PinDir, nl: &Netlink, ifaces: &[String], mode: Mode) -> Result<Vec<(String, Attached)>> {
+pub async fn attach(
+    pin: &PinDir,
+    nl: &Netlink,
+    ifaces: &[String],
+    mode: Mode,
+) -> Result<Vec<(String, Attached)>> {
     let mut links = Vec::new();
     for name in ifaces {
         links.push(nl.link_by_name(name).await?);
@@ -111,18 +116,20 @@ fn attach_locked(pin: &PinDir, links: &[Link], mode: Mode) -> Result<Vec<(String
             let id = program
                 .attach_to_if_index(link.index, mode.xdp())
                 .map_err(|e| attach_error(link, mode, e))?;
-            let fd_link: FdLink = program
-                .take_link(id)?
-                .try_into()
-                .map_err(|e: aya::programs::links::LinkError| Error::Attach {
+            let fd_link: FdLink = program.take_link(id)?.try_into().map_err(
+                |e: aya::programs::links::LinkError| Error::Attach {
                     iface: link.name.clone(),
                     mode: mode.name(),
                     reason: e.to_string(),
                     hint: "",
-                })?;
-            fd_link
-                .pin(pin.link(link.index))
-                .map_err(|e| Error::io(format!("pinning the link of {}", link.name), std::io::Error::other(e)))?;
+                },
+            )?;
+            fd_link.pin(pin.link(link.index)).map_err(|e| {
+                Error::io(
+                    format!("pinning the link of {}", link.name),
+                    std::io::Error::other(e),
+                )
+            })?;
             Ok(())
         })();
         if let Err(e) = step {
@@ -163,10 +170,14 @@ pub async fn detach(pin: &PinDir, nl: &Netlink, ifaces: &[String]) -> Result<()>
         // An interface that is gone (its namespace deleted) can still be detached by index.
         let index = match nl.link_by_name(name).await {
             Ok(link) => link.index,
-            Err(_) => name.parse().map_err(|_| Error::UnknownInterface { name: name.clone() })?,
+            Err(_) => name
+                .parse()
+                .map_err(|_| Error::UnknownInterface { name: name.clone() })?,
         };
         if !pin.link(index).exists() {
-            return Err(Error::IfaceNotAttached { iface: name.clone() });
+            return Err(Error::IfaceNotAttached {
+                iface: name.clone(),
+            });
         }
         targets.push(index);
     }
@@ -184,9 +195,7 @@ pub async fn detach(pin: &PinDir, nl: &Netlink, ifaces: &[String]) -> Result<()>
 fn detach_one(pin: &PinDir, maps: &mut Maps, ifindex: u32) -> Result<()> {
     let link = PinnedLink::from_pin(pin.link(ifindex))
         .map_err(|e| Error::io("opening a pinned link", std::io::Error::other(e)))?;
-    let fd_link = link
-        .unpin()
-        .map_err(|e| Error::io("unpinning a link", e))?;
+    let fd_link = link.unpin().map_err(|e| Error::io("unpinning a link", e))?;
     // Dropping the last reference to the bpf_link detaches the program.
     drop(fd_link);
     forget_iface(maps, ifindex);

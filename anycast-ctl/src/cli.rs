@@ -198,7 +198,12 @@ pub async fn run(cli: Cli) -> Result<String> {
             let mut rows = Vec::new();
             for a in &show.addresses {
                 if a.members.is_empty() {
-                    rows.push(vec![a.address.to_string(), "-".into(), String::new(), String::new()]);
+                    rows.push(vec![
+                        a.address.to_string(),
+                        "-".into(),
+                        String::new(),
+                        String::new(),
+                    ]);
                 }
                 for m in &a.members {
                     let mac = match (m.mac_known, m.static_mac) {
@@ -249,7 +254,16 @@ pub async fn run(cli: Cli) -> Result<String> {
                 }
             }
             let mut out = table(
-                &["ANYCAST", "MEMBER", "RX PKTS", "RX BYTES", "FWD PKTS", "FWD BYTES", "PASSED", "ARP REPLIES"],
+                &[
+                    "ANYCAST",
+                    "MEMBER",
+                    "RX PKTS",
+                    "RX BYTES",
+                    "FWD PKTS",
+                    "FWD BYTES",
+                    "PASSED",
+                    "ARP REPLIES",
+                ],
                 rows,
             );
             for a in &stats.addresses {
@@ -260,8 +274,13 @@ pub async fn run(cli: Cli) -> Result<String> {
                     .map(|(r, n)| format!("{r}={n}"))
                     .collect();
                 if !reasons.is_empty() {
-                    writeln!(out, "{} passed to the kernel: {}", a.address, reasons.join(" "))
-                        .expect("writing to a String");
+                    writeln!(
+                        out,
+                        "{} passed to the kernel: {}",
+                        a.address,
+                        reasons.join(" ")
+                    )
+                    .expect("writing to a String");
                 }
             }
             Ok(out)
@@ -319,14 +338,46 @@ mod tests {
 
     #[test]
     fn parses_the_contract() {
-        let cli = parse(&["--pin-dir", "/sys/fs/bpf/x", "attach", "eth0", "eth1", "--mode", "skb"]).unwrap();
+        let cli = parse(&[
+            "--pin-dir",
+            "/sys/fs/bpf/x",
+            "attach",
+            "eth0",
+            "eth1",
+            "--mode",
+            "skb",
+        ])
+        .unwrap();
         assert_eq!(cli.pin_dir, PathBuf::from("/sys/fs/bpf/x"));
-        assert!(matches!(cli.command, Command::Attach { ref ifaces, mode: Mode::Skb } if ifaces.len() == 2));
+        assert!(
+            matches!(cli.command, Command::Attach { ref ifaces, mode: Mode::Skb } if ifaces.len() == 2)
+        );
         let cli = parse(&["attach", "eth0"]).unwrap();
-        assert!(matches!(cli.command, Command::Attach { mode: Mode::Native, .. }));
-        let cli = parse(&["member", "add", "198.51.100.53", "203.0.113.2", "--dev", "r1", "--mac", "02:00:00:00:00:01"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Attach {
+                mode: Mode::Native,
+                ..
+            }
+        ));
+        let cli = parse(&[
+            "member",
+            "add",
+            "198.51.100.53",
+            "203.0.113.2",
+            "--dev",
+            "r1",
+            "--mac",
+            "02:00:00:00:00:01",
+        ])
+        .unwrap();
         match cli.command {
-            Command::Member(MemberCommand::Add { anycast_ip, member_ip, dev, mac }) => {
+            Command::Member(MemberCommand::Add {
+                anycast_ip,
+                member_ip,
+                dev,
+                mac,
+            }) => {
                 assert_eq!(anycast_ip, Ipv4Addr::new(198, 51, 100, 53));
                 assert_eq!(member_ip, Ipv4Addr::new(203, 0, 113, 2));
                 assert_eq!(dev.as_deref(), Some("r1"));
@@ -334,10 +385,29 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert!(matches!(parse(&["stats", "198.51.100.53", "--json"]).unwrap().command, Command::Stats { address: Some(_), json: true }));
-        assert!(matches!(parse(&["status", "--json"]).unwrap().command, Command::Status { json: true }));
-        assert!(matches!(parse(&["show"]).unwrap().command, Command::Show { json: false }));
-        assert!(matches!(parse(&["member", "del", "198.51.100.53", "203.0.113.2"]).unwrap().command, Command::Member(MemberCommand::Del { .. })));
+        assert!(matches!(
+            parse(&["stats", "198.51.100.53", "--json"])
+                .unwrap()
+                .command,
+            Command::Stats {
+                address: Some(_),
+                json: true
+            }
+        ));
+        assert!(matches!(
+            parse(&["status", "--json"]).unwrap().command,
+            Command::Status { json: true }
+        ));
+        assert!(matches!(
+            parse(&["show"]).unwrap().command,
+            Command::Show { json: false }
+        ));
+        assert!(matches!(
+            parse(&["member", "del", "198.51.100.53", "203.0.113.2"])
+                .unwrap()
+                .command,
+            Command::Member(MemberCommand::Del { .. })
+        ));
     }
 
     #[test]
@@ -348,7 +418,14 @@ mod tests {
             &["member", "add", "1.2.3", "203.0.113.2"],
             &["member", "add", "198.51.100.53", "224.0.0.1"],
             &["member", "add", "0.0.0.0", "203.0.113.2"],
-            &["member", "add", "198.51.100.53", "203.0.113.2", "--mac", "zz"],
+            &[
+                "member",
+                "add",
+                "198.51.100.53",
+                "203.0.113.2",
+                "--mac",
+                "zz",
+            ],
             &["member", "del", "198.51.100.53"],
             &["stats", "not-an-ip"],
             &["frobnicate"],

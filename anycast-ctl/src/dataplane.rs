@@ -110,7 +110,10 @@ impl Maps {
         for key in self.addr_keys.keys() {
             let ip = key.map_err(|e| Error::map(names::ADDR_KEYS, e))?;
             if let Bucket::Found { entry, .. } = self.bucket(ip)? {
-                out.push((std::net::Ipv4Addr::from(anycast_common::ip_octets(ip)), entry));
+                out.push((
+                    std::net::Ipv4Addr::from(anycast_common::ip_octets(ip)),
+                    entry,
+                ));
             }
         }
         out.sort_by_key(|(a, _)| *a);
@@ -118,17 +121,17 @@ impl Maps {
     }
 }
 
-fn open<T: TryFrom<Map, Error = aya::maps::MapError>>(pin: &PinDir, name: &'static str) -> Result<T> {
+fn open<T: TryFrom<Map, Error = aya::maps::MapError>>(
+    pin: &PinDir,
+    name: &'static str,
+) -> Result<T> {
     let data = MapData::from_pin(pin.map(name)).map_err(|e| Error::map(name, e))?;
     let map = Map::from_map_data(data).map_err(|e| Error::map(name, e))?;
     T::try_from(map).map_err(|e| Error::map(name, e))
 }
 
 /// Sums a per-CPU value.
-pub fn sum<T: aya::Pod + Default>(
-    values: &PerCpuValues<T>,
-    add: impl Fn(&mut T, &T),
-) -> T {
+pub fn sum<T: aya::Pod + Default>(values: &PerCpuValues<T>, add: impl Fn(&mut T, &T)) -> T {
     let mut total = T::default();
     for v in values.iter() {
         add(&mut total, v);

@@ -7,7 +7,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub enum Error {
     #[error("permission denied: anycast-ctl needs root (CAP_BPF and CAP_NET_ADMIN)")]
     NotRoot,
-    #[error("pin directory {path} is not on a bpf filesystem (mount one with: mount -t bpf bpf DIR)")]
+    #[error(
+        "pin directory {path} is not on a bpf filesystem (mount one with: mount -t bpf bpf DIR)"
+    )]
     NotBpffs { path: PathBuf },
     #[error("nothing is attached under {path}; run `anycast-ctl attach IFACE` first")]
     NotAttached { path: PathBuf },
@@ -30,7 +32,9 @@ pub enum Error {
     NotOnLinkDev { member: Ipv4Addr, iface: String },
     #[error("member {member} is reached through {iface}, which is not attached")]
     EgressNotAttached { member: Ipv4Addr, iface: String },
-    #[error("could not resolve the MAC of {member} on {iface}: no ARP reply within {millis} ms (give it with --mac)")]
+    #[error(
+        "could not resolve the MAC of {member} on {iface}: no ARP reply within {millis} ms (give it with --mac)"
+    )]
     MacUnresolved {
         member: Ipv4Addr,
         iface: String,
@@ -39,10 +43,7 @@ pub enum Error {
     #[error("{address} is not an anycast address here")]
     NoSuchAddress { address: Ipv4Addr },
     #[error("{member} is not a member of {address}")]
-    NotMember {
-        address: Ipv4Addr,
-        member: Ipv4Addr,
-    },
+    NotMember { address: Ipv4Addr, member: Ipv4Addr },
     #[error("{address} already has the maximum of {max} members")]
     TooManyMembers { address: Ipv4Addr, max: usize },
     #[error("no free {what} slot (all {max} in use)")]

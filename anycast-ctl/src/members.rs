@@ -145,7 +145,11 @@ pub fn add(maps: &mut Maps, address: Ipv4Addr, p: &Placement) -> Result<Added> {
     let counter = free_index(used_counters(maps)?, MAX_MEMBER_COUNTERS, "member counter")?;
     let slot = match bucket.1 {
         Some(entry) => entry.slot,
-        None => free_index(maps.addr_keys.iter().filter_map(|r| r.ok()).map(|(_, s)| s), MAX_ADDRS, "address")?,
+        None => free_index(
+            maps.addr_keys.iter().filter_map(|r| r.ok()).map(|(_, s)| s),
+            MAX_ADDRS,
+            "address",
+        )?,
     };
 
     let host = write_host(maps, p)?;
@@ -199,7 +203,11 @@ pub fn del(maps: &mut Maps, address: Ipv4Addr, member: Ipv4Addr) -> Result<()> {
 
     let mut still_used = false;
     for (_, e) in maps.addresses()? {
-        still_used |= maps.member_set(&e)?.members().iter().any(|m| m.host == host);
+        still_used |= maps
+            .member_set(&e)?
+            .members()
+            .iter()
+            .any(|m| m.host == host);
     }
     if !still_used {
         maps.host_ids

@@ -59,7 +59,11 @@ impl PinDir {
     pub fn check(&self) -> Result<()> {
         ensure_bpffs_mounted(&self.path)?;
         let parent = self.path.parent().unwrap_or(Path::new("/"));
-        let probe = if self.path.exists() { &self.path } else { parent };
+        let probe = if self.path.exists() {
+            &self.path
+        } else {
+            parent
+        };
         if !is_bpffs(probe) {
             return Err(Error::NotBpffs {
                 path: self.path.clone(),
@@ -117,8 +121,15 @@ fn is_bpffs(path: &Path) -> bool {
     let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
     // SAFETY: `c` is a valid NUL-terminated path and `st` is a writable statfs buffer.
     let rc = unsafe { libc::statfs(c.as_ptr(), st.as_mut_ptr()) };
-    // SAFETY: statfs filled `st` when it returned 0.
-    rc == 0 && unsafe { st.assume_init() }.f_type as i64 == BPF_FS_MAGIC
+    if rc != 0 {
+        return false;
+    }
+    // SAFETY: statfs returned 0, so it filled `st`.
+    let fs_type = unsafe { st.assume_init() }.f_type;
+    // f_type is i64 on x86_64 but narrower on some architectures.
+    #[allow(clippy::unnecessary_cast)]
+    let fs_type = fs_type as i64;
+    fs_type == BPF_FS_MAGIC
 }
 
 /// bpffs is not mounted by default on some systems; mount it where everybody expects it.

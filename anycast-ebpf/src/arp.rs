@@ -4,7 +4,9 @@
 //! turned into a reply in place (proxy ARP with the ingress interface's MAC) and sent back with
 //! XDP_TX. Any ARP whose sender is a member host on its own interface refreshes that host's MAC,
 //! so a member whose MAC changes is followed. Every other ARP frame passes untouched.
-use anycast_common::{HOST_MAC_KNOWN, HOST_MAC_STATIC, STAT_ARP_PASSED, STAT_IFACE_UNKNOWN, STAT_MAC_LEARNED};
+use anycast_common::{
+    HOST_MAC_KNOWN, HOST_MAC_STATIC, STAT_ARP_PASSED, STAT_IFACE_UNKNOWN, STAT_MAC_LEARNED,
+};
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 
 use crate::{

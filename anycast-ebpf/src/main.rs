@@ -22,7 +22,9 @@ mod stats;
 use anycast_common::{PASS_MAC_UNKNOWN, PASS_NO_MEMBER, PASS_NO_PORT, PASS_TTL};
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 
-use crate::packet::{ETH_HLEN, ETH_P_ARP, ETH_P_IP, EthHdr, IPPROTO_TCP, IPPROTO_UDP, Ipv4Hdr, Ports};
+use crate::packet::{
+    ETH_HLEN, ETH_P_ARP, ETH_P_IP, EthHdr, IPPROTO_TCP, IPPROTO_UDP, Ipv4Hdr, Ports,
+};
 
 #[xdp]
 pub fn anycast(ctx: XdpContext) -> u32 {
@@ -82,8 +84,8 @@ fn ipv4(ctx: &XdpContext, eth: &mut EthHdr) -> Result<u32, u32> {
     if !host.mac_known() {
         return Err(stats::pass(counters, PASS_MAC_UNKNOWN));
     }
-    let action = forward::verdict(ctx, host.ifindex)
-        .ok_or_else(|| stats::pass(counters, PASS_NO_PORT))?;
+    let action =
+        forward::verdict(ctx, host.ifindex).ok_or_else(|| stats::pass(counters, PASS_NO_PORT))?;
     forward::rewrite(eth, ip, host);
 
     counters.fwd_packets += 1;

@@ -4,8 +4,10 @@
 //! otherwise, and indexes the address's member set. A first fragment records its member in
 //! `FRAGS`, so the later fragments of the datagram (which carry no ports) follow it; a later
 //! fragment whose first fragment was not seen is placed by its 3-tuple and counted.
-use anycast_common::{FragKey, MemberSet, MAX_MEMBERS, MemberRef, STAT_FRAG_ORPHAN, flow_hash, pick_index};
 use crate::{maps::FRAGS, packet::Ipv4Hdr, stats};
+use anycast_common::{
+    FragKey, MAX_MEMBERS, MemberRef, MemberSet, STAT_FRAG_ORPHAN, flow_hash, pick_index,
+};
 
 #[inline(always)]
 pub fn member(ip: &Ipv4Hdr, ports: u32, set: &MemberSet) -> Option<MemberRef> {
