@@ -37,8 +37,14 @@ pub mod names {
     pub const STATS: &str = "STATS";
     /// LRU: first fragment of a datagram -> the member it went to.
     pub const FRAGS: &str = "FRAGS";
+    /// [`super::MemberKey`] -> [`super::MemberInfo`]: where a membership came from (user space).
+    pub const MEMBER_INFO: &str = "MEMBER_INFO";
+    /// Advertisement sender IPv4 -> last accepted sequence number (the agent's replay guard).
+    pub const SENDER_SEQ: &str = "SENDER_SEQ";
+    /// The agent's advertisement counters, indexed by `AGENT_*`.
+    pub const AGENT_STATS: &str = "AGENT_STATS";
     /// Every map of the object.
-    pub const ALL: [&str; 11] = [
+    pub const ALL: [&str; 14] = [
         ADDRS,
         MEMBER_SETS,
         ADDR_KEYS,
@@ -50,6 +56,9 @@ pub mod names {
         MEMBER_STATS,
         STATS,
         FRAGS,
+        MEMBER_INFO,
+        SENDER_SEQ,
+        AGENT_STATS,
     ];
 }
 
@@ -263,6 +272,40 @@ pub struct FragKey {
     pub _pad: u8,
 }
 
+/// Key of `MEMBER_INFO`: one membership.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct MemberKey {
+    pub anycast: u32,
+    pub member: u32,
+}
+
+/// `MemberInfo::source`: added by an operator (`member add`); never expires.
+pub const SOURCE_STATIC: u32 = 0;
+/// `MemberInfo::source`: learned from advertisements; expires after `hold_ms`.
+pub const SOURCE_LEARNED: u32 = 1;
+
+/// Where a membership came from and how long it lasts. Read and written by user space only.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemberInfo {
+    /// `SOURCE_*`.
+    pub source: u32,
+    /// Hold time of a learned member, in ms.
+    pub hold_ms: u32,
+    /// Wall-clock time of the last add or refresh, in ms since the Unix epoch.
+    pub updated_ms: u64,
+    /// Lower is better.
+    pub preference: u16,
+    /// Share of new flows; 0 = drain.
+    pub weight: u16,
+    pub _pad: u32,
+}
+
+/// Agent counters (`AGENT_STATS`): accepted advertisements, then rejections by reason.
+pub const AGENT_ACCEPTED: u32 = 0;
+pub const AGENT_COUNTERS: u32 = 16;
+
 const _: () = {
     assert!(core::mem::size_of::<MemberRef>() == 8);
     assert!(core::mem::size_of::<AddrBucket>() == 16);
@@ -273,6 +316,8 @@ const _: () = {
     assert!(core::mem::size_of::<AddrStats>() == 8 * (5 + PASS_REASONS));
     assert!(core::mem::size_of::<MemberStats>() == 16);
     assert!(core::mem::size_of::<FragKey>() == 12);
+    assert!(core::mem::size_of::<MemberKey>() == 8);
+    assert!(core::mem::size_of::<MemberInfo>() == 24);
 };
 
 #[cfg(feature = "user")]
@@ -288,6 +333,8 @@ mod pod {
     unsafe impl aya::Pod for AddrStats {}
     unsafe impl aya::Pod for MemberStats {}
     unsafe impl aya::Pod for FragKey {}
+    unsafe impl aya::Pod for MemberKey {}
+    unsafe impl aya::Pod for MemberInfo {}
 }
 
 #[cfg(test)]

@@ -167,7 +167,8 @@ pub async fn run(cli: Cli) -> Result<String> {
             let mut maps = Maps::open(&pin)?;
             let placement =
                 members::locate(&maps, &nl, member_ip, dev.as_deref(), mac.map(|m| m.0)).await?;
-            let what = match members::add(&mut maps, anycast_ip, &placement)? {
+            let info = members::static_info(members::now_ms());
+            let what = match members::add(&mut maps, anycast_ip, &placement, info)? {
                 members::Added::New => "added",
                 members::Added::Updated => "updated",
             };
@@ -216,10 +217,16 @@ pub async fn run(cli: Cli) -> Result<String> {
                         m.address.to_string(),
                         m.interface.clone(),
                         mac,
+                        m.source.to_string(),
+                        seconds(m.age_ms),
+                        m.expires_in_ms.map_or("never".into(), seconds),
                     ]);
                 }
             }
-            Ok(table(&["ANYCAST", "MEMBER", "INTERFACE", "MAC"], rows))
+            Ok(table(
+                &["ANYCAST", "MEMBER", "INTERFACE", "MAC", "SOURCE", "AGE", "EXPIRES IN"],
+                rows,
+            ))
         }
         Command::Stats { address, json } => {
             let maps = Maps::open(&pin)?;
@@ -299,6 +306,10 @@ async fn interface_names(nl: &Netlink) -> std::collections::HashMap<u32, String>
         }
     }
     names
+}
+
+fn seconds(ms: u64) -> String {
+    format!("{:.1}s", ms as f64 / 1000.0)
 }
 
 fn to_json<T: serde::Serialize>(value: &T) -> String {

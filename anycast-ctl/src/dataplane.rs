@@ -3,7 +3,8 @@
 //! Invariant: every map is pinned under the [`PinDir`]; [`load`] creates the pins on first use
 //! and reuses them afterwards, so every attached interface and every process shares one state.
 use anycast_common::{
-    ADDR_BUCKETS, ADDR_PROBES, AddrBucket, AddrStats, Host, Iface, MemberSet, MemberStats,
+    ADDR_BUCKETS, ADDR_PROBES, AddrBucket, AddrStats, Host, Iface, MemberInfo, MemberKey,
+    MemberSet, MemberStats,
     addr_bucket, member_set_index, names,
 };
 use aya::{
@@ -41,6 +42,9 @@ pub struct Maps {
     pub addr_stats: PerCpuArray<MapData, AddrStats>,
     pub member_stats: PerCpuArray<MapData, MemberStats>,
     pub stats: PerCpuArray<MapData, u64>,
+    pub member_info: HashMap<MapData, MemberKey, MemberInfo>,
+    pub sender_seq: HashMap<MapData, u32, u64>,
+    pub agent_stats: Array<MapData, u64>,
 }
 
 impl Maps {
@@ -62,6 +66,9 @@ impl Maps {
             addr_stats: open(pin, names::ADDR_STATS)?,
             member_stats: open(pin, names::MEMBER_STATS)?,
             stats: open(pin, names::STATS)?,
+            member_info: open(pin, names::MEMBER_INFO)?,
+            sender_seq: open(pin, names::SENDER_SEQ)?,
+            agent_stats: open(pin, names::AGENT_STATS)?,
         })
     }
 }

@@ -15,7 +15,7 @@
 use std::{collections::HashSet, net::Ipv4Addr, time::Duration};
 
 use anycast_common::{
-    AddrBucket, AddrStats, HOST_MAC_KNOWN, HOST_MAC_STATIC, Host, MAX_ADDRS, MAX_HOSTS,
+    AddrBucket, AddrStats, HOST_MAC_KNOWN, MemberInfo, MemberKey, SOURCE_STATIC, HOST_MAC_STATIC, Host, MAX_ADDRS, MAX_HOSTS,
     MAX_MEMBER_COUNTERS, MAX_MEMBERS, MemberRef, MemberSet, MemberStats, ip_key, member_set_index,
 };
 
@@ -113,8 +113,40 @@ pub enum Added {
 }
 
 /// Adds `p.member` to the anycast `address` (creating the address if needed), or refreshes
-/// where it is sent if it already is a member.
-pub fn add(maps: &mut Maps, address: Ipv4Addr, p: &Placement) -> Result<Added> {
+/// where it is sent and its `info` if it already is a member.
+pub fn add(maps: &mut Maps, address: Ipv4Addr, p: &Placement, info: MemberInfo) -> Result<Added> {
+    let added = add_member(maps, address, p)?;
+    maps.member_info
+        .insert(member_key(address, p.member), info, 0)
+        .map_err(|e| Error::map("MEMBER_INFO", e))?;
+    Ok(added)
+}
+
+/// The `MEMBER_INFO` key of a membership.
+pub fn member_key(address: Ipv4Addr, member: Ipv4Addr) -> MemberKey {
+    MemberKey {
+        anycast: ip_key(address.octets()),
+        member: ip_key(member.octets()),
+    }
+}
+
+/// What an operator's `member add` records: static, never expires.
+pub fn static_info(now_ms: u64) -> MemberInfo {
+    MemberInfo {
+        source: SOURCE_STATIC,
+        updated_ms: now_ms,
+        ..MemberInfo::default()
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn add_member(maps: &mut Maps, address: Ipv4Addr, p: &Placement) -> Result<Added> {
     let key = ip_key(address.octets());
     let (bucket, mut set) = match maps.bucket(key)? {
         Bucket::Found { index, entry } => ((index, Some(entry)), maps.member_set(&entry)?),
@@ -200,6 +232,7 @@ pub fn del(maps: &mut Maps, address: Ipv4Addr, member: Ipv4Addr) -> Result<()> {
     set.members[n - 1] = MemberRef::default();
     set.n_members = n as u32 - 1;
     publish(maps, index, entry, &set)?;
+    let _ = maps.member_info.remove(&member_key(address, member));
 
     let mut still_used = false;
     for (_, e) in maps.addresses()? {

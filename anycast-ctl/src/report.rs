@@ -20,6 +20,14 @@ pub struct MemberInfo {
     pub mac: String,
     pub mac_known: bool,
     pub static_mac: bool,
+    /// `static` (member add) or `learned` (advertisements).
+    pub source: &'static str,
+    /// Milliseconds since it was added or last refreshed.
+    pub age_ms: u64,
+    /// Milliseconds until a learned member expires; absent for static members.
+    pub expires_in_ms: Option<u64>,
+    pub preference: u16,
+    pub weight: u16,
 }
 
 #[derive(Debug, Serialize)]
@@ -35,6 +43,7 @@ pub struct Show {
 
 /// Addresses and members, sorted by address. `ifname` names an ifindex.
 pub fn show(maps: &Maps, ifname: &dyn Fn(u32) -> String) -> Result<Show> {
+    let now = crate::members::now_ms();
     let mut addresses = Vec::new();
     for (address, entry) in maps.addresses()? {
         let mut members = Vec::new();
@@ -43,8 +52,20 @@ pub fn show(maps: &Maps, ifname: &dyn Fn(u32) -> String) -> Result<Show> {
                 .hosts
                 .get(&m.host, 0)
                 .map_err(|e| Error::map("HOSTS", e))?;
+            let member = Ipv4Addr::from(ip_octets(host.ip));
+            let info = maps
+                .member_info
+                .get(&crate::members::member_key(address, member), 0)
+                .unwrap_or_default();
+            let learned = info.source == anycast_common::SOURCE_LEARNED;
             members.push(MemberInfo {
-                address: Ipv4Addr::from(ip_octets(host.ip)),
+                source: if learned { "learned" } else { "static" },
+                age_ms: now.saturating_sub(info.updated_ms),
+                expires_in_ms: learned
+                    .then(|| (info.updated_ms + info.hold_ms as u64).saturating_sub(now)),
+                preference: info.preference,
+                weight: info.weight,
+                address: member,
                 ifindex: host.ifindex,
                 interface: ifname(host.ifindex),
                 mac: MacAddr(host.mac).to_string(),

@@ -3,10 +3,12 @@
 //! chooses, so they outlive any process and are shared by every attached interface.
 use anycast_common::{
     ADDR_BUCKETS, ADDR_PROBES, AddrBucket, AddrStats, FragKey, Host, Iface, MAX_ADDRS, MAX_FRAGS,
-    MAX_HOSTS, MAX_IFACES, MAX_MEMBER_COUNTERS, MemberRef, MemberSet, MemberStats, STAT_COUNT,
+    AGENT_COUNTERS, MAX_HOSTS, MAX_IFACES, MAX_MEMBER_COUNTERS, MemberInfo, MemberKey, MemberRef,
+    MemberSet, MemberStats, STAT_COUNT,
     addr_bucket, member_set_index,
 };
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     macros::map,
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
 };
@@ -55,6 +57,22 @@ pub static STATS: PerCpuArray<u64> = PerCpuArray::pinned(STAT_COUNT, 0);
 /// First fragment of a datagram -> the member it was sent to.
 #[map]
 pub static FRAGS: LruHashMap<FragKey, MemberRef> = LruHashMap::pinned(MAX_FRAGS, 0);
+
+// User-space-only maps: declared here so that every map of the dataplane is created, pinned
+// and removed together; the program never reads them.
+
+/// Membership -> its source, hold time, preference and weight.
+#[map]
+pub static MEMBER_INFO: HashMap<MemberKey, MemberInfo> =
+    HashMap::pinned(MAX_MEMBER_COUNTERS, BPF_F_NO_PREALLOC);
+
+/// Advertisement sender -> last accepted sequence number.
+#[map]
+pub static SENDER_SEQ: HashMap<u32, u64> = HashMap::pinned(MAX_HOSTS, BPF_F_NO_PREALLOC);
+
+/// The agent's counters.
+#[map]
+pub static AGENT_STATS: Array<u64> = Array::pinned(AGENT_COUNTERS, 0);
 
 /// An anycast address: its counter slot and live member set.
 pub struct Addr<'a> {

@@ -265,7 +265,12 @@ impl Bed {
             smac: self.ports[port].mac,
             static_mac: false,
         };
-        members::add(&mut self.maps, anycast, &p)?;
+        members::add(
+            &mut self.maps,
+            anycast,
+            &p,
+            members::static_info(members::now_ms()),
+        )?;
         Ok(())
     }
 

@@ -177,8 +177,15 @@ fn fill_addresses(bed: &mut Bed, n: u32) -> Result<()> {
             anyhow::bail!("no bucket for address {i}");
         };
         let slot = entry.slot + 1 + i;
-        bed.maps.member_sets.set(member_set_index(slot, 0), set, 0)?;
-        let bucket = AddrBucket { ip, slot, version: 0, _pad: 0 };
+        bed.maps
+            .member_sets
+            .set(member_set_index(slot, 0), set, 0)?;
+        let bucket = AddrBucket {
+            ip,
+            slot,
+            version: 0,
+            _pad: 0,
+        };
         bed.maps.addrs.set(index, bucket, 0)?;
         bed.maps.addr_keys.insert(ip, slot, 0)?;
     }

@@ -17,7 +17,10 @@ fn main() -> Result<()> {
 
     let ifaces = topo.router_ifaces();
     let ifaces: Vec<&str> = ifaces.iter().map(String::as_str).collect();
-    show("anycast-ctl attach r0 r1 r2 r3", &ctl.run(&[&["attach"], &ifaces[..]].concat())?);
+    show(
+        "anycast-ctl attach r0 r1 r2 r3",
+        &ctl.run(&[&["attach"], &ifaces[..]].concat())?,
+    );
     for ip in topo.member_ips() {
         let out = ctl.run(&["member", "add", &ANYCAST.to_string(), &ip.to_string()])?;
         show(&format!("anycast-ctl member add {ANYCAST} {ip}"), &out);

@@ -1,0 +1,262 @@
+//! The test topology of DESIGN.md, built from namespaces and veth pairs:
+//!
+//! ```text
+//!  client ns                router ns (XDP attached by the tests)      member ns x1..3
+//!  c0 192.0.2.10/24 ---- r0 192.0.2.1/24
+//!                        r1 203.0.113.1/30 ------------------ m1 203.0.113.2/30,  lo 198.51.100.53/32
+//!                        r2 203.0.113.5/30 ------------------ m2 203.0.113.6/30,  lo 198.51.100.53/32
+//!                        r3 203.0.113.9/30 ------------------ m3 203.0.113.10/30, lo 198.51.100.53/32
+//! ```
+//!
+//! Invariants:
+//! - veths are created directly inside their namespaces: nothing in the root namespace changes.
+//! - The veth NAPI rule: every member's `m<i>` has GRO on, so frames the router redirects into
+//!   `r<i>` are received; the client's `c0` also carries an XDP_PASS program, because an XDP_TX
+//!   frame (the router's ARP reply) reaches a veth peer only if that peer runs XDP ([`crate::xdp`]).
+//! - TX checksum offload is off on every veth: a veth passes partial checksums along with the skb,
+//!   but an XDP-forwarded frame loses that state, so members would drop it as corrupt. With it
+//!   off, frames carry full checksums, as on a real wire.
+//! - Members own the anycast address on `lo` but never answer ARP for it (`arp_ignore=1`,
+//!   `arp_announce=2`); `rp_filter` is off everywhere; IPv6 is off in every namespace so no
+//!   background traffic reaches the router.
+//!
+//! Dropping a [`Topology`] deletes its namespaces, which deletes the veths with them.
+
+use std::net::Ipv4Addr;
+
+use anyhow::{Context, Result, ensure};
+
+use crate::netns::Netns;
+
+/// The anycast address the members serve.
+pub const ANYCAST: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 53);
+/// The prefix the client routes towards the anycast address.
+pub const ANYCAST_PREFIX: &str = "198.51.100.0/24";
+/// The client's address on `c0`.
+pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
+/// The router's address on `r0`, the client's gateway.
+pub const ROUTER_CLIENT_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+/// The client's interface.
+pub const CLIENT_IFACE: &str = "c0";
+/// The router's interface towards the client.
+pub const ROUTER_CLIENT_IFACE: &str = "r0";
+/// How many members the topology can hold.
+pub const MAX_MEMBERS: usize = 3;
+
+/// How the client reaches the anycast prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientMode {
+    /// `198.51.100.0/24 dev c0`: the client ARPs for the anycast address itself.
+    OnLink,
+    /// `198.51.100.0/24 via 192.0.2.1`: the client sends to its gateway's MAC.
+    Routed,
+}
+
+/// What to build.
+#[derive(Debug, Clone, Copy)]
+pub struct TopologyOptions {
+    /// Number of members, 1..=3.
+    pub members: usize,
+    pub client_mode: ClientMode,
+}
+
+impl Default for TopologyOptions {
+    fn default() -> Self {
+        TopologyOptions {
+            members: MAX_MEMBERS,
+            client_mode: ClientMode::OnLink,
+        }
+    }
+}
+
+/// One member host, on its own /30 towards the router.
+#[derive(Debug)]
+pub struct Member {
+    pub ns: Netns,
+    /// 1-based, as in `m1`, `r1`.
+    pub index: usize,
+    /// The member's unicast address, `203.0.113.(4i-2)`.
+    pub ip: Ipv4Addr,
+    /// The router's address on the member's link, the member's default gateway.
+    pub gateway: Ipv4Addr,
+    /// The member's interface (`m<i>`).
+    pub iface: String,
+    /// The router's interface towards this member (`r<i>`).
+    pub router_iface: String,
+}
+
+/// The whole test network; dropping it removes every namespace it made.
+#[derive(Debug)]
+pub struct Topology {
+    pub client: Netns,
+    pub router: Netns,
+    pub members: Vec<Member>,
+    pub options: TopologyOptions,
+}
+
+impl Topology {
+    pub fn new(options: TopologyOptions) -> Result<Self> {
+        ensure!(
+            (1..=MAX_MEMBERS).contains(&options.members),
+            "members must be 1..={MAX_MEMBERS}, not {}",
+            options.members
+        );
+        let client = Netns::new("c")?;
+        let router = Netns::new("r")?;
+        base_sysctls(&client)?;
+        base_sysctls(&router)?;
+        router.sysctl("net.ipv4.ip_forward", "1")?;
+
+        veth(&client, CLIENT_IFACE, &router, ROUTER_CLIENT_IFACE)?;
+        configure(&client, CLIENT_IFACE, "192.0.2.10/24")?;
+        configure(&router, ROUTER_CLIENT_IFACE, "192.0.2.1/24")?;
+        let via = match options.client_mode {
+            ClientMode::OnLink => vec!["route", "add", ANYCAST_PREFIX, "dev", CLIENT_IFACE],
+            ClientMode::Routed => vec!["route", "add", ANYCAST_PREFIX, "via", "192.0.2.1"],
+        };
+        client.ip(&via)?;
+
+        let mut members = Vec::with_capacity(options.members);
+        for index in 1..=options.members {
+            members.push(build_member(&router, index)?);
+        }
+
+        let topology = Topology {
+            client,
+            router,
+            members,
+            options,
+        };
+        // The veth NAPI rule (see the module doc): XDP_REDIRECT into r<i> lands on m<i>, which
+        // needs NAPI (GRO); XDP_TX out of r0 lands on c0, which needs an XDP program.
+        offloads(&topology.client, CLIENT_IFACE)?;
+        crate::xdp::attach_pass(&topology.client, CLIENT_IFACE)?;
+        for member in &topology.members {
+            offloads(&member.ns, &member.iface)?;
+        }
+        for iface in topology.router_ifaces() {
+            offloads(&topology.router, &iface)?;
+        }
+        Ok(topology)
+    }
+
+    /// The router's interfaces: `r0` (client side) then `r1..` (member side).
+    pub fn router_ifaces(&self) -> Vec<String> {
+        std::iter::once(ROUTER_CLIENT_IFACE.to_string())
+            .chain(self.members.iter().map(|m| m.router_iface.clone()))
+            .collect()
+    }
+
+    /// The members' namespaces, in member order.
+    pub fn member_namespaces(&self) -> Vec<&Netns> {
+        self.members.iter().map(|m| &m.ns).collect()
+    }
+
+    /// The members' unicast addresses, in member order.
+    pub fn member_ips(&self) -> Vec<Ipv4Addr> {
+        self.members.iter().map(|m| m.ip).collect()
+    }
+
+    /// The member with unicast address `ip`.
+    pub fn member(&self, ip: Ipv4Addr) -> &Member {
+        self.members
+            .iter()
+            .find(|m| m.ip == ip)
+            .unwrap_or_else(|| panic!("{ip} is not a member of this topology"))
+    }
+}
+
+/// The member's unicast address: `203.0.113.2`, `.6`, `.10`.
+pub fn member_ip(index: usize) -> Ipv4Addr {
+    Ipv4Addr::new(203, 0, 113, (4 * index - 2) as u8)
+}
+
+/// The router's address towards member `index`: `203.0.113.1`, `.5`, `.9`.
+pub fn member_gateway(index: usize) -> Ipv4Addr {
+    Ipv4Addr::new(203, 0, 113, (4 * index - 3) as u8)
+}
+
+fn build_member(router: &Netns, index: usize) -> Result<Member> {
+    let ns = Netns::new(&format!("m{index}"))?;
+    base_sysctls(&ns)?;
+    ns.sysctl("net.ipv4.conf.all.arp_ignore", "1")?;
+    ns.sysctl("net.ipv4.conf.all.arp_announce", "2")?;
+    let member = Member {
+        ns,
+        index,
+        ip: member_ip(index),
+        gateway: member_gateway(index),
+        iface: format!("m{index}"),
+        router_iface: format!("r{index}"),
+    };
+    veth(&member.ns, &member.iface, router, &member.router_iface)?;
+    member
+        .ns
+        .sysctl(&format!("net.ipv4.conf.{}.arp_ignore", member.iface), "1")?;
+    member
+        .ns
+        .sysctl(&format!("net.ipv4.conf.{}.arp_announce", member.iface), "2")?;
+    configure(&member.ns, &member.iface, &format!("{}/30", member.ip))?;
+    configure(
+        router,
+        &member.router_iface,
+        &format!("{}/30", member.gateway),
+    )?;
+    member
+        .ns
+        .ip(&["addr", "add", &format!("{ANYCAST}/32"), "dev", "lo"])?;
+    member.ns.ip(&[
+        "route",
+        "add",
+        "default",
+        "via",
+        &member.gateway.to_string(),
+    ])?;
+    Ok(member)
+}
+
+/// Settings every namespace gets before its interfaces exist (they inherit `default`).
+fn base_sysctls(ns: &Netns) -> Result<()> {
+    for scope in ["all", "default"] {
+        ns.sysctl(&format!("net.ipv4.conf.{scope}.rp_filter"), "0")?;
+        ns.sysctl(&format!("net.ipv6.conf.{scope}.disable_ipv6"), "1")?;
+    }
+    Ok(())
+}
+
+/// A veth pair created directly across two namespaces.
+fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) -> Result<()> {
+    crate::cmd::run(
+        "ip",
+        &[
+            "link",
+            "add",
+            a_if,
+            "netns",
+            a.name(),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            b_if,
+            "netns",
+            b.name(),
+        ],
+    )
+    .with_context(|| format!("veth {a_if}@{} <-> {b_if}@{}", a.name(), b.name()))?;
+    Ok(())
+}
+
+/// rp_filter off, address on, link up.
+fn configure(ns: &Netns, iface: &str, cidr: &str) -> Result<()> {
+    ns.sysctl(&format!("net.ipv4.conf.{iface}.rp_filter"), "0")?;
+    ns.ip(&["addr", "add", cidr, "dev", iface])?;
+    ns.ip(&["link", "set", iface, "up"])?;
+    Ok(())
+}
+
+/// GRO on (NAPI for redirected frames), TX checksum offload off (full checksums on the wire).
+fn offloads(ns: &Netns, iface: &str) -> Result<()> {
+    ns.run(&["ethtool", "-K", iface, "gro", "on", "tx", "off"])?;
+    Ok(())
+}
