@@ -24,7 +24,7 @@ impl FromStr for MacAddr {
         let mut parts = s.split([':', '-']);
         for octet in &mut mac {
             let part = parts.next().ok_or_else(err)?;
-            if part.len() != 2 {
+            if part.len() != 2 || !part.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(err());
             }
             *octet = u8::from_str_radix(part, 16).map_err(|_| err())?;
