@@ -8,6 +8,7 @@
 //! octets read as a native-endian `u32` (see [`ip_key`]).
 #![no_std]
 
+pub mod advert;
 pub mod flow;
 pub mod maps;
 

@@ -305,6 +305,25 @@ pub struct MemberInfo {
 /// Agent counters (`AGENT_STATS`): accepted advertisements, then rejections by reason.
 pub const AGENT_ACCEPTED: u32 = 0;
 pub const AGENT_COUNTERS: u32 = 16;
+/// Names of the agent counters, by index (unused indices are empty).
+pub const AGENT_NAMES: [&str; AGENT_COUNTERS as usize] = [
+    "accepted",
+    "malformed",
+    "bad_ttl",
+    "wrong_interface",
+    "sender_mismatch",
+    "unauthenticated",
+    "unknown_key",
+    "bad_mac",
+    "replayed",
+    "stale_timestamp",
+    "outside_prefix",
+    "not_on_link",
+    "",
+    "",
+    "",
+    "",
+];
 
 const _: () = {
     assert!(core::mem::size_of::<MemberRef>() == 8);

@@ -228,6 +228,15 @@ pub struct Status {
     pub pin_dir: String,
     pub interfaces: Vec<IfaceStatus>,
     pub addresses: usize,
+    /// Advertisement counters of the agent (zero if no agent ever ran here).
+    pub agent: AgentCounters,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct AgentCounters {
+    pub accepted: u64,
+    /// Rejected advertisements (or entries) by reason.
+    pub rejected: std::collections::BTreeMap<&'static str, u64>,
 }
 
 pub async fn status(pin: &PinDir, nl: &Netlink) -> Result<Status> {
@@ -235,12 +244,21 @@ pub async fn status(pin: &PinDir, nl: &Netlink) -> Result<Status> {
         pin_dir: pin.path().display().to_string(),
         interfaces: Vec::new(),
         addresses: 0,
+        agent: AgentCounters::default(),
     };
     if !pin.has_maps() {
         return Ok(status);
     }
     let maps = Maps::open(pin)?;
     status.addresses = maps.addr_keys.keys().filter_map(|k| k.ok()).count();
+    for (index, name) in anycast_common::AGENT_NAMES.iter().enumerate() {
+        let value = maps.agent_stats.get(&(index as u32), 0).unwrap_or(0);
+        if index == anycast_common::AGENT_ACCEPTED as usize {
+            status.agent.accepted = value;
+        } else if !name.is_empty() {
+            status.agent.rejected.insert(name, value);
+        }
+    }
     let mut indexes: Vec<u32> = std::fs::read_dir(pin.links())
         .map_err(|e| Error::io("reading the links directory", e))?
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())

@@ -57,6 +57,10 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run the router daemon: learn members from host advertisements.
+    Agent(AgentArgs),
+    /// On a member host: serve anycast addresses and advertise them to the router.
+    Announce(AnnounceArgs),
     /// Show counters per anycast address and per member.
     Stats {
         /// Only this anycast address.
@@ -65,6 +69,71 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AgentArgs {
+    /// Interfaces to attach to and listen on (repeatable) [config: dev].
+    #[arg(long = "dev", value_name = "IFACE")]
+    pub devs: Vec<String>,
+    /// TOML configuration file; command-line options override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Anycast addresses hosts may claim (repeatable) [config: anycast_prefix].
+    #[arg(long = "anycast-prefix", value_name = "CIDR")]
+    pub prefixes: Vec<ipnet::Ipv4Net>,
+    /// Keys that advertisements must be signed with (mode 0600) [config: key_file].
+    #[arg(long, value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
+    /// Accept unsigned advertisements (anyone on the link can then volunteer).
+    #[arg(long)]
+    pub insecure_no_auth: bool,
+    /// Advertisement multicast group [default: 239.255.15.46].
+    #[arg(long)]
+    pub group: Option<Ipv4Addr>,
+    /// Advertisement UDP port [default: 5446].
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Attach mode [default: native].
+    #[arg(long, short, value_enum)]
+    pub mode: Option<Mode>,
+    /// Detach the dataplane when the agent exits (by default it keeps forwarding).
+    #[arg(long)]
+    pub detach_on_exit: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AnnounceArgs {
+    /// Anycast addresses to serve.
+    #[arg(required = true, value_parser = anycast_address, value_name = "ANYCAST_IP")]
+    pub anycast: Vec<Ipv4Addr>,
+    /// Interface to advertise on (its first IPv4 address is the member address).
+    #[arg(long, value_name = "IFACE")]
+    pub dev: String,
+    /// Time between advertisements.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub interval: std::time::Duration,
+    /// How long the router keeps the membership without a refresh.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    pub hold: std::time::Duration,
+    /// Lower is better: only the best-preference members get new flows.
+    #[arg(long, default_value_t = 100)]
+    pub preference: u16,
+    /// Share of new flows among equal-preference members; 0 drains.
+    #[arg(long, default_value_t = 100)]
+    pub weight: u16,
+    /// Key file to sign with (its highest key id signs).
+    #[arg(long, value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
+    /// Send unicast to this router instead of multicast (point-to-point links).
+    #[arg(long, value_name = "ROUTER_IP")]
+    pub to: Option<Ipv4Addr>,
+    /// Advertisement multicast group.
+    #[arg(long, default_value = "239.255.15.46")]
+    pub group: Ipv4Addr,
+    /// Advertisement UDP port.
+    #[arg(long, default_value_t = anycast_common::advert::DEFAULT_PORT)]
+    pub port: u16,
 }
 
 #[derive(Debug, Subcommand)]
@@ -113,9 +182,48 @@ pub async fn run(cli: Cli) -> Result<String> {
         return Err(Error::NotRoot);
     }
     let pin = PinDir::new(&cli.pin_dir);
+    if let Command::Announce(a) = cli.command {
+        crate::announce::run(crate::announce::Options {
+            anycast: a.anycast,
+            dev: a.dev,
+            interval: a.interval,
+            hold: a.hold,
+            preference: a.preference,
+            weight: a.weight,
+            key_file: a.key_file,
+            to: a.to,
+            group: a.group,
+            port: a.port,
+        })
+        .await?;
+        return Ok(String::new());
+    }
     pin.check()?;
     let nl = Netlink::new()?;
     match cli.command {
+        Command::Announce(_) => unreachable!("handled above"),
+        Command::Agent(a) => {
+            let file = match &a.config {
+                Some(path) => crate::agent::config::File::load(path)?,
+                None => Default::default(),
+            };
+            let config = crate::agent::config::Config::merge(
+                file,
+                crate::agent::config::Overrides {
+                    devs: a.devs,
+                    prefixes: a.prefixes,
+                    key_file: a.key_file,
+                    insecure_no_auth: a.insecure_no_auth,
+                    group: a.group,
+                    port: a.port,
+                    mode: a.mode,
+                    detach_on_exit: a.detach_on_exit,
+                },
+            )?;
+            drop(nl);
+            crate::agent::run(pin, config).await?;
+            Ok(String::new())
+        }
         Command::Attach { ifaces, mode } => {
             let done = attach::attach(&pin, &nl, &ifaces, mode).await?;
             let mut out = String::new();
@@ -150,10 +258,23 @@ pub async fn run(cli: Cli) -> Result<String> {
                     ]
                 })
                 .collect();
+            let rejected: Vec<String> = status
+                .agent
+                .rejected
+                .iter()
+                .filter(|(_, n)| **n > 0)
+                .map(|(r, n)| format!("{r}={n}"))
+                .collect();
             Ok(format!(
-                "pin dir: {}\nanycast addresses: {}\n{}",
+                "pin dir: {}\nanycast addresses: {}\nadvertisements: accepted {}, rejected {}\n{}",
                 status.pin_dir,
                 status.addresses,
+                status.agent.accepted,
+                if rejected.is_empty() {
+                    "0".to_string()
+                } else {
+                    rejected.join(" ")
+                },
                 table(&["INTERFACE", "IFINDEX", "MODE", "PROG ID", "MAC"], rows)
             ))
         }
@@ -224,7 +345,15 @@ pub async fn run(cli: Cli) -> Result<String> {
                 }
             }
             Ok(table(
-                &["ANYCAST", "MEMBER", "INTERFACE", "MAC", "SOURCE", "AGE", "EXPIRES IN"],
+                &[
+                    "ANYCAST",
+                    "MEMBER",
+                    "INTERFACE",
+                    "MAC",
+                    "SOURCE",
+                    "AGE",
+                    "EXPIRES IN",
+                ],
                 rows,
             ))
         }
@@ -296,16 +425,12 @@ pub async fn run(cli: Cli) -> Result<String> {
 }
 
 async fn interface_names(nl: &Netlink) -> std::collections::HashMap<u32, String> {
-    let mut names = std::collections::HashMap::new();
-    for index in 1..=4096u32 {
-        if names.len() > 256 {
-            break;
-        }
-        if let Ok(link) = nl.link_by_index(index).await {
-            names.insert(index, link.name);
-        }
-    }
-    names
+    nl.links()
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .map(|l| (l.index, l.name))
+        .collect()
 }
 
 fn seconds(ms: u64) -> String {

@@ -4,8 +4,7 @@
 //! and reuses them afterwards, so every attached interface and every process shares one state.
 use anycast_common::{
     ADDR_BUCKETS, ADDR_PROBES, AddrBucket, AddrStats, Host, Iface, MemberInfo, MemberKey,
-    MemberSet, MemberStats,
-    addr_bucket, member_set_index, names,
+    MemberSet, MemberStats, addr_bucket, member_set_index, names,
 };
 use aya::{
     Ebpf, EbpfLoader,

@@ -60,6 +60,8 @@ pub enum Error {
     Program(#[from] aya::programs::ProgramError),
     #[error("netlink: {0}")]
     Netlink(String),
+    #[error("{0}")]
+    Usage(String),
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -87,6 +89,12 @@ impl Error {
             return Error::NotRoot;
         }
         Error::Map { name, source }
+    }
+}
+
+impl From<crate::advert_auth::KeyFileError> for Error {
+    fn from(e: crate::advert_auth::KeyFileError) -> Self {
+        Error::Usage(e.to_string())
     }
 }
 

@@ -6,8 +6,15 @@
 //! - [`members`]: where a membership becomes a map entry (used by the CLI and the agent).
 //! - [`report`]: reading addresses, members and counters back out of the maps.
 //! - [`net`]: rtnetlink look-ups: links, routes, neighbours.
+//! - [`agent`]: the router's daemon that learns members from host advertisements.
+//! - [`announce`]: the member host's side: join anycast addresses and advertise them.
+//! - [`advert_auth`]: keys and HMAC of advertisements (wire format: `anycast_common::advert`).
+//! - [`sys`]: raw socket calls for advertisements.
 //! - [`cli`]: the command line.
 
+pub mod advert_auth;
+pub mod agent;
+pub mod announce;
 pub mod attach;
 pub mod cli;
 pub mod dataplane;
@@ -17,6 +24,7 @@ pub mod members;
 pub mod net;
 pub mod pin;
 pub mod report;
+pub mod sys;
 
 pub use error::{Error, Result};
 

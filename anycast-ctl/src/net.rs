@@ -85,6 +85,16 @@ impl Netlink {
         }
     }
 
+    /// Every interface.
+    pub async fn links(&self) -> Result<Vec<Link>> {
+        let mut links = Vec::new();
+        let mut stream = self.handle.link().get().execute();
+        while let Some(msg) = stream.try_next().await? {
+            links.push(link_from(msg));
+        }
+        Ok(links)
+    }
+
     /// `ip route get DST [oif OIF]`.
     pub async fn route_to(&self, dst: Ipv4Addr, oif: Option<u32>) -> Result<Option<Route>> {
         let mut msg = RouteMessage::default();

@@ -2,10 +2,9 @@
 //! `anycast_common::maps`; all maps are pinned by name under the pin directory user space
 //! chooses, so they outlive any process and are shared by every attached interface.
 use anycast_common::{
-    ADDR_BUCKETS, ADDR_PROBES, AddrBucket, AddrStats, FragKey, Host, Iface, MAX_ADDRS, MAX_FRAGS,
-    AGENT_COUNTERS, MAX_HOSTS, MAX_IFACES, MAX_MEMBER_COUNTERS, MemberInfo, MemberKey, MemberRef,
-    MemberSet, MemberStats, STAT_COUNT,
-    addr_bucket, member_set_index,
+    ADDR_BUCKETS, ADDR_PROBES, AGENT_COUNTERS, AddrBucket, AddrStats, FragKey, Host, Iface,
+    MAX_ADDRS, MAX_FRAGS, MAX_HOSTS, MAX_IFACES, MAX_MEMBER_COUNTERS, MemberInfo, MemberKey,
+    MemberRef, MemberSet, MemberStats, STAT_COUNT, addr_bucket, member_set_index,
 };
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,

@@ -150,6 +150,15 @@ impl Drop for Ctl {
 pub struct Status {
     pub pin_dir: String,
     pub interfaces: Vec<AttachedInterface>,
+    #[serde(default)]
+    pub agent: AgentStatus,
+}
+
+/// The agent's advertisement counters in `status --json`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct AgentStatus {
+    pub accepted: u64,
+    pub rejected: std::collections::BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -178,6 +187,15 @@ pub struct ShownMember {
     pub interface: String,
     pub mac: Option<String>,
     pub mac_known: bool,
+    /// `static` or `learned`.
+    #[serde(default)]
+    pub source: String,
+    #[serde(default)]
+    pub expires_in_ms: Option<u64>,
+    #[serde(default)]
+    pub preference: u16,
+    #[serde(default)]
+    pub weight: u16,
 }
 
 impl Show {

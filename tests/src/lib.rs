@@ -10,6 +10,7 @@
 
 pub mod cmd;
 pub mod ctl;
+pub mod daemon;
 pub mod frames;
 pub mod netns;
 pub mod topology;

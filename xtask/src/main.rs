@@ -1,10 +1,11 @@
 //! `cargo xtask`: developer tasks of the anycast workspace.
 //!
-//! Every task first runs [`setup::setup`], which installs what a fresh
-//! Debian 12 machine lacks (eBPF toolchain, Debian packages, bpffs), so a
-//! single `cargo xtask test` works from a clean checkout.
+//! Every task but `fuzz` first runs [`setup::setup`], which installs what a
+//! fresh Debian 12 machine lacks (eBPF toolchain, Debian packages, bpffs), so
+//! a single `cargo xtask test` works from a clean checkout.
 
 mod cmd;
+mod fuzz;
 mod setup;
 mod tasks;
 
@@ -41,6 +42,12 @@ enum Command {
     Demo,
     /// Run the benchmark binary of anycast-tests (writes target/bench/report.json).
     Bench,
+    /// Fuzz the advertisement parser for a bounded time (cargo-fuzz on nightly; not part of test).
+    Fuzz {
+        /// How long to fuzz, in seconds.
+        #[arg(long, value_name = "N", default_value_t = fuzz::DEFAULT_SECONDS)]
+        seconds: u64,
+    },
 }
 
 fn main() -> Result<()> {
@@ -50,6 +57,7 @@ fn main() -> Result<()> {
         Command::Test { args } => tasks::test(&args),
         Command::Demo => tasks::demo(),
         Command::Bench => tasks::bench(),
+        Command::Fuzz { seconds } => fuzz::fuzz(seconds),
     }
 }
 
@@ -78,5 +86,15 @@ mod tests {
             panic!("expected the test command");
         };
         assert_eq!(args, ["-p", "anycast-tests", "--", "--nocapture"]);
+    }
+
+    #[test]
+    fn fuzz_seconds_default_and_override() {
+        let seconds = |argv: &[&str]| match Cli::parse_from(argv).command {
+            Command::Fuzz { seconds } => seconds,
+            _ => panic!("expected the fuzz command"),
+        };
+        assert_eq!(seconds(&["xtask", "fuzz"]), fuzz::DEFAULT_SECONDS);
+        assert_eq!(seconds(&["xtask", "fuzz", "--seconds", "5"]), 5);
     }
 }

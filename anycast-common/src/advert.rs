@@ -1,0 +1,925 @@
+//! Wire format of the membership advertisement: a host tells the routers on its link which
+//! anycast addresses it serves (RFC 1546, "Transmission and Reception of Anycast Datagrams").
+//!
+//! Layout (version 1, big-endian; docs/advert-format.md has the full description):
+//!
+//! ```text
+//! header   28 B  magic "AC", version, flags, total length, entry count,
+//!                sender IPv4, sequence number (u64), timestamp in ms (u64)
+//! entries  TLVs  type (u8), length (u8), value; type 1 = membership (12 B)
+//! trailer  36 B  key id (u32), HMAC-SHA256 over every byte before the HMAC
+//! ```
+//!
+//! [`Packet`] is a zero-copy view of a buffer; [`Repr`] is the parsed message. Contract:
+//! - after [`Packet::check_len`] succeeds, no accessor of [`Packet`] panics;
+//! - [`Packet::entries`] never panics, on any buffer;
+//! - [`Repr::parse`] never panics, on any input;
+//! - [`Repr::emit`] never panics on a buffer of at least [`Repr::buffer_len`] bytes.
+//!
+//! Parsing checks structure only. The MAC (anycast-ctl's `advert_auth`), the sender against the
+//! IP source, the TTL, the clock skew and the sequence number are the receiver's job.
+
+use core::fmt;
+use core::net::Ipv4Addr;
+
+/// The first two bytes of every advertisement: "AC".
+pub const MAGIC: [u8; 2] = *b"AC";
+/// The version this module speaks.
+pub const VERSION: u8 = 1;
+/// Length of the fixed header.
+pub const HEADER_LEN: usize = field::ENTRIES_START;
+/// Length of the trailer: key id and MAC.
+pub const TRAILER_LEN: usize = 4 + MAC_LEN;
+/// Length of the HMAC-SHA256 tag.
+pub const MAC_LEN: usize = 32;
+/// The shortest message: header and trailer, no entries.
+pub const MIN_LEN: usize = HEADER_LEN + TRAILER_LEN;
+/// The longest message: fits the 1280-byte IPv6 minimum MTU with IP and UDP headers.
+pub const MAX_LEN: usize = 1200;
+/// The most entries (of any type) a message may carry.
+pub const MAX_ENTRIES: usize = 64;
+/// Type and length bytes in front of each entry value.
+pub const ENTRY_HEADER_LEN: usize = 2;
+/// Entry type of a membership.
+pub const MEMBERSHIP_KIND: u8 = 1;
+/// Value length of a membership entry.
+pub const MEMBERSHIP_LEN: u8 = 12;
+
+/// Default multicast group of advertisements: 239.255.15.46 (organisation-local scope).
+pub const DEFAULT_GROUP: [u8; 4] = [239, 255, 15, 46];
+/// Default UDP port of advertisements.
+pub const DEFAULT_PORT: u16 = 5446;
+/// IP TTL of every advertisement; receivers drop any other (GTSM, RFC 5082).
+pub const REQUIRED_TTL: u8 = 255;
+/// Largest difference between a message's timestamp and the receiver's clock it accepts.
+pub const MAX_CLOCK_SKEW_MS: u64 = 30_000;
+
+mod field {
+    pub type Field = core::ops::Range<usize>;
+
+    pub const MAGIC: Field = 0..2;
+    pub const VERSION: usize = 2;
+    pub const FLAGS: usize = 3;
+    pub const TOTAL_LEN: Field = 4..6;
+    pub const ENTRY_COUNT: Field = 6..8;
+    pub const SENDER: Field = 8..12;
+    pub const SEQ: Field = 12..20;
+    pub const TIMESTAMP: Field = 20..28;
+    pub const ENTRIES_START: usize = 28;
+
+    /// The entry TLVs of a message of `total` bytes.
+    pub const fn entries(total: usize) -> Field {
+        ENTRIES_START..total - super::TRAILER_LEN
+    }
+    /// The key id of a message of `total` bytes.
+    pub const fn key_id(total: usize) -> Field {
+        total - super::TRAILER_LEN..total - super::MAC_LEN
+    }
+    /// The MAC of a message of `total` bytes.
+    pub const fn mac(total: usize) -> Field {
+        total - super::MAC_LEN..total
+    }
+
+    /// Offsets inside the value of a membership entry.
+    pub mod membership {
+        use super::Field;
+
+        pub const ANYCAST: Field = 0..4;
+        pub const HOLD: Field = 4..8;
+        pub const PREFERENCE: Field = 8..10;
+        pub const WEIGHT: Field = 10..12;
+    }
+}
+
+/// Why a buffer is not a valid advertisement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Error {
+    /// The buffer is shorter than the header, or than its total length field.
+    Truncated,
+    /// The first two bytes are not "AC".
+    BadMagic,
+    /// A version other than [`VERSION`].
+    UnsupportedVersion(u8),
+    /// The total length field is below [`MIN_LEN`], or the buffer is longer than it says.
+    BadLength,
+    /// The message is longer than [`MAX_LEN`].
+    TooLong,
+    /// The entry count is above [`MAX_ENTRIES`].
+    TooManyEntries,
+    /// A known entry type with the wrong value length.
+    BadEntry { kind: u8, len: u8 },
+    /// An entry runs past the end of the entries.
+    EntryOverrun,
+    /// The entry count field differs from the number of entries present.
+    BadEntryCount,
+    /// Two membership entries for the same anycast address.
+    DuplicateEntry(Ipv4Addr),
+}
+
+impl Error {
+    /// A short snake_case name of the problem, for counters and logs.
+    pub const fn reason(&self) -> &'static str {
+        match self {
+            Error::Truncated => "truncated",
+            Error::BadMagic => "bad_magic",
+            Error::UnsupportedVersion(_) => "unsupported_version",
+            Error::BadLength => "bad_length",
+            Error::TooLong => "too_long",
+            Error::TooManyEntries => "too_many_entries",
+            Error::BadEntry { .. } => "bad_entry",
+            Error::EntryOverrun => "entry_overrun",
+            Error::BadEntryCount => "bad_entry_count",
+            Error::DuplicateEntry(_) => "duplicate_entry",
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Truncated => write!(f, "advertisement truncated"),
+            Error::BadMagic => write!(f, "not an advertisement (bad magic)"),
+            Error::UnsupportedVersion(v) => write!(f, "unsupported advertisement version {v}"),
+            Error::BadLength => write!(f, "total length disagrees with the datagram"),
+            Error::TooLong => write!(f, "advertisement longer than {MAX_LEN} bytes"),
+            Error::TooManyEntries => write!(f, "more than {MAX_ENTRIES} entries"),
+            Error::BadEntry { kind, len } => {
+                write!(f, "entry of type {kind} has a bad length {len}")
+            }
+            Error::EntryOverrun => write!(f, "entry runs past the end of the entries"),
+            Error::BadEntryCount => write!(f, "entry count disagrees with the entries"),
+            Error::DuplicateEntry(addr) => write!(f, "two entries for {addr}"),
+        }
+    }
+}
+
+impl core::error::Error for Error {}
+
+fn be_u16(b: &[u8]) -> u16 {
+    u16::from_be_bytes([b[0], b[1]])
+}
+
+fn be_u32(b: &[u8]) -> u32 {
+    u32::from_be_bytes([b[0], b[1], b[2], b[3]])
+}
+
+fn be_u64(b: &[u8]) -> u64 {
+    let mut a = [0; 8];
+    a.copy_from_slice(&b[..8]);
+    u64::from_be_bytes(a)
+}
+
+fn ipv4(b: &[u8]) -> Ipv4Addr {
+    Ipv4Addr::new(b[0], b[1], b[2], b[3])
+}
+
+/// A read/write view of an advertisement in a buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Packet<T: AsRef<[u8]>> {
+    buffer: T,
+}
+
+impl<T: AsRef<[u8]>> Packet<T> {
+    /// Wraps a buffer without checking it.
+    pub const fn new_unchecked(buffer: T) -> Packet<T> {
+        Packet { buffer }
+    }
+
+    /// Wraps a buffer after [`check_len`](Self::check_len).
+    pub fn new_checked(buffer: T) -> Result<Packet<T>, Error> {
+        let packet = Self::new_unchecked(buffer);
+        packet.check_len()?;
+        Ok(packet)
+    }
+
+    /// Checks the header: magic, version, the total length against the buffer (which must be
+    /// exactly that long) and the limits. After it succeeds no accessor panics.
+    pub fn check_len(&self) -> Result<(), Error> {
+        let len = self.buffer.as_ref().len();
+        if len < HEADER_LEN {
+            return Err(Error::Truncated);
+        }
+        if self.magic() != MAGIC {
+            return Err(Error::BadMagic);
+        }
+        if self.version() != VERSION {
+            return Err(Error::UnsupportedVersion(self.version()));
+        }
+        let total = usize::from(self.total_len());
+        if total > MAX_LEN || len > MAX_LEN {
+            return Err(Error::TooLong);
+        }
+        if total < MIN_LEN {
+            return Err(Error::BadLength);
+        }
+        if len < total {
+            return Err(Error::Truncated);
+        }
+        if len > total {
+            return Err(Error::BadLength);
+        }
+        if usize::from(self.entry_count()) > MAX_ENTRIES {
+            return Err(Error::TooManyEntries);
+        }
+        Ok(())
+    }
+
+    /// Consumes the view, returning the buffer.
+    pub fn into_inner(self) -> T {
+        self.buffer
+    }
+
+    /// The magic bytes.
+    pub fn magic(&self) -> [u8; 2] {
+        let b = &self.buffer.as_ref()[field::MAGIC];
+        [b[0], b[1]]
+    }
+
+    /// The version.
+    pub fn version(&self) -> u8 {
+        self.buffer.as_ref()[field::VERSION]
+    }
+
+    /// The flags (none defined in version 1; receivers ignore them).
+    pub fn flags(&self) -> u8 {
+        self.buffer.as_ref()[field::FLAGS]
+    }
+
+    /// The total length field: header, entries and trailer.
+    pub fn total_len(&self) -> u16 {
+        be_u16(&self.buffer.as_ref()[field::TOTAL_LEN])
+    }
+
+    /// The entry count field (entries of every type).
+    pub fn entry_count(&self) -> u16 {
+        be_u16(&self.buffer.as_ref()[field::ENTRY_COUNT])
+    }
+
+    /// The sender's unicast address.
+    pub fn sender(&self) -> Ipv4Addr {
+        ipv4(&self.buffer.as_ref()[field::SENDER])
+    }
+
+    /// The sequence number.
+    pub fn seq(&self) -> u64 {
+        be_u64(&self.buffer.as_ref()[field::SEQ])
+    }
+
+    /// The timestamp, in milliseconds since the Unix epoch.
+    pub fn timestamp_ms(&self) -> u64 {
+        be_u64(&self.buffer.as_ref()[field::TIMESTAMP])
+    }
+
+    /// The id of the key the MAC was computed with.
+    pub fn key_id(&self) -> u32 {
+        be_u32(&self.buffer.as_ref()[field::key_id(self.end())])
+    }
+
+    /// The MAC ([`MAC_LEN`] bytes).
+    pub fn mac(&self) -> &[u8] {
+        &self.buffer.as_ref()[field::mac(self.end())]
+    }
+
+    /// Every byte the MAC covers: header, entries and key id.
+    pub fn signed_bytes(&self) -> &[u8] {
+        &self.buffer.as_ref()[..self.end() - MAC_LEN]
+    }
+
+    /// The entries, in order. Never panics: a malformed entry ends the iteration with an error.
+    pub fn entries(&self) -> Entries<'_> {
+        let buf = self.buffer.as_ref();
+        let total = usize::from(self.total_len_or_zero()).min(buf.len());
+        let rest = match total.checked_sub(TRAILER_LEN) {
+            Some(end) if end >= HEADER_LEN => &buf[HEADER_LEN..end],
+            _ => &[],
+        };
+        Entries { rest, done: false }
+    }
+
+    fn end(&self) -> usize {
+        usize::from(self.total_len())
+    }
+
+    fn total_len_or_zero(&self) -> u16 {
+        match self.buffer.as_ref().get(field::TOTAL_LEN) {
+            Some(b) => be_u16(b),
+            None => 0,
+        }
+    }
+}
+
+impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
+    /// Writes the magic bytes.
+    pub fn set_magic(&mut self) {
+        self.buffer.as_mut()[field::MAGIC].copy_from_slice(&MAGIC);
+    }
+
+    /// Sets the version.
+    pub fn set_version(&mut self, value: u8) {
+        self.buffer.as_mut()[field::VERSION] = value;
+    }
+
+    /// Sets the flags.
+    pub fn set_flags(&mut self, value: u8) {
+        self.buffer.as_mut()[field::FLAGS] = value;
+    }
+
+    /// Sets the total length.
+    pub fn set_total_len(&mut self, value: u16) {
+        self.buffer.as_mut()[field::TOTAL_LEN].copy_from_slice(&value.to_be_bytes());
+    }
+
+    /// Sets the entry count.
+    pub fn set_entry_count(&mut self, value: u16) {
+        self.buffer.as_mut()[field::ENTRY_COUNT].copy_from_slice(&value.to_be_bytes());
+    }
+
+    /// Sets the sender.
+    pub fn set_sender(&mut self, value: Ipv4Addr) {
+        self.buffer.as_mut()[field::SENDER].copy_from_slice(&value.octets());
+    }
+
+    /// Sets the sequence number.
+    pub fn set_seq(&mut self, value: u64) {
+        self.buffer.as_mut()[field::SEQ].copy_from_slice(&value.to_be_bytes());
+    }
+
+    /// Sets the timestamp.
+    pub fn set_timestamp_ms(&mut self, value: u64) {
+        self.buffer.as_mut()[field::TIMESTAMP].copy_from_slice(&value.to_be_bytes());
+    }
+
+    /// Sets the key id (the total length must be set first).
+    pub fn set_key_id(&mut self, value: u32) {
+        let range = field::key_id(self.end());
+        self.buffer.as_mut()[range].copy_from_slice(&value.to_be_bytes());
+    }
+
+    /// The MAC, to fill (the total length must be set first).
+    pub fn mac_mut(&mut self) -> &mut [u8] {
+        let range = field::mac(self.end());
+        &mut self.buffer.as_mut()[range]
+    }
+
+    /// The entry TLVs, to fill (the total length must be set first).
+    pub fn entries_mut(&mut self) -> &mut [u8] {
+        let range = field::entries(self.end());
+        &mut self.buffer.as_mut()[range]
+    }
+}
+
+/// One membership: the sender serves `anycast`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Membership {
+    /// The anycast address served.
+    pub anycast: Ipv4Addr,
+    /// How long the membership lasts without a refresh, in milliseconds; 0 leaves at once.
+    pub hold_ms: u32,
+    /// Lower is better: only the members of the lowest preference receive traffic.
+    pub preference: u16,
+    /// Share of traffic among members of equal preference; 0 drains the member.
+    pub weight: u16,
+}
+
+impl Membership {
+    /// A placeholder for unused slots of [`Repr::entries`].
+    pub const EMPTY: Membership = Membership {
+        anycast: Ipv4Addr::UNSPECIFIED,
+        hold_ms: 0,
+        preference: 0,
+        weight: 0,
+    };
+
+    /// True if the entry withdraws the membership (hold time 0).
+    pub const fn is_leave(&self) -> bool {
+        self.hold_ms == 0
+    }
+
+    /// True if the member should get no new traffic (weight 0).
+    pub const fn is_drain(&self) -> bool {
+        self.weight == 0
+    }
+
+    fn parse(value: &[u8]) -> Membership {
+        use field::membership as f;
+        Membership {
+            anycast: ipv4(&value[f::ANYCAST]),
+            hold_ms: be_u32(&value[f::HOLD]),
+            preference: be_u16(&value[f::PREFERENCE]),
+            weight: be_u16(&value[f::WEIGHT]),
+        }
+    }
+
+    /// Writes the TLV (type, length, value) into the first 14 bytes of `buf`.
+    fn emit(&self, buf: &mut [u8]) {
+        use field::membership as f;
+        buf[0] = MEMBERSHIP_KIND;
+        buf[1] = MEMBERSHIP_LEN;
+        let value = &mut buf[ENTRY_HEADER_LEN..ENTRY_HEADER_LEN + usize::from(MEMBERSHIP_LEN)];
+        value[f::ANYCAST].copy_from_slice(&self.anycast.octets());
+        value[f::HOLD].copy_from_slice(&self.hold_ms.to_be_bytes());
+        value[f::PREFERENCE].copy_from_slice(&self.preference.to_be_bytes());
+        value[f::WEIGHT].copy_from_slice(&self.weight.to_be_bytes());
+    }
+}
+
+/// One entry of an advertisement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Entry {
+    /// Type 1.
+    Membership(Membership),
+    /// A type this version does not know, skipped.
+    Unknown { kind: u8, len: u8 },
+}
+
+/// Iterator over the entries of a [`Packet`]; see [`Packet::entries`].
+#[derive(Debug, Clone)]
+pub struct Entries<'a> {
+    rest: &'a [u8],
+    done: bool,
+}
+
+impl Iterator for Entries<'_> {
+    type Item = Result<Entry, Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done || self.rest.is_empty() {
+            return None;
+        }
+        let item = self.next_entry();
+        if item.is_err() {
+            self.done = true;
+        }
+        Some(item)
+    }
+}
+
+impl Entries<'_> {
+    fn next_entry(&mut self) -> Result<Entry, Error> {
+        let &[kind, len, ..] = self.rest else {
+            return Err(Error::EntryOverrun);
+        };
+        let Some((value, rest)) = self.rest[ENTRY_HEADER_LEN..].split_at_checked(usize::from(len))
+        else {
+            return Err(Error::EntryOverrun);
+        };
+        self.rest = rest;
+        match kind {
+            MEMBERSHIP_KIND if len == MEMBERSHIP_LEN => {
+                Ok(Entry::Membership(Membership::parse(value)))
+            }
+            MEMBERSHIP_KIND => Err(Error::BadEntry { kind, len }),
+            _ => Ok(Entry::Unknown { kind, len }),
+        }
+    }
+}
+
+/// A parsed advertisement (the MAC is not part of it: it is checked on the [`Packet`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Repr {
+    /// The sender's unicast address: the member that serves the entries' addresses.
+    pub sender: Ipv4Addr,
+    /// Sequence number, strictly increasing per sender.
+    pub seq: u64,
+    /// Milliseconds since the Unix epoch at the sender.
+    pub timestamp_ms: u64,
+    /// Id of the key the MAC is computed with.
+    pub key_id: u32,
+    /// The membership entries; only the first `n_entries` are used.
+    pub entries: [Membership; MAX_ENTRIES],
+    /// How many of `entries` are used.
+    pub n_entries: usize,
+    /// Entries of unknown types that were skipped (not emitted: their values are not kept).
+    pub unknown_entries: u16,
+}
+
+impl PartialEq for Repr {
+    fn eq(&self, other: &Repr) -> bool {
+        self.sender == other.sender
+            && self.seq == other.seq
+            && self.timestamp_ms == other.timestamp_ms
+            && self.key_id == other.key_id
+            && self.memberships() == other.memberships()
+            && self.unknown_entries == other.unknown_entries
+    }
+}
+
+impl Eq for Repr {}
+
+impl Repr {
+    /// An advertisement without entries.
+    pub const fn new(sender: Ipv4Addr, seq: u64, timestamp_ms: u64, key_id: u32) -> Repr {
+        Repr {
+            sender,
+            seq,
+            timestamp_ms,
+            key_id,
+            entries: [Membership::EMPTY; MAX_ENTRIES],
+            n_entries: 0,
+            unknown_entries: 0,
+        }
+    }
+
+    /// Appends a membership; fails when [`MAX_ENTRIES`] are already there.
+    pub fn push(&mut self, membership: Membership) -> Result<(), Error> {
+        let slot = self
+            .entries
+            .get_mut(self.n_entries)
+            .ok_or(Error::TooManyEntries)?;
+        *slot = membership;
+        self.n_entries += 1;
+        Ok(())
+    }
+
+    /// The memberships in use.
+    pub fn memberships(&self) -> &[Membership] {
+        &self.entries[..self.n_entries.min(MAX_ENTRIES)]
+    }
+
+    /// Parses a message: header checks ([`Packet::check_len`]), then every entry. Never panics.
+    pub fn parse<T: AsRef<[u8]> + ?Sized>(packet: &Packet<&T>) -> Result<Repr, Error> {
+        packet.check_len()?;
+        let mut repr = Repr::new(
+            packet.sender(),
+            packet.seq(),
+            packet.timestamp_ms(),
+            packet.key_id(),
+        );
+        let expected = usize::from(packet.entry_count());
+        let mut seen = 0;
+        for entry in packet.entries() {
+            seen += 1;
+            if seen > expected {
+                return Err(Error::BadEntryCount);
+            }
+            match entry? {
+                Entry::Membership(m) => {
+                    if repr.memberships().iter().any(|e| e.anycast == m.anycast) {
+                        return Err(Error::DuplicateEntry(m.anycast));
+                    }
+                    repr.push(m)?;
+                }
+                Entry::Unknown { .. } => repr.unknown_entries += 1,
+            }
+        }
+        if seen != expected {
+            return Err(Error::BadEntryCount);
+        }
+        Ok(repr)
+    }
+
+    /// Length of the emitted message.
+    pub fn buffer_len(&self) -> usize {
+        HEADER_LEN
+            + self.memberships().len() * (ENTRY_HEADER_LEN + usize::from(MEMBERSHIP_LEN))
+            + TRAILER_LEN
+    }
+
+    /// Writes the message into the first [`buffer_len`](Self::buffer_len) bytes: everything
+    /// but the MAC, which it zeroes for the signer to fill. Unknown entries are not written.
+    pub fn emit<T: AsRef<[u8]> + AsMut<[u8]> + ?Sized>(&self, packet: &mut Packet<&mut T>) {
+        let total = self.buffer_len();
+        let memberships = self.memberships();
+        packet.set_magic();
+        packet.set_version(VERSION);
+        packet.set_flags(0);
+        // Both fit: total <= MIN_LEN + MAX_ENTRIES * 14 < MAX_LEN, entries <= MAX_ENTRIES.
+        packet.set_total_len(total as u16);
+        packet.set_entry_count(memberships.len() as u16);
+        packet.set_sender(self.sender);
+        packet.set_seq(self.seq);
+        packet.set_timestamp_ms(self.timestamp_ms);
+        let tlvs = packet.entries_mut();
+        let tlv_len = ENTRY_HEADER_LEN + usize::from(MEMBERSHIP_LEN);
+        for (m, tlv) in memberships.iter().zip(tlvs.chunks_exact_mut(tlv_len)) {
+            m.emit(tlv);
+        }
+        packet.set_key_id(self.key_id);
+        packet.mac_mut().fill(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+
+    use super::*;
+    use std::vec;
+    use std::vec::Vec;
+
+    /// 192.0.2.10, seq 42, 2023-11-14T22:13:20Z, key 7; serves 198.51.100.1 (hold 30 s,
+    /// preference 10, weight 100) and leaves 198.51.100.2. MAC zero (as emitted).
+    static PACKET_BYTES: [u8; 92] = [
+        0x41, 0x43, 0x01, 0x00, // magic, version, flags
+        0x00, 0x5c, 0x00, 0x02, // total length 92, 2 entries
+        0xc0, 0x00, 0x02, 0x0a, // sender
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x2a, // seq
+        0x00, 0x00, 0x01, 0x8b, 0xcf, 0xe5, 0x68, 0x00, // timestamp
+        0x01, 0x0c, 0xc6, 0x33, 0x64, 0x01, // membership 198.51.100.1
+        0x00, 0x00, 0x75, 0x30, 0x00, 0x0a, 0x00, 0x64, // hold, preference, weight
+        0x01, 0x0c, 0xc6, 0x33, 0x64, 0x02, // membership 198.51.100.2
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // leave
+        0x00, 0x00, 0x00, 0x07, // key id
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // MAC
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, //
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, //
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, //
+    ];
+
+    /// One membership (198.51.100.1, hold 1 s, preference 1, weight 1) after an entry of
+    /// unknown type 9 with 3 value bytes; MAC 0xaa.
+    static UNKNOWN_ENTRY_BYTES: [u8; 83] = [
+        0x41, 0x43, 0x01, 0x80, // magic, version, flags (unknown bit, ignored)
+        0x00, 0x53, 0x00, 0x02, // total length 83, 2 entries
+        0xc0, 0x00, 0x02, 0x0b, // sender
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01, // seq
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x02, // timestamp
+        0x09, 0x03, 0xde, 0xad, 0xbe, // unknown entry
+        0x01, 0x0c, 0xc6, 0x33, 0x64, 0x01, // membership
+        0x00, 0x00, 0x03, 0xe8, 0x00, 0x01, 0x00, 0x01, //
+        0x00, 0x00, 0x00, 0x01, // key id
+        0xaa, 0xaa, 0xaa, 0xaa, 0xaa, 0xaa, 0xaa, 0xaa, // MAC
+        0xaa, 0xaa, 0xaa, 0xaa, 0xaa, 0xaa, 0xaa, 0xaa, //
+        0xaa, 0xaa, 0xaa, 0xaa, 0xaa, 0xaa, 0xaa, 0xaa, //
+        0xaa, 0xaa, 0xaa, 0xaa, 0xaa, 0xaa, 0xaa, 0xaa, //
+    ];
+
+    const SERVE: Membership = Membership {
+        anycast: Ipv4Addr::new(198, 51, 100, 1),
+        hold_ms: 30_000,
+        preference: 10,
+        weight: 100,
+    };
+
+    const LEAVE: Membership = Membership {
+        anycast: Ipv4Addr::new(198, 51, 100, 2),
+        hold_ms: 0,
+        preference: 0,
+        weight: 0,
+    };
+
+    fn packet_repr() -> Repr {
+        let mut repr = Repr::new(Ipv4Addr::new(192, 0, 2, 10), 42, 1_700_000_000_000, 7);
+        repr.push(SERVE).unwrap();
+        repr.push(LEAVE).unwrap();
+        repr
+    }
+
+    /// Writes `repr`, then sets the raw header fields `edit` touches.
+    fn emitted(repr: &Repr, edit: impl FnOnce(&mut Packet<&mut [u8]>)) -> Vec<u8> {
+        let mut buf = vec![0; repr.buffer_len()];
+        let mut packet = Packet::new_unchecked(&mut buf[..]);
+        repr.emit(&mut packet);
+        edit(&mut packet);
+        buf
+    }
+
+    #[test]
+    fn deconstruct() {
+        let packet = Packet::new_checked(&PACKET_BYTES[..]).unwrap();
+        assert_eq!(packet.magic(), MAGIC);
+        assert_eq!(packet.version(), 1);
+        assert_eq!(packet.flags(), 0);
+        assert_eq!(packet.total_len(), 92);
+        assert_eq!(packet.entry_count(), 2);
+        assert_eq!(packet.sender(), Ipv4Addr::new(192, 0, 2, 10));
+        assert_eq!(packet.seq(), 42);
+        assert_eq!(packet.timestamp_ms(), 1_700_000_000_000);
+        assert_eq!(packet.key_id(), 7);
+        assert_eq!(packet.mac(), &[0; MAC_LEN]);
+        assert_eq!(packet.signed_bytes(), &PACKET_BYTES[..60]);
+        let entries: Vec<_> = packet.entries().collect();
+        assert_eq!(
+            entries,
+            [Ok(Entry::Membership(SERVE)), Ok(Entry::Membership(LEAVE))]
+        );
+        assert!(LEAVE.is_leave() && LEAVE.is_drain());
+        assert!(!SERVE.is_leave() && !SERVE.is_drain());
+    }
+
+    #[test]
+    fn construct() {
+        let mut buf = [0xff; 92];
+        let mut packet = Packet::new_unchecked(&mut buf[..]);
+        packet.set_magic();
+        packet.set_version(1);
+        packet.set_flags(0);
+        packet.set_total_len(92);
+        packet.set_entry_count(2);
+        packet.set_sender(Ipv4Addr::new(192, 0, 2, 10));
+        packet.set_seq(42);
+        packet.set_timestamp_ms(1_700_000_000_000);
+        let tlvs = packet.entries_mut();
+        SERVE.emit(&mut tlvs[..14]);
+        LEAVE.emit(&mut tlvs[14..]);
+        packet.set_key_id(7);
+        packet.mac_mut().fill(0);
+        assert_eq!(buf, PACKET_BYTES);
+    }
+
+    #[test]
+    fn parse() {
+        let repr = Repr::parse(&Packet::new_unchecked(&PACKET_BYTES[..])).unwrap();
+        assert_eq!(repr, packet_repr());
+        assert_eq!(repr.memberships(), [SERVE, LEAVE]);
+        assert_eq!(repr.unknown_entries, 0);
+    }
+
+    #[test]
+    fn emit() {
+        let repr = packet_repr();
+        assert_eq!(repr.buffer_len(), PACKET_BYTES.len());
+        let mut buf = [0x55; 92];
+        repr.emit(&mut Packet::new_unchecked(&mut buf[..]));
+        assert_eq!(buf, PACKET_BYTES);
+    }
+
+    #[test]
+    fn round_trip() {
+        let mut repr = Repr::new(Ipv4Addr::new(10, 0, 0, 1), u64::MAX, 1, u32::MAX);
+        for i in 0..MAX_ENTRIES as u32 {
+            repr.push(Membership {
+                anycast: Ipv4Addr::from(0xc633_6400 + i),
+                hold_ms: i * 1000,
+                preference: i as u16,
+                weight: 0xffff - i as u16,
+            })
+            .unwrap();
+        }
+        assert_eq!(repr.push(SERVE), Err(Error::TooManyEntries));
+        let buf = emitted(&repr, |_| {});
+        assert!(buf.len() <= MAX_LEN);
+        let parsed = Repr::parse(&Packet::new_checked(&buf[..]).unwrap()).unwrap();
+        assert_eq!(parsed, repr);
+
+        let empty = Repr::new(Ipv4Addr::new(10, 0, 0, 1), 0, 0, 0);
+        let buf = emitted(&empty, |_| {});
+        assert_eq!(buf.len(), MIN_LEN);
+        assert_eq!(Repr::parse(&Packet::new_unchecked(&buf[..])), Ok(empty));
+    }
+
+    #[test]
+    fn truncation_at_every_offset() {
+        for bytes in [&PACKET_BYTES[..], &UNKNOWN_ENTRY_BYTES[..]] {
+            for len in 0..bytes.len() {
+                let prefix = &bytes[..len];
+                assert_eq!(Packet::new_checked(prefix), Err(Error::Truncated), "{len}");
+                assert_eq!(
+                    Repr::parse(&Packet::new_unchecked(prefix)),
+                    Err(Error::Truncated),
+                    "{len}"
+                );
+                // Never panics, and finds no more entries than the whole message has.
+                assert!(Packet::new_unchecked(prefix).entries().count() <= 2);
+            }
+        }
+    }
+
+    #[test]
+    fn bad_magic_and_unknown_version_rejected() {
+        let mut buf = PACKET_BYTES;
+        buf[1] = b'D';
+        assert_eq!(Packet::new_checked(&buf[..]), Err(Error::BadMagic));
+        let mut buf = PACKET_BYTES;
+        buf[2] = 2;
+        let err = Repr::parse(&Packet::new_unchecked(&buf[..])).unwrap_err();
+        assert_eq!(err, Error::UnsupportedVersion(2));
+        assert_eq!(err.reason(), "unsupported_version");
+    }
+
+    #[test]
+    fn unknown_entry_skipped_and_counted() {
+        let packet = Packet::new_checked(&UNKNOWN_ENTRY_BYTES[..]).unwrap();
+        assert_eq!(packet.flags(), 0x80);
+        assert_eq!(packet.mac(), &[0xaa; MAC_LEN]);
+        let entries: Vec<_> = packet.entries().collect();
+        assert_eq!(entries[0], Ok(Entry::Unknown { kind: 9, len: 3 }));
+        let repr = Repr::parse(&packet).unwrap();
+        assert_eq!(repr.unknown_entries, 1);
+        assert_eq!(
+            repr.memberships(),
+            [Membership {
+                anycast: Ipv4Addr::new(198, 51, 100, 1),
+                hold_ms: 1000,
+                preference: 1,
+                weight: 1,
+            }]
+        );
+    }
+
+    #[test]
+    fn wrong_length_for_known_entry_rejected() {
+        // The second membership claims 11 value bytes.
+        let mut buf = PACKET_BYTES;
+        buf[43] = 11;
+        let err = Repr::parse(&Packet::new_unchecked(&buf[..])).unwrap_err();
+        assert_eq!(err, Error::BadEntry { kind: 1, len: 11 });
+        assert_eq!(err.reason(), "bad_entry");
+    }
+
+    #[test]
+    fn entry_overrun_and_count_mismatch_rejected() {
+        // The second entry claims 13 value bytes: one more than the entries hold.
+        for kind in [MEMBERSHIP_KIND, 0x77] {
+            let mut buf = PACKET_BYTES;
+            buf[42] = kind;
+            buf[43] = 13;
+            let parsed = Repr::parse(&Packet::new_unchecked(&buf[..]));
+            assert_eq!(parsed, Err(Error::EntryOverrun), "{kind}");
+        }
+
+        for count in [0, 1, 3, 64] {
+            let buf = emitted(&packet_repr(), |p| p.set_entry_count(count));
+            let parsed = Repr::parse(&Packet::new_unchecked(&buf[..]));
+            assert_eq!(parsed, Err(Error::BadEntryCount), "{count}");
+        }
+    }
+
+    #[test]
+    fn duplicate_membership_rejected() {
+        let mut repr = packet_repr();
+        repr.entries[1].anycast = SERVE.anycast;
+        let buf = emitted(&repr, |_| {});
+        let parsed = Repr::parse(&Packet::new_unchecked(&buf[..]));
+        assert_eq!(parsed, Err(Error::DuplicateEntry(SERVE.anycast)));
+    }
+
+    #[test]
+    fn total_length_mismatch_rejected() {
+        let mut long = PACKET_BYTES.to_vec();
+        long.push(0);
+        assert_eq!(Packet::new_checked(&long[..]), Err(Error::BadLength));
+        let short = emitted(&packet_repr(), |p| p.set_total_len(93));
+        assert_eq!(Packet::new_checked(&short[..]), Err(Error::Truncated));
+        let tiny = emitted(&packet_repr(), |p| p.set_total_len(MIN_LEN as u16 - 1));
+        assert_eq!(Packet::new_checked(&tiny[..]), Err(Error::BadLength));
+        assert_eq!(Error::BadLength.reason(), "bad_length");
+    }
+
+    #[test]
+    fn too_many_entries_rejected() {
+        let buf = emitted(&packet_repr(), |p| {
+            p.set_entry_count(MAX_ENTRIES as u16 + 1)
+        });
+        let err = Repr::parse(&Packet::new_unchecked(&buf[..])).unwrap_err();
+        assert_eq!(err, Error::TooManyEntries);
+        assert_eq!(err.reason(), "too_many_entries");
+
+        // 65 one-byte unknown entries fit in the size limit but not in the count.
+        let mut buf = emitted(&Repr::new(Ipv4Addr::LOCALHOST, 1, 1, 1), |_| {});
+        let tlvs: Vec<u8> = (0..65).flat_map(|_| [0x63, 0]).collect();
+        buf.splice(HEADER_LEN..HEADER_LEN, tlvs);
+        let total = buf.len() as u16;
+        let mut packet = Packet::new_unchecked(&mut buf[..]);
+        packet.set_total_len(total);
+        packet.set_entry_count(64);
+        let parsed = Repr::parse(&Packet::new_unchecked(&buf[..]));
+        assert_eq!(parsed, Err(Error::BadEntryCount));
+    }
+
+    #[test]
+    fn size_limit() {
+        // An unknown entry pads a message to exactly MAX_LEN: accepted; one byte more is not.
+        for (len, expected) in [(MAX_LEN, Ok(())), (MAX_LEN + 1, Err(Error::TooLong))] {
+            let mut buf = emitted(&Repr::new(Ipv4Addr::LOCALHOST, 1, 1, 1), |_| {});
+            let mut tlvs = Vec::new();
+            let mut count = 0;
+            while tlvs.len() < len - MIN_LEN {
+                let value = (len - MIN_LEN - tlvs.len() - ENTRY_HEADER_LEN).min(255);
+                tlvs.extend([0x63, value as u8]);
+                tlvs.extend(core::iter::repeat_n(0, value));
+                count += 1;
+            }
+            buf.splice(HEADER_LEN..HEADER_LEN, tlvs);
+            let mut packet = Packet::new_unchecked(&mut buf[..]);
+            packet.set_total_len(len as u16);
+            packet.set_entry_count(count);
+            let packet = Packet::new_unchecked(&buf[..]);
+            assert_eq!(packet.check_len(), expected, "{len}");
+            if expected.is_ok() {
+                assert_eq!(Repr::parse(&packet).unwrap().unknown_entries, count);
+            }
+        }
+        assert_eq!(Error::TooLong.reason(), "too_long");
+    }
+
+    #[test]
+    fn reasons_are_snake_case() {
+        let all = [
+            Error::Truncated,
+            Error::BadMagic,
+            Error::UnsupportedVersion(0),
+            Error::BadLength,
+            Error::TooLong,
+            Error::TooManyEntries,
+            Error::BadEntry { kind: 1, len: 0 },
+            Error::EntryOverrun,
+            Error::BadEntryCount,
+            Error::DuplicateEntry(Ipv4Addr::UNSPECIFIED),
+        ];
+        for err in all {
+            let reason = err.reason();
+            assert!(reason.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'));
+        }
+    }
+}

@@ -1,0 +1,206 @@
+//! Which advertisements the agent believes.
+//!
+//! In order: the IP TTL must be 255 (GTSM: the sender is on the link); the datagram must arrive
+//! on an agent interface; it must parse; its sender field must be the datagram's source; with
+//! keys configured, its key id must be known and its HMAC must verify; its timestamp must be
+//! within the replay window of the router's clock; and its sequence number must be above the
+//! last one accepted from that sender. Only then is the sequence number recorded, so a forged
+//! message can never move a sender's replay state.
+use std::{collections::HashMap, net::Ipv4Addr};
+
+use anycast_common::advert::{Packet, REQUIRED_TTL, Repr};
+
+use crate::{advert_auth, sys::Received};
+
+/// Why an advertisement was dropped; the discriminant is its `AGENT_STATS` index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum Reject {
+    Malformed = 1,
+    BadTtl = 2,
+    WrongInterface = 3,
+    SenderMismatch = 4,
+    Unauthenticated = 5,
+    UnknownKey = 6,
+    BadMac = 7,
+    Replayed = 8,
+    StaleTimestamp = 9,
+    OutsidePrefix = 10,
+    NotOnLink = 11,
+}
+
+impl Reject {
+    pub fn index(self) -> u32 {
+        self as u32
+    }
+
+    pub fn name(self) -> &'static str {
+        anycast_common::AGENT_NAMES[self as usize]
+    }
+}
+
+pub struct Validator {
+    keys: Option<advert_auth::Keys>,
+    ifindexes: Vec<u32>,
+    window_ms: u64,
+    last_seq: HashMap<Ipv4Addr, u64>,
+}
+
+impl Validator {
+    /// `keys: None` accepts unauthenticated advertisements (`--insecure-no-auth`).
+    pub fn new(keys: Option<advert_auth::Keys>, ifindexes: Vec<u32>, window_ms: u64) -> Self {
+        Self {
+            keys,
+            ifindexes,
+            window_ms,
+            last_seq: HashMap::new(),
+        }
+    }
+
+    /// Restores a sender's replay state (after an agent restart).
+    pub fn remember(&mut self, sender: Ipv4Addr, seq: u64) {
+        self.last_seq.insert(sender, seq);
+    }
+
+    pub fn check(&mut self, datagram: &[u8], rx: &Received, now_ms: u64) -> Result<Repr, Reject> {
+        if rx.ttl != Some(REQUIRED_TTL) {
+            return Err(Reject::BadTtl);
+        }
+        if !self.ifindexes.contains(&rx.ifindex) {
+            return Err(Reject::WrongInterface);
+        }
+        let packet = Packet::new_checked(datagram).map_err(|_| Reject::Malformed)?;
+        let repr = Repr::parse(&packet).map_err(|_| Reject::Malformed)?;
+        if repr.sender != rx.src {
+            return Err(Reject::SenderMismatch);
+        }
+        if let Some(keys) = &self.keys {
+            advert_auth::verify(&packet, keys).map_err(|e| match e {
+                advert_auth::AuthError::UnknownKey(0) => Reject::Unauthenticated,
+                advert_auth::AuthError::UnknownKey(_) => Reject::UnknownKey,
+                advert_auth::AuthError::BadMac => Reject::BadMac,
+                advert_auth::AuthError::Malformed(_) => Reject::Malformed,
+            })?;
+        }
+        if repr.timestamp_ms.abs_diff(now_ms) > self.window_ms {
+            return Err(Reject::StaleTimestamp);
+        }
+        if self
+            .last_seq
+            .get(&repr.sender)
+            .is_some_and(|last| repr.seq <= *last)
+        {
+            return Err(Reject::Replayed);
+        }
+        self.last_seq.insert(repr.sender, repr.seq);
+        Ok(repr)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use anycast_common::advert::Membership;
+
+    use super::*;
+
+    const SENDER: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
+    const NOW: u64 = 1_800_000_000_000;
+    const SECRET: [u8; 32] = [7; 32];
+
+    fn keys() -> advert_auth::Keys {
+        advert_auth::Keys::new(vec![(1, SECRET.to_vec())]).unwrap()
+    }
+
+    fn message(seq: u64, ts: u64, key_id: u32, secret: &[u8]) -> Vec<u8> {
+        let mut repr = Repr::new(SENDER, seq, ts, key_id);
+        repr.push(Membership {
+            anycast: Ipv4Addr::new(198, 51, 100, 53),
+            hold_ms: 3000,
+            preference: 10,
+            weight: 1,
+        })
+        .unwrap();
+        let mut buf = vec![0; repr.buffer_len()];
+        repr.emit(&mut Packet::new_unchecked(&mut buf[..]));
+        if key_id != 0 {
+            advert_auth::sign(&mut buf, key_id, secret).unwrap();
+        }
+        buf
+    }
+
+    fn rx(len: usize) -> Received {
+        Received {
+            len,
+            src: SENDER,
+            ttl: Some(255),
+            ifindex: 4,
+        }
+    }
+
+    #[test]
+    fn accepts_a_good_message_once() {
+        let mut v = Validator::new(Some(keys()), vec![4], 30_000);
+        let m = message(10, NOW, 1, &SECRET);
+        assert!(v.check(&m, &rx(m.len()), NOW).is_ok());
+        assert_eq!(v.check(&m, &rx(m.len()), NOW), Err(Reject::Replayed));
+        let older = message(9, NOW, 1, &SECRET);
+        assert_eq!(
+            v.check(&older, &rx(older.len()), NOW),
+            Err(Reject::Replayed)
+        );
+        let newer = message(11, NOW, 1, &SECRET);
+        assert!(v.check(&newer, &rx(newer.len()), NOW).is_ok());
+    }
+
+    #[test]
+    fn rejects_each_problem_by_name() {
+        let mut v = Validator::new(Some(keys()), vec![4], 30_000);
+        let good = message(10, NOW, 1, &SECRET);
+        let mut ttl = rx(good.len());
+        ttl.ttl = Some(254);
+        assert_eq!(v.check(&good, &ttl, NOW), Err(Reject::BadTtl));
+        let mut iface = rx(good.len());
+        iface.ifindex = 5;
+        assert_eq!(v.check(&good, &iface, NOW), Err(Reject::WrongInterface));
+        assert_eq!(v.check(&good[..20], &rx(20), NOW), Err(Reject::Malformed));
+        let mut spoofed = rx(good.len());
+        spoofed.src = Ipv4Addr::new(203, 0, 113, 6);
+        assert_eq!(v.check(&good, &spoofed, NOW), Err(Reject::SenderMismatch));
+        let wrong_key = message(10, NOW, 1, &[8; 32]);
+        assert_eq!(
+            v.check(&wrong_key, &rx(wrong_key.len()), NOW),
+            Err(Reject::BadMac)
+        );
+        let unknown = message(10, NOW, 2, &SECRET);
+        assert_eq!(
+            v.check(&unknown, &rx(unknown.len()), NOW),
+            Err(Reject::UnknownKey)
+        );
+        let stale = message(10, NOW - 31_000, 1, &SECRET);
+        assert_eq!(
+            v.check(&stale, &rx(stale.len()), NOW),
+            Err(Reject::StaleTimestamp)
+        );
+        let mut flipped = good.clone();
+        flipped[30] ^= 1;
+        assert_eq!(
+            v.check(&flipped, &rx(flipped.len()), NOW),
+            Err(Reject::BadMac)
+        );
+        // None of the rejected messages moved the replay state.
+        assert!(v.check(&good, &rx(good.len()), NOW).is_ok());
+    }
+
+    #[test]
+    fn without_keys_accepts_unsigned() {
+        let mut v = Validator::new(None, vec![4], 30_000);
+        let m = message(1, NOW, 0, &[]);
+        assert!(v.check(&m, &rx(m.len()), NOW).is_ok());
+        let mut with_keys = Validator::new(Some(keys()), vec![4], 30_000);
+        let m = message(2, NOW, 0, &[]);
+        assert_eq!(
+            with_keys.check(&m, &rx(m.len()), NOW),
+            Err(Reject::Unauthenticated)
+        );
+    }
+}

@@ -1,0 +1,119 @@
+//! Long-running `anycast-ctl` processes (the agent, announcers) inside a namespace, as guards:
+//! dropping one kills it (SIGKILL) and reaps it, so no test leaves a daemon behind.
+use std::{
+    io::Read,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Arc, Mutex},
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::netns::Netns;
+
+pub struct Daemon {
+    name: String,
+    child: Option<Child>,
+    /// Everything it wrote to stderr so far (drained continuously so it never blocks).
+    log: Arc<Mutex<String>>,
+    drain: Option<JoinHandle<()>>,
+}
+
+impl Daemon {
+    /// Starts `anycast-ctl ARGS...` in `ns` (via nsenter, so bpffs stays visible).
+    pub fn spawn(ns: &Netns, name: &str, args: &[&str]) -> Result<Self> {
+        let net = format!("--net={}", ns.path().display());
+        let child = Command::new("nsenter")
+            .arg(net)
+            .arg("--")
+            .arg(crate::ctl::binary())
+            .args(args)
+            .env("ANYCAST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        let mut child = child;
+        let log = Arc::new(Mutex::new(String::new()));
+        let mut stderr = child.stderr.take().context("stderr")?;
+        let sink = Arc::clone(&log);
+        let drain = std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stderr.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .expect("log lock")
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Ok(Self {
+            name: name.to_string(),
+            child: Some(child),
+            log,
+            drain: Some(drain),
+        })
+    }
+
+    /// What it logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().expect("log lock").clone()
+    }
+
+    /// The pid of anycast-ctl itself (nsenter execs it, so it is the child's pid).
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map_or(0, |c| c.id() as i32)
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.pid(), signal) };
+    }
+
+    /// Whether it is still running.
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Waits up to `timeout` for it to exit; its exit status and stderr.
+    pub fn wait(&mut self, timeout: Duration) -> Result<(ExitStatus, String)> {
+        let deadline = Instant::now() + timeout;
+        let mut child = self.child.take().context("already reaped")?;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                if let Some(drain) = self.drain.take() {
+                    let _ = drain.join();
+                }
+                return Ok((status, self.log()));
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("{} did not exit within {timeout:?}", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// SIGKILL, then reap.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if let Some(drain) = self.drain.take() {
+            let _ = drain.join();
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -1,0 +1,495 @@
+//! Membership by host advertisement, end to end: `anycast-ctl announce` on the members,
+//! `anycast-ctl agent` on the router, real multicast advertisements and real traffic.
+use std::{
+    net::{Ipv4Addr, SocketAddrV4, UdpSocket},
+    os::unix::fs::PermissionsExt,
+    path::PathBuf,
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+use anycast_common::advert::{DEFAULT_GROUP, DEFAULT_PORT, Membership, Packet, Repr};
+use anycast_ctl::advert_auth;
+use anycast_tests::{
+    ANYCAST, Ctl, Topology, TopologyOptions,
+    daemon::Daemon,
+    traffic::{TCP_PORT, UDP_PORT, tcp_round, udp_round},
+    wait_until,
+};
+
+const SECRET_HEX: &str = "5f1c2b3a4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8";
+const INTERVAL_MS: u64 = 200;
+const HOLD_MS: u64 = 600;
+
+/// A topology with the dataplane on r0..r3 and the agent on r1..r3, plus a key file.
+struct Lab {
+    topo: Topology,
+    ctl: Ctl,
+    agent: Option<Daemon>,
+    key_file: PathBuf,
+}
+
+impl Lab {
+    fn new() -> Self {
+        let topo = Topology::new(TopologyOptions::default()).expect("topology");
+        // Members start without the anycast address: `announce` adds it (and removes it).
+        for m in &topo.members {
+            m.ns.ip(&["addr", "del", "198.51.100.53/32", "dev", "lo"])
+                .expect("clearing lo");
+        }
+        let ctl = Ctl::new(&topo.router);
+        let ifaces = topo.router_ifaces();
+        let ifaces: Vec<&str> = ifaces.iter().map(String::as_str).collect();
+        ctl.run(&[&["attach"], &ifaces[..]].concat())
+            .expect("attach");
+        let key_file = std::env::temp_dir().join(format!(
+            "anycast-key-{}-{}",
+            std::process::id(),
+            topo.router.name()
+        ));
+        std::fs::write(
+            &key_file,
+            format!("[[key]]\nid = 1\nsecret = \"{SECRET_HEX}\"\n"),
+        )
+        .unwrap();
+        std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let mut lab = Lab {
+            topo,
+            ctl,
+            agent: None,
+            key_file,
+        };
+        lab.start_agent();
+        lab
+    }
+
+    fn start_agent(&mut self) {
+        let pin = self.ctl.pin_dir().display().to_string();
+        let key = self.key_file.display().to_string();
+        let agent = Daemon::spawn(
+            &self.topo.router,
+            "agent",
+            &[
+                "--pin-dir",
+                &pin,
+                "agent",
+                "--dev",
+                "r1",
+                "--dev",
+                "r2",
+                "--dev",
+                "r3",
+                "--anycast-prefix",
+                "198.51.100.0/24",
+                "--key-file",
+                &key,
+            ],
+        )
+        .expect("agent");
+        self.agent = Some(agent);
+        // The agent is ready once it has counted anything or once it has run a moment.
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            self.agent.as_mut().unwrap().running(),
+            "agent exited: {}",
+            self.agent.as_ref().unwrap().log()
+        );
+    }
+
+    /// Starts `announce` on a member with the test interval and `hold_ms` (default HOLD_MS).
+    fn announce(&self, member: usize, hold_ms: Option<u64>) -> Daemon {
+        let m = &self.topo.members[member];
+        let key = self.key_file.display().to_string();
+        let interval = format!("{INTERVAL_MS}ms");
+        let hold = format!("{}ms", hold_ms.unwrap_or(HOLD_MS));
+        let args = vec![
+            "announce",
+            "198.51.100.53",
+            "--dev",
+            &m.iface,
+            "--interval",
+            &interval,
+            "--hold",
+            &hold,
+            "--key-file",
+            &key,
+        ];
+        Daemon::spawn(&m.ns, &format!("announce m{}", member + 1), &args).expect("announce")
+    }
+
+    fn learned(&self) -> Vec<Ipv4Addr> {
+        let show = self.ctl.show();
+        let mut v: Vec<Ipv4Addr> = show
+            .members_of(ANYCAST)
+            .iter()
+            .filter(|m| m.source == "learned")
+            .map(|m| m.address)
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn wait_learned(&self, want: &[Ipv4Addr], timeout: Duration) -> Duration {
+        let start = Instant::now();
+        let mut want = want.to_vec();
+        want.sort();
+        assert!(
+            wait_until(timeout, || self.learned() == want),
+            "learned {:?}, wanted {want:?}; agent log:\n{}",
+            self.learned(),
+            self.agent.as_ref().map(Daemon::log).unwrap_or_default()
+        );
+        start.elapsed()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.key_file);
+    }
+}
+
+fn ip(member: usize) -> Ipv4Addr {
+    anycast_tests::topology::member_ip(member + 1)
+}
+
+#[test]
+fn members_announce_and_traffic_spreads() {
+    let lab = Lab::new();
+    let _a: Vec<Daemon> = (0..3).map(|i| lab.announce(i, None)).collect();
+    let took = lab.wait_learned(&[ip(0), ip(1), ip(2)], Duration::from_secs(3));
+    assert!(
+        took <= Duration::from_millis(INTERVAL_MS + 1500),
+        "learned after {took:?}"
+    );
+    // The announcers put the anycast address on lo themselves.
+    let lo = lab.topo.members[0]
+        .ns
+        .ip(&["-4", "addr", "show", "dev", "lo"])
+        .unwrap();
+    assert!(lo.contains("198.51.100.53/32"), "{lo}");
+
+    let members = lab.topo.member_namespaces();
+    let udp = udp_round(
+        &lab.topo.client,
+        &members,
+        ANYCAST,
+        UDP_PORT,
+        42000..42060,
+        10,
+    )
+    .unwrap();
+    udp.assert_each_sent_once();
+    udp.assert_flows_stick();
+    assert!(udp.counts().iter().all(|&n| n > 0), "{:?}", udp.counts());
+    let tcp = tcp_round(&lab.topo.client, &members, ANYCAST, TCP_PORT, 20, 3).unwrap();
+    tcp.assert_all_ok();
+    tcp.assert_each_connection_on_one_server();
+    assert!(lab.ctl.status().agent.accepted > 0);
+}
+
+#[test]
+fn killed_announcer_expires_after_hold_and_graceful_stop_is_immediate() {
+    let lab = Lab::new();
+    let mut a: Vec<Daemon> = (0..3).map(|i| lab.announce(i, None)).collect();
+    lab.wait_learned(&[ip(0), ip(1), ip(2)], Duration::from_secs(3));
+
+    // kill -9: no leave is sent; the member must go within hold + one interval.
+    a[1].signal(libc::SIGKILL);
+    let killed = Instant::now();
+    lab.wait_learned(
+        &[ip(0), ip(2)],
+        Duration::from_millis(HOLD_MS + INTERVAL_MS + 1000),
+    );
+    let took = killed.elapsed();
+    assert!(
+        took <= Duration::from_millis(HOLD_MS + INTERVAL_MS + 150),
+        "expired after {took:?}"
+    );
+    // From here on, no datagram reaches m2 and none is lost.
+    let members = lab.topo.member_namespaces();
+    let udp = udp_round(
+        &lab.topo.client,
+        &members,
+        ANYCAST,
+        UDP_PORT,
+        43000..43100,
+        5,
+    )
+    .unwrap();
+    udp.assert_each_sent_once();
+    assert_eq!(udp.counts()[1], 0, "{:?}", udp.counts());
+
+    // SIGTERM: a leave, removed at once (well under one interval), address removed from lo.
+    a[0].signal(libc::SIGTERM);
+    let stopped = Instant::now();
+    lab.wait_learned(&[ip(2)], Duration::from_millis(INTERVAL_MS * 5));
+    let took = stopped.elapsed();
+    assert!(
+        took < Duration::from_millis(INTERVAL_MS),
+        "leave took {took:?}"
+    );
+    let (status, log) = a[0].wait(Duration::from_secs(3)).unwrap();
+    assert!(status.success(), "announce exited with {status}: {log}");
+    let lo = lab.topo.members[0]
+        .ns
+        .ip(&["-4", "addr", "show", "dev", "lo"])
+        .unwrap();
+    assert!(
+        !lo.contains("198.51.100.53"),
+        "announce left its address on lo: {lo}"
+    );
+
+    // A member that comes back is learned again and gets new flows.
+    // (m1 no longer has the anycast address, so only m2 and m3 can listen.)
+    let _again = lab.announce(1, None);
+    lab.wait_learned(&[ip(1), ip(2)], Duration::from_secs(3));
+    let udp = udp_round(
+        &lab.topo.client,
+        &members[1..],
+        ANYCAST,
+        UDP_PORT,
+        44000..44100,
+        3,
+    )
+    .unwrap();
+    udp.assert_each_sent_once();
+    assert!(udp.counts()[0] > 0, "{:?}", udp.counts());
+}
+
+#[test]
+fn link_down_removes_the_member_within_100ms() {
+    let lab = Lab::new();
+    // A long hold, so that only the link event can explain a fast removal.
+    let _a: Vec<Daemon> = (0..3).map(|i| lab.announce(i, Some(30_000))).collect();
+    lab.wait_learned(&[ip(0), ip(1), ip(2)], Duration::from_secs(3));
+    let m3 = &lab.topo.members[2];
+    let start = Instant::now();
+    m3.ns.ip(&["link", "set", &m3.iface, "down"]).unwrap();
+    lab.wait_learned(&[ip(0), ip(1)], Duration::from_secs(2));
+    let took = start.elapsed();
+    assert!(
+        took <= Duration::from_millis(100),
+        "removed {took:?} after link down"
+    );
+}
+
+#[test]
+fn killed_agent_loses_nothing_and_a_new_agent_takes_over() {
+    let mut lab = Lab::new();
+    let _a: Vec<Daemon> = (0..3).map(|i| lab.announce(i, Some(2_000))).collect();
+    lab.wait_learned(&[ip(0), ip(1), ip(2)], Duration::from_secs(3));
+
+    // Traffic flows while the agent is killed and stays dead for a while.
+    let members = lab.topo.member_namespaces();
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let killer = s.spawn(|| {
+            std::thread::sleep(Duration::from_millis(50));
+            lab.agent.as_ref().unwrap().signal(libc::SIGKILL);
+            stop.store(true, Ordering::Relaxed);
+        });
+        let udp = udp_round(
+            &lab.topo.client,
+            &members,
+            ANYCAST,
+            UDP_PORT,
+            45000..45300,
+            10,
+        )
+        .unwrap();
+        killer.join().unwrap();
+        assert!(stop.load(Ordering::Relaxed));
+        udp.assert_each_sent_once();
+    });
+    lab.agent.take().unwrap().kill();
+    // Without an agent the dataplane forwards on its pinned state.
+    let udp = udp_round(
+        &lab.topo.client,
+        &members,
+        ANYCAST,
+        UDP_PORT,
+        46000..46100,
+        3,
+    )
+    .unwrap();
+    udp.assert_each_sent_once();
+    assert_eq!(lab.learned().len(), 3);
+
+    drop(members);
+    lab.start_agent();
+    let before = lab.ctl.status().agent.accepted;
+    assert!(wait_until(Duration::from_secs(2), || lab
+        .ctl
+        .status()
+        .agent
+        .accepted
+        > before));
+    lab.wait_learned(&[ip(0), ip(1), ip(2)], Duration::from_secs(1));
+    let members = lab.topo.member_namespaces();
+    let udp = udp_round(
+        &lab.topo.client,
+        &members,
+        ANYCAST,
+        UDP_PORT,
+        47000..47100,
+        3,
+    )
+    .unwrap();
+    udp.assert_each_sent_once();
+}
+
+#[test]
+fn forged_replayed_and_malformed_advertisements_are_rejected_and_counted() {
+    let lab = Lab::new();
+    let _a: Vec<Daemon> = (0..2).map(|i| lab.announce(i, None)).collect();
+    lab.wait_learned(&[ip(0), ip(1)], Duration::from_secs(3));
+
+    let m3 = &lab.topo.members[2];
+    let m3_ip = ip(2);
+    let secret = hex(SECRET_HEX);
+    let now = anycast_ctl::members::now_ms();
+    let good = message(m3_ip, 1_000, now, ANYCAST, 1, &secret);
+    let sends: Vec<(&str, Vec<u8>, u32)> = vec![
+        (
+            "bad_mac",
+            message(m3_ip, 10, now, ANYCAST, 1, &[9; 32]),
+            255,
+        ),
+        (
+            "unknown_key",
+            message(m3_ip, 11, now, ANYCAST, 7, &secret),
+            255,
+        ),
+        (
+            "unauthenticated",
+            message(m3_ip, 12, now, ANYCAST, 0, &[]),
+            255,
+        ),
+        ("bad_ttl", message(m3_ip, 13, now, ANYCAST, 1, &secret), 64),
+        ("malformed", good[..good.len() - 5].to_vec(), 255),
+        (
+            "stale_timestamp",
+            message(m3_ip, 14, now - 120_000, ANYCAST, 1, &secret),
+            255,
+        ),
+        (
+            "outside_prefix",
+            message(m3_ip, 15, now, Ipv4Addr::new(203, 0, 113, 200), 1, &secret),
+            255,
+        ),
+        (
+            "sender_mismatch",
+            message(ip(0), 16, now, ANYCAST, 1, &secret),
+            255,
+        ),
+        // Accepted once (m3 joins), then the same bytes again: a replay.
+        ("accepted", good.clone(), 255),
+        ("replayed", good.clone(), 255),
+    ];
+    let before = lab.ctl.status().agent;
+    for (_, bytes, ttl) in &sends {
+        send_from(&m3.ns, m3_ip, bytes, *ttl);
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    assert!(
+        wait_until(Duration::from_secs(2), || {
+            let after = lab.ctl.status().agent;
+            sends.iter().all(|(what, _, _)| {
+                let (b, a) = match *what {
+                    "accepted" => (before.accepted, after.accepted),
+                    r => (before.rejected[r], after.rejected[r]),
+                };
+                a > b
+            })
+        }),
+        "counters: {:?}",
+        lab.ctl.status().agent
+    );
+    // The one good message made m3 a member; the legitimate members were never disturbed.
+    lab.wait_learned(&[ip(0), ip(1), ip(2)], Duration::from_secs(1));
+}
+
+#[test]
+fn agent_refuses_unauthenticated_setup_and_second_announce_fails() {
+    let topo = Topology::new(TopologyOptions {
+        members: 1,
+        ..Default::default()
+    })
+    .unwrap();
+    let ctl = Ctl::new(&topo.router);
+    let err = ctl.run_fail(&[
+        "agent",
+        "--dev",
+        "r1",
+        "--anycast-prefix",
+        "198.51.100.0/24",
+    ]);
+    assert!(err.contains("--insecure-no-auth"), "{err}");
+    let m = &topo.members[0];
+    let mut first = Daemon::spawn(
+        &m.ns,
+        "announce",
+        &["announce", "198.51.100.53", "--dev", &m.iface],
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(first.running(), "{}", first.log());
+    let mut second = Daemon::spawn(
+        &m.ns,
+        "announce 2",
+        &["announce", "198.51.100.53", "--dev", &m.iface],
+    )
+    .unwrap();
+    let (status, log) = second.wait(Duration::from_secs(3)).unwrap();
+    assert!(!status.success());
+    assert!(log.contains("already announced"), "{log}");
+    first.signal(libc::SIGTERM);
+    assert!(first.wait(Duration::from_secs(3)).unwrap().0.success());
+}
+
+fn message(
+    sender: Ipv4Addr,
+    seq: u64,
+    ts: u64,
+    anycast: Ipv4Addr,
+    key_id: u32,
+    secret: &[u8],
+) -> Vec<u8> {
+    let mut repr = Repr::new(sender, seq, ts, key_id);
+    repr.push(Membership {
+        anycast,
+        hold_ms: 5_000,
+        preference: 100,
+        weight: 100,
+    })
+    .unwrap();
+    let mut buf = vec![0u8; repr.buffer_len()];
+    repr.emit(&mut Packet::new_unchecked(&mut buf[..]));
+    if key_id != 0 {
+        advert_auth::sign(&mut buf, key_id, secret).unwrap();
+    }
+    buf
+}
+
+/// Sends one advertisement from a member namespace to the group with the given TTL.
+fn send_from(ns: &anycast_tests::Netns, from: Ipv4Addr, bytes: &[u8], ttl: u32) {
+    ns.in_ns(|| {
+        let socket = UdpSocket::bind(SocketAddrV4::new(from, 0)).unwrap();
+        socket.set_multicast_ttl_v4(ttl).unwrap();
+        socket.set_multicast_loop_v4(false).unwrap();
+        socket
+            .send_to(
+                bytes,
+                SocketAddrV4::new(Ipv4Addr::from(DEFAULT_GROUP), DEFAULT_PORT),
+            )
+            .unwrap();
+    });
+}
+
+fn hex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
