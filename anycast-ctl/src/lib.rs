@@ -20,6 +20,7 @@ pub mod cli;
 pub mod dataplane;
 pub mod error;
 pub mod mac;
+pub mod maglev;
 pub mod members;
 pub mod net;
 pub mod pin;
