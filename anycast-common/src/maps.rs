@@ -43,8 +43,11 @@ pub mod names {
     pub const SENDER_SEQ: &str = "SENDER_SEQ";
     /// The agent's advertisement counters, indexed by `AGENT_*`.
     pub const AGENT_STATS: &str = "AGENT_STATS";
+    /// Benchmark programs' maps (not pinned).
+    pub const BENCH_PORT: &str = "BENCH_PORT";
+    pub const BENCH_SEQ: &str = "BENCH_SEQ";
     /// Every map of the object.
-    pub const ALL: [&str; 14] = [
+    pub const ALL: [&str; 16] = [
         ADDRS,
         MEMBER_SETS,
         ADDR_KEYS,
@@ -59,6 +62,8 @@ pub mod names {
         MEMBER_INFO,
         SENDER_SEQ,
         AGENT_STATS,
+        BENCH_PORT,
+        BENCH_SEQ,
     ];
 }
 
@@ -68,7 +73,11 @@ pub mod programs {
     pub const ANYCAST: &str = "anycast";
     /// Benchmark baseline: swap MACs, XDP_TX.
     pub const BENCH_BASELINE: &str = "bench_baseline";
-    pub const ALL: [&str; 2] = [ANYCAST, BENCH_BASELINE];
+    /// Benchmark ceiling: redirect every frame to one port.
+    pub const BENCH_REDIRECT: &str = "bench_redirect";
+    /// Benchmark traffic generator (live frames).
+    pub const BENCH_GEN: &str = "bench_gen";
+    pub const ALL: [&str; 4] = [ANYCAST, BENCH_BASELINE, BENCH_REDIRECT, BENCH_GEN];
 }
 
 /// Anycast addresses (the RFC's 2^16).
