@@ -37,6 +37,10 @@ pub mod names {
     pub const STATS: &str = "STATS";
     /// LRU: first fragment of a datagram -> the member it went to.
     pub const FRAGS: &str = "FRAGS";
+    /// Array of maps: address slot -> its Maglev lookup table (packed member positions).
+    pub const TABLES: &str = "TABLES";
+    /// The connection table: [`super::FlowEntry`], 4-way set-associative.
+    pub const FLOWS: &str = "FLOWS";
     /// [`super::MemberKey`] -> [`super::MemberInfo`]: where a membership came from (user space).
     pub const MEMBER_INFO: &str = "MEMBER_INFO";
     /// Advertisement sender IPv4 -> last accepted sequence number (the agent's replay guard).
@@ -47,7 +51,7 @@ pub mod names {
     pub const BENCH_PORT: &str = "BENCH_PORT";
     pub const BENCH_SEQ: &str = "BENCH_SEQ";
     /// Every map of the object.
-    pub const ALL: [&str; 16] = [
+    pub const ALL: [&str; 18] = [
         ADDRS,
         MEMBER_SETS,
         ADDR_KEYS,
@@ -59,6 +63,8 @@ pub mod names {
         MEMBER_STATS,
         STATS,
         FRAGS,
+        TABLES,
+        FLOWS,
         MEMBER_INFO,
         SENDER_SEQ,
         AGENT_STATS,
@@ -96,6 +102,22 @@ pub const MAX_MEMBER_COUNTERS: u32 = 1 << 20;
 pub const MAX_IFACES: u32 = 1_024;
 /// Datagrams in flight as fragments.
 pub const MAX_FRAGS: u32 = 16_384;
+/// Default Maglev table size per address: prime, 256 slots per member at [`MAX_MEMBERS`]
+/// (Maglev asks for more than 100). Each table costs one byte per slot.
+pub const DEFAULT_TABLE_SIZE: u32 = 16_381;
+/// Largest Maglev table size.
+pub const MAX_TABLE_SIZE: u32 = 1 << 20;
+/// Flags of every Maglev table map: BPF_F_INNER_MAP, so tables of different sizes can sit in
+/// one `TABLES` array.
+pub const TABLE_MAP_FLAGS: u32 = 1 << 12;
+/// Member positions packed per `u64` word of a table.
+pub const TABLE_ENTRIES_PER_WORD: u32 = 8;
+/// Ways per set of the connection table.
+pub const FLOW_WAYS: u32 = 4;
+/// Sets of the connection table: 262,144 x 4 = 1,048,576 flows.
+pub const FLOW_SETS: u32 = 1 << 18;
+/// `MemberRef::host` of an empty position in a member set.
+pub const NO_HOST: u32 = u32::MAX;
 
 /// One member of an anycast address: the host to send to, and its counter slot.
 #[repr(C)]
@@ -132,13 +154,16 @@ pub const fn member_set_index(slot: u32, version: u32) -> u32 {
     slot * 2 + (version & 1)
 }
 
-/// The members of one anycast address.
+/// The members of one anycast address, by position. A member keeps its position for life
+/// (removal leaves a hole, `host == NO_HOST`), because the Maglev table and the connection
+/// table name members by position.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MemberSet {
-    /// Number of valid entries at the front of `members`.
+    /// Positions in use: every member is below this.
     pub n_members: u32,
-    pub _pad: u32,
+    /// Slots of the address's Maglev table in `TABLES`; 0 = no member takes new flows.
+    pub table_size: u32,
     pub members: [MemberRef; MAX_MEMBERS],
 }
 
@@ -146,9 +171,9 @@ impl Default for MemberSet {
     fn default() -> Self {
         Self {
             n_members: 0,
-            _pad: 0,
+            table_size: 0,
             members: [MemberRef {
-                host: 0,
+                host: NO_HOST,
                 counter: 0,
             }; MAX_MEMBERS],
         }
@@ -156,8 +181,8 @@ impl Default for MemberSet {
 }
 
 impl MemberSet {
-    /// The valid members.
-    pub fn members(&self) -> &[MemberRef] {
+    /// The positions in use, holes included.
+    pub fn positions(&self) -> &[MemberRef] {
         let n = if (self.n_members as usize) < MAX_MEMBERS {
             self.n_members as usize
         } else {
@@ -165,6 +190,27 @@ impl MemberSet {
         };
         &self.members[..n]
     }
+
+    /// The members (holes skipped).
+    pub fn members(&self) -> impl Iterator<Item = &MemberRef> {
+        self.positions().iter().filter(|m| m.host != NO_HOST)
+    }
+}
+
+/// One entry of the connection table: a flow and the member it is on.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowEntry {
+    pub src: u32,
+    pub dst: u32,
+    /// TCP/UDP ports as on the wire (0 for other protocols).
+    pub ports: u32,
+    pub proto: u32,
+    /// The member, checked against the live member set before use.
+    pub member: MemberRef,
+    /// Its position in the member set.
+    pub position: u32,
+    pub _pad: u32,
 }
 
 /// `Host::flags`: the MAC is known and may be used.
@@ -345,6 +391,8 @@ const _: () = {
     assert!(core::mem::size_of::<MemberStats>() == 16);
     assert!(core::mem::size_of::<FragKey>() == 12);
     assert!(core::mem::size_of::<MemberKey>() == 8);
+    assert!(core::mem::size_of::<FlowEntry>() == 32);
+    assert!(MAX_MEMBERS <= u8::MAX as usize);
     assert!(core::mem::size_of::<MemberInfo>() == 24);
 };
 
@@ -362,6 +410,7 @@ mod pod {
     unsafe impl aya::Pod for MemberStats {}
     unsafe impl aya::Pod for FragKey {}
     unsafe impl aya::Pod for MemberKey {}
+    unsafe impl aya::Pod for FlowEntry {}
     unsafe impl aya::Pod for MemberInfo {}
 }
 
@@ -372,11 +421,20 @@ mod tests {
     #[test]
     fn members_never_exceeds_capacity() {
         let mut e = MemberSet::default();
-        assert!(e.members().is_empty());
-        e.n_members = 2;
-        assert_eq!(e.members().len(), 2);
+        assert_eq!(e.members().count(), 0);
+        e.members[0] = MemberRef {
+            host: 1,
+            counter: 1,
+        };
+        e.members[2] = MemberRef {
+            host: 2,
+            counter: 2,
+        };
+        e.n_members = 3;
+        assert_eq!(e.positions().len(), 3);
+        assert_eq!(e.members().count(), 2);
         e.n_members = u32::MAX;
-        assert_eq!(e.members().len(), MAX_MEMBERS);
+        assert_eq!(e.positions().len(), MAX_MEMBERS);
     }
 
     /// Linear probing with the real bucket function: 65,536 addresses, in a dense block and

@@ -151,6 +151,26 @@ pub enum MemberCommand {
         /// The member's MAC [default: resolved]; a given MAC is never relearned.
         #[arg(long)]
         mac: Option<MacAddr>,
+        #[command(flatten)]
+        weight: WeightArgs,
+        /// Maglev table size for the address (prime, >= 6,400) [default: 16381, or the
+        /// address's current size].
+        #[arg(long, value_parser = table_size)]
+        table_size: Option<u32>,
+    },
+    /// Change a member's preference or weight (weight 0 drains it: existing flows stay, new
+    /// flows go elsewhere).
+    Set {
+        #[arg(value_parser = anycast_address)]
+        anycast_ip: Ipv4Addr,
+        #[arg(value_parser = unicast_address)]
+        member_ip: Ipv4Addr,
+        #[command(flatten)]
+        weight: WeightArgs,
+        /// Maglev table size for the address (prime, >= 6,400) [default: 16381, or the
+        /// address's current size].
+        #[arg(long, value_parser = table_size)]
+        table_size: Option<u32>,
     },
     /// Stop MEMBER_IP serving ANYCAST_IP.
     Del {
@@ -159,6 +179,35 @@ pub enum MemberCommand {
         #[arg(value_parser = unicast_address)]
         member_ip: Ipv4Addr,
     },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct WeightArgs {
+    /// Lower is better: only members of the best preference get new flows; the others are hot
+    /// standby.
+    #[arg(long, default_value_t = members::DEFAULT_PREFERENCE)]
+    pub preference: u16,
+    /// Share of new flows among members of equal preference; 0 drains.
+    #[arg(long, default_value_t = members::DEFAULT_WEIGHT)]
+    pub weight: u16,
+}
+
+fn table_size(s: &str) -> Result<u32, String> {
+    let m: u32 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
+    if m > anycast_common::MAX_TABLE_SIZE || !crate::maglev::is_prime(m) {
+        return Err(format!(
+            "{m} is not a prime up to {}",
+            anycast_common::MAX_TABLE_SIZE
+        ));
+    }
+    if m < crate::maglev::MIN_SIZE_FACTOR * anycast_common::MAX_MEMBERS as u32 {
+        return Err(format!(
+            "{m} is too small: use at least {} (100 x {} members)",
+            crate::maglev::MIN_SIZE_FACTOR * anycast_common::MAX_MEMBERS as u32,
+            anycast_common::MAX_MEMBERS
+        ));
+    }
+    Ok(m)
 }
 
 fn unicast_address(s: &str) -> Result<Ipv4Addr, String> {
@@ -283,12 +332,15 @@ pub async fn run(cli: Cli) -> Result<String> {
             member_ip,
             dev,
             mac,
+            weight: WeightArgs { preference, weight },
+            table_size,
         }) => {
             let _lock = pin.lock(false)?;
             let mut maps = Maps::open(&pin)?;
+            maps.table_size = table_size;
             let placement =
                 members::locate(&maps, &nl, member_ip, dev.as_deref(), mac.map(|m| m.0)).await?;
-            let info = members::static_info(members::now_ms());
+            let info = members::static_info(members::now_ms(), preference, weight);
             let what = match members::add(&mut maps, anycast_ip, &placement, info)? {
                 members::Added::New => "added",
                 members::Added::Updated => "updated",
@@ -297,6 +349,20 @@ pub async fn run(cli: Cli) -> Result<String> {
                 "{what} member {member_ip} of {anycast_ip} (mac {}, ifindex {})\n",
                 MacAddr(placement.mac),
                 placement.ifindex
+            ))
+        }
+        Command::Member(MemberCommand::Set {
+            anycast_ip,
+            member_ip,
+            weight: WeightArgs { preference, weight },
+            table_size,
+        }) => {
+            let _lock = pin.lock(false)?;
+            let mut maps = Maps::open(&pin)?;
+            maps.table_size = table_size;
+            members::set_weight(&mut maps, anycast_ip, member_ip, preference, weight)?;
+            Ok(format!(
+                "member {member_ip} of {anycast_ip}: preference {preference}, weight {weight}\n"
             ))
         }
         Command::Member(MemberCommand::Del {
@@ -513,6 +579,7 @@ mod tests {
                 member_ip,
                 dev,
                 mac,
+                ..
             }) => {
                 assert_eq!(anycast_ip, Ipv4Addr::new(198, 51, 100, 53));
                 assert_eq!(member_ip, Ipv4Addr::new(203, 0, 113, 2));

@@ -8,15 +8,18 @@ use anycast_common::{
 };
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues, xdp::DevMapHash},
+    maps::{Array, ArrayOfMaps, HashMap, Map, MapData, PerCpuArray, PerCpuValues, xdp::DevMapHash},
 };
 
 use crate::{EBPF_OBJECT, Error, Result, pin::PinDir};
 
 /// Loads the eBPF object with its maps pinned under `pin` (created if missing, reused if not).
 pub fn load(pin: &PinDir) -> Result<Ebpf> {
+    // TABLES is a BTF map-of-maps, which carries no pinning attribute: pin it by path.
+    let tables = pin.map(names::TABLES);
     let ebpf = EbpfLoader::new()
         .default_map_pin_directory(pin.path())
+        .map_pin_path(names::TABLES, tables.as_path())
         .load(EBPF_OBJECT)
         .map_err(|e| match &e {
             aya::EbpfError::MapError(aya::maps::MapError::CreateError { io_error, .. })
@@ -44,6 +47,10 @@ pub struct Maps {
     pub member_info: HashMap<MapData, MemberKey, MemberInfo>,
     pub sender_seq: HashMap<MapData, u32, u64>,
     pub agent_stats: Array<MapData, u64>,
+    pub tables: ArrayOfMaps<MapData, Array<MapData, u64>>,
+    /// Maglev table size for tables rebuilt through these handles; `None` keeps each address's
+    /// current size (or the default for a new one).
+    pub table_size: Option<u32>,
 }
 
 impl Maps {
@@ -68,6 +75,8 @@ impl Maps {
             member_info: open(pin, names::MEMBER_INFO)?,
             sender_seq: open(pin, names::SENDER_SEQ)?,
             agent_stats: open(pin, names::AGENT_STATS)?,
+            tables: open(pin, names::TABLES)?,
+            table_size: None,
         })
     }
 }

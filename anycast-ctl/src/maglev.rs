@@ -36,8 +36,10 @@
 
 use std::time::Instant;
 
-/// Default table size: prime, and more than [`MIN_SIZE_FACTOR`] times [`MAX_BACKENDS`].
-pub const DEFAULT_TABLE_SIZE: u32 = 65_537;
+/// The table size of the Maglev paper and Katran (prime, 1,024 slots per backend at 64), used
+/// by the tests and the build-time benchmark. The dataplane's default is
+/// `anycast_common::PAPER_TABLE_SIZE`.
+pub const PAPER_TABLE_SIZE: u32 = 65_537;
 
 /// Most backends a table can name (its entries are `u8` indices).
 pub const MAX_BACKENDS: usize = anycast_common::MAX_MEMBERS;
@@ -276,7 +278,7 @@ pub fn moved(a: &[u8], a_ids: &[u32], b: &[u8], b_ids: &[u32]) -> f64 {
     changed as f64 / a.len() as f64
 }
 
-/// Median time in milliseconds of [`build`] at [`DEFAULT_TABLE_SIZE`] with 64 equal members,
+/// Median time in milliseconds of [`build`] at [`PAPER_TABLE_SIZE`] with 64 equal members,
 /// over `iterations` builds (at least one), for the benchmark program.
 pub fn bench_build_ms(iterations: u32) -> f64 {
     let backends: Vec<Backend> = (0..MAX_BACKENDS as u32)
@@ -288,7 +290,7 @@ pub fn bench_build_ms(iterations: u32) -> f64 {
     let mut times: Vec<f64> = (0..iterations.max(1))
         .map(|_| {
             let start = Instant::now();
-            let table = build(std::hint::black_box(&backends), DEFAULT_TABLE_SIZE);
+            let table = build(std::hint::black_box(&backends), PAPER_TABLE_SIZE);
             std::hint::black_box(table).expect("valid input");
             start.elapsed().as_secs_f64() * 1e3
         })
@@ -301,7 +303,7 @@ pub fn bench_build_ms(iterations: u32) -> f64 {
 mod tests {
     use super::*;
 
-    const M: u32 = DEFAULT_TABLE_SIZE;
+    const M: u32 = PAPER_TABLE_SIZE;
 
     /// `n` members 10.0.0.1, 10.0.0.2, ... with weight 1.
     fn equal(n: usize) -> Vec<Backend> {

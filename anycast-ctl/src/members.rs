@@ -17,12 +17,13 @@ use std::{collections::HashSet, net::Ipv4Addr, time::Duration};
 use anycast_common::{
     AddrBucket, AddrStats, HOST_MAC_KNOWN, HOST_MAC_STATIC, Host, MAX_ADDRS, MAX_HOSTS,
     MAX_MEMBER_COUNTERS, MAX_MEMBERS, MemberInfo, MemberKey, MemberRef, MemberSet, MemberStats,
-    SOURCE_STATIC, ip_key, member_set_index,
+    NO_HOST, SOURCE_STATIC, TABLE_ENTRIES_PER_WORD, ip_key, member_set_index,
 };
 
 use crate::{
     Error, Result,
     dataplane::{Bucket, Maps, zeroed},
+    maglev,
     net::Netlink,
 };
 
@@ -114,44 +115,12 @@ pub enum Added {
 }
 
 /// Adds `p.member` to the anycast `address` (creating the address if needed), or refreshes
-/// where it is sent and its `info` if it already is a member.
+/// where it is sent and its `info` (source, preference, weight) if it already is a member.
 pub fn add(maps: &mut Maps, address: Ipv4Addr, p: &Placement, info: MemberInfo) -> Result<Added> {
-    let added = add_member(maps, address, p)?;
-    maps.member_info
-        .insert(member_key(address, p.member), info, 0)
-        .map_err(|e| Error::map("MEMBER_INFO", e))?;
-    Ok(added)
-}
-
-/// The `MEMBER_INFO` key of a membership.
-pub fn member_key(address: Ipv4Addr, member: Ipv4Addr) -> MemberKey {
-    MemberKey {
-        anycast: ip_key(address.octets()),
-        member: ip_key(member.octets()),
-    }
-}
-
-/// What an operator's `member add` records: static, never expires.
-pub fn static_info(now_ms: u64) -> MemberInfo {
-    MemberInfo {
-        source: SOURCE_STATIC,
-        updated_ms: now_ms,
-        ..MemberInfo::default()
-    }
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-fn add_member(maps: &mut Maps, address: Ipv4Addr, p: &Placement) -> Result<Added> {
     let key = ip_key(address.octets());
-    let (bucket, mut set) = match maps.bucket(key)? {
-        Bucket::Found { index, entry } => ((index, Some(entry)), maps.member_set(&entry)?),
-        Bucket::Free { index } => ((index, None), MemberSet::default()),
+    let (index, entry, old) = match maps.bucket(key)? {
+        Bucket::Found { index, entry } => (index, Some(entry), maps.member_set(&entry)?),
+        Bucket::Free { index } => (index, None, MemberSet::default()),
         Bucket::Full => {
             return Err(Error::Full {
                 what: "address index",
@@ -163,20 +132,35 @@ fn add_member(maps: &mut Maps, address: Ipv4Addr, p: &Placement) -> Result<Added
     // Check everything that can fail before writing anything.
     let known_host = maps.host_ids.get(&ip_key(p.member.octets()), 0).ok();
     if let Some(host) = known_host
-        && set.members().iter().any(|m| m.host == host)
+        && old.members().any(|m| m.host == host)
     {
         write_host(maps, p)?;
+        let changed = maps
+            .member_info
+            .get(&member_key(address, p.member), 0)
+            .map_or(true, |i| {
+                (i.preference, i.weight) != (info.preference, info.weight)
+            });
+        write_info(maps, address, p.member, info)?;
+        if changed {
+            let entry = entry.expect("a found address has a bucket entry");
+            update(maps, address, index, entry, &old, old)?;
+        }
         return Ok(Added::Updated);
     }
-    let n = set.members().len();
-    if n >= MAX_MEMBERS {
+    let position = old
+        .positions()
+        .iter()
+        .position(|m| m.host == NO_HOST)
+        .unwrap_or(old.positions().len());
+    if position >= MAX_MEMBERS {
         return Err(Error::TooManyMembers {
             address,
             max: MAX_MEMBERS,
         });
     }
     let counter = free_index(used_counters(maps)?, MAX_MEMBER_COUNTERS, "member counter")?;
-    let slot = match bucket.1 {
+    let slot = match entry {
         Some(entry) => entry.slot,
         None => free_index(
             maps.addr_keys.iter().filter_map(|r| r.ok()).map(|(_, s)| s),
@@ -189,22 +173,25 @@ fn add_member(maps: &mut Maps, address: Ipv4Addr, p: &Placement) -> Result<Added
     maps.member_stats
         .set(counter, zeroed::<MemberStats>()?, 0)
         .map_err(|e| Error::map("MEMBER_STATS", e))?;
-    set.members[n] = MemberRef { host, counter };
-    set.n_members = n as u32 + 1;
-    match bucket {
-        (index, Some(entry)) => publish(maps, index, entry, &set)?,
-        (index, None) => {
+    write_info(maps, address, p.member, info)?;
+    let mut new = old;
+    new.members[position] = MemberRef { host, counter };
+    new.n_members = new.n_members.max(position as u32 + 1);
+    match entry {
+        Some(entry) => update(maps, address, index, entry, &old, new)?,
+        None => {
             maps.addr_stats
                 .set(slot, zeroed::<AddrStats>()?, 0)
                 .map_err(|e| Error::map("ADDR_STATS", e))?;
+            // Version 1 with an empty set, flipped to 0 by the first publish: the same path
+            // as every later update.
             let entry = AddrBucket {
                 ip: key,
                 slot,
                 version: 1,
                 _pad: 0,
             };
-            // Version 1 now, flipped to 0 by publish: the same path as every later update.
-            publish(maps, index, entry, &set)?;
+            update(maps, address, index, entry, &MemberSet::default(), new)?;
             maps.addr_keys
                 .insert(key, slot, 0)
                 .map_err(|e| Error::map("ADDR_KEYS", e))?;
@@ -213,35 +200,67 @@ fn add_member(maps: &mut Maps, address: Ipv4Addr, p: &Placement) -> Result<Added
     Ok(Added::New)
 }
 
-/// Removes `member` from `address`. The address stays, possibly with no members.
+/// The `MEMBER_INFO` key of a membership.
+pub fn member_key(address: Ipv4Addr, member: Ipv4Addr) -> MemberKey {
+    MemberKey {
+        anycast: ip_key(address.octets()),
+        member: ip_key(member.octets()),
+    }
+}
+
+/// Default preference of a member (lower is better).
+pub const DEFAULT_PREFERENCE: u16 = 100;
+/// Default weight of a member (its share of new flows among equals).
+pub const DEFAULT_WEIGHT: u16 = 100;
+
+/// What an operator's `member add` records: static, never expires.
+pub fn static_info(now_ms: u64, preference: u16, weight: u16) -> MemberInfo {
+    MemberInfo {
+        source: SOURCE_STATIC,
+        updated_ms: now_ms,
+        preference,
+        weight,
+        ..MemberInfo::default()
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Removes `member` from `address`: its position becomes a hole, so every other member keeps
+/// its position (and its flows). The address stays, possibly with no members.
 pub fn del(maps: &mut Maps, address: Ipv4Addr, member: Ipv4Addr) -> Result<()> {
     let Bucket::Found { index, entry } = maps.bucket(ip_key(address.octets()))? else {
         return Err(Error::NoSuchAddress { address });
     };
-    let mut set = maps.member_set(&entry)?;
+    let old = maps.member_set(&entry)?;
     let host = maps
         .host_ids
         .get(&ip_key(member.octets()), 0)
         .map_err(|_| Error::NotMember { address, member })?;
-    let n = set.members().len();
-    let pos = set
-        .members()
+    let pos = old
+        .positions()
         .iter()
         .position(|m| m.host == host)
         .ok_or(Error::NotMember { address, member })?;
-    set.members.copy_within(pos + 1..n, pos);
-    set.members[n - 1] = MemberRef::default();
-    set.n_members = n as u32 - 1;
-    publish(maps, index, entry, &set)?;
+    let mut new = old;
+    new.members[pos] = MemberRef {
+        host: NO_HOST,
+        counter: 0,
+    };
+    while new.n_members > 0 && new.members[new.n_members as usize - 1].host == NO_HOST {
+        new.n_members -= 1;
+    }
     let _ = maps.member_info.remove(&member_key(address, member));
+    update(maps, address, index, entry, &old, new)?;
 
     let mut still_used = false;
     for (_, e) in maps.addresses()? {
-        still_used |= maps
-            .member_set(&e)?
-            .members()
-            .iter()
-            .any(|m| m.host == host);
+        still_used |= maps.member_set(&e)?.members().any(|m| m.host == host);
     }
     if !still_used {
         maps.host_ids
@@ -251,23 +270,145 @@ pub fn del(maps: &mut Maps, address: Ipv4Addr, member: Ipv4Addr) -> Result<()> {
     Ok(())
 }
 
+/// Changes the preference and weight of a member (weight 0 drains it: no new flows, existing
+/// flows stay).
+pub fn set_weight(
+    maps: &mut Maps,
+    address: Ipv4Addr,
+    member: Ipv4Addr,
+    preference: u16,
+    weight: u16,
+) -> Result<()> {
+    let Bucket::Found { index, entry } = maps.bucket(ip_key(address.octets()))? else {
+        return Err(Error::NoSuchAddress { address });
+    };
+    let key = member_key(address, member);
+    let mut info = maps
+        .member_info
+        .get(&key, 0)
+        .map_err(|_| Error::NotMember { address, member })?;
+    info.preference = preference;
+    info.weight = weight;
+    write_info(maps, address, member, info)?;
+    let set = maps.member_set(&entry)?;
+    update(maps, address, index, entry, &set, set)
+}
+
+fn write_info(
+    maps: &mut Maps,
+    address: Ipv4Addr,
+    member: Ipv4Addr,
+    info: MemberInfo,
+) -> Result<()> {
+    maps.member_info
+        .insert(member_key(address, member), info, 0)
+        .map_err(|e| Error::map("MEMBER_INFO", e))
+}
+
+/// Moves the address in bucket `index` from member set `old` to `new` (their positions differ by
+/// at most one member), with a Maglev table rebuilt from `new` and `MEMBER_INFO`, so that the
+/// dataplane never follows a table to a missing position:
+/// 1. a set with an added position is published first, with the old table still in use;
+/// 2. the new table is swapped in;
+/// 3. the final set (and a removed member's hole) is published.
+fn update(
+    maps: &mut Maps,
+    address: Ipv4Addr,
+    index: u32,
+    entry: AddrBucket,
+    old: &MemberSet,
+    mut new: MemberSet,
+) -> Result<()> {
+    let mut entry = entry;
+    if new.n_members > old.n_members || new.members().count() > old.members().count() {
+        let mut interim = new;
+        interim.table_size = old.table_size;
+        entry = publish(maps, index, entry, &interim)?;
+    }
+    new.table_size = install_table(maps, address, entry.slot, &new, old.table_size)?;
+    publish(maps, index, entry, &new)?;
+    Ok(())
+}
+
+/// Builds the Maglev table of a member set and swaps it into `TABLES`; returns its size, or 0
+/// if no member takes new flows. Only members of the best (lowest) preference among those with
+/// a weight take new flows; the others are hot standby.
+fn install_table(
+    maps: &mut Maps,
+    address: Ipv4Addr,
+    slot: u32,
+    set: &MemberSet,
+    current: u32,
+) -> Result<u32> {
+    let mut candidates = Vec::new();
+    for (position, m) in set.positions().iter().enumerate() {
+        if m.host == NO_HOST {
+            continue;
+        }
+        let host = maps
+            .hosts
+            .get(&m.host, 0)
+            .map_err(|e| Error::map("HOSTS", e))?;
+        let member = Ipv4Addr::from(anycast_common::ip_octets(host.ip));
+        let info = maps
+            .member_info
+            .get(&member_key(address, member), 0)
+            .unwrap_or_default();
+        if info.weight > 0 {
+            candidates.push((position, host.ip, info));
+        }
+    }
+    let Some(best) = candidates.iter().map(|(_, _, i)| i.preference).min() else {
+        return Ok(0);
+    };
+    candidates.retain(|(_, _, i)| i.preference == best);
+    let backends: Vec<maglev::Backend> = candidates
+        .iter()
+        .map(|(_, ip, info)| maglev::Backend {
+            id: u32::from_be_bytes(anycast_common::ip_octets(*ip)),
+            weight: info.weight as u32,
+        })
+        .collect();
+    let size = maps.table_size.unwrap_or(if current > 0 {
+        current
+    } else {
+        anycast_common::DEFAULT_TABLE_SIZE
+    });
+    let table =
+        maglev::build(&backends, size).map_err(|e| Error::Usage(format!("Maglev table: {e}")))?;
+    let words = size.div_ceil(TABLE_ENTRIES_PER_WORD);
+    let mut inner: aya::maps::Array<aya::maps::MapData, u64> =
+        aya::maps::Array::create(words, anycast_common::TABLE_MAP_FLAGS)
+            .map_err(|e| Error::map("TABLES", e))?;
+    for (w, chunk) in table.chunks(TABLE_ENTRIES_PER_WORD as usize).enumerate() {
+        let mut word = [0u8; 8];
+        for (byte, backend) in word.iter_mut().zip(chunk) {
+            *byte = candidates[*backend as usize].0 as u8;
+        }
+        inner
+            .set(w as u32, u64::from_le_bytes(word), 0)
+            .map_err(|e| Error::map("TABLES", e))?;
+    }
+    maps.tables
+        .set(slot, &inner, 0)
+        .map_err(|e| Error::map("TABLES", e))?;
+    Ok(size)
+}
+
 /// Makes `set` the live member set of the address in bucket `index`: writes the spare set, then
 /// flips the version in the bucket.
-fn publish(maps: &mut Maps, index: u32, entry: AddrBucket, set: &MemberSet) -> Result<()> {
-    let next = entry.version ^ 1;
+fn publish(maps: &mut Maps, index: u32, entry: AddrBucket, set: &MemberSet) -> Result<AddrBucket> {
+    let next = AddrBucket {
+        version: entry.version ^ 1,
+        ..entry
+    };
     maps.member_sets
-        .set(member_set_index(entry.slot, next), set, 0)
+        .set(member_set_index(next.slot, next.version), set, 0)
         .map_err(|e| Error::map("MEMBER_SETS", e))?;
     maps.addrs
-        .set(
-            index,
-            AddrBucket {
-                version: next,
-                ..entry
-            },
-            0,
-        )
-        .map_err(|e| Error::map("ADDRS", e))
+        .set(index, next, 0)
+        .map_err(|e| Error::map("ADDRS", e))?;
+    Ok(next)
 }
 
 /// Writes the host record of a member (reusing its index if it has one) and returns the index.
@@ -300,7 +441,7 @@ fn write_host(maps: &mut Maps, p: &Placement) -> Result<u32> {
 fn used_counters(maps: &Maps) -> Result<Vec<u32>> {
     let mut used = Vec::new();
     for (_, entry) in maps.addresses()? {
-        used.extend(maps.member_set(&entry)?.members().iter().map(|m| m.counter));
+        used.extend(maps.member_set(&entry)?.members().map(|m| m.counter));
     }
     Ok(used)
 }

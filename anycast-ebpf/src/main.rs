@@ -13,6 +13,7 @@
 
 mod arp;
 mod bench;
+mod flows;
 mod forward;
 mod maps;
 mod packet;
@@ -23,7 +24,7 @@ use anycast_common::{PASS_MAC_UNKNOWN, PASS_NO_MEMBER, PASS_NO_PORT, PASS_TTL};
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 
 use crate::packet::{
-    ETH_HLEN, ETH_P_ARP, ETH_P_IP, EthHdr, IPPROTO_TCP, IPPROTO_UDP, Ipv4Hdr, Ports,
+    ETH_HLEN, ETH_P_ARP, ETH_P_IP, EthHdr, IPPROTO_TCP, IPPROTO_UDP, Ipv4Hdr, Ports, TcpHead,
 };
 
 #[xdp]
@@ -57,15 +58,7 @@ fn ipv4(ctx: &XdpContext, eth: &mut EthHdr) -> Result<u32, u32> {
     if ETH_HLEN + ip_len > frame_len || ETH_HLEN + ip_len < l4_offset {
         return Err(stats::malformed());
     }
-    let ports = if ip.frag_offset() == 0 && (ip.proto == IPPROTO_TCP || ip.proto == IPPROTO_UDP) {
-        if ETH_HLEN + ip_len < l4_offset + 4 {
-            return Err(stats::malformed());
-        }
-        let ports: &Ports = packet::header(ctx, l4_offset).ok_or_else(stats::malformed)?;
-        u32::from_ne_bytes(ports.bytes)
-    } else {
-        0
-    };
+    let (ports, tcp_flags) = l4(ctx, ip, ip_len, l4_offset)?;
     let frame_len = frame_len as u64;
     let counters = stats::addr(addr.slot).ok_or(xdp_action::XDP_PASS)?;
     counters.rx_packets += 1;
@@ -75,7 +68,7 @@ fn ipv4(ctx: &XdpContext, eth: &mut EthHdr) -> Result<u32, u32> {
     if ip.ttl <= 1 {
         return Err(stats::pass(counters, PASS_TTL));
     }
-    let Some(member) = select::member(ip, ports, addr.set) else {
+    let Some(member) = select::member(ip, ports, tcp_flags, &addr) else {
         return Err(stats::pass(counters, PASS_NO_MEMBER));
     };
     let Some(host) = maps::host(member.host) else {
@@ -92,6 +85,30 @@ fn ipv4(ctx: &XdpContext, eth: &mut EthHdr) -> Result<u32, u32> {
     counters.fwd_bytes += frame_len;
     stats::member(member.counter, frame_len);
     Ok(action)
+}
+
+/// The ports (as on the wire) and TCP flags of a first fragment or whole datagram; zeros for
+/// other protocols and later fragments. A TCP or UDP header cut short is malformed.
+#[inline(always)]
+fn l4(ctx: &XdpContext, ip: &Ipv4Hdr, ip_len: usize, l4_offset: usize) -> Result<(u32, u8), u32> {
+    if ip.frag_offset() != 0 {
+        return Ok((0, 0));
+    }
+    let need = match ip.proto {
+        IPPROTO_TCP => 14,
+        IPPROTO_UDP => 4,
+        _ => return Ok((0, 0)),
+    };
+    if ETH_HLEN + ip_len < l4_offset + need {
+        return Err(stats::malformed());
+    }
+    let ports: &Ports = packet::header(ctx, l4_offset).ok_or_else(stats::malformed)?;
+    let ports = u32::from_ne_bytes(ports.bytes);
+    if ip.proto != IPPROTO_TCP {
+        return Ok((ports, 0));
+    }
+    let tcp: &TcpHead = packet::header(ctx, l4_offset).ok_or_else(stats::malformed)?;
+    Ok((ports, tcp.flags))
 }
 
 #[cfg(not(test))]

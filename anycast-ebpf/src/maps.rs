@@ -2,13 +2,15 @@
 //! `anycast_common::maps`; all maps are pinned by name under the pin directory user space
 //! chooses, so they outlive any process and are shared by every attached interface.
 use anycast_common::{
-    ADDR_BUCKETS, ADDR_PROBES, AGENT_COUNTERS, AddrBucket, AddrStats, FragKey, Host, Iface,
-    MAX_ADDRS, MAX_FRAGS, MAX_HOSTS, MAX_IFACES, MAX_MEMBER_COUNTERS, MemberInfo, MemberKey,
-    MemberRef, MemberSet, MemberStats, STAT_COUNT, addr_bucket, member_set_index,
+    ADDR_BUCKETS, ADDR_PROBES, AGENT_COUNTERS, AddrBucket, AddrStats, FLOW_SETS, FLOW_WAYS,
+    FlowEntry, FragKey, Host, Iface, MAX_ADDRS, MAX_FRAGS, MAX_HOSTS, MAX_IFACES,
+    MAX_MEMBER_COUNTERS, MemberInfo, MemberKey, MemberRef, MemberSet, MemberStats, STAT_COUNT,
+    addr_bucket, member_set_index,
 };
 use aya_ebpf::{
-    bindings::BPF_F_NO_PREALLOC,
-    macros::map,
+    bindings::{BPF_F_INNER_MAP, BPF_F_NO_PREALLOC},
+    btf_maps::{Array as BtfArray, ArrayOfMaps},
+    macros::{btf_map, map},
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
 };
 
@@ -56,6 +58,20 @@ pub static STATS: PerCpuArray<u64> = PerCpuArray::pinned(STAT_COUNT, 0);
 /// First fragment of a datagram -> the member it was sent to.
 #[map]
 pub static FRAGS: LruHashMap<FragKey, MemberRef> = LruHashMap::pinned(MAX_FRAGS, 0);
+
+/// A Maglev table: member positions packed 8 per word. Each address has its own, created by
+/// user space with `ceil(M / 8)` words (BPF_F_INNER_MAP lets the sizes differ) and swapped in
+/// whole by one update of `TABLES`.
+pub type Table = BtfArray<u64, 1, { BPF_F_INNER_MAP as usize }>;
+
+/// Address slot -> its Maglev table. Pinned by user space (BTF maps carry no pinning).
+#[btf_map]
+pub static TABLES: ArrayOfMaps<Table, { MAX_ADDRS as usize }> = ArrayOfMaps::new();
+
+/// The connection table: flows and their members, 4-way set-associative, LRU within a set.
+/// Shared by all CPUs, so a flow keeps its member whichever CPU sees its packets.
+#[map]
+pub static FLOWS: Array<FlowEntry> = Array::pinned(FLOW_SETS * FLOW_WAYS, 0);
 
 // User-space-only maps: declared here so that every map of the dataplane is created, pinned
 // and removed together; the program never reads them.

@@ -115,6 +115,16 @@ pub struct ArpHdr {
     pub tpa: [u8; 4],
 }
 
+/// The first 14 bytes of a TCP header (through the flags).
+#[repr(C)]
+pub struct TcpHead {
+    pub ports: [u8; 4],
+    pub seq: [u8; 4],
+    pub ack: [u8; 4],
+    pub offset: u8,
+    pub flags: u8,
+}
+
 /// The first four bytes of a TCP or UDP header.
 #[repr(C)]
 pub struct Ports {

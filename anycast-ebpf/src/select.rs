@@ -1,21 +1,34 @@
 //! Member choice: where a datagram to an anycast address gets its member.
 //!
-//! `ports` are the TCP/UDP ports (0 for other protocols and later fragments). The flow hash covers the 5-tuple for TCP and UDP, and source, destination and protocol
-//! otherwise, and indexes the address's member set. A first fragment records its member in
-//! `FRAGS`, so the later fragments of the datagram (which carry no ports) follow it; a later
-//! fragment whose first fragment was not seen is placed by its 3-tuple and counted.
-use crate::{maps::FRAGS, packet::Ipv4Hdr, stats};
+//! In order:
+//! 1. A later fragment (no ports) follows its first fragment (`FRAGS`); an orphan is placed by
+//!    its 3-tuple and counted.
+//! 2. A flow in the connection table (`flows`) stays on its member while that member is in the
+//!    set, whatever the Maglev table says now. A TCP SYN without ACK starts a new connection and
+//!    skips this step; a TCP RST ends one.
+//! 3. Otherwise the flow hash indexes the address's Maglev table (`TABLES`), which names a
+//!    member position; the choice is recorded in the connection table.
+//!
+//! The flow hash covers the 5-tuple for TCP and UDP (`ports` is 0 for other protocols and later
+//! fragments), and source, destination and protocol otherwise.
 use anycast_common::{
-    FragKey, MAX_MEMBERS, MemberRef, MemberSet, STAT_FRAG_ORPHAN, flow_hash, pick_index,
+    FragKey, MAX_MEMBERS, MemberRef, MemberSet, NO_HOST, STAT_FRAG_ORPHAN, TABLE_ENTRIES_PER_WORD,
+    flow_hash, pick_index,
 };
 
+use crate::{
+    flows::{self, Flow},
+    maps::{Addr, FRAGS, TABLES},
+    packet::{IPPROTO_TCP, Ipv4Hdr},
+    stats,
+};
+
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
+
 #[inline(always)]
-pub fn member(ip: &Ipv4Hdr, ports: u32, set: &MemberSet) -> Option<MemberRef> {
-    let n = set.n_members;
-    if n == 0 {
-        return None;
-    }
-    let fragmented = ip.more_fragments() || ip.frag_offset() != 0;
+pub fn member(ip: &Ipv4Hdr, ports: u32, tcp_flags: u8, addr: &Addr) -> Option<MemberRef> {
     let frag_key = FragKey {
         src: ip.src(),
         dst: ip.dst(),
@@ -32,14 +45,55 @@ pub fn member(ip: &Ipv4Hdr, ports: u32, set: &MemberSet) -> Option<MemberRef> {
         stats::global(STAT_FRAG_ORPHAN);
     }
 
-    let hash = flow_hash(ip.src(), ip.dst(), ports, ip.proto);
-    let index = pick_index(hash, n) as usize;
-    if index >= MAX_MEMBERS {
-        return None;
+    let flow = Flow {
+        src: ip.src(),
+        dst: ip.dst(),
+        ports,
+        proto: ip.proto as u32,
+    };
+    let hash = flow_hash(flow.src, flow.dst, ports, ip.proto);
+    let tcp = ip.proto == IPPROTO_TCP;
+    let new_connection = tcp && tcp_flags & TCP_SYN != 0 && tcp_flags & TCP_ACK == 0;
+    let known = if new_connection {
+        None
+    } else {
+        flows::lookup(hash, &flow, addr.set)
+    };
+    let member = match known {
+        Some((member, _)) => member,
+        None => {
+            let (member, position) = maglev(addr, hash)?;
+            flows::insert(hash, &flow, member, position);
+            member
+        }
+    };
+    if tcp && tcp_flags & TCP_RST != 0 {
+        flows::forget(hash, &flow);
     }
-    let member = set.members[index];
-    if fragmented && ip.frag_offset() == 0 {
+    if ip.more_fragments() && ip.frag_offset() == 0 {
         let _ = FRAGS.insert(&frag_key, &member, 0);
     }
     Some(member)
+}
+
+/// The member the address's Maglev table gives `hash`, and its position.
+#[inline(always)]
+fn maglev(addr: &Addr, hash: u32) -> Option<(MemberRef, u32)> {
+    let set: &MemberSet = addr.set;
+    if set.table_size == 0 {
+        return None;
+    }
+    let index = pick_index(hash, set.table_size);
+    let word = index / TABLE_ENTRIES_PER_WORD;
+    let shift = (index % TABLE_ENTRIES_PER_WORD) * 8;
+    let packed = TABLES.get_value(addr.slot, &word)?;
+    let position = ((*packed >> shift) & 0xff) as usize;
+    if position >= MAX_MEMBERS {
+        return None;
+    }
+    let member = set.members[position];
+    if member.host == NO_HOST {
+        return None;
+    }
+    Some((member, position as u32))
 }

@@ -269,7 +269,11 @@ impl Bed {
             &mut self.maps,
             anycast,
             &p,
-            members::static_info(members::now_ms()),
+            members::static_info(
+                members::now_ms(),
+                members::DEFAULT_PREFERENCE,
+                members::DEFAULT_WEIGHT,
+            ),
         )?;
         Ok(())
     }

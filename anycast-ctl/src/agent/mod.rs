@@ -238,11 +238,20 @@ impl Agent {
                 // An operator's static member wins; the advertisement changes nothing.
                 Some(c) if c.source != SOURCE_LEARNED => continue,
                 // A refresh of a member already in place on the same interface.
-                Some(_) if self.learned.get(&key).is_some_and(|l| l.ifindex == ifindex) => {
+                Some(c) if self.learned.get(&key).is_some_and(|l| l.ifindex == ifindex) => {
                     self.maps
                         .member_info
                         .insert(key, info, 0)
                         .map_err(|e| Error::map("MEMBER_INFO", e))?;
+                    if (c.preference, c.weight) != (m.preference, m.weight) {
+                        members::set_weight(
+                            &mut self.maps,
+                            m.anycast,
+                            repr.sender,
+                            m.preference,
+                            m.weight,
+                        )?;
+                    }
                 }
                 _ => {
                     let dev = self.devs.get(&ifindex).cloned();

@@ -1,0 +1,115 @@
+//! The connection table: keeps each flow on its member while the Maglev table changes.
+//!
+//! An array of 4-way sets (`FLOWS`), indexed by the flow hash: array lookups are inlined by the
+//! verifier, where a BPF LRU hash lookup costs as much as the whole forward path. Within a set
+//! the ways are kept in recency order (a hit moves its entry to the front; an insert evicts the
+//! last way), so each set is an exact LRU. An entry names its member by position and is used
+//! only if that position still holds the same member (`MemberRef`, whose counter slot is unique
+//! per membership): flows of a removed member fall back to the Maglev table, flows of a
+//! draining member (weight 0, still in the set) stay.
+//!
+//! The table is shared by all CPUs. Two CPUs updating one set at the same instant can tear an
+//! entry; the position check then rejects it (or, at worst, it names another live member), so a
+//! race costs at most one flow's affinity, never a wrong or dead destination.
+use anycast_common::{FLOW_SETS, FLOW_WAYS, FlowEntry, MAX_MEMBERS, MemberRef, MemberSet};
+
+use crate::maps::FLOWS;
+
+/// A flow as the table keys it.
+#[derive(Clone, Copy)]
+pub struct Flow {
+    pub src: u32,
+    pub dst: u32,
+    pub ports: u32,
+    pub proto: u32,
+}
+
+#[inline(always)]
+fn set_base(hash: u32) -> u32 {
+    (hash & (FLOW_SETS - 1)) * FLOW_WAYS
+}
+
+#[inline(always)]
+fn matches(e: &FlowEntry, f: &Flow) -> bool {
+    e.src == f.src && e.dst == f.dst && e.ports == f.ports && e.proto == f.proto
+}
+
+/// The member `flow` is on, if it is known and that member is still in `set`.
+#[inline(always)]
+pub fn lookup(hash: u32, flow: &Flow, set: &MemberSet) -> Option<(MemberRef, u32)> {
+    let base = set_base(hash);
+    for way in 0..FLOW_WAYS {
+        let entry = FLOWS.get_ptr_mut(base + way)?;
+        // SAFETY: an array element is always valid memory; see the module doc for races.
+        let e = unsafe { &*entry };
+        if !matches(e, flow) {
+            continue;
+        }
+        let pos = e.position as usize;
+        if pos >= MAX_MEMBERS || set.members[pos] != e.member {
+            return None;
+        }
+        let found = (e.member, e.position);
+        if way != 0 {
+            promote(base, way);
+        }
+        return Some(found);
+    }
+    None
+}
+
+/// Records `flow` on `member` at the front of its set, evicting the least recently used way.
+#[inline(always)]
+pub fn insert(hash: u32, flow: &Flow, member: MemberRef, position: u32) {
+    let base = set_base(hash);
+    // Shift ways 0..3 down by one (way 3 is evicted), then write way 0.
+    let mut way = FLOW_WAYS - 1;
+    while way > 0 {
+        if let (Some(dst), Some(src)) =
+            (FLOWS.get_ptr_mut(base + way), FLOWS.get_ptr(base + way - 1))
+        {
+            // SAFETY: distinct valid array elements.
+            unsafe { *dst = *src };
+        }
+        way -= 1;
+    }
+    if let Some(first) = FLOWS.get_ptr_mut(base) {
+        // SAFETY: a valid array element.
+        unsafe {
+            *first = FlowEntry {
+                src: flow.src,
+                dst: flow.dst,
+                ports: flow.ports,
+                proto: flow.proto,
+                member,
+                position,
+                _pad: 0,
+            }
+        };
+    }
+}
+
+/// Forgets `flow` (TCP RST: the next connection with these ports is new).
+#[inline(always)]
+pub fn forget(hash: u32, flow: &Flow) {
+    let base = set_base(hash);
+    for way in 0..FLOW_WAYS {
+        if let Some(entry) = FLOWS.get_ptr_mut(base + way) {
+            // SAFETY: a valid array element.
+            let e = unsafe { &mut *entry };
+            if matches(e, flow) {
+                e.proto = u32::MAX;
+            }
+        }
+    }
+}
+
+/// Moves way `way` of the set at `base` to the front.
+#[inline(always)]
+fn promote(base: u32, way: u32) {
+    let (Some(hit), Some(front)) = (FLOWS.get_ptr_mut(base + way), FLOWS.get_ptr_mut(base)) else {
+        return;
+    };
+    // SAFETY: distinct valid array elements (way != 0).
+    unsafe { core::ptr::swap(hit, front) };
+}
