@@ -278,6 +278,23 @@ impl Bed {
         Ok(())
     }
 
+    /// Sets a member's preference and weight, as `anycast-ctl member set` does.
+    pub fn set_weight(
+        &mut self,
+        anycast: Ipv4Addr,
+        member: Ipv4Addr,
+        preference: u16,
+        weight: u16,
+    ) -> Result<()> {
+        Ok(members::set_weight(
+            &mut self.maps,
+            anycast,
+            member,
+            preference,
+            weight,
+        )?)
+    }
+
     pub fn del_member(&mut self, anycast: Ipv4Addr, member: Ipv4Addr) -> Result<()> {
         Ok(members::del(&mut self.maps, anycast, member)?)
     }
