@@ -41,7 +41,9 @@ pub const CLIENT_IFACE: &str = "c0";
 /// The router's interface towards the client.
 pub const ROUTER_CLIENT_IFACE: &str = "r0";
 /// How many members the topology can hold.
-pub const MAX_MEMBERS: usize = 3;
+pub const MAX_MEMBERS: usize = 4;
+/// Members of the default topology (DESIGN.md's three).
+pub const DEFAULT_MEMBERS: usize = 3;
 
 /// How the client reaches the anycast prefix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,7 +65,7 @@ pub struct TopologyOptions {
 impl Default for TopologyOptions {
     fn default() -> Self {
         TopologyOptions {
-            members: MAX_MEMBERS,
+            members: DEFAULT_MEMBERS,
             client_mode: ClientMode::OnLink,
         }
     }
