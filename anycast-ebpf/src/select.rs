@@ -37,7 +37,7 @@ pub fn member(ip: &Ipv4Hdr, ports: u32, tcp_flags: u8, addr: &Addr) -> Option<Me
         _pad: 0,
     };
     if ip.frag_offset() != 0 {
-        if let Some(member) = FRAGS.get_ptr(&frag_key) {
+        if let Some(member) = FRAGS.get_ptr(frag_key) {
             // SAFETY: LRU values are plain Copy data; a concurrent eviction can at worst make
             // this read a recycled entry, which still names some member.
             return Some(unsafe { *member });
@@ -71,7 +71,7 @@ pub fn member(ip: &Ipv4Hdr, ports: u32, tcp_flags: u8, addr: &Addr) -> Option<Me
         flows::forget(hash, &flow);
     }
     if ip.more_fragments() && ip.frag_offset() == 0 {
-        let _ = FRAGS.insert(&frag_key, &member, 0);
+        let _ = FRAGS.insert(frag_key, member, 0);
     }
     Some(member)
 }
