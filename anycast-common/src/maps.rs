@@ -114,8 +114,10 @@ pub const TABLE_MAP_FLAGS: u32 = 1 << 12;
 pub const TABLE_ENTRIES_PER_WORD: u32 = 8;
 /// Ways per set of the connection table.
 pub const FLOW_WAYS: u32 = 4;
-/// Sets of the connection table: 262,144 x 4 = 1,048,576 flows.
+/// Default sets of the connection table: 262,144 x 4 = 1,048,576 flows.
 pub const FLOW_SETS: u32 = 1 << 18;
+/// Name of the loader-set global holding the connection table's set mask.
+pub const FLOW_SETS_MASK: &str = "FLOW_SETS_MASK";
 /// `MemberRef::host` of an empty position in a member set.
 pub const NO_HOST: u32 = u32::MAX;
 

@@ -72,6 +72,7 @@ pub async fn attach(
     nl: &Netlink,
     ifaces: &[String],
     mode: Mode,
+    flows: Option<u32>,
 ) -> Result<Vec<(String, Attached)>> {
     let mut links = Vec::new();
     for name in ifaces {
@@ -79,15 +80,20 @@ pub async fn attach(
     }
     let _lock = pin.lock(true)?;
     let fresh = !pin.has_maps();
-    let result = attach_locked(pin, &links, mode);
+    let result = attach_locked(pin, &links, mode, flows);
     if result.is_err() && fresh && links_present(pin) == 0 {
         let _ = pin.remove();
     }
     result
 }
 
-fn attach_locked(pin: &PinDir, links: &[Link], mode: Mode) -> Result<Vec<(String, Attached)>> {
-    let mut ebpf = dataplane::load(pin)?;
+fn attach_locked(
+    pin: &PinDir,
+    links: &[Link],
+    mode: Mode,
+    flows: Option<u32>,
+) -> Result<Vec<(String, Attached)>> {
+    let mut ebpf = dataplane::load(pin, flows)?;
     let program: &mut Xdp = ebpf
         .program_mut(programs::ANYCAST)
         .expect("the embedded object has the anycast program")

@@ -38,6 +38,10 @@ pub enum Command {
         /// Attach mode [default: native; use skb where the driver lacks native XDP].
         #[arg(long, short, value_enum, default_value_t = Mode::Native, hide_default_value = true)]
         mode: Mode,
+        /// Connection table size in flows, a power of two [default: 1048576]; applies when the
+        /// dataplane is first loaded.
+        #[arg(long, value_parser = flows)]
+        flows: Option<u32>,
     },
     /// Detach the dataplane from interfaces; the last detach removes all state.
     Detach {
@@ -192,6 +196,11 @@ pub struct WeightArgs {
     pub weight: u16,
 }
 
+fn flows(s: &str) -> Result<u32, String> {
+    let n: u32 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
+    crate::dataplane::check_flows(n)
+}
+
 fn table_size(s: &str) -> Result<u32, String> {
     let m: u32 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
     if m > anycast_common::MAX_TABLE_SIZE || !crate::maglev::is_prime(m) {
@@ -273,8 +282,12 @@ pub async fn run(cli: Cli) -> Result<String> {
             crate::agent::run(pin, config).await?;
             Ok(String::new())
         }
-        Command::Attach { ifaces, mode } => {
-            let done = attach::attach(&pin, &nl, &ifaces, mode).await?;
+        Command::Attach {
+            ifaces,
+            mode,
+            flows,
+        } => {
+            let done = attach::attach(&pin, &nl, &ifaces, mode, flows).await?;
             let mut out = String::new();
             for (name, what) in done {
                 match what {
@@ -552,7 +565,7 @@ mod tests {
         .unwrap();
         assert_eq!(cli.pin_dir, PathBuf::from("/sys/fs/bpf/x"));
         assert!(
-            matches!(cli.command, Command::Attach { ref ifaces, mode: Mode::Skb } if ifaces.len() == 2)
+            matches!(cli.command, Command::Attach { ref ifaces, mode: Mode::Skb, .. } if ifaces.len() == 2)
         );
         let cli = parse(&["attach", "eth0"]).unwrap();
         assert!(matches!(

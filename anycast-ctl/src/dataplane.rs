@@ -3,8 +3,8 @@
 //! Invariant: every map is pinned under the [`PinDir`]; [`load`] creates the pins on first use
 //! and reuses them afterwards, so every attached interface and every process shares one state.
 use anycast_common::{
-    ADDR_BUCKETS, ADDR_PROBES, AddrBucket, AddrStats, Host, Iface, MemberInfo, MemberKey,
-    MemberSet, MemberStats, addr_bucket, member_set_index, names,
+    ADDR_BUCKETS, ADDR_PROBES, AddrBucket, AddrStats, FLOW_SETS, FLOW_WAYS, Host, Iface,
+    MemberInfo, MemberKey, MemberSet, MemberStats, addr_bucket, member_set_index, names,
 };
 use aya::{
     Ebpf, EbpfLoader,
@@ -14,12 +14,24 @@ use aya::{
 use crate::{EBPF_OBJECT, Error, Result, pin::PinDir};
 
 /// Loads the eBPF object with its maps pinned under `pin` (created if missing, reused if not).
-pub fn load(pin: &PinDir) -> Result<Ebpf> {
+/// `flows` sizes a new connection table (flows, a power of two); an existing one keeps its size.
+pub fn load(pin: &PinDir, flows: Option<u32>) -> Result<Ebpf> {
     // TABLES is a BTF map-of-maps, which carries no pinning attribute: pin it by path.
     let tables = pin.map(names::TABLES);
+    let flows = match MapData::from_pin(pin.map(names::FLOWS)) {
+        Ok(existing) => existing
+            .info()
+            .map_err(|e| Error::map(names::FLOWS, e))?
+            .max_entries(),
+        Err(_) => flows.unwrap_or(FLOW_SETS * FLOW_WAYS),
+    };
+    check_flows(flows).map_err(Error::Usage)?;
+    let mask = flows / FLOW_WAYS - 1;
     let ebpf = EbpfLoader::new()
         .default_map_pin_directory(pin.path())
         .map_pin_path(names::TABLES, tables.as_path())
+        .map_max_entries(names::FLOWS, flows)
+        .override_global(anycast_common::FLOW_SETS_MASK, &mask, true)
         .load(EBPF_OBJECT)
         .map_err(|e| match &e {
             aya::EbpfError::MapError(aya::maps::MapError::CreateError { io_error, .. })
@@ -30,6 +42,16 @@ pub fn load(pin: &PinDir) -> Result<Ebpf> {
             _ => Error::Load(e),
         })?;
     Ok(ebpf)
+}
+
+/// Checks a connection table size: a power of two, at least 1,024 flows.
+pub fn check_flows(flows: u32) -> std::result::Result<u32, String> {
+    if flows < 1024 || !flows.is_power_of_two() {
+        return Err(format!(
+            "connection table size {flows} must be a power of two of at least 1024"
+        ));
+    }
+    Ok(flows)
 }
 
 /// Typed handles on the pinned maps.

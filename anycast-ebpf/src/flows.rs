@@ -11,9 +11,9 @@
 //! The table is shared by all CPUs. Two CPUs updating one set at the same instant can tear an
 //! entry; the position check then rejects it (or, at worst, it names another live member), so a
 //! race costs at most one flow's affinity, never a wrong or dead destination.
-use anycast_common::{FLOW_SETS, FLOW_WAYS, FlowEntry, MAX_MEMBERS, MemberRef, MemberSet};
+use anycast_common::{FLOW_WAYS, FlowEntry, MAX_MEMBERS, MemberRef, MemberSet};
 
-use crate::maps::FLOWS;
+use crate::maps::{FLOW_SETS_MASK, FLOWS};
 
 /// A flow as the table keys it.
 #[derive(Clone, Copy)]
@@ -26,7 +26,7 @@ pub struct Flow {
 
 #[inline(always)]
 fn set_base(hash: u32) -> u32 {
-    (hash & (FLOW_SETS - 1)) * FLOW_WAYS
+    (hash & FLOW_SETS_MASK.load()) * FLOW_WAYS
 }
 
 #[inline(always)]

@@ -8,6 +8,7 @@ use anycast_common::{
     addr_bucket, member_set_index,
 };
 use aya_ebpf::{
+    Global,
     bindings::{BPF_F_INNER_MAP, BPF_F_NO_PREALLOC},
     btf_maps::{Array as BtfArray, ArrayOfMaps},
     macros::{btf_map, map},
@@ -69,9 +70,14 @@ pub type Table = BtfArray<u64, 1, { BPF_F_INNER_MAP as usize }>;
 pub static TABLES: ArrayOfMaps<Table, { MAX_ADDRS as usize }> = ArrayOfMaps::new();
 
 /// The connection table: flows and their members, 4-way set-associative, LRU within a set.
-/// Shared by all CPUs, so a flow keeps its member whichever CPU sees its packets.
+/// Shared by all CPUs, so a flow keeps its member whichever CPU sees its packets. User space
+/// may size it at load time (`FLOW_SETS_MASK` follows).
 #[map]
 pub static FLOWS: Array<FlowEntry> = Array::pinned(FLOW_SETS * FLOW_WAYS, 0);
+
+/// Sets of `FLOWS` minus one (a power of two minus one), set by the loader.
+#[unsafe(no_mangle)]
+pub static FLOW_SETS_MASK: Global<u32> = Global::new(FLOW_SETS - 1);
 
 // User-space-only maps: declared here so that every map of the dataplane is created, pinned
 // and removed together; the program never reads them.

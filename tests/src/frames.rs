@@ -212,7 +212,7 @@ impl Bed {
         }
         pin.check()?;
         std::fs::create_dir_all(pin.links())?;
-        let mut ebpf = dataplane::load(&pin)?;
+        let mut ebpf = dataplane::load(&pin, None)?;
         for name in programs::ALL {
             let p: &mut Xdp = ebpf
                 .program_mut(name)

@@ -68,7 +68,7 @@ pub struct Agent {
 /// Runs the agent until SIGINT or SIGTERM.
 pub async fn run(pin: PinDir, config: Config) -> Result<()> {
     let nl = Netlink::new()?;
-    for (name, what) in attach::attach(&pin, &nl, &config.devs, config.mode).await? {
+    for (name, what) in attach::attach(&pin, &nl, &config.devs, config.mode, None).await? {
         tracing::info!(iface = %name, ?what, "dataplane attached");
     }
     let mut agent = Agent::new(pin, config, nl).await?;
