@@ -28,6 +28,38 @@ pub struct Lock {
     _dir: File,
 }
 
+/// An open handle on the pin directory for a long-running writer (the agent), whose lock costs
+/// one flock call instead of a path walk.
+#[derive(Debug)]
+pub struct DirLock {
+    dir: File,
+}
+
+/// The lock of a [`DirLock`], held until dropped. It holds a duplicate of the directory fd
+/// (the same open file, so the same flock), and so borrows nothing.
+#[derive(Debug)]
+pub struct DirLockGuard {
+    dir: File,
+}
+
+impl DirLock {
+    pub fn lock(&self) -> Result<DirLockGuard> {
+        let dir = self
+            .dir
+            .try_clone()
+            .map_err(|e| Error::io("duplicating the pin directory fd", e))?;
+        dir.lock()
+            .map_err(|e| Error::io("locking the pin directory", e))?;
+        Ok(DirLockGuard { dir })
+    }
+}
+
+impl Drop for DirLockGuard {
+    fn drop(&mut self) {
+        let _ = self.dir.unlock();
+    }
+}
+
 impl PinDir {
     pub fn new(path: impl Into<PathBuf>) -> Self {
         Self { path: path.into() }
@@ -105,6 +137,14 @@ impl PinDir {
                 });
             }
         }
+    }
+
+    /// Opens the directory once for repeated locking (see [`DirLock`]).
+    pub fn dir_lock(&self) -> Result<DirLock> {
+        self.check()?;
+        let dir = File::open(&self.path)
+            .map_err(|e| Error::io(format!("opening {}", self.path.display()), e))?;
+        Ok(DirLock { dir })
     }
 
     /// Removes every pin and the directory itself.

@@ -54,6 +54,8 @@ struct Learned {
 
 pub struct Agent {
     pin: PinDir,
+    /// Writers' lock on the pin directory, shared with `anycast-ctl member ...`.
+    dir_lock: crate::pin::DirLock,
     config: Config,
     maps: Maps,
     nl: Netlink,
@@ -144,6 +146,7 @@ impl Agent {
         let window = config.replay_window.as_millis() as u64;
         let mut agent = Agent {
             validator: Validator::new(keys, devs.keys().copied().collect(), window),
+            dir_lock: pin.dir_lock()?,
             pin,
             config,
             maps,
@@ -232,7 +235,7 @@ impl Agent {
                 weight: m.weight,
                 _pad: 0,
             };
-            let _lock = self.pin.lock(false)?;
+            let _lock = self.dir_lock.lock()?;
             let current = self.maps.member_info.get(&key, 0).ok();
             match current {
                 // An operator's static member wins; the advertisement changes nothing.
@@ -314,7 +317,7 @@ impl Agent {
 
     /// Deletes a learned membership from the maps (never a static one).
     fn remove(&mut self, key: MemberKey, why: &str) -> Result<()> {
-        let _lock = self.pin.lock(false)?;
+        let _lock = self.dir_lock.lock()?;
         let info = self.maps.member_info.get(&key, 0).ok();
         if info.is_none_or(|i| i.source != SOURCE_LEARNED) {
             return Ok(());

@@ -139,6 +139,9 @@ fn main() -> Result<()> {
         "\nMaglev table build, M=65537, 64 members: {maglev_ms:.3} ms (median of 201; target <= 1.8)"
     );
 
+    println!("\n== membership by advertisement (real agent, namespaces)");
+    let membership = anycast_tests::bench_membership::run()?;
+
     let report = json!({
         "machine": machine(),
         "dataplane": {
@@ -154,6 +157,7 @@ fn main() -> Result<()> {
         "maglev": {
             "build_ms_m65537_64_members": maglev_ms,
         },
+        "membership": membership,
         "ratios": {
             "forward_vs_baseline": forward_vs_baseline,
             "scale_65536_vs_1": scale,
