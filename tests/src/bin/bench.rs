@@ -13,6 +13,8 @@ use serde_json::json;
 
 const REPEAT: u32 = 1_000_000;
 const ROUNDS: usize = 5;
+/// Packets per case of the end-to-end measurement.
+const E2E_PACKETS: u64 = 1_000_000;
 const ANYCAST: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 53);
 const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
 const CLIENT_MAC: [u8; 6] = [0x02, 0xc0, 0, 0, 0, 0x10];
@@ -142,6 +144,9 @@ fn main() -> Result<()> {
     println!("\n== membership by advertisement (real agent, namespaces)");
     let membership = anycast_tests::bench_membership::run()?;
 
+    println!("\n== end-to-end forwarding rate (live frames, namespaces)");
+    let end_to_end = anycast_tests::bench_e2e::run(E2E_PACKETS)?;
+
     let report = json!({
         "machine": machine(),
         "dataplane": {
@@ -158,14 +163,22 @@ fn main() -> Result<()> {
             "build_ms_m65537_64_members": maglev_ms,
         },
         "membership": membership,
+        "end_to_end": end_to_end,
         "ratios": {
             "forward_vs_baseline": forward_vs_baseline,
             "scale_65536_vs_1": scale,
+            "xdp_vs_kernel_ecmp": end_to_end["ratios"]["xdp_vs_kernel_ecmp"],
+            "xdp_vs_plain_redirect": end_to_end["ratios"]["xdp_vs_plain_redirect"],
         },
         "targets": {
             "forward_vs_baseline": 1.5,
             "scale_65536_vs_1": 1.1,
             "maglev_build_ms": 1.8,
+            "xdp_vs_kernel_ecmp": 5.0,
+            "xdp_vs_plain_redirect": 0.8,
+            "adverts_per_second": 100_000,
+            "leave_to_removal_p99_ms": 50,
+            "expiry_after_last_advert_ms": 400,
         },
     });
     let dir = target_dir().join("bench");
