@@ -235,3 +235,37 @@ fn standby_members_take_over_when_the_preferred_ones_are_gone() {
         "new flows must all go to the standby"
     );
 }
+
+#[test]
+fn a_member_whose_mac_changes_is_followed() {
+    let (topo, ctl) = lab(1, &[(0, 100)]);
+    let m1 = &topo.members[0];
+    let members = topo.member_namespaces();
+    let udp = udp_round(&topo.client, &members, ANYCAST, UDP_PORT, 43000..43010, 2).unwrap();
+    udp.assert_each_sent_once();
+
+    // The member's NIC is replaced (new MAC); with arp_notify it announces itself by a
+    // gratuitous ARP, which the router's XDP program learns from.
+    m1.ns
+        .sysctl(&format!("net.ipv4.conf.{}.arp_notify", m1.iface), "1")
+        .unwrap();
+    m1.ns
+        .ip(&[
+            "link",
+            "set",
+            "dev",
+            &m1.iface,
+            "address",
+            "02:aa:bb:cc:dd:01",
+        ])
+        .unwrap();
+    assert!(
+        anycast_tests::wait_until(Duration::from_secs(2), || {
+            ctl.show().members_of(ANYCAST)[0].mac.as_deref() == Some("02:aa:bb:cc:dd:01")
+        }),
+        "the new MAC was not learned: {:?}",
+        ctl.show()
+    );
+    let udp = udp_round(&topo.client, &members, ANYCAST, UDP_PORT, 44000..44010, 2).unwrap();
+    udp.assert_each_sent_once();
+}
