@@ -269,3 +269,39 @@ fn a_member_whose_mac_changes_is_followed() {
     let udp = udp_round(&topo.client, &members, ANYCAST, UDP_PORT, 44000..44010, 2).unwrap();
     udp.assert_each_sent_once();
 }
+
+#[test]
+fn concurrent_invocations_do_not_corrupt_each_other() {
+    let (topo, ctl) = lab(3, &[]);
+    let anycast = ANYCAST.to_string();
+    std::thread::scope(|s| {
+        for m in &topo.members {
+            let (ctl, anycast) = (&ctl, &anycast);
+            s.spawn(move || {
+                let ip = m.ip.to_string();
+                for _ in 0..8 {
+                    ctl.run(&["member", "add", anycast, &ip]).unwrap();
+                    ctl.run(&["member", "del", anycast, &ip]).unwrap();
+                }
+                ctl.run(&["member", "add", anycast, &ip]).unwrap();
+            });
+        }
+        s.spawn(|| {
+            for _ in 0..10 {
+                ctl.run(&["stats", "--json"]).unwrap();
+            }
+        });
+    });
+    let show = ctl.show();
+    let mut listed: Vec<_> = show.members_of(ANYCAST).iter().map(|m| m.address).collect();
+    listed.sort();
+    assert_eq!(listed, topo.member_ips());
+    // The result works: every member gets traffic, every datagram once.
+    let members = topo.member_namespaces();
+    let udp = udp_round(&topo.client, &members, ANYCAST, UDP_PORT, 45000..45090, 2).unwrap();
+    udp.assert_each_sent_once();
+    assert!(udp.counts().iter().all(|&n| n > 0), "{:?}", udp.counts());
+    let stats = ctl.stats();
+    let a = stats.address(ANYCAST);
+    assert_eq!(a.forwarded_packets, 180);
+}
