@@ -348,11 +348,12 @@ pub async fn run(cli: Cli) -> Result<String> {
             weight: WeightArgs { preference, weight },
             table_size,
         }) => {
-            let _lock = pin.lock(false)?;
+            // Resolving the member may wait for ARP: do it before taking the writers' lock.
             let mut maps = Maps::open(&pin)?;
-            maps.table_size = table_size;
             let placement =
                 members::locate(&maps, &nl, member_ip, dev.as_deref(), mac.map(|m| m.0)).await?;
+            let _lock = pin.lock(false)?;
+            maps.table_size = table_size;
             let info = members::static_info(members::now_ms(), preference, weight);
             let what = match members::add(&mut maps, anycast_ip, &placement, info)? {
                 members::Added::New => "added",
