@@ -235,13 +235,29 @@ impl Agent {
                 weight: m.weight,
                 _pad: 0,
             };
+            let refresh = self.learned.get(&key).is_some_and(|l| l.ifindex == ifindex);
+            // A new member is located first (which may wait for ARP), outside the lock.
+            let placement = if refresh {
+                None
+            } else {
+                let dev = self.devs.get(&ifindex).cloned();
+                match members::locate(&self.maps, &self.nl, repr.sender, dev.as_deref(), None).await
+                {
+                    Ok(p) => Some(p),
+                    Err(e) => {
+                        self.reject(Reject::NotOnLink, repr.sender);
+                        tracing::debug!(error = %e, "locating a member");
+                        continue;
+                    }
+                }
+            };
             let _lock = self.dir_lock.lock()?;
             let current = self.maps.member_info.get(&key, 0).ok();
-            match current {
+            match (current, placement) {
                 // An operator's static member wins; the advertisement changes nothing.
-                Some(c) if c.source != SOURCE_LEARNED => continue,
+                (Some(c), _) if c.source != SOURCE_LEARNED => continue,
                 // A refresh of a member already in place on the same interface.
-                Some(c) if self.learned.get(&key).is_some_and(|l| l.ifindex == ifindex) => {
+                (Some(c), None) => {
                     self.maps
                         .member_info
                         .insert(key, info, 0)
@@ -256,24 +272,12 @@ impl Agent {
                         )?;
                     }
                 }
-                _ => {
-                    let dev = self.devs.get(&ifindex).cloned();
-                    let placement = match members::locate(
-                        &self.maps,
-                        &self.nl,
-                        repr.sender,
-                        dev.as_deref(),
-                        None,
-                    )
-                    .await
-                    {
-                        Ok(p) => p,
-                        Err(e) => {
-                            self.reject(Reject::NotOnLink, repr.sender);
-                            tracing::debug!(error = %e, "locating a member");
-                            continue;
-                        }
-                    };
+                // Gone from the maps under us (`member del`): learn it again next time.
+                (None, None) => {
+                    self.learned.remove(&key);
+                    continue;
+                }
+                (_, Some(placement)) => {
                     members::add(&mut self.maps, m.anycast, &placement, info)?;
                     tracing::info!(anycast = %m.anycast, member = %repr.sender, "member learned");
                 }
