@@ -27,7 +27,13 @@ pub fn test(args: &[String]) -> Result<()> {
         Some(split) => (&args[..split], &args[split + 1..]),
         None => (args, &[][..]),
     };
-    let mut cmd = cargo(&["test", "--workspace", "--exclude", "anycast-ebpf"]);
+    let mut cmd = cargo(&[
+        "test",
+        "--workspace",
+        "--exclude",
+        "anycast-ebpf",
+        "--no-fail-fast",
+    ]);
     cmd.args(cargo_args)
         .args(["--", "--test-threads=1"])
         .args(harness_args)
