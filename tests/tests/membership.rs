@@ -146,6 +146,7 @@ impl Lab {
 impl Drop for Lab {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.key_file);
+        let _ = std::fs::remove_file(self.key_file.with_extension("agent.toml"));
     }
 }
 
@@ -492,4 +493,97 @@ fn hex(s: &str) -> Vec<u8> {
         .step_by(2)
         .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
         .collect()
+}
+
+#[test]
+fn unicast_announce_static_members_and_a_clean_agent_exit() {
+    let mut lab = Lab::new();
+    // m1 advertises unicast to its router (point-to-point style) instead of multicast.
+    let m1 = &lab.topo.members[0];
+    let key = lab.key_file.display().to_string();
+    let _a1 = Daemon::spawn(
+        &m1.ns,
+        "announce m1 --to",
+        &[
+            "announce",
+            "198.51.100.53",
+            "--dev",
+            &m1.iface,
+            "--interval",
+            "200ms",
+            "--hold",
+            "600ms",
+            "--key-file",
+            &key,
+            "--to",
+            "203.0.113.1",
+        ],
+    )
+    .unwrap();
+    lab.wait_learned(&[ip(0)], Duration::from_secs(3));
+
+    // An operator's static member coexists with learned ones and is never expired by the agent.
+    lab.ctl
+        .run(&["member", "add", "198.51.100.53", &ip(2).to_string()])
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(HOLD_MS * 2));
+    let show = lab.ctl.show();
+    let members = show.members_of(ANYCAST);
+    let source = |a: Ipv4Addr| {
+        members
+            .iter()
+            .find(|m| m.address == a)
+            .map(|m| m.source.clone())
+    };
+    assert_eq!(source(ip(0)).as_deref(), Some("learned"));
+    assert_eq!(source(ip(2)).as_deref(), Some("static"));
+    let learned = members.iter().find(|m| m.address == ip(0)).unwrap();
+    assert!(learned.expires_in_ms.is_some_and(|e| e <= HOLD_MS));
+    assert!(
+        members
+            .iter()
+            .find(|m| m.address == ip(2))
+            .unwrap()
+            .expires_in_ms
+            .is_none()
+    );
+
+    // SIGTERM: the agent exits 0 and the dataplane stays attached with its members.
+    let mut agent = lab.agent.take().unwrap();
+    agent.signal(libc::SIGTERM);
+    let (status, log) = agent.wait(Duration::from_secs(5)).unwrap();
+    assert!(status.success(), "agent exited with {status}: {log}");
+    assert_eq!(lab.ctl.status().interfaces.len(), 4);
+    assert_eq!(lab.ctl.show().members_of(ANYCAST).len(), 2);
+}
+
+#[test]
+fn commands_without_privileges_fail_clearly() {
+    let topo = Topology::new(TopologyOptions {
+        members: 1,
+        ..Default::default()
+    })
+    .unwrap();
+    let ctl = Ctl::new(&topo.router);
+    ctl.run(&["attach", "r0", "r1"]).unwrap();
+    let before = ctl.show();
+    let pin = ctl.pin_dir().display().to_string();
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(anycast_tests::ctl::binary())
+        .args([
+            "--pin-dir",
+            &pin,
+            "member",
+            "add",
+            "198.51.100.53",
+            "203.0.113.2",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("needs root"), "{err}");
+    assert_eq!(ctl.show(), before);
 }
