@@ -50,8 +50,10 @@ pub mod names {
     /// Benchmark programs' maps (not pinned).
     pub const BENCH_PORT: &str = "BENCH_PORT";
     pub const BENCH_SEQ: &str = "BENCH_SEQ";
+    /// The [`super::BenchFrame`] `bench_gen` writes (index 0).
+    pub const BENCH_FRAME: &str = "BENCH_FRAME";
     /// Every map of the object.
-    pub const ALL: [&str; 18] = [
+    pub const ALL: [&str; 19] = [
         ADDRS,
         MEMBER_SETS,
         ADDR_KEYS,
@@ -70,6 +72,7 @@ pub mod names {
         AGENT_STATS,
         BENCH_PORT,
         BENCH_SEQ,
+        BENCH_FRAME,
     ];
 }
 
@@ -81,9 +84,20 @@ pub mod programs {
     pub const BENCH_BASELINE: &str = "bench_baseline";
     /// Benchmark ceiling: redirect every frame to one port.
     pub const BENCH_REDIRECT: &str = "bench_redirect";
-    /// Benchmark traffic generator (live frames).
+    /// Benchmark traffic generator (live frames): writes `BENCH_FRAME`, varies the source port.
     pub const BENCH_GEN: &str = "bench_gen";
-    pub const ALL: [&str; 4] = [ANYCAST, BENCH_BASELINE, BENCH_REDIRECT, BENCH_GEN];
+    /// Benchmark sink: drops IPv4, passes everything else.
+    pub const BENCH_SINK: &str = "bench_sink";
+    /// XDP_PASS for a veth peer, so that it receives XDP_TX and redirected frames.
+    pub const PEER_PASS: &str = "peer_pass";
+    pub const ALL: [&str; 6] = [
+        ANYCAST,
+        BENCH_BASELINE,
+        BENCH_REDIRECT,
+        BENCH_GEN,
+        BENCH_SINK,
+        PEER_PASS,
+    ];
 }
 
 /// Anycast addresses (the RFC's 2^16).
@@ -359,6 +373,34 @@ pub struct MemberInfo {
     pub _pad: u32,
 }
 
+/// Capacity of [`BenchFrame`].
+pub const BENCH_FRAME_BYTES: usize = 64;
+
+/// The frame `bench_gen` writes over the start of every frame it generates: an Ethernet/IPv4
+/// (IHL 5)/UDP frame, IP checksum included, UDP checksum 0. Set by the benchmark.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BenchFrame {
+    /// Bytes of `bytes` to write, at most [`BENCH_FRAME_BYTES`].
+    pub len: u32,
+    pub bytes: [u8; BENCH_FRAME_BYTES],
+}
+
+impl BenchFrame {
+    /// The template of `frame`, or `None` if it is longer than [`BENCH_FRAME_BYTES`].
+    pub fn new(frame: &[u8]) -> Option<Self> {
+        if frame.len() > BENCH_FRAME_BYTES {
+            return None;
+        }
+        let mut bytes = [0; BENCH_FRAME_BYTES];
+        bytes[..frame.len()].copy_from_slice(frame);
+        Some(Self {
+            len: frame.len() as u32,
+            bytes,
+        })
+    }
+}
+
 /// Agent counters (`AGENT_STATS`): accepted advertisements, then rejections by reason.
 pub const AGENT_ACCEPTED: u32 = 0;
 pub const AGENT_COUNTERS: u32 = 16;
@@ -396,6 +438,7 @@ const _: () = {
     assert!(core::mem::size_of::<FlowEntry>() == 32);
     assert!(MAX_MEMBERS <= u8::MAX as usize);
     assert!(core::mem::size_of::<MemberInfo>() == 24);
+    assert!(core::mem::size_of::<BenchFrame>() == 4 + BENCH_FRAME_BYTES);
 };
 
 #[cfg(feature = "user")]
@@ -414,6 +457,7 @@ mod pod {
     unsafe impl aya::Pod for MemberKey {}
     unsafe impl aya::Pod for FlowEntry {}
     unsafe impl aya::Pod for MemberInfo {}
+    unsafe impl aya::Pod for BenchFrame {}
 }
 
 #[cfg(test)]

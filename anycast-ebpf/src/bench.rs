@@ -1,14 +1,18 @@
-//! Benchmark reference programs, measured in the same run as the dataplane. None of them is
-//! attached by anycast-ctl.
+//! Benchmark reference programs, measured in the same run as the dataplane, and the XDP_PASS
+//! program for veth peers. None of them is attached by anycast-ctl.
 
+use core::ffi::c_void;
+
+use anycast_common::{BENCH_FRAME_BYTES, BenchFrame};
 use aya_ebpf::{
     bindings::xdp_action,
+    helpers::bpf_xdp_store_bytes,
     macros::{map, xdp},
-    maps::{DevMap, PerCpuArray},
+    maps::{Array, DevMap, PerCpuArray},
     programs::XdpContext,
 };
 
-use crate::packet::{self, ETH_HLEN, EthHdr, Ports, copy_mac};
+use crate::packet::{self, ETH_HLEN, ETH_P_IP, EthHdr, Ports, copy_mac};
 
 /// The one egress port of `bench_redirect` (index 0), set by the benchmark.
 #[map]
@@ -17,6 +21,10 @@ pub static BENCH_PORT: DevMap = DevMap::with_max_entries(1, 0);
 /// Per-CPU frame counter of `bench_gen`.
 #[map]
 pub static BENCH_SEQ: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+/// The frame `bench_gen` writes (index 0), set by the benchmark.
+#[map]
+pub static BENCH_FRAME: Array<BenchFrame> = Array::with_max_entries(1, 0);
 
 /// Baseline: the least an L2 forwarder does. Swap the MACs and send the frame back.
 #[xdp]
@@ -38,26 +46,64 @@ pub fn bench_redirect(_ctx: XdpContext) -> u32 {
     BENCH_PORT.redirect(0, 0).unwrap_or(xdp_action::XDP_ABORTED)
 }
 
-/// Traffic generator for BPF_PROG_TEST_RUN with live frames: gives each frame of an IPv4/UDP
-/// template (IHL 5) the next of 1,024 source ports, so the frames form many flows, and sends it
-/// out of the interface it was injected on.
+/// Traffic generator for BPF_PROG_TEST_RUN with live frames: writes the IPv4/UDP template of
+/// `BENCH_FRAME` (IHL 5) over the start of each frame, gives it the next of 1,024 source ports,
+/// so the frames form many flows, and sends it out of the interface it was injected on.
+///
+/// The whole template is written, not just the port: live frames recycle their pages without
+/// resetting them, so a frame starts as whatever the router or a member left in its page (a
+/// member's MAC, TTL - 1). Frames shorter than the template are aborted.
 #[xdp]
 pub fn bench_gen(ctx: XdpContext) -> u32 {
-    let Some(seq) = BENCH_SEQ.get_ptr_mut(0) else {
-        return xdp_action::XDP_ABORTED;
-    };
+    generate(&ctx).unwrap_or(xdp_action::XDP_ABORTED)
+}
+
+/// Members' sink: drops IPv4 at the earliest point and passes everything else (ARP, so the
+/// router still resolves the member), so a member's cost per packet is small and the same
+/// whatever the router did to the frame.
+#[xdp]
+pub fn bench_sink(ctx: XdpContext) -> u32 {
+    match packet::header::<EthHdr>(&ctx, 0) {
+        Some(eth) if eth.ethertype() == ETH_P_IP => xdp_action::XDP_DROP,
+        _ => xdp_action::XDP_PASS,
+    }
+}
+
+/// Passes every frame. A veth delivers the frames its peer sends with XDP_TX only if it runs
+/// an XDP program itself (veth's XDP_TX flush wakes the peer's NAPI only then), and redirected
+/// frames only if it runs XDP or has GRO on. So this is what the tests attach, natively, to the
+/// veth peer of an interface the dataplane answers ARP on, and what an operator would attach to
+/// the peer of a veth the dataplane is attached to.
+#[xdp]
+pub fn peer_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+#[inline(always)]
+fn generate(ctx: &XdpContext) -> Option<u32> {
+    let template = BENCH_FRAME.get(0)?;
+    let len = template.len.clamp(1, BENCH_FRAME_BYTES as u32);
+    // One helper call: the verifier checks `len` against the map value, the helper checks it
+    // against the frame (and fails if the frame is shorter); a byte loop through
+    // `packet::header` costs ten instructions per byte.
+    // SAFETY: reads `len` (clamped to 1..=BENCH_FRAME_BYTES above) bytes of `template.bytes` and
+    // writes them to the frame; no reference into the frame is alive across the call.
+    let written =
+        unsafe { bpf_xdp_store_bytes(ctx.ctx, 0, template.bytes.as_ptr() as *mut c_void, len) };
+    if written != 0 {
+        return None;
+    }
+    let seq = BENCH_SEQ.get_ptr_mut(0)?;
     // SAFETY: per-CPU slot; XDP runs with migration disabled.
     let n = unsafe {
         let n = *seq;
         *seq = n.wrapping_add(1);
         n
     };
-    let Some(ports) = packet::header::<Ports>(&ctx, ETH_HLEN + 20) else {
-        return xdp_action::XDP_ABORTED;
-    };
+    let ports = packet::header::<Ports>(ctx, ETH_HLEN + 20)?;
     let sport = 1024 + (n & 1023) as u16;
     let [a, b] = sport.to_be_bytes();
     ports.bytes[0] = a;
     ports.bytes[1] = b;
-    xdp_action::XDP_TX
+    Some(xdp_action::XDP_TX)
 }

@@ -1,9 +1,10 @@
 //! End-to-end forwarding rate on the DESIGN.md topology, with traffic generated in the kernel.
 //!
 //! The client's side injects frames with BPF_PROG_TEST_RUN in live-frames mode, `c0` as the
-//! ingress device: a generator program writes an IPv4/UDP frame (192.0.2.10 -> 198.51.100.53:9,
-//! random source port in 1024..2048, so 1,024 flows) and sends it with XDP_TX, so it arrives on
-//! the router's `r0` like a frame from a real client. The router forwards it to the members in
+//! ingress device: the generator, `bench_gen`, writes an IPv4/UDP frame from its template
+//! (192.0.2.10 -> 198.51.100.53:9) and gives it the next of 1,024 source ports (1024..2048, so
+//! 1,024 flows), and sends it with XDP_TX, so it arrives on the router's `r0` like a frame from
+//! a real client. The router forwards it to the members in
 //! one of three ways, all measured in one run, on the same namespaces, with the same number of
 //! packets, in interleaved rounds:
 //! - `xdp_anycast`: the product (`anycast-ctl attach r0 r1 r2 r3 --mode native`, then
@@ -14,29 +15,27 @@
 //!   ceiling of any XDP program on this topology.
 //!
 //! Packets are counted where they arrive: rx packets of `m1..m3` (`ip -j -s link`, before and
-//! after), so only packets that crossed the router count. Each member runs a sink, an XDP
-//! program that drops IPv4 and passes ARP, so the members' cost is small and the same in every
-//! case (see [`sink_program`]). A reference measurement, the generator into `r0` with the sink
-//! on `r0` itself, gives the cost that every case shares before the router does anything.
+//! after), so only packets that crossed the router count. Each member runs a sink,
+//! `bench_sink`, an XDP program that drops IPv4 and passes ARP, so the members' cost is small
+//! and the same in every case: without it the members' kernels would run full UDP receive (and
+//! port unreachable) for `xdp_anycast` and `kernel_ecmp`, but drop `plain_redirect`'s frames at
+//! once as addressed to another host (they keep r0's MAC). A reference measurement, the
+//! generator into `r0` with the sink on `r0` itself, gives the cost that every case shares
+//! before the router does anything.
 //!
 //! The generator, the router's NAPI poll and the members' NAPI polls all run on the injecting
 //! CPU (softirq after each batch of the TEST_RUN), so a rate is the reciprocal of the whole
 //! path's cost per packet. The generator's share is the same in all cases and dilutes the
 //! end-to-end ratios; `above_reference_ns_per_packet` takes it out.
 
-use std::{
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
-    path::PathBuf,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
-use anycast_common::{names, programs};
-use anycast_ctl::pin::PinDir;
+use anycast_common::{BenchFrame, names, programs};
 use anyhow::{Context, Result, bail, ensure};
 use aya::{
     Ebpf,
-    maps::DevMap,
-    programs::{Xdp, XdpMode},
+    maps::{Array, DevMap},
+    programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp, links::FdLink},
 };
 use serde_json::{Value, json};
 
@@ -133,8 +132,8 @@ pub fn run(packets: u64) -> Result<Value> {
         "packets must be 1..=2^32-1"
     );
     crate::ctl::ensure_bpffs();
-    // Dropped in reverse order: the bench object (its pins, bench_redirect's link), then the
-    // namespaces with every veth, route and attachment in them.
+    // Dropped in reverse order: the members' sinks, the bench object, then the namespaces with
+    // every veth, route and attachment in them.
     let topo = Topology::new(TopologyOptions {
         members: 3,
         client_mode: ClientMode::Routed,
@@ -142,7 +141,6 @@ pub fn run(packets: u64) -> Result<Value> {
     .context("build the topology")?;
     topo.router
         .sysctl("net.ipv4.fib_multipath_hash_policy", "1")?;
-    let mut bench = BenchObject::load()?;
 
     let r0_mac = topo.router.link_mac(ROUTER_CLIENT_IFACE)?;
     let c0_mac = topo.client.link_mac(CLIENT_IFACE)?;
@@ -151,17 +149,14 @@ pub fn run(packets: u64) -> Result<Value> {
         c0_mac,
         &Ipv4::udp(CLIENT_IP, ANYCAST, 1024, DST_PORT, &[0; PAYLOAD]),
     );
-    let generator = Generator::load(&frame)?;
-    let sink = sink_program()?;
-    let sink_pin = bench.pin.join("sink");
-    pin_program(&sink, &sink_pin)?;
-    let sink_pin = sink_pin.to_str().context("UTF-8 pin path")?.to_string();
-    for m in &topo.members {
-        set_xdp(&m.ns, &m.iface, Some(&sink_pin))?;
-    }
-    let c0 = topo.client.ifindex(CLIENT_IFACE)?;
-    let r0 = topo.router.ifindex(ROUTER_CLIENT_IFACE)?;
     let r1 = topo.router.ifindex(&topo.members[0].router_iface)?;
+    let mut bench = BenchObject::load(&frame, &topo.router, r1)?;
+    let _sinks = topo
+        .members
+        .iter()
+        .map(|m| bench.attach(programs::BENCH_SINK, &m.ns, &m.iface))
+        .collect::<Result<Vec<FdLink>>>()?;
+    let c0 = topo.client.ifindex(CLIENT_IFACE)?;
     let members: Vec<(&Netns, &str)> = topo
         .members
         .iter()
@@ -176,8 +171,8 @@ pub fn run(packets: u64) -> Result<Value> {
         route.extend_from_slice(&["nexthop", "via", ip.as_str()]);
     }
 
-    let measure = |counted: &[(&Netns, &str)]| -> Result<Sample> {
-        measure(&topo.client, &generator, c0, &frame, packets, counted)
+    let measure = |bench: &BenchObject, counted: &[(&Netns, &str)]| -> Result<Sample> {
+        measure(&topo.client, bench, c0, &frame, packets, counted)
     };
     let mut samples: Vec<Vec<Sample>> = Case::ALL.iter().map(|_| Vec::new()).collect();
     let mut dataplane_forwarded = Vec::new();
@@ -198,7 +193,7 @@ pub fn run(packets: u64) -> Result<Value> {
                         ctl.member_add(ANYCAST, ip)?;
                     }
                     let before = forwarded(&ctl);
-                    let sample = measure(&members)?;
+                    let sample = measure(&bench, &members)?;
                     if let (Some(b), Some(a)) = (before, forwarded(&ctl)) {
                         dataplane_forwarded.push(a - b);
                     }
@@ -207,20 +202,25 @@ pub fn run(packets: u64) -> Result<Value> {
                 }
                 Case::KernelEcmp => {
                     topo.router.ip(&route)?;
-                    let sample = measure(&members);
+                    let sample = measure(&bench, &members);
                     topo.router.ip(&["route", "del", "198.51.100.53/32"])?;
                     sample?
                 }
                 Case::PlainRedirect => {
-                    bench.redirect_on(&topo, r0, r1)?;
-                    let sample = measure(&members);
-                    bench.redirect_off(&topo)?;
+                    let link = bench.attach(
+                        programs::BENCH_REDIRECT,
+                        &topo.router,
+                        ROUTER_CLIENT_IFACE,
+                    )?;
+                    let sample = measure(&bench, &members);
+                    drop(link);
                     sample?
                 }
                 Case::Reference => {
-                    set_xdp(&topo.router, ROUTER_CLIENT_IFACE, Some(&sink_pin))?;
-                    let sample = measure(&router_in);
-                    set_xdp(&topo.router, ROUTER_CLIENT_IFACE, None)?;
+                    let link =
+                        bench.attach(programs::BENCH_SINK, &topo.router, ROUTER_CLIENT_IFACE)?;
+                    let sample = measure(&bench, &router_in);
+                    drop(link);
                     sample?
                 }
             };
@@ -261,13 +261,13 @@ pub fn run(packets: u64) -> Result<Value> {
             "DESIGN.md netns topology (client, router, 3 members on veth; client routes via r0). \
              Traffic: an XDP generator run by BPF_PROG_TEST_RUN with live frames (batch {BATCH}) \
              with ingress c0, in the client namespace; each frame leaves c0 by XDP_TX into r0: \
-             {}-byte IPv4/UDP 192.0.2.10 -> 198.51.100.53:{DST_PORT}, random source port in \
-             1024..2048. The generator rewrites the whole header of every frame, because live \
-             frames recycle pages as the router left them (bench_gen, which sets only the port, \
-             delivered only the first ~128 frames through the kernel). Counted: rx packets of \
-             m1..m3 (ip -j -s link, before/after), each member running an XDP sink that drops \
-             IPv4 and passes ARP, so only packets that crossed the router count and the members' \
-             cost is small and equal in all cases. Rate = packets counted / time from the start \
+             {}-byte IPv4/UDP 192.0.2.10 -> 198.51.100.53:{DST_PORT}, source port cycling \
+             through 1024..2048. The generator (bench_gen) writes the whole template frame \
+             (BENCH_FRAME) over every frame before setting the port, because live frames \
+             recycle pages as the router left them. Counted: rx packets of m1..m3 \
+             (ip -j -s link, before/after), each member running an XDP sink (bench_sink) that \
+             drops IPv4 and passes ARP, so only packets that crossed the router count and the \
+             members' cost is small and equal in all cases. Rate = packets counted / time from the start \
              of injection until the count stopped growing (the injection's duration when \
              everything had arrived by then). {packets} packets per case per round after a \
              {WARM_UP}-packet warm-up, {ROUNDS} interleaved rounds, median. The generator, the \
@@ -310,7 +310,7 @@ pub fn run(packets: u64) -> Result<Value> {
 /// One measured case: warm-up, then `packets` frames injected on c0, counted on `counted`.
 fn measure(
     client: &Netns,
-    generator: &Generator,
+    bench: &BenchObject,
     c0: u32,
     frame: &[u8],
     packets: u64,
@@ -318,12 +318,12 @@ fn measure(
 ) -> Result<Sample> {
     let deadline = Instant::now() + CASE_DEADLINE;
     let base = rx_packets(counted)?;
-    generator.inject(client, c0, frame, WARM_UP, deadline)?;
+    bench.inject(client, c0, frame, WARM_UP, deadline)?;
     settle(counted, &base, WARM_UP, Instant::now(), deadline)?;
 
     let before = rx_packets(counted)?;
     let start = Instant::now();
-    let injected = generator.inject(client, c0, frame, packets, deadline)?;
+    let injected = bench.inject(client, c0, frame, packets, deadline)?;
     let injection = start.elapsed();
     let (after, last_growth) = settle(counted, &before, injected, start, deadline)?;
     Ok(Sample {
@@ -381,18 +381,6 @@ fn rx_packets(counted: &[(&Netns, &str)]) -> Result<Vec<u64>> {
         .collect()
 }
 
-/// Attaches the program pinned at `pinned` natively to `iface` in `ns`, or detaches (`None`).
-fn set_xdp(ns: &Netns, iface: &str, pinned: Option<&str>) -> Result<()> {
-    let mut args = vec!["ip", "link", "set", "dev", iface, "xdpdrv"];
-    match pinned {
-        Some(path) => args.extend_from_slice(&["pinned", path]),
-        None => args.push("off"),
-    }
-    ns.run(&args)
-        .with_context(|| format!("XDP on {iface} in {}", ns.name()))?;
-    Ok(())
-}
-
 /// The dataplane's forwarded packet count for the anycast address, if `stats --json` has it.
 fn forwarded(ctl: &Ctl) -> Option<u64> {
     let out = ctl.run(&["stats", "--json"]).ok()?;
@@ -410,205 +398,59 @@ fn median(values: impl Iterator<Item = f64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
-/// The embedded object loaded a second time for its bench programs, its pinned maps in a
-/// private pin directory; dropping it detaches `bench_redirect` (its link is an fd) and
-/// removes the directory.
+/// The embedded object loaded for its bench programs (see [`crate::xdp::load_object`]):
+/// `bench_gen` with its template in BENCH_FRAME, `bench_sink`, and `bench_redirect` with
+/// BENCH_PORT[0] = r1. Attachments are links owned by the caller; dropping one detaches.
 struct BenchObject {
-    ebpf: Option<Ebpf>,
-    pin: PathBuf,
-    redirect_link: Option<aya::programs::xdp::XdpLinkId>,
+    ebpf: Ebpf,
 }
 
 impl BenchObject {
-    fn load() -> Result<Self> {
-        let pin = PathBuf::from(format!(
-            "/sys/fs/bpf/anycast-test-{}-e2e",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&pin).with_context(|| format!("create {}", pin.display()))?;
-        let mut this = BenchObject {
-            ebpf: None,
-            pin,
-            redirect_link: None,
-        };
-        let mut ebpf = anycast_ctl::dataplane::load(&PinDir::new(&this.pin), None)?;
-        let redirect: &mut Xdp = ebpf
-            .program_mut(programs::BENCH_REDIRECT)
-            .context("program bench_redirect")?
-            .try_into()?;
-        redirect.load().context("load bench_redirect")?;
-        this.ebpf = Some(ebpf);
-        Ok(this)
-    }
-
-    fn ebpf(&mut self) -> &mut Ebpf {
-        self.ebpf.as_mut().expect("loaded")
-    }
-
-    /// Attaches `bench_redirect` natively to r0 with BENCH_PORT[0] = r1.
-    fn redirect_on(&mut self, topo: &Topology, r0: u32, r1: u32) -> Result<()> {
-        ensure!(
-            topo.router.xdp_prog_ids(ROUTER_CLIENT_IFACE)?.is_empty(),
-            "r0 still runs XDP"
-        );
-        let ebpf = self.ebpf();
+    fn load(frame: &[u8], router: &Netns, r1: u32) -> Result<Self> {
+        let mut ebpf = crate::xdp::load_object()?;
+        let template = BenchFrame::new(frame).context("template frame too long")?;
+        let mut frames: Array<_, BenchFrame> = Array::try_from(
+            ebpf.map_mut(names::BENCH_FRAME)
+                .context("map BENCH_FRAME")?,
+        )?;
+        frames.set(0, template, 0).context("BENCH_FRAME[0]")?;
         // The devmap resolves the ifindex in the caller's namespace: set it from the router's.
         let mut port =
             DevMap::try_from(ebpf.map_mut(names::BENCH_PORT).context("map BENCH_PORT")?)?;
-        topo.router
+        router
             .in_ns(|| port.set(0, r1, None, 0))
             .context("BENCH_PORT[0] = r1")?;
-        let prog: &mut Xdp = ebpf
-            .program_mut(programs::BENCH_REDIRECT)
-            .context("program bench_redirect")?
-            .try_into()?;
-        let link = topo
-            .router
-            .in_ns(|| prog.attach_to_if_index(r0, XdpMode::Driver))
-            .context("attach bench_redirect to r0 (native)")?;
-        self.redirect_link = Some(link);
-        Ok(())
+        for name in [
+            programs::BENCH_GEN,
+            programs::BENCH_SINK,
+            programs::BENCH_REDIRECT,
+        ] {
+            crate::xdp::load_program(&mut ebpf, name)?;
+        }
+        Ok(BenchObject { ebpf })
     }
 
-    fn redirect_off(&mut self, topo: &Topology) -> Result<()> {
-        let Some(link) = self.redirect_link.take() else {
-            return Ok(());
-        };
+    fn program(&self, name: &str) -> Result<&Xdp> {
+        Ok(self
+            .ebpf
+            .program(name)
+            .with_context(|| format!("program {name}"))?
+            .try_into()?)
+    }
+
+    /// Attaches program `name` natively to `iface` in `ns`, until the link is dropped.
+    fn attach(&mut self, name: &str, ns: &Netns, iface: &str) -> Result<FdLink> {
         let prog: &mut Xdp = self
-            .ebpf()
-            .program_mut(programs::BENCH_REDIRECT)
-            .context("program bench_redirect")?
+            .ebpf
+            .program_mut(name)
+            .with_context(|| format!("program {name}"))?
             .try_into()?;
-        topo.router
-            .in_ns(|| prog.detach(link))
-            .context("detach bench_redirect")?;
-        Ok(())
-    }
-}
-
-impl Drop for BenchObject {
-    fn drop(&mut self) {
-        // Closing the program and link fds detaches and unloads; then the pins go.
-        self.ebpf = None;
-        if let Err(e) = std::fs::remove_dir_all(&self.pin)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            eprintln!("warning: could not remove {}: {e}", self.pin.display());
-        }
-    }
-}
-
-/// The traffic generator: a 26-instruction XDP program, loaded with bpf(2), that writes the
-/// whole header of the template (bytes 0..44: Ethernet, IPv4 with its checksum, UDP) into every
-/// frame, gives it a random source port in 1024..2048 and sends it with XDP_TX.
-///
-/// Why not `bench_gen`, which only sets the source port: in live-frames mode TEST_RUN recycles
-/// its pages through a page pool of about 128 pages and initialises a page only when it is new,
-/// so a frame comes back as the router left it (member's MAC, TTL - 1). Measured here: the
-/// dataplane then forwarded each page 63 times until its TTL ran out (8,064 of 200,000 frames
-/// reached the members), and the kernel delivered only the first 128 (wrong destination MAC).
-struct Generator {
-    fd: OwnedFd,
-}
-
-const BPF_PROG_LOAD: libc::c_long = 5;
-const BPF_PROG_TEST_RUN: libc::c_long = 10;
-const BPF_OBJ_PIN: libc::c_long = 6;
-const BPF_PROG_TYPE_XDP: u32 = 6;
-const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
-const BPF_FUNC_GET_PRANDOM_U32: i32 = 7;
-/// Header bytes the generator rewrites (a whole number of 32-bit words, at least 14 + 20 + 8).
-const HEADER_WORDS: usize = 11;
-
-/// The leading fields of `union bpf_attr` for BPF_PROG_LOAD (the kernel zero-fills the rest).
-#[repr(C)]
-#[derive(Default)]
-struct ProgLoadAttr {
-    prog_type: u32,
-    insn_cnt: u32,
-    insns: u64,
-    license: u64,
-    log_level: u32,
-    log_size: u32,
-    log_buf: u64,
-    kern_version: u32,
-    prog_flags: u32,
-    prog_name: [u8; 16],
-}
-
-/// `union bpf_attr` for BPF_PROG_TEST_RUN.
-#[repr(C)]
-#[derive(Default)]
-struct TestRunAttr {
-    prog_fd: u32,
-    retval: u32,
-    data_size_in: u32,
-    data_size_out: u32,
-    data_in: u64,
-    data_out: u64,
-    repeat: u32,
-    duration: u32,
-    ctx_size_in: u32,
-    ctx_size_out: u32,
-    ctx_in: u64,
-    ctx_out: u64,
-    flags: u32,
-    cpu: u32,
-    batch_size: u32,
-    _pad: u32,
-}
-
-/// One eBPF instruction.
-const fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> u64 {
-    code as u64
-        | ((dst as u64) << 8)
-        | ((src as u64) << 12)
-        | ((off as u16 as u64) << 16)
-        | ((imm as u32 as u64) << 32)
-}
-
-impl Generator {
-    fn load(template: &[u8]) -> Result<Self> {
-        ensure!(
-            template.len() >= 4 * HEADER_WORDS,
-            "template frame too short"
-        );
-        let len = template.len() as i32;
-        let mut insns = vec![
-            insn(0x61, 2, 1, 0, 0),   // r2 = ctx->data
-            insn(0x61, 3, 1, 4, 0),   // r3 = ctx->data_end
-            insn(0xbf, 7, 2, 0, 0),   // r7 = r2
-            insn(0xbf, 4, 2, 0, 0),   // r4 = r2
-            insn(0x07, 4, 0, 0, len), // r4 += len
-            insn(0x2d, 4, 3, 0, 0),   // if r4 > r3 goto abort (offset patched below)
-        ];
-        let check = insns.len() - 1;
-        for word in 0..HEADER_WORDS {
-            let at = 4 * word;
-            let bytes: [u8; 4] = template[at..at + 4].try_into().expect("4 bytes");
-            // *(u32 *)(r7 + at) = the template's bytes (stored little-endian, as they are read)
-            insns.push(insn(0x62, 7, 0, at as i16, i32::from_le_bytes(bytes)));
-        }
-        insns.extend([
-            insn(0x85, 0, 0, 0, BPF_FUNC_GET_PRANDOM_U32), // r0 = random
-            insn(0x57, 0, 0, 0, 1023),                     // r0 &= 1023
-            insn(0x07, 0, 0, 0, 1024),                     // r0 += 1024
-            insn(0xdc, 0, 0, 0, 16),                       // r0 = htons(r0)
-            insn(0x6b, 7, 0, 14 + 20, 0),                  // UDP source port = r0
-            insn(0xb7, 0, 0, 0, 3),                        // r0 = XDP_TX
-            insn(0x95, 0, 0, 0, 0),                        // exit
-        ]);
-        let abort = insns.len();
-        insns.extend([insn(0xb7, 0, 0, 0, 0), insn(0x95, 0, 0, 0, 0)]); // XDP_ABORTED
-        insns[check] = insn(0x2d, 4, 3, (abort - check - 1) as i16, 0);
-
-        Ok(Generator {
-            fd: load_raw(b"ac_e2e_gen", &insns).context("load the generator")?,
-        })
+        crate::xdp::attach(prog, ns, iface).with_context(|| format!("attach {name}"))
     }
 
-    /// Injects `packets` frames built from `frame` as if received on c0 (ifindex `c0`, in the
-    /// client's namespace), in chunks until `deadline`; returns how many were injected.
+    /// Injects `packets` frames built from `frame` with `bench_gen` as if received on c0
+    /// (ifindex `c0`, in the client's namespace), in chunks until `deadline`; returns how many
+    /// were injected.
     fn inject(
         &self,
         client: &Netns,
@@ -620,7 +462,7 @@ impl Generator {
         let mut ctx = [0u8; 24]; // struct xdp_md: data 0, data_end, meta 0, ingress ifindex, queue 0
         ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
         ctx[12..16].copy_from_slice(&c0.to_ne_bytes());
-        let fd = self.fd.as_raw_fd() as u32;
+        let generator = self.program(programs::BENCH_GEN)?;
         client.in_ns(|| {
             let mut done = 0;
             while done < packets {
@@ -628,128 +470,18 @@ impl Generator {
                     bail!("injection timed out after {done} of {packets} packets");
                 }
                 let n = (packets - done).min(CHUNK);
-                let attr = TestRunAttr {
-                    prog_fd: fd,
-                    data_size_in: frame.len() as u32,
-                    data_in: frame.as_ptr() as u64,
-                    repeat: n as u32,
-                    ctx_size_in: ctx.len() as u32,
-                    ctx_in: ctx.as_ptr() as u64,
-                    flags: BPF_F_TEST_XDP_LIVE_FRAMES,
-                    batch_size: BATCH,
-                    ..TestRunAttr::default()
-                };
-                // SAFETY: `attr` is `union bpf_attr` for BPF_PROG_TEST_RUN, alive for the call;
-                // it points at `frame` and `ctx`, which outlive the call, and asks for no output.
-                let rc = unsafe {
-                    libc::syscall(
-                        libc::SYS_bpf,
-                        BPF_PROG_TEST_RUN,
-                        &attr as *const TestRunAttr,
-                        std::mem::size_of::<TestRunAttr>() as libc::c_uint,
-                    )
-                };
-                if rc != 0 {
-                    bail!(
-                        "BPF_PROG_TEST_RUN (live frames) on c0: {}",
-                        std::io::Error::last_os_error()
-                    );
-                }
+                generator
+                    .test_run(TestRunOptions {
+                        data_in: Some(frame),
+                        ctx_in: Some(&ctx),
+                        repeat: n as u32,
+                        attrs: TestRunAttrs::new().xdp_live_frames(BATCH),
+                        ..TestRunOptions::default()
+                    })
+                    .context("BPF_PROG_TEST_RUN (live frames) on c0")?;
                 done += n;
             }
             Ok(done)
         })
     }
-}
-
-/// Loads an XDP program given as raw instructions; the verifier's log is in the error.
-fn load_raw(name: &[u8], insns: &[u64]) -> Result<OwnedFd> {
-    let license = c"GPL";
-    let mut log = vec![0u8; 64 * 1024];
-    let mut attr = ProgLoadAttr {
-        prog_type: BPF_PROG_TYPE_XDP,
-        insn_cnt: insns.len() as u32,
-        insns: insns.as_ptr() as u64,
-        license: license.as_ptr() as u64,
-        log_level: 1,
-        log_size: log.len() as u32,
-        log_buf: log.as_mut_ptr() as u64,
-        ..ProgLoadAttr::default()
-    };
-    let n = name.len().min(15);
-    attr.prog_name[..n].copy_from_slice(&name[..n]);
-    // SAFETY: `attr` is a repr(C) prefix of `union bpf_attr` for BPF_PROG_LOAD, alive for the
-    // call; its pointers refer to `insns`, `license` and `log`, which outlive the call.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_LOAD,
-            &attr as *const ProgLoadAttr,
-            std::mem::size_of::<ProgLoadAttr>() as libc::c_uint,
-        )
-    };
-    if fd < 0 {
-        let err = std::io::Error::last_os_error();
-        let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
-        bail!(
-            "BPF_PROG_LOAD: {err}\n{}",
-            String::from_utf8_lossy(&log[..end])
-        );
-    }
-    // SAFETY: a successful BPF_PROG_LOAD returns a new descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
-
-/// The members' sink: drops IPv4 at the earliest point, passes everything else (ARP, so the
-/// router still resolves the members). Every case pays the same small cost per packet at the
-/// members, whatever the router did to the frame. Without it the members' kernels would run
-/// full UDP receive (and port unreachable) for `xdp_anycast` and `kernel_ecmp`, but drop
-/// `plain_redirect`'s frames at once as addressed to another host (they keep r0's MAC).
-fn sink_program() -> Result<OwnedFd> {
-    let insns = [
-        insn(0x61, 2, 1, 0, 0),      // r2 = ctx->data
-        insn(0x61, 3, 1, 4, 0),      // r3 = ctx->data_end
-        insn(0xbf, 4, 2, 0, 0),      // r4 = r2
-        insn(0x07, 4, 0, 0, 14),     // r4 += 14
-        insn(0x2d, 4, 3, 4, 0),      // if r4 > r3 goto pass
-        insn(0x69, 5, 2, 12, 0),     // r5 = ethertype (u16, network order)
-        insn(0x55, 5, 0, 2, 0x0008), // if r5 != htons(ETH_P_IP) goto pass
-        insn(0xb7, 0, 0, 0, 1),      // r0 = XDP_DROP
-        insn(0x95, 0, 0, 0, 0),      // exit
-        insn(0xb7, 0, 0, 0, 2),      // pass: r0 = XDP_PASS
-        insn(0x95, 0, 0, 0, 0),      // exit
-    ];
-    load_raw(b"ac_e2e_sink", &insns).context("load the member sink")
-}
-
-/// Pins `prog` at `path` (bpffs) so that `ip link ... xdpdrv pinned` can attach it.
-fn pin_program(prog: &OwnedFd, path: &std::path::Path) -> Result<()> {
-    #[repr(C)]
-    struct ObjPinAttr {
-        pathname: u64,
-        bpf_fd: u32,
-        file_flags: u32,
-    }
-    let cpath = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
-    let attr = ObjPinAttr {
-        pathname: cpath.as_ptr() as u64,
-        bpf_fd: prog.as_raw_fd() as u32,
-        file_flags: 0,
-    };
-    // SAFETY: `attr` is `union bpf_attr` for BPF_OBJ_PIN, alive for the call; `cpath` outlives it.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_PIN,
-            &attr as *const ObjPinAttr,
-            std::mem::size_of::<ObjPinAttr>() as libc::c_uint,
-        )
-    };
-    ensure!(
-        rc == 0,
-        "BPF_OBJ_PIN {}: {}",
-        path.display(),
-        std::io::Error::last_os_error()
-    );
-    Ok(())
 }

@@ -11,8 +11,9 @@
 //! Invariants:
 //! - veths are created directly inside their namespaces: nothing in the root namespace changes.
 //! - The veth NAPI rule: every member's `m<i>` has GRO on, so frames the router redirects into
-//!   `r<i>` are received; the client's `c0` also carries an XDP_PASS program, because an XDP_TX
-//!   frame (the router's ARP reply) reaches a veth peer only if that peer runs XDP ([`crate::xdp`]).
+//!   `r<i>` are received; the client's `c0` also carries `peer_pass`, an XDP_PASS program,
+//!   because an XDP_TX frame (the router's ARP reply) reaches a veth peer only if that peer runs
+//!   XDP ([`crate::xdp`]).
 //! - TX checksum offload is off on every veth: a veth passes partial checksums along with the skb,
 //!   but an XDP-forwarded frame loses that state, so members would drop it as corrupt. With it
 //!   off, frames carry full checksums, as on a real wire.
@@ -20,11 +21,13 @@
 //!   `arp_announce=2`); `rp_filter` is off everywhere; IPv6 is off in every namespace so no
 //!   background traffic reaches the router.
 //!
-//! Dropping a [`Topology`] deletes its namespaces, which deletes the veths with them.
+//! Dropping a [`Topology`] deletes its namespaces, which deletes the veths with them, and closes
+//! the link of `c0`'s program.
 
 use std::net::Ipv4Addr;
 
 use anyhow::{Context, Result, ensure};
+use aya::programs::links::FdLink;
 
 use crate::netns::Netns;
 
@@ -94,6 +97,8 @@ pub struct Topology {
     pub router: Netns,
     pub members: Vec<Member>,
     pub options: TopologyOptions,
+    /// The link of `peer_pass` on the client's `c0` (see the module doc), held, never read.
+    _client_xdp: FdLink,
 }
 
 impl Topology {
@@ -123,19 +128,20 @@ impl Topology {
             members.push(build_member(&router, index)?);
         }
 
+        // The veth NAPI rule (see the module doc): XDP_REDIRECT into r<i> lands on m<i>, which
+        // needs NAPI (GRO); XDP_TX out of r0 lands on c0, which needs an XDP program.
+        offloads(&client, CLIENT_IFACE)?;
+        let client_xdp = crate::xdp::attach_peer_pass(&client, CLIENT_IFACE)?;
+        for member in &members {
+            offloads(&member.ns, &member.iface)?;
+        }
         let topology = Topology {
             client,
             router,
             members,
             options,
+            _client_xdp: client_xdp,
         };
-        // The veth NAPI rule (see the module doc): XDP_REDIRECT into r<i> lands on m<i>, which
-        // needs NAPI (GRO); XDP_TX out of r0 lands on c0, which needs an XDP program.
-        offloads(&topology.client, CLIENT_IFACE)?;
-        crate::xdp::attach_pass(&topology.client, CLIENT_IFACE)?;
-        for member in &topology.members {
-            offloads(&member.ns, &member.iface)?;
-        }
         for iface in topology.router_ifaces() {
             offloads(&topology.router, &iface)?;
         }

@@ -521,14 +521,16 @@ fn baseline_program_swaps_macs() {
 #[test]
 fn object_names_match_user_space() {
     let object = aya_obj_names();
+    // Data sections (`.rodata`: the loader-set FLOW_SETS_MASK) are maps to aya, not named maps.
+    let maps: Vec<&String> = object.0.iter().filter(|n| !n.starts_with('.')).collect();
     for name in anycast_common::names::ALL {
         assert!(
-            object.0.contains(&name.to_string()),
+            maps.iter().any(|m| *m == name),
             "map {name} missing from the object"
         );
     }
     assert_eq!(
-        object.0.len(),
+        maps.len(),
         anycast_common::names::ALL.len(),
         "maps: {:?}",
         object.0
