@@ -24,6 +24,9 @@ pub struct Flow {
     pub proto: u32,
 }
 
+/// `FlowEntry::proto` of an unused or forgotten entry (no IP protocol number is this large).
+const INVALID: u32 = u32::MAX;
+
 #[inline(always)]
 fn set_base(hash: u32) -> u32 {
     (hash & FLOW_SETS_MASK.load()) * FLOW_WAYS
@@ -34,45 +37,48 @@ fn matches(e: &FlowEntry, f: &Flow) -> bool {
     e.src == f.src && e.dst == f.dst && e.ports == f.ports && e.proto == f.proto
 }
 
-/// The member `flow` is on, if it is known and that member is still in `set`.
+/// The member `flow` is on, if it is known and that member is still in `set`. An entry whose
+/// member is gone is dropped on the way, so a set never holds a stale copy of a live flow.
 #[inline(always)]
 pub fn lookup(hash: u32, flow: &Flow, set: &MemberSet) -> Option<(MemberRef, u32)> {
     let base = set_base(hash);
     for way in 0..FLOW_WAYS {
         let entry = FLOWS.get_ptr_mut(base + way)?;
         // SAFETY: an array element is always valid memory; see the module doc for races.
-        let e = unsafe { &*entry };
+        let e = unsafe { &mut *entry };
         if !matches(e, flow) {
             continue;
         }
         let pos = e.position as usize;
         if pos >= MAX_MEMBERS || set.members[pos] != e.member {
-            return None;
+            e.proto = INVALID;
+            continue;
         }
         let found = (e.member, e.position);
         if way != 0 {
-            promote(base, way);
+            to_front(base, way);
         }
         return Some(found);
     }
     None
 }
 
-/// Records `flow` on `member` at the front of its set, evicting the least recently used way.
+/// Records `flow` on `member` at the front of its set: in place of the flow's own entry if it
+/// has one, else evicting the least recently used way.
 #[inline(always)]
 pub fn insert(hash: u32, flow: &Flow, member: MemberRef, position: u32) {
     let base = set_base(hash);
-    // Shift ways 0..3 down by one (way 3 is evicted), then write way 0.
     let mut way = FLOW_WAYS - 1;
-    while way > 0 {
-        if let (Some(dst), Some(src)) =
-            (FLOWS.get_ptr_mut(base + way), FLOWS.get_ptr(base + way - 1))
-        {
-            // SAFETY: distinct valid array elements.
-            unsafe { *dst = *src };
+    for w in 0..FLOW_WAYS {
+        if let Some(entry) = FLOWS.get_ptr(base + w) {
+            // SAFETY: a valid array element.
+            if matches(unsafe { &*entry }, flow) {
+                way = w;
+                break;
+            }
         }
-        way -= 1;
     }
+    to_front(base, way);
     if let Some(first) = FLOWS.get_ptr_mut(base) {
         // SAFETY: a valid array element.
         unsafe {
@@ -98,18 +104,31 @@ pub fn forget(hash: u32, flow: &Flow) {
             // SAFETY: a valid array element.
             let e = unsafe { &mut *entry };
             if matches(e, flow) {
-                e.proto = u32::MAX;
+                e.proto = INVALID;
             }
         }
     }
 }
 
-/// Moves way `way` of the set at `base` to the front.
+/// Moves way `way` of the set at `base` to the front, shifting the ways before it down by one
+/// (so the set stays in recency order; way 0 is then overwritten or is the moved entry).
 #[inline(always)]
-fn promote(base: u32, way: u32) {
-    let (Some(hit), Some(front)) = (FLOWS.get_ptr_mut(base + way), FLOWS.get_ptr_mut(base)) else {
+fn to_front(base: u32, way: u32) {
+    let Some(moved) = FLOWS.get_ptr(base + way) else {
         return;
     };
-    // SAFETY: distinct valid array elements (way != 0).
-    unsafe { core::ptr::swap(hit, front) };
+    // SAFETY: a valid array element, copied out before the shift overwrites it.
+    let moved = unsafe { *moved };
+    let mut w = way;
+    while w > 0 {
+        if let (Some(dst), Some(src)) = (FLOWS.get_ptr_mut(base + w), FLOWS.get_ptr(base + w - 1)) {
+            // SAFETY: distinct valid array elements.
+            unsafe { *dst = *src };
+        }
+        w -= 1;
+    }
+    if let Some(front) = FLOWS.get_ptr_mut(base) {
+        // SAFETY: a valid array element.
+        unsafe { *front = moved };
+    }
 }

@@ -39,8 +39,12 @@ pub fn member(ip: &Ipv4Hdr, ports: u32, tcp_flags: u8, addr: &Addr) -> Option<Me
     if ip.frag_offset() != 0 {
         if let Some(member) = FRAGS.get_ptr(frag_key) {
             // SAFETY: LRU values are plain Copy data; a concurrent eviction can at worst make
-            // this read a recycled entry, which still names some member.
-            return Some(unsafe { *member });
+            // this read a recycled entry, which the membership check below rejects or accepts
+            // as a live member.
+            let member = unsafe { *member };
+            if addr.set.members.iter().any(|m| *m == member && m.host != NO_HOST) {
+                return Some(member);
+            }
         }
         stats::global(STAT_FRAG_ORPHAN);
     }

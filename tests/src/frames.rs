@@ -179,13 +179,18 @@ pub struct Bed {
 
 impl Bed {
     pub fn new() -> Result<Self> {
+        Self::with_flows(None)
+    }
+
+    /// A bed whose connection table holds `flows` flows (default: the product default).
+    pub fn with_flows(flows: Option<u32>) -> Result<Self> {
         crate::require_root();
         let n = BEDS.fetch_add(1, Ordering::Relaxed);
         let ns = format!("acfx-{}-{n}", std::process::id());
         let pin = PinDir::new(format!("/sys/fs/bpf/anycast-fx-{}-{n}", std::process::id()));
         let home = File::open("/proc/thread-self/ns/net").context("opening our netns")?;
         crate::cmd::run("ip", &["netns", "add", &ns])?;
-        let mut bed = Self::setup(ns.clone(), home, pin.clone());
+        let mut bed = Self::setup(ns.clone(), home, pin.clone(), flows);
         if let Err(e) = &mut bed {
             let _ = crate::cmd::run("ip", &["netns", "del", &ns]);
             let _ = std::fs::remove_dir_all(pin.path());
@@ -194,7 +199,7 @@ impl Bed {
         bed
     }
 
-    fn setup(ns: String, home: File, pin: PinDir) -> Result<Self> {
+    fn setup(ns: String, home: File, pin: PinDir, flows: Option<u32>) -> Result<Self> {
         for (a, b) in [("p0", "p0peer"), ("p1", "p1peer")] {
             crate::cmd::run(
                 "ip",
@@ -212,7 +217,7 @@ impl Bed {
         }
         pin.check()?;
         std::fs::create_dir_all(pin.links())?;
-        let mut ebpf = dataplane::load(&pin, None)?;
+        let mut ebpf = dataplane::load(&pin, flows)?;
         for name in programs::ALL {
             let p: &mut Xdp = ebpf
                 .program_mut(name)

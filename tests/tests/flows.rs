@@ -270,3 +270,42 @@ fn fragments_follow_the_connection_table_choice() {
         assert_eq!(Some(out[0..6].try_into().unwrap()), before[&sport]);
     }
 }
+
+/// A small connection table, so that flows share sets: stale entries of removed members,
+/// re-picked flows and recency reordering must never send an established flow elsewhere.
+#[test]
+fn crowded_sets_keep_flows_where_they_are() {
+    const SETS: u32 = 256;
+    let mut bed = Bed::with_flows(Some(SETS * anycast_common::FLOW_WAYS)).expect("bed");
+    for i in 0..3 {
+        let (ip, mac) = member(i);
+        bed.add_member(VIP, ip, 1, mac).unwrap();
+    }
+    let ports: Vec<u16> = (20000..20400).collect();
+    // Only flows whose set holds at most 4 of them can be expected to stay (no eviction).
+    let set_of = |p: u16| {
+        let ports = u32::from_ne_bytes([(p >> 8) as u8, p as u8, 0, 53]);
+        let src = anycast_common::ip_key(CLIENT.octets());
+        let dst = anycast_common::ip_key(VIP.octets());
+        anycast_common::flow_hash(src, dst, ports, 17) & (SETS - 1)
+    };
+    let mut per_set = HashMap::new();
+    for &p in &ports {
+        *per_set.entry(set_of(p)).or_insert(0) += 1;
+    }
+    let kept: Vec<u16> = ports.iter().copied().filter(|p| per_set[&set_of(*p)] <= 4).collect();
+    assert!(kept.len() > 250, "only {} flows in uncrowded sets", kept.len());
+    let frames: Vec<(u16, Vec<u8>)> = kept.iter().map(|&p| (p, udp(&bed, p))).collect();
+    placement(&bed, &frames);
+
+    // m2 leaves: its flows are re-picked, and their old entries go stale in the same sets.
+    bed.del_member(VIP, member(1).0).unwrap();
+    let after_removal = placement(&bed, &frames);
+    // Traffic in another order reshuffles recency within the sets.
+    let reversed: Vec<(u16, Vec<u8>)> = frames.iter().rev().cloned().collect();
+    assert_eq!(placement(&bed, &reversed), after_removal);
+    // A new member changes the table; every flow stays where it is.
+    let (m4, m4_mac) = member(3);
+    bed.add_member(VIP, m4, 1, m4_mac).unwrap();
+    assert_eq!(placement(&bed, &frames), after_removal, "established flows moved");
+}
