@@ -191,10 +191,12 @@ pub fn add(maps: &mut Maps, address: Ipv4Addr, p: &Placement, info: MemberInfo) 
                 version: 1,
                 _pad: 0,
             };
-            update(maps, address, index, entry, &MemberSet::default(), new)?;
+            // The directory entry first: a failed update then leaks a slot rather than letting
+            // the next new address take the same one.
             maps.addr_keys
                 .insert(key, slot, 0)
                 .map_err(|e| Error::map("ADDR_KEYS", e))?;
+            update(maps, address, index, entry, &MemberSet::default(), new)?;
         }
     }
     Ok(Added::New)
@@ -255,8 +257,8 @@ pub fn del(maps: &mut Maps, address: Ipv4Addr, member: Ipv4Addr) -> Result<()> {
     while new.n_members > 0 && new.members[new.n_members as usize - 1].host == NO_HOST {
         new.n_members -= 1;
     }
-    let _ = maps.member_info.remove(&member_key(address, member));
     update(maps, address, index, entry, &old, new)?;
+    let _ = maps.member_info.remove(&member_key(address, member));
 
     let mut still_used = false;
     for (_, e) in maps.addresses()? {
@@ -287,11 +289,16 @@ pub fn set_weight(
         .member_info
         .get(&key, 0)
         .map_err(|_| Error::NotMember { address, member })?;
+    let before = info;
     info.preference = preference;
     info.weight = weight;
     write_info(maps, address, member, info)?;
     let set = maps.member_set(&entry)?;
-    update(maps, address, index, entry, &set, set)
+    let result = update(maps, address, index, entry, &set, set);
+    if result.is_err() {
+        let _ = write_info(maps, address, member, before);
+    }
+    result
 }
 
 fn write_info(
@@ -319,27 +326,41 @@ fn update(
     old: &MemberSet,
     mut new: MemberSet,
 ) -> Result<()> {
+    // Everything that can fail for lack of memory happens before the first write.
+    let table = build_table(maps, address, &new, old.table_size)?;
+    let size = table.as_ref().map_or(0, |(size, _)| *size);
     let mut entry = entry;
+    let mut live = *old;
     if new.n_members > old.n_members || new.members().count() > old.members().count() {
-        let mut interim = new;
-        interim.table_size = old.table_size;
-        entry = publish(maps, index, entry, &interim)?;
+        live = new;
+        live.table_size = old.table_size;
+        entry = publish(maps, index, entry, &live)?;
     }
-    new.table_size = install_table(maps, address, entry.slot, &new, old.table_size)?;
+    if let Some((size, inner)) = table {
+        // A smaller table is announced before it is swapped in, a larger one after, so the
+        // dataplane never indexes past the end of the table it reads.
+        if size < live.table_size {
+            live.table_size = size;
+            entry = publish(maps, index, entry, &live)?;
+        }
+        maps.tables
+            .set(entry.slot, &inner, 0)
+            .map_err(|e| Error::map("TABLES", e))?;
+    }
+    new.table_size = size;
     publish(maps, index, entry, &new)?;
     Ok(())
 }
 
-/// Builds the Maglev table of a member set and swaps it into `TABLES`; returns its size, or 0
-/// if no member takes new flows. Only members of the best (lowest) preference among those with
-/// a weight take new flows; the others are hot standby.
-fn install_table(
-    maps: &mut Maps,
+/// Builds the Maglev table of a member set in a new map, not yet in `TABLES`; `None` if no
+/// member takes new flows. Only members of the best (lowest) preference among those with a
+/// weight take new flows; the others are hot standby.
+fn build_table(
+    maps: &Maps,
     address: Ipv4Addr,
-    slot: u32,
     set: &MemberSet,
     current: u32,
-) -> Result<u32> {
+) -> Result<Option<(u32, aya::maps::Array<aya::maps::MapData, u64>)>> {
     let mut candidates = Vec::new();
     for (position, m) in set.positions().iter().enumerate() {
         if m.host == NO_HOST {
@@ -359,7 +380,7 @@ fn install_table(
         }
     }
     let Some(best) = candidates.iter().map(|(_, _, i)| i.preference).min() else {
-        return Ok(0);
+        return Ok(None);
     };
     candidates.retain(|(_, _, i)| i.preference == best);
     let backends: Vec<maglev::Backend> = candidates
@@ -389,10 +410,7 @@ fn install_table(
             .set(w as u32, u64::from_le_bytes(word), 0)
             .map_err(|e| Error::map("TABLES", e))?;
     }
-    maps.tables
-        .set(slot, &inner, 0)
-        .map_err(|e| Error::map("TABLES", e))?;
-    Ok(size)
+    Ok(Some((size, inner)))
 }
 
 /// Makes `set` the live member set of the address in bucket `index`: writes the spare set, then
@@ -412,10 +430,21 @@ fn publish(maps: &mut Maps, index: u32, entry: AddrBucket, set: &MemberSet) -> R
 }
 
 /// Writes the host record of a member (reusing its index if it has one) and returns the index.
+/// A host record is shared by all the addresses a host serves. A MAC set by an operator
+/// (`--mac`) is kept: only another static placement replaces it.
 fn write_host(maps: &mut Maps, p: &Placement) -> Result<u32> {
     let ip = ip_key(p.member.octets());
     let index = match maps.host_ids.get(&ip, 0) {
-        Ok(index) => index,
+        Ok(index) => {
+            let current = maps
+                .hosts
+                .get(&index, 0)
+                .map_err(|e| Error::map("HOSTS", e))?;
+            if current.flags & HOST_MAC_STATIC != 0 && !p.static_mac {
+                return Ok(index);
+            }
+            index
+        }
         Err(_) => free_index(
             maps.host_ids.iter().filter_map(|r| r.ok()).map(|(_, i)| i),
             MAX_HOSTS,

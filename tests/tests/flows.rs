@@ -293,8 +293,16 @@ fn crowded_sets_keep_flows_where_they_are() {
     for &p in &ports {
         *per_set.entry(set_of(p)).or_insert(0) += 1;
     }
-    let kept: Vec<u16> = ports.iter().copied().filter(|p| per_set[&set_of(*p)] <= 4).collect();
-    assert!(kept.len() > 250, "only {} flows in uncrowded sets", kept.len());
+    let kept: Vec<u16> = ports
+        .iter()
+        .copied()
+        .filter(|p| per_set[&set_of(*p)] <= 4)
+        .collect();
+    assert!(
+        kept.len() > 250,
+        "only {} flows in uncrowded sets",
+        kept.len()
+    );
     let frames: Vec<(u16, Vec<u8>)> = kept.iter().map(|&p| (p, udp(&bed, p))).collect();
     placement(&bed, &frames);
 
@@ -307,5 +315,9 @@ fn crowded_sets_keep_flows_where_they_are() {
     // A new member changes the table; every flow stays where it is.
     let (m4, m4_mac) = member(3);
     bed.add_member(VIP, m4, 1, m4_mac).unwrap();
-    assert_eq!(placement(&bed, &frames), after_removal, "established flows moved");
+    assert_eq!(
+        placement(&bed, &frames),
+        after_removal,
+        "established flows moved"
+    );
 }

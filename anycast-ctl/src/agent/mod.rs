@@ -210,80 +210,89 @@ impl Agent {
         }
     }
 
+    /// Applies each membership of an accepted advertisement; a failure on one (a full member
+    /// set, say) is logged and does not stop the others.
     async fn apply(&mut self, repr: &Repr, ifindex: u32, now: u64) -> Result<()> {
         for m in repr.memberships() {
-            if !self.config.allows(m.anycast) {
-                self.reject(Reject::OutsidePrefix, repr.sender);
-                continue;
+            if let Err(e) = self.apply_one(repr.sender, m, ifindex, now).await {
+                tracing::warn!(sender = %repr.sender, anycast = %m.anycast, error = %e, "applying a membership");
             }
-            let key = member_key(m.anycast, repr.sender);
-            if m.is_leave() {
-                if self.learned.remove(&key).is_some() {
-                    self.remove(key, "left")?;
-                }
-                continue;
-            }
-            let learned = Learned {
-                deadline_ms: now + m.hold_ms as u64,
-                ifindex,
-            };
-            let info = MemberInfo {
-                source: SOURCE_LEARNED,
-                hold_ms: m.hold_ms,
-                updated_ms: now,
-                preference: m.preference,
-                weight: m.weight,
-                _pad: 0,
-            };
-            let refresh = self.learned.get(&key).is_some_and(|l| l.ifindex == ifindex);
-            // A new member is located first (which may wait for ARP), outside the lock.
-            let placement = if refresh {
-                None
-            } else {
-                let dev = self.devs.get(&ifindex).cloned();
-                match members::locate(&self.maps, &self.nl, repr.sender, dev.as_deref(), None).await
-                {
-                    Ok(p) => Some(p),
-                    Err(e) => {
-                        self.reject(Reject::NotOnLink, repr.sender);
-                        tracing::debug!(error = %e, "locating a member");
-                        continue;
-                    }
-                }
-            };
-            let _lock = self.dir_lock.lock()?;
-            let current = self.maps.member_info.get(&key, 0).ok();
-            match (current, placement) {
-                // An operator's static member wins; the advertisement changes nothing.
-                (Some(c), _) if c.source != SOURCE_LEARNED => continue,
-                // A refresh of a member already in place on the same interface.
-                (Some(c), None) => {
-                    self.maps
-                        .member_info
-                        .insert(key, info, 0)
-                        .map_err(|e| Error::map("MEMBER_INFO", e))?;
-                    if (c.preference, c.weight) != (m.preference, m.weight) {
-                        members::set_weight(
-                            &mut self.maps,
-                            m.anycast,
-                            repr.sender,
-                            m.preference,
-                            m.weight,
-                        )?;
-                    }
-                }
-                // Gone from the maps under us (`member del`): learn it again next time.
-                (None, None) => {
-                    self.learned.remove(&key);
-                    continue;
-                }
-                (_, Some(placement)) => {
-                    members::add(&mut self.maps, m.anycast, &placement, info)?;
-                    tracing::info!(anycast = %m.anycast, member = %repr.sender, "member learned");
-                }
-            }
-            self.learned.insert(key, learned);
         }
+        Ok(())
+    }
+
+    async fn apply_one(
+        &mut self,
+        sender: Ipv4Addr,
+        m: &anycast_common::advert::Membership,
+        ifindex: u32,
+        now: u64,
+    ) -> Result<()> {
+        if !self.config.allows(m.anycast) {
+            self.reject(Reject::OutsidePrefix, sender);
+            return Ok(());
+        }
+        let key = member_key(m.anycast, sender);
+        if m.is_leave() {
+            if self.learned.contains_key(&key) {
+                self.remove(key, "left")?;
+                self.learned.remove(&key);
+            }
+            return Ok(());
+        }
+        let learned = Learned {
+            deadline_ms: now + m.hold_ms as u64,
+            ifindex,
+        };
+        let info = MemberInfo {
+            source: SOURCE_LEARNED,
+            hold_ms: m.hold_ms,
+            updated_ms: now,
+            preference: m.preference,
+            weight: m.weight,
+            _pad: 0,
+        };
+        let refresh = self.learned.get(&key).is_some_and(|l| l.ifindex == ifindex);
+        // A new member is located first (which may wait for ARP), outside the lock.
+        let placement = if refresh {
+            None
+        } else {
+            let dev = self.devs.get(&ifindex).cloned();
+            match members::locate(&self.maps, &self.nl, sender, dev.as_deref(), None).await {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    self.reject(Reject::NotOnLink, sender);
+                    tracing::debug!(error = %e, "locating a member");
+                    return Ok(());
+                }
+            }
+        };
+        let _lock = self.dir_lock.lock()?;
+        let current = self.maps.member_info.get(&key, 0).ok();
+        match (current, placement) {
+            // An operator's static member wins; the advertisement changes nothing.
+            (Some(c), _) if c.source != SOURCE_LEARNED => return Ok(()),
+            // A refresh of a member already in place on the same interface.
+            (Some(c), None) => {
+                self.maps
+                    .member_info
+                    .insert(key, info, 0)
+                    .map_err(|e| Error::map("MEMBER_INFO", e))?;
+                if (c.preference, c.weight) != (m.preference, m.weight) {
+                    members::set_weight(&mut self.maps, m.anycast, sender, m.preference, m.weight)?;
+                }
+            }
+            // Gone from the maps under us (`member del`): learn it again next time.
+            (None, None) => {
+                self.learned.remove(&key);
+                return Ok(());
+            }
+            (_, Some(placement)) => {
+                members::add(&mut self.maps, m.anycast, &placement, info)?;
+                tracing::info!(anycast = %m.anycast, member = %sender, "member learned");
+            }
+        }
+        self.learned.insert(key, learned);
         Ok(())
     }
 
@@ -296,9 +305,12 @@ impl Agent {
             .map(|(k, _)| *k)
             .collect();
         for key in due {
-            self.learned.remove(&key);
-            if let Err(e) = self.remove(key, "expired") {
-                tracing::warn!(error = %e, "expiring a member");
+            // Forgotten only once removed, so a failure is retried on the next tick.
+            match self.remove(key, "expired") {
+                Ok(()) => {
+                    self.learned.remove(&key);
+                }
+                Err(e) => tracing::warn!(error = %e, "expiring a member"),
             }
         }
     }
@@ -312,9 +324,11 @@ impl Agent {
             .map(|(k, _)| *k)
             .collect();
         for key in gone {
-            self.learned.remove(&key);
-            if let Err(e) = self.remove(key, "link down") {
-                tracing::warn!(error = %e, "removing a member");
+            match self.remove(key, "link down") {
+                Ok(()) => {
+                    self.learned.remove(&key);
+                }
+                Err(e) => tracing::warn!(error = %e, "removing a member"),
             }
         }
     }
