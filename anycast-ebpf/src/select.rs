@@ -42,7 +42,12 @@ pub fn member(ip: &Ipv4Hdr, ports: u32, tcp_flags: u8, addr: &Addr) -> Option<Me
             // this read a recycled entry, which the membership check below rejects or accepts
             // as a live member.
             let member = unsafe { *member };
-            if addr.set.members.iter().any(|m| *m == member && m.host != NO_HOST) {
+            if addr
+                .set
+                .members
+                .iter()
+                .any(|m| *m == member && m.host != NO_HOST)
+            {
                 return Some(member);
             }
         }

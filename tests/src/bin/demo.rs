@@ -53,9 +53,10 @@ fn main() -> Result<()> {
         "What happened:
   - The client resolved 198.51.100.53 by ARP. No member answered: the router's XDP program
     replied with r0's MAC (see `ip neigh` above and the ARP REPLIES counter).
-  - Each datagram to 198.51.100.53 was hashed on its flow (5-tuple) in XDP on r0 and sent, with
-    only its MACs and TTL rewritten, straight out of r1, r2 or r3 to one member (XDP_REDIRECT).
-    Every datagram arrived exactly once, and all datagrams of a source port at the same member.
+  - Each datagram to 198.51.100.53 was placed in XDP on r0: a new flow by the address's Maglev
+    table on its 5-tuple hash, a known one by the connection table. It was sent, with only its
+    MACs and TTL rewritten, straight out of r1, r2 or r3 to one member (XDP_REDIRECT). Every
+    datagram arrived exactly once, and all datagrams of a source port at the same member.
   - Every TCP connection stayed on one member for its whole life; the members answered the
     client directly (the anycast address is on their loopback), through the router's kernel.
   - The counters above are per address and per member, summed over CPUs.
