@@ -350,8 +350,15 @@ pub async fn run(cli: Cli) -> Result<String> {
         }) => {
             // Resolving the member may wait for ARP: do it before taking the writers' lock.
             let mut maps = Maps::open(&pin)?;
-            let placement =
-                members::locate(&maps, &nl, member_ip, dev.as_deref(), mac.map(|m| m.0)).await?;
+            let placement = members::locate(
+                &maps,
+                &nl,
+                member_ip,
+                dev.as_deref(),
+                mac.map(|m| m.0),
+                members::RESOLVE_TIMEOUT,
+            )
+            .await?;
             let _lock = pin.lock(false)?;
             maps.table_size = table_size;
             let info = members::static_info(members::now_ms(), preference, weight);

@@ -29,6 +29,9 @@ use crate::{
 
 /// How long `member add` waits for the kernel to resolve a member's MAC.
 pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long the agent waits: the member has just sent an advertisement, so it is up; a miss
+/// is retried on its next advertisement rather than stalling the agent.
+pub const AGENT_RESOLVE_TIMEOUT: Duration = Duration::from_millis(300);
 
 /// Where to send to one member.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,6 +53,7 @@ pub async fn locate(
     member: Ipv4Addr,
     dev: Option<&str>,
     mac: Option<[u8; 6]>,
+    resolve_timeout: Duration,
 ) -> Result<Placement> {
     let dev = match dev {
         Some(name) => Some(nl.link_by_name(name).await?),
@@ -88,12 +92,12 @@ pub async fn locate(
         Some(mac) => (mac, true),
         None => {
             let mac = nl
-                .resolve(egress.index, member, RESOLVE_TIMEOUT)
+                .resolve(egress.index, member, resolve_timeout)
                 .await?
                 .ok_or_else(|| Error::MacUnresolved {
                     member,
                     iface: egress.name.clone(),
-                    millis: RESOLVE_TIMEOUT.as_millis() as u64,
+                    millis: resolve_timeout.as_millis() as u64,
                 })?;
             (mac, false)
         }

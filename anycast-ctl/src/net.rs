@@ -26,6 +26,7 @@ pub struct Link {
     pub index: u32,
     pub name: String,
     pub mac: [u8; 6],
+    /// Administratively up with a carrier (IFF_UP and IFF_LOWER_UP).
     pub up: bool,
 }
 
@@ -202,10 +203,10 @@ fn link_from(msg: LinkMessage) -> Link {
         index: msg.header.index,
         name: String::new(),
         mac: [0; 6],
-        up: msg
-            .header
-            .flags
-            .contains(netlink_packet_route::link::LinkFlags::Up),
+        up: msg.header.flags.contains(
+            netlink_packet_route::link::LinkFlags::Up
+                | netlink_packet_route::link::LinkFlags::LowerUp,
+        ),
     };
     for attr in msg.attributes {
         match attr {

@@ -139,8 +139,13 @@ impl Agent {
             None => None,
         };
         let mut devs = HashMap::new();
+        let mut down = Vec::new();
         for name in &config.devs {
-            devs.insert(nl.link_by_name(name).await?.index, name.clone());
+            let link = nl.link_by_name(name).await?;
+            if !link.up {
+                down.push(link.index);
+            }
+            devs.insert(link.index, name.clone());
         }
         let maps = Maps::open(&pin)?;
         let window = config.replay_window.as_millis() as u64;
@@ -157,6 +162,10 @@ impl Agent {
             log_limit: HashMap::new(),
         };
         agent.adopt()?;
+        // Members adopted on an interface that is down now go at once, as on a link event.
+        for index in down {
+            agent.drop_interface(index);
+        }
         Ok(agent)
     }
 
@@ -258,7 +267,16 @@ impl Agent {
             None
         } else {
             let dev = self.devs.get(&ifindex).cloned();
-            match members::locate(&self.maps, &self.nl, sender, dev.as_deref(), None).await {
+            match members::locate(
+                &self.maps,
+                &self.nl,
+                sender,
+                dev.as_deref(),
+                None,
+                members::AGENT_RESOLVE_TIMEOUT,
+            )
+            .await
+            {
                 Ok(p) => Some(p),
                 Err(e) => {
                     self.reject(Reject::NotOnLink, sender);
