@@ -95,6 +95,9 @@ pub async fn run(pin: PinDir, config: Config) -> Result<()> {
     tracing::info!(devs = ?agent.config.devs, port = agent.config.port, group = %agent.config.group, "agent running");
     loop {
         tokio::select! {
+            // Advertisements first: a refresh waiting in the socket must be seen before the
+            // expiry tick judges its member.
+            biased;
             ready = socket.readable() => {
                 let mut guard = ready.map_err(|e| Error::io("waiting for advertisements", e))?;
                 loop {
