@@ -28,11 +28,15 @@ pub struct MemberInfo {
     pub expires_in_ms: Option<u64>,
     pub preference: u16,
     pub weight: u16,
+    /// Fraction of the Maglev table, i.e. of new flows, this member receives.
+    pub share: f64,
 }
 
 #[derive(Debug, Serialize)]
 pub struct AddressInfo {
     pub address: Ipv4Addr,
+    /// Slots of the address's Maglev table (0: no member takes new flows).
+    pub table_size: u32,
     pub members: Vec<MemberInfo>,
 }
 
@@ -46,8 +50,13 @@ pub fn show(maps: &Maps, ifname: &dyn Fn(u32) -> String) -> Result<Show> {
     let now = crate::members::now_ms();
     let mut addresses = Vec::new();
     for (address, entry) in maps.addresses()? {
+        let set = maps.member_set(&entry)?;
+        let shares = table_shares(maps, entry.slot, &set)?;
         let mut members = Vec::new();
-        for m in maps.member_set(&entry)?.members() {
+        for (position, m) in set.positions().iter().enumerate() {
+            if m.host == anycast_common::NO_HOST {
+                continue;
+            }
             let host = maps
                 .hosts
                 .get(&m.host, 0)
@@ -71,11 +80,44 @@ pub fn show(maps: &Maps, ifname: &dyn Fn(u32) -> String) -> Result<Show> {
                 mac: MacAddr(host.mac).to_string(),
                 mac_known: host.mac_known(),
                 static_mac: host.flags & anycast_common::HOST_MAC_STATIC != 0,
+                share: shares[position],
             });
         }
-        addresses.push(AddressInfo { address, members });
+        addresses.push(AddressInfo {
+            address,
+            table_size: set.table_size,
+            members,
+        });
     }
     Ok(Show { addresses })
+}
+
+/// Each member position's fraction of the address's live Maglev table.
+fn table_shares(
+    maps: &Maps,
+    slot: u32,
+    set: &anycast_common::MemberSet,
+) -> Result<[f64; anycast_common::MAX_MEMBERS]> {
+    let mut counts = [0u64; anycast_common::MAX_MEMBERS];
+    if set.table_size == 0 {
+        return Ok([0.0; anycast_common::MAX_MEMBERS]);
+    }
+    let table = maps
+        .tables
+        .get(&slot, 0)
+        .map_err(|e| Error::map("TABLES", e))?;
+    for (word, value) in table.iter().enumerate() {
+        let value = value.map_err(|e| Error::map("TABLES", e))?;
+        for (byte, position) in value.to_le_bytes().iter().enumerate() {
+            let index = word * anycast_common::TABLE_ENTRIES_PER_WORD as usize + byte;
+            if index < set.table_size as usize
+                && let Some(c) = counts.get_mut(*position as usize)
+            {
+                *c += 1;
+            }
+        }
+    }
+    Ok(counts.map(|c| c as f64 / set.table_size as f64))
 }
 
 #[derive(Debug, Serialize)]

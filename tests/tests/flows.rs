@@ -147,6 +147,13 @@ fn weights_shape_the_share_of_new_flows() {
     let (a, b) = (count(&p, m1_mac) as f64, count(&p, m2_mac) as f64);
     let ratio = a / b;
     assert!((2.4..3.6).contains(&ratio), "weights 300:100 gave {a}:{b}");
+    // `show` reports the table shares: 3/4 and 1/4, within 1%.
+    let show = anycast_ctl::report::show(&bed.maps, &|i| i.to_string()).unwrap();
+    let shares: Vec<f64> = show.addresses[0].members.iter().map(|m| m.share).collect();
+    assert!(
+        (shares[0] - 0.75).abs() < 0.0075 && (shares[1] - 0.25).abs() < 0.0025,
+        "{shares:?}"
+    );
 }
 
 #[test]
