@@ -428,6 +428,8 @@ pub async fn run(cli: Cli) -> Result<String> {
                         m.source.to_string(),
                         seconds(m.age_ms),
                         m.expires_in_ms.map_or("never".into(), seconds),
+                        format!("{}/{}", m.preference, m.weight),
+                        format!("{:.1}%", m.share * 100.0),
                     ]);
                 }
             }
@@ -440,6 +442,8 @@ pub async fn run(cli: Cli) -> Result<String> {
                     "SOURCE",
                     "AGE",
                     "EXPIRES IN",
+                    "PREF/WEIGHT",
+                    "NEW FLOWS",
                 ],
                 rows,
             ))
