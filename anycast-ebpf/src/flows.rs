@@ -2,11 +2,13 @@
 //!
 //! An array of 4-way sets (`FLOWS`), indexed by the flow hash: array lookups are inlined by the
 //! verifier, where a BPF LRU hash lookup costs as much as the whole forward path. Within a set
-//! the ways are kept in recency order (a hit moves its entry to the front; an insert evicts the
-//! last way), so each set is an exact LRU. An entry names its member by position and is used
-//! only if that position still holds the same member (`MemberRef`, whose counter slot is unique
-//! per membership): flows of a removed member fall back to the Maglev table, flows of a
-//! draining member (weight 0, still in the set) stay.
+//! the ways are kept in recency order (a hit rotates its entry to the front; an insert replaces
+//! the flow's own entry or evicts the last way), so each set is an exact LRU holding at most one
+//! entry per flow. An entry names its member by position and is used only if that position
+//! still holds the same `MemberRef`: flows of a removed member fall back to the Maglev table
+//! (their stale entries are dropped when met), flows of a draining member (weight 0, still in
+//! the set) stay. A member added later in a removed member's position may inherit the counter
+//! slot, and so the removed member's remaining entries: those flows had to move anyway.
 //!
 //! The table is shared by all CPUs. Two CPUs updating one set at the same instant can tear an
 //! entry; the position check then rejects it (or, at worst, it names another live member), so a
