@@ -11,7 +11,7 @@
 //! Sequence numbers start from the wall clock in microseconds and increase by one per message,
 //! so a restarted announcer continues above its previous run.
 use std::{
-    net::{IpAddr, Ipv4Addr, SocketAddrV4},
+    net::{Ipv4Addr, SocketAddrV4},
     os::linux::net::SocketAddrExt,
     os::unix::net::{SocketAddr as UnixAddr, UnixListener},
     path::PathBuf,
@@ -19,12 +19,9 @@ use std::{
 };
 
 use anycast_common::advert::{Membership, Packet, Repr};
-use futures::TryStreamExt;
-use netlink_packet_route::address::{AddressAttribute, AddressMessage};
-use rtnetlink::Handle;
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::{Error, Result, advert_auth, members::now_ms, sys};
+use crate::{Error, Result, advert_auth, members::now_ms, net::Netlink, sys};
 
 /// What to announce and how.
 #[derive(Clone, Debug)]
@@ -67,29 +64,23 @@ pub async fn run(opts: Options) -> Result<()> {
         .map(|a| claim(*a))
         .collect::<Result<Vec<_>>>()?;
 
-    let (connection, handle, _) =
-        rtnetlink::new_connection().map_err(|e| Error::io("opening rtnetlink", e))?;
-    tokio::spawn(connection);
-    let dev = link_index(&handle, &opts.dev).await?;
-    let source = first_ipv4(&handle, dev).await?.ok_or_else(|| {
+    let nl = Netlink::new()?;
+    let dev = nl.link_by_name(&opts.dev).await?.index;
+    let source = nl.first_ipv4(dev).await?.ok_or_else(|| {
         Error::Usage(format!(
             "{} has no IPv4 address to advertise from",
             opts.dev
         ))
     })?;
-    let lo = link_index(&handle, "lo").await?;
+    let lo = nl.link_by_name("lo").await?.index;
     set_arp_sysctls(&opts.dev)?;
 
     let mut added = Vec::new();
     for &address in &opts.anycast {
-        if has_address(&handle, lo, address).await? {
+        if nl.has_address(lo, address).await? {
             continue;
         }
-        handle
-            .address()
-            .add(lo, IpAddr::V4(address), 32)
-            .execute()
-            .await?;
+        nl.add_host_address(lo, address).await?;
         added.push(address);
     }
 
@@ -122,7 +113,7 @@ pub async fn run(opts: Options) -> Result<()> {
         let _ = socket.send_to(&msg, &dest.into());
     }
     for address in added {
-        if let Err(e) = del_address(&handle, lo, address).await {
+        if let Err(e) = nl.del_address(lo, address).await {
             tracing::warn!(%address, error = %e, "removing the address from lo");
         }
     }
@@ -177,63 +168,6 @@ fn set_arp_sysctls(dev: &str) -> Result<()> {
     for (key, value) in [("arp_ignore", "1"), ("arp_announce", "2")] {
         let path = format!("/proc/sys/net/ipv4/conf/{dev}/{key}");
         std::fs::write(&path, value).map_err(|e| Error::io(format!("writing {path}"), e))?;
-    }
-    Ok(())
-}
-
-async fn link_index(handle: &Handle, name: &str) -> Result<u32> {
-    match handle
-        .link()
-        .get()
-        .match_name(name.to_string())
-        .execute()
-        .try_next()
-        .await
-    {
-        Ok(Some(link)) => Ok(link.header.index),
-        _ => Err(Error::UnknownInterface {
-            name: name.to_string(),
-        }),
-    }
-}
-
-async fn addresses(handle: &Handle, index: u32) -> Result<Vec<(Ipv4Addr, AddressMessage)>> {
-    let mut out = Vec::new();
-    let mut stream = handle
-        .address()
-        .get()
-        .set_link_index_filter(index)
-        .execute();
-    while let Some(msg) = stream.try_next().await? {
-        let ip = msg.attributes.iter().find_map(|a| match a {
-            AddressAttribute::Local(IpAddr::V4(ip)) | AddressAttribute::Address(IpAddr::V4(ip)) => {
-                Some(*ip)
-            }
-            _ => None,
-        });
-        if let Some(ip) = ip {
-            out.push((ip, msg));
-        }
-    }
-    Ok(out)
-}
-
-async fn first_ipv4(handle: &Handle, index: u32) -> Result<Option<Ipv4Addr>> {
-    Ok(addresses(handle, index).await?.first().map(|(ip, _)| *ip))
-}
-
-async fn has_address(handle: &Handle, index: u32, address: Ipv4Addr) -> Result<bool> {
-    Ok(addresses(handle, index)
-        .await?
-        .iter()
-        .any(|(ip, _)| *ip == address))
-}
-
-async fn del_address(handle: &Handle, index: u32, address: Ipv4Addr) -> Result<()> {
-    for (ip, msg) in addresses(handle, index).await? {
-        if ip == address {
-            handle.address().del(msg).execute().await?;
-        }
     }
     Ok(())
 }

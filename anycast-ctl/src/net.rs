@@ -12,6 +12,7 @@ use std::{
 use futures::TryStreamExt;
 use netlink_packet_route::{
     AddressFamily,
+    address::{AddressAttribute, AddressMessage},
     link::{LinkAttribute, LinkMessage},
     neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourState},
     route::{RouteAddress, RouteAttribute, RouteMessage, RouteType},
@@ -53,37 +54,13 @@ impl Netlink {
     }
 
     pub async fn link_by_name(&self, name: &str) -> Result<Link> {
-        let found = self
-            .handle
-            .link()
-            .get()
-            .match_name(name.to_string())
-            .execute()
-            .try_next()
-            .await;
-        match found {
-            Ok(Some(msg)) => Ok(link_from(msg)),
-            _ => Err(Error::UnknownInterface {
-                name: name.to_string(),
-            }),
-        }
+        let request = self.handle.link().get().match_name(name.to_string());
+        first_link(request, || name.to_string()).await
     }
 
     pub async fn link_by_index(&self, index: u32) -> Result<Link> {
-        let found = self
-            .handle
-            .link()
-            .get()
-            .match_index(index)
-            .execute()
-            .try_next()
-            .await;
-        match found {
-            Ok(Some(msg)) => Ok(link_from(msg)),
-            _ => Err(Error::UnknownInterface {
-                name: format!("ifindex {index}"),
-            }),
-        }
+        let request = self.handle.link().get().match_index(index);
+        first_link(request, || format!("ifindex {index}")).await
     }
 
     /// Every interface.
@@ -94,6 +71,60 @@ impl Netlink {
             links.push(link_from(msg));
         }
         Ok(links)
+    }
+
+    /// The IPv4 addresses of interface `index`, with the messages that delete them.
+    async fn addresses(&self, index: u32) -> Result<Vec<(Ipv4Addr, AddressMessage)>> {
+        let mut out = Vec::new();
+        let mut stream = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute();
+        while let Some(msg) = stream.try_next().await? {
+            let ip = msg.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Local(IpAddr::V4(ip))
+                | AddressAttribute::Address(IpAddr::V4(ip)) => Some(*ip),
+                _ => None,
+            });
+            if let Some(ip) = ip {
+                out.push((ip, msg));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The first IPv4 address of interface `index`.
+    pub async fn first_ipv4(&self, index: u32) -> Result<Option<Ipv4Addr>> {
+        Ok(self.addresses(index).await?.first().map(|(ip, _)| *ip))
+    }
+
+    pub async fn has_address(&self, index: u32, address: Ipv4Addr) -> Result<bool> {
+        Ok(self
+            .addresses(index)
+            .await?
+            .iter()
+            .any(|(ip, _)| *ip == address))
+    }
+
+    /// `ip addr add ADDRESS/32 dev INDEX`.
+    pub async fn add_host_address(&self, index: u32, address: Ipv4Addr) -> Result<()> {
+        Ok(self
+            .handle
+            .address()
+            .add(index, IpAddr::V4(address), 32)
+            .execute()
+            .await?)
+    }
+
+    pub async fn del_address(&self, index: u32, address: Ipv4Addr) -> Result<()> {
+        for (ip, msg) in self.addresses(index).await? {
+            if ip == address {
+                self.handle.address().del(msg).execute().await?;
+            }
+        }
+        Ok(())
     }
 
     /// `ip route get DST [oif OIF]`.
@@ -183,6 +214,16 @@ impl Netlink {
             }
         }
         Ok(None)
+    }
+}
+
+async fn first_link(
+    request: rtnetlink::LinkGetRequest,
+    name: impl FnOnce() -> String,
+) -> Result<Link> {
+    match request.execute().try_next().await {
+        Ok(Some(msg)) => Ok(link_from(msg)),
+        _ => Err(Error::UnknownInterface { name: name() }),
     }
 }
 

@@ -41,16 +41,6 @@ pub fn listener(port: u16, group: Ipv4Addr, ifindexes: &[u32]) -> io::Result<Soc
     Ok(socket)
 }
 
-/// Leaves `group` on `ifindex` (an interface that went away) or joins it again.
-pub fn membership(socket: &Socket, group: Ipv4Addr, ifindex: u32, join: bool) -> io::Result<()> {
-    let interface = InterfaceIndexOrAddress::Index(ifindex);
-    if join {
-        socket.join_multicast_v4_n(&group, &interface)
-    } else {
-        socket.leave_multicast_v4_n(&group, &interface)
-    }
-}
-
 /// Receives one datagram with its TTL and arrival interface.
 pub fn recv(socket: &Socket, buf: &mut [u8]) -> io::Result<Received> {
     // SAFETY: all-zero is a valid sockaddr_in, msghdr and cmsg buffer.
