@@ -20,6 +20,8 @@ mod packet;
 mod select;
 mod stats;
 
+use core::mem::size_of;
+
 use anycast_common::{PASS_MAC_UNKNOWN, PASS_NO_MEMBER, PASS_NO_PORT, PASS_TTL};
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 
@@ -95,20 +97,19 @@ fn l4(ctx: &XdpContext, ip: &Ipv4Hdr, ip_len: usize, l4_offset: usize) -> Result
         return Ok((0, 0));
     }
     let need = match ip.proto {
-        IPPROTO_TCP => 14,
-        IPPROTO_UDP => 4,
+        IPPROTO_TCP => size_of::<TcpHead>(),
+        IPPROTO_UDP => size_of::<Ports>(),
         _ => return Ok((0, 0)),
     };
     if ETH_HLEN + ip_len < l4_offset + need {
         return Err(stats::malformed());
     }
-    let ports: &Ports = packet::header(ctx, l4_offset).ok_or_else(stats::malformed)?;
-    let ports = u32::from_ne_bytes(ports.bytes);
-    if ip.proto != IPPROTO_TCP {
-        return Ok((ports, 0));
+    if ip.proto == IPPROTO_TCP {
+        let tcp: &TcpHead = packet::header(ctx, l4_offset).ok_or_else(stats::malformed)?;
+        return Ok((u32::from_ne_bytes(tcp.ports), tcp.flags));
     }
-    let tcp: &TcpHead = packet::header(ctx, l4_offset).ok_or_else(stats::malformed)?;
-    Ok((ports, tcp.flags))
+    let ports: &Ports = packet::header(ctx, l4_offset).ok_or_else(stats::malformed)?;
+    Ok((u32::from_ne_bytes(ports.bytes), 0))
 }
 
 #[cfg(not(test))]
