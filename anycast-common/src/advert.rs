@@ -6,7 +6,8 @@
 //! ```text
 //! header   28 B  magic "AC", version, flags, total length, entry count,
 //!                sender IPv4, sequence number (u64), timestamp in ms (u64)
-//! entries  TLVs  type (u8), length (u8), value; type 1 = membership (12 B)
+//! entries  TLVs  type (u8), length (u8), value; type 1 = membership (12 B),
+//!                type 2 = the sender's link-layer (MAC) address (6 B, at most one)
 //! trailer  36 B  key id (u32), HMAC-SHA256 over every byte before the HMAC
 //! ```
 //!
@@ -21,6 +22,12 @@
 
 use core::fmt;
 use core::net::Ipv4Addr;
+
+/// Entry type of the sender's link-layer address: the MAC routers forward to, signed with the
+/// rest, so that no unauthenticated frame can rebind the member's IP to another MAC.
+pub const LINK_ADDR_KIND: u8 = 2;
+/// Value length of a link-layer address entry (an Ethernet MAC).
+pub const LINK_ADDR_LEN: u8 = 6;
 
 /// The first two bytes of every advertisement: "AC".
 pub const MAGIC: [u8; 2] = *b"AC";
@@ -114,6 +121,8 @@ pub enum Error {
     BadEntryCount,
     /// Two membership entries for the same anycast address.
     DuplicateEntry(Ipv4Addr),
+    /// Two link-layer address entries.
+    DuplicateLinkAddr,
 }
 
 impl Error {
@@ -130,6 +139,7 @@ impl Error {
             Error::EntryOverrun => "entry_overrun",
             Error::BadEntryCount => "bad_entry_count",
             Error::DuplicateEntry(_) => "duplicate_entry",
+            Error::DuplicateLinkAddr => "duplicate_link_addr",
         }
     }
 }
@@ -149,6 +159,7 @@ impl fmt::Display for Error {
             Error::EntryOverrun => write!(f, "entry runs past the end of the entries"),
             Error::BadEntryCount => write!(f, "entry count disagrees with the entries"),
             Error::DuplicateEntry(addr) => write!(f, "two entries for {addr}"),
+            Error::DuplicateLinkAddr => write!(f, "two link-layer address entries"),
         }
     }
 }
@@ -428,6 +439,8 @@ impl Membership {
 pub enum Entry {
     /// Type 1.
     Membership(Membership),
+    /// Type 2: the sender's MAC.
+    LinkAddr([u8; 6]),
     /// A type this version does not know, skipped.
     Unknown { kind: u8, len: u8 },
 }
@@ -469,6 +482,12 @@ impl Entries<'_> {
                 Ok(Entry::Membership(Membership::parse(value)))
             }
             MEMBERSHIP_KIND => Err(Error::BadEntry { kind, len }),
+            LINK_ADDR_KIND if len == LINK_ADDR_LEN => {
+                let mut mac = [0; 6];
+                mac.copy_from_slice(value);
+                Ok(Entry::LinkAddr(mac))
+            }
+            LINK_ADDR_KIND => Err(Error::BadEntry { kind, len }),
             _ => Ok(Entry::Unknown { kind, len }),
         }
     }
@@ -489,6 +508,8 @@ pub struct Repr {
     pub entries: [Membership; MAX_ENTRIES],
     /// How many of `entries` are used.
     pub n_entries: usize,
+    /// The sender's link-layer address, if it sent one (type 2).
+    pub link_addr: Option<[u8; 6]>,
     /// Entries of unknown types that were skipped (not emitted: their values are not kept).
     pub unknown_entries: u16,
 }
@@ -500,6 +521,7 @@ impl PartialEq for Repr {
             && self.timestamp_ms == other.timestamp_ms
             && self.key_id == other.key_id
             && self.memberships() == other.memberships()
+            && self.link_addr == other.link_addr
             && self.unknown_entries == other.unknown_entries
     }
 }
@@ -516,18 +538,33 @@ impl Repr {
             key_id,
             entries: [Membership::EMPTY; MAX_ENTRIES],
             n_entries: 0,
+            link_addr: None,
             unknown_entries: 0,
         }
     }
 
-    /// Appends a membership; fails when [`MAX_ENTRIES`] are already there.
+    /// Appends a membership; fails when [`MAX_ENTRIES`] entries (a link-layer address
+    /// included) are already there.
     pub fn push(&mut self, membership: Membership) -> Result<(), Error> {
+        if self.n_entries + usize::from(self.link_addr.is_some()) >= MAX_ENTRIES {
+            return Err(Error::TooManyEntries);
+        }
         let slot = self
             .entries
             .get_mut(self.n_entries)
             .ok_or(Error::TooManyEntries)?;
         *slot = membership;
         self.n_entries += 1;
+        Ok(())
+    }
+
+    /// Sets the sender's link-layer address; fails when it would make more than
+    /// [`MAX_ENTRIES`] entries.
+    pub fn set_link_addr(&mut self, mac: [u8; 6]) -> Result<(), Error> {
+        if self.link_addr.is_none() && self.n_entries >= MAX_ENTRIES {
+            return Err(Error::TooManyEntries);
+        }
+        self.link_addr = Some(mac);
         Ok(())
     }
 
@@ -559,6 +596,11 @@ impl Repr {
                     }
                     repr.push(m)?;
                 }
+                Entry::LinkAddr(mac) => {
+                    if repr.link_addr.replace(mac).is_some() {
+                        return Err(Error::DuplicateLinkAddr);
+                    }
+                }
                 Entry::Unknown { .. } => repr.unknown_entries += 1,
             }
         }
@@ -572,7 +614,15 @@ impl Repr {
     pub fn buffer_len(&self) -> usize {
         HEADER_LEN
             + self.memberships().len() * (ENTRY_HEADER_LEN + usize::from(MEMBERSHIP_LEN))
+            + self.link_addr_len()
             + TRAILER_LEN
+    }
+
+    fn link_addr_len(&self) -> usize {
+        match self.link_addr {
+            Some(_) => ENTRY_HEADER_LEN + usize::from(LINK_ADDR_LEN),
+            None => 0,
+        }
     }
 
     /// Writes the message into the first [`buffer_len`](Self::buffer_len) bytes: everything
@@ -585,7 +635,8 @@ impl Repr {
         packet.set_flags(0);
         // Both fit: total <= MIN_LEN + MAX_ENTRIES * 14 < MAX_LEN, entries <= MAX_ENTRIES.
         packet.set_total_len(total as u16);
-        packet.set_entry_count(memberships.len() as u16);
+        let count = memberships.len() + usize::from(self.link_addr.is_some());
+        packet.set_entry_count(count as u16);
         packet.set_sender(self.sender);
         packet.set_seq(self.seq);
         packet.set_timestamp_ms(self.timestamp_ms);
@@ -593,6 +644,12 @@ impl Repr {
         let tlv_len = ENTRY_HEADER_LEN + usize::from(MEMBERSHIP_LEN);
         for (m, tlv) in memberships.iter().zip(tlvs.chunks_exact_mut(tlv_len)) {
             m.emit(tlv);
+        }
+        if let Some(mac) = self.link_addr {
+            let tlv = &mut tlvs[memberships.len() * tlv_len..];
+            tlv[0] = LINK_ADDR_KIND;
+            tlv[1] = LINK_ADDR_LEN;
+            tlv[ENTRY_HEADER_LEN..ENTRY_HEADER_LEN + 6].copy_from_slice(&mac);
         }
         packet.set_key_id(self.key_id);
         packet.mac_mut().fill(0);
@@ -732,6 +789,44 @@ mod tests {
         let mut buf = [0x55; 92];
         repr.emit(&mut Packet::new_unchecked(&mut buf[..]));
         assert_eq!(buf, PACKET_BYTES);
+    }
+
+    /// Regression: the member's MAC was taken from unauthenticated ARP. It now travels in the
+    /// signed advertisement, as a type-2 entry.
+    #[test]
+    fn link_addr_entry_round_trips_and_is_checked() {
+        let mut repr = Repr::new(Ipv4Addr::new(203, 0, 113, 2), 1, 2, 3);
+        repr.push(SERVE).unwrap();
+        repr.set_link_addr([0x02, 0x11, 0, 0, 0, 0x02]).unwrap();
+        let buf = emitted(&repr, |_| {});
+        assert_eq!(buf.len(), MIN_LEN + 14 + 8);
+        assert_eq!(
+            &buf[HEADER_LEN + 14..HEADER_LEN + 22],
+            &[2, 6, 0x02, 0x11, 0, 0, 0, 0x02]
+        );
+        assert_eq!(be_u16(&buf[field::ENTRY_COUNT]), 2);
+        let parsed = Repr::parse(&Packet::new_checked(&buf[..]).unwrap()).unwrap();
+        assert_eq!(parsed, repr);
+
+        // A second link address, and one of the wrong length, are rejected.
+        let mut twice = buf.clone();
+        let entry = twice[HEADER_LEN + 14..HEADER_LEN + 22].to_vec();
+        twice.splice(HEADER_LEN + 22..HEADER_LEN + 22, entry);
+        let total = twice.len() as u16;
+        twice[field::TOTAL_LEN].copy_from_slice(&total.to_be_bytes());
+        twice[field::ENTRY_COUNT].copy_from_slice(&3u16.to_be_bytes());
+        let packet = Packet::new_checked(&twice[..]).unwrap();
+        assert_eq!(Repr::parse(&packet), Err(Error::DuplicateLinkAddr));
+        let mut short = buf.clone();
+        short[HEADER_LEN + 15] = 5;
+        short.remove(HEADER_LEN + 16);
+        let total = short.len() as u16;
+        short[field::TOTAL_LEN].copy_from_slice(&total.to_be_bytes());
+        let packet = Packet::new_checked(&short[..]).unwrap();
+        assert_eq!(
+            Repr::parse(&packet),
+            Err(Error::BadEntry { kind: 2, len: 5 })
+        );
     }
 
     #[test]

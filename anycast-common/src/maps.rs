@@ -47,13 +47,15 @@ pub mod names {
     pub const SENDER_SEQ: &str = "SENDER_SEQ";
     /// The agent's advertisement counters, indexed by `AGENT_*`.
     pub const AGENT_STATS: &str = "AGENT_STATS";
+    /// One `u32`: the [`super::LAYOUT_VERSION`] of the maps pinned beside it.
+    pub const LAYOUT: &str = "LAYOUT";
     /// Benchmark programs' maps (not pinned).
     pub const BENCH_PORT: &str = "BENCH_PORT";
     pub const BENCH_SEQ: &str = "BENCH_SEQ";
     /// The [`super::BenchFrame`] `bench_gen` writes (index 0).
     pub const BENCH_FRAME: &str = "BENCH_FRAME";
-    /// Every map of the object.
-    pub const ALL: [&str; 19] = [
+    /// The maps pinned under the pin directory (every map but the benchmark programs').
+    pub const PINNED: [&str; 17] = [
         ADDRS,
         MEMBER_SETS,
         ADDR_KEYS,
@@ -70,6 +72,27 @@ pub mod names {
         MEMBER_INFO,
         SENDER_SEQ,
         AGENT_STATS,
+        LAYOUT,
+    ];
+    /// Every map of the object.
+    pub const ALL: [&str; 20] = [
+        ADDRS,
+        MEMBER_SETS,
+        ADDR_KEYS,
+        HOSTS,
+        HOST_IDS,
+        IFACES,
+        TX_PORTS,
+        ADDR_STATS,
+        MEMBER_STATS,
+        STATS,
+        FRAGS,
+        TABLES,
+        FLOWS,
+        MEMBER_INFO,
+        SENDER_SEQ,
+        AGENT_STATS,
+        LAYOUT,
         BENCH_PORT,
         BENCH_SEQ,
         BENCH_FRAME,
@@ -99,6 +122,11 @@ pub mod programs {
         PEER_PASS,
     ];
 }
+
+/// Version of the pinned state's layout (map set, key and value layouts, their meaning),
+/// recorded in the `LAYOUT` map. A binary refuses pins of another version instead of reusing
+/// maps by name. Bump it with every change to a pinned map.
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Anycast addresses (the RFC's 2^16).
 pub const MAX_ADDRS: u32 = 65_536;
@@ -231,8 +259,12 @@ pub struct FlowEntry {
 
 /// `Host::flags`: the MAC is known and may be used.
 pub const HOST_MAC_KNOWN: u32 = 1 << 0;
-/// `Host::flags`: the MAC was given by the operator; the dataplane does not relearn it.
+/// `Host::flags`: the MAC was given by the operator; nothing else replaces it.
 pub const HOST_MAC_STATIC: u32 = 1 << 1;
+/// `Host::flags`: the MAC came in the member's signed advertisement; only the operator or
+/// another signed advertisement replaces it. (Without either flag the MAC follows the kernel's
+/// neighbour table.)
+pub const HOST_MAC_SIGNED: u32 = 1 << 2;
 
 /// A member host, on-link on an attached interface.
 #[repr(C)]
@@ -418,8 +450,8 @@ pub const AGENT_NAMES: [&str; AGENT_COUNTERS as usize] = [
     "stale_timestamp",
     "outside_prefix",
     "not_on_link",
-    "",
-    "",
+    "bad_link_addr",
+    "not_anycast",
     "",
     "",
 ];

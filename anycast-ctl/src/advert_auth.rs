@@ -10,8 +10,6 @@
 //! [`Packet::signed_bytes`] and docs/advert-format.md.
 
 use std::fmt;
-use std::fs::File;
-use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -168,7 +166,7 @@ impl Keys {
             path: path.to_owned(),
             source,
         };
-        let mut file = File::open(path).map_err(read_error)?;
+        let (file, text) = crate::textfile::read(path).map_err(read_error)?;
         let mode = file.metadata().map_err(read_error)?.permissions().mode();
         if mode & 0o077 != 0 {
             return Err(KeyFileError::Permissions {
@@ -176,8 +174,6 @@ impl Keys {
                 mode: mode & 0o7777,
             });
         }
-        let mut text = String::new();
-        file.read_to_string(&mut text).map_err(read_error)?;
         Keys::from_toml(&text).map_err(|source| KeyFileError::Invalid {
             path: path.to_owned(),
             source,

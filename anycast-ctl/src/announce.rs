@@ -5,7 +5,9 @@
 //! rtnetlink unless it is already there, and sets arp_ignore=1 / arp_announce=2 on the
 //! advertising interface so the host never answers ARP for it (the router does). Then it sends
 //! an advertisement every interval, multicast on the interface or unicast to `--to`, with TTL
-//! 255. On SIGINT or SIGTERM it sends a leave (hold time 0), removes only the addresses it
+//! 255. Each advertisement carries the interface's MAC (read again for every message), so the
+//! router binds the member's IP to its MAC only through signed messages, and a MAC change is
+//! announced by the member itself. On SIGINT or SIGTERM it sends a leave (hold time 0), removes only the addresses it
 //! added, and returns.
 //!
 //! Sequence numbers start from the wall clock in microseconds and increase by one per message,
@@ -24,18 +26,38 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::{Error, Result, advert_auth, members::now_ms, net::Netlink, sys};
 
 /// What to announce and how.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, clap::Args)]
 pub struct Options {
+    /// Anycast addresses to serve.
+    #[arg(required = true, value_parser = crate::cli::anycast_address, value_name = "ANYCAST_IP")]
     pub anycast: Vec<Ipv4Addr>,
+    /// Interface to advertise on (its first IPv4 address is the member address).
+    #[arg(long, value_name = "IFACE")]
     pub dev: String,
+    /// Time between advertisements.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub interval: Duration,
+    /// How long the router keeps the membership without a refresh.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
     pub hold: Duration,
+    /// Lower is better: only the best-preference members get new flows.
+    #[arg(long, default_value_t = 100)]
     pub preference: u16,
+    /// Share of new flows among equal-preference members; 0 drains.
+    #[arg(long, default_value_t = 100)]
     pub weight: u16,
+    /// Key file to sign with (the first key of the file signs; mode 0600).
+    #[arg(long, value_name = "FILE")]
     pub key_file: Option<PathBuf>,
-    /// Unicast to this router instead of multicast (point-to-point links).
+    /// Send unicast to this router instead of multicast (point-to-point links).
+    #[arg(long, value_name = "ROUTER_IP")]
     pub to: Option<Ipv4Addr>,
+    /// Advertisement multicast group.
+    #[arg(long, default_value = "239.255.15.46")]
     pub group: Ipv4Addr,
+    /// Advertisement UDP port.
+    #[arg(long, default_value_t = anycast_common::advert::DEFAULT_PORT,
+          value_parser = clap::value_parser!(u16).range(1..))]
     pub port: u16,
 }
 
@@ -66,6 +88,12 @@ pub async fn run(opts: Options) -> Result<()> {
 
     let nl = Netlink::new()?;
     let dev = nl.link_by_name(&opts.dev).await?.index;
+    if opts.anycast.len() >= anycast_common::advert::MAX_ENTRIES {
+        return Err(Error::Usage(format!(
+            "at most {} anycast addresses per announcer",
+            anycast_common::advert::MAX_ENTRIES - 1
+        )));
+    }
     let source = nl.first_ipv4(dev).await?.ok_or_else(|| {
         Error::Usage(format!(
             "{} has no IPv4 address to advertise from",
@@ -97,7 +125,8 @@ pub async fn run(opts: Options) -> Result<()> {
         tokio::select! {
             _ = ticker.tick() => {
                 seq += 1;
-                let msg = message(&opts, source, seq, hold_ms, key.as_ref())?;
+                let mac = nl.link_by_index(dev).await.map(|l| l.mac).ok();
+                let msg = message(&opts, source, mac, seq, hold_ms, key.as_ref())?;
                 if let Err(e) = socket.send_to(&msg, &dest.into()) {
                     tracing::warn!(error = %e, "sending the advertisement");
                 }
@@ -109,7 +138,7 @@ pub async fn run(opts: Options) -> Result<()> {
     // Leave: twice, in case one is lost; the router also expires us after the hold time.
     for _ in 0..2 {
         seq += 1;
-        let msg = message(&opts, source, seq, 0, key.as_ref())?;
+        let msg = message(&opts, source, None, seq, 0, key.as_ref())?;
         let _ = socket.send_to(&msg, &dest.into());
     }
     for address in added {
@@ -124,6 +153,7 @@ pub async fn run(opts: Options) -> Result<()> {
 fn message(
     opts: &Options,
     source: Ipv4Addr,
+    mac: Option<[u8; 6]>,
     seq: u64,
     hold_ms: u32,
     key: Option<&(u32, Vec<u8>)>,
@@ -137,6 +167,10 @@ fn message(
             weight: opts.weight,
         })
         .map_err(|_| Error::Usage("too many anycast addresses for one advertisement".into()))?;
+    }
+    if let Some(mac) = mac {
+        repr.set_link_addr(mac)
+            .map_err(|_| Error::Usage("too many anycast addresses for one advertisement".into()))?;
     }
     let mut buf = vec![0u8; repr.buffer_len()];
     repr.emit(&mut Packet::new_unchecked(&mut buf[..]));

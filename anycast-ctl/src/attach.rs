@@ -3,7 +3,11 @@
 //! Each attachment is a bpf_link pinned at `PIN_DIR/links/<ifindex>`, so it outlives this
 //! process. Attaching also records the interface in `IFACES` (its MAC, for ARP replies) and
 //! `TX_PORTS` (so other interfaces can redirect to it). Detaching the last interface removes
-//! the whole pin directory: program, maps and all.
+//! every pin anycast made (and only those: see `pin`).
+//!
+//! Invariant: an error means nothing changed. Every interface is looked up and checked first
+//! (a repeated one counts once); a failure while attaching undoes this call's attachments, and a
+//! dataplane created by the failed call is removed again.
 use anycast_common::{Iface, MODE_NATIVE, MODE_SKB, programs};
 use aya::programs::{
     Xdp, XdpMode,
@@ -74,17 +78,45 @@ pub async fn attach(
     mode: Mode,
     flows: Option<u32>,
 ) -> Result<Vec<(String, Attached)>> {
-    let mut links = Vec::new();
+    let mut links: Vec<Link> = Vec::new();
     for name in ifaces {
-        links.push(nl.link_by_name(name).await?);
+        let link = nl.link_by_name(name).await?;
+        if !links.iter().any(|l| l.index == link.index) {
+            links.push(link);
+        }
     }
+    let existed = pin.path().exists();
     let _lock = pin.lock(true)?;
-    let fresh = !pin.has_maps();
-    let result = attach_locked(pin, &links, mode, flows);
+    let fresh = dataplane::check_pins(pin)? == dataplane::Pins::Fresh;
+    let result = check_modes(pin, &links, mode).and_then(|()| attach_locked(pin, &links, mode, flows));
     if result.is_err() && fresh && links_present(pin) == 0 {
         let _ = pin.remove();
+        if !existed {
+            let _ = std::fs::remove_dir(pin.path());
+        }
     }
     result
+}
+
+/// Refuses to re-attach an interface in another mode than it has: that needs a detach first.
+fn check_modes(pin: &PinDir, links: &[Link], mode: Mode) -> Result<()> {
+    let attached: Vec<&Link> = links.iter().filter(|l| pin.link(l.index).exists()).collect();
+    if attached.is_empty() {
+        return Ok(());
+    }
+    let maps = Maps::open(pin)?;
+    for link in attached {
+        let have = maps.ifaces.get(&link.index, 0).map(|i| i.mode).unwrap_or(0);
+        if have != mode.code() {
+            return Err(Error::Usage(format!(
+                "{} is already attached in {} mode; detach it first to attach in {} mode",
+                link.name,
+                Mode::from_code(have),
+                mode.name()
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn attach_locked(
@@ -141,7 +173,9 @@ fn attach_locked(
         if let Err(e) = step {
             forget_iface(&mut maps, link.index);
             for index in made {
-                let _ = detach_one(pin, &mut maps, index);
+                if let Ok(pinned) = PinnedLink::from_pin(pin.link(index)) {
+                    let _ = detach_one(Some(&mut maps), index, pinned);
+                }
             }
             return Err(e);
         }
@@ -168,7 +202,9 @@ fn attach_error(link: &Link, mode: Mode, e: aya::programs::ProgramError) -> Erro
     }
 }
 
-/// Detaches the dataplane from each of `ifaces`; the last one removes all pins.
+/// Detaches the dataplane from each of `ifaces` (a repeated one counts once); the last one
+/// removes every pin anycast made. It works on an incomplete pin directory too, so that
+/// detaching is always the way to recover from one.
 pub async fn detach(pin: &PinDir, nl: &Netlink, ifaces: &[String]) -> Result<()> {
     let _lock = pin.lock(false)?;
     let mut targets = Vec::new();
@@ -185,11 +221,21 @@ pub async fn detach(pin: &PinDir, nl: &Netlink, ifaces: &[String]) -> Result<()>
                 iface: name.clone(),
             });
         }
-        targets.push(index);
+        if !targets.contains(&index) {
+            targets.push(index);
+        }
     }
-    let mut maps = Maps::open(pin)?;
-    for index in targets {
-        detach_one(pin, &mut maps, index)?;
+    // Opened before any change, so a failure here changes nothing; absent in an incomplete
+    // pin directory, where there is nothing to forget.
+    let mut maps = Maps::open(pin).ok();
+    let mut opened = Vec::new();
+    for &index in &targets {
+        let link = PinnedLink::from_pin(pin.link(index))
+            .map_err(|e| Error::io("opening a pinned link", std::io::Error::other(e)))?;
+        opened.push((index, link));
+    }
+    for (index, link) in opened {
+        detach_one(maps.as_mut(), index, link)?;
     }
     if links_present(pin) == 0 {
         drop(maps);
@@ -198,13 +244,13 @@ pub async fn detach(pin: &PinDir, nl: &Netlink, ifaces: &[String]) -> Result<()>
     Ok(())
 }
 
-fn detach_one(pin: &PinDir, maps: &mut Maps, ifindex: u32) -> Result<()> {
-    let link = PinnedLink::from_pin(pin.link(ifindex))
-        .map_err(|e| Error::io("opening a pinned link", std::io::Error::other(e)))?;
+fn detach_one(maps: Option<&mut Maps>, ifindex: u32, link: PinnedLink) -> Result<()> {
     let fd_link = link.unpin().map_err(|e| Error::io("unpinning a link", e))?;
     // Dropping the last reference to the bpf_link detaches the program.
     drop(fd_link);
-    forget_iface(maps, ifindex);
+    if let Some(maps) = maps {
+        forget_iface(maps, ifindex);
+    }
     Ok(())
 }
 

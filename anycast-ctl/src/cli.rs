@@ -64,7 +64,7 @@ pub enum Command {
     /// Run the router daemon: learn members from host advertisements.
     Agent(AgentArgs),
     /// On a member host: serve anycast addresses and advertise them to the router.
-    Announce(AnnounceArgs),
+    Announce(crate::announce::Options),
     /// Show counters per anycast address and per member.
     Stats {
         /// Only this anycast address.
@@ -77,67 +77,11 @@ pub enum Command {
 
 #[derive(Debug, clap::Args)]
 pub struct AgentArgs {
-    /// Interfaces to attach to and listen on (repeatable) [config: dev].
-    #[arg(long = "dev", value_name = "IFACE")]
-    pub devs: Vec<String>,
-    /// TOML configuration file; command-line options override it.
+    /// TOML configuration file; command-line options override it. SIGHUP reads it again.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Anycast addresses hosts may claim (repeatable) [config: anycast_prefix].
-    #[arg(long = "anycast-prefix", value_name = "CIDR")]
-    pub prefixes: Vec<ipnet::Ipv4Net>,
-    /// Keys that advertisements must be signed with (mode 0600) [config: key_file].
-    #[arg(long, value_name = "FILE")]
-    pub key_file: Option<PathBuf>,
-    /// Accept unsigned advertisements (anyone on the link can then volunteer).
-    #[arg(long)]
-    pub insecure_no_auth: bool,
-    /// Advertisement multicast group [default: 239.255.15.46].
-    #[arg(long)]
-    pub group: Option<Ipv4Addr>,
-    /// Advertisement UDP port [default: 5446].
-    #[arg(long)]
-    pub port: Option<u16>,
-    /// Attach mode [default: native].
-    #[arg(long, short, value_enum)]
-    pub mode: Option<Mode>,
-    /// Detach the dataplane when the agent exits (by default it keeps forwarding).
-    #[arg(long)]
-    pub detach_on_exit: bool,
-}
-
-#[derive(Debug, clap::Args)]
-pub struct AnnounceArgs {
-    /// Anycast addresses to serve.
-    #[arg(required = true, value_parser = anycast_address, value_name = "ANYCAST_IP")]
-    pub anycast: Vec<Ipv4Addr>,
-    /// Interface to advertise on (its first IPv4 address is the member address).
-    #[arg(long, value_name = "IFACE")]
-    pub dev: String,
-    /// Time between advertisements.
-    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
-    pub interval: std::time::Duration,
-    /// How long the router keeps the membership without a refresh.
-    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
-    pub hold: std::time::Duration,
-    /// Lower is better: only the best-preference members get new flows.
-    #[arg(long, default_value_t = 100)]
-    pub preference: u16,
-    /// Share of new flows among equal-preference members; 0 drains.
-    #[arg(long, default_value_t = 100)]
-    pub weight: u16,
-    /// Key file to sign with (its highest key id signs).
-    #[arg(long, value_name = "FILE")]
-    pub key_file: Option<PathBuf>,
-    /// Send unicast to this router instead of multicast (point-to-point links).
-    #[arg(long, value_name = "ROUTER_IP")]
-    pub to: Option<Ipv4Addr>,
-    /// Advertisement multicast group.
-    #[arg(long, default_value = "239.255.15.46")]
-    pub group: Ipv4Addr,
-    /// Advertisement UDP port.
-    #[arg(long, default_value_t = anycast_common::advert::DEFAULT_PORT)]
-    pub port: u16,
+    #[command(flatten)]
+    pub overrides: crate::agent::config::Overrides,
 }
 
 #[derive(Debug, Subcommand)]
@@ -229,8 +173,12 @@ fn unicast_address(s: &str) -> Result<Ipv4Addr, String> {
     Ok(ip)
 }
 
-fn anycast_address(s: &str) -> Result<Ipv4Addr, String> {
-    unicast_address(s)
+pub fn anycast_address(s: &str) -> Result<Ipv4Addr, String> {
+    let ip = unicast_address(s)?;
+    match crate::policy::never_anycast(ip) {
+        Some(why) => Err(format!("{ip} cannot be an anycast address: {why}")),
+        None => Ok(ip),
+    }
 }
 
 /// Runs one command and returns what to print on stdout.
@@ -240,46 +188,24 @@ pub async fn run(cli: Cli) -> Result<String> {
         return Err(Error::NotRoot);
     }
     let pin = PinDir::new(&cli.pin_dir);
-    if let Command::Announce(a) = cli.command {
-        crate::announce::run(crate::announce::Options {
-            anycast: a.anycast,
-            dev: a.dev,
-            interval: a.interval,
-            hold: a.hold,
-            preference: a.preference,
-            weight: a.weight,
-            key_file: a.key_file,
-            to: a.to,
-            group: a.group,
-            port: a.port,
-        })
-        .await?;
-        return Ok(String::new());
-    }
+    let command = match cli.command {
+        Command::Announce(options) => {
+            crate::announce::run(options).await?;
+            return Ok(String::new());
+        }
+        other => other,
+    };
     pin.check()?;
     let nl = Netlink::new()?;
-    match cli.command {
-        Command::Announce(_) => unreachable!("handled above"),
+    match command {
+        Command::Announce(_) => Ok(String::new()),
         Command::Agent(a) => {
-            let file = match &a.config {
-                Some(path) => crate::agent::config::File::load(path)?,
-                None => Default::default(),
+            let source = crate::agent::config::Source {
+                path: a.config,
+                overrides: a.overrides,
             };
-            let config = crate::agent::config::Config::merge(
-                file,
-                crate::agent::config::Overrides {
-                    devs: a.devs,
-                    prefixes: a.prefixes,
-                    key_file: a.key_file,
-                    insecure_no_auth: a.insecure_no_auth,
-                    group: a.group,
-                    port: a.port,
-                    mode: a.mode,
-                    detach_on_exit: a.detach_on_exit,
-                },
-            )?;
             drop(nl);
-            crate::agent::run(pin, config).await?;
+            crate::agent::run(pin, source).await?;
             Ok(String::new())
         }
         Command::Attach {
@@ -348,18 +274,24 @@ pub async fn run(cli: Cli) -> Result<String> {
             weight: WeightArgs { preference, weight },
             table_size,
         }) => {
-            // Resolving the member may wait for ARP: do it before taking the writers' lock.
+            // Resolving the member may wait for ARP: do it before taking the writers' lock,
+            // then make sure the maps are still the live ones.
             let mut maps = Maps::open(&pin)?;
+            crate::policy::check_anycast(&maps, &nl, anycast_ip).await?;
+            let mac_from = mac.map_or(members::MacFrom::Neighbour, |m| {
+                members::MacFrom::Operator(m.0)
+            });
             let placement = members::locate(
                 &maps,
                 &nl,
                 member_ip,
                 dev.as_deref(),
-                mac.map(|m| m.0),
+                mac_from,
                 members::RESOLVE_TIMEOUT,
             )
             .await?;
             let _lock = pin.lock(false)?;
+            maps.ensure_live(&pin)?;
             maps.table_size = table_size;
             let info = members::static_info(members::now_ms(), preference, weight);
             let what = match members::add(&mut maps, anycast_ip, &placement, info)? {

@@ -1,29 +1,122 @@
 //! The dataplane as user space sees it: the embedded eBPF object and its pinned maps.
 //!
-//! Invariant: every map is pinned under the [`PinDir`]; [`load`] creates the pins on first use
-//! and reuses them afterwards, so every attached interface and every process shares one state.
+//! Invariants:
+//! - Every map is pinned under the [`PinDir`]; [`load`] creates the pins on first use and reuses
+//!   them afterwards, so every attached interface and every process shares one state.
+//! - Pins are reused only when [`check_pins`] finds all of them, with this binary's
+//!   `LAYOUT_VERSION` and the object's key and value sizes; anything else is refused before the
+//!   object is loaded, so a half-deleted or foreign pin directory is never mixed with new maps.
+//! - A writer holding [`Maps`] checks [`Maps::is_live`] under the writers' lock before writing:
+//!   a detach and re-attach while it waited would otherwise leave it writing dead maps.
 use anycast_common::{
     ADDR_BUCKETS, ADDR_PROBES, AddrBucket, AddrStats, FLOW_SETS, FLOW_WAYS, Host, Iface,
     MemberInfo, MemberKey, MemberSet, MemberStats, addr_bucket, member_set_index, names,
 };
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, ArrayOfMaps, HashMap, Map, MapData, PerCpuArray, PerCpuValues, xdp::DevMapHash},
+    maps::{
+        Array, ArrayOfMaps, HashMap, Map, MapData, MapInfo, PerCpuArray, PerCpuValues,
+        xdp::DevMapHash,
+    },
 };
 
 use crate::{EBPF_OBJECT, Error, Result, pin::PinDir};
 
-/// Loads the eBPF object with its maps pinned under `pin` (created if missing, reused if not).
-/// `flows` sizes a new connection table (flows, a power of two); an existing one keeps its size.
+/// What a pin directory holds, as [`check_pins`] found it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pins {
+    /// No map of the dataplane: loading creates them all.
+    Fresh,
+    /// Every map, compatible with this binary; `flows` is the connection table's size.
+    Complete { flows: u32 },
+}
+
+const RECOVER_INCOMPLETE: &str = "detach every interface with `anycast-ctl detach IFACE...` \
+    (which removes the remaining pins), then attach again";
+const RECOVER_INCOMPATIBLE: &str = "detach every interface with the anycast-ctl that attached \
+    them (memberships, counters and the connection table are lost), then attach with this one";
+
+/// Checks the pinned maps against the embedded object before anything is loaded.
+pub fn check_pins(pin: &PinDir) -> Result<Pins> {
+    let present: Vec<&'static str> = names::PINNED
+        .into_iter()
+        .filter(|n| pin.map(n).exists())
+        .collect();
+    if present.is_empty() {
+        return Ok(Pins::Fresh);
+    }
+    let incompatible = |what: String| Error::PinsIncompatible {
+        path: pin.path().to_path_buf(),
+        what,
+        recover: RECOVER_INCOMPATIBLE,
+    };
+    if !present.contains(&names::LAYOUT) {
+        return Err(incompatible(
+            "it has no layout version (an older anycast-ctl made it)".into(),
+        ));
+    }
+    if let Some(missing) = names::PINNED.into_iter().find(|n| !present.contains(n)) {
+        return Err(Error::PinsIncomplete {
+            path: pin.path().to_path_buf(),
+            missing,
+            recover: RECOVER_INCOMPLETE,
+        });
+    }
+    let layout: Array<MapData, u32> = open(pin, names::LAYOUT)?;
+    let version = layout.get(&0, 0).map_err(|e| Error::map(names::LAYOUT, e))?;
+    if version != anycast_common::LAYOUT_VERSION {
+        return Err(incompatible(format!(
+            "layout version {version}, and this anycast-ctl uses {}",
+            anycast_common::LAYOUT_VERSION
+        )));
+    }
+    let object = aya_obj::Object::parse(EBPF_OBJECT)
+        .map_err(|e| Error::Usage(format!("parsing the embedded eBPF object: {e}")))?;
+    let mut flows = 0;
+    for name in names::PINNED {
+        let info = MapInfo::from_pin(pin.map(name)).map_err(|e| Error::map(name, e))?;
+        let Some(def) = object.maps.get(name) else {
+            continue;
+        };
+        let sizes = |k, v, m, f| (k, v, m, f);
+        let want = sizes(def.key_size(), def.value_size(), def.max_entries(), def.map_flags());
+        let mut have = sizes(
+            info.key_size(),
+            info.value_size(),
+            info.max_entries(),
+            info.map_flags(),
+        );
+        if name == names::FLOWS {
+            flows = have.2;
+            have.2 = want.2;
+        }
+        if have != want {
+            return Err(incompatible(format!(
+                "map {name} has key/value size {}/{}, {} entries, flags {:#x}, and this \
+                 anycast-ctl wants {}/{}, {}, {:#x}",
+                have.0, have.1, have.2, have.3, want.0, want.1, want.2, want.3
+            )));
+        }
+    }
+    Ok(Pins::Complete { flows })
+}
+
+/// Loads the eBPF object with its maps pinned under `pin` (created if missing, reused if not;
+/// see [`check_pins`]). `flows` sizes a new connection table (flows, a power of two); an
+/// existing one keeps its size, and asking for another is an error.
 pub fn load(pin: &PinDir, flows: Option<u32>) -> Result<Ebpf> {
     // TABLES is a BTF map-of-maps, which carries no pinning attribute: pin it by path.
     let tables = pin.map(names::TABLES);
-    let flows = match MapData::from_pin(pin.map(names::FLOWS)) {
-        Ok(existing) => existing
-            .info()
-            .map_err(|e| Error::map(names::FLOWS, e))?
-            .max_entries(),
-        Err(_) => flows.unwrap_or(FLOW_SETS * FLOW_WAYS),
+    let pins = check_pins(pin)?;
+    let flows = match (pins, flows) {
+        (Pins::Complete { flows: have }, Some(want)) if want != have => {
+            return Err(Error::Usage(format!(
+                "the connection table already holds {have} flows; --flows {want} applies only \
+                 when the dataplane is first loaded (detach every interface first)"
+            )));
+        }
+        (Pins::Complete { flows }, _) => flows,
+        (Pins::Fresh, flows) => flows.unwrap_or(FLOW_SETS * FLOW_WAYS),
     };
     check_flows(flows).map_err(Error::Usage)?;
     let mask = flows / FLOW_WAYS - 1;
@@ -39,8 +132,14 @@ pub fn load(pin: &PinDir, flows: Option<u32>) -> Result<Ebpf> {
             {
                 Error::NotRoot
             }
-            _ => Error::Load(e),
+            _ => Error::load(&e),
         })?;
+    if pins == Pins::Fresh {
+        let mut layout: Array<MapData, u32> = open(pin, names::LAYOUT)?;
+        layout
+            .set(0, anycast_common::LAYOUT_VERSION, 0)
+            .map_err(|e| Error::map(names::LAYOUT, e))?;
+    }
     Ok(ebpf)
 }
 
@@ -73,6 +172,8 @@ pub struct Maps {
     /// Maglev table size for tables rebuilt through these handles; `None` keeps each address's
     /// current size (or the default for a new one).
     pub table_size: Option<u32>,
+    /// Device and inode of the `ADDRS` pin these handles were opened from.
+    pinned: (u64, u64),
 }
 
 impl Maps {
@@ -83,7 +184,11 @@ impl Maps {
                 path: pin.path().to_path_buf(),
             });
         }
+        let pinned = pin_id(pin).ok_or_else(|| Error::NotAttached {
+            path: pin.path().to_path_buf(),
+        })?;
         Ok(Self {
+            pinned,
             addrs: open(pin, names::ADDRS)?,
             member_sets: open(pin, names::MEMBER_SETS)?,
             addr_keys: open(pin, names::ADDR_KEYS)?,
@@ -101,6 +206,32 @@ impl Maps {
             table_size: None,
         })
     }
+}
+
+impl Maps {
+    /// Whether these handles are still the maps pinned under `pin` (not replaced by a detach
+    /// and re-attach, nor deleted). Call it under the writers' lock, before writing.
+    pub fn is_live(&self, pin: &PinDir) -> bool {
+        pin_id(pin) == Some(self.pinned)
+    }
+
+    /// [`Maps::is_live`] as an error.
+    pub fn ensure_live(&self, pin: &PinDir) -> Result<()> {
+        if self.is_live(pin) {
+            return Ok(());
+        }
+        Err(Error::StateReplaced {
+            path: pin.path().to_path_buf(),
+        })
+    }
+}
+
+/// Identity of the pinned state: the `ADDRS` pin's device and inode (bpffs never reuses an
+/// inode number while the filesystem is mounted).
+fn pin_id(pin: &PinDir) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(pin.map(names::ADDRS)).ok()?;
+    Some((m.dev(), m.ino()))
 }
 
 /// Where an anycast address is, or would go, in the `ADDRS` index.

@@ -11,6 +11,36 @@ pub enum Error {
         "pin directory {path} is not on a bpf filesystem (mount one with: mount -t bpf bpf DIR)"
     )]
     NotBpffs { path: PathBuf },
+    #[error(
+        "pin directory {path} is the root of a bpf filesystem; use a directory of its own, such as {path}/anycast"
+    )]
+    PinDirIsRoot { path: PathBuf },
+    #[error("pin directory {path}: its parent {parent} does not exist")]
+    PinDirParentMissing { path: PathBuf, parent: PathBuf },
+    #[error("{}", agent_running(.path, *.pid))]
+    AgentRunning { path: PathBuf, pid: Option<u32> },
+    #[error(
+        "pin directory {path} is incomplete: {missing} is missing ({recover})"
+    )]
+    PinsIncomplete {
+        path: PathBuf,
+        missing: &'static str,
+        recover: &'static str,
+    },
+    #[error("pin directory {path} holds an incompatible dataplane: {what} ({recover})")]
+    PinsIncompatible {
+        path: PathBuf,
+        what: String,
+        recover: &'static str,
+    },
+    #[error(
+        "the dataplane under {path} was replaced while this command ran (a detach and attach); nothing was written: run it again"
+    )]
+    StateReplaced { path: PathBuf },
+    #[error("{address} cannot be an anycast address: {why}")]
+    NotAnycast { address: Ipv4Addr, why: String },
+    #[error("{member} cannot be a member: {why}")]
+    BadMember { member: Ipv4Addr, why: String },
     #[error("nothing is attached under {path}; run `anycast-ctl attach IFACE` first")]
     NotAttached { path: PathBuf },
     #[error("no such interface: {name}")]
@@ -30,6 +60,12 @@ pub enum Error {
     NotOnLink { member: Ipv4Addr, gateway: Ipv4Addr },
     #[error("member {member} is not on-link on {iface}")]
     NotOnLinkDev { member: Ipv4Addr, iface: String },
+    #[error("member {member} is not reached through {iface}: the route to it uses {route_iface}")]
+    RouteUsesOtherDev {
+        member: Ipv4Addr,
+        iface: String,
+        route_iface: String,
+    },
     #[error("member {member} is reached through {iface}, which is not attached")]
     EgressNotAttached { member: Ipv4Addr, iface: String },
     #[error(
@@ -55,7 +91,7 @@ pub enum Error {
         source: aya::maps::MapError,
     },
     #[error("loading the eBPF object: {0}")]
-    Load(#[from] aya::EbpfError),
+    Load(String),
     #[error("BPF program: {0}")]
     Program(#[from] aya::programs::ProgramError),
     #[error("netlink: {0}")]
@@ -70,6 +106,16 @@ pub enum Error {
     },
 }
 
+fn agent_running(path: &std::path::Path, pid: Option<u32>) -> String {
+    match pid {
+        Some(pid) => format!(
+            "another agent (pid {pid}) is running on {}; stop it first",
+            path.display()
+        ),
+        None => format!("another agent is running on {}; stop it first", path.display()),
+    }
+}
+
 impl Error {
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         if source.kind() == std::io::ErrorKind::PermissionDenied {
@@ -79,6 +125,21 @@ impl Error {
             context: context.into(),
             source,
         }
+    }
+
+    /// A load error in one line: the verifier's log (many lines) is logged at debug level.
+    pub fn load(e: &aya::EbpfError) -> Self {
+        let text = e.to_string();
+        let mut lines = text.lines();
+        let first = lines.next().unwrap_or("unknown error").to_string();
+        let rest = lines.count();
+        if rest > 0 {
+            tracing::debug!(log = %text, "eBPF load error");
+            return Error::Load(format!(
+                "{first} (and {rest} more lines of verifier log: set ANYCAST_LOG=debug to see them)"
+            ));
+        }
+        Error::Load(first)
     }
 
     /// A map error, with EPERM reported as missing privileges.

@@ -4,12 +4,14 @@
 //! - [`dataplane`]: loading the embedded eBPF object and typed access to its pinned maps.
 //! - [`attach`]: attaching the dataplane to interfaces, detaching it, and its status.
 //! - [`members`]: where a membership becomes a map entry (used by the CLI and the agent).
+//! - [`policy`]: what may be an anycast address or a member.
 //! - [`report`]: reading addresses, members and counters back out of the maps.
 //! - [`net`]: rtnetlink look-ups: links, routes, neighbours.
 //! - [`agent`]: the router's daemon that learns members from host advertisements.
 //! - [`announce`]: the member host's side: join anycast addresses and advertise them.
 //! - [`advert_auth`]: keys and HMAC of advertisements (wire format: `anycast_common::advert`).
 //! - [`sys`]: raw socket calls for advertisements.
+//! - [`textfile`]: bounded reads of the operator's files.
 //! - [`cli`]: the command line.
 
 pub mod advert_auth;
@@ -24,8 +26,10 @@ pub mod maglev;
 pub mod members;
 pub mod net;
 pub mod pin;
+pub mod policy;
 pub mod report;
 pub mod sys;
+pub mod textfile;
 
 pub use error::{Error, Result};
 

@@ -11,6 +11,14 @@ impl fmt::Display for MacAddr {
     }
 }
 
+impl MacAddr {
+    /// Whether frames can be sent to it: not all-zero, not broadcast or multicast (the low bit
+    /// of the first octet).
+    pub fn is_unicast(&self) -> bool {
+        self.0 != [0; 6] && self.0[0] & 1 == 0
+    }
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("invalid MAC address {0:?} (expected six hex octets like 02:00:5e:10:00:01)")]
 pub struct ParseMacError(String);
@@ -46,6 +54,14 @@ mod tests {
         assert_eq!(mac.0, [0x02, 0x00, 0x5e, 0x10, 0x00, 0x01]);
         assert_eq!(mac.to_string(), "02:00:5e:10:00:01");
         assert_eq!("02-00-5e-10-00-01".parse::<MacAddr>(), Ok(mac));
+    }
+
+    #[test]
+    fn unicast_excludes_zero_broadcast_and_multicast() {
+        assert!(MacAddr([2, 0, 0x5e, 0x10, 0, 1]).is_unicast());
+        for mac in [[0; 6], [0xff; 6], [0x01, 0, 0x5e, 0, 0, 1], [0x33, 0x33, 0, 0, 0, 1]] {
+            assert!(!MacAddr(mac).is_unicast(), "{mac:x?}");
+        }
     }
 
     #[test]

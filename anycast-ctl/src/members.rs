@@ -15,7 +15,7 @@
 use std::{collections::HashSet, net::Ipv4Addr, time::Duration};
 
 use anycast_common::{
-    AddrBucket, AddrStats, HOST_MAC_KNOWN, HOST_MAC_STATIC, Host, MAX_ADDRS, MAX_HOSTS,
+    AddrBucket, AddrStats, HOST_MAC_KNOWN, HOST_MAC_SIGNED, HOST_MAC_STATIC, Host, MAX_ADDRS, MAX_HOSTS,
     MAX_MEMBER_COUNTERS, MAX_MEMBERS, MemberInfo, MemberKey, MemberRef, MemberSet, MemberStats,
     NO_HOST, SOURCE_STATIC, TABLE_ENTRIES_PER_WORD, ip_key, member_set_index,
 };
@@ -43,24 +43,39 @@ pub struct Placement {
     pub smac: [u8; 6],
     /// The MAC was given by the operator and is not relearned.
     pub static_mac: bool,
+    /// The MAC came in the member's signed advertisement; only another one replaces it.
+    pub signed_mac: bool,
+}
+
+/// Where a member's MAC comes from. Never from a frame the dataplane saw: only from sources
+/// as trustworthy as the kernel's neighbour table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MacFrom {
+    /// The kernel's neighbour table, resolved if needed.
+    Neighbour,
+    /// The operator (`--mac`).
+    Operator([u8; 6]),
+    /// The member's signed advertisement.
+    Signed([u8; 6]),
 }
 
 /// Finds the egress interface and MACs of `member`, which must be on-link on an attached
-/// interface (`dev`, if given). Resolves the MAC through the kernel unless `mac` is given.
+/// interface (`dev`, if given). Resolves the MAC through the kernel for [`MacFrom::Neighbour`].
 pub async fn locate(
     maps: &Maps,
     nl: &Netlink,
     member: Ipv4Addr,
     dev: Option<&str>,
-    mac: Option<[u8; 6]>,
+    mac_from: MacFrom,
     resolve_timeout: Duration,
 ) -> Result<Placement> {
+    crate::policy::check_member(maps, nl, member).await?;
     let dev = match dev {
         Some(name) => Some(nl.link_by_name(name).await?),
         None => None,
     };
     let route = nl
-        .route_to(member, dev.as_ref().map(|d| d.index))
+        .route_to(member, None)
         .await?
         .filter(|r| r.unicast)
         .ok_or(Error::NoRoute { member })?;
@@ -77,9 +92,10 @@ pub async fn locate(
     if let Some(d) = &dev
         && d.index != egress.index
     {
-        return Err(Error::NotOnLinkDev {
+        return Err(Error::RouteUsesOtherDev {
             member,
             iface: d.name.clone(),
+            route_iface: egress.name,
         });
     }
     if maps.ifaces.get(&egress.index, 0).is_err() {
@@ -88,26 +104,30 @@ pub async fn locate(
             iface: egress.name,
         });
     }
-    let (mac, static_mac) = match mac {
-        Some(mac) => (mac, true),
-        None => {
-            let mac = nl
-                .resolve(egress.index, member, resolve_timeout)
-                .await?
-                .ok_or_else(|| Error::MacUnresolved {
-                    member,
-                    iface: egress.name.clone(),
-                    millis: resolve_timeout.as_millis() as u64,
-                })?;
-            (mac, false)
-        }
+    let mac = match mac_from {
+        MacFrom::Operator(mac) | MacFrom::Signed(mac) => mac,
+        MacFrom::Neighbour => nl
+            .resolve(egress.index, member, resolve_timeout)
+            .await?
+            .ok_or_else(|| Error::MacUnresolved {
+                member,
+                iface: egress.name.clone(),
+                millis: resolve_timeout.as_millis() as u64,
+            })?,
     };
+    if !crate::mac::MacAddr(mac).is_unicast() {
+        return Err(Error::BadMember {
+            member,
+            why: format!("its MAC {} is not a unicast MAC", crate::mac::MacAddr(mac)),
+        });
+    }
     Ok(Placement {
         member,
         ifindex: egress.index,
         mac,
         smac: egress.mac,
-        static_mac,
+        static_mac: matches!(mac_from, MacFrom::Operator(_)),
+        signed_mac: matches!(mac_from, MacFrom::Signed(_)),
     })
 }
 
@@ -444,7 +464,7 @@ fn write_host(maps: &mut Maps, p: &Placement) -> Result<u32> {
                 .hosts
                 .get(&index, 0)
                 .map_err(|e| Error::map("HOSTS", e))?;
-            if current.flags & HOST_MAC_STATIC != 0 && !p.static_mac {
+            if mac_rank(current.flags) > mac_rank(host_flags(p)) {
                 return Ok(index);
             }
             index
@@ -460,7 +480,7 @@ fn write_host(maps: &mut Maps, p: &Placement) -> Result<u32> {
         ifindex: p.ifindex,
         mac: p.mac,
         smac: p.smac,
-        flags: HOST_MAC_KNOWN | if p.static_mac { HOST_MAC_STATIC } else { 0 },
+        flags: host_flags(p),
     };
     maps.hosts
         .set(index, host, 0)
@@ -469,6 +489,50 @@ fn write_host(maps: &mut Maps, p: &Placement) -> Result<u32> {
         .insert(ip, index, 0)
         .map_err(|e| Error::map("HOST_IDS", e))?;
     Ok(index)
+}
+
+/// The `HOST_*` flags of a placement.
+fn host_flags(p: &Placement) -> u32 {
+    let origin = match (p.static_mac, p.signed_mac) {
+        (true, _) => HOST_MAC_STATIC,
+        (false, true) => HOST_MAC_SIGNED,
+        (false, false) => 0,
+    };
+    HOST_MAC_KNOWN | origin
+}
+
+/// How much a host's MAC is worth: the operator's, then the member's signed word, then the
+/// neighbour table. A placement never replaces a MAC of a higher rank.
+fn mac_rank(flags: u32) -> u8 {
+    match (flags & HOST_MAC_STATIC != 0, flags & HOST_MAC_SIGNED != 0) {
+        (true, _) => 2,
+        (false, true) => 1,
+        (false, false) => 0,
+    }
+}
+
+/// Follows the kernel's neighbour table: gives host `ip` on `ifindex` the MAC `mac`, unless
+/// its MAC came from the operator or from signed advertisements. Returns whether it changed.
+pub fn follow_neighbour(maps: &mut Maps, ip: Ipv4Addr, ifindex: u32, mac: [u8; 6]) -> Result<bool> {
+    if !crate::mac::MacAddr(mac).is_unicast() {
+        return Ok(false);
+    }
+    let Ok(index) = maps.host_ids.get(&ip_key(ip.octets()), 0) else {
+        return Ok(false);
+    };
+    let mut host = maps
+        .hosts
+        .get(&index, 0)
+        .map_err(|e| Error::map("HOSTS", e))?;
+    if host.ifindex != ifindex || mac_rank(host.flags) > 0 || host.mac == mac {
+        return Ok(false);
+    }
+    host.mac = mac;
+    host.flags |= HOST_MAC_KNOWN;
+    maps.hosts
+        .set(index, host, 0)
+        .map_err(|e| Error::map("HOSTS", e))?;
+    Ok(true)
 }
 
 fn used_counters(maps: &Maps) -> Result<Vec<u32>> {

@@ -14,7 +14,9 @@ use netlink_packet_route::{
     AddressFamily,
     address::{AddressAttribute, AddressMessage},
     link::{LinkAttribute, LinkMessage},
-    neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourState},
+    neighbour::{
+        NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+    },
     route::{RouteAddress, RouteAttribute, RouteMessage, RouteType},
 };
 use rtnetlink::Handle;
@@ -38,6 +40,14 @@ pub struct Route {
     pub gateway: Option<Ipv4Addr>,
     /// Unicast (reachable) or not (local, unreachable, blackhole, ...).
     pub unicast: bool,
+}
+
+/// An IPv4 address of one of this host's interfaces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IfAddr {
+    pub ifindex: u32,
+    pub ip: Ipv4Addr,
+    pub prefix_len: u8,
 }
 
 pub struct Netlink {
@@ -90,6 +100,26 @@ impl Netlink {
             });
             if let Some(ip) = ip {
                 out.push((ip, msg));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every IPv4 address of every interface.
+    pub async fn ipv4_addresses(&self) -> Result<Vec<IfAddr>> {
+        let mut out = Vec::new();
+        let mut stream = self.handle.address().get().execute();
+        while let Some(msg) = stream.try_next().await? {
+            let ip = msg.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Local(IpAddr::V4(ip)) => Some(*ip),
+                _ => None,
+            });
+            if let Some(ip) = ip {
+                out.push(IfAddr {
+                    ifindex: msg.header.index,
+                    ip,
+                    prefix_len: msg.header.prefix_len,
+                });
             }
         }
         Ok(out)
@@ -162,22 +192,13 @@ impl Netlink {
     pub async fn neighbour(&self, ifindex: u32, ip: Ipv4Addr) -> Result<Option<[u8; 6]>> {
         let mut neighbours = self.handle.neighbours().get().execute();
         while let Some(msg) = neighbours.try_next().await? {
-            if msg.header.ifindex != ifindex || !usable(msg.header.state) {
+            if msg.header.ifindex != ifindex {
                 continue;
             }
-            let mut dst = None;
-            let mut mac = None;
-            for attr in msg.attributes {
-                match attr {
-                    NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => dst = Some(a),
-                    NeighbourAttribute::LinkLayerAddress(l) if l.len() == 6 => {
-                        mac = Some([l[0], l[1], l[2], l[3], l[4], l[5]])
-                    }
-                    _ => {}
-                }
-            }
-            if dst == Some(ip) && mac.is_some() {
-                return Ok(mac);
+            if let Some((dst, mac)) = neighbour_entry(&msg)
+                && dst == ip
+            {
+                return Ok(Some(mac));
             }
         }
         Ok(None)
@@ -225,6 +246,25 @@ async fn first_link(
         Ok(Some(msg)) => Ok(link_from(msg)),
         _ => Err(Error::UnknownInterface { name: name() }),
     }
+}
+
+/// The IPv4 address and MAC of a usable neighbour entry (one the kernel itself would send to).
+pub fn neighbour_entry(msg: &NeighbourMessage) -> Option<(Ipv4Addr, [u8; 6])> {
+    if !usable(msg.header.state) {
+        return None;
+    }
+    let mut dst = None;
+    let mut mac = None;
+    for attr in &msg.attributes {
+        match attr {
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => dst = Some(*a),
+            NeighbourAttribute::LinkLayerAddress(l) if l.len() == 6 => {
+                mac = Some([l[0], l[1], l[2], l[3], l[4], l[5]])
+            }
+            _ => {}
+        }
+    }
+    Some((dst?, mac?))
 }
 
 fn usable(state: NeighbourState) -> bool {

@@ -1,9 +1,15 @@
 //! The pin directory: where the dataplane's maps and links live on bpffs, so that they outlive
 //! every process, and the lock that serialises the processes writing them.
 //!
-//! Layout: `DIR/<MAP NAME>` for every map of `anycast_common::names`, and `DIR/links/<ifindex>`
-//! for each attachment (a pinned bpf_link). The dataplane is attached iff `DIR/links` has an
-//! entry; the last detach removes `DIR` entirely.
+//! Layout: `DIR/<MAP NAME>` for every pinned map of `anycast_common::names`,
+//! `DIR/links/<ifindex>` for each attachment (a pinned bpf_link) and `DIR/agent`, the directory
+//! a running agent holds locked. The dataplane is attached iff `DIR/links` has an entry.
+//!
+//! Invariants:
+//! - anycast removes only what it creates: [`PinDir::remove`] unlinks the names above, one by
+//!   one, and the directories only once they are empty; another tool's pins survive a detach.
+//! - The pin directory is never the root of a bpf filesystem (where removing "our" pins could
+//!   meet every other program's).
 use std::{
     ffi::CString,
     fs::File,
@@ -54,6 +60,13 @@ impl DirLock {
     }
 }
 
+impl DirLockGuard {
+    /// Whether the locked directory is still `pin`'s (not removed and made anew).
+    pub fn is_dir_of(&self, pin: &PinDir) -> bool {
+        pin.same_dir(&self.dir)
+    }
+}
+
 impl Drop for DirLockGuard {
     fn drop(&mut self) {
         let _ = self.dir.unlock();
@@ -81,22 +94,48 @@ impl PinDir {
         self.links().join(ifindex.to_string())
     }
 
-    /// Whether the maps are pinned here.
-    pub fn has_maps(&self) -> bool {
-        self.map(anycast_common::names::ADDRS).exists()
+    /// The directory a running agent holds locked (see [`PinDir::agent_lock`]).
+    pub fn agent_dir(&self) -> PathBuf {
+        self.path.join("agent")
     }
 
-    /// Makes sure bpffs is mounted and that the directory (or, if it does not exist yet, its
-    /// parent) is on bpffs.
+    /// Whether any map of the dataplane is pinned here (see `dataplane::check_pins` for
+    /// whether they all are).
+    pub fn has_maps(&self) -> bool {
+        anycast_common::names::PINNED
+            .iter()
+            .any(|name| self.map(name).exists())
+    }
+
+    /// Makes sure bpffs is mounted, that the directory (or, if it does not exist yet, its
+    /// parent) is on bpffs, and that it is not the root of a bpf filesystem.
     pub fn check(&self) -> Result<()> {
         ensure_bpffs_mounted(&self.path)?;
-        let parent = self.path.parent().unwrap_or(Path::new("/"));
-        let probe = if self.path.exists() {
-            &self.path
-        } else {
-            parent
+        let parent = match self.path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("/"),
         };
-        if !is_bpffs(probe) {
+        if self.path.exists() {
+            if !is_bpffs(&self.path) {
+                return Err(Error::NotBpffs {
+                    path: self.path.clone(),
+                });
+            }
+            let dev = |p: &Path| std::fs::metadata(p).map(|m| m.dev()).ok();
+            if self.path.parent().is_none() || dev(&self.path) != dev(parent) {
+                return Err(Error::PinDirIsRoot {
+                    path: self.path.clone(),
+                });
+            }
+            return Ok(());
+        }
+        if !parent.is_dir() {
+            return Err(Error::PinDirParentMissing {
+                path: self.path.clone(),
+                parent: parent.to_path_buf(),
+            });
+        }
+        if !is_bpffs(parent) {
             return Err(Error::NotBpffs {
                 path: self.path.clone(),
             });
@@ -116,8 +155,14 @@ impl PinDir {
         }
         loop {
             if create {
-                std::fs::create_dir_all(self.links())
-                    .map_err(|e| Error::io(format!("creating {}", self.path.display()), e))?;
+                for dir in [self.path.clone(), self.links()] {
+                    match std::fs::create_dir(&dir) {
+                        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                            return Err(Error::io(format!("creating {}", dir.display()), e));
+                        }
+                        _ => {}
+                    }
+                }
             }
             let dir = File::open(&self.path)
                 .map_err(|e| Error::io(format!("opening {}", self.path.display()), e))?;
@@ -147,11 +192,81 @@ impl PinDir {
         Ok(DirLock { dir })
     }
 
-    /// Removes every pin and the directory itself.
-    pub fn remove(&self) -> Result<()> {
-        std::fs::remove_dir_all(&self.path)
-            .map_err(|e| Error::io(format!("removing {}", self.path.display()), e))
+    /// Whether this process's lock on the pin directory is on the live directory (one that a
+    /// detach and re-attach did not replace).
+    pub fn same_dir(&self, held: &File) -> bool {
+        let live = std::fs::metadata(&self.path).map(|m| (m.dev(), m.ino()));
+        let held = held.metadata().map(|m| (m.dev(), m.ino()));
+        matches!((live, held), (Ok(a), Ok(b)) if a == b)
     }
+
+    /// Removes what anycast pinned here: the maps, the links directory (with any links left
+    /// in it, which are anycast's own by name) and the agent's lock directory, then the pin
+    /// directory itself if nothing else is left in it. Pins of other tools are never touched.
+    pub fn remove(&self) -> Result<()> {
+        let io = |what: &Path, e| Error::io(format!("removing {}", what.display()), e);
+        for name in anycast_common::names::PINNED {
+            let path = self.map(name);
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&path, e)),
+                _ => {}
+            }
+        }
+        if let Ok(entries) = std::fs::read_dir(self.links()) {
+            for entry in entries.flatten() {
+                let ours = entry.file_name().to_str().is_some_and(|n| n.parse::<u32>().is_ok());
+                if ours {
+                    std::fs::remove_file(entry.path()).map_err(|e| io(&entry.path(), e))?;
+                }
+            }
+        }
+        for dir in [self.links(), self.agent_dir(), self.path.clone()] {
+            match std::fs::remove_dir(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                // Someone else's pins are still there: leave them, and the directory.
+                Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => {}
+                Err(e) => return Err(io(&dir, e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes the agent's lock: a directory `DIR/agent` held with a non-blocking flock for the
+    /// agent's life. A second agent on the same pin directory fails, naming the first one's pid.
+    pub fn agent_lock(&self) -> Result<File> {
+        let dir = self.agent_dir();
+        match std::fs::create_dir(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                return Err(Error::io(format!("creating {}", dir.display()), e));
+            }
+            _ => {}
+        }
+        let file =
+            File::open(&dir).map_err(|e| Error::io(format!("opening {}", dir.display()), e))?;
+        match file.try_lock() {
+            Ok(()) => Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) => Err(Error::AgentRunning {
+                path: self.path.clone(),
+                pid: lock_holder(&file),
+            }),
+            Err(std::fs::TryLockError::Error(e)) => {
+                Err(Error::io(format!("locking {}", dir.display()), e))
+            }
+        }
+    }
+}
+
+/// The pid holding a flock on `file`, from /proc/locks (`1: FLOCK ADVISORY WRITE PID MAJ:MIN:INO`).
+fn lock_holder(file: &File) -> Option<u32> {
+    let ino = file.metadata().ok()?.ino();
+    let locks = std::fs::read_to_string("/proc/locks").ok()?;
+    locks.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (pid, id) = (fields.get(4)?, fields.get(5)?);
+        (fields.get(1) == Some(&"FLOCK") && id.rsplit(':').next()? == ino.to_string())
+            .then(|| pid.parse().ok())?
+    })
 }
 
 fn is_bpffs(path: &Path) -> bool {

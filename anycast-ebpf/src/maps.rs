@@ -95,6 +95,11 @@ pub static SENDER_SEQ: HashMap<u32, u64> = HashMap::pinned(MAX_HOSTS, BPF_F_NO_P
 #[map]
 pub static AGENT_STATS: Array<u64> = Array::pinned(AGENT_COUNTERS, 0);
 
+/// The layout version of the pinned maps (`anycast_common::LAYOUT_VERSION`), written by the
+/// loader that created them.
+#[map]
+pub static LAYOUT: Array<u32> = Array::pinned(1, 0);
+
 /// An anycast address: its counter slot and live member set.
 pub struct Addr<'a> {
     pub slot: u32,

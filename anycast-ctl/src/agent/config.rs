@@ -1,11 +1,22 @@
 //! The agent's configuration: a TOML file, overridden field by field by the command line.
-use std::{net::Ipv4Addr, path::PathBuf, time::Duration};
+//!
+//! Everything is checked here, keys included, before the agent changes anything on the system;
+//! SIGHUP runs the same [`Source::load`] again, so a reload is checked exactly like a start.
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anycast_common::advert::{DEFAULT_GROUP, DEFAULT_PORT, MAX_CLOCK_SKEW_MS};
 use ipnet::Ipv4Net;
 use serde::Deserialize;
 
-use crate::{Error, Result, attach::Mode};
+use crate::{Error, Result, advert_auth::Keys, attach::Mode};
+
+/// Largest `replay_window_ms`: clocks of routers and members that disagree by more than this
+/// need fixing, not a wider window.
+pub const MAX_REPLAY_WINDOW_MS: u64 = 3_600_000;
 
 /// The file format. Every field is optional; see `Config::merge` for the defaults.
 #[derive(Debug, Default, Deserialize)]
@@ -23,8 +34,8 @@ pub struct File {
 }
 
 impl File {
-    pub fn load(path: &std::path::Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
+    pub fn load(path: &Path) -> Result<Self> {
+        let (_, text) = crate::textfile::read(path)
             .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
         toml::from_str(&text).map_err(|e| {
             let msg = e.message().to_string();
@@ -48,16 +59,56 @@ pub struct Config {
 }
 
 /// Command-line values; `None`/empty means "not given".
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, clap::Args)]
 pub struct Overrides {
+    /// Interfaces to attach to and listen on (repeatable) [config: dev].
+    #[arg(long = "dev", value_name = "IFACE")]
     pub devs: Vec<String>,
+    /// Anycast addresses hosts may claim (repeatable) [config: anycast_prefix].
+    #[arg(long = "anycast-prefix", value_name = "CIDR")]
     pub prefixes: Vec<Ipv4Net>,
+    /// Keys that advertisements must be signed with (mode 0600) [config: key_file].
+    #[arg(long, value_name = "FILE")]
     pub key_file: Option<PathBuf>,
+    /// Accept unsigned advertisements (anyone on the link can then volunteer).
+    #[arg(long)]
     pub insecure_no_auth: bool,
+    /// Advertisement multicast group [default: 239.255.15.46].
+    #[arg(long)]
     pub group: Option<Ipv4Addr>,
+    /// Advertisement UDP port [default: 5446].
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     pub port: Option<u16>,
+    /// Attach mode [default: native].
+    #[arg(long, short, value_enum)]
     pub mode: Option<Mode>,
+    /// Detach the dataplane when the agent exits (by default it keeps forwarding).
+    #[arg(long)]
     pub detach_on_exit: bool,
+}
+
+/// Where the configuration comes from; read again on SIGHUP.
+#[derive(Clone, Debug, Default)]
+pub struct Source {
+    /// The TOML file, if any.
+    pub path: Option<PathBuf>,
+    pub overrides: Overrides,
+}
+
+impl Source {
+    /// Reads and checks the configuration and its key file.
+    pub fn load(&self) -> Result<(Config, Option<Keys>)> {
+        let file = match &self.path {
+            Some(path) => File::load(path)?,
+            None => File::default(),
+        };
+        let config = Config::merge(file, self.overrides.clone())?;
+        let keys = match &config.key_file {
+            Some(path) => Some(Keys::load(path)?),
+            None => None,
+        };
+        Ok((config, keys))
+    }
 }
 
 impl Config {
@@ -97,6 +148,15 @@ impl Config {
                 file.replay_window_ms.unwrap_or(MAX_CLOCK_SKEW_MS),
             ),
         };
+        if config.port == 0 {
+            return Err(Error::Usage("port 0 is not a UDP port to listen on".into()));
+        }
+        let window = config.replay_window.as_millis() as u64;
+        if window == 0 || window > MAX_REPLAY_WINDOW_MS {
+            return Err(Error::Usage(format!(
+                "replay_window_ms = {window}: it must be 1 to {MAX_REPLAY_WINDOW_MS}"
+            )));
+        }
         if config.devs.is_empty() {
             return Err(Error::Usage("the agent needs at least one --dev".into()));
         }
@@ -186,5 +246,29 @@ mod tests {
         assert!(toml::from_str::<File>("port = \"x\"").is_err());
         let bad_mode: File = toml::from_str("mode = \"turbo\"").unwrap();
         assert!(Config::merge(bad_mode, cli()).is_err());
+    }
+
+    /// Regression: `replay_window_ms = 0` (every advertisement stale) and `port = 0` were
+    /// accepted.
+    #[test]
+    fn zero_replay_window_and_port_are_refused() {
+        for text in [
+            "replay_window_ms = 0",
+            "replay_window_ms = 3600001",
+            "port = 0",
+        ] {
+            let file: File = toml::from_str(text).unwrap();
+            let err = Config::merge(file, cli()).unwrap_err().to_string();
+            assert!(!err.contains('\n'), "{text}: {err}");
+        }
+        let ok: File = toml::from_str("replay_window_ms = 1000").unwrap();
+        assert!(Config::merge(ok, cli()).is_ok());
+    }
+
+    /// Regression: a config path of /dev/zero read forever.
+    #[test]
+    fn config_that_is_a_device_fails_fast() {
+        let err = File::load(Path::new("/dev/zero")).unwrap_err().to_string();
+        assert!(err.contains("not a regular file"), "{err}");
     }
 }

@@ -31,7 +31,7 @@ use tokio::{
 };
 
 use crate::{
-    Error, Result, advert_auth, attach,
+    Error, Result, advert_auth, attach, dataplane,
     dataplane::Maps,
     members::{self, member_key, now_ms},
     net::Netlink,
@@ -50,6 +50,8 @@ const COUNTER_FLUSH: Duration = Duration::from_millis(200);
 struct Learned {
     deadline_ms: u64,
     ifindex: u32,
+    /// The MAC its advertisements carry (none from an announcer that sends none).
+    mac: Option<[u8; 6]>,
 }
 
 pub struct Agent {
@@ -65,76 +67,180 @@ pub struct Agent {
     learned: HashMap<MemberKey, Learned>,
     counters: [u64; AGENT_COUNTERS as usize],
     log_limit: HashMap<Reject, Instant>,
+    /// Where the configuration came from, for SIGHUP.
+    source: config::Source,
+    /// An error that stops the event loop (the dataplane was detached under the agent).
+    fatal: Option<Error>,
 }
 
-/// Runs the agent until SIGINT or SIGTERM.
-pub async fn run(pin: PinDir, config: Config) -> Result<()> {
+/// Runs the agent until SIGINT or SIGTERM; SIGHUP reloads the configuration and keys.
+///
+/// Everything that can be checked is checked before the system changes: the configuration
+/// and keys (by the caller, through [`config::Source::load`]), the interfaces, the
+/// advertisement socket and the single-agent lock; only then is the dataplane attached.
+pub async fn run(pin: PinDir, source: config::Source) -> Result<()> {
+    let (config, _) = source.load()?;
     let nl = Netlink::new()?;
-    for (name, what) in attach::attach(&pin, &nl, &config.devs, config.mode, None).await? {
+    let mut ifindexes = Vec::new();
+    for name in &config.devs {
+        ifindexes.push(nl.link_by_name(name).await?.index);
+    }
+    let socket = sys::listener(config.port, config.group, &ifindexes)
+        .map_err(|e| Error::io("opening the advertisement socket", e))?;
+    let existed = pin.path().exists();
+    let agent_lock = pin.agent_lock()?;
+    let attached = attach::attach(&pin, &nl, &config.devs, config.mode, None).await;
+    let attached = match attached {
+        Ok(done) => done,
+        Err(e) => {
+            drop(agent_lock);
+            if !existed {
+                let _ = pin.remove();
+            }
+            return Err(e);
+        }
+    };
+    for (name, what) in attached {
         tracing::info!(iface = %name, ?what, "dataplane attached");
     }
     let mut agent = Agent::new(pin, config, nl).await?;
-    let ifindexes: Vec<u32> = agent.devs.keys().copied().collect();
-    let socket = sys::listener(agent.config.port, agent.config.group, &ifindexes)
-        .map_err(|e| Error::io("opening the advertisement socket", e))?;
-    // SAFETY: the Socket owns its fd and the AsyncFd owns the Socket, so the fd stays open and
-    // is not registered elsewhere until the AsyncFd is dropped.
-    let socket = unsafe { AsyncFd::register(socket) }.map_err(|e| {
-        Error::io(
-            "registering the socket",
-            std::io::Error::other(e.to_string()),
-        )
-    })?;
-    let mut links = link_events()?;
-    let mut sigint = signal(SignalKind::interrupt()).map_err(|e| Error::io("SIGINT handler", e))?;
-    let mut sigterm =
-        signal(SignalKind::terminate()).map_err(|e| Error::io("SIGTERM handler", e))?;
-    let mut tick = tokio::time::interval(TICK);
-    let mut flush = tokio::time::interval(COUNTER_FLUSH);
-    let mut buf = vec![0u8; 2048];
-    tracing::info!(devs = ?agent.config.devs, port = agent.config.port, group = %agent.config.group, "agent running");
-    loop {
-        tokio::select! {
-            // Advertisements first: a refresh waiting in the socket must be seen before the
-            // expiry tick judges its member.
-            biased;
-            ready = socket.readable() => {
-                let mut guard = ready.map_err(|e| Error::io("waiting for advertisements", e))?;
-                loop {
-                    match sys::recv(socket.get_ref(), &mut buf) {
-                        Ok(rx) => {
-                            let len = rx.len.min(buf.len());
-                            agent.handle(&buf[..len], &rx).await;
-                        }
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                            guard.clear_ready();
-                            break;
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "receiving an advertisement");
-                            break;
-                        }
-                    }
-                }
-            }
-            _ = tick.tick() => agent.expire(now_ms()),
-            _ = flush.tick() => agent.flush_counters(),
-            Some(event) = links.next() => agent.link_event(event),
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
-        }
-    }
-    agent.flush_counters();
-    if agent.config.detach_on_exit {
-        attach::detach(&agent.pin, &agent.nl, &agent.config.devs).await?;
-        tracing::info!("dataplane detached");
-    } else {
-        tracing::info!("exiting; the dataplane stays attached");
-    }
+    agent.source = source;
+    agent.serve(socket).await?;
+    drop(agent_lock);
     Ok(())
 }
 
 impl Agent {
+    /// The event loop: advertisements, expiry, link events and signals.
+    async fn serve(&mut self, socket: socket2::Socket) -> Result<()> {
+        // SAFETY: the Socket owns its fd and the AsyncFd owns the Socket, so the fd stays open
+        // and is not registered elsewhere until the AsyncFd is dropped.
+        let socket = unsafe { AsyncFd::register(socket) }.map_err(|e| {
+            Error::io(
+                "registering the socket",
+                std::io::Error::other(e.to_string()),
+            )
+        })?;
+        let mut links = link_events()?;
+        let signal = |kind, name| signal(kind).map_err(|e| Error::io(name, e));
+        let mut sigint = signal(SignalKind::interrupt(), "SIGINT handler")?;
+        let mut sigterm = signal(SignalKind::terminate(), "SIGTERM handler")?;
+        let mut sighup = signal(SignalKind::hangup(), "SIGHUP handler")?;
+        let mut tick = tokio::time::interval(TICK);
+        let mut flush = tokio::time::interval(COUNTER_FLUSH);
+        let mut buf = vec![0u8; 2048];
+        tracing::info!(devs = ?self.config.devs, port = self.config.port, group = %self.config.group, "agent running");
+        loop {
+            tokio::select! {
+                // Advertisements first: a refresh waiting in the socket must be seen before the
+                // expiry tick judges its member.
+                biased;
+                ready = socket.readable() => {
+                    let mut guard = ready.map_err(|e| Error::io("waiting for advertisements", e))?;
+                    self.drain(socket.get_ref(), &mut buf, &mut guard).await;
+                }
+                _ = tick.tick() => self.expire(now_ms()),
+                _ = flush.tick() => self.flush_counters(),
+                Some(event) = links.next() => self.link_event(event),
+                _ = sighup.recv() => self.reload(),
+                _ = sigint.recv() => break,
+                _ = sigterm.recv() => break,
+            }
+            if let Some(e) = self.fatal.take() {
+                return Err(e);
+            }
+        }
+        self.flush_counters();
+        if self.config.detach_on_exit {
+            attach::detach(&self.pin, &self.nl, &self.config.devs).await?;
+            tracing::info!("dataplane detached");
+        } else {
+            tracing::info!("exiting; the dataplane stays attached");
+        }
+        Ok(())
+    }
+
+    /// Handles every datagram waiting in the socket.
+    async fn drain(
+        &mut self,
+        socket: &socket2::Socket,
+        buf: &mut [u8],
+        guard: &mut tokio::io::unix::AsyncFdReadyGuard<'_, socket2::Socket>,
+    ) {
+        loop {
+            match sys::recv(socket, buf) {
+                Ok(rx) => {
+                    let len = rx.len.min(buf.len());
+                    let datagram = buf[..len].to_vec();
+                    self.handle(&datagram, &rx).await;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    guard.clear_ready();
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "receiving an advertisement");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// SIGHUP: reads the configuration and key files again. Keys, prefixes and the replay
+    /// window take effect at once, learned members stay; interfaces, group, port and mode need
+    /// a restart. A reload that fails keeps the running configuration.
+    fn reload(&mut self) {
+        let (config, keys) = match self.source.load() {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                tracing::error!(error = %e, "reload failed; keeping the running configuration");
+                return;
+            }
+        };
+        let fixed = (&config.devs, config.group, config.port, config.mode);
+        if fixed != (&self.config.devs, self.config.group, self.config.port, self.config.mode) {
+            tracing::warn!("dev, group, port and mode changes take effect after a restart");
+        }
+        self.validator
+            .set_policy(keys, config.replay_window.as_millis() as u64);
+        self.config.prefixes = config.prefixes;
+        self.config.key_file = config.key_file;
+        self.config.insecure_no_auth = config.insecure_no_auth;
+        self.config.replay_window = config.replay_window;
+        self.config.detach_on_exit = config.detach_on_exit;
+        tracing::info!("configuration reloaded");
+    }
+
+    /// Takes the writers' lock and makes sure the maps held are the pinned ones. After a
+    /// detach and re-attach under the agent, it adopts the new state (its learned members
+    /// come back with their next advertisements); with nothing attached any more, it stops.
+    fn lock_live(&mut self) -> Result<crate::pin::DirLockGuard> {
+        let guard = self.dir_lock.lock()?;
+        if guard.is_dir_of(&self.pin) && self.maps.is_live(&self.pin) {
+            return Ok(guard);
+        }
+        drop(guard);
+        let replaced = Error::StateReplaced {
+            path: self.pin.path().to_path_buf(),
+        };
+        if !matches!(
+            dataplane::check_pins(&self.pin),
+            Ok(dataplane::Pins::Complete { .. })
+        ) {
+            self.fatal = Some(Error::Usage(format!(
+                "the dataplane under {} was detached while the agent ran; stopping",
+                self.pin.path().display()
+            )));
+            return Err(replaced);
+        }
+        tracing::warn!("the dataplane was replaced under the agent; adopting the new state");
+        self.dir_lock = self.pin.dir_lock()?;
+        self.maps = Maps::open(&self.pin)?;
+        self.learned.clear();
+        self.adopt()?;
+        Err(replaced)
+    }
+
     /// Builds the agent and adopts the learned state of a previous run.
     pub async fn new(pin: PinDir, config: Config, nl: Netlink) -> Result<Self> {
         let keys = match &config.key_file {
@@ -163,6 +269,8 @@ impl Agent {
             learned: HashMap::new(),
             counters: [0; AGENT_COUNTERS as usize],
             log_limit: HashMap::new(),
+            source: config::Source::default(),
+            fatal: None,
         };
         agent.adopt()?;
         // Members adopted on an interface that is down now go at once, as on a link event.
@@ -193,6 +301,7 @@ impl Agent {
                 Learned {
                     deadline_ms: info.updated_ms + info.hold_ms as u64,
                     ifindex,
+                    mac: None,
                 },
             );
         }
@@ -226,7 +335,10 @@ impl Agent {
     /// set, say) is logged and does not stop the others.
     async fn apply(&mut self, repr: &Repr, ifindex: u32, now: u64) -> Result<()> {
         for m in repr.memberships() {
-            if let Err(e) = self.apply_one(repr.sender, m, ifindex, now).await {
+            if let Err(e) = self
+                .apply_one(repr.sender, m, repr.link_addr, ifindex, now)
+                .await
+            {
                 tracing::warn!(sender = %repr.sender, anycast = %m.anycast, error = %e, "applying a membership");
             }
         }
@@ -237,6 +349,7 @@ impl Agent {
         &mut self,
         sender: Ipv4Addr,
         m: &anycast_common::advert::Membership,
+        link_addr: Option<[u8; 6]>,
         ifindex: u32,
         now: u64,
     ) -> Result<()> {
@@ -255,6 +368,7 @@ impl Agent {
         let learned = Learned {
             deadline_ms: now + m.hold_ms as u64,
             ifindex,
+            mac: link_addr,
         };
         let info = MemberInfo {
             source: SOURCE_LEARNED,
@@ -264,22 +378,31 @@ impl Agent {
             weight: m.weight,
             _pad: 0,
         };
-        let refresh = self.learned.get(&key).is_some_and(|l| l.ifindex == ifindex);
-        // A new member is located first (which may wait for ARP), outside the lock.
+        // The same interface and the same signed MAC: a refresh. Anything else places the
+        // member anew, first (which may wait for ARP), outside the lock.
+        let refresh = self
+            .learned
+            .get(&key)
+            .is_some_and(|l| l.ifindex == ifindex && l.mac == link_addr);
         let placement = if refresh {
             None
         } else {
+            if let Err(e) = crate::policy::check_anycast(&self.maps, &self.nl, m.anycast).await {
+                self.reject(Reject::NotAnycast, sender);
+                tracing::debug!(error = %e, "checking an anycast address");
+                return Ok(());
+            }
+            let mac = link_addr.map_or(members::MacFrom::Neighbour, members::MacFrom::Signed);
             let dev = self.devs.get(&ifindex).cloned();
-            match members::locate(
+            let located = members::locate(
                 &self.maps,
                 &self.nl,
                 sender,
                 dev.as_deref(),
-                None,
+                mac,
                 members::AGENT_RESOLVE_TIMEOUT,
-            )
-            .await
-            {
+            );
+            match located.await {
                 Ok(p) => Some(p),
                 Err(e) => {
                     self.reject(Reject::NotOnLink, sender);
@@ -288,7 +411,7 @@ impl Agent {
                 }
             }
         };
-        let _lock = self.dir_lock.lock()?;
+        let _lock = self.lock_live()?;
         let current = self.maps.member_info.get(&key, 0).ok();
         match (current, placement) {
             // An operator's static member wins; the advertisement changes nothing.
@@ -356,7 +479,7 @@ impl Agent {
 
     /// Deletes a learned membership from the maps (never a static one).
     fn remove(&mut self, key: MemberKey, why: &str) -> Result<()> {
-        let _lock = self.dir_lock.lock()?;
+        let _lock = self.lock_live()?;
         let info = self.maps.member_info.get(&key, 0).ok();
         if info.is_none_or(|i| i.source != SOURCE_LEARNED) {
             return Ok(());
@@ -368,9 +491,16 @@ impl Agent {
         Ok(())
     }
 
+    /// A link or neighbour notification: a link that goes down drops its members; a member's
+    /// new MAC in the kernel's neighbour table is followed (unless the member's MAC came from
+    /// the operator or from signed advertisements).
     fn link_event(&mut self, msg: LinkMessage) {
-        let NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)) = msg.payload else {
-            return;
+        let link = match msg.payload {
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)) => link,
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNeighbour(n)) => {
+                return self.neighbour_event(n);
+            }
+            _ => return,
         };
         let index = link.header.index;
         if !self.devs.contains_key(&index) {
@@ -379,6 +509,20 @@ impl Agent {
         let flags = link.header.flags;
         if !(flags.contains(LinkFlags::Up) && flags.contains(LinkFlags::LowerUp)) {
             self.drop_interface(index);
+        }
+    }
+
+    fn neighbour_event(&mut self, n: netlink_packet_route::neighbour::NeighbourMessage) {
+        let Some((ip, mac)) = crate::net::neighbour_entry(&n) else {
+            return;
+        };
+        let changed = self.lock_live().and_then(|_lock| {
+            members::follow_neighbour(&mut self.maps, ip, n.header.ifindex, mac)
+        });
+        match changed {
+            Ok(true) => tracing::info!(member = %ip, mac = %crate::mac::MacAddr(mac), "member MAC followed from the neighbour table"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "following a neighbour"),
         }
     }
 
@@ -406,7 +550,7 @@ impl Agent {
 
 type LinkMessage = rtnetlink::packet_core::NetlinkMessage<RouteNetlinkMessage>;
 
-/// A stream of rtnetlink link notifications (RTMGRP_LINK).
+/// A stream of rtnetlink link and neighbour notifications (RTMGRP_LINK, RTMGRP_NEIGH).
 fn link_events() -> Result<impl futures::Stream<Item = LinkMessage> + Unpin> {
     use rtnetlink::sys::{AsyncSocket, SocketAddr};
     let (mut connection, _, messages) =
@@ -414,7 +558,10 @@ fn link_events() -> Result<impl futures::Stream<Item = LinkMessage> + Unpin> {
     connection
         .socket_mut()
         .socket_mut()
-        .bind(&SocketAddr::new(0, rtnetlink::constants::RTMGRP_LINK))
+        .bind(&SocketAddr::new(
+            0,
+            rtnetlink::constants::RTMGRP_LINK | rtnetlink::constants::RTMGRP_NEIGH,
+        ))
         .map_err(|e| Error::io("subscribing to link events", e))?;
     tokio::spawn(connection);
     Ok(messages.map(|(message, _)| message))

@@ -27,6 +27,8 @@ pub enum Reject {
     StaleTimestamp = 9,
     OutsidePrefix = 10,
     NotOnLink = 11,
+    BadLinkAddr = 12,
+    NotAnycast = 13,
 }
 
 impl Reject {
@@ -57,6 +59,12 @@ impl Validator {
         }
     }
 
+    /// Replaces the keys and the replay window (SIGHUP); replay state is kept.
+    pub fn set_policy(&mut self, keys: Option<advert_auth::Keys>, window_ms: u64) {
+        self.keys = keys;
+        self.window_ms = window_ms;
+    }
+
     /// Restores a sender's replay state (after an agent restart).
     pub fn remember(&mut self, sender: Ipv4Addr, seq: u64) {
         self.last_seq.insert(sender, seq);
@@ -81,6 +89,12 @@ impl Validator {
                 advert_auth::AuthError::BadMac => Reject::BadMac,
                 advert_auth::AuthError::Malformed(_) => Reject::Malformed,
             })?;
+        }
+        if repr
+            .link_addr
+            .is_some_and(|mac| !crate::mac::MacAddr(mac).is_unicast())
+        {
+            return Err(Reject::BadLinkAddr);
         }
         if repr.timestamp_ms.abs_diff(now_ms) > self.window_ms {
             return Err(Reject::StaleTimestamp);
