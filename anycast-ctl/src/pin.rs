@@ -236,11 +236,13 @@ impl PinDir {
     /// agent's life. A second agent on the same pin directory fails, naming the first one's pid.
     pub fn agent_lock(&self) -> Result<File> {
         let dir = self.agent_dir();
-        match std::fs::create_dir(&dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
-                return Err(Error::io(format!("creating {}", dir.display()), e));
+        for d in [&self.path, &dir] {
+            match std::fs::create_dir(d) {
+                Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                    return Err(Error::io(format!("creating {}", d.display()), e));
+                }
+                _ => {}
             }
-            _ => {}
         }
         let file =
             File::open(&dir).map_err(|e| Error::io(format!("opening {}", dir.display()), e))?;

@@ -269,6 +269,7 @@ impl Bed {
             mac,
             smac: self.ports[port].mac,
             static_mac: false,
+            signed_mac: false,
         };
         members::add(
             &mut self.maps,
