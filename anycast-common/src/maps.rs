@@ -23,7 +23,8 @@ pub mod names {
     pub const ADDR_KEYS: &str = "ADDR_KEYS";
     /// Member host index -> [`super::Host`].
     pub const HOSTS: &str = "HOSTS";
-    /// Member host IPv4 -> host index (used to learn MACs from ARP).
+    /// Member host IPv4 -> host index: user space's directory of `HOSTS` (not read by the
+    /// dataplane).
     pub const HOST_IDS: &str = "HOST_IDS";
     /// Attached ifindex -> [`super::Iface`].
     pub const IFACES: &str = "IFACES";
@@ -231,7 +232,7 @@ pub struct FlowEntry {
 
 /// `Host::flags`: the MAC is known and may be used.
 pub const HOST_MAC_KNOWN: u32 = 1 << 0;
-/// `Host::flags`: the MAC was given by the operator; the dataplane does not relearn it.
+/// `Host::flags`: the MAC was given by the operator.
 pub const HOST_MAC_STATIC: u32 = 1 << 1;
 
 /// A member host, on-link on an attached interface.
@@ -314,20 +315,17 @@ pub const STAT_OTHER_ETHERTYPE: u32 = 1;
 pub const STAT_MALFORMED: u32 = 2;
 /// ARP not answered by the dataplane: passed untouched.
 pub const STAT_ARP_PASSED: u32 = 3;
-/// A member's MAC learned or changed from its ARP.
-pub const STAT_MAC_LEARNED: u32 = 4;
 /// Frame on an interface without an `IFACES` entry.
-pub const STAT_IFACE_UNKNOWN: u32 = 5;
+pub const STAT_IFACE_UNKNOWN: u32 = 4;
 /// Non-first fragment whose first fragment was not seen: placed by its 3-tuple.
-pub const STAT_FRAG_ORPHAN: u32 = 6;
-pub const STAT_COUNT: u32 = 7;
+pub const STAT_FRAG_ORPHAN: u32 = 5;
+pub const STAT_COUNT: u32 = 6;
 /// Names of the `STAT_*` counters.
 pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
     "not_anycast",
     "other_ethertype",
     "malformed",
     "arp_passed",
-    "mac_learned",
     "iface_unknown",
     "fragment_orphan",
 ];

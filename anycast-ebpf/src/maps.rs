@@ -28,13 +28,9 @@ pub static MEMBER_SETS: Array<MemberSet> = Array::pinned(2 * MAX_ADDRS, 0);
 #[map]
 pub static ADDR_KEYS: HashMap<u32, u32> = HashMap::pinned(MAX_ADDRS, 0);
 
-/// Member host index -> where and how to send to it.
+/// Member host index -> where and how to send to it. Written by user space only.
 #[map]
 pub static HOSTS: Array<Host> = Array::pinned(MAX_HOSTS, 0);
-
-/// Member host IPv4 -> index into HOSTS, to learn MACs from ARP.
-#[map]
-pub static HOST_IDS: HashMap<u32, u32> = HashMap::pinned(MAX_HOSTS, 0);
 
 /// Attached ifindex -> its MAC and attach mode.
 #[map]
@@ -81,6 +77,10 @@ pub static FLOW_SETS_MASK: Global<u32> = Global::new(FLOW_SETS - 1);
 
 // User-space-only maps: declared here so that every map of the dataplane is created, pinned
 // and removed together; the program never reads them.
+
+/// Member host IPv4 -> index into HOSTS: user space's directory of member hosts.
+#[map]
+pub static HOST_IDS: HashMap<u32, u32> = HashMap::pinned(MAX_HOSTS, 0);
 
 /// Membership -> its source, hold time, preference and weight.
 #[map]

@@ -2,7 +2,7 @@
 //! output frame of the real dataplane object, and the counters it leaves.
 use std::net::Ipv4Addr;
 
-use anycast_common::{STAT_FRAG_ORPHAN, STAT_MAC_LEARNED, STAT_MALFORMED, programs::ANYCAST};
+use anycast_common::{STAT_ARP_PASSED, STAT_FRAG_ORPHAN, STAT_MALFORMED, programs::ANYCAST};
 use anycast_ctl::report;
 use anycast_tests::frames::*;
 
@@ -450,40 +450,112 @@ fn unknown_member_mac_passes_and_is_counted() {
     assert_eq!(addr_stats(&bed, ANYCAST_B).passed["mac_unknown"], 1);
 }
 
+/// Forged ARP claiming a member's address, each sent on the member's own port: what once made
+/// the dataplane rewrite the member's MAC (anyone on the link could take its traffic).
+fn forged_arps(router_mac: [u8; 6], member: Ipv4Addr) -> Vec<(&'static str, Vec<u8>)> {
+    let evil = [0x02, 0xee, 0, 0, 0, 0x66];
+    let gateway = Ipv4Addr::new(192, 0, 2, 1);
+    let mut sha_not_eth_src = arp_frame([0xff; 6], 1, evil, member, [0; 6], gateway);
+    sha_not_eth_src[6..12].copy_from_slice(&M3_MAC);
+    vec![
+        (
+            "gratuitous ARP request",
+            arp_frame([0xff; 6], 1, evil, member, [0; 6], member),
+        ),
+        (
+            "gratuitous ARP reply",
+            arp_frame([0xff; 6], 2, evil, member, [0xff; 6], member),
+        ),
+        (
+            "ARP reply to the router",
+            arp_frame(router_mac, 2, evil, member, router_mac, gateway),
+        ),
+        (
+            "ARP request from the member's address",
+            arp_frame([0xff; 6], 1, evil, member, [0; 6], gateway),
+        ),
+        (
+            "bogus opcode",
+            arp_frame([0xff; 6], 7, evil, member, [0; 6], gateway),
+        ),
+        (
+            "broadcast sender MAC",
+            arp_frame([0xff; 6], 1, [0xff; 6], member, [0; 6], gateway),
+        ),
+        (
+            "zero sender MAC",
+            arp_frame([0xff; 6], 1, [0; 6], member, [0; 6], gateway),
+        ),
+        (
+            "multicast sender MAC",
+            arp_frame(
+                [0xff; 6],
+                1,
+                [0x01, 0, 0x5e, 0, 0, 1],
+                member,
+                [0; 6],
+                gateway,
+            ),
+        ),
+        ("sender MAC other than the Ethernet source", sha_not_eth_src),
+        (
+            "the router's own MAC",
+            arp_frame([0xff; 6], 1, router_mac, member, [0; 6], gateway),
+        ),
+    ]
+}
+
 #[test]
-fn member_mac_is_learned_from_its_arp() {
+fn gratuitous_arp_does_not_hijack_a_member() {
+    let bed = bed();
+    let p0 = bed.ports[0].mac;
+    let p1 = bed.ports[1].mac;
+    let hosts = |bed: &Bed| [M1, M2, M3].map(|m| bed.host(m).unwrap());
+    let before = hosts(&bed);
+    // M3 lives on p0, M1 on p1: each forgery arrives on the member's own port.
+    for (member, port, mac) in [(M3, 0, p0), (M1, 1, p1)] {
+        for (name, arp) in forged_arps(mac, member) {
+            let passed = global(&bed, STAT_ARP_PASSED);
+            let (verdict, out) = bed.run(ANYCAST, port, &arp).unwrap();
+            assert_eq!(
+                (verdict, &out),
+                (XDP_PASS, &arp),
+                "{name}: must pass untouched"
+            );
+            assert_eq!(global(&bed, STAT_ARP_PASSED), passed + 1, "{name}: counted");
+            assert_eq!(hosts(&bed), before, "{name}: HOSTS changed");
+        }
+    }
+    // Traffic still goes to the real members.
+    let udp = Ipv4::udp(CLIENT, ANYCAST_B, 40000, 53, b"x");
+    let (verdict, out) = bed.run(ANYCAST, 0, &to_router(&bed, &udp)).unwrap();
+    assert_eq!((verdict, out), (XDP_TX, forwarded(M3_MAC, p0, &udp)));
+    for sport in 40000..40016 {
+        let udp = Ipv4::udp(CLIENT, ANYCAST_A, sport, 53, b"x");
+        let (verdict, out) = bed.run(ANYCAST, 0, &to_router(&bed, &udp)).unwrap();
+        assert_eq!(verdict, XDP_REDIRECT);
+        assert!([M1_MAC, M2_MAC].contains(&member_mac(&out)), "flow {sport}");
+    }
+}
+
+#[test]
+fn arp_from_a_member_does_not_make_its_unknown_mac_usable() {
     let mut bed = bed();
-    let new_mac = [0x02, 0x33, 0, 0, 0, 0x99];
-    // M3 lives on p0; an ARP from it arriving on p1 must not move it.
+    bed.forget_mac(M3).unwrap();
+    let before = bed.host(M3).unwrap();
     let arp = arp_frame(
         [0xff; 6],
         1,
-        new_mac,
+        M3_MAC,
         M3,
         [0; 6],
         Ipv4Addr::new(192, 0, 2, 1),
     );
-    assert_eq!(bed.run(ANYCAST, 1, &arp).unwrap().0, XDP_PASS);
-    assert_eq!(bed.host(M3).unwrap().mac, M3_MAC);
-    assert_eq!(global(&bed, STAT_MAC_LEARNED), 0);
-
-    // On its own port it is followed, and the next datagram goes to the new MAC.
-    let (verdict, out) = bed.run(ANYCAST, 0, &arp).unwrap();
-    assert_eq!((verdict, out), (XDP_PASS, arp.clone()));
-    assert_eq!(bed.host(M3).unwrap().mac, new_mac);
-    assert_eq!(global(&bed, STAT_MAC_LEARNED), 1);
-    let udp = Ipv4::udp(CLIENT, ANYCAST_B, 40000, 53, b"x");
-    let (verdict, out) = bed.run(ANYCAST, 0, &to_router(&bed, &udp)).unwrap();
-    assert_eq!(verdict, XDP_TX);
-    assert_eq!(member_mac(&out), new_mac);
-
-    // A member with an unknown MAC becomes usable once it ARPs.
-    bed.forget_mac(M3).unwrap();
-    bed.run(ANYCAST, 0, &arp).unwrap();
-    assert_eq!(
-        bed.run(ANYCAST, 0, &to_router(&bed, &udp)).unwrap().0,
-        XDP_TX
-    );
+    assert_eq!(bed.run(ANYCAST, 0, &arp).unwrap(), (XDP_PASS, arp.clone()));
+    assert_eq!(bed.host(M3).unwrap(), before);
+    let frame = to_router(&bed, &Ipv4::udp(CLIENT, ANYCAST_B, 40000, 53, b"x"));
+    assert_eq!(bed.run(ANYCAST, 0, &frame).unwrap(), (XDP_PASS, frame));
+    assert_eq!(addr_stats(&bed, ANYCAST_B).passed["mac_unknown"], 1);
 }
 
 #[test]
