@@ -1,8 +1,9 @@
 //! Attaching the dataplane to interfaces, detaching it, and reporting where it is attached.
 //!
 //! Each attachment is a bpf_link pinned at `PIN_DIR/links/<ifindex>`, so it outlives this
-//! process. Attaching also records the interface in `IFACES` (its MAC, for ARP replies) and
-//! `TX_PORTS` (so other interfaces can redirect to it). Detaching the last interface removes
+//! process. Attaching first records the interface in `IFACES` (its MAC: the Ethernet destination
+//! the dataplane accepts, and the source of its ARP replies) and `TX_PORTS` (so other
+//! interfaces can redirect to it); detaching removes them after the program is gone. Detaching the last interface removes
 //! the whole pin directory: program, maps and all.
 use anycast_common::{Iface, MODE_NATIVE, MODE_SKB, programs};
 use aya::programs::{
@@ -108,14 +109,13 @@ fn attach_locked(
             continue;
         }
         let iface = Iface {
+            ifindex: link.index,
             mac: link.mac,
             _pad: [0; 2],
             mode: mode.code(),
         };
         let step = (|| -> Result<()> {
-            maps.ifaces
-                .insert(link.index, iface, 0)
-                .map_err(|e| Error::map("IFACES", e))?;
+            maps.set_iface(iface)?;
             maps.tx_ports
                 .insert(link.index, link.index, None, 0)
                 .map_err(|e| Error::io("updating TX_PORTS", std::io::Error::other(e)))?;
@@ -209,7 +209,7 @@ fn detach_one(pin: &PinDir, maps: &mut Maps, ifindex: u32) -> Result<()> {
 }
 
 fn forget_iface(maps: &mut Maps, ifindex: u32) {
-    let _ = maps.ifaces.remove(&ifindex);
+    let _ = maps.remove_iface(ifindex);
     let _ = maps.tx_ports.remove(ifindex);
 }
 
@@ -275,7 +275,7 @@ pub async fn status(pin: &PinDir, nl: &Netlink) -> Result<Status> {
             .ok()
             .and_then(|l| FdLink::from(l).info().ok())
             .map_or(0, |i| i.program_id());
-        let iface = maps.ifaces.get(&ifindex, 0).unwrap_or_default();
+        let iface = maps.iface(ifindex).ok().flatten().unwrap_or_default();
         let name = match nl.link_by_index(ifindex).await {
             Ok(link) => link.name,
             Err(_) => format!("(gone: ifindex {ifindex})"),

@@ -82,7 +82,7 @@ pub async fn locate(
             iface: d.name.clone(),
         });
     }
-    if maps.ifaces.get(&egress.index, 0).is_err() {
+    if maps.iface(egress.index)?.is_none() {
         return Err(Error::EgressNotAttached {
             member,
             iface: egress.name,

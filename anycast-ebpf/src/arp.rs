@@ -2,16 +2,18 @@
 //!
 //! A request for an anycast address with at least one member, on an attached interface, is
 //! turned into a reply in place (proxy ARP with the ingress interface's MAC) and sent back with
-//! XDP_TX. Every other ARP frame passes untouched.
+//! XDP_TX, unless `check::arp_answerable` refuses it (probes, group or zero sender MACs, frames
+//! unicast to another host): those are counted as refused. Every other ARP frame passes
+//! untouched.
 //!
 //! Invariant: ARP never changes the dataplane's state. Anyone on a link can send any ARP, so
 //! member MACs are never learned here (that would let a host without the key take a member's
 //! traffic); user space alone writes `HOSTS`.
-use anycast_common::{STAT_ARP_PASSED, STAT_IFACE_UNKNOWN};
+use anycast_common::{STAT_ARP_PASSED, STAT_ARP_REFUSED, STAT_IFACE_UNKNOWN};
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 
 use crate::{
-    maps::{self, IFACES},
+    check, maps,
     packet::{self, ArpHdr, ETH_HLEN, EthHdr, copy_mac},
     stats,
 };
@@ -42,10 +44,12 @@ pub fn handle(ctx: &XdpContext, eth: &mut EthHdr) -> Result<u32, u32> {
     if addr.set.n_members == 0 {
         return Err(stats::pass_global(STAT_ARP_PASSED));
     }
-    // SAFETY: IFACES values are written whole by user space only at attach time.
-    let Some(iface) = (unsafe { IFACES.get(ingress) }) else {
+    let Some(iface) = maps::iface(ingress) else {
         return Err(stats::pass_global(STAT_IFACE_UNKNOWN));
     };
+    if !check::arp_answerable(eth, arp, &iface.mac) {
+        return Err(stats::pass_global(STAT_ARP_REFUSED));
+    }
     let counters = stats::addr(addr.slot).ok_or(xdp_action::XDP_PASS)?;
 
     let requester = arp.sha;
