@@ -12,6 +12,11 @@
 //! - Each address has two [`MemberSet`]s in `MEMBER_SETS`; its bucket names the live one. User
 //!   space writes the other one, then flips `AddrBucket::version` (one aligned 32-bit store), so
 //!   the dataplane never reads a half-written member set.
+//! - The dataplane finds the receiving interface in `IFACES`, an open-addressed array too, probed
+//!   by [`iface_probe`] alone (the dataplane and user space share it). An interface sits within
+//!   [`IFACE_PROBES`] slots of [`iface_home`]; removal empties a slot, so a lookup probes the
+//!   whole run. An entry is written before the program is attached to its interface and
+//!   removed after it is detached, so no frame ever sees it half-written.
 
 /// Pinned map names (also the pin file names under the pin directory).
 pub mod names {
@@ -23,9 +28,10 @@ pub mod names {
     pub const ADDR_KEYS: &str = "ADDR_KEYS";
     /// Member host index -> [`super::Host`].
     pub const HOSTS: &str = "HOSTS";
-    /// Member host IPv4 -> host index (used to learn MACs from ARP).
+    /// Member host IPv4 -> host index: user space's directory of `HOSTS` (not read by the
+    /// dataplane).
     pub const HOST_IDS: &str = "HOST_IDS";
-    /// Attached ifindex -> [`super::Iface`].
+    /// Open-addressed array of [`super::Iface`]: attached ifindex -> MAC and mode.
     pub const IFACES: &str = "IFACES";
     /// Egress devmap for XDP_REDIRECT, keyed by ifindex.
     pub const TX_PORTS: &str = "TX_PORTS";
@@ -142,6 +148,10 @@ pub const MAX_HOSTS: u32 = 65_536;
 pub const MAX_MEMBER_COUNTERS: u32 = 1 << 20;
 /// Attached interfaces.
 pub const MAX_IFACES: u32 = 1_024;
+/// Slots of the `IFACES` index: a power of two, four per interface.
+pub const IFACE_SLOTS: u32 = 4 * MAX_IFACES;
+/// An interface is at most this many slots after its home slot.
+pub const IFACE_PROBES: u32 = 8;
 /// Datagrams in flight as fragments.
 pub const MAX_FRAGS: u32 = 16_384;
 /// Default Maglev table size per address: prime, 256 slots per member at [`MAX_MEMBERS`]
@@ -292,14 +302,66 @@ impl Host {
 pub const MODE_NATIVE: u32 = 1;
 pub const MODE_SKB: u32 = 2;
 
-/// An interface the dataplane is attached to.
+/// An interface the dataplane is attached to: one slot of `IFACES`. `ifindex == 0` marks an
+/// empty slot.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Iface {
+    pub ifindex: u32,
+    /// The interface's MAC: the only unicast Ethernet destination the dataplane forwards or
+    /// answers, and the source of its ARP replies.
     pub mac: [u8; 6],
     pub _pad: [u8; 2],
     /// `MODE_*`.
     pub mode: u32,
+}
+
+/// Home slot of an interface in `IFACES`. Interface indexes are small and dense, so below
+/// [`IFACE_SLOTS`] they never collide.
+#[inline(always)]
+pub const fn iface_home(ifindex: u32) -> u32 {
+    ifindex & (IFACE_SLOTS - 1)
+}
+
+/// Where an interface is, or would go, in `IFACES`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IfaceSlot<T> {
+    /// The interface is in slot `index`.
+    Found { index: u32, entry: T },
+    /// The interface is absent; `index` is the first free slot of its probe run.
+    Free { index: u32 },
+    /// The interface is absent and its probe run has no free slot (or `ifindex` is 0).
+    Full,
+}
+
+/// Probes `IFACES` for `ifindex`, reading slots with `read`: the one probe loop of the
+/// dataplane and of user space. It stops at the interface; an empty slot does not end the run
+/// (removal leaves holes).
+#[inline(always)]
+pub fn iface_probe<T: core::borrow::Borrow<Iface>, E>(
+    ifindex: u32,
+    mut read: impl FnMut(u32) -> Result<T, E>,
+) -> Result<IfaceSlot<T>, E> {
+    if ifindex == 0 {
+        return Ok(IfaceSlot::Full);
+    }
+    let mut free = None;
+    let mut index = iface_home(ifindex);
+    for _ in 0..IFACE_PROBES {
+        let entry = read(index)?;
+        let owner = entry.borrow().ifindex;
+        if owner == ifindex {
+            return Ok(IfaceSlot::Found { index, entry });
+        }
+        if owner == 0 && free.is_none() {
+            free = Some(index);
+        }
+        index = (index + 1) & (IFACE_SLOTS - 1);
+    }
+    Ok(match free {
+        Some(index) => IfaceSlot::Free { index },
+        None => IfaceSlot::Full,
+    })
 }
 
 /// Reasons a packet to an anycast address is passed to the kernel (`AddrStats::passed`).
@@ -307,13 +369,24 @@ pub const PASS_TTL: usize = 0;
 pub const PASS_NO_MEMBER: usize = 1;
 pub const PASS_MAC_UNKNOWN: usize = 2;
 pub const PASS_NO_PORT: usize = 3;
-pub const PASS_REASONS: usize = 4;
+/// The Ethernet destination is not the receiving interface's MAC (another host's, broadcast or
+/// multicast): not sent to this router.
+pub const PASS_NOT_FOR_ROUTER: usize = 4;
+/// The IPv4 header checksum is wrong.
+pub const PASS_BAD_CHECKSUM: usize = 5;
+/// The source cannot send: 0.0.0.0/8, 127.0.0.0/8, multicast, 240.0.0.0/4 (broadcast
+/// included), or the anycast address itself.
+pub const PASS_BAD_SOURCE: usize = 6;
+pub const PASS_REASONS: usize = 7;
 /// Names of the `PASS_*` reasons, as printed by `stats`.
 pub const PASS_NAMES: [&str; PASS_REASONS] = [
     "ttl_exceeded",
     "no_member",
     "mac_unknown",
     "egress_not_attached",
+    "not_for_router",
+    "bad_checksum",
+    "bad_source",
 ];
 
 /// Per-address counters (per CPU; user space sums them).
@@ -346,12 +419,14 @@ pub const STAT_OTHER_ETHERTYPE: u32 = 1;
 pub const STAT_MALFORMED: u32 = 2;
 /// ARP not answered by the dataplane: passed untouched.
 pub const STAT_ARP_PASSED: u32 = 3;
-/// A member's MAC learned or changed from its ARP.
-pub const STAT_MAC_LEARNED: u32 = 4;
-/// Frame on an interface without an `IFACES` entry.
-pub const STAT_IFACE_UNKNOWN: u32 = 5;
+/// Frame for an anycast address on an interface without an `IFACES` entry.
+pub const STAT_IFACE_UNKNOWN: u32 = 4;
 /// Non-first fragment whose first fragment was not seen: placed by its 3-tuple.
-pub const STAT_FRAG_ORPHAN: u32 = 6;
+pub const STAT_FRAG_ORPHAN: u32 = 5;
+/// ARP request for an anycast address with members that the dataplane must not answer: an ARP
+/// probe (sender IP 0.0.0.0), a broadcast, multicast or zero sender MAC, or an Ethernet
+/// destination other than broadcast and the receiving interface's MAC. Passed untouched.
+pub const STAT_ARP_REFUSED: u32 = 6;
 pub const STAT_COUNT: u32 = 7;
 /// Names of the `STAT_*` counters.
 pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
@@ -359,9 +434,9 @@ pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
     "other_ethertype",
     "malformed",
     "arp_passed",
-    "mac_learned",
     "iface_unknown",
     "fragment_orphan",
+    "arp_refused",
 ];
 
 /// Key of the fragment table: what identifies one IPv4 datagram.
@@ -462,7 +537,8 @@ const _: () = {
     assert!(core::mem::size_of::<MemberSet>() == 8 + 8 * MAX_MEMBERS);
     assert!(ADDR_BUCKETS.is_power_of_two());
     assert!(core::mem::size_of::<Host>() == 24);
-    assert!(core::mem::size_of::<Iface>() == 12);
+    assert!(core::mem::size_of::<Iface>() == 16);
+    assert!(IFACE_SLOTS.is_power_of_two());
     assert!(core::mem::size_of::<AddrStats>() == 8 * (5 + PASS_REASONS));
     assert!(core::mem::size_of::<MemberStats>() == 16);
     assert!(core::mem::size_of::<FragKey>() == 12);
@@ -542,6 +618,41 @@ mod tests {
                 "probe run of {worst} for base {base:#x}"
             );
         }
+    }
+
+    /// Inserting through the probe, removing and probing again, on a plain array.
+    #[test]
+    fn iface_probe_finds_entries_across_holes() {
+        let mut slots = [Iface::default(); IFACE_SLOTS as usize];
+        let read = |s: &[Iface; IFACE_SLOTS as usize], i: u32| Ok::<_, ()>(s[i as usize]);
+        // Three interfaces with the same home slot, then the middle one removed.
+        let colliding = [7, 7 + IFACE_SLOTS, 7 + 2 * IFACE_SLOTS];
+        for ifindex in colliding {
+            let Ok(IfaceSlot::Free { index }) = iface_probe(ifindex, |i| read(&slots, i)) else {
+                panic!("no slot for {ifindex}");
+            };
+            slots[index as usize].ifindex = ifindex;
+        }
+        slots[8].ifindex = 0;
+        let found =
+            |slots: &[Iface; IFACE_SLOTS as usize], ifindex| match iface_probe(ifindex, |i| {
+                read(slots, i)
+            }) {
+                Ok(IfaceSlot::Found { index, .. }) => Some(index),
+                _ => None,
+            };
+        assert_eq!(found(&slots, colliding[0]), Some(7));
+        assert_eq!(found(&slots, colliding[1]), None);
+        assert_eq!(found(&slots, colliding[2]), Some(9));
+        assert_eq!(
+            iface_probe(colliding[1], |i| read(&slots, i)),
+            Ok(IfaceSlot::Free { index: 8 })
+        );
+        assert_eq!(iface_probe(0, |i| read(&slots, i)), Ok(IfaceSlot::Full));
+        for i in 0..IFACE_PROBES {
+            slots[((100 + i) & (IFACE_SLOTS - 1)) as usize].ifindex = 1;
+        }
+        assert_eq!(iface_probe(100, |i| read(&slots, i)), Ok(IfaceSlot::Full));
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! Attaching the dataplane to interfaces, detaching it, and reporting where it is attached.
 //!
 //! Each attachment is a bpf_link pinned at `PIN_DIR/links/<ifindex>`, so it outlives this
-//! process. Attaching also records the interface in `IFACES` (its MAC, for ARP replies) and
-//! `TX_PORTS` (so other interfaces can redirect to it). Detaching the last interface removes
-//! every pin anycast made (and only those: see `pin`).
+//! process. Attaching first records the interface in `IFACES` (its MAC: the Ethernet destination
+//! the dataplane accepts, and the source of its ARP replies) and `TX_PORTS` (so other
+//! interfaces can redirect to it); detaching removes them after the program is gone. Detaching
+//! the last interface removes every pin anycast made (and only those: see `pin`).
 //!
 //! Invariant: an error means nothing changed. Every interface is looked up and checked first
 //! (a repeated one counts once); a failure while attaching undoes this call's attachments, and a
@@ -106,7 +107,7 @@ fn check_modes(pin: &PinDir, links: &[Link], mode: Mode) -> Result<()> {
     }
     let maps = Maps::open(pin)?;
     for link in attached {
-        let have = maps.ifaces.get(&link.index, 0).map(|i| i.mode).unwrap_or(0);
+        let have = maps.iface(link.index)?.map_or(0, |i| i.mode);
         if have != mode.code() {
             return Err(Error::Usage(format!(
                 "{} is already attached in {} mode; detach it first to attach in {} mode",
@@ -140,14 +141,13 @@ fn attach_locked(
             continue;
         }
         let iface = Iface {
+            ifindex: link.index,
             mac: link.mac,
             _pad: [0; 2],
             mode: mode.code(),
         };
         let step = (|| -> Result<()> {
-            maps.ifaces
-                .insert(link.index, iface, 0)
-                .map_err(|e| Error::map("IFACES", e))?;
+            maps.set_iface(iface)?;
             maps.tx_ports
                 .insert(link.index, link.index, None, 0)
                 .map_err(|e| Error::io("updating TX_PORTS", std::io::Error::other(e)))?;
@@ -255,7 +255,7 @@ fn detach_one(maps: Option<&mut Maps>, ifindex: u32, link: PinnedLink) -> Result
 }
 
 fn forget_iface(maps: &mut Maps, ifindex: u32) {
-    let _ = maps.ifaces.remove(&ifindex);
+    let _ = maps.remove_iface(ifindex);
     let _ = maps.tx_ports.remove(ifindex);
 }
 
@@ -321,7 +321,7 @@ pub async fn status(pin: &PinDir, nl: &Netlink) -> Result<Status> {
             .ok()
             .and_then(|l| FdLink::from(l).info().ok())
             .map_or(0, |i| i.program_id());
-        let iface = maps.ifaces.get(&ifindex, 0).unwrap_or_default();
+        let iface = maps.iface(ifindex).ok().flatten().unwrap_or_default();
         let name = match nl.link_by_index(ifindex).await {
             Ok(link) => link.name,
             Err(_) => format!("(gone: ifindex {ifindex})"),

@@ -9,8 +9,9 @@
 //! - A writer holding [`Maps`] checks [`Maps::is_live`] under the writers' lock before writing:
 //!   a detach and re-attach while it waited would otherwise leave it writing dead maps.
 use anycast_common::{
-    ADDR_BUCKETS, ADDR_PROBES, AddrBucket, AddrStats, FLOW_SETS, FLOW_WAYS, Host, Iface,
-    MemberInfo, MemberKey, MemberSet, MemberStats, addr_bucket, member_set_index, names,
+    ADDR_BUCKETS, ADDR_PROBES, AddrBucket, AddrStats, FLOW_SETS, FLOW_WAYS, Host, IFACE_PROBES,
+    Iface, IfaceSlot, MemberInfo, MemberKey, MemberSet, MemberStats, addr_bucket, iface_probe,
+    member_set_index, names,
 };
 use aya::{
     Ebpf, EbpfLoader,
@@ -155,7 +156,8 @@ pub struct Maps {
     pub addr_keys: HashMap<MapData, u32, u32>,
     pub hosts: Array<MapData, Host>,
     pub host_ids: HashMap<MapData, u32, u32>,
-    pub ifaces: HashMap<MapData, u32, Iface>,
+    /// Probed with [`Maps::iface`], [`Maps::set_iface`] and [`Maps::remove_iface`].
+    pub ifaces: Array<MapData, Iface>,
     pub tx_ports: DevMapHash<MapData>,
     pub addr_stats: PerCpuArray<MapData, AddrStats>,
     pub member_stats: PerCpuArray<MapData, MemberStats>,
@@ -258,6 +260,50 @@ impl Maps {
             index = (index + 1) & (ADDR_BUCKETS - 1);
         }
         Ok(Bucket::Full)
+    }
+
+    /// Probes `IFACES` for `ifindex` exactly as the dataplane does.
+    pub fn iface_slot(&self, ifindex: u32) -> Result<IfaceSlot<Iface>> {
+        iface_probe(ifindex, |index| {
+            self.ifaces
+                .get(&index, 0)
+                .map_err(|e| Error::map(names::IFACES, e))
+        })
+    }
+
+    /// The `IFACES` entry of an attached interface.
+    pub fn iface(&self, ifindex: u32) -> Result<Option<Iface>> {
+        Ok(match self.iface_slot(ifindex)? {
+            IfaceSlot::Found { entry, .. } => Some(entry),
+            _ => None,
+        })
+    }
+
+    /// Records `iface` (keyed by `iface.ifindex`) in `IFACES`, replacing its entry if present.
+    /// Write it before the program is attached to the interface.
+    pub fn set_iface(&mut self, iface: Iface) -> Result<()> {
+        let index = match self.iface_slot(iface.ifindex)? {
+            IfaceSlot::Found { index, .. } | IfaceSlot::Free { index } => index,
+            IfaceSlot::Full => {
+                return Err(Error::Full {
+                    what: "IFACES",
+                    max: IFACE_PROBES,
+                });
+            }
+        };
+        self.ifaces
+            .set(index, iface, 0)
+            .map_err(|e| Error::map(names::IFACES, e))
+    }
+
+    /// Empties the `IFACES` slot of `ifindex`, if it has one. Do it after detaching.
+    pub fn remove_iface(&mut self, ifindex: u32) -> Result<()> {
+        if let IfaceSlot::Found { index, .. } = self.iface_slot(ifindex)? {
+            self.ifaces
+                .set(index, Iface::default(), 0)
+                .map_err(|e| Error::map(names::IFACES, e))?;
+        }
+        Ok(())
     }
 
     /// The live member set of an address.

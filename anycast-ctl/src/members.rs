@@ -98,7 +98,7 @@ pub async fn locate(
             route_iface: egress.name,
         });
     }
-    if maps.ifaces.get(&egress.index, 0).is_err() {
+    if maps.iface(egress.index)?.is_none() {
         return Err(Error::EgressNotAttached {
             member,
             iface: egress.name,

@@ -3,16 +3,20 @@
 //! One entry point, [`anycast`], runs on every attached interface. Per frame it either answers
 //! ARP for an anycast address (`arp`), or picks a member for a datagram to an anycast address
 //! (`select`), rewrites the frame for it (`forward`) and sends it on, or passes the frame to the
-//! kernel untouched. Every outcome is counted (`stats`). Maps live in `maps`, packet access in
-//! `packet`.
+//! kernel untouched. Frames a router must not forward or answer are found first (`check`).
+//! Every outcome is counted (`stats`). Maps live in `maps`, packet access in `packet`.
 //!
-//! Invariant: a frame is modified only once its verdict is XDP_TX or XDP_REDIRECT; every
-//! XDP_PASS leaves it byte for byte as received.
+//! Invariants:
+//! - A frame is modified only once its verdict is XDP_TX or XDP_REDIRECT; every XDP_PASS leaves
+//!   it byte for byte as received.
+//! - The dataplane writes only counters and its flow and fragment tables; the maps that say
+//!   where to send (addresses, members, hosts, interfaces) are written by user space alone.
 #![no_std]
 #![no_main]
 
 mod arp;
 mod bench;
+mod check;
 mod flows;
 mod forward;
 mod maps;
@@ -22,7 +26,10 @@ mod stats;
 
 use core::mem::size_of;
 
-use anycast_common::{PASS_MAC_UNKNOWN, PASS_NO_MEMBER, PASS_NO_PORT, PASS_TTL};
+use anycast_common::{
+    PASS_BAD_CHECKSUM, PASS_BAD_SOURCE, PASS_MAC_UNKNOWN, PASS_NO_MEMBER, PASS_NO_PORT,
+    PASS_NOT_FOR_ROUTER, PASS_TTL, STAT_IFACE_UNKNOWN,
+};
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 
 use crate::packet::{
@@ -61,11 +68,23 @@ fn ipv4(ctx: &XdpContext, eth: &mut EthHdr) -> Result<u32, u32> {
         return Err(stats::malformed());
     }
     let (ports, tcp_flags) = l4(ctx, ip, ip_len, l4_offset)?;
+    let iface = maps::iface(ctx.ingress_ifindex() as u32)
+        .ok_or_else(|| stats::pass_global(STAT_IFACE_UNKNOWN))?;
     let frame_len = frame_len as u64;
     let counters = stats::addr(addr.slot).ok_or(xdp_action::XDP_PASS)?;
     counters.rx_packets += 1;
     counters.rx_bytes += frame_len;
 
+    // Not this router's to forward: the kernel decides (and normally drops it).
+    if !check::for_router(eth, &iface.mac) {
+        return Err(stats::pass(counters, PASS_NOT_FOR_ROUTER));
+    }
+    if !check::checksum_ok(ctx, ip, l4_offset) {
+        return Err(stats::pass(counters, PASS_BAD_CHECKSUM));
+    }
+    if !check::source_ok(ip) {
+        return Err(stats::pass(counters, PASS_BAD_SOURCE));
+    }
     // The kernel sends ICMP time exceeded.
     if ip.ttl <= 1 {
         return Err(stats::pass(counters, PASS_TTL));

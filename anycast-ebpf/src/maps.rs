@@ -3,9 +3,9 @@
 //! chooses, so they outlive any process and are shared by every attached interface.
 use anycast_common::{
     ADDR_BUCKETS, ADDR_PROBES, AGENT_COUNTERS, AddrBucket, AddrStats, FLOW_SETS, FLOW_WAYS,
-    FlowEntry, FragKey, Host, Iface, MAX_ADDRS, MAX_FRAGS, MAX_HOSTS, MAX_IFACES,
-    MAX_MEMBER_COUNTERS, MemberInfo, MemberKey, MemberRef, MemberSet, MemberStats, STAT_COUNT,
-    addr_bucket, member_set_index,
+    FlowEntry, FragKey, Host, IFACE_SLOTS, Iface, IfaceSlot, MAX_ADDRS, MAX_FRAGS, MAX_HOSTS,
+    MAX_IFACES, MAX_MEMBER_COUNTERS, MemberInfo, MemberKey, MemberRef, MemberSet, MemberStats,
+    STAT_COUNT, addr_bucket, iface_probe, member_set_index,
 };
 use aya_ebpf::{
     Global,
@@ -28,17 +28,14 @@ pub static MEMBER_SETS: Array<MemberSet> = Array::pinned(2 * MAX_ADDRS, 0);
 #[map]
 pub static ADDR_KEYS: HashMap<u32, u32> = HashMap::pinned(MAX_ADDRS, 0);
 
-/// Member host index -> where and how to send to it.
+/// Member host index -> where and how to send to it. Written by user space only.
 #[map]
 pub static HOSTS: Array<Host> = Array::pinned(MAX_HOSTS, 0);
 
-/// Member host IPv4 -> index into HOSTS, to learn MACs from ARP.
+/// Attached ifindex -> its MAC and attach mode: an open-addressed array (see
+/// `anycast_common::iface_probe`; a hash lookup would cost as much as the forward path).
 #[map]
-pub static HOST_IDS: HashMap<u32, u32> = HashMap::pinned(MAX_HOSTS, 0);
-
-/// Attached ifindex -> its MAC and attach mode.
-#[map]
-pub static IFACES: HashMap<u32, Iface> = HashMap::pinned(MAX_IFACES, 0);
+pub static IFACES: Array<Iface> = Array::pinned(IFACE_SLOTS, 0);
 
 /// Egress ports for XDP_REDIRECT, keyed by ifindex.
 #[map]
@@ -81,6 +78,10 @@ pub static FLOW_SETS_MASK: Global<u32> = Global::new(FLOW_SETS - 1);
 
 // User-space-only maps: declared here so that every map of the dataplane is created, pinned
 // and removed together; the program never reads them.
+
+/// Member host IPv4 -> index into HOSTS: user space's directory of member hosts.
+#[map]
+pub static HOST_IDS: HashMap<u32, u32> = HashMap::pinned(MAX_HOSTS, 0);
 
 /// Membership -> its source, hold time, preference and weight.
 #[map]
@@ -130,6 +131,15 @@ pub fn addr<'a>(ip: u32) -> Option<Addr<'a>> {
         bucket = (bucket + 1) & (ADDR_BUCKETS - 1);
     }
     None
+}
+
+/// Looks up an attached interface.
+#[inline(always)]
+pub fn iface<'a>(ifindex: u32) -> Option<&'a Iface> {
+    match iface_probe(ifindex, |slot| IFACES.get(slot).ok_or(())) {
+        Ok(IfaceSlot::Found { entry, .. }) => Some(entry),
+        _ => None,
+    }
 }
 
 #[inline(always)]

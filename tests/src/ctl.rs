@@ -234,11 +234,20 @@ pub struct Passed {
     pub no_member: u64,
     pub mac_unknown: u64,
     pub egress_not_attached: u64,
+    pub not_for_router: u64,
+    pub bad_checksum: u64,
+    pub bad_source: u64,
 }
 
 impl Passed {
     pub fn total(&self) -> u64 {
-        self.ttl_exceeded + self.no_member + self.mac_unknown + self.egress_not_attached
+        self.ttl_exceeded
+            + self.no_member
+            + self.mac_unknown
+            + self.egress_not_attached
+            + self.not_for_router
+            + self.bad_checksum
+            + self.bad_source
     }
 }
 

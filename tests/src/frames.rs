@@ -229,15 +229,12 @@ impl Bed {
         let mut ports = Vec::new();
         for name in ["p0", "p1"] {
             let (ifindex, mac) = link_info(name)?;
-            maps.ifaces.insert(
+            maps.set_iface(Iface {
                 ifindex,
-                Iface {
-                    mac,
-                    _pad: [0; 2],
-                    mode: MODE_NATIVE,
-                },
-                0,
-            )?;
+                mac,
+                _pad: [0; 2],
+                mode: MODE_NATIVE,
+            })?;
             maps.tx_ports.insert(ifindex, ifindex, None, 0)?;
             ports.push(Port {
                 name: name.into(),

@@ -1,8 +1,8 @@
 //! Frame-level fixtures through BPF_PROG_TEST_RUN: for each input frame, the exact verdict and
 //! output frame of the real dataplane object, and the counters it leaves.
-use std::net::Ipv4Addr;
+use std::{collections::BTreeMap, net::Ipv4Addr};
 
-use anycast_common::{STAT_FRAG_ORPHAN, STAT_MAC_LEARNED, STAT_MALFORMED, programs::ANYCAST};
+use anycast_common::{STAT_ARP_PASSED, STAT_FRAG_ORPHAN, STAT_MALFORMED, programs::ANYCAST};
 use anycast_ctl::report;
 use anycast_tests::frames::*;
 
@@ -355,6 +355,7 @@ fn fixture_table() {
             "other_ethertype",
             "malformed",
             "arp_passed",
+            "arp_refused",
             "iface_unknown",
         ]
         .iter()
@@ -450,40 +451,268 @@ fn unknown_member_mac_passes_and_is_counted() {
     assert_eq!(addr_stats(&bed, ANYCAST_B).passed["mac_unknown"], 1);
 }
 
+/// Forged ARP claiming a member's address, each sent on the member's own port: what once made
+/// the dataplane rewrite the member's MAC (anyone on the link could take its traffic).
+fn forged_arps(router_mac: [u8; 6], member: Ipv4Addr) -> Vec<(&'static str, Vec<u8>)> {
+    let evil = [0x02, 0xee, 0, 0, 0, 0x66];
+    let gateway = Ipv4Addr::new(192, 0, 2, 1);
+    let mut sha_not_eth_src = arp_frame([0xff; 6], 1, evil, member, [0; 6], gateway);
+    sha_not_eth_src[6..12].copy_from_slice(&M3_MAC);
+    vec![
+        (
+            "gratuitous ARP request",
+            arp_frame([0xff; 6], 1, evil, member, [0; 6], member),
+        ),
+        (
+            "gratuitous ARP reply",
+            arp_frame([0xff; 6], 2, evil, member, [0xff; 6], member),
+        ),
+        (
+            "ARP reply to the router",
+            arp_frame(router_mac, 2, evil, member, router_mac, gateway),
+        ),
+        (
+            "ARP request from the member's address",
+            arp_frame([0xff; 6], 1, evil, member, [0; 6], gateway),
+        ),
+        (
+            "bogus opcode",
+            arp_frame([0xff; 6], 7, evil, member, [0; 6], gateway),
+        ),
+        (
+            "broadcast sender MAC",
+            arp_frame([0xff; 6], 1, [0xff; 6], member, [0; 6], gateway),
+        ),
+        (
+            "zero sender MAC",
+            arp_frame([0xff; 6], 1, [0; 6], member, [0; 6], gateway),
+        ),
+        (
+            "multicast sender MAC",
+            arp_frame(
+                [0xff; 6],
+                1,
+                [0x01, 0, 0x5e, 0, 0, 1],
+                member,
+                [0; 6],
+                gateway,
+            ),
+        ),
+        ("sender MAC other than the Ethernet source", sha_not_eth_src),
+        (
+            "the router's own MAC",
+            arp_frame([0xff; 6], 1, router_mac, member, [0; 6], gateway),
+        ),
+    ]
+}
+
 #[test]
-fn member_mac_is_learned_from_its_arp() {
+fn gratuitous_arp_does_not_hijack_a_member() {
+    let bed = bed();
+    let p0 = bed.ports[0].mac;
+    let p1 = bed.ports[1].mac;
+    let hosts = |bed: &Bed| [M1, M2, M3].map(|m| bed.host(m).unwrap());
+    let before = hosts(&bed);
+    // M3 lives on p0, M1 on p1: each forgery arrives on the member's own port.
+    for (member, port, mac) in [(M3, 0, p0), (M1, 1, p1)] {
+        for (name, arp) in forged_arps(mac, member) {
+            let passed = global(&bed, STAT_ARP_PASSED);
+            let (verdict, out) = bed.run(ANYCAST, port, &arp).unwrap();
+            assert_eq!(
+                (verdict, &out),
+                (XDP_PASS, &arp),
+                "{name}: must pass untouched"
+            );
+            assert_eq!(global(&bed, STAT_ARP_PASSED), passed + 1, "{name}: counted");
+            assert_eq!(hosts(&bed), before, "{name}: HOSTS changed");
+        }
+    }
+    // Traffic still goes to the real members.
+    let udp = Ipv4::udp(CLIENT, ANYCAST_B, 40000, 53, b"x");
+    let (verdict, out) = bed.run(ANYCAST, 0, &to_router(&bed, &udp)).unwrap();
+    assert_eq!((verdict, out), (XDP_TX, forwarded(M3_MAC, p0, &udp)));
+    for sport in 40000..40016 {
+        let udp = Ipv4::udp(CLIENT, ANYCAST_A, sport, 53, b"x");
+        let (verdict, out) = bed.run(ANYCAST, 0, &to_router(&bed, &udp)).unwrap();
+        assert_eq!(verdict, XDP_REDIRECT);
+        assert!([M1_MAC, M2_MAC].contains(&member_mac(&out)), "flow {sport}");
+    }
+}
+
+#[test]
+fn arp_from_a_member_does_not_make_its_unknown_mac_usable() {
     let mut bed = bed();
-    let new_mac = [0x02, 0x33, 0, 0, 0, 0x99];
-    // M3 lives on p0; an ARP from it arriving on p1 must not move it.
+    bed.forget_mac(M3).unwrap();
+    let before = bed.host(M3).unwrap();
     let arp = arp_frame(
         [0xff; 6],
         1,
-        new_mac,
+        M3_MAC,
         M3,
         [0; 6],
         Ipv4Addr::new(192, 0, 2, 1),
     );
-    assert_eq!(bed.run(ANYCAST, 1, &arp).unwrap().0, XDP_PASS);
-    assert_eq!(bed.host(M3).unwrap().mac, M3_MAC);
-    assert_eq!(global(&bed, STAT_MAC_LEARNED), 0);
+    assert_eq!(bed.run(ANYCAST, 0, &arp).unwrap(), (XDP_PASS, arp.clone()));
+    assert_eq!(bed.host(M3).unwrap(), before);
+    let frame = to_router(&bed, &Ipv4::udp(CLIENT, ANYCAST_B, 40000, 53, b"x"));
+    assert_eq!(bed.run(ANYCAST, 0, &frame).unwrap(), (XDP_PASS, frame));
+    assert_eq!(addr_stats(&bed, ANYCAST_B).passed["mac_unknown"], 1);
+}
 
-    // On its own port it is followed, and the next datagram goes to the new MAC.
-    let (verdict, out) = bed.run(ANYCAST, 0, &arp).unwrap();
-    assert_eq!((verdict, out), (XDP_PASS, arp.clone()));
-    assert_eq!(bed.host(M3).unwrap().mac, new_mac);
-    assert_eq!(global(&bed, STAT_MAC_LEARNED), 1);
-    let udp = Ipv4::udp(CLIENT, ANYCAST_B, 40000, 53, b"x");
-    let (verdict, out) = bed.run(ANYCAST, 0, &to_router(&bed, &udp)).unwrap();
-    assert_eq!(verdict, XDP_TX);
-    assert_eq!(member_mac(&out), new_mac);
+/// Every outcome counter: `ADDRESS/forwarded`, `ADDRESS/arp_replies`, `ADDRESS/passed.REASON`
+/// and `global/NAME` (the `rx_*` counters, which every frame to an address bumps, left out).
+fn outcomes(bed: &Bed) -> BTreeMap<String, u64> {
+    let all = stats(bed);
+    let mut out = BTreeMap::new();
+    for a in &all.addresses {
+        out.insert(format!("{}/forwarded", a.address), a.forwarded_packets);
+        out.insert(format!("{}/arp_replies", a.address), a.arp_replies);
+        for (reason, n) in &a.passed {
+            out.insert(format!("{}/passed.{reason}", a.address), *n);
+        }
+    }
+    for (name, n) in &all.global {
+        out.insert(format!("global/{name}"), *n);
+    }
+    out
+}
 
-    // A member with an unknown MAC becomes usable once it ARPs.
-    bed.forget_mac(M3).unwrap();
-    bed.run(ANYCAST, 0, &arp).unwrap();
-    assert_eq!(
-        bed.run(ANYCAST, 0, &to_router(&bed, &udp)).unwrap().0,
-        XDP_TX
+/// Runs `frame` in on port `ingress` and requires XDP_PASS, the frame untouched, and exactly
+/// one counter, `counter`, up by one.
+fn assert_passed_as(bed: &Bed, what: &str, ingress: usize, frame: &[u8], counter: &str) {
+    let before = outcomes(bed);
+    let (verdict, out) = bed.run(ANYCAST, ingress, frame).unwrap();
+    assert_eq!(verdict, XDP_PASS, "{what}: verdict");
+    assert_eq!(out, frame, "{what}: frame must pass untouched");
+    let after = outcomes(bed);
+    let changed: Vec<(&String, u64)> = after
+        .iter()
+        .filter(|&(k, v)| before.get(k) != Some(v))
+        .map(|(k, v)| (k, v - before.get(k).copied().unwrap_or(0)))
+        .collect();
+    assert_eq!(changed, [(&counter.to_string(), 1)], "{what}: counters");
+}
+
+const OTHER_HOST_MAC: [u8; 6] = [0x02, 0x99, 0, 0, 0, 0x01];
+
+#[test]
+fn frame_for_another_mac_is_not_forwarded() {
+    let bed = bed();
+    let p1 = bed.ports[1].mac;
+    let udp = Ipv4::udp(CLIENT, ANYCAST_A, 40000, 53, b"query");
+    for (what, dst) in [
+        ("another host's MAC", OTHER_HOST_MAC),
+        ("the router's other port", p1),
+        ("broadcast", [0xff; 6]),
+        ("IPv4 multicast MAC", [0x01, 0x00, 0x5e, 0x00, 0x00, 0x01]),
+        ("IPv6 multicast MAC", [0x33, 0x33, 0, 0, 0, 1]),
+    ] {
+        let frame = ipv4_frame(dst, CLIENT_MAC, &udp);
+        let counter = format!("{ANYCAST_A}/passed.not_for_router");
+        assert_passed_as(&bed, what, 0, &frame, &counter);
+    }
+    // Addressed to the port, the same datagram is forwarded.
+    let (verdict, _) = bed.run(ANYCAST, 0, &to_router(&bed, &udp)).unwrap();
+    assert_eq!(verdict, XDP_REDIRECT);
+}
+
+#[test]
+fn bad_ip_checksum_is_not_forwarded() {
+    let bed = bed();
+    let udp = Ipv4::udp(CLIENT, ANYCAST_A, 40000, 53, b"query");
+    let mut flipped = to_router(&bed, &udp);
+    flipped[14 + 10] ^= 0x01;
+    let mut zeroed = to_router(&bed, &udp);
+    zeroed[14 + 10..14 + 12].copy_from_slice(&[0, 0]);
+    let mut ttl_changed = to_router(&bed, &udp);
+    ttl_changed[14 + 8] -= 1; // as if a previous hop forgot to update the checksum
+    // The checksum covers the options too: one option byte changed after it was computed.
+    let mut opts = Ipv4::udp(CLIENT, ANYCAST_A, 40001, 53, b"opts");
+    opts.options = vec![0x01, 0x01, 0x01, 0x00, 0x01, 0x01, 0x01, 0x00];
+    let mut bad_option = to_router(&bed, &opts);
+    bad_option[14 + 26] = 0x00;
+    let counter = format!("{ANYCAST_A}/passed.bad_checksum");
+    for (what, frame) in [
+        ("one checksum bit flipped", flipped),
+        ("checksum zero", zeroed),
+        ("TTL changed, checksum not", ttl_changed),
+        ("option byte changed", bad_option),
+    ] {
+        assert_passed_as(&bed, what, 0, &frame, &counter);
+    }
+    // With the right checksum, options of every length are forwarded.
+    for words in 1..=10 {
+        let mut ok = Ipv4::udp(CLIENT, ANYCAST_A, 40002, 53, b"opts");
+        ok.options = vec![0x01; 4 * words];
+        let (verdict, _) = bed.run(ANYCAST, 0, &to_router(&bed, &ok)).unwrap();
+        assert_eq!(verdict, XDP_REDIRECT, "{words} option words");
+    }
+}
+
+#[test]
+fn impossible_source_is_not_forwarded() {
+    let bed = bed();
+    let counter = format!("{ANYCAST_A}/passed.bad_source");
+    for (what, src) in [
+        ("this network", Ipv4Addr::new(0, 0, 0, 0)),
+        ("0.0.0.0/8", Ipv4Addr::new(0, 1, 2, 3)),
+        ("loopback", Ipv4Addr::new(127, 0, 0, 1)),
+        ("127.0.0.0/8", Ipv4Addr::new(127, 255, 255, 254)),
+        ("multicast", Ipv4Addr::new(224, 0, 0, 1)),
+        ("multicast", Ipv4Addr::new(239, 255, 255, 250)),
+        ("reserved", Ipv4Addr::new(240, 0, 0, 1)),
+        ("limited broadcast", Ipv4Addr::BROADCAST),
+        ("the anycast address itself", ANYCAST_A),
+    ] {
+        let frame = to_router(&bed, &Ipv4::udp(src, ANYCAST_A, 40000, 53, b"x"));
+        assert_passed_as(&bed, &format!("{what} {src}"), 0, &frame, &counter);
+    }
+}
+
+#[test]
+fn arp_probe_gets_no_reply() {
+    let bed = bed();
+    // RFC 5227: a host checking that nobody uses the address asks with sender IP 0.0.0.0.
+    let probe = arp_frame(
+        [0xff; 6],
+        1,
+        CLIENT_MAC,
+        Ipv4Addr::UNSPECIFIED,
+        [0; 6],
+        ANYCAST_A,
     );
+    assert_passed_as(&bed, "ARP probe", 0, &probe, "global/arp_refused");
+}
+
+#[test]
+fn arp_from_broadcast_mac_gets_no_reply() {
+    let bed = bed();
+    for (what, sha) in [
+        ("broadcast sender MAC", [0xff; 6]),
+        ("multicast sender MAC", [0x01, 0x00, 0x5e, 0x00, 0x00, 0x01]),
+        ("zero sender MAC", [0; 6]),
+    ] {
+        let arp = arp_frame([0xff; 6], 1, sha, CLIENT, [0; 6], ANYCAST_A);
+        assert_passed_as(&bed, what, 0, &arp, "global/arp_refused");
+    }
+}
+
+#[test]
+fn unicast_arp_for_another_mac_gets_no_reply() {
+    let bed = bed();
+    let p0 = bed.ports[0].mac;
+    let p1 = bed.ports[1].mac;
+    for (what, dst) in [
+        ("another host's MAC", OTHER_HOST_MAC),
+        ("the router's other port", p1),
+        ("a multicast MAC", [0x01, 0x00, 0x5e, 0x00, 0x00, 0x01]),
+    ] {
+        let arp = arp_frame(dst, 1, CLIENT_MAC, CLIENT, [0; 6], ANYCAST_A);
+        assert_passed_as(&bed, what, 0, &arp, "global/arp_refused");
+    }
+    // Unicast to the port (a cache refresh) is answered.
+    let arp = arp_frame(p0, 1, CLIENT_MAC, CLIENT, p0, ANYCAST_A);
+    assert_eq!(bed.run(ANYCAST, 0, &arp).unwrap().0, XDP_TX);
 }
 
 #[test]

@@ -9,6 +9,7 @@ use std::{
 
 use anycast_tests::{
     ANYCAST, Ctl, Netns, Topology, TopologyOptions,
+    frames::arp_frame,
     traffic::{TcpEcho, UDP_PORT, tcp_round, udp_round},
 };
 
@@ -237,37 +238,44 @@ fn standby_members_take_over_when_the_preferred_ones_are_gone() {
 }
 
 #[test]
-fn a_member_whose_mac_changes_is_followed() {
+fn forged_arp_does_not_redirect_member_traffic() {
     let (topo, ctl) = lab(1, &[(0, 100)]);
     let m1 = &topo.members[0];
     let members = topo.member_namespaces();
     let udp = udp_round(&topo.client, &members, ANYCAST, UDP_PORT, 43000..43010, 2).unwrap();
     udp.assert_each_sent_once();
+    let real_mac = ctl.show().members_of(ANYCAST)[0].mac.clone();
+    assert!(real_mac.is_some(), "{:?}", ctl.show());
 
-    // The member's NIC is replaced (new MAC); with arp_notify it announces itself by a
-    // gratuitous ARP, which the router's XDP program learns from.
-    m1.ns
-        .sysctl(&format!("net.ipv4.conf.{}.arp_notify", m1.iface), "1")
-        .unwrap();
-    m1.ns
-        .ip(&[
-            "link",
-            "set",
-            "dev",
-            &m1.iface,
-            "address",
-            "02:aa:bb:cc:dd:01",
-        ])
-        .unwrap();
-    assert!(
-        anycast_tests::wait_until(Duration::from_secs(2), || {
-            ctl.show().members_of(ANYCAST)[0].mac.as_deref() == Some("02:aa:bb:cc:dd:01")
-        }),
-        "the new MAC was not learned: {:?}",
-        ctl.show()
+    // Anyone on the member's link (here: a raw socket in its namespace) claims the member's
+    // address for another MAC, without any key: gratuitous ARP request and reply, and an ARP
+    // reply to the router.
+    let forged = [0x02, 0xaa, 0xbb, 0xcc, 0xdd, 0x01];
+    let router_mac = topo.router.link_mac(&m1.router_iface).unwrap();
+    let broadcast = [0xff; 6];
+    for arp in [
+        arp_frame(broadcast, 1, forged, m1.ip, [0; 6], m1.ip),
+        arp_frame(broadcast, 2, forged, m1.ip, broadcast, m1.ip),
+        arp_frame(router_mac, 2, forged, m1.ip, router_mac, m1.gateway),
+    ] {
+        m1.ns.send_frame(&m1.iface, &arp).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        ctl.show().members_of(ANYCAST)[0].mac,
+        real_mac,
+        "a forged ARP changed the member's MAC"
     );
+
+    // The dataplane still forwards to the real member, each datagram once.
+    let forwarded = ctl.stats().address(ANYCAST).forwarded_packets;
     let udp = udp_round(&topo.client, &members, ANYCAST, UDP_PORT, 44000..44010, 2).unwrap();
     udp.assert_each_sent_once();
+    assert_eq!(
+        ctl.stats().address(ANYCAST).forwarded_packets,
+        forwarded + 20,
+        "the datagrams did not all go through the dataplane"
+    );
 }
 
 #[test]

@@ -3,6 +3,9 @@
 //! Every figure is the kernel's own time per run of BPF_PROG_TEST_RUN (1,000,000 repeats),
 //! taken as the median of several interleaved rounds, and compared only as ratios within this
 //! one run: this machine is shared and noisy, so absolute numbers from different runs differ.
+//!
+//! `bench --dataplane-only` measures only the TEST_RUN cases (about a minute) and prints them,
+//! without the scale, membership and end-to-end phases and without writing the report.
 use std::{collections::BTreeMap, net::Ipv4Addr, time::Instant};
 
 use anycast_common::{AddrBucket, ip_key, member_set_index, programs};
@@ -91,6 +94,10 @@ fn main() -> Result<()> {
     ];
 
     let mut ns = measure(&bed, &cases)?;
+    if std::env::args().any(|a| a == "--dataplane-only") {
+        print_dataplane(&ns);
+        return Ok(());
+    }
     ns.insert("udp_forward_1_address", ns["udp_forward"]);
 
     eprintln!("installing {SCALE_ADDRESSES} anycast addresses ...");
@@ -108,19 +115,7 @@ fn main() -> Result<()> {
     let forward_vs_baseline = ns["udp_forward"] / ns["baseline_swap_macs_tx"];
     let established_vs_baseline = ns["tcp_forward_established"] / ns["baseline_swap_macs_tx"];
     let new_connection_vs_baseline = ns["tcp_syn_new_connection"] / ns["baseline_swap_macs_tx"];
-    println!(
-        "\n{:<32} {:>10}",
-        "case (TEST_RUN, 1M repeats)", "ns/packet"
-    );
-    for (name, v) in &ns {
-        println!("{name:<32} {v:>10.1}");
-    }
-    println!(
-        "\nforward_vs_baseline          {forward_vs_baseline:.3}  (target <= 1.5; connection table hit)"
-    );
-    println!(
-        "new_connection_vs_baseline   {new_connection_vs_baseline:.3}  (connection table miss: Maglev + insert)"
-    );
+    print_dataplane(&ns);
     println!("scale_65536_vs_1             {scale:.3}  (target <= 1.1)");
 
     let maglev_ms = anycast_ctl::maglev::bench_build_ms(201);
@@ -174,6 +169,26 @@ fn main() -> Result<()> {
     std::fs::write(&path, serde_json::to_string_pretty(&report)? + "\n")?;
     println!("\nreport: {}", path.display());
     Ok(())
+}
+
+/// The TEST_RUN table and the ratios to the baseline.
+fn print_dataplane(ns: &BTreeMap<&'static str, f64>) {
+    println!(
+        "\n{:<32} {:>10}",
+        "case (TEST_RUN, 1M repeats)", "ns/packet"
+    );
+    for (name, v) in ns {
+        println!("{name:<32} {v:>10.1}");
+    }
+    let base = ns["baseline_swap_macs_tx"];
+    println!(
+        "\nforward_vs_baseline          {:.3}  (target <= 1.5; connection table hit)",
+        ns["udp_forward"] / base
+    );
+    println!(
+        "new_connection_vs_baseline   {:.3}  (connection table miss: Maglev + insert)",
+        ns["tcp_syn_new_connection"] / base
+    );
 }
 
 /// Median ns/packet of each case over interleaved rounds.

@@ -1,0 +1,82 @@
+//! Frames a router must not forward or answer, found before anything is rewritten.
+//!
+//! A frame is this router's to forward only if its Ethernet destination is the receiving
+//! interface's MAC, its IPv4 header checksum is right and its source could have sent it (RFC
+//! 1812 5.3.7). An ARP request is answered only if it comes from a unicast sender that has an
+//! address, sent to broadcast or to the receiving interface. Every check only reads the frame.
+use crate::packet::{self, ArpHdr, ETH_HLEN, EthHdr, Ipv4Hdr};
+
+const BROADCAST: [u8; 6] = [0xff; 6];
+
+/// Whether two MACs are equal (a byte loop: `==` on arrays may become a `bcmp` call, which BPF
+/// cannot make).
+#[inline(always)]
+fn same_mac(a: &[u8; 6], b: &[u8; 6]) -> bool {
+    let mut diff = 0;
+    for (x, y) in a.iter().zip(b) {
+        diff |= x ^ y;
+    }
+    diff == 0
+}
+
+/// Whether the frame is addressed to the receiving interface (whose MAC is `own`).
+#[inline(always)]
+pub fn for_router(eth: &EthHdr, own: &[u8; 6]) -> bool {
+    same_mac(&eth.dst, own)
+}
+
+/// Whether the IPv4 header, options included (`l4_offset` is where it ends), sums to the
+/// one's-complement zero. The options are read in 4-byte words, at most ten of them.
+#[inline(always)]
+pub fn checksum_ok(ctx: &aya_ebpf::programs::XdpContext, ip: &Ipv4Hdr, l4_offset: usize) -> bool {
+    let fixed = [
+        [ip.version_ihl, ip.tos],
+        ip.tot_len,
+        ip.id,
+        ip.frag_off,
+        [ip.ttl, ip.proto],
+        ip.check,
+        [ip.src[0], ip.src[1]],
+        [ip.src[2], ip.src[3]],
+        [ip.dst[0], ip.dst[1]],
+        [ip.dst[2], ip.dst[3]],
+    ];
+    let mut sum: u32 = 0;
+    for word in fixed {
+        sum += u16::from_be_bytes(word) as u32;
+    }
+    let mut offset = ETH_HLEN + core::mem::size_of::<Ipv4Hdr>();
+    for _ in 0..10 {
+        if offset >= l4_offset {
+            break;
+        }
+        let Some(word) = packet::header::<[u8; 4]>(ctx, offset) else {
+            return false;
+        };
+        sum += u16::from_be_bytes([word[0], word[1]]) as u32;
+        sum += u16::from_be_bytes([word[2], word[3]]) as u32;
+        offset += 4;
+    }
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum == 0xffff
+}
+
+/// Whether the source could have sent the datagram: not in 0.0.0.0/8, 127.0.0.0/8, 224.0.0.0/4
+/// (multicast) or 240.0.0.0/4 (255.255.255.255 included), and not the anycast address itself.
+#[inline(always)]
+pub fn source_ok(ip: &Ipv4Hdr) -> bool {
+    let first = ip.src[0];
+    first != 0 && first != 127 && first < 224 && ip.src() != ip.dst()
+}
+
+/// Whether an ARP request may be answered: not a probe (sender IP 0.0.0.0), from a unicast,
+/// nonzero sender MAC, to broadcast or to the receiving interface (whose MAC is `own`).
+#[inline(always)]
+pub fn arp_answerable(eth: &EthHdr, arp: &ArpHdr, own: &[u8; 6]) -> bool {
+    let probe = u32::from_ne_bytes(arp.spa) == 0;
+    let group = arp.sha[0] & 1 != 0;
+    let zero = same_mac(&arp.sha, &[0; 6]);
+    let to_us = same_mac(&eth.dst, &BROADCAST) || same_mac(&eth.dst, own);
+    !probe && !group && !zero && to_us
+}
