@@ -89,7 +89,8 @@ pub async fn attach(
     let existed = pin.path().exists();
     let _lock = pin.lock(true)?;
     let fresh = dataplane::check_pins(pin)? == dataplane::Pins::Fresh;
-    let result = check_modes(pin, &links, mode).and_then(|()| attach_locked(pin, &links, mode, flows));
+    let result =
+        check_modes(pin, &links, mode).and_then(|()| attach_locked(pin, &links, mode, flows));
     if result.is_err() && fresh && links_present(pin) == 0 {
         let _ = pin.remove();
         if !existed {
@@ -101,7 +102,10 @@ pub async fn attach(
 
 /// Refuses to re-attach an interface in another mode than it has: that needs a detach first.
 fn check_modes(pin: &PinDir, links: &[Link], mode: Mode) -> Result<()> {
-    let attached: Vec<&Link> = links.iter().filter(|l| pin.link(l.index).exists()).collect();
+    let attached: Vec<&Link> = links
+        .iter()
+        .filter(|l| pin.link(l.index).exists())
+        .collect();
     if attached.is_empty() {
         return Ok(());
     }

@@ -595,6 +595,34 @@ mod tests {
     }
 
     #[test]
+    fn command_tree_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    /// Regression: `announce --help` said the highest key id signs; the first key signs.
+    #[test]
+    fn announce_help_says_the_first_key_signs() {
+        use clap::CommandFactory;
+        let mut cmd = Cli::command();
+        let announce = cmd.find_subcommand_mut("announce").unwrap();
+        let help = announce.render_long_help().to_string();
+        assert!(help.contains("first key"), "{help}");
+        assert!(!help.contains("highest"), "{help}");
+    }
+
+    /// Regression: anycast addresses of classes that are never unicast were accepted.
+    #[test]
+    fn never_anycast_classes_are_refused_while_parsing() {
+        for bad in ["169.254.1.1", "240.0.0.1", "127.0.0.1", "0.1.2.3"] {
+            assert!(
+                parse(&["member", "add", bad, "203.0.113.2"]).is_err(),
+                "{bad} accepted"
+            );
+        }
+    }
+
+    #[test]
     fn table_aligns_columns() {
         let t = table(&["A", "LONGER"], vec![vec!["xyz".into(), "1".into()]]);
         assert_eq!(t, "A    LONGER\nxyz  1\n");

@@ -64,7 +64,9 @@ pub fn check_pins(pin: &PinDir) -> Result<Pins> {
         });
     }
     let layout: Array<MapData, u32> = open(pin, names::LAYOUT)?;
-    let version = layout.get(&0, 0).map_err(|e| Error::map(names::LAYOUT, e))?;
+    let version = layout
+        .get(&0, 0)
+        .map_err(|e| Error::map(names::LAYOUT, e))?;
     if version != anycast_common::LAYOUT_VERSION {
         return Err(incompatible(format!(
             "layout version {version}, and this anycast-ctl uses {}",

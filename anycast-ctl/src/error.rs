@@ -19,9 +19,7 @@ pub enum Error {
     PinDirParentMissing { path: PathBuf, parent: PathBuf },
     #[error("{}", agent_running(.path, *.pid))]
     AgentRunning { path: PathBuf, pid: Option<u32> },
-    #[error(
-        "pin directory {path} is incomplete: {missing} is missing ({recover})"
-    )]
+    #[error("pin directory {path} is incomplete: {missing} is missing ({recover})")]
     PinsIncomplete {
         path: PathBuf,
         missing: &'static str,
@@ -112,7 +110,10 @@ fn agent_running(path: &std::path::Path, pid: Option<u32>) -> String {
             "another agent (pid {pid}) is running on {}; stop it first",
             path.display()
         ),
-        None => format!("another agent is running on {}; stop it first", path.display()),
+        None => format!(
+            "another agent is running on {}; stop it first",
+            path.display()
+        ),
     }
 }
 

@@ -59,7 +59,12 @@ mod tests {
     #[test]
     fn unicast_excludes_zero_broadcast_and_multicast() {
         assert!(MacAddr([2, 0, 0x5e, 0x10, 0, 1]).is_unicast());
-        for mac in [[0; 6], [0xff; 6], [0x01, 0, 0x5e, 0, 0, 1], [0x33, 0x33, 0, 0, 0, 1]] {
+        for mac in [
+            [0; 6],
+            [0xff; 6],
+            [0x01, 0, 0x5e, 0, 0, 1],
+            [0x33, 0x33, 0, 0, 0, 1],
+        ] {
             assert!(!MacAddr(mac).is_unicast(), "{mac:x?}");
         }
     }

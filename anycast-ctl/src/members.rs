@@ -15,9 +15,9 @@
 use std::{collections::HashSet, net::Ipv4Addr, time::Duration};
 
 use anycast_common::{
-    AddrBucket, AddrStats, HOST_MAC_KNOWN, HOST_MAC_SIGNED, HOST_MAC_STATIC, Host, MAX_ADDRS, MAX_HOSTS,
-    MAX_MEMBER_COUNTERS, MAX_MEMBERS, MemberInfo, MemberKey, MemberRef, MemberSet, MemberStats,
-    NO_HOST, SOURCE_STATIC, TABLE_ENTRIES_PER_WORD, ip_key, member_set_index,
+    AddrBucket, AddrStats, HOST_MAC_KNOWN, HOST_MAC_SIGNED, HOST_MAC_STATIC, Host, MAX_ADDRS,
+    MAX_HOSTS, MAX_MEMBER_COUNTERS, MAX_MEMBERS, MemberInfo, MemberKey, MemberRef, MemberSet,
+    MemberStats, NO_HOST, SOURCE_STATIC, TABLE_ENTRIES_PER_WORD, ip_key, member_set_index,
 };
 
 use crate::{

@@ -214,7 +214,10 @@ impl PinDir {
         }
         if let Ok(entries) = std::fs::read_dir(self.links()) {
             for entry in entries.flatten() {
-                let ours = entry.file_name().to_str().is_some_and(|n| n.parse::<u32>().is_ok());
+                let ours = entry
+                    .file_name()
+                    .to_str()
+                    .is_some_and(|n| n.parse::<u32>().is_ok());
                 if ours {
                     std::fs::remove_file(entry.path()).map_err(|e| io(&entry.path(), e))?;
                 }

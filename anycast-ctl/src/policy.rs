@@ -41,7 +41,9 @@ pub async fn check_anycast(maps: &Maps, nl: &Netlink, address: Ipv4Addr) -> Resu
             .await
             .map_or_else(|_| a.ifindex.to_string(), |l| l.name);
         if a.ip == address {
-            return Err(refuse(format!("it is an address of this router (on {iface})")));
+            return Err(refuse(format!(
+                "it is an address of this router (on {iface})"
+            )));
         }
         let Ok(net) = ipnet::Ipv4Net::new(a.ip, a.prefix_len) else {
             continue;
@@ -51,7 +53,9 @@ pub async fn check_anycast(maps: &Maps, nl: &Netlink, address: Ipv4Addr) -> Resu
         }
         let net = net.trunc();
         if address == net.broadcast() {
-            return Err(refuse(format!("it is the broadcast address of {net} on {iface}")));
+            return Err(refuse(format!(
+                "it is the broadcast address of {net} on {iface}"
+            )));
         }
         return Err(refuse(format!(
             "it is inside {net}, a subnet connected to {iface}, where a host may own it"

@@ -102,7 +102,11 @@ fn detach_with_a_repeated_interface_succeeds_and_changes_all() {
     assert_eq!(attached, ["r1", "r2", "r3"]);
     ctl.detach(&["r1", "r2", "r3", "r3"])
         .expect("detach r1 r2 r3 r3");
-    assert!(!ctl.pin_dir().exists(), "pins left: {:?}", entries(ctl.pin_dir()));
+    assert!(
+        !ctl.pin_dir().exists(),
+        "pins left: {:?}",
+        entries(ctl.pin_dir())
+    );
     for i in ["r0", "r1", "r2", "r3"] {
         assert!(topo.router.xdp_prog_ids(i).unwrap().is_empty(), "{i}");
     }
@@ -120,7 +124,8 @@ fn a_missing_map_pin_is_refused_and_attach_leaves_nothing_new() {
     assert_eq!(entries(ctl.pin_dir()), before, "attach changed the pins");
     assert!(topo.router.xdp_prog_ids("r1").unwrap().is_empty());
     // The way out the error names works.
-    ctl.detach(&["r0"]).expect("detach from an incomplete pin directory");
+    ctl.detach(&["r0"])
+        .expect("detach from an incomplete pin directory");
     assert!(!ctl.pin_dir().exists());
 }
 
@@ -203,7 +208,11 @@ fn member_dev_the_route_does_not_use_is_refused_at_once() {
     let m1 = topo.members[0].ip.to_string();
     let err = one_line(&ctl.run_fail(&["member", "add", "198.51.100.53", &m1, "--dev", "r2"]));
     assert!(err.contains("r1") && err.contains("r2"), "{err}");
-    assert!(start.elapsed() < Duration::from_secs(2), "took {:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        start.elapsed()
+    );
     let neigh = topo.router.ip(&["neigh", "show", "dev", "r2"]).unwrap();
     assert!(!neigh.contains(&m1), "neighbour entry left on r2: {neigh}");
 }
@@ -291,8 +300,15 @@ fn agent_checks_config_and_keys_before_it_attaches() {
             .filter(|l| l.starts_with("anycast-ctl:"))
             .collect();
         assert_eq!(lines.len(), 1, "{case:?}: want one error line, got:\n{log}");
-        assert!(!ctl.pin_dir().exists(), "{case:?} left pins: {:?}", entries(ctl.pin_dir()));
-        assert!(topo.router.xdp_prog_ids("r1").unwrap().is_empty(), "{case:?} attached");
+        assert!(
+            !ctl.pin_dir().exists(),
+            "{case:?} left pins: {:?}",
+            entries(ctl.pin_dir())
+        );
+        assert!(
+            topo.router.xdp_prog_ids("r1").unwrap().is_empty(),
+            "{case:?} attached"
+        );
     }
     std::fs::remove_file(&fifo).unwrap();
 }
@@ -304,7 +320,11 @@ fn second_agent_on_one_pin_dir_is_refused_naming_the_first() {
     let args = ["--anycast-prefix", "198.51.100.0/24", "--insecure-no-auth"];
     let mut first = agent(&topo, &ctl, &args);
     assert!(
-        wait_until(Duration::from_secs(5), || !topo.router.xdp_prog_ids("r1").unwrap().is_empty()),
+        wait_until(Duration::from_secs(5), || !topo
+            .router
+            .xdp_prog_ids("r1")
+            .unwrap()
+            .is_empty()),
         "first agent did not attach: {}",
         first.log()
     );
@@ -410,7 +430,11 @@ fn sighup_reloads_keys_without_losing_members() {
     std::fs::write(&keys.0, "[[key]]\nid = 3\n").unwrap();
     agent.signal(libc::SIGHUP);
     std::thread::sleep(Duration::from_millis(800));
-    assert!(agent.running(), "the agent died on a bad reload: {}", agent.log());
+    assert!(
+        agent.running(),
+        "the agent died on a bad reload: {}",
+        agent.log()
+    );
     assert_eq!(learned(&ctl), [m1, m2], "{}", agent.log());
     assert!(agent.log().contains("reload failed"), "{}", agent.log());
     // Key 1 retired: m1 expires, m2 stays.
@@ -440,7 +464,12 @@ fn agent_follows_a_detach_and_reattach_under_it() {
     let mut agent = agent(
         &topo,
         &ctl,
-        &["--anycast-prefix", "198.51.100.0/24", "--key-file", key.path()],
+        &[
+            "--anycast-prefix",
+            "198.51.100.0/24",
+            "--key-file",
+            key.path(),
+        ],
     );
     let _m1 = announce(&topo, 0, &key);
     let m1 = topo.members[0].ip;
@@ -453,7 +482,12 @@ fn agent_follows_a_detach_and_reattach_under_it() {
     ctl.attach(&["r0", "r1"], "native").expect("attach again");
     // The agent adopts the new state, or, if it saw the dataplane gone in between, stops with
     // an error for systemd to restart it (Restart=on-failure in contrib/), as done here.
-    let args = ["--anycast-prefix", "198.51.100.0/24", "--key-file", key.path()];
+    let args = [
+        "--anycast-prefix",
+        "198.51.100.0/24",
+        "--key-file",
+        key.path(),
+    ];
     std::thread::sleep(Duration::from_millis(300));
     if !agent.running() {
         assert!(
@@ -479,6 +513,14 @@ fn agent_follows_a_detach_and_reattach_under_it() {
         2,
     )
     .expect("udp");
+    assert_eq!(
+        run.total_received(),
+        20,
+        "stats {:?}\nshow {:?}\nagent log:\n{}",
+        ctl.stats(),
+        ctl.show(),
+        agent.log()
+    );
     run.assert_each_sent_once();
 }
 
@@ -497,7 +539,12 @@ fn learned_member_mac_comes_from_its_signed_advertisement() {
     let agent = agent(
         &topo,
         &ctl,
-        &["--anycast-prefix", "198.51.100.0/24", "--key-file", key.path()],
+        &[
+            "--anycast-prefix",
+            "198.51.100.0/24",
+            "--key-file",
+            key.path(),
+        ],
     );
     let m = &topo.members[0];
     let _announce = announce(&topo, 0, &key);
@@ -511,7 +558,8 @@ fn learned_member_mac_comes_from_its_signed_advertisement() {
     };
     let real = anycast_tests::netns::format_mac(m.ns.link_mac(&m.iface).unwrap());
     assert!(
-        wait_until(Duration::from_secs(5), || mac_shown().as_deref() == Some(&real)),
+        wait_until(Duration::from_secs(5), || mac_shown().as_deref()
+            == Some(&real)),
         "shown {:?}, want {real}\n{}",
         mac_shown(),
         agent.log()
@@ -519,7 +567,8 @@ fn learned_member_mac_comes_from_its_signed_advertisement() {
     let new = "02:aa:bb:cc:dd:02";
     m.ns.ip(&["link", "set", &m.iface, "address", new]).unwrap();
     assert!(
-        wait_until(Duration::from_secs(2), || mac_shown().as_deref() == Some(new)),
+        wait_until(Duration::from_secs(2), || mac_shown().as_deref()
+            == Some(new)),
         "the new MAC was not followed: {:?}\n{}",
         mac_shown(),
         agent.log()
@@ -545,13 +594,27 @@ fn static_member_mac_follows_the_kernel_neighbour_table() {
     ctl.attach(&["r0", "r1"], "native").expect("attach");
     let m = &topo.members[0];
     ctl.member_add(ANYCAST, m.ip).expect("static member");
-    let _agent = agent(&topo, &ctl, &["--anycast-prefix", "198.51.100.0/24", "--insecure-no-auth"]);
+    let _agent = agent(
+        &topo,
+        &ctl,
+        &["--anycast-prefix", "198.51.100.0/24", "--insecure-no-auth"],
+    );
     std::thread::sleep(Duration::from_millis(300));
     let new = "02:aa:bb:cc:dd:03";
     m.ns.ip(&["link", "set", &m.iface, "address", new]).unwrap();
     let ip = m.ip.to_string();
     topo.router
-        .ip(&["neigh", "replace", &ip, "lladdr", new, "dev", "r1", "nud", "reachable"])
+        .ip(&[
+            "neigh",
+            "replace",
+            &ip,
+            "lladdr",
+            new,
+            "dev",
+            "r1",
+            "nud",
+            "reachable",
+        ])
         .unwrap();
     let shown = || {
         ctl.show()
@@ -566,4 +629,49 @@ fn static_member_mac_follows_the_kernel_neighbour_table() {
         "shown {:?}",
         shown()
     );
+}
+
+/// Regression: `member add` opened the maps before taking the writers' lock, so a detach and
+/// re-attach during its MAC resolution made it write into dead maps and report success.
+#[test]
+fn member_add_does_not_write_into_maps_replaced_while_it_resolved() {
+    let topo = topology();
+    let ctl = Ctl::new(&topo.router);
+    ctl.attach(&["r0", "r1"], "native").expect("attach");
+    let m = &topo.members[0];
+    // m1 answers no ARP for a while, so the add waits in MAC resolution.
+    m.ns.ip(&["link", "set", &m.iface, "arp", "off"]).unwrap();
+    let member = m.ip.to_string();
+    let outcome = std::thread::scope(|scope| {
+        let add = scope.spawn(|| ctl.outcome(&["member", "add", "198.51.100.53", &member]));
+        std::thread::sleep(Duration::from_millis(300));
+        ctl.detach(&["r0", "r1"]).expect("detach");
+        ctl.attach(&["r0", "r1"], "native").expect("attach again");
+        m.ns.ip(&["link", "set", &m.iface, "arp", "on"]).unwrap();
+        add.join().unwrap()
+    });
+    match outcome.ok() {
+        Ok(out) => panic!("member add reported success after its maps were replaced: {out}"),
+        Err(e) => assert!(format!("{e:#}").contains("replaced"), "{e:#}"),
+    }
+    assert!(ctl.show().addresses.is_empty(), "{:?}", ctl.show());
+    ctl.member_add(ANYCAST, m.ip).expect("run again, it works");
+}
+
+/// Regression: a pre-existing map of the wrong layout was reused by name; the verifier then
+/// printed kilobytes of log and the failed attach left new pins behind.
+#[test]
+fn a_map_of_the_wrong_layout_is_refused_in_one_line() {
+    let topo = topology();
+    let ctl = Ctl::new(&topo.router);
+    ctl.attach(&["r0"], "native").expect("attach");
+    let hosts = ctl.pin_dir().join(names::HOSTS);
+    std::fs::remove_file(&hosts).unwrap();
+    foreign_pin(&hosts);
+    let before = entries(ctl.pin_dir());
+    let err = one_line(&ctl.run_fail(&["attach", "r1"]));
+    assert!(err.contains("HOSTS") && err.contains("value size"), "{err}");
+    assert_eq!(entries(ctl.pin_dir()), before);
+    assert!(topo.router.xdp_prog_ids("r1").unwrap().is_empty());
+    ctl.detach(&["r0"]).expect("detach");
 }

@@ -198,7 +198,14 @@ impl Agent {
             }
         };
         let fixed = (&config.devs, config.group, config.port, config.mode);
-        if fixed != (&self.config.devs, self.config.group, self.config.port, self.config.mode) {
+        if fixed
+            != (
+                &self.config.devs,
+                self.config.group,
+                self.config.port,
+                self.config.mode,
+            )
+        {
             tracing::warn!("dev, group, port and mode changes take effect after a restart");
         }
         self.validator
@@ -516,11 +523,13 @@ impl Agent {
         let Some((ip, mac)) = crate::net::neighbour_entry(&n) else {
             return;
         };
-        let changed = self.lock_live().and_then(|_lock| {
-            members::follow_neighbour(&mut self.maps, ip, n.header.ifindex, mac)
-        });
+        let changed = self
+            .lock_live()
+            .and_then(|_lock| members::follow_neighbour(&mut self.maps, ip, n.header.ifindex, mac));
         match changed {
-            Ok(true) => tracing::info!(member = %ip, mac = %crate::mac::MacAddr(mac), "member MAC followed from the neighbour table"),
+            Ok(true) => {
+                tracing::info!(member = %ip, mac = %crate::mac::MacAddr(mac), "member MAC followed from the neighbour table")
+            }
             Ok(false) => {}
             Err(e) => tracing::warn!(error = %e, "following a neighbour"),
         }
