@@ -152,8 +152,10 @@ pub enum MemberCommand {
         /// Interface the member is on [default: from the route table].
         #[arg(long, value_name = "IFACE")]
         dev: Option<String>,
-        /// The member's MAC [default: resolved]; a given MAC is never relearned.
-        #[arg(long)]
+        /// The member's MAC [default: resolved]; a given MAC is never relearned. A MAC belongs
+        /// to the host: it is refused if the host already has another static MAC for other
+        /// addresses.
+        #[arg(long, value_parser = unicast_mac)]
         mac: Option<MacAddr>,
         #[command(flatten)]
         weight: WeightArgs,
@@ -219,7 +221,15 @@ fn table_size(s: &str) -> Result<u32, String> {
     Ok(m)
 }
 
-fn unicast_address(s: &str) -> Result<Ipv4Addr, String> {
+fn unicast_mac(s: &str) -> Result<MacAddr, String> {
+    let mac: MacAddr = s
+        .parse()
+        .map_err(|e: crate::mac::ParseMacError| e.to_string())?;
+    mac.check_unicast().map_err(|e| e.to_string())?;
+    Ok(mac)
+}
+
+pub(crate) fn unicast_address(s: &str) -> Result<Ipv4Addr, String> {
     let ip: Ipv4Addr = s
         .parse()
         .map_err(|_| format!("{s:?} is not an IPv4 address"))?;
@@ -362,14 +372,20 @@ pub async fn run(cli: Cli) -> Result<String> {
             let _lock = pin.lock(false)?;
             maps.table_size = table_size;
             let info = members::static_info(members::now_ms(), preference, weight);
-            let what = match members::add(&mut maps, anycast_ip, &placement, info)? {
+            let done = members::add(&mut maps, anycast_ip, &placement, info)?;
+            let what = match done.added {
                 members::Added::New => "added",
                 members::Added::Updated => "updated",
             };
+            let mac = MacAddr(done.host.mac);
+            let kind = if done.host.flags & anycast_common::HOST_MAC_STATIC != 0 {
+                " static"
+            } else {
+                ""
+            };
             Ok(format!(
-                "{what} member {member_ip} of {anycast_ip} (mac {}, ifindex {})\n",
-                MacAddr(placement.mac),
-                placement.ifindex
+                "{what} member {member_ip} of {anycast_ip} (mac {mac}{kind}, ifindex {})\n",
+                done.host.ifindex
             ))
         }
         Command::Member(MemberCommand::Set {

@@ -4,6 +4,7 @@
 //! - [`dataplane`]: loading the embedded eBPF object and typed access to its pinned maps.
 //! - [`attach`]: attaching the dataplane to interfaces, detaching it, and its status.
 //! - [`members`]: where a membership becomes a map entry (used by the CLI and the agent).
+//! - [`alloc`], [`journal`]: index allocators and transactions over the maps, for `members`.
 //! - [`report`]: reading addresses, members and counters back out of the maps.
 //! - [`net`]: rtnetlink look-ups: links, routes, neighbours.
 //! - [`agent`]: the router's daemon that learns members from host advertisements.
@@ -14,11 +15,13 @@
 
 pub mod advert_auth;
 pub mod agent;
+pub mod alloc;
 pub mod announce;
 pub mod attach;
 pub mod cli;
 pub mod dataplane;
 pub mod error;
+pub mod journal;
 pub mod mac;
 pub mod maglev;
 pub mod members;

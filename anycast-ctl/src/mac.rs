@@ -15,6 +15,32 @@ impl fmt::Display for MacAddr {
 #[error("invalid MAC address {0:?} (expected six hex octets like 02:00:5e:10:00:01)")]
 pub struct ParseMacError(String);
 
+/// A MAC that cannot be a member's: frames sent to it would not reach one host.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum NotUnicast {
+    #[error("{0} is the broadcast MAC, not a member's")]
+    Broadcast(MacAddr),
+    #[error("{0} is a multicast MAC (low bit of the first octet set), not a member's")]
+    Multicast(MacAddr),
+    #[error("{0} is the all-zero MAC, not a member's")]
+    Zero(MacAddr),
+}
+
+impl MacAddr {
+    /// Whether this can be one host's MAC: not broadcast, multicast or all zeros.
+    pub fn check_unicast(self) -> Result<Self, NotUnicast> {
+        if self.0 == [0xff; 6] {
+            Err(NotUnicast::Broadcast(self))
+        } else if self.0[0] & 1 != 0 {
+            Err(NotUnicast::Multicast(self))
+        } else if self.0 == [0; 6] {
+            Err(NotUnicast::Zero(self))
+        } else {
+            Ok(self)
+        }
+    }
+}
+
 impl FromStr for MacAddr {
     type Err = ParseMacError;
 
@@ -46,6 +72,25 @@ mod tests {
         assert_eq!(mac.0, [0x02, 0x00, 0x5e, 0x10, 0x00, 0x01]);
         assert_eq!(mac.to_string(), "02:00:5e:10:00:01");
         assert_eq!("02-00-5e-10-00-01".parse::<MacAddr>(), Ok(mac));
+    }
+
+    #[test]
+    fn only_unicast_is_a_members_mac() {
+        let mac = |s: &str| s.parse::<MacAddr>().unwrap().check_unicast();
+        assert!(mac("02:00:5e:10:00:01").is_ok());
+        assert!(matches!(
+            mac("ff:ff:ff:ff:ff:ff"),
+            Err(NotUnicast::Broadcast(_))
+        ));
+        assert!(matches!(
+            mac("01:00:5e:00:00:01"),
+            Err(NotUnicast::Multicast(_))
+        ));
+        assert!(matches!(
+            mac("33:33:00:00:00:01"),
+            Err(NotUnicast::Multicast(_))
+        ));
+        assert!(matches!(mac("00:00:00:00:00:00"), Err(NotUnicast::Zero(_))));
     }
 
     #[test]
