@@ -56,6 +56,14 @@ pub enum Command {
     /// Add or remove members of anycast addresses.
     #[command(subcommand)]
     Member(MemberCommand),
+    /// Add many static memberships from a TOML file of `[[member]]` tables (anycast, member,
+    /// and optional dev, mac, preference, weight), all or none: every entry is checked and
+    /// every member located before anything is written.
+    Load {
+        /// The file, or `-` for stdin.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
     /// Show anycast addresses and their members.
     Show {
         #[arg(long)]
@@ -221,7 +229,7 @@ fn table_size(s: &str) -> Result<u32, String> {
     Ok(m)
 }
 
-fn unicast_mac(s: &str) -> Result<MacAddr, String> {
+pub(crate) fn unicast_mac(s: &str) -> Result<MacAddr, String> {
     let mac: MacAddr = s
         .parse()
         .map_err(|e: crate::mac::ParseMacError| e.to_string())?;
@@ -411,6 +419,20 @@ pub async fn run(cli: Cli) -> Result<String> {
             members::del(&mut maps, anycast_ip, member_ip)?;
             Ok(format!("deleted member {member_ip} of {anycast_ip}\n"))
         }
+        Command::Load { file } => {
+            let (name, text) = read_input(&file)?;
+            let list = crate::load::parse(&name, &text)?;
+            let mut maps = Maps::open(&pin)?;
+            let placements = crate::load::locate_all(&maps, &nl, &list).await?;
+            let _lock = pin.lock(false)?;
+            let done = crate::load::apply(&mut maps, &list, &placements)?;
+            Ok(format!(
+                "loaded {} memberships ({} added, {} updated)\n",
+                list.len(),
+                done.added,
+                done.updated
+            ))
+        }
         Command::Show { json } => {
             let maps = Maps::open(&pin)?;
             let names = interface_names(&nl).await;
@@ -529,6 +551,19 @@ pub async fn run(cli: Cli) -> Result<String> {
             Ok(out)
         }
     }
+}
+
+/// A file's name and text, or stdin's for `-`.
+fn read_input(path: &std::path::Path) -> Result<(String, String)> {
+    if path.as_os_str() == "-" {
+        let text =
+            std::io::read_to_string(std::io::stdin()).map_err(|e| Error::io("reading stdin", e))?;
+        return Ok(("stdin".into(), text));
+    }
+    let name = path.display().to_string();
+    let text =
+        std::fs::read_to_string(path).map_err(|e| Error::io(format!("reading {name}"), e))?;
+    Ok((name, text))
 }
 
 async fn interface_names(nl: &Netlink) -> std::collections::HashMap<u32, String> {

@@ -1,7 +1,7 @@
 //! MAC addresses as the CLI reads and prints them (`aa:bb:cc:dd:ee:ff`).
 use std::{fmt, str::FromStr};
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct MacAddr(pub [u8; 6]);
 
 impl fmt::Display for MacAddr {

@@ -392,7 +392,8 @@ pub fn set_weight(
 /// Moves the address in bucket `index` from member set `old` to `new` (their positions differ by
 /// at most one member), choosing where new flows go from `new` and `MEMBER_INFO` (see
 /// [`choose`]), so that the dataplane never follows `single` or a table to a missing position:
-/// 1. a set with an added position is published first, with the old choice still in use;
+/// 1. a set with an added position is published first, with the old choice still in use, if a
+///    new table is to name that position;
 /// 2. a new table is swapped in (a smaller one announced first), and each member's share of it
 ///    recorded in `MEMBER_SLOTS`;
 /// 3. the final set (and a removed member's hole) is published.
@@ -413,7 +414,9 @@ fn update(
     new.maglev_size = size;
     let mut entry = entry;
     let mut live = *old;
-    if new.n_members > old.n_members || new.members().count() > old.members().count() {
+    // Only a table can name a position the live set lacks: `single` is published with its set.
+    let grows = new.n_members > old.n_members || new.members().count() > old.members().count();
+    if grows && matches!(choice, Choice::Table(..)) {
         live = MemberSet {
             table_size: old.table_size,
             single: old.single,
