@@ -51,6 +51,17 @@ pub fn load_file(n: u32, member: Ipv4Addr) -> String {
     text
 }
 
+/// What [`run`] measured, in ms.
+struct Figures {
+    load: f64,
+    show: f64,
+    add: f64,
+    del: f64,
+    second_member: f64,
+    library_add: f64,
+    library_del: f64,
+}
+
 /// Runs the measurements; prints a table and returns the figures as JSON.
 pub fn run() -> Result<Value> {
     crate::require_root();
@@ -62,14 +73,17 @@ pub fn run() -> Result<Value> {
     let ifaces = topo.router_ifaces();
     let ifaces: Vec<&str> = ifaces.iter().map(String::as_str).collect();
     ctl.attach(&ifaces, "native")?;
-    let (m0, m1) = (topo.members[0].ip, topo.members[1].ip);
+    let f = measure(&topo, &ctl)?;
+    print(&f);
+    Ok(report(&f))
+}
 
+fn measure(topo: &Topology, ctl: &Ctl) -> Result<Figures> {
+    let run = |args: &[&str]| operator(topo, ctl, args);
     let dir = tempdir()?;
     let file = dir.join("memberships.toml");
-    std::fs::write(&file, load_file(ADDRESSES, m0))?;
-    let file = file.to_str().context("UTF-8 temp path")?;
-    let run = |args: &[&str]| operator(&topo, &ctl, args);
-    let load_ms = run(&["load", file])?.0;
+    std::fs::write(&file, load_file(ADDRESSES, topo.members[0].ip))?;
+    let load = run(&["load", file.to_str().context("UTF-8 temp path")?])?.0;
     std::fs::remove_dir_all(&dir)?;
 
     let mut show = Vec::new();
@@ -81,44 +95,61 @@ pub fn run() -> Result<Value> {
         show.push(ms);
     }
 
-    let (a, m0, m1) = (address(1).to_string(), m0.to_string(), m1.to_string());
+    let a = address(1).to_string();
+    let (m0, m1) = (
+        topo.members[0].ip.to_string(),
+        topo.members[1].ip.to_string(),
+    );
     let (mut add, mut del) = (Vec::new(), Vec::new());
     for _ in 0..ADD_DEL_RUNS {
         del.push(run(&["member", "del", &a, &m0])?.0);
         add.push(run(&["member", "add", &a, &m0])?.0);
     }
-    let second = run(&["member", "add", &a, &m1])?.0;
+    let second_member = run(&["member", "add", &a, &m1])?.0;
     run(&["member", "del", &a, &m1])?;
-    let library = library_add_del(&topo, &ctl)?;
+    let (library_add, library_del) = library_add_del(topo, ctl)?;
+    Ok(Figures {
+        load,
+        show: median(&mut show),
+        add: median(&mut add),
+        del: median(&mut del),
+        second_member,
+        library_add,
+        library_del,
+    })
+}
 
-    let (add_ms, del_ms, show_ms) = (median(&mut add), median(&mut del), median(&mut show));
+fn print(f: &Figures) {
     println!("\ncontrol plane at {ADDRESSES} addresses (anycast-ctl binary, wall time)");
     println!("{:<44} {:>10} {:>10}", "figure", "ms", "target");
     for (name, ms, target) in [
-        ("load FILE (65,536 memberships)", load_ms, TARGET_LOAD_MS),
-        ("show --json, median of 3", show_ms, TARGET_SHOW_MS),
+        ("load FILE (65,536 memberships)", f.load, TARGET_LOAD_MS),
+        ("show --json, median of 3", f.show, TARGET_SHOW_MS),
         (
             "member add (only member), median of 21",
-            add_ms,
+            f.add,
             TARGET_ADD_DEL_MS,
         ),
         (
             "member del (only member), median of 21",
-            del_ms,
+            f.del,
             TARGET_ADD_DEL_MS,
         ),
     ] {
         println!("{name:<44} {ms:>10.2} {:>10}", format!("< {target:.0}"));
     }
     println!(
-        "{:<44} {second:>10.2}",
-        "member add (2nd member: Maglev table)"
+        "{:<44} {:>10.2}",
+        "member add (2nd member: Maglev table)", f.second_member
     );
     println!(
         "{:<44} {:>10}",
         "library add / del alone, median ms",
-        format!("{:.3} / {:.3}", library.0, library.1)
+        format!("{:.3} / {:.3}", f.library_add, f.library_del)
     );
+}
+
+fn report(f: &Figures) -> Value {
     let method = |what: &str| {
         format!(
             "{what}; with {ADDRESSES} addresses (198.18.0.0/15) installed by `load`, one member \
@@ -126,31 +157,31 @@ pub fn run() -> Result<Value> {
              for, wall time from spawn to exit (process start included)"
         )
     };
-    Ok(json!({
+    json!({
         "bulk_load_65536_ms": {
-            "value": load_ms,
+            "value": f.load,
             "target_below": TARGET_LOAD_MS,
             "method": method("`anycast-ctl load FILE` of 65,536 [[member]] entries, one run, into an empty dataplane"),
         },
         "show_65536_ms": {
-            "value": show_ms,
+            "value": f.show,
             "target_below": TARGET_SHOW_MS,
             "method": method("`anycast-ctl show --json`, median of 3 runs (output read, not parsed, within the time)"),
         },
         "member_add_65536_ms": {
-            "value": add_ms,
+            "value": f.add,
             "target_below": TARGET_ADD_DEL_MS,
             "method": method("`member add A M` of the only member of an installed address (after its del), median of 21"),
-            "second_member_with_maglev_table_ms": second,
-            "library_call_ms": library.0,
+            "second_member_with_maglev_table_ms": f.second_member,
+            "library_call_ms": f.library_add,
         },
         "member_del_65536_ms": {
-            "value": del_ms,
+            "value": f.del,
             "target_below": TARGET_ADD_DEL_MS,
             "method": method("`member del A M` of the only member of an installed address, median of 21"),
-            "library_call_ms": library.1,
+            "library_call_ms": f.library_del,
         },
-    }))
+    })
 }
 
 /// Median ms of `members::add` and `members::del` called in-process on the pinned maps (the
