@@ -60,8 +60,19 @@ pub mod names {
     pub const BENCH_SEQ: &str = "BENCH_SEQ";
     /// The [`super::BenchFrame`] `bench_gen` writes (index 0).
     pub const BENCH_FRAME: &str = "BENCH_FRAME";
+    /// User space's allocator marks, indexed by `ALLOC_*`: the next never-used index of each
+    /// kind (not read by the dataplane).
+    pub const ALLOC: &str = "ALLOC";
+    /// Stack of freed member counter indexes, reused before the mark grows.
+    pub const FREE_COUNTERS: &str = "FREE_COUNTERS";
+    /// Stack of freed host indexes, reused before the mark grows.
+    pub const FREE_HOSTS: &str = "FREE_HOSTS";
+    /// Host index -> number of memberships that refer to it.
+    pub const HOST_REFS: &str = "HOST_REFS";
+    /// Member counter index -> the member's slots in its address's Maglev table.
+    pub const MEMBER_SLOTS: &str = "MEMBER_SLOTS";
     /// The maps pinned under the pin directory (every map but the benchmark programs').
-    pub const PINNED: [&str; 17] = [
+    pub const PINNED: [&str; 22] = [
         ADDRS,
         MEMBER_SETS,
         ADDR_KEYS,
@@ -79,9 +90,14 @@ pub mod names {
         SENDER_SEQ,
         AGENT_STATS,
         LAYOUT,
+        ALLOC,
+        FREE_COUNTERS,
+        FREE_HOSTS,
+        HOST_REFS,
+        MEMBER_SLOTS,
     ];
     /// Every map of the object.
-    pub const ALL: [&str; 20] = [
+    pub const ALL: [&str; 25] = [
         ADDRS,
         MEMBER_SETS,
         ADDR_KEYS,
@@ -102,6 +118,11 @@ pub mod names {
         BENCH_PORT,
         BENCH_SEQ,
         BENCH_FRAME,
+        ALLOC,
+        FREE_COUNTERS,
+        FREE_HOSTS,
+        HOST_REFS,
+        MEMBER_SLOTS,
     ];
 }
 
@@ -170,6 +191,11 @@ pub const FLOW_WAYS: u32 = 4;
 pub const FLOW_SETS: u32 = 1 << 18;
 /// Name of the loader-set global holding the connection table's set mask.
 pub const FLOW_SETS_MASK: &str = "FLOW_SETS_MASK";
+/// `ALLOC` indices: address slots (never freed), member counters, host indexes.
+pub const ALLOC_ADDR_SLOTS: u32 = 0;
+pub const ALLOC_COUNTERS: u32 = 1;
+pub const ALLOC_HOSTS: u32 = 2;
+pub const ALLOC_KINDS: u32 = 3;
 /// `MemberRef::host` of an empty position in a member set.
 pub const NO_HOST: u32 = u32::MAX;
 
@@ -216,8 +242,14 @@ pub const fn member_set_index(slot: u32, version: u32) -> u32 {
 pub struct MemberSet {
     /// Positions in use: every member is below this.
     pub n_members: u32,
-    /// Slots of the address's Maglev table in `TABLES`; 0 = no member takes new flows.
+    /// Slots of the address's Maglev table in `TABLES`; 0 = no table.
     pub table_size: u32,
+    /// Position + 1 of the only member taking new flows, read before the table (an address
+    /// whose new flows all go to one member has no table); 0 = use the table, if any.
+    pub single: u32,
+    /// Maglev table size to build the address's next table with; 0 = the default. Only user
+    /// space reads it.
+    pub maglev_size: u32,
     pub members: [MemberRef; MAX_MEMBERS],
 }
 
@@ -226,6 +258,8 @@ impl Default for MemberSet {
         Self {
             n_members: 0,
             table_size: 0,
+            single: 0,
+            maglev_size: 0,
             members: [MemberRef {
                 host: NO_HOST,
                 counter: 0,
@@ -534,7 +568,7 @@ pub const AGENT_NAMES: [&str; AGENT_COUNTERS as usize] = [
 const _: () = {
     assert!(core::mem::size_of::<MemberRef>() == 8);
     assert!(core::mem::size_of::<AddrBucket>() == 16);
-    assert!(core::mem::size_of::<MemberSet>() == 8 + 8 * MAX_MEMBERS);
+    assert!(core::mem::size_of::<MemberSet>() == 16 + 8 * MAX_MEMBERS);
     assert!(ADDR_BUCKETS.is_power_of_two());
     assert!(core::mem::size_of::<Host>() == 24);
     assert!(core::mem::size_of::<Iface>() == 16);

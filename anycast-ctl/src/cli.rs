@@ -56,6 +56,14 @@ pub enum Command {
     /// Add or remove members of anycast addresses.
     #[command(subcommand)]
     Member(MemberCommand),
+    /// Add many static memberships from a TOML file of `[[member]]` tables (anycast, member,
+    /// and optional dev, mac, preference, weight), all or none: every entry is checked and
+    /// every member located before anything is written.
+    Load {
+        /// The file, or `-` for stdin.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
     /// Show anycast addresses and their members.
     Show {
         #[arg(long)]
@@ -96,8 +104,10 @@ pub enum MemberCommand {
         /// Interface the member is on [default: from the route table].
         #[arg(long, value_name = "IFACE")]
         dev: Option<String>,
-        /// The member's MAC [default: resolved]; a given MAC is never relearned.
-        #[arg(long)]
+        /// The member's MAC [default: resolved]; a given MAC is never relearned. A MAC belongs
+        /// to the host: it is refused if the host already has another static MAC for other
+        /// addresses.
+        #[arg(long, value_parser = unicast_mac)]
         mac: Option<MacAddr>,
         #[command(flatten)]
         weight: WeightArgs,
@@ -163,7 +173,15 @@ fn table_size(s: &str) -> Result<u32, String> {
     Ok(m)
 }
 
-fn unicast_address(s: &str) -> Result<Ipv4Addr, String> {
+pub(crate) fn unicast_mac(s: &str) -> Result<MacAddr, String> {
+    let mac: MacAddr = s
+        .parse()
+        .map_err(|e: crate::mac::ParseMacError| e.to_string())?;
+    mac.check_unicast().map_err(|e| e.to_string())?;
+    Ok(mac)
+}
+
+pub(crate) fn unicast_address(s: &str) -> Result<Ipv4Addr, String> {
     let ip: Ipv4Addr = s
         .parse()
         .map_err(|_| format!("{s:?} is not an IPv4 address"))?;
@@ -277,7 +295,9 @@ pub async fn run(cli: Cli) -> Result<String> {
             // Resolving the member may wait for ARP: do it before taking the writers' lock,
             // then make sure the maps are still the live ones.
             let mut maps = Maps::open(&pin)?;
-            crate::policy::check_anycast(&maps, &nl, anycast_ip).await?;
+            crate::policy::Policy::new(&nl)
+                .await?
+                .check_anycast(&maps, anycast_ip)?;
             let mac_from = mac.map_or(members::MacFrom::Neighbour, |m| {
                 members::MacFrom::Operator(m.0)
             });
@@ -294,14 +314,20 @@ pub async fn run(cli: Cli) -> Result<String> {
             maps.ensure_live(&pin)?;
             maps.table_size = table_size;
             let info = members::static_info(members::now_ms(), preference, weight);
-            let what = match members::add(&mut maps, anycast_ip, &placement, info)? {
+            let done = members::add(&mut maps, anycast_ip, &placement, info)?;
+            let what = match done.added {
                 members::Added::New => "added",
                 members::Added::Updated => "updated",
             };
+            let mac = MacAddr(done.host.mac);
+            let kind = if done.host.flags & anycast_common::HOST_MAC_STATIC != 0 {
+                " static"
+            } else {
+                ""
+            };
             Ok(format!(
-                "{what} member {member_ip} of {anycast_ip} (mac {}, ifindex {})\n",
-                MacAddr(placement.mac),
-                placement.ifindex
+                "{what} member {member_ip} of {anycast_ip} (mac {mac}{kind}, ifindex {})\n",
+                done.host.ifindex
             ))
         }
         Command::Member(MemberCommand::Set {
@@ -326,6 +352,20 @@ pub async fn run(cli: Cli) -> Result<String> {
             let mut maps = Maps::open(&pin)?;
             members::del(&mut maps, anycast_ip, member_ip)?;
             Ok(format!("deleted member {member_ip} of {anycast_ip}\n"))
+        }
+        Command::Load { file } => {
+            let (name, text) = read_input(&file)?;
+            let list = crate::load::parse(&name, &text)?;
+            let mut maps = Maps::open(&pin)?;
+            let placements = crate::load::locate_all(&maps, &nl, &list).await?;
+            let _lock = pin.lock(false)?;
+            let done = crate::load::apply(&mut maps, &list, &placements)?;
+            Ok(format!(
+                "loaded {} memberships ({} added, {} updated)\n",
+                list.len(),
+                done.added,
+                done.updated
+            ))
         }
         Command::Show { json } => {
             let maps = Maps::open(&pin)?;
@@ -445,6 +485,19 @@ pub async fn run(cli: Cli) -> Result<String> {
             Ok(out)
         }
     }
+}
+
+/// A file's name and text, or stdin's for `-`.
+fn read_input(path: &std::path::Path) -> Result<(String, String)> {
+    if path.as_os_str() == "-" {
+        let text =
+            std::io::read_to_string(std::io::stdin()).map_err(|e| Error::io("reading stdin", e))?;
+        return Ok(("stdin".into(), text));
+    }
+    let name = path.display().to_string();
+    let text =
+        std::fs::read_to_string(path).map_err(|e| Error::io(format!("reading {name}"), e))?;
+    Ok((name, text))
 }
 
 async fn interface_names(nl: &Netlink) -> std::collections::HashMap<u32, String> {

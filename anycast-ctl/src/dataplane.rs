@@ -16,7 +16,7 @@ use anycast_common::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{
-        Array, ArrayOfMaps, HashMap, Map, MapData, MapInfo, PerCpuArray, PerCpuValues,
+        Array, ArrayOfMaps, HashMap, Map, MapData, MapInfo, PerCpuArray, PerCpuValues, Stack,
         xdp::DevMapHash,
     },
 };
@@ -168,6 +168,13 @@ pub struct Maps {
     pub sender_seq: HashMap<MapData, u32, u64>,
     pub agent_stats: Array<MapData, u64>,
     pub tables: ArrayOfMaps<MapData, Array<MapData, u64>>,
+    pub alloc: Array<MapData, u32>,
+    pub free_counters: Stack<MapData, u32>,
+    pub free_hosts: Stack<MapData, u32>,
+    pub host_refs: Array<MapData, u32>,
+    pub member_slots: Array<MapData, u32>,
+    /// The undo log of the open transaction, if any (see [`crate::journal`]).
+    pub journal: Option<Vec<crate::journal::Undo>>,
     /// Maglev table size for tables rebuilt through these handles; `None` keeps each address's
     /// current size (or the default for a new one).
     pub table_size: Option<u32>,
@@ -202,6 +209,12 @@ impl Maps {
             sender_seq: open(pin, names::SENDER_SEQ)?,
             agent_stats: open(pin, names::AGENT_STATS)?,
             tables: open(pin, names::TABLES)?,
+            alloc: open(pin, names::ALLOC)?,
+            free_counters: open(pin, names::FREE_COUNTERS)?,
+            free_hosts: open(pin, names::FREE_HOSTS)?,
+            host_refs: open(pin, names::HOST_REFS)?,
+            member_slots: open(pin, names::MEMBER_SLOTS)?,
+            journal: None,
             table_size: None,
         })
     }

@@ -80,6 +80,15 @@ pub enum Error {
     NotMember { address: Ipv4Addr, member: Ipv4Addr },
     #[error("{address} already has the maximum of {max} members")]
     TooManyMembers { address: Ipv4Addr, max: usize },
+    #[error(
+        "{member} has the static MAC {current}, which its other addresses ({addresses}) share: a MAC belongs to the host; give {current}, or delete the host from those addresses before giving {mac}"
+    )]
+    MacConflict {
+        member: Ipv4Addr,
+        mac: crate::mac::MacAddr,
+        current: crate::mac::MacAddr,
+        addresses: String,
+    },
     #[error("no free {what} slot (all {max} in use)")]
     Full { what: &'static str, max: u32 },
     #[error("BPF map {name}: {source}")]

@@ -5,6 +5,8 @@
 //! - [`attach`]: attaching the dataplane to interfaces, detaching it, and its status.
 //! - [`members`]: where a membership becomes a map entry (used by the CLI and the agent).
 //! - [`policy`]: what may be an anycast address or a member.
+//! - [`alloc`], [`journal`]: index allocators and transactions over the maps, for `members`.
+//! - [`load`]: many memberships from a file, all checked first, then applied as one transaction.
 //! - [`report`]: reading addresses, members and counters back out of the maps.
 //! - [`net`]: rtnetlink look-ups: links, routes, neighbours.
 //! - [`agent`]: the router's daemon that learns members from host advertisements.
@@ -16,11 +18,14 @@
 
 pub mod advert_auth;
 pub mod agent;
+pub mod alloc;
 pub mod announce;
 pub mod attach;
 pub mod cli;
 pub mod dataplane;
 pub mod error;
+pub mod journal;
+pub mod load;
 pub mod mac;
 pub mod maglev;
 pub mod members;

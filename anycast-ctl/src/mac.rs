@@ -1,7 +1,7 @@
 //! MAC addresses as the CLI reads and prints them (`aa:bb:cc:dd:ee:ff`).
 use std::{fmt, str::FromStr};
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct MacAddr(pub [u8; 6]);
 
 impl fmt::Display for MacAddr {
@@ -11,17 +11,40 @@ impl fmt::Display for MacAddr {
     }
 }
 
-impl MacAddr {
-    /// Whether frames can be sent to it: not all-zero, not broadcast or multicast (the low bit
-    /// of the first octet).
-    pub fn is_unicast(&self) -> bool {
-        self.0 != [0; 6] && self.0[0] & 1 == 0
-    }
-}
-
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("invalid MAC address {0:?} (expected six hex octets like 02:00:5e:10:00:01)")]
 pub struct ParseMacError(String);
+
+/// A MAC that cannot be a member's: frames sent to it would not reach one host.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum NotUnicast {
+    #[error("{0} is the broadcast MAC, not a member's")]
+    Broadcast(MacAddr),
+    #[error("{0} is a multicast MAC (low bit of the first octet set), not a member's")]
+    Multicast(MacAddr),
+    #[error("{0} is the all-zero MAC, not a member's")]
+    Zero(MacAddr),
+}
+
+impl MacAddr {
+    /// Whether this can be one host's MAC: not broadcast, multicast or all zeros.
+    pub fn check_unicast(self) -> Result<Self, NotUnicast> {
+        if self.0 == [0xff; 6] {
+            Err(NotUnicast::Broadcast(self))
+        } else if self.0[0] & 1 != 0 {
+            Err(NotUnicast::Multicast(self))
+        } else if self.0 == [0; 6] {
+            Err(NotUnicast::Zero(self))
+        } else {
+            Ok(self)
+        }
+    }
+
+    /// [`MacAddr::check_unicast`] as a yes or no.
+    pub fn is_unicast(self) -> bool {
+        self.check_unicast().is_ok()
+    }
+}
 
 impl FromStr for MacAddr {
     type Err = ParseMacError;
@@ -57,16 +80,22 @@ mod tests {
     }
 
     #[test]
-    fn unicast_excludes_zero_broadcast_and_multicast() {
-        assert!(MacAddr([2, 0, 0x5e, 0x10, 0, 1]).is_unicast());
-        for mac in [
-            [0; 6],
-            [0xff; 6],
-            [0x01, 0, 0x5e, 0, 0, 1],
-            [0x33, 0x33, 0, 0, 0, 1],
-        ] {
-            assert!(!MacAddr(mac).is_unicast(), "{mac:x?}");
-        }
+    fn only_unicast_is_a_members_mac() {
+        let mac = |s: &str| s.parse::<MacAddr>().unwrap().check_unicast();
+        assert!(mac("02:00:5e:10:00:01").is_ok());
+        assert!(matches!(
+            mac("ff:ff:ff:ff:ff:ff"),
+            Err(NotUnicast::Broadcast(_))
+        ));
+        assert!(matches!(
+            mac("01:00:5e:00:00:01"),
+            Err(NotUnicast::Multicast(_))
+        ));
+        assert!(matches!(
+            mac("33:33:00:00:00:01"),
+            Err(NotUnicast::Multicast(_))
+        ));
+        assert!(matches!(mac("00:00:00:00:00:00"), Err(NotUnicast::Zero(_))));
     }
 
     #[test]

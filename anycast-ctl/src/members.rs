@@ -9,20 +9,29 @@
 //!   entries it points to, and only then made live by flipping the bucket's version: the
 //!   dataplane never follows a member to a half-written set or host.
 //! - A counter slot is zeroed before it is handed to a new (address, member) pair; an address
-//!   slot likewise.
+//!   slot likewise. Indexes come from [`crate::alloc`], so [`add`] and [`del`] cost a constant
+//!   number of map operations whatever the number of addresses.
 //! - An address stays once created (with zero members it counts `no_member` passes and is no
-//!   longer answered in ARP); hosts no member refers to are dropped from `HOST_IDS`.
-use std::{collections::HashSet, net::Ipv4Addr, time::Duration};
+//!   longer answered in ARP); a host is dropped from `HOST_IDS` when the last membership that
+//!   refers to it goes (`HOST_REFS` counts them).
+//! - A MAC belongs to the host: one static MAC for every address the host serves.
+//! - [`add`], [`del`] and [`set_weight`] are transactions ([`Maps::transaction`]): on an error
+//!   nothing changed.
+use std::{net::Ipv4Addr, time::Duration};
 
 use anycast_common::{
-    AddrBucket, AddrStats, HOST_MAC_KNOWN, HOST_MAC_SIGNED, HOST_MAC_STATIC, Host, MAX_ADDRS,
-    MAX_HOSTS, MAX_MEMBER_COUNTERS, MAX_MEMBERS, MemberInfo, MemberKey, MemberRef, MemberSet,
-    MemberStats, NO_HOST, SOURCE_STATIC, TABLE_ENTRIES_PER_WORD, ip_key, member_set_index,
+    AddrBucket, AddrStats, HOST_MAC_KNOWN, HOST_MAC_SIGNED, HOST_MAC_STATIC, Host, MAX_MEMBERS,
+    MemberInfo, MemberKey, MemberRef, MemberSet, MemberStats, NO_HOST, SOURCE_STATIC,
+    TABLE_ENTRIES_PER_WORD, ip_key, member_set_index,
 };
+use aya::maps::{Array, MapData};
 
 use crate::{
     Error, Result,
+    alloc::{self, Kind},
     dataplane::{Bucket, Maps, zeroed},
+    journal::Words,
+    mac::MacAddr,
     maglev,
     net::Netlink,
 };
@@ -69,7 +78,9 @@ pub async fn locate(
     mac_from: MacFrom,
     resolve_timeout: Duration,
 ) -> Result<Placement> {
-    crate::policy::check_member(maps, nl, member).await?;
+    crate::policy::Policy::new(nl)
+        .await?
+        .check_member(maps, member)?;
     let dev = match dev {
         Some(name) => Some(nl.link_by_name(name).await?),
         None => None,
@@ -138,9 +149,33 @@ pub enum Added {
     Updated,
 }
 
+/// What `add` did, and the host record now stored for the member (its MAC may be an earlier
+/// static one rather than the placement's).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AddOutcome {
+    pub added: Added,
+    pub host: Host,
+}
+
 /// Adds `p.member` to the anycast `address` (creating the address if needed), or refreshes
-/// where it is sent and its `info` (source, preference, weight) if it already is a member.
-pub fn add(maps: &mut Maps, address: Ipv4Addr, p: &Placement, info: MemberInfo) -> Result<Added> {
+/// where it is sent and its `info` (source, preference, weight) if it already is a member; a
+/// `maps.table_size` other than the address's is applied either way. One transaction: on an
+/// error nothing changed. A constant number of map operations, whatever the number of addresses.
+pub fn add(
+    maps: &mut Maps,
+    address: Ipv4Addr,
+    p: &Placement,
+    info: MemberInfo,
+) -> Result<AddOutcome> {
+    maps.transaction(|maps| add_in(maps, address, p, info))
+}
+
+fn add_in(
+    maps: &mut Maps,
+    address: Ipv4Addr,
+    p: &Placement,
+    info: MemberInfo,
+) -> Result<AddOutcome> {
     let key = ip_key(address.octets());
     let (index, entry, old) = match maps.bucket(key)? {
         Bucket::Found { index, entry } => (index, Some(entry), maps.member_set(&entry)?),
@@ -152,25 +187,13 @@ pub fn add(maps: &mut Maps, address: Ipv4Addr, p: &Placement, info: MemberInfo) 
             });
         }
     };
-
-    // Check everything that can fail before writing anything.
     let known_host = maps.host_ids.get(&ip_key(p.member.octets()), 0).ok();
+    check_mac(maps, address, p, known_host, &old)?;
     if let Some(host) = known_host
         && old.members().any(|m| m.host == host)
     {
-        write_host(maps, p)?;
-        let changed = maps
-            .member_info
-            .get(&member_key(address, p.member), 0)
-            .map_or(true, |i| {
-                (i.preference, i.weight) != (info.preference, info.weight)
-            });
-        write_info(maps, address, p.member, info)?;
-        if changed {
-            let entry = entry.expect("a found address has a bucket entry");
-            update(maps, address, index, entry, &old, old)?;
-        }
-        return Ok(Added::Updated);
+        let entry = entry.expect("a found address has a bucket entry");
+        return refresh(maps, address, (index, entry), &old, p, info);
     }
     let position = old
         .positions()
@@ -183,47 +206,107 @@ pub fn add(maps: &mut Maps, address: Ipv4Addr, p: &Placement, info: MemberInfo) 
             max: MAX_MEMBERS,
         });
     }
-    let counter = free_index(used_counters(maps)?, MAX_MEMBER_COUNTERS, "member counter")?;
-    let slot = match entry {
-        Some(entry) => entry.slot,
-        None => free_index(
-            maps.addr_keys.iter().filter_map(|r| r.ok()).map(|(_, s)| s),
-            MAX_ADDRS,
-            "address",
-        )?,
+    let entry = match entry {
+        Some(entry) => entry,
+        None => create_address(maps, key)?,
     };
-
-    let host = write_host(maps, p)?;
+    let counter = alloc::take(maps, Kind::Counter)?;
+    let (host, stored) = write_host(maps, p)?;
+    let refs = maps.word(Words::HostRefs, host)?;
+    maps.set_word(Words::HostRefs, host, refs + 1)?;
     maps.member_stats
         .set(counter, zeroed::<MemberStats>()?, 0)
         .map_err(|e| Error::map("MEMBER_STATS", e))?;
-    write_info(maps, address, p.member, info)?;
+    maps.set_info(member_key(address, p.member), info)?;
     let mut new = old;
     new.members[position] = MemberRef { host, counter };
     new.n_members = new.n_members.max(position as u32 + 1);
-    match entry {
-        Some(entry) => update(maps, address, index, entry, &old, new)?,
-        None => {
-            maps.addr_stats
-                .set(slot, zeroed::<AddrStats>()?, 0)
-                .map_err(|e| Error::map("ADDR_STATS", e))?;
-            // Version 1 with an empty set, flipped to 0 by the first publish: the same path
-            // as every later update.
-            let entry = AddrBucket {
-                ip: key,
-                slot,
-                version: 1,
-                _pad: 0,
-            };
-            // The directory entry first: a failed update then leaks a slot rather than letting
-            // the next new address take the same one.
-            maps.addr_keys
-                .insert(key, slot, 0)
-                .map_err(|e| Error::map("ADDR_KEYS", e))?;
-            update(maps, address, index, entry, &MemberSet::default(), new)?;
+    update(maps, address, index, entry, &old, new)?;
+    Ok(AddOutcome {
+        added: Added::New,
+        host: stored,
+    })
+}
+
+/// `add` of a member already in the set: its host, its info, and the table if its preference,
+/// weight or the table size changed.
+fn refresh(
+    maps: &mut Maps,
+    address: Ipv4Addr,
+    (index, entry): (u32, AddrBucket),
+    old: &MemberSet,
+    p: &Placement,
+    info: MemberInfo,
+) -> Result<AddOutcome> {
+    let (_, stored) = write_host(maps, p)?;
+    let key = member_key(address, p.member);
+    let changed = maps.member_info.get(&key, 0).map_or(true, |i| {
+        (i.preference, i.weight) != (info.preference, info.weight)
+    });
+    let resized = maps.table_size.is_some_and(|s| s != old.maglev_size);
+    maps.set_info(key, info)?;
+    if changed || resized {
+        update(maps, address, index, entry, old, *old)?;
+    }
+    Ok(AddOutcome {
+        added: Added::Updated,
+        host: stored,
+    })
+}
+
+/// A new address: its slot (zeroed counters) and directory entry, and the bucket to publish it
+/// with (version 1 with an empty set, flipped to 0 by the first publish: the same path as every
+/// later update; the bucket itself is written only then).
+fn create_address(maps: &mut Maps, key: u32) -> Result<AddrBucket> {
+    let slot = alloc::take(maps, Kind::AddrSlot)?;
+    maps.addr_stats
+        .set(slot, zeroed::<AddrStats>()?, 0)
+        .map_err(|e| Error::map("ADDR_STATS", e))?;
+    maps.insert_addr_key(key, slot)?;
+    Ok(AddrBucket {
+        ip: key,
+        slot,
+        version: 1,
+        _pad: 0,
+    })
+}
+
+/// A MAC belongs to the host, and so to every address it serves: a `--mac` other than the
+/// host's static MAC is refused while the host serves other addresses (which are named; finding
+/// them walks every address, on this error path only).
+fn check_mac(
+    maps: &Maps,
+    address: Ipv4Addr,
+    p: &Placement,
+    host: Option<u32>,
+    old: &MemberSet,
+) -> Result<()> {
+    let Some(index) = host.filter(|_| p.static_mac) else {
+        return Ok(());
+    };
+    let current = maps
+        .hosts
+        .get(&index, 0)
+        .map_err(|e| Error::map("HOSTS", e))?;
+    if current.flags & HOST_MAC_STATIC == 0 || current.mac == p.mac {
+        return Ok(());
+    }
+    let here = u32::from(old.members().any(|m| m.host == index));
+    if maps.word(Words::HostRefs, index)? <= here {
+        return Ok(());
+    }
+    let mut others = Vec::new();
+    for (a, entry) in maps.addresses()? {
+        if a != address && maps.member_set(&entry)?.members().any(|m| m.host == index) {
+            others.push(a.to_string());
         }
     }
-    Ok(Added::New)
+    Err(Error::MacConflict {
+        member: p.member,
+        mac: MacAddr(p.mac),
+        current: MacAddr(current.mac),
+        addresses: others.join(", "),
+    })
 }
 
 /// The `MEMBER_INFO` key of a membership.
@@ -258,8 +341,14 @@ pub fn now_ms() -> u64 {
 }
 
 /// Removes `member` from `address`: its position becomes a hole, so every other member keeps
-/// its position (and its flows). The address stays, possibly with no members.
+/// its position (and its flows). The address stays, possibly with no members. Its counter slot
+/// is freed, and so is its host once no membership refers to it (`HOST_REFS`). One transaction;
+/// a constant number of map operations, whatever the number of addresses.
 pub fn del(maps: &mut Maps, address: Ipv4Addr, member: Ipv4Addr) -> Result<()> {
+    maps.transaction(|maps| del_in(maps, address, member))
+}
+
+fn del_in(maps: &mut Maps, address: Ipv4Addr, member: Ipv4Addr) -> Result<()> {
     let Bucket::Found { index, entry } = maps.bucket(ip_key(address.octets()))? else {
         return Err(Error::NoSuchAddress { address });
     };
@@ -282,22 +371,22 @@ pub fn del(maps: &mut Maps, address: Ipv4Addr, member: Ipv4Addr) -> Result<()> {
         new.n_members -= 1;
     }
     update(maps, address, index, entry, &old, new)?;
-    let _ = maps.member_info.remove(&member_key(address, member));
-
-    let mut still_used = false;
-    for (_, e) in maps.addresses()? {
-        still_used |= maps.member_set(&e)?.members().any(|m| m.host == host);
+    let key = member_key(address, member);
+    if maps.member_info.get(&key, 0).is_ok() {
+        maps.remove_info(key)?;
     }
-    if !still_used {
-        maps.host_ids
-            .remove(&ip_key(member.octets()))
-            .map_err(|e| Error::map("HOST_IDS", e))?;
+    alloc::give_back(maps, Kind::Counter, old.members[pos].counter)?;
+    let refs = maps.word(Words::HostRefs, host)?.saturating_sub(1);
+    maps.set_word(Words::HostRefs, host, refs)?;
+    if refs == 0 {
+        maps.remove_host_id(ip_key(member.octets()))?;
+        alloc::give_back(maps, Kind::Host, host)?;
     }
     Ok(())
 }
 
 /// Changes the preference and weight of a member (weight 0 drains it: no new flows, existing
-/// flows stay).
+/// flows stay). One transaction.
 pub fn set_weight(
     maps: &mut Maps,
     address: Ipv4Addr,
@@ -305,42 +394,30 @@ pub fn set_weight(
     preference: u16,
     weight: u16,
 ) -> Result<()> {
-    let Bucket::Found { index, entry } = maps.bucket(ip_key(address.octets()))? else {
-        return Err(Error::NoSuchAddress { address });
-    };
-    let key = member_key(address, member);
-    let mut info = maps
-        .member_info
-        .get(&key, 0)
-        .map_err(|_| Error::NotMember { address, member })?;
-    let before = info;
-    info.preference = preference;
-    info.weight = weight;
-    write_info(maps, address, member, info)?;
-    let set = maps.member_set(&entry)?;
-    let result = update(maps, address, index, entry, &set, set);
-    if result.is_err() {
-        let _ = write_info(maps, address, member, before);
-    }
-    result
-}
-
-fn write_info(
-    maps: &mut Maps,
-    address: Ipv4Addr,
-    member: Ipv4Addr,
-    info: MemberInfo,
-) -> Result<()> {
-    maps.member_info
-        .insert(member_key(address, member), info, 0)
-        .map_err(|e| Error::map("MEMBER_INFO", e))
+    maps.transaction(|maps| {
+        let Bucket::Found { index, entry } = maps.bucket(ip_key(address.octets()))? else {
+            return Err(Error::NoSuchAddress { address });
+        };
+        let key = member_key(address, member);
+        let mut info = maps
+            .member_info
+            .get(&key, 0)
+            .map_err(|_| Error::NotMember { address, member })?;
+        info.preference = preference;
+        info.weight = weight;
+        maps.set_info(key, info)?;
+        let set = maps.member_set(&entry)?;
+        update(maps, address, index, entry, &set, set)
+    })
 }
 
 /// Moves the address in bucket `index` from member set `old` to `new` (their positions differ by
-/// at most one member), with a Maglev table rebuilt from `new` and `MEMBER_INFO`, so that the
-/// dataplane never follows a table to a missing position:
-/// 1. a set with an added position is published first, with the old table still in use;
-/// 2. the new table is swapped in;
+/// at most one member), choosing where new flows go from `new` and `MEMBER_INFO` (see
+/// [`choose`]), so that the dataplane never follows `single` or a table to a missing position:
+/// 1. a set with an added position is published first, with the old choice still in use, if a
+///    new table is to name that position;
+/// 2. a new table is swapped in (a smaller one announced first), and each member's share of it
+///    recorded in `MEMBER_SLOTS`;
 /// 3. the final set (and a removed member's hole) is published.
 fn update(
     maps: &mut Maps,
@@ -350,41 +427,62 @@ fn update(
     old: &MemberSet,
     mut new: MemberSet,
 ) -> Result<()> {
+    let size = maps.table_size.unwrap_or(match old.maglev_size {
+        0 => anycast_common::DEFAULT_TABLE_SIZE,
+        size => size,
+    });
     // Everything that can fail for lack of memory happens before the first write.
-    let table = build_table(maps, address, &new, old.table_size)?;
-    let size = table.as_ref().map_or(0, |(size, _)| *size);
+    let choice = choose(maps, address, &new, size)?;
+    new.maglev_size = size;
     let mut entry = entry;
     let mut live = *old;
-    if new.n_members > old.n_members || new.members().count() > old.members().count() {
-        live = new;
-        live.table_size = old.table_size;
+    // Only a table can name a position the live set lacks: `single` is published with its set.
+    let grows = new.n_members > old.n_members || new.members().count() > old.members().count();
+    if grows && matches!(choice, Choice::Table(..)) {
+        live = MemberSet {
+            table_size: old.table_size,
+            single: old.single,
+            ..new
+        };
         entry = publish(maps, index, entry, &live)?;
     }
-    if let Some((size, inner)) = table {
-        // A smaller table is announced before it is swapped in, a larger one after, so the
-        // dataplane never indexes past the end of the table it reads.
-        if size < live.table_size {
-            live.table_size = size;
-            entry = publish(maps, index, entry, &live)?;
+    (new.single, new.table_size) = (0, 0);
+    match choice {
+        Choice::Nobody => {}
+        Choice::Single(position) => new.single = position as u32 + 1,
+        Choice::Table(table, slots) => {
+            // A smaller table is announced before it is swapped in, a larger one after, so the
+            // dataplane never indexes past the end of the table it reads.
+            if size < live.table_size {
+                live.table_size = size;
+                entry = publish(maps, index, entry, &live)?;
+            }
+            maps.set_table(entry.slot, &table)?;
+            for (position, m) in new.positions().iter().enumerate() {
+                if m.host != NO_HOST {
+                    maps.set_word(Words::MemberSlots, m.counter, slots[position])?;
+                }
+            }
+            new.table_size = size;
         }
-        maps.tables
-            .set(entry.slot, &inner, 0)
-            .map_err(|e| Error::map("TABLES", e))?;
     }
-    new.table_size = size;
     publish(maps, index, entry, &new)?;
     Ok(())
 }
 
-/// Builds the Maglev table of a member set in a new map, not yet in `TABLES`; `None` if no
-/// member takes new flows. Only members of the best (lowest) preference among those with a
-/// weight take new flows; the others are hot standby.
-fn build_table(
-    maps: &Maps,
-    address: Ipv4Addr,
-    set: &MemberSet,
-    current: u32,
-) -> Result<Option<(u32, aya::maps::Array<aya::maps::MapData, u64>)>> {
+/// Where the new flows of an address go.
+enum Choice {
+    /// No member takes new flows.
+    Nobody,
+    /// All of them go to the member at this position: no table.
+    Single(usize),
+    /// A Maglev table in a new map, not yet in `TABLES`, and each position's slots in it.
+    Table(Array<MapData, u64>, Box<[u32; MAX_MEMBERS]>),
+}
+
+/// Only members of the best (lowest) preference among those with a weight take new flows; the
+/// others are hot standby. One such member needs no table; more share a table of `size` slots.
+fn choose(maps: &Maps, address: Ipv4Addr, set: &MemberSet, size: u32) -> Result<Choice> {
     let mut candidates = Vec::new();
     for (position, m) in set.positions().iter().enumerate() {
         if m.host == NO_HOST {
@@ -404,9 +502,12 @@ fn build_table(
         }
     }
     let Some(best) = candidates.iter().map(|(_, _, i)| i.preference).min() else {
-        return Ok(None);
+        return Ok(Choice::Nobody);
     };
     candidates.retain(|(_, _, i)| i.preference == best);
+    if let [(position, _, _)] = candidates[..] {
+        return Ok(Choice::Single(position));
+    }
     let backends: Vec<maglev::Backend> = candidates
         .iter()
         .map(|(_, ip, info)| maglev::Backend {
@@ -414,27 +515,30 @@ fn build_table(
             weight: info.weight as u32,
         })
         .collect();
-    let size = maps.table_size.unwrap_or(if current > 0 {
-        current
-    } else {
-        anycast_common::DEFAULT_TABLE_SIZE
-    });
+    let positions: Vec<usize> = candidates.iter().map(|(p, _, _)| *p).collect();
+    build_table(&backends, &positions, size)
+}
+
+/// Builds the Maglev table of `backends` (at member `positions`) in a new map.
+fn build_table(backends: &[maglev::Backend], positions: &[usize], size: u32) -> Result<Choice> {
     let table =
-        maglev::build(&backends, size).map_err(|e| Error::Usage(format!("Maglev table: {e}")))?;
+        maglev::build(backends, size).map_err(|e| Error::Usage(format!("Maglev table: {e}")))?;
+    let mut slots = Box::new([0u32; MAX_MEMBERS]);
     let words = size.div_ceil(TABLE_ENTRIES_PER_WORD);
-    let mut inner: aya::maps::Array<aya::maps::MapData, u64> =
-        aya::maps::Array::create(words, anycast_common::TABLE_MAP_FLAGS)
-            .map_err(|e| Error::map("TABLES", e))?;
+    let mut inner: Array<MapData, u64> = Array::create(words, anycast_common::TABLE_MAP_FLAGS)
+        .map_err(|e| Error::map("TABLES", e))?;
     for (w, chunk) in table.chunks(TABLE_ENTRIES_PER_WORD as usize).enumerate() {
         let mut word = [0u8; 8];
         for (byte, backend) in word.iter_mut().zip(chunk) {
-            *byte = candidates[*backend as usize].0 as u8;
+            let position = positions[*backend as usize];
+            slots[position] += 1;
+            *byte = position as u8;
         }
         inner
             .set(w as u32, u64::from_le_bytes(word), 0)
             .map_err(|e| Error::map("TABLES", e))?;
     }
-    Ok(Some((size, inner)))
+    Ok(Choice::Table(inner, slots))
 }
 
 /// Makes `set` the live member set of the address in bucket `index`: writes the spare set, then
@@ -444,36 +548,29 @@ fn publish(maps: &mut Maps, index: u32, entry: AddrBucket, set: &MemberSet) -> R
         version: entry.version ^ 1,
         ..entry
     };
-    maps.member_sets
-        .set(member_set_index(next.slot, next.version), set, 0)
-        .map_err(|e| Error::map("MEMBER_SETS", e))?;
-    maps.addrs
-        .set(index, next, 0)
-        .map_err(|e| Error::map("ADDRS", e))?;
+    maps.set_member_set(member_set_index(next.slot, next.version), set)?;
+    maps.set_addr(index, next)?;
     Ok(next)
 }
 
-/// Writes the host record of a member (reusing its index if it has one) and returns the index.
-/// A host record is shared by all the addresses a host serves. A MAC set by an operator
-/// (`--mac`) is kept: only another static placement replaces it.
-fn write_host(maps: &mut Maps, p: &Placement) -> Result<u32> {
+/// Writes the host record of a member (a new host gets a free index) and returns its index and
+/// the record now stored. A host record is shared by all the addresses a host serves. A MAC set
+/// by an operator (`--mac`) is kept: only another static placement replaces it.
+fn write_host(maps: &mut Maps, p: &Placement) -> Result<(u32, Host)> {
     let ip = ip_key(p.member.octets());
-    let index = match maps.host_ids.get(&ip, 0) {
-        Ok(index) => {
-            let current = maps
-                .hosts
-                .get(&index, 0)
-                .map_err(|e| Error::map("HOSTS", e))?;
-            if mac_rank(current.flags) > mac_rank(host_flags(p)) {
-                return Ok(index);
-            }
-            index
+    let known = maps.host_ids.get(&ip, 0).ok();
+    if let Some(index) = known {
+        let current = maps
+            .hosts
+            .get(&index, 0)
+            .map_err(|e| Error::map("HOSTS", e))?;
+        if mac_rank(current.flags) > mac_rank(host_flags(p)) {
+            return Ok((index, current));
         }
-        Err(_) => free_index(
-            maps.host_ids.iter().filter_map(|r| r.ok()).map(|(_, i)| i),
-            MAX_HOSTS,
-            "member host",
-        )?,
+    }
+    let index = match known {
+        Some(index) => index,
+        None => alloc::take(maps, Kind::Host)?,
     };
     let host = Host {
         ip,
@@ -482,13 +579,11 @@ fn write_host(maps: &mut Maps, p: &Placement) -> Result<u32> {
         smac: p.smac,
         flags: host_flags(p),
     };
-    maps.hosts
-        .set(index, host, 0)
-        .map_err(|e| Error::map("HOSTS", e))?;
-    maps.host_ids
-        .insert(ip, index, 0)
-        .map_err(|e| Error::map("HOST_IDS", e))?;
-    Ok(index)
+    maps.set_host(index, host)?;
+    if known.is_none() {
+        maps.set_host_id(ip, index)?;
+    }
+    Ok((index, host))
 }
 
 /// The `HOST_*` flags of a placement.
@@ -529,39 +624,6 @@ pub fn follow_neighbour(maps: &mut Maps, ip: Ipv4Addr, ifindex: u32, mac: [u8; 6
     }
     host.mac = mac;
     host.flags |= HOST_MAC_KNOWN;
-    maps.hosts
-        .set(index, host, 0)
-        .map_err(|e| Error::map("HOSTS", e))?;
+    maps.set_host(index, host)?;
     Ok(true)
-}
-
-fn used_counters(maps: &Maps) -> Result<Vec<u32>> {
-    let mut used = Vec::new();
-    for (_, entry) in maps.addresses()? {
-        used.extend(maps.member_set(&entry)?.members().map(|m| m.counter));
-    }
-    Ok(used)
-}
-
-/// The smallest index below `max` not in `used`.
-fn free_index(used: impl IntoIterator<Item = u32>, max: u32, what: &'static str) -> Result<u32> {
-    let used: HashSet<u32> = used.into_iter().collect();
-    (0..max)
-        .find(|i| !used.contains(i))
-        .ok_or(Error::Full { what, max })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn free_index_takes_the_smallest_gap() {
-        assert_eq!(free_index([].into_iter(), 4, "x").unwrap(), 0);
-        assert_eq!(free_index([0, 1, 3].into_iter(), 4, "x").unwrap(), 2);
-        assert!(matches!(
-            free_index([0, 1, 2, 3].into_iter(), 4, "x"),
-            Err(Error::Full { max: 4, .. })
-        ));
-    }
 }

@@ -9,7 +9,11 @@ use std::net::Ipv4Addr;
 
 use anycast_common::ip_key;
 
-use crate::{Error, Result, dataplane::Maps, net::Netlink};
+use crate::{
+    Error, Result,
+    dataplane::Maps,
+    net::{IfAddr, Netlink},
+};
 
 /// Why `ip` can never be an anycast address, by its class alone (the CLI checks this while
 /// parsing arguments).
@@ -26,54 +30,71 @@ pub fn never_anycast(ip: Ipv4Addr) -> Option<&'static str> {
     }
 }
 
-/// Checks that `address` may be an anycast address on this router.
-pub async fn check_anycast(maps: &Maps, nl: &Netlink, address: Ipv4Addr) -> Result<()> {
-    let refuse = |why: String| Error::NotAnycast { address, why };
-    if let Some(why) = never_anycast(address) {
-        return Err(refuse(why.into()));
-    }
-    if maps.host_ids.get(&ip_key(address.octets()), 0).is_ok() {
-        return Err(refuse("it is the address of a member".into()));
-    }
-    for a in nl.ipv4_addresses().await? {
-        let iface = nl
-            .link_by_index(a.ifindex)
-            .await
-            .map_or_else(|_| a.ifindex.to_string(), |l| l.name);
-        if a.ip == address {
-            return Err(refuse(format!(
-                "it is an address of this router (on {iface})"
-            )));
-        }
-        let Ok(net) = ipnet::Ipv4Net::new(a.ip, a.prefix_len) else {
-            continue;
-        };
-        if a.prefix_len >= 31 || !net.contains(&address) {
-            continue;
-        }
-        let net = net.trunc();
-        if address == net.broadcast() {
-            return Err(refuse(format!(
-                "it is the broadcast address of {net} on {iface}"
-            )));
-        }
-        return Err(refuse(format!(
-            "it is inside {net}, a subnet connected to {iface}, where a host may own it"
-        )));
-    }
-    Ok(())
+/// The router's own addresses, read once, against which addresses are checked.
+pub struct Policy {
+    /// Each IPv4 address of the router, with its interface's name.
+    own: Vec<(IfAddr, String)>,
 }
 
-/// Checks that `member` may be a member: not an anycast address, not the router itself.
-pub async fn check_member(maps: &Maps, nl: &Netlink, member: Ipv4Addr) -> Result<()> {
-    let refuse = |why: String| Error::BadMember { member, why };
-    if maps.addr_keys.get(&ip_key(member.octets()), 0).is_ok() {
-        return Err(refuse("it is an anycast address here".into()));
+impl Policy {
+    /// Reads the router's addresses through rtnetlink.
+    pub async fn new(nl: &Netlink) -> Result<Self> {
+        let mut own = Vec::new();
+        for a in nl.ipv4_addresses().await? {
+            let name = nl
+                .link_by_index(a.ifindex)
+                .await
+                .map_or_else(|_| a.ifindex.to_string(), |l| l.name);
+            own.push((a, name));
+        }
+        Ok(Self { own })
     }
-    if nl.ipv4_addresses().await?.iter().any(|a| a.ip == member) {
-        return Err(refuse("it is an address of this router".into()));
+
+    /// Checks that `address` may be an anycast address on this router.
+    pub fn check_anycast(&self, maps: &Maps, address: Ipv4Addr) -> Result<()> {
+        let refuse = |why: String| Error::NotAnycast { address, why };
+        if let Some(why) = never_anycast(address) {
+            return Err(refuse(why.into()));
+        }
+        if maps.host_ids.get(&ip_key(address.octets()), 0).is_ok() {
+            return Err(refuse("it is the address of a member".into()));
+        }
+        for (a, iface) in &self.own {
+            if a.ip == address {
+                return Err(refuse(format!(
+                    "it is an address of this router (on {iface})"
+                )));
+            }
+            let Ok(net) = ipnet::Ipv4Net::new(a.ip, a.prefix_len) else {
+                continue;
+            };
+            if a.prefix_len >= 31 || !net.contains(&address) {
+                continue;
+            }
+            let net = net.trunc();
+            if address == net.broadcast() {
+                return Err(refuse(format!(
+                    "it is the broadcast address of {net} on {iface}"
+                )));
+            }
+            return Err(refuse(format!(
+                "it is inside {net}, a subnet connected to {iface}, where a host may own it"
+            )));
+        }
+        Ok(())
     }
-    Ok(())
+
+    /// Checks that `member` may be a member: not an anycast address, not the router itself.
+    pub fn check_member(&self, maps: &Maps, member: Ipv4Addr) -> Result<()> {
+        let refuse = |why: String| Error::BadMember { member, why };
+        if maps.addr_keys.get(&ip_key(member.octets()), 0).is_ok() {
+            return Err(refuse("it is an anycast address here".into()));
+        }
+        if self.own.iter().any(|(a, _)| a.ip == member) {
+            return Err(refuse("it is an address of this router".into()));
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

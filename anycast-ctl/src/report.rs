@@ -1,14 +1,20 @@
 //! Reading the dataplane's state back: addresses with their members (`show`) and counters
 //! (`stats`). Per-CPU counters are summed here. Both are plain serde structs: the JSON output
 //! is exactly these fields.
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::Ipv4Addr,
+};
 
-use anycast_common::{AddrStats, MemberStats, PASS_NAMES, STAT_COUNT, STAT_NAMES, ip_octets};
+use anycast_common::{
+    AddrStats, Host, MemberSet, MemberStats, PASS_NAMES, STAT_COUNT, STAT_NAMES, ip_octets,
+};
 use serde::Serialize;
 
 use crate::{
     Error, Result,
     dataplane::{Maps, sum},
+    journal::Words,
     mac::MacAddr,
 };
 
@@ -28,14 +34,16 @@ pub struct MemberInfo {
     pub expires_in_ms: Option<u64>,
     pub preference: u16,
     pub weight: u16,
-    /// Fraction of the Maglev table, i.e. of new flows, this member receives.
+    /// Fraction of new flows this member receives (of the Maglev table; 1 for an address's
+    /// only member taking new flows).
     pub share: f64,
 }
 
 #[derive(Debug, Serialize)]
 pub struct AddressInfo {
     pub address: Ipv4Addr,
-    /// Slots of the address's Maglev table (0: no member takes new flows).
+    /// Slots of the address's Maglev table (0: no table, because at most one member takes
+    /// new flows).
     pub table_size: u32,
     pub members: Vec<MemberInfo>,
 }
@@ -45,22 +53,30 @@ pub struct Show {
     pub addresses: Vec<AddressInfo>,
 }
 
-/// Addresses and members, sorted by address. `ifname` names an ifindex.
+/// Addresses and members, sorted by address. `ifname` names an ifindex. Reads no Maglev table:
+/// a member's share is its slot count recorded in `MEMBER_SLOTS` when the table was built (or
+/// all new flows for an address's single member), and host records are read once each.
 pub fn show(maps: &Maps, ifname: &dyn Fn(u32) -> String) -> Result<Show> {
     let now = crate::members::now_ms();
+    let mut hosts = HashMap::new();
     let mut addresses = Vec::new();
     for (address, entry) in maps.addresses()? {
         let set = maps.member_set(&entry)?;
-        let shares = table_shares(maps, entry.slot, &set)?;
         let mut members = Vec::new();
         for (position, m) in set.positions().iter().enumerate() {
             if m.host == anycast_common::NO_HOST {
                 continue;
             }
-            let host = maps
-                .hosts
-                .get(&m.host, 0)
-                .map_err(|e| Error::map("HOSTS", e))?;
+            let host = match hosts.get(&m.host) {
+                Some(host) => *host,
+                None => {
+                    let host: Host = maps
+                        .hosts
+                        .get(&m.host, 0)
+                        .map_err(|e| Error::map("HOSTS", e))?;
+                    *hosts.entry(m.host).or_insert(host)
+                }
+            };
             let member = Ipv4Addr::from(ip_octets(host.ip));
             let info = maps
                 .member_info
@@ -80,7 +96,7 @@ pub fn show(maps: &Maps, ifname: &dyn Fn(u32) -> String) -> Result<Show> {
                 mac: MacAddr(host.mac).to_string(),
                 mac_known: host.mac_known(),
                 static_mac: host.flags & anycast_common::HOST_MAC_STATIC != 0,
-                share: shares[position],
+                share: share(maps, &set, position, m.counter)?,
             });
         }
         addresses.push(AddressInfo {
@@ -92,32 +108,20 @@ pub fn show(maps: &Maps, ifname: &dyn Fn(u32) -> String) -> Result<Show> {
     Ok(Show { addresses })
 }
 
-/// Each member position's fraction of the address's live Maglev table.
-fn table_shares(
-    maps: &Maps,
-    slot: u32,
-    set: &anycast_common::MemberSet,
-) -> Result<[f64; anycast_common::MAX_MEMBERS]> {
-    let mut counts = [0u64; anycast_common::MAX_MEMBERS];
+/// The fraction of the address's new flows that the member at `position` receives.
+fn share(maps: &Maps, set: &MemberSet, position: usize, counter: u32) -> Result<f64> {
+    if set.single != 0 {
+        return Ok(if set.single as usize == position + 1 {
+            1.0
+        } else {
+            0.0
+        });
+    }
     if set.table_size == 0 {
-        return Ok([0.0; anycast_common::MAX_MEMBERS]);
+        return Ok(0.0);
     }
-    let table = maps
-        .tables
-        .get(&slot, 0)
-        .map_err(|e| Error::map("TABLES", e))?;
-    for (word, value) in table.iter().enumerate() {
-        let value = value.map_err(|e| Error::map("TABLES", e))?;
-        for (byte, position) in value.to_le_bytes().iter().enumerate() {
-            let index = word * anycast_common::TABLE_ENTRIES_PER_WORD as usize + byte;
-            if index < set.table_size as usize
-                && let Some(c) = counts.get_mut(*position as usize)
-            {
-                *c += 1;
-            }
-        }
-    }
-    Ok(counts.map(|c| c as f64 / set.table_size as f64))
+    let slots = maps.word(Words::MemberSlots, counter)?;
+    Ok(f64::from(slots) / f64::from(set.table_size))
 }
 
 #[derive(Debug, Serialize)]

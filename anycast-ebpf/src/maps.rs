@@ -2,17 +2,17 @@
 //! `anycast_common::maps`; all maps are pinned by name under the pin directory user space
 //! chooses, so they outlive any process and are shared by every attached interface.
 use anycast_common::{
-    ADDR_BUCKETS, ADDR_PROBES, AGENT_COUNTERS, AddrBucket, AddrStats, FLOW_SETS, FLOW_WAYS,
-    FlowEntry, FragKey, Host, IFACE_SLOTS, Iface, IfaceSlot, MAX_ADDRS, MAX_FRAGS, MAX_HOSTS,
-    MAX_IFACES, MAX_MEMBER_COUNTERS, MemberInfo, MemberKey, MemberRef, MemberSet, MemberStats,
-    STAT_COUNT, addr_bucket, iface_probe, member_set_index,
+    ADDR_BUCKETS, ADDR_PROBES, AGENT_COUNTERS, ALLOC_KINDS, AddrBucket, AddrStats, FLOW_SETS,
+    FLOW_WAYS, FlowEntry, FragKey, Host, IFACE_SLOTS, Iface, IfaceSlot, MAX_ADDRS, MAX_FRAGS,
+    MAX_HOSTS, MAX_IFACES, MAX_MEMBER_COUNTERS, MemberInfo, MemberKey, MemberRef, MemberSet,
+    MemberStats, STAT_COUNT, addr_bucket, iface_probe, member_set_index,
 };
 use aya_ebpf::{
     Global,
     bindings::{BPF_F_INNER_MAP, BPF_F_NO_PREALLOC},
     btf_maps::{Array as BtfArray, ArrayOfMaps},
     macros::{btf_map, map},
-    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, Stack},
 };
 
 /// Anycast address -> slot and live member set: an open-addressed array (see
@@ -100,6 +100,27 @@ pub static AGENT_STATS: Array<u64> = Array::pinned(AGENT_COUNTERS, 0);
 /// loader that created them.
 #[map]
 pub static LAYOUT: Array<u32> = Array::pinned(1, 0);
+
+/// Allocator marks, indexed by `ALLOC_*`: the next never-used address slot, member counter and
+/// host index.
+#[map]
+pub static ALLOC: Array<u32> = Array::pinned(ALLOC_KINDS, 0);
+
+/// Freed member counter indexes, reused first.
+#[map]
+pub static FREE_COUNTERS: Stack<u32> = Stack::pinned(MAX_MEMBER_COUNTERS, 0);
+
+/// Freed host indexes, reused first.
+#[map]
+pub static FREE_HOSTS: Stack<u32> = Stack::pinned(MAX_HOSTS, 0);
+
+/// Host index -> memberships that refer to it; the host is dropped when it reaches 0.
+#[map]
+pub static HOST_REFS: Array<u32> = Array::pinned(MAX_HOSTS, 0);
+
+/// Member counter index -> the member's slots in its address's Maglev table (for `show`).
+#[map]
+pub static MEMBER_SLOTS: Array<u32> = Array::pinned(MAX_MEMBER_COUNTERS, 0);
 
 /// An anycast address: its counter slot and live member set.
 pub struct Addr<'a> {

@@ -6,7 +6,8 @@
 //! 2. A flow in the connection table (`flows`) stays on its member while that member is in the
 //!    set, whatever the Maglev table says now. A TCP SYN without ACK starts a new connection and
 //!    skips this step; a TCP RST ends one.
-//! 3. Otherwise the flow hash indexes the address's Maglev table (`TABLES`), which names a
+//! 3. Otherwise the address's only member taking new flows (`MemberSet::single`), if it has
+//!    one, or else the flow hash indexes the address's Maglev table (`TABLES`), which names a
 //!    member position; the choice is recorded in the connection table.
 //!
 //! The flow hash covers the 5-tuple for TCP and UDP (`ports` is 0 for other protocols and later
@@ -71,7 +72,7 @@ pub fn member(ip: &Ipv4Hdr, ports: u32, tcp_flags: u8, addr: &Addr) -> Option<Me
     let member = match known {
         Some((member, _)) => member,
         None => {
-            let (member, position) = maglev(addr, hash)?;
+            let (member, position) = new_flow(addr, hash)?;
             flows::insert(hash, &flow, member, position);
             member
         }
@@ -85,18 +86,23 @@ pub fn member(ip: &Ipv4Hdr, ports: u32, tcp_flags: u8, addr: &Addr) -> Option<Me
     Some(member)
 }
 
-/// The member the address's Maglev table gives `hash`, and its position.
+/// The member that new flows with `hash` go to, and its position: the set's single member, or
+/// the one the address's Maglev table gives `hash`.
 #[inline(always)]
-fn maglev(addr: &Addr, hash: u32) -> Option<(MemberRef, u32)> {
+fn new_flow(addr: &Addr, hash: u32) -> Option<(MemberRef, u32)> {
     let set: &MemberSet = addr.set;
-    if set.table_size == 0 {
-        return None;
-    }
-    let index = pick_index(hash, set.table_size);
-    let word = index / TABLE_ENTRIES_PER_WORD;
-    let shift = (index % TABLE_ENTRIES_PER_WORD) * 8;
-    let packed = TABLES.get_value(addr.slot, &word)?;
-    let position = ((*packed >> shift) & 0xff) as usize;
+    let position = if set.single != 0 {
+        (set.single - 1) as usize
+    } else {
+        if set.table_size == 0 {
+            return None;
+        }
+        let index = pick_index(hash, set.table_size);
+        let word = index / TABLE_ENTRIES_PER_WORD;
+        let shift = (index % TABLE_ENTRIES_PER_WORD) * 8;
+        let packed = TABLES.get_value(addr.slot, &word)?;
+        ((*packed >> shift) & 0xff) as usize
+    };
     if position >= MAX_MEMBERS {
         return None;
     }

@@ -394,7 +394,8 @@ impl Agent {
         let placement = if refresh {
             None
         } else {
-            if let Err(e) = crate::policy::check_anycast(&self.maps, &self.nl, m.anycast).await {
+            let policy = crate::policy::Policy::new(&self.nl).await;
+            if let Err(e) = policy.and_then(|p| p.check_anycast(&self.maps, m.anycast)) {
                 self.reject(Reject::NotAnycast, sender);
                 tracing::debug!(error = %e, "checking an anycast address");
                 return Ok(());

@@ -32,6 +32,12 @@ struct Case {
 
 fn main() -> Result<()> {
     anycast_tests::require_root();
+    // `bench control`: only the control plane at scale, printed, no report.
+    if std::env::args().nth(1).as_deref() == Some("control") {
+        let control = anycast_tests::bench_control::run()?;
+        println!("{}", serde_json::to_string_pretty(&control)?);
+        return Ok(());
+    }
     let mut bed = Bed::new()?;
     for (i, member) in [[203, 0, 113, 2], [203, 0, 113, 6], [203, 0, 113, 10]]
         .iter()
@@ -126,6 +132,9 @@ fn main() -> Result<()> {
     println!("\n== membership by advertisement (real agent, namespaces)");
     let membership = anycast_tests::bench_membership::run()?;
 
+    println!("\n== control plane at 65,536 addresses (anycast-ctl binary, namespaces)");
+    let control = anycast_tests::bench_control::run()?;
+
     println!("\n== end-to-end forwarding rate (live frames, namespaces)");
     let end_to_end = anycast_tests::bench_e2e::run(E2E_PACKETS)?;
 
@@ -145,6 +154,7 @@ fn main() -> Result<()> {
             "build_ms_m65537_64_members": maglev_ms,
         },
         "membership": membership,
+        "control_plane": control,
         "end_to_end": end_to_end,
         "ratios": {
             "forward_vs_baseline": forward_vs_baseline,
@@ -161,6 +171,10 @@ fn main() -> Result<()> {
             "adverts_per_second": 100_000,
             "leave_to_removal_p99_ms": 50,
             "expiry_after_last_advert_ms": 400,
+            "member_add_65536_ms": 5,
+            "member_del_65536_ms": 5,
+            "show_65536_ms": 2_000,
+            "bulk_load_65536_ms": 10_000,
         },
     });
     let dir = target_dir().join("bench");
