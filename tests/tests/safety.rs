@@ -675,3 +675,52 @@ fn a_map_of_the_wrong_layout_is_refused_in_one_line() {
     assert!(topo.router.xdp_prog_ids("r1").unwrap().is_empty());
     ctl.detach(&["r0"]).expect("detach");
 }
+
+/// Regression: the agent accepted, as an anycast address, one that must never be anycast (here
+/// the router's own address on r2, inside a prefix the agent allows): counted as
+/// `not_anycast`, never installed.
+#[test]
+fn agent_refuses_an_advertised_address_that_must_never_be_anycast() {
+    let topo = topology();
+    let ctl = Ctl::new(&topo.router);
+    let key = TempFile::new("key-notany", &key_text(&[(1, SECRET_1)]), 0o600);
+    let mut agent = agent(
+        &topo,
+        &ctl,
+        &[
+            "--anycast-prefix",
+            "203.0.113.0/24",
+            "--key-file",
+            key.path(),
+        ],
+    );
+    let m = &topo.members[0];
+    let args = [
+        "announce",
+        "203.0.113.5",
+        "--dev",
+        &m.iface,
+        "--interval",
+        "100ms",
+        "--hold",
+        "400ms",
+        "--key-file",
+        key.path(),
+    ];
+    let _announce = Daemon::spawn(&m.ns, "announce m1", &args).expect("announce");
+    let rejected = || {
+        ctl.outcome(&["status", "--json"])
+            .ok()
+            .ok()
+            .and_then(|out| serde_json::from_str::<anycast_tests::ctl::Status>(&out).ok())
+            .and_then(|s| s.agent.rejected.get("not_anycast").copied())
+            .unwrap_or(0)
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), || rejected() >= 2),
+        "not counted: {}",
+        agent.log()
+    );
+    assert!(ctl.show().addresses.is_empty(), "{:?}", ctl.show());
+    assert!(agent.running());
+}
