@@ -14,6 +14,26 @@ fn topology() -> Topology {
     Topology::new(TopologyOptions::default()).expect("topology")
 }
 
+/// The topology with the anycast address off the members' `lo`: `announce` adds it.
+fn topology_for_announcers() -> Topology {
+    let topo = topology();
+    for m in &topo.members {
+        m.ns.ip(&["addr", "del", "198.51.100.53/32", "dev", "lo"])
+            .unwrap();
+    }
+    topo
+}
+
+/// The MAC `show` gives member `ip`.
+fn shown_mac(ctl: &Ctl, ip: Ipv4Addr) -> Option<String> {
+    ctl.show()
+        .addresses
+        .iter()
+        .flat_map(|a| a.members.iter())
+        .find(|x| x.address == ip)
+        .and_then(|x| x.mac.clone())
+}
+
 /// The first line of `stderr` that says something (clap's hint aside), which must be the only.
 fn one_line(stderr: &str) -> String {
     let lines: Vec<&str> = stderr
@@ -453,11 +473,7 @@ fn sighup_reloads_keys_without_losing_members() {
 /// dead maps forever. It now adopts the new state and its members come back.
 #[test]
 fn agent_follows_a_detach_and_reattach_under_it() {
-    let topo = topology();
-    for m in &topo.members {
-        m.ns.ip(&["addr", "del", "198.51.100.53/32", "dev", "lo"])
-            .unwrap();
-    }
+    let topo = topology_for_announcers();
     let ctl = Ctl::new(&topo.router);
     let key = TempFile::new("key-reattach", &key_text(&[(1, SECRET_1)]), 0o600);
     ctl.attach(&["r0", "r1"], "native").expect("attach");
@@ -528,11 +544,7 @@ fn agent_follows_a_detach_and_reattach_under_it() {
 /// the member and followed within an interval or two.
 #[test]
 fn learned_member_mac_comes_from_its_signed_advertisement() {
-    let topo = topology();
-    for m in &topo.members {
-        m.ns.ip(&["addr", "del", "198.51.100.53/32", "dev", "lo"])
-            .unwrap();
-    }
+    let topo = topology_for_announcers();
     let ctl = Ctl::new(&topo.router);
     let key = TempFile::new("key-lla", &key_text(&[(1, SECRET_1)]), 0o600);
     ctl.attach(&["r0", "r1"], "native").expect("attach");
@@ -548,14 +560,7 @@ fn learned_member_mac_comes_from_its_signed_advertisement() {
     );
     let m = &topo.members[0];
     let _announce = announce(&topo, 0, &key);
-    let mac_shown = || -> Option<String> {
-        ctl.show()
-            .addresses
-            .iter()
-            .flat_map(|a| a.members.iter())
-            .find(|x| x.address == m.ip)
-            .and_then(|x| x.mac.clone())
-    };
+    let mac_shown = || shown_mac(&ctl, m.ip);
     let real = anycast_tests::netns::format_mac(m.ns.link_mac(&m.iface).unwrap());
     assert!(
         wait_until(Duration::from_secs(5), || mac_shown().as_deref()
@@ -616,14 +621,7 @@ fn static_member_mac_follows_the_kernel_neighbour_table() {
             "reachable",
         ])
         .unwrap();
-    let shown = || {
-        ctl.show()
-            .addresses
-            .iter()
-            .flat_map(|a| a.members.iter())
-            .find(|x| x.address == m.ip)
-            .and_then(|x| x.mac.clone())
-    };
+    let shown = || shown_mac(&ctl, m.ip);
     assert!(
         wait_until(Duration::from_secs(2), || shown().as_deref() == Some(new)),
         "shown {:?}",
