@@ -6,12 +6,12 @@
 //! `ip neigh replace ... use` does), so it works with no prior traffic to the member.
 use std::{
     net::{IpAddr, Ipv4Addr},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use netlink_packet_route::{
-    AddressFamily,
+    AddressFamily, RouteNetlinkMessage,
     address::{AddressAttribute, AddressMessage},
     link::{LinkAttribute, LinkMessage},
     neighbour::{
@@ -19,7 +19,7 @@ use netlink_packet_route::{
     },
     route::{RouteAddress, RouteAttribute, RouteMessage, RouteType},
 };
-use rtnetlink::Handle;
+use rtnetlink::{Handle, packet_core::NetlinkPayload};
 
 use crate::{Error, Result};
 
@@ -204,47 +204,95 @@ impl Netlink {
         Ok(None)
     }
 
-    /// The MAC of `ip` on `ifindex`, asking the kernel to resolve it if unknown, waiting up to
-    /// `timeout`.
+    /// The MAC of `ip` on `ifindex`, asking the kernel to resolve it if unknown (again every
+    /// 500 ms, when it also reads the table again) and waiting for the kernel's neighbour
+    /// notification, up to `timeout`.
     pub async fn resolve(
         &self,
         ifindex: u32,
         ip: Ipv4Addr,
         timeout: Duration,
     ) -> Result<Option<[u8; 6]>> {
+        // Subscribed before the look-up, so an answer between the two is not missed.
+        let mut answers = events(rtnetlink::constants::RTMGRP_NEIGH)?;
         if let Some(mac) = self.neighbour(ifindex, ip).await? {
             return Ok(Some(mac));
         }
-        let deadline = Instant::now() + timeout;
-        let mut next_probe = Instant::now();
-        while Instant::now() < deadline {
-            if Instant::now() >= next_probe {
-                self.handle
-                    .neighbours()
-                    .add(ifindex, IpAddr::V4(ip))
-                    .state(NeighbourState::None)
-                    .flags(NeighbourFlags::Use)
-                    .replace()
-                    .execute()
-                    .await?;
-                next_probe = Instant::now() + Duration::from_millis(500);
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        let deadline = tokio::time::Instant::now() + timeout;
+        while tokio::time::Instant::now() < deadline {
+            // The table itself, in case a notification was lost (the socket can overflow).
             if let Some(mac) = self.neighbour(ifindex, ip).await? {
                 return Ok(Some(mac));
+            }
+            self.handle
+                .neighbours()
+                .add(ifindex, IpAddr::V4(ip))
+                .state(NeighbourState::None)
+                .flags(NeighbourFlags::Use)
+                .replace()
+                .execute()
+                .await?;
+            let until = deadline.min(tokio::time::Instant::now() + Duration::from_millis(500));
+            let answer = async {
+                while let Some(msg) = answers.next().await {
+                    if let NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNeighbour(n)) =
+                        msg.payload
+                        && n.header.ifindex == ifindex
+                        && let Some((dst, mac)) = neighbour_entry(&n)
+                        && dst == ip
+                    {
+                        return Some(mac);
+                    }
+                }
+                None
+            };
+            match tokio::time::timeout_at(until, answer).await {
+                Ok(Some(mac)) => return Ok(Some(mac)),
+                // No more notifications: fall back to reading the table every 500 ms.
+                Ok(None) => tokio::time::sleep_until(until).await,
+                Err(_) => {}
             }
         }
         Ok(None)
     }
 }
 
+/// A rtnetlink notification.
+pub type Event = rtnetlink::packet_core::NetlinkMessage<RouteNetlinkMessage>;
+
+/// A stream of the rtnetlink notifications of `groups` (`RTMGRP_*`).
+pub fn events(groups: u32) -> Result<impl futures::Stream<Item = Event> + Unpin> {
+    use rtnetlink::sys::{AsyncSocket, SocketAddr};
+    let (mut connection, handle, messages) =
+        rtnetlink::new_connection().map_err(|e| Error::io("opening rtnetlink", e))?;
+    connection
+        .socket_mut()
+        .socket_mut()
+        .bind(&SocketAddr::new(0, groups))
+        .map_err(|e| Error::io("subscribing to rtnetlink notifications", e))?;
+    tokio::spawn(connection);
+    // The connection runs while its handle lives: the stream keeps it.
+    Ok(messages.map(move |(message, _)| {
+        let _keep = &handle;
+        message
+    }))
+}
+
+/// The first link a request returns. No such link is [`Error::UnknownInterface`]; any other
+/// failure keeps its own message.
 async fn first_link(
     request: rtnetlink::LinkGetRequest,
     name: impl FnOnce() -> String,
 ) -> Result<Link> {
     match request.execute().try_next().await {
         Ok(Some(msg)) => Ok(link_from(msg)),
-        _ => Err(Error::UnknownInterface { name: name() }),
+        Ok(None) => Err(Error::UnknownInterface { name: name() }),
+        Err(rtnetlink::Error::NetlinkError(e))
+            if e.raw_code().abs() == libc::ENODEV || e.raw_code().abs() == libc::EINVAL =>
+        {
+            Err(Error::UnknownInterface { name: name() })
+        }
+        Err(e) => Err(e.into()),
     }
 }
 

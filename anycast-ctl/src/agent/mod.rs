@@ -121,7 +121,9 @@ impl Agent {
                 std::io::Error::other(e.to_string()),
             )
         })?;
-        let mut links = link_events()?;
+        let mut links = crate::net::events(
+            rtnetlink::constants::RTMGRP_LINK | rtnetlink::constants::RTMGRP_NEIGH,
+        )?;
         let signal = |kind, name| signal(kind).map_err(|e| Error::io(name, e));
         let mut sigint = signal(SignalKind::interrupt(), "SIGINT handler")?;
         let mut sigterm = signal(SignalKind::terminate(), "SIGTERM handler")?;
@@ -502,7 +504,7 @@ impl Agent {
     /// A link or neighbour notification: a link that goes down drops its members; a member's
     /// new MAC in the kernel's neighbour table is followed (unless the member's MAC came from
     /// the operator or from signed advertisements).
-    fn link_event(&mut self, msg: LinkMessage) {
+    fn link_event(&mut self, msg: crate::net::Event) {
         let link = match msg.payload {
             NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)) => link,
             NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNeighbour(n)) => {
@@ -556,23 +558,4 @@ impl Agent {
     pub fn counters(&self) -> &[u64] {
         &self.counters
     }
-}
-
-type LinkMessage = rtnetlink::packet_core::NetlinkMessage<RouteNetlinkMessage>;
-
-/// A stream of rtnetlink link and neighbour notifications (RTMGRP_LINK, RTMGRP_NEIGH).
-fn link_events() -> Result<impl futures::Stream<Item = LinkMessage> + Unpin> {
-    use rtnetlink::sys::{AsyncSocket, SocketAddr};
-    let (mut connection, _, messages) =
-        rtnetlink::new_connection().map_err(|e| Error::io("opening rtnetlink", e))?;
-    connection
-        .socket_mut()
-        .socket_mut()
-        .bind(&SocketAddr::new(
-            0,
-            rtnetlink::constants::RTMGRP_LINK | rtnetlink::constants::RTMGRP_NEIGH,
-        ))
-        .map_err(|e| Error::io("subscribing to link events", e))?;
-    tokio::spawn(connection);
-    Ok(messages.map(|(message, _)| message))
 }
