@@ -29,7 +29,7 @@ use crate::{Error, Result, advert_auth, members::now_ms, net::Netlink, sys};
 #[derive(Clone, Debug, clap::Args)]
 pub struct Options {
     /// Anycast addresses to serve.
-    #[arg(required = true, value_parser = crate::cli::anycast_address, value_name = "ANYCAST_IP")]
+    #[arg(required = true, value_parser = crate::cli::args::anycast_address, value_name = "ANYCAST_IP")]
     pub anycast: Vec<Ipv4Addr>,
     /// Interface to advertise on (its first IPv4 address is the member address).
     #[arg(long, value_name = "IFACE")]
