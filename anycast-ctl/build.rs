@@ -1,15 +1,116 @@
-//! Builds the eBPF object (crate `anycast-ebpf`) and leaves it in OUT_DIR for `include_bytes`.
+//! Builds the eBPF object (crate `anycast-ebpf`) and leaves it in OUT_DIR as `anycast`, for
+//! `include_bytes`.
 //!
 //! The object is built with the stable toolchain: its LLVM (22) is the one bpf-linker is linked
 //! against (`cargo xtask setup`), so the bitcode always matches the linker, whatever nightly the
 //! machine has. `-Z build-std=core` on stable needs RUSTC_BOOTSTRAP, set for that child only.
+//!
+//! This is the small equivalent of `aya_build::build_ebpf` (same command, flags and target
+//! directory) that keeps the inner build's output to itself unless the build fails: aya-build
+//! forwards every line of it as a cargo warning.
+use std::{
+    env,
+    ffi::OsString,
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, bail};
+
+const PACKAGE: &str = "anycast-ebpf";
+const BINARY: &str = "anycast";
+const ROOT_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../anycast-ebpf");
+const TOOLCHAIN: &str = "stable";
+const SKIP: &str = "AYA_BUILD_SKIP";
+
 fn main() -> anyhow::Result<()> {
-    // SAFETY: build scripts are single-threaded until aya-build spawns its children.
-    unsafe { std::env::set_var("RUSTC_BOOTSTRAP", "1") };
-    let package = aya_build::Package {
-        name: "anycast-ebpf",
-        root_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/../anycast-ebpf"),
-        ..Default::default()
+    println!("cargo:rerun-if-env-changed={SKIP}");
+    if let Some(skip) = env::var_os(SKIP)
+        && (skip == "1" || skip.eq_ignore_ascii_case("true"))
+    {
+        println!(
+            "cargo:warning={SKIP}={}; skipping eBPF build",
+            skip.display()
+        );
+        return Ok(());
+    }
+    // The build-dependency on anycast-ebpf covers its library; this covers its binary.
+    println!("cargo:rerun-if-changed={ROOT_DIR}");
+
+    let out_dir = PathBuf::from(env::var_os("OUT_DIR").context("OUT_DIR not set")?);
+    let target = bpf_target()?;
+    let target_dir = out_dir.join("aya-build").join("target").join(PACKAGE);
+    let mut cmd = ebpf_build(&target, &target_dir)?;
+    let output = cmd
+        .output()
+        .with_context(|| format!("failed to run {cmd:?}"))?;
+    if !output.status.success() {
+        for line in String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .chain(String::from_utf8_lossy(&output.stderr).lines())
+        {
+            println!("cargo:warning={line}");
+        }
+        bail!("{cmd:?} failed: {:?}", output.status);
+    }
+    let object = target_dir.join(&target).join("release").join(BINARY);
+    let dst = out_dir.join(BINARY);
+    fs::copy(&object, &dst)
+        .with_context(|| format!("failed to copy {} to {}", object.display(), dst.display()))?;
+    Ok(())
+}
+
+/// `bpfel-unknown-none` or `bpfeb-unknown-none`, after the host's byte order.
+fn bpf_target() -> anyhow::Result<String> {
+    let endian = env::var("CARGO_CFG_TARGET_ENDIAN").context("CARGO_CFG_TARGET_ENDIAN not set")?;
+    let prefix = match endian.as_str() {
+        "little" => "bpfel",
+        "big" => "bpfeb",
+        other => bail!("unsupported endian={other}"),
     };
-    aya_build::build_ebpf([package], aya_build::Toolchain::Custom("stable"))
+    Ok(format!("{prefix}-unknown-none"))
+}
+
+/// The inner `cargo build` of the eBPF binary, with aya-build's arguments and environment.
+fn ebpf_build(target: &str, target_dir: &Path) -> anyhow::Result<Command> {
+    let arch = env::var("CARGO_CFG_TARGET_ARCH").context("CARGO_CFG_TARGET_ARCH not set")?;
+    let arch = if arch.starts_with("riscv64") {
+        "riscv64"
+    } else {
+        arch.as_str()
+    };
+    let mut rustflags = OsString::new();
+    for s in [
+        &format!("--cfg=bpf_target_arch=\"{arch}\""),
+        "\x1f-Cdebuginfo=2",
+        "\x1f-Clink-arg=--btf",
+    ] {
+        rustflags.push(s);
+    }
+    let mut cmd = cargo();
+    cmd.args(["build", "--package", PACKAGE, "--bins", "--release"])
+        .args(["--target", target])
+        .args(["-Z", "build-std=core", "--features", ""])
+        .arg("--target-dir")
+        .arg(target_dir)
+        .env("RUSTC_BOOTSTRAP", "1")
+        .env("CARGO_ENCODED_RUSTFLAGS", rustflags)
+        // Make sure that the toolchain's own rustc is used.
+        .env_remove("RUSTC")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER");
+    Ok(cmd)
+}
+
+/// `cargo` of the stable toolchain through rustup, or the current one where there is no rustup.
+fn cargo() -> Command {
+    let rustup = env::var_os("PATH")
+        .is_some_and(|path| env::split_paths(&path).any(|dir| dir.join("rustup").is_file()));
+    if !rustup {
+        println!("cargo:warning=rustup not found; proceeding with current toolchain");
+        return Command::new("cargo");
+    }
+    let mut cmd = Command::new("rustup");
+    cmd.args(["run", TOOLCHAIN, "cargo"]);
+    cmd
 }

@@ -29,7 +29,7 @@ use crate::{Error, Result, advert_auth, members::now_ms, net::Netlink, sys};
 #[derive(Clone, Debug, clap::Args)]
 pub struct Options {
     /// Anycast addresses to serve.
-    #[arg(required = true, value_parser = crate::cli::anycast_address, value_name = "ANYCAST_IP")]
+    #[arg(required = true, value_parser = crate::cli::args::anycast_address, value_name = "ANYCAST_IP")]
     pub anycast: Vec<Ipv4Addr>,
     /// Interface to advertise on (its first IPv4 address is the member address).
     #[arg(long, value_name = "IFACE")]
@@ -63,15 +63,7 @@ pub struct Options {
 
 /// Runs until SIGINT or SIGTERM.
 pub async fn run(opts: Options) -> Result<()> {
-    let hold_ms = u32::try_from(opts.hold.as_millis())
-        .ok()
-        .filter(|h| *h > 0)
-        .ok_or_else(|| Error::Usage("--hold must be between 1 ms and 49 days".into()))?;
-    if opts.interval.is_zero() || opts.interval >= opts.hold {
-        return Err(Error::Usage(
-            "--interval must be positive and shorter than --hold".into(),
-        ));
-    }
+    let hold_ms = hold_ms(&opts)?;
     let key = match &opts.key_file {
         Some(path) => {
             let keys = advert_auth::Keys::load(path)?;
@@ -111,7 +103,38 @@ pub async fn run(opts: Options) -> Result<()> {
         nl.add_host_address(lo, address).await?;
         added.push(address);
     }
+    advertise(&opts, &nl, dev, source, hold_ms, key.as_ref()).await?;
+    for address in added {
+        if let Err(e) = nl.del_address(lo, address).await {
+            tracing::warn!(%address, error = %e, "removing the address from lo");
+        }
+    }
+    Ok(())
+}
 
+/// `--hold` in milliseconds, checked against `--interval`.
+fn hold_ms(opts: &Options) -> Result<u32> {
+    let hold_ms = u32::try_from(opts.hold.as_millis())
+        .ok()
+        .filter(|h| *h > 0)
+        .ok_or_else(|| Error::Usage("--hold must be between 1 ms and 49 days".into()))?;
+    if opts.interval.is_zero() || opts.interval >= opts.hold {
+        return Err(Error::Usage(
+            "--interval must be positive and shorter than --hold".into(),
+        ));
+    }
+    Ok(hold_ms)
+}
+
+/// Advertises every interval until SIGINT or SIGTERM, then sends the leave.
+async fn advertise(
+    opts: &Options,
+    nl: &Netlink,
+    dev: u32,
+    source: Ipv4Addr,
+    hold_ms: u32,
+    key: Option<&(u32, Vec<u8>)>,
+) -> Result<()> {
     let socket =
         sys::sender(&opts.dev, source).map_err(|e| Error::io("advertisement socket", e))?;
     let dest = SocketAddrV4::new(opts.to.unwrap_or(opts.group), opts.port);
@@ -121,32 +144,27 @@ pub async fn run(opts: Options) -> Result<()> {
         signal(SignalKind::terminate()).map_err(|e| Error::io("SIGTERM handler", e))?;
     let mut ticker = tokio::time::interval(opts.interval);
     tracing::info!(?opts.anycast, dev = %opts.dev, %source, %dest, "announcing");
-    let result = loop {
+    loop {
         tokio::select! {
             _ = ticker.tick() => {
                 seq += 1;
                 let mac = nl.link_by_index(dev).await.map(|l| l.mac).ok();
-                let msg = message(&opts, source, mac, seq, hold_ms, key.as_ref())?;
+                let msg = message(opts, source, mac, seq, hold_ms, key)?;
                 if let Err(e) = socket.send_to(&msg, &dest.into()) {
                     tracing::warn!(error = %e, "sending the advertisement");
                 }
             }
-            _ = sigint.recv() => break Ok(()),
-            _ = sigterm.recv() => break Ok(()),
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
         }
-    };
+    }
     // Leave: twice, in case one is lost; the router also expires us after the hold time.
     for _ in 0..2 {
         seq += 1;
-        let msg = message(&opts, source, None, seq, 0, key.as_ref())?;
+        let msg = message(opts, source, None, seq, 0, key)?;
         let _ = socket.send_to(&msg, &dest.into());
     }
-    for address in added {
-        if let Err(e) = nl.del_address(lo, address).await {
-            tracing::warn!(%address, error = %e, "removing the address from lo");
-        }
-    }
-    result
+    Ok(())
 }
 
 /// Builds and signs one advertisement.

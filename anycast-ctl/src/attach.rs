@@ -144,37 +144,7 @@ fn attach_locked(
             done.push((link.name.clone(), Attached::Already));
             continue;
         }
-        let iface = Iface {
-            ifindex: link.index,
-            mac: link.mac,
-            _pad: [0; 2],
-            mode: mode.code(),
-        };
-        let step = (|| -> Result<()> {
-            maps.set_iface(iface)?;
-            maps.tx_ports
-                .insert(link.index, link.index, None, 0)
-                .map_err(|e| Error::io("updating TX_PORTS", std::io::Error::other(e)))?;
-            let id = program
-                .attach_to_if_index(link.index, mode.xdp())
-                .map_err(|e| attach_error(link, mode, e))?;
-            let fd_link: FdLink = program.take_link(id)?.try_into().map_err(
-                |e: aya::programs::links::LinkError| Error::Attach {
-                    iface: link.name.clone(),
-                    mode: mode.name(),
-                    reason: e.to_string(),
-                    hint: "",
-                },
-            )?;
-            fd_link.pin(pin.link(link.index)).map_err(|e| {
-                Error::io(
-                    format!("pinning the link of {}", link.name),
-                    std::io::Error::other(e),
-                )
-            })?;
-            Ok(())
-        })();
-        if let Err(e) = step {
+        if let Err(e) = attach_one(pin, &mut maps, program, link, mode) {
             forget_iface(&mut maps, link.index);
             for index in made {
                 if let Ok(pinned) = PinnedLink::from_pin(pin.link(index)) {
@@ -187,6 +157,46 @@ fn attach_locked(
         done.push((link.name.clone(), Attached::New));
     }
     Ok(done)
+}
+
+/// Registers `link` in the maps, attaches the program to it and pins the link.
+fn attach_one(
+    pin: &PinDir,
+    maps: &mut Maps,
+    program: &mut Xdp,
+    link: &Link,
+    mode: Mode,
+) -> Result<()> {
+    let iface = Iface {
+        ifindex: link.index,
+        mac: link.mac,
+        _pad: [0; 2],
+        mode: mode.code(),
+    };
+    maps.set_iface(iface)?;
+    maps.tx_ports
+        .insert(link.index, link.index, None, 0)
+        .map_err(|e| Error::io("updating TX_PORTS", std::io::Error::other(e)))?;
+    let id = program
+        .attach_to_if_index(link.index, mode.xdp())
+        .map_err(|e| attach_error(link, mode, e))?;
+    let fd_link: FdLink =
+        program
+            .take_link(id)?
+            .try_into()
+            .map_err(|e: aya::programs::links::LinkError| Error::Attach {
+                iface: link.name.clone(),
+                mode: mode.name(),
+                reason: e.to_string(),
+                hint: "",
+            })?;
+    fd_link.pin(pin.link(link.index)).map_err(|e| {
+        Error::io(
+            format!("pinning the link of {}", link.name),
+            std::io::Error::other(e),
+        )
+    })?;
+    Ok(())
 }
 
 fn attach_error(link: &Link, mode: Mode, e: aya::programs::ProgramError) -> Error {

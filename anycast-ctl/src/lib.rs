@@ -14,7 +14,7 @@
 //! - [`advert_auth`]: keys and HMAC of advertisements (wire format: `anycast_common::advert`).
 //! - [`sys`]: raw socket calls for advertisements.
 //! - [`textfile`]: bounded reads of the operator's files.
-//! - [`cli`]: the command line.
+//! - [`cli`]: the command line, one module per verb.
 
 pub mod advert_auth;
 pub mod agent;

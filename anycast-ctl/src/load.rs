@@ -115,12 +115,13 @@ pub fn parse(name: &str, text: &str) -> Result<Vec<Membership>> {
 
 fn check(e: Entry) -> std::result::Result<Membership, String> {
     let mac = match e.mac {
-        Some(s) => Some(crate::cli::unicast_mac(&s)?),
+        Some(s) => Some(crate::cli::args::unicast_mac(&s)?),
         None => None,
     };
     Ok(Membership {
-        anycast: crate::cli::anycast_address(&e.anycast).map_err(|r| format!("anycast: {r}"))?,
-        member: crate::cli::unicast_address(&e.member).map_err(|r| format!("member: {r}"))?,
+        anycast: crate::cli::args::anycast_address(&e.anycast)
+            .map_err(|r| format!("anycast: {r}"))?,
+        member: crate::cli::args::unicast_address(&e.member).map_err(|r| format!("member: {r}"))?,
         dev: e.dev,
         mac,
         preference: e.preference.unwrap_or(members::DEFAULT_PREFERENCE),

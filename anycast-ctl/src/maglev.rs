@@ -151,6 +151,27 @@ fn quotas(weights: &[u32], m: u32) -> Vec<u32> {
 /// not prime, `size` below [`MIN_SIZE_FACTOR`] × `backends.len()`, an id given twice, or no
 /// backend with weight > 0.
 pub fn build(backends: &[Backend], size: u32) -> Result<Vec<u8>, MaglevError> {
+    let order = canonical_order(backends, size)?;
+    let weights: Vec<u32> = order
+        .iter()
+        .map(|&i| backends[usize::from(i)].weight)
+        .collect();
+    let quota = quotas(&weights, size);
+    let mut turns: Vec<Turn> = order
+        .iter()
+        .zip(&quota)
+        .filter(|&(_, &q)| q > 0)
+        .map(|(&caller, &quota)| Turn::new(caller, backends[usize::from(caller)].id, quota, size))
+        .collect();
+    let mut table = vec![EMPTY; size as usize];
+    fill(&mut table, &mut turns);
+    debug_assert!(!table.contains(&EMPTY));
+    Ok(table)
+}
+
+/// Checks `build`'s arguments and returns the indexes of `backends` in canonical order: by id,
+/// so that the table depends on the set only.
+fn canonical_order(backends: &[Backend], size: u32) -> Result<Vec<u8>, MaglevError> {
     let n = backends.len();
     if n > MAX_BACKENDS {
         return Err(MaglevError::TooManyBackends(n));
@@ -169,8 +190,6 @@ pub fn build(backends: &[Backend], size: u32) -> Result<Vec<u8>, MaglevError> {
             min,
         });
     }
-
-    // Canonical order: by id, so the table depends on the set only.
     let mut order: Vec<u8> = (0..n as u8).collect();
     order.sort_unstable_by_key(|&i| backends[usize::from(i)].id);
     if let Some(w) = order
@@ -182,73 +201,72 @@ pub fn build(backends: &[Backend], size: u32) -> Result<Vec<u8>, MaglevError> {
     if backends.iter().all(|b| b.weight == 0) {
         return Err(MaglevError::AllWeightsZero);
     }
-    let weights: Vec<u32> = order
-        .iter()
-        .map(|&i| backends[usize::from(i)].weight)
-        .collect();
-    let quota = quotas(&weights, size);
+    Ok(order)
+}
 
-    // Only backends with slots to claim take turns.
-    struct Turn {
-        caller: u8, // index into `backends`, what the table stores
-        quota: u32,
-        acc: u32,  // running sum of `quota`: a turn each time it reaches `max_quota`
-        next: u32, // next slot of the permutation
-        skip: u32,
-        back: u32, // size - skip: `next + skip` wraps exactly when `next >= back`
+/// A backend with slots to claim (only those take turns) and where its permutation is.
+struct Turn {
+    caller: u8, // index into `backends`, what the table stores
+    quota: u32,
+    acc: u32,  // running sum of `quota`: a turn each time it reaches `max_quota`
+    next: u32, // next slot of the permutation
+    skip: u32,
+    back: u32, // size - skip: `next + skip` wraps exactly when `next >= back`
+}
+
+impl Turn {
+    fn new(caller: u8, id: u32, quota: u32, size: u32) -> Self {
+        let (next, skip) = permutation(id, size);
+        Self {
+            caller,
+            quota,
+            acc: 0,
+            next,
+            skip,
+            back: size - skip,
+        }
     }
-    let mut turns: Vec<Turn> = order
-        .iter()
-        .zip(&quota)
-        .filter(|&(_, &q)| q > 0)
-        .map(|(&caller, &quota)| {
-            let (next, skip) = permutation(backends[usize::from(caller)].id, size);
-            Turn {
-                caller,
-                quota,
-                acc: 0,
-                next,
-                skip,
-                back: size - skip,
-            }
-        })
-        .collect();
-    let max_quota = turns.iter().map(|t| t.quota).max().unwrap_or(0);
+}
 
-    let mut table = vec![EMPTY; size as usize];
-    // After `max_quota` rounds backend i has had exactly floor(max_quota * q_i / max_quota) = q_i
-    // turns, so the quotas (which sum to `size`) fill the table exactly. Each turn finds a free
-    // slot because fewer than `size` slots are taken and the permutation visits all of them.
+/// Fills `table` by turns.
+///
+/// After `max_quota` rounds backend i has had exactly floor(max_quota * q_i / max_quota) = q_i
+/// turns, so the quotas (which sum to `size`) fill the table exactly. Each turn finds a free
+/// slot because fewer than `size` slots are taken and the permutation visits all of them.
+fn fill(table: &mut [u8], turns: &mut [Turn]) {
+    let max_quota = turns.iter().map(|t| t.quota).max().unwrap_or(0);
     for _ in 0..max_quota {
-        for t in &mut turns {
+        for t in turns.iter_mut() {
             // `acc += quota; if acc >= max_quota { acc -= max_quota; claim }`, rearranged so that
             // nothing exceeds `max_quota` (no overflow even for sizes near u32::MAX).
             if t.acc >= max_quota - t.quota {
                 t.acc -= max_quota - t.quota;
-                // Locals, so that the scan runs in registers.
-                let (mut next, skip, back) = (t.next, t.skip, t.back);
-                loop {
-                    let slot = next as usize;
-                    // next = (next + skip) % size, without `%` and without overflow.
-                    next = if next >= back {
-                        next - back
-                    } else {
-                        next + skip
-                    };
-                    let e = &mut table[slot];
-                    if *e == EMPTY {
-                        *e = t.caller;
-                        break;
-                    }
-                }
-                t.next = next;
+                t.next = claim(table, t.caller, t.next, t.skip, t.back);
             } else {
                 t.acc += t.quota;
             }
         }
     }
-    debug_assert!(!table.contains(&EMPTY));
-    Ok(table)
+}
+
+/// Gives `caller` the first free slot of its permutation from `next` on; returns the
+/// permutation's position after that slot.
+#[inline(always)]
+fn claim(table: &mut [u8], caller: u8, mut next: u32, skip: u32, back: u32) -> u32 {
+    loop {
+        let slot = next as usize;
+        // next = (next + skip) % size, without `%` and without overflow.
+        next = if next >= back {
+            next - back
+        } else {
+            next + skip
+        };
+        let e = &mut table[slot];
+        if *e == EMPTY {
+            *e = caller;
+            return next;
+        }
+    }
 }
 
 /// Fraction of the table's entries that name each backend `0..n` (entries `>= n` are ignored).

@@ -33,7 +33,7 @@ use crate::{
     journal::Words,
     mac::MacAddr,
     maglev,
-    net::Netlink,
+    net::{Link, Netlink},
 };
 
 /// How long `member add` waits for the kernel to resolve a member's MAC.
@@ -81,6 +81,25 @@ pub async fn locate(
     crate::policy::Policy::new(nl)
         .await?
         .check_member(maps, member)?;
+    let egress = on_link_egress(maps, nl, member, dev).await?;
+    let mac = member_mac(nl, &egress, member, mac_from, resolve_timeout).await?;
+    Ok(Placement {
+        member,
+        ifindex: egress.index,
+        mac,
+        smac: egress.mac,
+        static_mac: matches!(mac_from, MacFrom::Operator(_)),
+        signed_mac: matches!(mac_from, MacFrom::Signed(_)),
+    })
+}
+
+/// The attached interface `member` is on-link on: the route's, which must be `dev` if given.
+async fn on_link_egress(
+    maps: &Maps,
+    nl: &Netlink,
+    member: Ipv4Addr,
+    dev: Option<&str>,
+) -> Result<Link> {
     let dev = match dev {
         Some(name) => Some(nl.link_by_name(name).await?),
         None => None,
@@ -115,6 +134,17 @@ pub async fn locate(
             iface: egress.name,
         });
     }
+    Ok(egress)
+}
+
+/// The member's MAC, given or resolved on `egress`; it must be a unicast MAC.
+async fn member_mac(
+    nl: &Netlink,
+    egress: &Link,
+    member: Ipv4Addr,
+    mac_from: MacFrom,
+    resolve_timeout: Duration,
+) -> Result<[u8; 6]> {
     let mac = match mac_from {
         MacFrom::Operator(mac) | MacFrom::Signed(mac) => mac,
         MacFrom::Neighbour => nl
@@ -132,14 +162,7 @@ pub async fn locate(
             why: format!("its MAC {} is not a unicast MAC", crate::mac::MacAddr(mac)),
         });
     }
-    Ok(Placement {
-        member,
-        ifindex: egress.index,
-        mac,
-        smac: egress.mac,
-        static_mac: matches!(mac_from, MacFrom::Operator(_)),
-        signed_mac: matches!(mac_from, MacFrom::Signed(_)),
-    })
+    Ok(mac)
 }
 
 /// Whether `add` created a member or refreshed an existing one.

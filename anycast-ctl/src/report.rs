@@ -172,26 +172,7 @@ pub fn stats(maps: &Maps, only: Option<Ipv4Addr>) -> Result<Stats> {
                 *a += b;
             }
         });
-        let mut members = Vec::new();
-        for m in maps.member_set(&entry)?.members() {
-            let host = maps
-                .hosts
-                .get(&m.host, 0)
-                .map_err(|e| Error::map("HOSTS", e))?;
-            let per_cpu = maps
-                .member_stats
-                .get(&m.counter, 0)
-                .map_err(|e| Error::map("MEMBER_STATS", e))?;
-            let c = sum(&per_cpu, |t: &mut MemberStats, v| {
-                t.packets += v.packets;
-                t.bytes += v.bytes;
-            });
-            members.push(MemberCounters {
-                address: Ipv4Addr::from(ip_octets(host.ip)),
-                packets: c.packets,
-                bytes: c.bytes,
-            });
-        }
+        let members = member_counters(maps, &maps.member_set(&entry)?)?;
         addresses.push(AddressCounters {
             address,
             rx_packets: total.rx_packets,
@@ -208,6 +189,37 @@ pub fn stats(maps: &Maps, only: Option<Ipv4Addr>) -> Result<Stats> {
     {
         return Err(Error::NoSuchAddress { address });
     }
+    let global = global_counters(maps)?;
+    Ok(Stats { addresses, global })
+}
+
+/// The counters of each member of `set`.
+fn member_counters(maps: &Maps, set: &MemberSet) -> Result<Vec<MemberCounters>> {
+    let mut members = Vec::new();
+    for m in set.members() {
+        let host = maps
+            .hosts
+            .get(&m.host, 0)
+            .map_err(|e| Error::map("HOSTS", e))?;
+        let per_cpu = maps
+            .member_stats
+            .get(&m.counter, 0)
+            .map_err(|e| Error::map("MEMBER_STATS", e))?;
+        let c = sum(&per_cpu, |t: &mut MemberStats, v| {
+            t.packets += v.packets;
+            t.bytes += v.bytes;
+        });
+        members.push(MemberCounters {
+            address: Ipv4Addr::from(ip_octets(host.ip)),
+            packets: c.packets,
+            bytes: c.bytes,
+        });
+    }
+    Ok(members)
+}
+
+/// The counters not tied to an address, by name.
+fn global_counters(maps: &Maps) -> Result<BTreeMap<&'static str, u64>> {
     let mut global = BTreeMap::new();
     for (index, name) in (0..STAT_COUNT).zip(STAT_NAMES) {
         let per_cpu = maps
@@ -216,5 +228,5 @@ pub fn stats(maps: &Maps, only: Option<Ipv4Addr>) -> Result<Stats> {
             .map_err(|e| Error::map("STATS", e))?;
         global.insert(name, per_cpu.iter().sum());
     }
-    Ok(Stats { addresses, global })
+    Ok(global)
 }

@@ -111,19 +111,22 @@ impl Source {
     }
 }
 
+/// The attach mode: the command line's, else the file's, else native.
+fn merge_mode(cli: Option<Mode>, file: Option<&str>) -> Result<Mode> {
+    match (cli, file) {
+        (Some(m), _) => Ok(m),
+        (None, None | Some("native")) => Ok(Mode::Native),
+        (None, Some("skb")) => Ok(Mode::Skb),
+        (None, Some(other)) => Err(Error::Usage(format!(
+            "mode {other:?} is neither native nor skb"
+        ))),
+    }
+}
+
 impl Config {
     /// Merges the file and the command line (the command line wins) and checks the result.
     pub fn merge(file: File, cli: Overrides) -> Result<Self> {
-        let mode = match (cli.mode, file.mode.as_deref()) {
-            (Some(m), _) => m,
-            (None, None | Some("native")) => Mode::Native,
-            (None, Some("skb")) => Mode::Skb,
-            (None, Some(other)) => {
-                return Err(Error::Usage(format!(
-                    "mode {other:?} is neither native nor skb"
-                )));
-            }
-        };
+        let mode = merge_mode(cli.mode, file.mode.as_deref())?;
         let config = Config {
             devs: if cli.devs.is_empty() {
                 file.dev.unwrap_or_default()
@@ -148,38 +151,44 @@ impl Config {
                 file.replay_window_ms.unwrap_or(MAX_CLOCK_SKEW_MS),
             ),
         };
-        if config.port == 0 {
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Refuses a merged configuration the agent cannot run with.
+    fn check(&self) -> Result<()> {
+        if self.port == 0 {
             return Err(Error::Usage("port 0 is not a UDP port to listen on".into()));
         }
-        let window = config.replay_window.as_millis() as u64;
+        let window = self.replay_window.as_millis() as u64;
         if window == 0 || window > MAX_REPLAY_WINDOW_MS {
             return Err(Error::Usage(format!(
                 "replay_window_ms = {window}: it must be 1 to {MAX_REPLAY_WINDOW_MS}"
             )));
         }
-        if config.devs.is_empty() {
+        if self.devs.is_empty() {
             return Err(Error::Usage("the agent needs at least one --dev".into()));
         }
-        if config.prefixes.is_empty() {
+        if self.prefixes.is_empty() {
             return Err(Error::Usage(
                 "the agent needs at least one --anycast-prefix: the addresses hosts may claim"
                     .into(),
             ));
         }
-        if config.key_file.is_none() && !config.insecure_no_auth {
+        if self.key_file.is_none() && !self.insecure_no_auth {
             return Err(Error::Usage(
                 "no --key-file: refusing to accept unauthenticated advertisements \
                  (pass --insecure-no-auth to allow them)"
                     .into(),
             ));
         }
-        if !config.group.is_multicast() {
+        if !self.group.is_multicast() {
             return Err(Error::Usage(format!(
                 "group {} is not a multicast address",
-                config.group
+                self.group
             )));
         }
-        Ok(config)
+        Ok(())
     }
 
     pub fn allows(&self, anycast: Ipv4Addr) -> bool {

@@ -379,14 +379,6 @@ impl Agent {
             ifindex,
             mac: link_addr,
         };
-        let info = MemberInfo {
-            source: SOURCE_LEARNED,
-            hold_ms: m.hold_ms,
-            updated_ms: now,
-            preference: m.preference,
-            weight: m.weight,
-            _pad: 0,
-        };
         // The same interface and the same signed MAC: a refresh. Anything else places the
         // member anew, first (which may wait for ARP), outside the lock.
         let refresh = self
@@ -396,36 +388,76 @@ impl Agent {
         let placement = if refresh {
             None
         } else {
-            let policy = crate::policy::Policy::new(&self.nl).await;
-            if let Err(e) = policy.and_then(|p| p.check_anycast(&self.maps, m.anycast)) {
-                self.reject(Reject::NotAnycast, sender);
-                tracing::debug!(error = %e, "checking an anycast address");
-                return Ok(());
+            match self.place(sender, m.anycast, link_addr, ifindex).await {
+                Some(p) => Some(p),
+                None => return Ok(()),
             }
-            let mac = link_addr.map_or(members::MacFrom::Neighbour, members::MacFrom::Signed);
-            let dev = self.devs.get(&ifindex).cloned();
-            let located = members::locate(
-                &self.maps,
-                &self.nl,
-                sender,
-                dev.as_deref(),
-                mac,
-                members::AGENT_RESOLVE_TIMEOUT,
-            );
-            match located.await {
-                Ok(p) => Some(p),
-                Err(e) => {
-                    self.reject(Reject::NotOnLink, sender);
-                    tracing::debug!(error = %e, "locating a member");
-                    return Ok(());
-                }
+        };
+        if self.store(sender, m, now, placement)? {
+            self.learned.insert(key, learned);
+        }
+        Ok(())
+    }
+
+    /// Checks the anycast address and locates the advertising member on `ifindex`; `None`,
+    /// counted as a rejection, if either fails.
+    async fn place(
+        &mut self,
+        sender: Ipv4Addr,
+        anycast: Ipv4Addr,
+        link_addr: Option<[u8; 6]>,
+        ifindex: u32,
+    ) -> Option<members::Placement> {
+        let policy = crate::policy::Policy::new(&self.nl).await;
+        if let Err(e) = policy.and_then(|p| p.check_anycast(&self.maps, anycast)) {
+            self.reject(Reject::NotAnycast, sender);
+            tracing::debug!(error = %e, "checking an anycast address");
+            return None;
+        }
+        let mac = link_addr.map_or(members::MacFrom::Neighbour, members::MacFrom::Signed);
+        let dev = self.devs.get(&ifindex).cloned();
+        let located = members::locate(
+            &self.maps,
+            &self.nl,
+            sender,
+            dev.as_deref(),
+            mac,
+            members::AGENT_RESOLVE_TIMEOUT,
+        );
+        match located.await {
+            Ok(p) => Some(p),
+            Err(e) => {
+                self.reject(Reject::NotOnLink, sender);
+                tracing::debug!(error = %e, "locating a member");
+                None
             }
+        }
+    }
+
+    /// Writes a checked membership under the writers' lock: a new placement, or a refresh of
+    /// the member in place (`placement` None). Returns whether the member is learned: not if
+    /// the operator has it as a static member, nor if it was deleted under us.
+    fn store(
+        &mut self,
+        sender: Ipv4Addr,
+        m: &anycast_common::advert::Membership,
+        now: u64,
+        placement: Option<members::Placement>,
+    ) -> Result<bool> {
+        let key = member_key(m.anycast, sender);
+        let info = MemberInfo {
+            source: SOURCE_LEARNED,
+            hold_ms: m.hold_ms,
+            updated_ms: now,
+            preference: m.preference,
+            weight: m.weight,
+            _pad: 0,
         };
         let _lock = self.lock_live()?;
         let current = self.maps.member_info.get(&key, 0).ok();
         match (current, placement) {
             // An operator's static member wins; the advertisement changes nothing.
-            (Some(c), _) if c.source != SOURCE_LEARNED => return Ok(()),
+            (Some(c), _) if c.source != SOURCE_LEARNED => return Ok(false),
             // A refresh of a member already in place on the same interface.
             (Some(c), None) => {
                 self.maps
@@ -439,15 +471,14 @@ impl Agent {
             // Gone from the maps under us (`member del`): learn it again next time.
             (None, None) => {
                 self.learned.remove(&key);
-                return Ok(());
+                return Ok(false);
             }
             (_, Some(placement)) => {
                 members::add(&mut self.maps, m.anycast, &placement, info)?;
                 tracing::info!(anycast = %m.anycast, member = %sender, "member learned");
             }
         }
-        self.learned.insert(key, learned);
-        Ok(())
+        Ok(true)
     }
 
     /// Removes learned members whose hold time has passed.

@@ -1,0 +1,72 @@
+//! Value parsers of the command line, shared with the files that name the same things
+//! (`load`'s TOML, the agent's configuration, `announce`'s options).
+use std::net::Ipv4Addr;
+
+use crate::mac::MacAddr;
+
+/// A connection table size in flows (a power of two in range).
+pub fn flows(s: &str) -> Result<u32, String> {
+    let n: u32 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
+    crate::dataplane::check_flows(n)
+}
+
+/// A Maglev table size: a prime, large enough for every member.
+pub fn table_size(s: &str) -> Result<u32, String> {
+    let m: u32 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
+    if m > anycast_common::MAX_TABLE_SIZE || !crate::maglev::is_prime(m) {
+        return Err(format!(
+            "{m} is not a prime up to {}",
+            anycast_common::MAX_TABLE_SIZE
+        ));
+    }
+    if m < crate::maglev::MIN_SIZE_FACTOR * anycast_common::MAX_MEMBERS as u32 {
+        return Err(format!(
+            "{m} is too small: use at least {} (100 x {} members)",
+            crate::maglev::MIN_SIZE_FACTOR * anycast_common::MAX_MEMBERS as u32,
+            anycast_common::MAX_MEMBERS
+        ));
+    }
+    Ok(m)
+}
+
+pub(crate) fn unicast_mac(s: &str) -> Result<MacAddr, String> {
+    let mac: MacAddr = s
+        .parse()
+        .map_err(|e: crate::mac::ParseMacError| e.to_string())?;
+    mac.check_unicast().map_err(|e| e.to_string())?;
+    Ok(mac)
+}
+
+pub(crate) fn unicast_address(s: &str) -> Result<Ipv4Addr, String> {
+    let ip: Ipv4Addr = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not an IPv4 address"))?;
+    if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() || ip.is_loopback() {
+        return Err(format!("{ip} is not a unicast address"));
+    }
+    Ok(ip)
+}
+
+pub fn anycast_address(s: &str) -> Result<Ipv4Addr, String> {
+    let ip = unicast_address(s)?;
+    match crate::policy::never_anycast(ip) {
+        Some(why) => Err(format!("{ip} cannot be an anycast address: {why}")),
+        None => Ok(ip),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::cli::parse;
+
+    /// Regression: anycast addresses of classes that are never unicast were accepted.
+    #[test]
+    fn never_anycast_classes_are_refused_while_parsing() {
+        for bad in ["169.254.1.1", "240.0.0.1", "127.0.0.1", "0.1.2.3"] {
+            assert!(
+                parse(&["member", "add", bad, "203.0.113.2"]).is_err(),
+                "{bad} accepted"
+            );
+        }
+    }
+}

@@ -1,0 +1,208 @@
+//! `anycast-ctl member add|set|del`: static memberships, one at a time.
+use std::net::Ipv4Addr;
+
+use clap::Subcommand;
+
+use super::{
+    Router,
+    args::{anycast_address, table_size, unicast_address, unicast_mac},
+};
+use crate::{Result, dataplane::Maps, mac::MacAddr, members};
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Make MEMBER_IP serve ANYCAST_IP. The member must be on-link on an attached interface;
+    /// its MAC is resolved through the neighbour table unless given.
+    Add(AddArgs),
+    /// Change a member's preference or weight (weight 0 drains it: existing flows stay, new
+    /// flows go elsewhere).
+    Set(SetArgs),
+    /// Stop MEMBER_IP serving ANYCAST_IP.
+    Del(DelArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AddArgs {
+    #[arg(value_parser = anycast_address)]
+    pub anycast_ip: Ipv4Addr,
+    #[arg(value_parser = unicast_address)]
+    pub member_ip: Ipv4Addr,
+    /// Interface the member is on [default: from the route table].
+    #[arg(long, value_name = "IFACE")]
+    pub dev: Option<String>,
+    /// The member's MAC [default: resolved]; a given MAC is never relearned. A MAC belongs
+    /// to the host: it is refused if the host already has another static MAC for other
+    /// addresses.
+    #[arg(long, value_parser = unicast_mac)]
+    pub mac: Option<MacAddr>,
+    #[command(flatten)]
+    pub weight: WeightArgs,
+    /// Maglev table size for the address (prime, >= 6,400) [default: 16381, or the
+    /// address's current size].
+    #[arg(long, value_parser = table_size)]
+    pub table_size: Option<u32>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SetArgs {
+    #[arg(value_parser = anycast_address)]
+    pub anycast_ip: Ipv4Addr,
+    #[arg(value_parser = unicast_address)]
+    pub member_ip: Ipv4Addr,
+    #[command(flatten)]
+    pub weight: WeightArgs,
+    /// Maglev table size for the address (prime, >= 6,400) [default: 16381, or the
+    /// address's current size].
+    #[arg(long, value_parser = table_size)]
+    pub table_size: Option<u32>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DelArgs {
+    #[arg(value_parser = anycast_address)]
+    pub anycast_ip: Ipv4Addr,
+    #[arg(value_parser = unicast_address)]
+    pub member_ip: Ipv4Addr,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct WeightArgs {
+    /// Lower is better: only members of the best preference get new flows; the others are hot
+    /// standby.
+    #[arg(long, default_value_t = members::DEFAULT_PREFERENCE)]
+    pub preference: u16,
+    /// Share of new flows among members of equal preference; 0 drains.
+    #[arg(long, default_value_t = members::DEFAULT_WEIGHT)]
+    pub weight: u16,
+}
+
+pub async fn run(router: &Router, command: Command) -> Result<String> {
+    match command {
+        Command::Add(args) => add(router, args).await,
+        Command::Set(args) => set(router, args),
+        Command::Del(args) => del(router, args),
+    }
+}
+
+async fn add(router: &Router, args: AddArgs) -> Result<String> {
+    let AddArgs {
+        anycast_ip,
+        member_ip,
+        dev,
+        mac,
+        weight: WeightArgs { preference, weight },
+        table_size,
+    } = args;
+    let Router { pin, nl } = router;
+    // Resolving the member may wait for ARP: do it before taking the writers' lock, then make
+    // sure the maps are still the live ones.
+    let mut maps = Maps::open(pin)?;
+    crate::policy::Policy::new(nl)
+        .await?
+        .check_anycast(&maps, anycast_ip)?;
+    let mac_from = mac.map_or(members::MacFrom::Neighbour, |m| {
+        members::MacFrom::Operator(m.0)
+    });
+    let placement = members::locate(
+        &maps,
+        nl,
+        member_ip,
+        dev.as_deref(),
+        mac_from,
+        members::RESOLVE_TIMEOUT,
+    )
+    .await?;
+    let _lock = pin.lock(false)?;
+    maps.ensure_live(pin)?;
+    maps.table_size = table_size;
+    let info = members::static_info(members::now_ms(), preference, weight);
+    let done = members::add(&mut maps, anycast_ip, &placement, info)?;
+    Ok(added(anycast_ip, member_ip, &done))
+}
+
+/// The line `member add` prints.
+fn added(anycast_ip: Ipv4Addr, member_ip: Ipv4Addr, done: &members::AddOutcome) -> String {
+    let what = match done.added {
+        members::Added::New => "added",
+        members::Added::Updated => "updated",
+    };
+    let mac = MacAddr(done.host.mac);
+    let kind = if done.host.flags & anycast_common::HOST_MAC_STATIC != 0 {
+        " static"
+    } else {
+        ""
+    };
+    format!(
+        "{what} member {member_ip} of {anycast_ip} (mac {mac}{kind}, ifindex {})\n",
+        done.host.ifindex
+    )
+}
+
+fn set(router: &Router, args: SetArgs) -> Result<String> {
+    let SetArgs {
+        anycast_ip,
+        member_ip,
+        weight: WeightArgs { preference, weight },
+        table_size,
+    } = args;
+    let _lock = router.pin.lock(false)?;
+    let mut maps = Maps::open(&router.pin)?;
+    maps.table_size = table_size;
+    members::set_weight(&mut maps, anycast_ip, member_ip, preference, weight)?;
+    Ok(format!(
+        "member {member_ip} of {anycast_ip}: preference {preference}, weight {weight}\n"
+    ))
+}
+
+fn del(router: &Router, args: DelArgs) -> Result<String> {
+    let DelArgs {
+        anycast_ip,
+        member_ip,
+    } = args;
+    let _lock = router.pin.lock(false)?;
+    let mut maps = Maps::open(&router.pin)?;
+    members::del(&mut maps, anycast_ip, member_ip)?;
+    Ok(format!("deleted member {member_ip} of {anycast_ip}\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::parse;
+
+    #[test]
+    fn parses_member_add_and_del() {
+        let cli = parse(&[
+            "member",
+            "add",
+            "198.51.100.53",
+            "203.0.113.2",
+            "--dev",
+            "r1",
+            "--mac",
+            "02:00:00:00:00:01",
+        ])
+        .unwrap();
+        match cli.command {
+            crate::cli::Command::Member(Command::Add(AddArgs {
+                anycast_ip,
+                member_ip,
+                dev,
+                mac,
+                ..
+            })) => {
+                assert_eq!(anycast_ip, Ipv4Addr::new(198, 51, 100, 53));
+                assert_eq!(member_ip, Ipv4Addr::new(203, 0, 113, 2));
+                assert_eq!(dev.as_deref(), Some("r1"));
+                assert_eq!(mac, Some(MacAddr([2, 0, 0, 0, 0, 1])));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            parse(&["member", "del", "198.51.100.53", "203.0.113.2"])
+                .unwrap()
+                .command,
+            crate::cli::Command::Member(Command::Del(..))
+        ));
+    }
+}
