@@ -9,9 +9,12 @@
 #![no_std]
 
 pub mod advert;
+pub mod counters;
 pub mod flow;
 pub mod maps;
+pub mod proto;
 
+pub use counters::{AGENT_COUNTERS, AgentCounter, PassReason, Stat};
 pub use flow::{flow_hash, pick_index};
 pub use maps::*;
 

@@ -23,14 +23,8 @@ use aya::{
     programs::{TestRun, TestRunOptions, Xdp},
 };
 
-pub const XDP_ABORTED: u32 = 0;
-pub const XDP_DROP: u32 = 1;
-pub const XDP_PASS: u32 = 2;
-pub const XDP_TX: u32 = 3;
-pub const XDP_REDIRECT: u32 = 4;
-
-pub const ETH_P_IP: u16 = 0x0800;
-pub const ETH_P_ARP: u16 = 0x0806;
+/// EtherTypes, IP protocols, TCP flags, ARP fields and verdicts, as the dataplane names them.
+pub use anycast_common::proto::*;
 
 /// RFC 1071 Internet checksum.
 pub fn checksum(bytes: &[u8]) -> u16 {
@@ -72,7 +66,7 @@ impl Ipv4 {
         payload.extend_from_slice(&((8 + data.len()) as u16).to_be_bytes());
         payload.extend_from_slice(&[0, 0]); // no UDP checksum (allowed over IPv4)
         payload.extend_from_slice(data);
-        Self::new(src, dst, 17, payload)
+        Self::new(src, dst, IPPROTO_UDP, payload)
     }
 
     pub fn tcp_syn(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16) -> Self {
@@ -81,15 +75,15 @@ impl Ipv4 {
         payload.extend_from_slice(&dport.to_be_bytes());
         payload.extend_from_slice(&1u32.to_be_bytes()); // seq
         payload.extend_from_slice(&0u32.to_be_bytes()); // ack
-        payload.extend_from_slice(&[0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0]); // doff 5, SYN
-        Self::new(src, dst, 6, payload)
+        payload.extend_from_slice(&[0x50, TCP_SYN, 0xff, 0xff, 0, 0, 0, 0]); // doff 5
+        Self::new(src, dst, IPPROTO_TCP, payload)
     }
 
     pub fn icmp_echo(src: Ipv4Addr, dst: Ipv4Addr) -> Self {
         let mut payload = vec![8, 0, 0, 0, 0x12, 0x34, 0, 1];
         let c = checksum(&payload);
         payload[2..4].copy_from_slice(&c.to_be_bytes());
-        Self::new(src, dst, 1, payload)
+        Self::new(src, dst, IPPROTO_ICMP, payload)
     }
 
     pub fn new(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, payload: Vec<u8>) -> Self {
@@ -146,7 +140,10 @@ pub fn arp_frame(
     tha: [u8; 6],
     tpa: Ipv4Addr,
 ) -> Vec<u8> {
-    let mut a = vec![0, 1, 0x08, 0x00, 6, 4];
+    let mut a = Vec::new();
+    a.extend_from_slice(&ARPHRD_ETHER.to_be_bytes());
+    a.extend_from_slice(&ETH_P_IP.to_be_bytes());
+    a.extend_from_slice(&[6, 4]);
     a.extend_from_slice(&op.to_be_bytes());
     a.extend_from_slice(&sha);
     a.extend_from_slice(&spa.octets());
