@@ -9,6 +9,7 @@
 #![no_std]
 
 pub mod advert;
+pub mod bench;
 pub mod counters;
 pub mod flow;
 pub mod maps;

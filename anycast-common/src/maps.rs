@@ -57,11 +57,6 @@ pub mod names {
     pub const AGENT_STATS: &str = "AGENT_STATS";
     /// One `u32`: the [`super::LAYOUT_VERSION`] of the maps pinned beside it.
     pub const LAYOUT: &str = "LAYOUT";
-    /// Benchmark programs' maps (not pinned).
-    pub const BENCH_PORT: &str = "BENCH_PORT";
-    pub const BENCH_SEQ: &str = "BENCH_SEQ";
-    /// The [`super::BenchFrame`] `bench_gen` writes (index 0).
-    pub const BENCH_FRAME: &str = "BENCH_FRAME";
     /// User space's allocator marks, indexed by `ALLOC_*`: the next never-used index of each
     /// kind (not read by the dataplane).
     pub const ALLOC: &str = "ALLOC";
@@ -73,8 +68,10 @@ pub mod names {
     pub const HOST_REFS: &str = "HOST_REFS";
     /// Member counter index -> the member's slots in its address's Maglev table.
     pub const MEMBER_SLOTS: &str = "MEMBER_SLOTS";
-    /// The maps pinned under the pin directory (every map but the benchmark programs').
-    pub const PINNED: [&str; 22] = [
+    /// The maps pinned under the pin directory: every map of the object.
+    pub const PINNED: [&str; 22] = ALL;
+    /// Every map of the dataplane object.
+    pub const ALL: [&str; 22] = [
         ADDRS,
         MEMBER_SETS,
         ADDR_KEYS,
@@ -92,34 +89,6 @@ pub mod names {
         SENDER_SEQ,
         AGENT_STATS,
         LAYOUT,
-        ALLOC,
-        FREE_COUNTERS,
-        FREE_HOSTS,
-        HOST_REFS,
-        MEMBER_SLOTS,
-    ];
-    /// Every map of the object.
-    pub const ALL: [&str; 25] = [
-        ADDRS,
-        MEMBER_SETS,
-        ADDR_KEYS,
-        HOSTS,
-        HOST_IDS,
-        IFACES,
-        TX_PORTS,
-        ADDR_STATS,
-        MEMBER_STATS,
-        STATS,
-        FRAGS,
-        TABLES,
-        FLOWS,
-        MEMBER_INFO,
-        SENDER_SEQ,
-        AGENT_STATS,
-        LAYOUT,
-        BENCH_PORT,
-        BENCH_SEQ,
-        BENCH_FRAME,
         ALLOC,
         FREE_COUNTERS,
         FREE_HOSTS,
@@ -128,28 +97,11 @@ pub mod names {
     ];
 }
 
-/// Programs in the eBPF object.
+/// Programs in the dataplane object.
 pub mod programs {
     /// The dataplane.
     pub const ANYCAST: &str = "anycast";
-    /// Benchmark baseline: swap MACs, XDP_TX.
-    pub const BENCH_BASELINE: &str = "bench_baseline";
-    /// Benchmark ceiling: redirect every frame to one port.
-    pub const BENCH_REDIRECT: &str = "bench_redirect";
-    /// Benchmark traffic generator (live frames): writes `BENCH_FRAME`, varies the source port.
-    pub const BENCH_GEN: &str = "bench_gen";
-    /// Benchmark sink: drops IPv4, passes everything else.
-    pub const BENCH_SINK: &str = "bench_sink";
-    /// XDP_PASS for a veth peer, so that it receives XDP_TX and redirected frames.
-    pub const PEER_PASS: &str = "peer_pass";
-    pub const ALL: [&str; 6] = [
-        ANYCAST,
-        BENCH_BASELINE,
-        BENCH_REDIRECT,
-        BENCH_GEN,
-        BENCH_SINK,
-        PEER_PASS,
-    ];
+    pub const ALL: [&str; 1] = [ANYCAST];
 }
 
 /// Version of the pinned state's layout (map set, key and value layouts, their meaning),
@@ -506,34 +458,6 @@ pub struct MemberInfo {
     pub _pad: u32,
 }
 
-/// Capacity of [`BenchFrame`].
-pub const BENCH_FRAME_BYTES: usize = 64;
-
-/// The frame `bench_gen` writes over the start of every frame it generates: an Ethernet/IPv4
-/// (IHL 5)/UDP frame, IP checksum included, UDP checksum 0. Set by the benchmark.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct BenchFrame {
-    /// Bytes of `bytes` to write, at most [`BENCH_FRAME_BYTES`].
-    pub len: u32,
-    pub bytes: [u8; BENCH_FRAME_BYTES],
-}
-
-impl BenchFrame {
-    /// The template of `frame`, or `None` if it is longer than [`BENCH_FRAME_BYTES`].
-    pub fn new(frame: &[u8]) -> Option<Self> {
-        if frame.len() > BENCH_FRAME_BYTES {
-            return None;
-        }
-        let mut bytes = [0; BENCH_FRAME_BYTES];
-        bytes[..frame.len()].copy_from_slice(frame);
-        Some(Self {
-            len: frame.len() as u32,
-            bytes,
-        })
-    }
-}
-
 const _: () = {
     assert!(core::mem::size_of::<MemberRef>() == 8);
     assert!(core::mem::size_of::<AddrBucket>() == 16);
@@ -549,7 +473,6 @@ const _: () = {
     assert!(core::mem::size_of::<FlowEntry>() == 32);
     assert!(MAX_MEMBERS <= u8::MAX as usize);
     assert!(core::mem::size_of::<MemberInfo>() == 24);
-    assert!(core::mem::size_of::<BenchFrame>() == 4 + BENCH_FRAME_BYTES);
 };
 
 #[cfg(feature = "user")]
@@ -568,7 +491,6 @@ mod pod {
     unsafe impl aya::Pod for MemberKey {}
     unsafe impl aya::Pod for FlowEntry {}
     unsafe impl aya::Pod for MemberInfo {}
-    unsafe impl aya::Pod for BenchFrame {}
 }
 
 #[cfg(test)]

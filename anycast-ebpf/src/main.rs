@@ -16,7 +16,6 @@
 #![no_main]
 
 mod arp;
-mod bench;
 mod check;
 mod flows;
 mod forward;

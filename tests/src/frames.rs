@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use anycast_common::{HOST_MAC_KNOWN, Host, Iface, MODE_NATIVE, ip_key, programs};
+use anycast_common::{HOST_MAC_KNOWN, Host, Iface, MODE_NATIVE, bench, ip_key, programs};
 use anycast_ctl::{
     dataplane::{self, Maps},
     members::{self, Placement},
@@ -170,6 +170,8 @@ pub struct Bed {
     home: File,
     pin: PinDir,
     ebpf: Ebpf,
+    /// The benchmark object, for reference programs run on the same frames.
+    bench: Ebpf,
     pub maps: Maps,
     pub ports: Vec<Port>,
 }
@@ -215,12 +217,18 @@ impl Bed {
         pin.check()?;
         std::fs::create_dir_all(pin.links())?;
         let mut ebpf = dataplane::load(&pin, flows)?;
-        for name in programs::ALL {
-            let p: &mut Xdp = ebpf
-                .program_mut(name)
-                .with_context(|| format!("program {name}"))?
-                .try_into()?;
-            p.load()?;
+        let mut bench = crate::xdp::load_object()?;
+        for (ebpf, names) in [
+            (&mut ebpf, &programs::ALL[..]),
+            (&mut bench, &bench::programs::ALL[..]),
+        ] {
+            for name in names {
+                let p: &mut Xdp = ebpf
+                    .program_mut(name)
+                    .with_context(|| format!("program {name}"))?
+                    .try_into()?;
+                p.load()?;
+            }
         }
         let mut maps = Maps::open(&pin)?;
         let mut ports = Vec::new();
@@ -244,6 +252,7 @@ impl Bed {
             home,
             pin,
             ebpf,
+            bench,
             maps,
             ports,
         })
@@ -319,13 +328,21 @@ impl Bed {
         Ok(self.maps.hosts.get(&index, 0)?)
     }
 
+    /// Program `name` of the dataplane or of the benchmark object.
+    fn program(&self, name: &str) -> Result<&Xdp> {
+        let prog = self.ebpf.program(name).or_else(|| self.bench.program(name));
+        Ok(prog
+            .with_context(|| format!("program {name}"))?
+            .try_into()?)
+    }
+
     /// Runs `program` once on `frame` arriving on port `ingress`: the verdict and the frame
     /// as the program left it.
     pub fn run(&self, program: &str, ingress: usize, frame: &[u8]) -> Result<(u32, Vec<u8>)> {
         let mut out = vec![0u8; frame.len() + 256];
         let ctx = xdp_md(frame.len(), self.ports[ingress].ifindex);
         let mut ctx_out = [0u8; 24];
-        let prog: &Xdp = self.ebpf.program(program).context("program")?.try_into()?;
+        let prog = self.program(program)?;
         let r = prog.test_run(TestRunOptions {
             data_in: Some(frame),
             data_out: Some(&mut out),
@@ -347,7 +364,7 @@ impl Bed {
         repeat: u32,
     ) -> Result<Duration> {
         let ctx = xdp_md(frame.len(), self.ports[ingress].ifindex);
-        let prog: &Xdp = self.ebpf.program(program).context("program")?.try_into()?;
+        let prog = self.program(program)?;
         let r = prog.test_run(TestRunOptions {
             data_in: Some(frame),
             ctx_in: Some(&ctx),

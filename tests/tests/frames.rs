@@ -784,7 +784,7 @@ fn baseline_program_swaps_macs() {
     let bed = bed();
     let frame = to_router(&bed, &Ipv4::udp(CLIENT, ANYCAST_A, 40000, 53, b"x"));
     let (verdict, out) = bed
-        .run(anycast_common::programs::BENCH_BASELINE, 0, &frame)
+        .run(anycast_common::bench::programs::BENCH_BASELINE, 0, &frame)
         .unwrap();
     assert_eq!(verdict, XDP_TX);
     assert_eq!(out[0..6], frame[6..12]);
@@ -794,36 +794,59 @@ fn baseline_program_swaps_macs() {
 
 #[test]
 fn object_names_match_user_space() {
-    let object = aya_obj_names();
-    // Data sections (`.rodata`: the loader-set FLOW_SETS_MASK) are maps to aya, not named maps.
-    let maps: Vec<&String> = object.0.iter().filter(|n| !n.starts_with('.')).collect();
-    for name in anycast_common::names::ALL {
-        assert!(
-            maps.iter().any(|m| *m == name),
-            "map {name} missing from the object"
+    let objects = [
+        (
+            "dataplane",
+            anycast_ctl::EBPF_OBJECT,
+            &anycast_common::names::ALL[..],
+            &anycast_common::programs::ALL[..],
+        ),
+        (
+            "bench",
+            anycast_ctl::BENCH_OBJECT,
+            &anycast_common::bench::names::ALL[..],
+            &anycast_common::bench::programs::ALL[..],
+        ),
+    ];
+    for (object_name, bytes, map_names, program_names) in objects {
+        let object = aya_obj_names(bytes);
+        // Data sections (`.rodata`: the loader-set FLOW_SETS_MASK) are maps to aya, not named
+        // maps.
+        let maps: Vec<&String> = object.0.iter().filter(|n| !n.starts_with('.')).collect();
+        for name in map_names {
+            assert!(
+                maps.iter().any(|m| m == name),
+                "map {name} missing from the {object_name} object"
+            );
+        }
+        assert_eq!(
+            maps.len(),
+            map_names.len(),
+            "{object_name} maps: {:?}",
+            object.0
         );
-    }
-    assert_eq!(
-        maps.len(),
-        anycast_common::names::ALL.len(),
-        "maps: {:?}",
-        object.0
-    );
-    for name in anycast_common::programs::ALL {
-        assert!(
-            object.1.contains(&name.to_string()),
-            "program {name} missing"
+        for name in program_names {
+            assert!(
+                object.1.contains(&name.to_string()),
+                "program {name} missing from the {object_name} object"
+            );
+        }
+        assert_eq!(
+            object.1.len(),
+            program_names.len(),
+            "{object_name} programs: {:?}",
+            object.1
         );
     }
 }
 
-/// Map and program names of the embedded object, parsed without loading it.
-fn aya_obj_names() -> (Vec<String>, Vec<String>) {
+/// Map and program names of an embedded object, as aya loads it.
+fn aya_obj_names(bytes: &[u8]) -> (Vec<String>, Vec<String>) {
     let dir = format!("/sys/fs/bpf/anycast-names-{}", std::process::id());
     std::fs::create_dir_all(&dir).unwrap();
     let ebpf = aya::EbpfLoader::new()
         .default_map_pin_directory(&dir)
-        .load(anycast_ctl::EBPF_OBJECT);
+        .load(bytes);
     let names = ebpf.as_ref().map(|e| {
         (
             e.maps().map(|(n, _)| n.to_string()).collect(),

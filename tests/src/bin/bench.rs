@@ -9,7 +9,7 @@
 use std::{collections::BTreeMap, net::Ipv4Addr, time::Instant};
 
 use anycast_common::{
-    AddrBucket, ip_key, member_set_index, programs,
+    AddrBucket, bench, ip_key, member_set_index, programs,
     proto::{ARPOP_REQUEST, TCP_ACK},
 };
 use anycast_ctl::dataplane::Bucket;
@@ -79,7 +79,7 @@ fn main() -> Result<()> {
     let cases = [
         Case {
             name: "baseline_swap_macs_tx",
-            program: programs::BENCH_BASELINE,
+            program: bench::programs::BENCH_BASELINE,
             frame: udp.clone(),
         },
         Case {

@@ -1,10 +1,14 @@
-//! Benchmark reference programs, measured in the same run as the dataplane, and the XDP_PASS
-//! program for veth peers. None of them is attached by anycast-ctl.
+//! The benchmark object, `anycast-bench`: reference programs measured in the same run as the
+//! dataplane, and the XDP_PASS program for veth peers. A separate object from the dataplane's
+//! (`anycast`), so the object anycast-ctl ships holds the dataplane alone; names and the
+//! `BENCH_FRAME` layout are in `anycast_common::bench`.
+#![no_std]
+#![no_main]
 
 use core::ffi::c_void;
 
 use anycast_common::{
-    BENCH_FRAME_BYTES, BenchFrame,
+    bench::{BENCH_FRAME_BYTES, BenchFrame},
     proto::{ETH_HLEN, ETH_P_IP, XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX},
 };
 use aya_ebpf::{
@@ -14,7 +18,12 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 
-use crate::packet::{self, EthHdr, Ports, copy_mac};
+// The dataplane's bounds-checked frame access; these programs use only part of it.
+#[allow(dead_code)]
+#[path = "../packet.rs"]
+mod packet;
+
+use packet::{EthHdr, Ports, copy_mac};
 
 /// The one egress port of `bench_redirect` (index 0), set by the benchmark.
 #[map]
@@ -109,3 +118,13 @@ fn generate(ctx: &XdpContext) -> Option<u32> {
     ports.bytes[1] = b;
     Some(XDP_TX)
 }
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";
