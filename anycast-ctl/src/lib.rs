@@ -15,6 +15,8 @@
 //! - [`sys`]: raw socket calls for advertisements.
 //! - [`textfile`]: bounded reads of the operator's files.
 //! - [`cli`]: the command line.
+//!
+//! docs/architecture.md has the data flow and, for every map, which module writes and reads it.
 
 pub mod advert_auth;
 pub mod agent;

@@ -5,7 +5,7 @@
 //! (`ipv4`) gets a member (`select`), is rewritten for it (`forward`) and sent on; every other
 //! frame is passed to the kernel untouched. Frames a router must not forward or answer are found
 //! first (`check`). Every outcome is counted (`stats`). Maps live in `maps`, packet access in
-//! `packet`.
+//! `packet`. docs/architecture.md has the whole data flow and who writes each map.
 //!
 //! Invariants:
 //! - A frame is modified only once its verdict is XDP_TX or XDP_REDIRECT; every XDP_PASS leaves
