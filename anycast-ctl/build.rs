@@ -19,7 +19,9 @@ use std::{
 use anyhow::{Context as _, bail};
 
 const PACKAGE: &str = "anycast-ebpf";
-const BINARY: &str = "anycast";
+/// The objects of the eBPF crate's binaries: the dataplane, and the benchmark and test-peer
+/// programs (used only by the tests and the bench).
+const BINARIES: [&str; 2] = ["anycast", "anycast-bench"];
 const ROOT_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../anycast-ebpf");
 const TOOLCHAIN: &str = "stable";
 const SKIP: &str = "AYA_BUILD_SKIP";
@@ -54,10 +56,12 @@ fn main() -> anyhow::Result<()> {
         }
         bail!("{cmd:?} failed: {:?}", output.status);
     }
-    let object = target_dir.join(&target).join("release").join(BINARY);
-    let dst = out_dir.join(BINARY);
-    fs::copy(&object, &dst)
-        .with_context(|| format!("failed to copy {} to {}", object.display(), dst.display()))?;
+    for binary in BINARIES {
+        let object = target_dir.join(&target).join("release").join(binary);
+        let dst = out_dir.join(binary);
+        fs::copy(&object, &dst)
+            .with_context(|| format!("failed to copy {} to {}", object.display(), dst.display()))?;
+    }
     Ok(())
 }
 

@@ -17,7 +17,7 @@
 //! - [`Repr::parse`] never panics, on any input;
 //! - [`Repr::emit`] never panics on a buffer of at least [`Repr::buffer_len`] bytes.
 //!
-//! Parsing checks structure only. The MAC (anycast-ctl's `advert_auth`), the sender against the
+//! Parsing checks structure only. The HMAC (anycast-ctl's `advert_auth`), the sender against the
 //! IP source, the TTL, the clock skew and the sequence number are the receiver's job.
 
 use core::fmt;
@@ -35,10 +35,10 @@ pub const MAGIC: [u8; 2] = *b"AC";
 pub const VERSION: u8 = 1;
 /// Length of the fixed header.
 pub const HEADER_LEN: usize = field::ENTRIES_START;
-/// Length of the trailer: key id and MAC.
-pub const TRAILER_LEN: usize = 4 + MAC_LEN;
+/// Length of the trailer: key id and HMAC.
+pub const TRAILER_LEN: usize = 4 + HMAC_LEN;
 /// Length of the HMAC-SHA256 tag.
-pub const MAC_LEN: usize = 32;
+pub const HMAC_LEN: usize = 32;
 /// The shortest message: header and trailer, no entries.
 pub const MIN_LEN: usize = HEADER_LEN + TRAILER_LEN;
 /// The longest message: fits the 1280-byte IPv6 minimum MTU with IP and UDP headers.
@@ -80,11 +80,11 @@ mod field {
     }
     /// The key id of a message of `total` bytes.
     pub const fn key_id(total: usize) -> Field {
-        total - super::TRAILER_LEN..total - super::MAC_LEN
+        total - super::TRAILER_LEN..total - super::HMAC_LEN
     }
-    /// The MAC of a message of `total` bytes.
-    pub const fn mac(total: usize) -> Field {
-        total - super::MAC_LEN..total
+    /// The HMAC of a message of `total` bytes.
+    pub const fn hmac(total: usize) -> Field {
+        total - super::HMAC_LEN..total
     }
 
     /// Offsets inside the value of a membership entry.
@@ -281,19 +281,19 @@ impl<T: AsRef<[u8]>> Packet<T> {
         be_u64(&self.buffer.as_ref()[field::TIMESTAMP])
     }
 
-    /// The id of the key the MAC was computed with.
+    /// The id of the key the HMAC was computed with.
     pub fn key_id(&self) -> u32 {
         be_u32(&self.buffer.as_ref()[field::key_id(self.end())])
     }
 
-    /// The MAC ([`MAC_LEN`] bytes).
-    pub fn mac(&self) -> &[u8] {
-        &self.buffer.as_ref()[field::mac(self.end())]
+    /// The HMAC tag ([`HMAC_LEN`] bytes).
+    pub fn hmac(&self) -> &[u8] {
+        &self.buffer.as_ref()[field::hmac(self.end())]
     }
 
-    /// Every byte the MAC covers: header, entries and key id.
+    /// Every byte the HMAC covers: header, entries and key id.
     pub fn signed_bytes(&self) -> &[u8] {
-        &self.buffer.as_ref()[..self.end() - MAC_LEN]
+        &self.buffer.as_ref()[..self.end() - HMAC_LEN]
     }
 
     /// The entries, in order. Never panics: a malformed entry ends the iteration with an error.
@@ -366,9 +366,9 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
         self.buffer.as_mut()[range].copy_from_slice(&value.to_be_bytes());
     }
 
-    /// The MAC, to fill (the total length must be set first).
-    pub fn mac_mut(&mut self) -> &mut [u8] {
-        let range = field::mac(self.end());
+    /// The HMAC tag, to fill (the total length must be set first).
+    pub fn hmac_mut(&mut self) -> &mut [u8] {
+        let range = field::hmac(self.end());
         &mut self.buffer.as_mut()[range]
     }
 
@@ -493,7 +493,7 @@ impl Entries<'_> {
     }
 }
 
-/// A parsed advertisement (the MAC is not part of it: it is checked on the [`Packet`]).
+/// A parsed advertisement (the HMAC is not part of it: it is checked on the [`Packet`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Repr {
     /// The sender's unicast address: the member that serves the entries' addresses.
@@ -502,7 +502,7 @@ pub struct Repr {
     pub seq: u64,
     /// Milliseconds since the Unix epoch at the sender.
     pub timestamp_ms: u64,
-    /// Id of the key the MAC is computed with.
+    /// Id of the key the HMAC is computed with.
     pub key_id: u32,
     /// The membership entries; only the first `n_entries` are used.
     pub entries: [Membership; MAX_ENTRIES],
@@ -626,7 +626,7 @@ impl Repr {
     }
 
     /// Writes the message into the first [`buffer_len`](Self::buffer_len) bytes: everything
-    /// but the MAC, which it zeroes for the signer to fill. Unknown entries are not written.
+    /// but the HMAC, which it zeroes for the signer to fill. Unknown entries are not written.
     pub fn emit<T: AsRef<[u8]> + AsMut<[u8]> + ?Sized>(&self, packet: &mut Packet<&mut T>) {
         let total = self.buffer_len();
         let memberships = self.memberships();
@@ -652,7 +652,7 @@ impl Repr {
             tlv[ENTRY_HEADER_LEN..ENTRY_HEADER_LEN + 6].copy_from_slice(&mac);
         }
         packet.set_key_id(self.key_id);
-        packet.mac_mut().fill(0);
+        packet.hmac_mut().fill(0);
     }
 }
 
@@ -665,7 +665,7 @@ mod tests {
     use std::vec::Vec;
 
     /// 192.0.2.10, seq 42, 2023-11-14T22:13:20Z, key 7; serves 198.51.100.1 (hold 30 s,
-    /// preference 10, weight 100) and leaves 198.51.100.2. MAC zero (as emitted).
+    /// preference 10, weight 100) and leaves 198.51.100.2. HMAC zero (as emitted).
     static PACKET_BYTES: [u8; 92] = [
         0x41, 0x43, 0x01, 0x00, // magic, version, flags
         0x00, 0x5c, 0x00, 0x02, // total length 92, 2 entries
@@ -677,14 +677,14 @@ mod tests {
         0x01, 0x0c, 0xc6, 0x33, 0x64, 0x02, // membership 198.51.100.2
         0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // leave
         0x00, 0x00, 0x00, 0x07, // key id
-        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // MAC
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // HMAC
         0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, //
         0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, //
         0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, //
     ];
 
     /// One membership (198.51.100.1, hold 1 s, preference 1, weight 1) after an entry of
-    /// unknown type 9 with 3 value bytes; MAC 0xaa.
+    /// unknown type 9 with 3 value bytes; HMAC 0xaa.
     static UNKNOWN_ENTRY_BYTES: [u8; 83] = [
         0x41, 0x43, 0x01, 0x80, // magic, version, flags (unknown bit, ignored)
         0x00, 0x53, 0x00, 0x02, // total length 83, 2 entries
@@ -695,7 +695,7 @@ mod tests {
         0x01, 0x0c, 0xc6, 0x33, 0x64, 0x01, // membership
         0x00, 0x00, 0x03, 0xe8, 0x00, 0x01, 0x00, 0x01, //
         0x00, 0x00, 0x00, 0x01, // key id
-        0xaa, 0xaa, 0xaa, 0xaa, 0xaa, 0xaa, 0xaa, 0xaa, // MAC
+        0xaa, 0xaa, 0xaa, 0xaa, 0xaa, 0xaa, 0xaa, 0xaa, // HMAC
         0xaa, 0xaa, 0xaa, 0xaa, 0xaa, 0xaa, 0xaa, 0xaa, //
         0xaa, 0xaa, 0xaa, 0xaa, 0xaa, 0xaa, 0xaa, 0xaa, //
         0xaa, 0xaa, 0xaa, 0xaa, 0xaa, 0xaa, 0xaa, 0xaa, //
@@ -743,7 +743,7 @@ mod tests {
         assert_eq!(packet.seq(), 42);
         assert_eq!(packet.timestamp_ms(), 1_700_000_000_000);
         assert_eq!(packet.key_id(), 7);
-        assert_eq!(packet.mac(), &[0; MAC_LEN]);
+        assert_eq!(packet.hmac(), &[0; HMAC_LEN]);
         assert_eq!(packet.signed_bytes(), &PACKET_BYTES[..60]);
         let entries: Vec<_> = packet.entries().collect();
         assert_eq!(
@@ -770,7 +770,7 @@ mod tests {
         SERVE.emit(&mut tlvs[..14]);
         LEAVE.emit(&mut tlvs[14..]);
         packet.set_key_id(7);
-        packet.mac_mut().fill(0);
+        packet.hmac_mut().fill(0);
         assert_eq!(buf, PACKET_BYTES);
     }
 
@@ -886,7 +886,7 @@ mod tests {
     fn unknown_entry_skipped_and_counted() {
         let packet = Packet::new_checked(&UNKNOWN_ENTRY_BYTES[..]).unwrap();
         assert_eq!(packet.flags(), 0x80);
-        assert_eq!(packet.mac(), &[0xaa; MAC_LEN]);
+        assert_eq!(packet.hmac(), &[0xaa; HMAC_LEN]);
         let entries: Vec<_> = packet.entries().collect();
         assert_eq!(entries[0], Ok(Entry::Unknown { kind: 9, len: 3 }));
         let repr = Repr::parse(&packet).unwrap();

@@ -6,12 +6,19 @@
 //!
 //! IPv4 addresses in map keys and values are stored exactly as they appear on the wire: the four
 //! octets read as a native-endian `u32` (see [`ip_key`]).
+//!
+//! docs/architecture.md lists every map with its writers and readers, and the encodings defined
+//! here once for both sides.
 #![no_std]
 
 pub mod advert;
+pub mod bench;
+pub mod counters;
 pub mod flow;
 pub mod maps;
+pub mod proto;
 
+pub use counters::{AGENT_COUNTERS, AgentCounter, PassReason, Stat};
 pub use flow::{flow_hash, pick_index};
 pub use maps::*;
 

@@ -18,6 +18,8 @@
 //!   whole run. An entry is written before the program is attached to its interface and
 //!   removed after it is detached, so no frame ever sees it half-written.
 
+use crate::counters::PassReason;
+
 /// Pinned map names (also the pin file names under the pin directory).
 pub mod names {
     /// Open-addressed array of [`super::AddrBucket`]: anycast address -> slot and live set.
@@ -39,7 +41,7 @@ pub mod names {
     pub const ADDR_STATS: &str = "ADDR_STATS";
     /// Per-CPU [`super::MemberStats`] indexed by member counter index.
     pub const MEMBER_STATS: &str = "MEMBER_STATS";
-    /// Per-CPU global `u64` counters indexed by `STAT_*`.
+    /// Per-CPU global `u64` counters indexed by [`crate::Stat`].
     pub const STATS: &str = "STATS";
     /// LRU: first fragment of a datagram -> the member it went to.
     pub const FRAGS: &str = "FRAGS";
@@ -51,15 +53,10 @@ pub mod names {
     pub const MEMBER_INFO: &str = "MEMBER_INFO";
     /// Advertisement sender IPv4 -> last accepted sequence number (the agent's replay guard).
     pub const SENDER_SEQ: &str = "SENDER_SEQ";
-    /// The agent's advertisement counters, indexed by `AGENT_*`.
+    /// The agent's advertisement counters, indexed by [`crate::AgentCounter`].
     pub const AGENT_STATS: &str = "AGENT_STATS";
     /// One `u32`: the [`super::LAYOUT_VERSION`] of the maps pinned beside it.
     pub const LAYOUT: &str = "LAYOUT";
-    /// Benchmark programs' maps (not pinned).
-    pub const BENCH_PORT: &str = "BENCH_PORT";
-    pub const BENCH_SEQ: &str = "BENCH_SEQ";
-    /// The [`super::BenchFrame`] `bench_gen` writes (index 0).
-    pub const BENCH_FRAME: &str = "BENCH_FRAME";
     /// User space's allocator marks, indexed by `ALLOC_*`: the next never-used index of each
     /// kind (not read by the dataplane).
     pub const ALLOC: &str = "ALLOC";
@@ -71,8 +68,10 @@ pub mod names {
     pub const HOST_REFS: &str = "HOST_REFS";
     /// Member counter index -> the member's slots in its address's Maglev table.
     pub const MEMBER_SLOTS: &str = "MEMBER_SLOTS";
-    /// The maps pinned under the pin directory (every map but the benchmark programs').
-    pub const PINNED: [&str; 22] = [
+    /// The maps pinned under the pin directory: every map of the object.
+    pub const PINNED: [&str; 22] = ALL;
+    /// Every map of the dataplane object.
+    pub const ALL: [&str; 22] = [
         ADDRS,
         MEMBER_SETS,
         ADDR_KEYS,
@@ -90,34 +89,6 @@ pub mod names {
         SENDER_SEQ,
         AGENT_STATS,
         LAYOUT,
-        ALLOC,
-        FREE_COUNTERS,
-        FREE_HOSTS,
-        HOST_REFS,
-        MEMBER_SLOTS,
-    ];
-    /// Every map of the object.
-    pub const ALL: [&str; 25] = [
-        ADDRS,
-        MEMBER_SETS,
-        ADDR_KEYS,
-        HOSTS,
-        HOST_IDS,
-        IFACES,
-        TX_PORTS,
-        ADDR_STATS,
-        MEMBER_STATS,
-        STATS,
-        FRAGS,
-        TABLES,
-        FLOWS,
-        MEMBER_INFO,
-        SENDER_SEQ,
-        AGENT_STATS,
-        LAYOUT,
-        BENCH_PORT,
-        BENCH_SEQ,
-        BENCH_FRAME,
         ALLOC,
         FREE_COUNTERS,
         FREE_HOSTS,
@@ -126,28 +97,11 @@ pub mod names {
     ];
 }
 
-/// Programs in the eBPF object.
+/// Programs in the dataplane object.
 pub mod programs {
     /// The dataplane.
     pub const ANYCAST: &str = "anycast";
-    /// Benchmark baseline: swap MACs, XDP_TX.
-    pub const BENCH_BASELINE: &str = "bench_baseline";
-    /// Benchmark ceiling: redirect every frame to one port.
-    pub const BENCH_REDIRECT: &str = "bench_redirect";
-    /// Benchmark traffic generator (live frames): writes `BENCH_FRAME`, varies the source port.
-    pub const BENCH_GEN: &str = "bench_gen";
-    /// Benchmark sink: drops IPv4, passes everything else.
-    pub const BENCH_SINK: &str = "bench_sink";
-    /// XDP_PASS for a veth peer, so that it receives XDP_TX and redirected frames.
-    pub const PEER_PASS: &str = "peer_pass";
-    pub const ALL: [&str; 6] = [
-        ANYCAST,
-        BENCH_BASELINE,
-        BENCH_REDIRECT,
-        BENCH_GEN,
-        BENCH_SINK,
-        PEER_PASS,
-    ];
+    pub const ALL: [&str; 1] = [ANYCAST];
 }
 
 /// Version of the pinned state's layout (map set, key and value layouts, their meaning),
@@ -185,6 +139,38 @@ pub const MAX_TABLE_SIZE: u32 = 1 << 20;
 pub const TABLE_MAP_FLAGS: u32 = 1 << 12;
 /// Member positions packed per `u64` word of a table.
 pub const TABLE_ENTRIES_PER_WORD: u32 = 8;
+
+/// Words of a Maglev table map of `size` slots.
+#[inline(always)]
+pub const fn table_words(size: u32) -> u32 {
+    size.div_ceil(TABLE_ENTRIES_PER_WORD)
+}
+
+/// Where slot `index` of a Maglev table is: the word holding it and the bit shift of its byte
+/// in that word (slot `8w + i` is byte `i`, little-endian, of word `w`).
+#[inline(always)]
+pub const fn table_word_of(index: u32) -> (u32, u32) {
+    (
+        index / TABLE_ENTRIES_PER_WORD,
+        (index % TABLE_ENTRIES_PER_WORD) * 8,
+    )
+}
+
+/// The member position at `shift` (from [`table_word_of`]) in a table word.
+#[inline(always)]
+pub const fn table_position(word: u64, shift: u32) -> u32 {
+    ((word >> shift) & 0xff) as u32
+}
+
+/// Packs the member positions of consecutive table slots (at most
+/// [`TABLE_ENTRIES_PER_WORD`], the first at shift 0) into one table word; missing slots are 0.
+pub fn pack_positions(positions: &[u8]) -> u64 {
+    let mut word = [0u8; TABLE_ENTRIES_PER_WORD as usize];
+    for (byte, position) in word.iter_mut().zip(positions) {
+        *byte = *position;
+    }
+    u64::from_le_bytes(word)
+}
 /// Ways per set of the connection table.
 pub const FLOW_WAYS: u32 = 4;
 /// Default sets of the connection table: 262,144 x 4 = 1,048,576 flows.
@@ -226,6 +212,12 @@ pub struct AddrBucket {
 #[inline(always)]
 pub const fn addr_bucket(ip: u32) -> u32 {
     crate::flow::fmix32(ip) & (ADDR_BUCKETS - 1)
+}
+
+/// The bucket probed after `bucket` in `ADDRS` (linear probing, wrapping around).
+#[inline(always)]
+pub const fn next_bucket(bucket: u32) -> u32 {
+    (bucket + 1) & (ADDR_BUCKETS - 1)
 }
 
 /// Index into `MEMBER_SETS` of an address slot's set `version`.
@@ -357,6 +349,12 @@ pub const fn iface_home(ifindex: u32) -> u32 {
     ifindex & (IFACE_SLOTS - 1)
 }
 
+/// The slot probed after `slot` in `IFACES` (linear probing, wrapping around).
+#[inline(always)]
+pub const fn next_iface_slot(slot: u32) -> u32 {
+    (slot + 1) & (IFACE_SLOTS - 1)
+}
+
 /// Where an interface is, or would go, in `IFACES`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IfaceSlot<T> {
@@ -390,38 +388,13 @@ pub fn iface_probe<T: core::borrow::Borrow<Iface>, E>(
         if owner == 0 && free.is_none() {
             free = Some(index);
         }
-        index = (index + 1) & (IFACE_SLOTS - 1);
+        index = next_iface_slot(index);
     }
     Ok(match free {
         Some(index) => IfaceSlot::Free { index },
         None => IfaceSlot::Full,
     })
 }
-
-/// Reasons a packet to an anycast address is passed to the kernel (`AddrStats::passed`).
-pub const PASS_TTL: usize = 0;
-pub const PASS_NO_MEMBER: usize = 1;
-pub const PASS_MAC_UNKNOWN: usize = 2;
-pub const PASS_NO_PORT: usize = 3;
-/// The Ethernet destination is not the receiving interface's MAC (another host's, broadcast or
-/// multicast): not sent to this router.
-pub const PASS_NOT_FOR_ROUTER: usize = 4;
-/// The IPv4 header checksum is wrong.
-pub const PASS_BAD_CHECKSUM: usize = 5;
-/// The source cannot send: 0.0.0.0/8, 127.0.0.0/8, multicast, 240.0.0.0/4 (broadcast
-/// included), or the anycast address itself.
-pub const PASS_BAD_SOURCE: usize = 6;
-pub const PASS_REASONS: usize = 7;
-/// Names of the `PASS_*` reasons, as printed by `stats`.
-pub const PASS_NAMES: [&str; PASS_REASONS] = [
-    "ttl_exceeded",
-    "no_member",
-    "mac_unknown",
-    "egress_not_attached",
-    "not_for_router",
-    "bad_checksum",
-    "bad_source",
-];
 
 /// Per-address counters (per CPU; user space sums them).
 #[repr(C)]
@@ -432,7 +405,8 @@ pub struct AddrStats {
     pub fwd_packets: u64,
     pub fwd_bytes: u64,
     pub arp_replies: u64,
-    pub passed: [u64; PASS_REASONS],
+    /// Indexed by [`PassReason::index`].
+    pub passed: [u64; PassReason::COUNT],
 }
 
 /// Per-member counters (per CPU; user space sums them).
@@ -442,36 +416,6 @@ pub struct MemberStats {
     pub packets: u64,
     pub bytes: u64,
 }
-
-/// Global counters, `STATS` indices. (Frames that reach an anycast address are counted per
-/// address instead.)
-/// IPv4 to an address that is not anycast: passed untouched.
-pub const STAT_NOT_ANYCAST: u32 = 0;
-/// Neither IPv4 nor ARP: passed untouched.
-pub const STAT_OTHER_ETHERTYPE: u32 = 1;
-/// Truncated or malformed Ethernet/IPv4/ARP header: passed untouched.
-pub const STAT_MALFORMED: u32 = 2;
-/// ARP not answered by the dataplane: passed untouched.
-pub const STAT_ARP_PASSED: u32 = 3;
-/// Frame for an anycast address on an interface without an `IFACES` entry.
-pub const STAT_IFACE_UNKNOWN: u32 = 4;
-/// Non-first fragment whose first fragment was not seen: placed by its 3-tuple.
-pub const STAT_FRAG_ORPHAN: u32 = 5;
-/// ARP request for an anycast address with members that the dataplane must not answer: an ARP
-/// probe (sender IP 0.0.0.0), a broadcast, multicast or zero sender MAC, or an Ethernet
-/// destination other than broadcast and the receiving interface's MAC. Passed untouched.
-pub const STAT_ARP_REFUSED: u32 = 6;
-pub const STAT_COUNT: u32 = 7;
-/// Names of the `STAT_*` counters.
-pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
-    "not_anycast",
-    "other_ethertype",
-    "malformed",
-    "arp_passed",
-    "iface_unknown",
-    "fragment_orphan",
-    "arp_refused",
-];
 
 /// Key of the fragment table: what identifies one IPv4 datagram.
 #[repr(C)]
@@ -514,57 +458,6 @@ pub struct MemberInfo {
     pub _pad: u32,
 }
 
-/// Capacity of [`BenchFrame`].
-pub const BENCH_FRAME_BYTES: usize = 64;
-
-/// The frame `bench_gen` writes over the start of every frame it generates: an Ethernet/IPv4
-/// (IHL 5)/UDP frame, IP checksum included, UDP checksum 0. Set by the benchmark.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct BenchFrame {
-    /// Bytes of `bytes` to write, at most [`BENCH_FRAME_BYTES`].
-    pub len: u32,
-    pub bytes: [u8; BENCH_FRAME_BYTES],
-}
-
-impl BenchFrame {
-    /// The template of `frame`, or `None` if it is longer than [`BENCH_FRAME_BYTES`].
-    pub fn new(frame: &[u8]) -> Option<Self> {
-        if frame.len() > BENCH_FRAME_BYTES {
-            return None;
-        }
-        let mut bytes = [0; BENCH_FRAME_BYTES];
-        bytes[..frame.len()].copy_from_slice(frame);
-        Some(Self {
-            len: frame.len() as u32,
-            bytes,
-        })
-    }
-}
-
-/// Agent counters (`AGENT_STATS`): accepted advertisements, then rejections by reason.
-pub const AGENT_ACCEPTED: u32 = 0;
-pub const AGENT_COUNTERS: u32 = 16;
-/// Names of the agent counters, by index (unused indices are empty).
-pub const AGENT_NAMES: [&str; AGENT_COUNTERS as usize] = [
-    "accepted",
-    "malformed",
-    "bad_ttl",
-    "wrong_interface",
-    "sender_mismatch",
-    "unauthenticated",
-    "unknown_key",
-    "bad_mac",
-    "replayed",
-    "stale_timestamp",
-    "outside_prefix",
-    "not_on_link",
-    "bad_link_addr",
-    "not_anycast",
-    "",
-    "",
-];
-
 const _: () = {
     assert!(core::mem::size_of::<MemberRef>() == 8);
     assert!(core::mem::size_of::<AddrBucket>() == 16);
@@ -573,14 +466,13 @@ const _: () = {
     assert!(core::mem::size_of::<Host>() == 24);
     assert!(core::mem::size_of::<Iface>() == 16);
     assert!(IFACE_SLOTS.is_power_of_two());
-    assert!(core::mem::size_of::<AddrStats>() == 8 * (5 + PASS_REASONS));
+    assert!(core::mem::size_of::<AddrStats>() == 8 * (5 + PassReason::COUNT));
     assert!(core::mem::size_of::<MemberStats>() == 16);
     assert!(core::mem::size_of::<FragKey>() == 12);
     assert!(core::mem::size_of::<MemberKey>() == 8);
     assert!(core::mem::size_of::<FlowEntry>() == 32);
     assert!(MAX_MEMBERS <= u8::MAX as usize);
     assert!(core::mem::size_of::<MemberInfo>() == 24);
-    assert!(core::mem::size_of::<BenchFrame>() == 4 + BENCH_FRAME_BYTES);
 };
 
 #[cfg(feature = "user")]
@@ -599,7 +491,6 @@ mod pod {
     unsafe impl aya::Pod for MemberKey {}
     unsafe impl aya::Pod for FlowEntry {}
     unsafe impl aya::Pod for MemberInfo {}
-    unsafe impl aya::Pod for BenchFrame {}
 }
 
 #[cfg(test)]
@@ -641,7 +532,7 @@ mod tests {
                 let mut b = addr_bucket(ip);
                 let mut probes = 0;
                 while used[b as usize] {
-                    b = (b + 1) & (ADDR_BUCKETS - 1);
+                    b = next_bucket(b);
                     probes += 1;
                 }
                 used[b as usize] = true;
@@ -684,9 +575,32 @@ mod tests {
         );
         assert_eq!(iface_probe(0, |i| read(&slots, i)), Ok(IfaceSlot::Full));
         for i in 0..IFACE_PROBES {
-            slots[((100 + i) & (IFACE_SLOTS - 1)) as usize].ifindex = 1;
+            slots[iface_home(100 + i) as usize].ifindex = 1;
         }
         assert_eq!(iface_probe(100, |i| read(&slots, i)), Ok(IfaceSlot::Full));
+    }
+
+    #[test]
+    fn table_words_round_trip() {
+        let positions: [u8; 21] = core::array::from_fn(|i| (i * 3) as u8);
+        let size = positions.len() as u32;
+        let mut words = [0u64; 3];
+        assert_eq!(table_words(size), 3);
+        for (w, chunk) in positions
+            .chunks(TABLE_ENTRIES_PER_WORD as usize)
+            .enumerate()
+        {
+            words[w] = pack_positions(chunk);
+        }
+        for index in 0..size {
+            let (word, shift) = table_word_of(index);
+            assert_eq!(
+                table_position(words[word as usize], shift),
+                positions[index as usize] as u32
+            );
+        }
+        // The unused slots of the last word are position 0.
+        assert_eq!(table_position(words[2], table_word_of(23).1), 0);
     }
 
     #[test]

@@ -6,14 +6,14 @@
 //! - [`sign`]: fills the key id and the HMAC-SHA256 of an emitted message.
 //! - [`verify`]: checks them; the tag comparison is constant-time.
 //!
-//! The MAC covers every byte before it (header, entries, key id): see
+//! The HMAC covers every byte before it (header, entries, key id): see
 //! [`Packet::signed_bytes`] and docs/advert-format.md.
 
 use std::fmt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use anycast_common::advert::{self, MAC_LEN, Packet};
+use anycast_common::advert::{self, HMAC_LEN, Packet};
 use hmac::{Hmac, KeyInit, Mac};
 use serde::Deserialize;
 use sha2::Sha256;
@@ -28,8 +28,8 @@ pub const MIN_SECRET_LEN: usize = 32;
 pub enum AuthError {
     #[error("advertisement signed with unknown key id {0}")]
     UnknownKey(u32),
-    #[error("advertisement MAC does not match")]
-    BadMac,
+    #[error("advertisement HMAC does not match")]
+    BadHmac,
     #[error("malformed advertisement: {0}")]
     Malformed(#[from] advert::Error),
 }
@@ -39,7 +39,7 @@ impl AuthError {
     pub const fn reason(&self) -> &'static str {
         match self {
             AuthError::UnknownKey(_) => "unknown_key",
-            AuthError::BadMac => "bad_mac",
+            AuthError::BadHmac => "bad_hmac",
             AuthError::Malformed(err) => err.reason(),
         }
     }
@@ -223,7 +223,7 @@ fn hmac(secret: &[u8]) -> HmacSha256 {
     <HmacSha256 as KeyInit>::new_from_slice(secret).expect("HMAC takes keys of any length")
 }
 
-/// Writes `key_id` into a message emitted by [`advert::Repr::emit`], then its MAC under
+/// Writes `key_id` into a message emitted by [`advert::Repr::emit`], then its HMAC under
 /// `secret`. Fails, writing nothing, if `buf` is not exactly such a message.
 pub fn sign(buf: &mut [u8], key_id: u32, secret: &[u8]) -> Result<(), advert::Error> {
     let mut packet = Packet::new_checked(buf)?;
@@ -232,11 +232,11 @@ pub fn sign(buf: &mut [u8], key_id: u32, secret: &[u8]) -> Result<(), advert::Er
         .chain_update(packet.signed_bytes())
         .finalize()
         .into_bytes();
-    packet.mac_mut().copy_from_slice(&tag[..MAC_LEN]);
+    packet.hmac_mut().copy_from_slice(&tag[..HMAC_LEN]);
     Ok(())
 }
 
-/// Checks the MAC of a message against the key its key id names (constant-time compare).
+/// Checks the HMAC of a message against the key its key id names (constant-time compare).
 /// Never panics: a message failing [`Packet::check_len`] is [`AuthError::Malformed`].
 pub fn verify<T: AsRef<[u8]>>(packet: &Packet<T>, keys: &Keys) -> Result<(), AuthError> {
     packet.check_len()?;
@@ -244,8 +244,8 @@ pub fn verify<T: AsRef<[u8]>>(packet: &Packet<T>, keys: &Keys) -> Result<(), Aut
     let secret = keys.get(key_id).ok_or(AuthError::UnknownKey(key_id))?;
     hmac(secret)
         .chain_update(packet.signed_bytes())
-        .verify_slice(packet.mac())
-        .map_err(|_| AuthError::BadMac)
+        .verify_slice(packet.hmac())
+        .map_err(|_| AuthError::BadHmac)
 }
 
 #[cfg(test)]
@@ -259,7 +259,7 @@ mod tests {
 
     const SECRET: [u8; 32] = [0x0b; 32];
 
-    /// The message of anycast-common's advert tests (key 7), as emitted (MAC zero).
+    /// The message of anycast-common's advert tests (key 7), as emitted (HMAC zero).
     fn message() -> Vec<u8> {
         let mut repr = Repr::new(Ipv4Addr::new(192, 0, 2, 10), 42, 1_700_000_000_000, 0);
         for (last, hold_ms, preference, weight) in [(1, 30_000, 10, 100), (2, 0, 0, 0)] {
@@ -319,7 +319,7 @@ mod tests {
         let buf = signed();
         let packet = Packet::new_checked(&buf[..]).unwrap();
         assert_eq!(packet.key_id(), 7);
-        assert_eq!(packet.mac(), decode_hex(expected).unwrap());
+        assert_eq!(packet.hmac(), decode_hex(expected).unwrap());
         assert_eq!(packet.signed_bytes().len(), 60);
     }
 
@@ -343,8 +343,8 @@ mod tests {
         let buf = signed();
         let other = Keys::new([(7, vec![0x0c; 32])]).unwrap();
         let err = verify(&Packet::new_unchecked(&buf[..]), &other).unwrap_err();
-        assert_eq!(err, AuthError::BadMac);
-        assert_eq!(err.reason(), "bad_mac");
+        assert_eq!(err, AuthError::BadHmac);
+        assert_eq!(err.reason(), "bad_hmac");
     }
 
     #[test]

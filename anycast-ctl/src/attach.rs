@@ -9,7 +9,7 @@
 //! Invariant: an error means nothing changed. Every interface is looked up and checked first
 //! (a repeated one counts once); a failure while attaching undoes this call's attachments, and a
 //! dataplane created by the failed call is removed again.
-use anycast_common::{Iface, MODE_NATIVE, MODE_SKB, programs};
+use anycast_common::{AgentCounter, Iface, MODE_NATIVE, MODE_SKB, programs};
 use aya::programs::{
     Xdp, XdpMode,
     links::{FdLink, PinnedLink},
@@ -317,12 +317,12 @@ pub async fn status(pin: &PinDir, nl: &Netlink) -> Result<Status> {
     }
     let maps = Maps::open(pin)?;
     status.addresses = maps.addr_keys.keys().filter_map(|k| k.ok()).count();
-    for (index, name) in anycast_common::AGENT_NAMES.iter().enumerate() {
-        let value = maps.agent_stats.get(&(index as u32), 0).unwrap_or(0);
-        if index == anycast_common::AGENT_ACCEPTED as usize {
+    for counter in AgentCounter::ALL {
+        let value = maps.agent_stats.get(&counter.index(), 0).unwrap_or(0);
+        if counter == AgentCounter::Accepted {
             status.agent.accepted = value;
-        } else if !name.is_empty() {
-            status.agent.rejected.insert(name, value);
+        } else {
+            status.agent.rejected.insert(counter.name(), value);
         }
     }
     let mut indexes: Vec<u32> = std::fs::read_dir(pin.links())

@@ -9,9 +9,9 @@
 //! - A writer holding [`Maps`] checks [`Maps::is_live`] under the writers' lock before writing:
 //!   a detach and re-attach while it waited would otherwise leave it writing dead maps.
 use anycast_common::{
-    ADDR_BUCKETS, ADDR_PROBES, AddrBucket, AddrStats, FLOW_SETS, FLOW_WAYS, Host, IFACE_PROBES,
-    Iface, IfaceSlot, MemberInfo, MemberKey, MemberSet, MemberStats, addr_bucket, iface_probe,
-    member_set_index, names,
+    ADDR_PROBES, AddrBucket, AddrStats, FLOW_SETS, FLOW_WAYS, Host, IFACE_PROBES, Iface, IfaceSlot,
+    MemberInfo, MemberKey, MemberSet, MemberStats, addr_bucket, iface_probe, member_set_index,
+    names, next_bucket,
 };
 use aya::{
     Ebpf, EbpfLoader,
@@ -272,7 +272,7 @@ impl Maps {
             if entry.ip == 0 {
                 return Ok(Bucket::Free { index });
             }
-            index = (index + 1) & (ADDR_BUCKETS - 1);
+            index = next_bucket(index);
         }
         Ok(Bucket::Full)
     }

@@ -15,6 +15,8 @@
 //! - [`sys`]: raw socket calls for advertisements.
 //! - [`textfile`]: bounded reads of the operator's files.
 //! - [`cli`]: the command line, one module per verb.
+//!
+//! docs/architecture.md has the data flow and, for every map, which module writes and reads it.
 
 pub mod advert_auth;
 pub mod agent;
@@ -38,5 +40,12 @@ pub mod textfile;
 
 pub use error::{Error, Result};
 
-/// The eBPF object, built by build.rs and embedded so that the tool is a single file.
+/// The dataplane's eBPF object, built by build.rs and embedded so that the tool is a single
+/// file.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/anycast"));
+
+/// The benchmark object (`anycast_common::bench`), built beside the dataplane by build.rs. The
+/// tool never loads it: it is here for the tests and benchmarks, and a binary that does not
+/// name it does not carry it.
+pub static BENCH_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/anycast-bench"));

@@ -22,7 +22,7 @@ use std::{net::Ipv4Addr, time::Duration};
 use anycast_common::{
     AddrBucket, AddrStats, HOST_MAC_KNOWN, HOST_MAC_SIGNED, HOST_MAC_STATIC, Host, MAX_MEMBERS,
     MemberInfo, MemberKey, MemberRef, MemberSet, MemberStats, NO_HOST, SOURCE_STATIC,
-    TABLE_ENTRIES_PER_WORD, ip_key, member_set_index,
+    TABLE_ENTRIES_PER_WORD, ip_key, member_set_index, pack_positions, table_words,
 };
 use aya::maps::{Array, MapData};
 
@@ -547,7 +547,7 @@ fn build_table(backends: &[maglev::Backend], positions: &[usize], size: u32) -> 
     let table =
         maglev::build(backends, size).map_err(|e| Error::Usage(format!("Maglev table: {e}")))?;
     let mut slots = Box::new([0u32; MAX_MEMBERS]);
-    let words = size.div_ceil(TABLE_ENTRIES_PER_WORD);
+    let words = table_words(size);
     let mut inner: Array<MapData, u64> = Array::create(words, anycast_common::TABLE_MAP_FLAGS)
         .map_err(|e| Error::map("TABLES", e))?;
     for (w, chunk) in table.chunks(TABLE_ENTRIES_PER_WORD as usize).enumerate() {
@@ -558,7 +558,7 @@ fn build_table(backends: &[maglev::Backend], positions: &[usize], size: u32) -> 
             *byte = position as u8;
         }
         inner
-            .set(w as u32, u64::from_le_bytes(word), 0)
+            .set(w as u32, pack_positions(&word), 0)
             .map_err(|e| Error::map("TABLES", e))?;
     }
     Ok(Choice::Table(inner, slots))

@@ -6,9 +6,7 @@ use std::{
     net::Ipv4Addr,
 };
 
-use anycast_common::{
-    AddrStats, Host, MemberSet, MemberStats, PASS_NAMES, STAT_COUNT, STAT_NAMES, ip_octets,
-};
+use anycast_common::{AddrStats, Host, MemberSet, MemberStats, PassReason, Stat, ip_octets};
 use serde::Serialize;
 
 use crate::{
@@ -18,8 +16,9 @@ use crate::{
     mac::MacAddr,
 };
 
+/// One member of an address, as `show` prints it.
 #[derive(Debug, Serialize)]
-pub struct MemberInfo {
+pub struct ShownMember {
     pub address: Ipv4Addr,
     pub ifindex: u32,
     pub interface: String,
@@ -45,7 +44,7 @@ pub struct AddressInfo {
     /// Slots of the address's Maglev table (0: no table, because at most one member takes
     /// new flows).
     pub table_size: u32,
-    pub members: Vec<MemberInfo>,
+    pub members: Vec<ShownMember>,
 }
 
 #[derive(Debug, Serialize)]
@@ -83,7 +82,7 @@ pub fn show(maps: &Maps, ifname: &dyn Fn(u32) -> String) -> Result<Show> {
                 .get(&crate::members::member_key(address, member), 0)
                 .unwrap_or_default();
             let learned = info.source == anycast_common::SOURCE_LEARNED;
-            members.push(MemberInfo {
+            members.push(ShownMember {
                 source: if learned { "learned" } else { "static" },
                 age_ms: now.saturating_sub(info.updated_ms),
                 expires_in_ms: learned
@@ -180,7 +179,10 @@ pub fn stats(maps: &Maps, only: Option<Ipv4Addr>) -> Result<Stats> {
             forwarded_packets: total.fwd_packets,
             forwarded_bytes: total.fwd_bytes,
             arp_replies: total.arp_replies,
-            passed: PASS_NAMES.iter().copied().zip(total.passed).collect(),
+            passed: PassReason::ALL
+                .iter()
+                .map(|r| (r.name(), total.passed[r.index()]))
+                .collect(),
             members,
         });
     }
@@ -221,12 +223,12 @@ fn member_counters(maps: &Maps, set: &MemberSet) -> Result<Vec<MemberCounters>> 
 /// The counters not tied to an address, by name.
 fn global_counters(maps: &Maps) -> Result<BTreeMap<&'static str, u64>> {
     let mut global = BTreeMap::new();
-    for (index, name) in (0..STAT_COUNT).zip(STAT_NAMES) {
+    for counter in Stat::ALL {
         let per_cpu = maps
             .stats
-            .get(&index, 0)
+            .get(&counter.index(), 0)
             .map_err(|e| Error::map("STATS", e))?;
-        global.insert(name, per_cpu.iter().sum());
+        global.insert(counter.name(), per_cpu.iter().sum());
     }
     Ok(global)
 }

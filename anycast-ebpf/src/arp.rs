@@ -9,23 +9,23 @@
 //! Invariant: ARP never changes the dataplane's state. Anyone on a link can send any ARP, so
 //! member MACs are never learned here (that would let a host without the key take a member's
 //! traffic); user space alone writes `HOSTS`.
-use anycast_common::{STAT_ARP_PASSED, STAT_ARP_REFUSED, STAT_IFACE_UNKNOWN};
-use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+use anycast_common::{
+    Stat,
+    proto::{ARPHRD_ETHER, ARPOP_REPLY, ARPOP_REQUEST, ETH_HLEN, ETH_P_IP, XDP_PASS, XDP_TX},
+};
+use aya_ebpf::programs::XdpContext;
 
 use crate::{
     check, maps,
-    packet::{self, ArpHdr, ETH_HLEN, EthHdr, copy_mac},
+    packet::{self, ArpHdr, EthHdr, copy_mac},
     stats,
 };
-
-const ARP_REQUEST: u16 = 1;
-const ARP_REPLY: u16 = 2;
 
 #[inline(always)]
 pub fn handle(ctx: &XdpContext, eth: &mut EthHdr) -> Result<u32, u32> {
     let arp: &mut ArpHdr = packet::header(ctx, ETH_HLEN).ok_or_else(stats::malformed)?;
-    if u16::from_be_bytes(arp.htype) != 1
-        || u16::from_be_bytes(arp.ptype) != 0x0800
+    if u16::from_be_bytes(arp.htype) != ARPHRD_ETHER
+        || u16::from_be_bytes(arp.ptype) != ETH_P_IP
         || arp.hlen != 6
         || arp.plen != 4
     {
@@ -34,33 +34,33 @@ pub fn handle(ctx: &XdpContext, eth: &mut EthHdr) -> Result<u32, u32> {
     let ingress = ctx.ingress_ifindex() as u32;
 
     // Gratuitous ARP (sender == target) announces, it asks nothing.
-    if u16::from_be_bytes(arp.op) != ARP_REQUEST || arp.spa == arp.tpa {
-        return Err(stats::pass_global(STAT_ARP_PASSED));
+    if u16::from_be_bytes(arp.op) != ARPOP_REQUEST || arp.spa == arp.tpa {
+        return Err(stats::pass_global(Stat::ArpPassed));
     }
     let target = u32::from_ne_bytes(arp.tpa);
     let Some(addr) = maps::addr(target) else {
-        return Err(stats::pass_global(STAT_ARP_PASSED));
+        return Err(stats::pass_global(Stat::ArpPassed));
     };
     if addr.set.n_members == 0 {
-        return Err(stats::pass_global(STAT_ARP_PASSED));
+        return Err(stats::pass_global(Stat::ArpPassed));
     }
     let Some(iface) = maps::iface(ingress) else {
-        return Err(stats::pass_global(STAT_IFACE_UNKNOWN));
+        return Err(stats::pass_global(Stat::IfaceUnknown));
     };
     if !check::arp_answerable(eth, arp, &iface.mac) {
-        return Err(stats::pass_global(STAT_ARP_REFUSED));
+        return Err(stats::pass_global(Stat::ArpRefused));
     }
-    let counters = stats::addr(addr.slot).ok_or(xdp_action::XDP_PASS)?;
+    let counters = stats::addr(addr.slot).ok_or(XDP_PASS)?;
 
     let requester = arp.sha;
     let requester_ip = arp.spa;
     copy_mac(&mut eth.dst, &requester);
     copy_mac(&mut eth.src, &iface.mac);
-    arp.op = ARP_REPLY.to_be_bytes();
+    arp.op = ARPOP_REPLY.to_be_bytes();
     copy_mac(&mut arp.tha, &requester);
     arp.tpa = requester_ip;
     copy_mac(&mut arp.sha, &iface.mac);
     arp.spa = target.to_ne_bytes();
     counters.arp_replies += 1;
-    Ok(xdp_action::XDP_TX)
+    Ok(XDP_TX)
 }

@@ -4,7 +4,9 @@
 //! interface's MAC, its IPv4 header checksum is right and its source could have sent it (RFC
 //! 1812 5.3.7). An ARP request is answered only if it comes from a unicast sender that has an
 //! address, sent to broadcast or to the receiving interface. Every check only reads the frame.
-use crate::packet::{self, ArpHdr, ETH_HLEN, EthHdr, Ipv4Hdr};
+use anycast_common::proto::ETH_HLEN;
+
+use crate::packet::{self, ArpHdr, EthHdr, Ipv4Hdr};
 
 const BROADCAST: [u8; 6] = [0xff; 6];
 

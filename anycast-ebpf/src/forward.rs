@@ -2,8 +2,8 @@
 //!
 //! The IP destination stays the anycast address (the member owns it on its loopback and answers
 //! the client directly); only the Ethernet addresses, the TTL and the IPv4 checksum change.
-use anycast_common::Host;
-use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+use anycast_common::{Host, proto::XDP_TX};
+use aya_ebpf::programs::XdpContext;
 
 use crate::{
     maps::TX_PORTS,
@@ -15,7 +15,7 @@ use crate::{
 #[inline(always)]
 pub fn verdict(ctx: &XdpContext, egress: u32) -> Option<u32> {
     if egress == ctx.ingress_ifindex() as u32 {
-        return Some(xdp_action::XDP_TX);
+        return Some(XDP_TX);
     }
     TX_PORTS.redirect(egress, 0).ok()
 }

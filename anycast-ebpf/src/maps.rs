@@ -5,7 +5,7 @@ use anycast_common::{
     ADDR_BUCKETS, ADDR_PROBES, AGENT_COUNTERS, ALLOC_KINDS, AddrBucket, AddrStats, FLOW_SETS,
     FLOW_WAYS, FlowEntry, FragKey, Host, IFACE_SLOTS, Iface, IfaceSlot, MAX_ADDRS, MAX_FRAGS,
     MAX_HOSTS, MAX_IFACES, MAX_MEMBER_COUNTERS, MemberInfo, MemberKey, MemberRef, MemberSet,
-    MemberStats, STAT_COUNT, addr_bucket, iface_probe, member_set_index,
+    MemberStats, Stat, addr_bucket, iface_probe, member_set_index, next_bucket,
 };
 use aya_ebpf::{
     Global,
@@ -49,9 +49,9 @@ pub static ADDR_STATS: PerCpuArray<AddrStats> = PerCpuArray::pinned(MAX_ADDRS, 0
 #[map]
 pub static MEMBER_STATS: PerCpuArray<MemberStats> = PerCpuArray::pinned(MAX_MEMBER_COUNTERS, 0);
 
-/// Global counters, indexed by `STAT_*`.
+/// Global counters, indexed by `Stat::index`.
 #[map]
-pub static STATS: PerCpuArray<u64> = PerCpuArray::pinned(STAT_COUNT, 0);
+pub static STATS: PerCpuArray<u64> = PerCpuArray::pinned(Stat::COUNT as u32, 0);
 
 /// First fragment of a datagram -> the member it was sent to.
 #[map]
@@ -92,7 +92,7 @@ pub static MEMBER_INFO: HashMap<MemberKey, MemberInfo> =
 #[map]
 pub static SENDER_SEQ: HashMap<u32, u64> = HashMap::pinned(MAX_HOSTS, BPF_F_NO_PREALLOC);
 
-/// The agent's counters.
+/// The agent's counters, indexed by `AgentCounter::index`.
 #[map]
 pub static AGENT_STATS: Array<u64> = Array::pinned(AGENT_COUNTERS, 0);
 
@@ -149,7 +149,7 @@ pub fn addr<'a>(ip: u32) -> Option<Addr<'a>> {
         if entry.ip == 0 {
             return None;
         }
-        bucket = (bucket + 1) & (ADDR_BUCKETS - 1);
+        bucket = next_bucket(bucket);
     }
     None
 }

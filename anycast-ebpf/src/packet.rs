@@ -5,13 +5,17 @@
 //! reference, and only after checking it against `data_end`.
 use core::mem::size_of;
 
-use aya_ebpf::programs::XdpContext;
+use anycast_common::proto::{ETH_HLEN, XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX};
+use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 
-pub const ETH_HLEN: usize = 14;
-pub const ETH_P_IP: u16 = 0x0800;
-pub const ETH_P_ARP: u16 = 0x0806;
-pub const IPPROTO_TCP: u8 = 6;
-pub const IPPROTO_UDP: u8 = 17;
+// The verdicts named in anycast-common are the kernel's.
+const _: () = {
+    assert!(XDP_ABORTED == xdp_action::XDP_ABORTED);
+    assert!(XDP_DROP == xdp_action::XDP_DROP);
+    assert!(XDP_PASS == xdp_action::XDP_PASS);
+    assert!(XDP_TX == xdp_action::XDP_TX);
+    assert!(XDP_REDIRECT == xdp_action::XDP_REDIRECT);
+};
 
 /// Returns the header of type `T` at `offset`, or `None` if the frame is too short.
 #[inline(always)]

@@ -13,20 +13,17 @@
 //! The flow hash covers the 5-tuple for TCP and UDP (`ports` is 0 for other protocols and later
 //! fragments), and source, destination and protocol otherwise.
 use anycast_common::{
-    FragKey, MAX_MEMBERS, MemberRef, MemberSet, NO_HOST, STAT_FRAG_ORPHAN, TABLE_ENTRIES_PER_WORD,
-    flow_hash, pick_index,
+    FragKey, MAX_MEMBERS, MemberRef, MemberSet, NO_HOST, Stat, flow_hash, pick_index,
+    proto::{IPPROTO_TCP, TCP_ACK, TCP_RST, TCP_SYN},
+    table_position, table_word_of,
 };
 
 use crate::{
     flows::{self, Flow},
     maps::{Addr, FRAGS, TABLES},
-    packet::{IPPROTO_TCP, Ipv4Hdr},
+    packet::Ipv4Hdr,
     stats,
 };
-
-const TCP_SYN: u8 = 0x02;
-const TCP_RST: u8 = 0x04;
-const TCP_ACK: u8 = 0x10;
 
 #[inline(always)]
 pub fn member(ip: &Ipv4Hdr, ports: u32, tcp_flags: u8, addr: &Addr) -> Option<MemberRef> {
@@ -52,7 +49,7 @@ pub fn member(ip: &Ipv4Hdr, ports: u32, tcp_flags: u8, addr: &Addr) -> Option<Me
                 return Some(member);
             }
         }
-        stats::global(STAT_FRAG_ORPHAN);
+        stats::global(Stat::FragOrphan);
     }
 
     let flow = Flow {
@@ -98,10 +95,9 @@ fn new_flow(addr: &Addr, hash: u32) -> Option<(MemberRef, u32)> {
             return None;
         }
         let index = pick_index(hash, set.table_size);
-        let word = index / TABLE_ENTRIES_PER_WORD;
-        let shift = (index % TABLE_ENTRIES_PER_WORD) * 8;
+        let (word, shift) = table_word_of(index);
         let packed = TABLES.get_value(addr.slot, &word)?;
-        ((*packed >> shift) & 0xff) as usize
+        table_position(*packed, shift) as usize
     };
     if position >= MAX_MEMBERS {
         return None;

@@ -2,14 +2,13 @@
 //!
 //! Invariant: each frame bumps exactly one outcome counter (forwarded, an ARP reply, or one pass
 //! reason), besides the per-address `rx_*` counters.
-use anycast_common::{AddrStats, STAT_MALFORMED};
-use aya_ebpf::bindings::xdp_action;
+use anycast_common::{AddrStats, PassReason, Stat, proto::XDP_PASS};
 
 use crate::maps::{ADDR_STATS, MEMBER_STATS, STATS};
 
 #[inline(always)]
-pub fn global(index: u32) {
-    if let Some(counter) = STATS.get_ptr_mut(index) {
+pub fn global(counter: Stat) {
+    if let Some(counter) = STATS.get_ptr_mut(counter.index()) {
         // SAFETY: per-CPU slot; XDP runs with migration disabled, so nothing else touches it now.
         unsafe { *counter += 1 };
     }
@@ -17,14 +16,14 @@ pub fn global(index: u32) {
 
 /// Counts a global pass reason and returns the XDP_PASS verdict.
 #[inline(always)]
-pub fn pass_global(index: u32) -> u32 {
-    global(index);
-    xdp_action::XDP_PASS
+pub fn pass_global(counter: Stat) -> u32 {
+    global(counter);
+    XDP_PASS
 }
 
 #[inline(always)]
 pub fn malformed() -> u32 {
-    pass_global(STAT_MALFORMED)
+    pass_global(Stat::Malformed)
 }
 
 /// The counters of an anycast address.
@@ -36,11 +35,11 @@ pub fn addr<'a>(slot: u32) -> Option<&'a mut AddrStats> {
 
 /// Counts a per-address pass reason and returns the XDP_PASS verdict.
 #[inline(always)]
-pub fn pass(counters: &mut AddrStats, reason: usize) -> u32 {
-    if let Some(c) = counters.passed.get_mut(reason) {
+pub fn pass(counters: &mut AddrStats, reason: PassReason) -> u32 {
+    if let Some(c) = counters.passed.get_mut(reason.index()) {
         *c += 1;
     }
-    xdp_action::XDP_PASS
+    XDP_PASS
 }
 
 #[inline(always)]

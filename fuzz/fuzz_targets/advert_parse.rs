@@ -21,8 +21,8 @@ fuzz_target!(|data: &[u8]| {
         packet.seq(),
         packet.timestamp_ms(),
     );
-    let _ = (packet.key_id(), packet.mac(), packet.signed_bytes());
-    assert_eq!(packet.signed_bytes().len() + packet.mac().len(), data.len());
+    let _ = (packet.key_id(), packet.hmac(), packet.signed_bytes());
+    assert_eq!(packet.signed_bytes().len() + packet.hmac().len(), data.len());
 
     let Ok(repr) = Repr::parse(&packet) else {
         return;

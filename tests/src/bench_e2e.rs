@@ -30,7 +30,7 @@
 
 use std::time::{Duration, Instant};
 
-use anycast_common::{BenchFrame, names, programs};
+use anycast_common::bench::{BenchFrame, names, programs};
 use anyhow::{Context, Result, bail, ensure};
 use aya::{
     Ebpf,
@@ -398,7 +398,7 @@ fn median(values: impl Iterator<Item = f64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
-/// The embedded object loaded for its bench programs (see [`crate::xdp::load_object`]):
+/// The benchmark object loaded for its bench programs (see [`crate::xdp::load_object`]):
 /// `bench_gen` with its template in BENCH_FRAME, `bench_sink`, and `bench_redirect` with
 /// BENCH_PORT[0] = r1. Attachments are links owned by the caller; dropping one detaches.
 struct BenchObject {

@@ -24,7 +24,7 @@ use std::{
 };
 
 use anycast_common::{
-    AGENT_ACCEPTED, AGENT_COUNTERS,
+    AGENT_COUNTERS, AgentCounter,
     advert::{DEFAULT_GROUP, DEFAULT_PORT, Membership, Packet, REQUIRED_TTL, Repr},
     ip_key,
 };
@@ -316,7 +316,7 @@ fn adverts_per_second(
         ))
     })?;
     let counters = &timed.counters;
-    let accepted = counters[AGENT_ACCEPTED as usize];
+    let accepted = counters[AgentCounter::Accepted.index() as usize];
     let rejected: u64 = counters[1..AGENT_COUNTERS as usize].iter().sum();
     ensure!(
         accepted == ADVERTS as u64 && rejected == 0,
@@ -361,7 +361,7 @@ async fn handle_all(
     let mut agent = Agent::new(pin.clone(), config, nl).await?;
     agent.handle(&messages[0], &rx).await;
     ensure!(
-        agent.counters()[AGENT_ACCEPTED as usize] == 1 && in_set(&watch, member)?,
+        agent.counters()[AgentCounter::Accepted.index() as usize] == 1 && in_set(&watch, member)?,
         "the first advertisement did not make {member} a member: counters {:?}",
         agent.counters()
     );

@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use anycast_common::{HOST_MAC_KNOWN, Host, Iface, MODE_NATIVE, ip_key, programs};
+use anycast_common::{HOST_MAC_KNOWN, Host, Iface, MODE_NATIVE, bench, ip_key, programs};
 use anycast_ctl::{
     dataplane::{self, Maps},
     members::{self, Placement},
@@ -23,14 +23,8 @@ use aya::{
     programs::{TestRun, TestRunOptions, Xdp},
 };
 
-pub const XDP_ABORTED: u32 = 0;
-pub const XDP_DROP: u32 = 1;
-pub const XDP_PASS: u32 = 2;
-pub const XDP_TX: u32 = 3;
-pub const XDP_REDIRECT: u32 = 4;
-
-pub const ETH_P_IP: u16 = 0x0800;
-pub const ETH_P_ARP: u16 = 0x0806;
+/// EtherTypes, IP protocols, TCP flags, ARP fields and verdicts, as the dataplane names them.
+pub use anycast_common::proto::*;
 
 /// RFC 1071 Internet checksum.
 pub fn checksum(bytes: &[u8]) -> u16 {
@@ -72,7 +66,7 @@ impl Ipv4 {
         payload.extend_from_slice(&((8 + data.len()) as u16).to_be_bytes());
         payload.extend_from_slice(&[0, 0]); // no UDP checksum (allowed over IPv4)
         payload.extend_from_slice(data);
-        Self::new(src, dst, 17, payload)
+        Self::new(src, dst, IPPROTO_UDP, payload)
     }
 
     pub fn tcp_syn(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16) -> Self {
@@ -81,15 +75,15 @@ impl Ipv4 {
         payload.extend_from_slice(&dport.to_be_bytes());
         payload.extend_from_slice(&1u32.to_be_bytes()); // seq
         payload.extend_from_slice(&0u32.to_be_bytes()); // ack
-        payload.extend_from_slice(&[0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0]); // doff 5, SYN
-        Self::new(src, dst, 6, payload)
+        payload.extend_from_slice(&[0x50, TCP_SYN, 0xff, 0xff, 0, 0, 0, 0]); // doff 5
+        Self::new(src, dst, IPPROTO_TCP, payload)
     }
 
     pub fn icmp_echo(src: Ipv4Addr, dst: Ipv4Addr) -> Self {
         let mut payload = vec![8, 0, 0, 0, 0x12, 0x34, 0, 1];
         let c = checksum(&payload);
         payload[2..4].copy_from_slice(&c.to_be_bytes());
-        Self::new(src, dst, 1, payload)
+        Self::new(src, dst, IPPROTO_ICMP, payload)
     }
 
     pub fn new(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, payload: Vec<u8>) -> Self {
@@ -146,7 +140,10 @@ pub fn arp_frame(
     tha: [u8; 6],
     tpa: Ipv4Addr,
 ) -> Vec<u8> {
-    let mut a = vec![0, 1, 0x08, 0x00, 6, 4];
+    let mut a = Vec::new();
+    a.extend_from_slice(&ARPHRD_ETHER.to_be_bytes());
+    a.extend_from_slice(&ETH_P_IP.to_be_bytes());
+    a.extend_from_slice(&[6, 4]);
     a.extend_from_slice(&op.to_be_bytes());
     a.extend_from_slice(&sha);
     a.extend_from_slice(&spa.octets());
@@ -173,6 +170,8 @@ pub struct Bed {
     home: File,
     pin: PinDir,
     ebpf: Ebpf,
+    /// The benchmark object, for reference programs run on the same frames.
+    bench: Ebpf,
     pub maps: Maps,
     pub ports: Vec<Port>,
 }
@@ -218,12 +217,18 @@ impl Bed {
         pin.check()?;
         std::fs::create_dir_all(pin.links())?;
         let mut ebpf = dataplane::load(&pin, flows)?;
-        for name in programs::ALL {
-            let p: &mut Xdp = ebpf
-                .program_mut(name)
-                .with_context(|| format!("program {name}"))?
-                .try_into()?;
-            p.load()?;
+        let mut bench = crate::xdp::load_object()?;
+        for (ebpf, names) in [
+            (&mut ebpf, &programs::ALL[..]),
+            (&mut bench, &bench::programs::ALL[..]),
+        ] {
+            for name in names {
+                let p: &mut Xdp = ebpf
+                    .program_mut(name)
+                    .with_context(|| format!("program {name}"))?
+                    .try_into()?;
+                p.load()?;
+            }
         }
         let mut maps = Maps::open(&pin)?;
         let mut ports = Vec::new();
@@ -247,6 +252,7 @@ impl Bed {
             home,
             pin,
             ebpf,
+            bench,
             maps,
             ports,
         })
@@ -322,13 +328,21 @@ impl Bed {
         Ok(self.maps.hosts.get(&index, 0)?)
     }
 
+    /// Program `name` of the dataplane or of the benchmark object.
+    fn program(&self, name: &str) -> Result<&Xdp> {
+        let prog = self.ebpf.program(name).or_else(|| self.bench.program(name));
+        Ok(prog
+            .with_context(|| format!("program {name}"))?
+            .try_into()?)
+    }
+
     /// Runs `program` once on `frame` arriving on port `ingress`: the verdict and the frame
     /// as the program left it.
     pub fn run(&self, program: &str, ingress: usize, frame: &[u8]) -> Result<(u32, Vec<u8>)> {
         let mut out = vec![0u8; frame.len() + 256];
         let ctx = xdp_md(frame.len(), self.ports[ingress].ifindex);
         let mut ctx_out = [0u8; 24];
-        let prog: &Xdp = self.ebpf.program(program).context("program")?.try_into()?;
+        let prog = self.program(program)?;
         let r = prog.test_run(TestRunOptions {
             data_in: Some(frame),
             data_out: Some(&mut out),
@@ -350,7 +364,7 @@ impl Bed {
         repeat: u32,
     ) -> Result<Duration> {
         let ctx = xdp_md(frame.len(), self.ports[ingress].ifindex);
-        let prog: &Xdp = self.ebpf.program(program).context("program")?.try_into()?;
+        let prog = self.program(program)?;
         let r = prog.test_run(TestRunOptions {
             data_in: Some(frame),
             ctx_in: Some(&ctx),

@@ -1,5 +1,5 @@
-//! The harness's own XDP programs, from the embedded object like the dataplane: `peer_pass` for
-//! veth peers that must receive XDP_TX frames, and the benchmark programs.
+//! The harness's own XDP programs, from the benchmark object (`anycast_ctl::BENCH_OBJECT`):
+//! `peer_pass` for veth peers that must receive XDP_TX frames, and the benchmark programs.
 //!
 //! Measured on this kernel (6.18): a frame the router bounces back with XDP_TX (the ARP reply
 //! out of r0) never reaches the veth peer c0 when c0 only has GRO on — veth's XDP_TX flush wakes
@@ -8,45 +8,20 @@
 //! holds. The attachment ends when the link is dropped or when the interface goes away with its
 //! namespace, whichever comes first.
 
-use std::{
-    path::PathBuf,
-    sync::atomic::{AtomicU32, Ordering},
-};
-
-use anycast_common::{names, programs};
+use anycast_common::bench::programs;
 use anyhow::{Context, Result};
 use aya::{
-    Ebpf, EbpfLoader,
+    Ebpf,
     programs::{Xdp, XdpMode, links::FdLink},
 };
 
 use crate::netns::Netns;
 
-static OBJECTS: AtomicU32 = AtomicU32::new(0);
-
-/// Loads the embedded object for the harness's programs (`peer_pass`, `bench_*`), none of which
-/// uses the dataplane's maps: every map is created with one entry (at full size they take
-/// about 100 MB of kernel memory). The loader needs a pin directory for the maps declared
-/// pinned; it is a private one, removed as soon as the object is loaded (the maps live as long
-/// as the returned `Ebpf`).
+/// Loads the benchmark object for the harness's programs (`peer_pass`, `bench_*`). Its maps are
+/// small and none is pinned, so it needs no pin directory; they live as long as the returned
+/// `Ebpf`.
 pub fn load_object() -> Result<Ebpf> {
-    crate::ctl::ensure_bpffs();
-    let pin = PathBuf::from(format!(
-        "/sys/fs/bpf/anycast-test-{}-obj-{}",
-        std::process::id(),
-        OBJECTS.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&pin).with_context(|| format!("create {}", pin.display()))?;
-    let mut loader = EbpfLoader::new();
-    loader.default_map_pin_directory(&pin);
-    for name in names::ALL {
-        loader.map_max_entries(name, 1);
-    }
-    let ebpf = loader.load(anycast_ctl::EBPF_OBJECT);
-    let removed = std::fs::remove_dir_all(&pin);
-    let ebpf = ebpf.context("load the embedded eBPF object")?;
-    removed.with_context(|| format!("remove {}", pin.display()))?;
-    Ok(ebpf)
+    Ebpf::load(anycast_ctl::BENCH_OBJECT).context("load the benchmark eBPF object")
 }
 
 /// Loads program `name` of `ebpf` into the kernel.

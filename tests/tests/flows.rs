@@ -131,7 +131,7 @@ fn draining_member_keeps_its_flows_and_gets_no_new_ones() {
     );
     // New TCP connections (SYN) avoid it too, even on ports it served before.
     let syns: Vec<(u16, Vec<u8>)> = (20000..20000 + FLOWS)
-        .map(|p| (p, tcp(&bed, p, 0x02)))
+        .map(|p| (p, tcp(&bed, p, TCP_SYN)))
         .collect();
     assert_eq!(count(&placement(&bed, &syns), m1_mac), 0);
 }
@@ -190,11 +190,11 @@ fn rst_ends_a_connection() {
     // end those connections (RST) and go back to 3 members.
     let (m4, m4_mac) = member(3);
     bed.add_member(VIP, m4, 1, m4_mac).unwrap();
-    let table4 = placement(&bed, &frames(&bed, 0x02));
-    placement(&bed, &frames(&bed, 0x14));
+    let table4 = placement(&bed, &frames(&bed, TCP_SYN));
+    placement(&bed, &frames(&bed, TCP_RST | TCP_ACK));
     bed.del_member(VIP, m4).unwrap();
     // Connections established with 3 members; then m4 comes back (same position, same table).
-    let established = placement(&bed, &frames(&bed, 0x02));
+    let established = placement(&bed, &frames(&bed, TCP_SYN));
     bed.add_member(VIP, m4, 1, m4_mac).unwrap();
     let p = ports
         .clone()
@@ -205,17 +205,17 @@ fn rst_ends_a_connection() {
         Some(out[0..6].try_into().unwrap())
     };
     assert_eq!(
-        send(0x10),
+        send(TCP_ACK),
         established[&p],
         "an ACK stays on its connection's member"
     );
     assert_eq!(
-        send(0x14),
+        send(TCP_RST | TCP_ACK),
         established[&p],
         "the RST reaches the connection's member"
     );
     assert_eq!(
-        send(0x10),
+        send(TCP_ACK),
         table4[&p],
         "after the RST, the flow follows the table"
     );
@@ -225,14 +225,14 @@ fn rst_ends_a_connection() {
 fn established_tcp_stays_when_the_table_changes() {
     let mut bed = bed(3);
     let syns: Vec<(u16, Vec<u8>)> = (60000..60000 + FLOWS)
-        .map(|p| (p, tcp(&bed, p, 0x02)))
+        .map(|p| (p, tcp(&bed, p, TCP_SYN)))
         .collect();
     let established = placement(&bed, &syns);
     let (m4, m4_mac) = member(3);
     bed.add_member(VIP, m4, 1, m4_mac).unwrap();
     // The table now sends some of these ports to m4 (a new SYN shows it)...
     let acks: Vec<(u16, Vec<u8>)> = (60000..60000 + FLOWS)
-        .map(|p| (p, tcp(&bed, p, 0x10)))
+        .map(|p| (p, tcp(&bed, p, TCP_ACK)))
         .collect();
     // ...but segments of the established connections stay on their members.
     assert_eq!(placement(&bed, &acks), established);
@@ -264,7 +264,7 @@ fn fragments_follow_the_connection_table_choice() {
             )
             .unwrap();
         assert_eq!(Some(out[0..6].try_into().unwrap()), before[&sport]);
-        let mut second = Ipv4::new(CLIENT, VIP, 17, vec![2; 8]);
+        let mut second = Ipv4::new(CLIENT, VIP, IPPROTO_UDP, vec![2; 8]);
         second.id = sport;
         second.frag = 4;
         let (_, out) = bed
@@ -294,7 +294,7 @@ fn crowded_sets_keep_flows_where_they_are() {
         let ports = u32::from_ne_bytes([(p >> 8) as u8, p as u8, 0, 53]);
         let src = anycast_common::ip_key(CLIENT.octets());
         let dst = anycast_common::ip_key(VIP.octets());
-        anycast_common::flow_hash(src, dst, ports, 17) & (SETS - 1)
+        anycast_common::flow_hash(src, dst, ports, IPPROTO_UDP) & (SETS - 1)
     };
     let mut per_set = HashMap::new();
     for &p in &ports {

@@ -2,7 +2,7 @@
 //! output frame of the real dataplane object, and the counters it leaves.
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
-use anycast_common::{STAT_ARP_PASSED, STAT_FRAG_ORPHAN, STAT_MALFORMED, programs::ANYCAST};
+use anycast_common::{Stat, programs::ANYCAST};
 use anycast_ctl::report;
 use anycast_tests::frames::*;
 
@@ -58,8 +58,13 @@ fn addr_stats(bed: &Bed, a: Ipv4Addr) -> report::AddressCounters {
         .remove(0)
 }
 
-fn global(bed: &Bed, index: u32) -> u64 {
-    bed.maps.stats.get(&index, 0).unwrap().iter().sum()
+fn global(bed: &Bed, counter: Stat) -> u64 {
+    bed.maps
+        .stats
+        .get(&counter.index(), 0)
+        .unwrap()
+        .iter()
+        .sum()
 }
 
 #[derive(Debug)]
@@ -128,15 +133,27 @@ fn fixture_table() {
     short_ihl[0] = 0x44;
     let mut tot_len_too_big = udp.bytes();
     tot_len_too_big[2..4].copy_from_slice(&500u16.to_be_bytes());
-    let udp_no_ports = Ipv4::new(CLIENT, ANYCAST_A, 17, vec![0x9c, 0x40]);
+    let udp_no_ports = Ipv4::new(CLIENT, ANYCAST_A, IPPROTO_UDP, vec![0x9c, 0x40]);
     let mut padded = to_router(&bed, &udp);
     padded.extend_from_slice(&[0; 18]); // Ethernet padding after the datagram
 
-    let arp_req = arp_frame([0xff; 6], 1, CLIENT_MAC, CLIENT, [0; 6], ANYCAST_A);
-    let mut arp_reply = arp_frame(CLIENT_MAC, 2, p0, ANYCAST_A, CLIENT_MAC, CLIENT);
+    let arp_req = arp_frame(
+        [0xff; 6],
+        ARPOP_REQUEST,
+        CLIENT_MAC,
+        CLIENT,
+        [0; 6],
+        ANYCAST_A,
+    );
+    let mut arp_reply = arp_frame(CLIENT_MAC, ARPOP_REPLY, p0, ANYCAST_A, CLIENT_MAC, CLIENT);
     arp_reply[6..12].copy_from_slice(&p0);
     let vlan = {
-        let mut f = ethernet(p0, CLIENT_MAC, 0x8100, &[0, 10, 0x08, 0x00]);
+        let mut f = ethernet(
+            p0,
+            CLIENT_MAC,
+            ETH_P_8021Q,
+            &[[0, 10], ETH_P_IP.to_be_bytes()].concat(),
+        );
         f.extend_from_slice(&udp.bytes());
         f
     };
@@ -263,7 +280,7 @@ fn fixture_table() {
             ingress: 0,
             input: arp_frame(
                 [0xff; 6],
-                1,
+                ARPOP_REQUEST,
                 CLIENT_MAC,
                 CLIENT,
                 [0; 6],
@@ -275,21 +292,35 @@ fn fixture_table() {
         Fixture {
             name: "ARP request for an anycast address without members passes",
             ingress: 0,
-            input: arp_frame([0xff; 6], 1, CLIENT_MAC, CLIENT, [0; 6], ANYCAST_EMPTY),
+            input: arp_frame(
+                [0xff; 6],
+                ARPOP_REQUEST,
+                CLIENT_MAC,
+                CLIENT,
+                [0; 6],
+                ANYCAST_EMPTY,
+            ),
             verdict: XDP_PASS,
             output: Expect::Unchanged,
         },
         Fixture {
             name: "gratuitous ARP for an anycast address passes",
             ingress: 0,
-            input: arp_frame([0xff; 6], 1, CLIENT_MAC, ANYCAST_A, [0; 6], ANYCAST_A),
+            input: arp_frame(
+                [0xff; 6],
+                ARPOP_REQUEST,
+                CLIENT_MAC,
+                ANYCAST_A,
+                [0; 6],
+                ANYCAST_A,
+            ),
             verdict: XDP_PASS,
             output: Expect::Unchanged,
         },
         Fixture {
             name: "ARP reply passes",
             ingress: 0,
-            input: arp_frame(p0, 2, CLIENT_MAC, CLIENT, p0, ANYCAST_A),
+            input: arp_frame(p0, ARPOP_REPLY, CLIENT_MAC, CLIENT, p0, ANYCAST_A),
             verdict: XDP_PASS,
             output: Expect::Unchanged,
         },
@@ -315,7 +346,7 @@ fn fixture_table() {
         Fixture {
             name: "IPv6 passes untouched",
             ingress: 0,
-            input: ethernet(p0, CLIENT_MAC, 0x86dd, &[0x60; 60]),
+            input: ethernet(p0, CLIENT_MAC, ETH_P_IPV6, &[0x60; 60]),
             verdict: XDP_PASS,
             output: Expect::Unchanged,
         },
@@ -376,19 +407,26 @@ fn truncation_at_every_length_passes_and_counts_malformed() {
     opts.options = vec![1, 1, 1, 0];
     let with_options = to_router(&bed, &opts);
     let tcp = to_router(&bed, &Ipv4::tcp_syn(CLIENT, ANYCAST_A, 40000, 80));
-    let arp = arp_frame([0xff; 6], 1, CLIENT_MAC, CLIENT, [0; 6], ANYCAST_A);
+    let arp = arp_frame(
+        [0xff; 6],
+        ARPOP_REQUEST,
+        CLIENT_MAC,
+        CLIENT,
+        [0; 6],
+        ANYCAST_A,
+    );
     let mut cuts = 0;
     for full in [&udp, &with_options, &tcp, &arp] {
         // BPF_PROG_TEST_RUN refuses frames shorter than an Ethernet header; from there on,
         // every cut is fed to the program.
         for len in 14..full.len() {
-            let before = global(&bed, STAT_MALFORMED);
+            let before = global(&bed, Stat::Malformed);
             let frame = &full[..len];
             let (verdict, out) = bed.run(ANYCAST, 0, frame).unwrap();
             assert_eq!(verdict, XDP_PASS, "cut at {len} of {}", full.len());
             assert_eq!(out, frame, "cut at {len}: frame must be untouched");
             assert_eq!(
-                global(&bed, STAT_MALFORMED),
+                global(&bed, Stat::Malformed),
                 before + 1,
                 "cut at {len}: counted as malformed"
             );
@@ -400,7 +438,7 @@ fn truncation_at_every_length_passes_and_counts_malformed() {
         (a.rx_packets, a.forwarded_packets, a.arp_replies),
         (0, 0, 0)
     );
-    assert_eq!(global(&bed, STAT_MALFORMED), cuts);
+    assert_eq!(global(&bed, Stat::Malformed), cuts);
 }
 
 #[test]
@@ -418,7 +456,7 @@ fn fragments_follow_their_first_fragment() {
         let member = member_mac(&out);
         targets.insert(member);
 
-        let mut second = Ipv4::new(CLIENT, ANYCAST_A, 17, vec![9; 16]);
+        let mut second = Ipv4::new(CLIENT, ANYCAST_A, IPPROTO_UDP, vec![9; 16]);
         second.id = sport;
         second.frag = 5; // offset 40 bytes, last fragment
         let (verdict, out) = bed.run(ANYCAST, 0, &to_router(&bed, &second)).unwrap();
@@ -430,15 +468,15 @@ fn fragments_follow_their_first_fragment() {
         );
     }
     assert_eq!(targets.len(), 2, "16 datagrams should reach both members");
-    assert_eq!(global(&bed, STAT_FRAG_ORPHAN), 0);
+    assert_eq!(global(&bed, Stat::FragOrphan), 0);
 
     // A later fragment whose first fragment was never seen still reaches a member, and is counted.
-    let mut orphan = Ipv4::new(CLIENT, ANYCAST_A, 17, vec![9; 16]);
+    let mut orphan = Ipv4::new(CLIENT, ANYCAST_A, IPPROTO_UDP, vec![9; 16]);
     orphan.id = 7;
     orphan.frag = 5;
     let (verdict, _) = bed.run(ANYCAST, 0, &to_router(&bed, &orphan)).unwrap();
     assert_eq!(verdict, XDP_REDIRECT);
-    assert_eq!(global(&bed, STAT_FRAG_ORPHAN), 1);
+    assert_eq!(global(&bed, Stat::FragOrphan), 1);
 }
 
 #[test]
@@ -456,24 +494,24 @@ fn unknown_member_mac_passes_and_is_counted() {
 fn forged_arps(router_mac: [u8; 6], member: Ipv4Addr) -> Vec<(&'static str, Vec<u8>)> {
     let evil = [0x02, 0xee, 0, 0, 0, 0x66];
     let gateway = Ipv4Addr::new(192, 0, 2, 1);
-    let mut sha_not_eth_src = arp_frame([0xff; 6], 1, evil, member, [0; 6], gateway);
+    let mut sha_not_eth_src = arp_frame([0xff; 6], ARPOP_REQUEST, evil, member, [0; 6], gateway);
     sha_not_eth_src[6..12].copy_from_slice(&M3_MAC);
     vec![
         (
             "gratuitous ARP request",
-            arp_frame([0xff; 6], 1, evil, member, [0; 6], member),
+            arp_frame([0xff; 6], ARPOP_REQUEST, evil, member, [0; 6], member),
         ),
         (
             "gratuitous ARP reply",
-            arp_frame([0xff; 6], 2, evil, member, [0xff; 6], member),
+            arp_frame([0xff; 6], ARPOP_REPLY, evil, member, [0xff; 6], member),
         ),
         (
             "ARP reply to the router",
-            arp_frame(router_mac, 2, evil, member, router_mac, gateway),
+            arp_frame(router_mac, ARPOP_REPLY, evil, member, router_mac, gateway),
         ),
         (
             "ARP request from the member's address",
-            arp_frame([0xff; 6], 1, evil, member, [0; 6], gateway),
+            arp_frame([0xff; 6], ARPOP_REQUEST, evil, member, [0; 6], gateway),
         ),
         (
             "bogus opcode",
@@ -481,17 +519,17 @@ fn forged_arps(router_mac: [u8; 6], member: Ipv4Addr) -> Vec<(&'static str, Vec<
         ),
         (
             "broadcast sender MAC",
-            arp_frame([0xff; 6], 1, [0xff; 6], member, [0; 6], gateway),
+            arp_frame([0xff; 6], ARPOP_REQUEST, [0xff; 6], member, [0; 6], gateway),
         ),
         (
             "zero sender MAC",
-            arp_frame([0xff; 6], 1, [0; 6], member, [0; 6], gateway),
+            arp_frame([0xff; 6], ARPOP_REQUEST, [0; 6], member, [0; 6], gateway),
         ),
         (
             "multicast sender MAC",
             arp_frame(
                 [0xff; 6],
-                1,
+                ARPOP_REQUEST,
                 [0x01, 0, 0x5e, 0, 0, 1],
                 member,
                 [0; 6],
@@ -501,7 +539,14 @@ fn forged_arps(router_mac: [u8; 6], member: Ipv4Addr) -> Vec<(&'static str, Vec<
         ("sender MAC other than the Ethernet source", sha_not_eth_src),
         (
             "the router's own MAC",
-            arp_frame([0xff; 6], 1, router_mac, member, [0; 6], gateway),
+            arp_frame(
+                [0xff; 6],
+                ARPOP_REQUEST,
+                router_mac,
+                member,
+                [0; 6],
+                gateway,
+            ),
         ),
     ]
 }
@@ -516,14 +561,14 @@ fn gratuitous_arp_does_not_hijack_a_member() {
     // M3 lives on p0, M1 on p1: each forgery arrives on the member's own port.
     for (member, port, mac) in [(M3, 0, p0), (M1, 1, p1)] {
         for (name, arp) in forged_arps(mac, member) {
-            let passed = global(&bed, STAT_ARP_PASSED);
+            let passed = global(&bed, Stat::ArpPassed);
             let (verdict, out) = bed.run(ANYCAST, port, &arp).unwrap();
             assert_eq!(
                 (verdict, &out),
                 (XDP_PASS, &arp),
                 "{name}: must pass untouched"
             );
-            assert_eq!(global(&bed, STAT_ARP_PASSED), passed + 1, "{name}: counted");
+            assert_eq!(global(&bed, Stat::ArpPassed), passed + 1, "{name}: counted");
             assert_eq!(hosts(&bed), before, "{name}: HOSTS changed");
         }
     }
@@ -546,7 +591,7 @@ fn arp_from_a_member_does_not_make_its_unknown_mac_usable() {
     let before = bed.host(M3).unwrap();
     let arp = arp_frame(
         [0xff; 6],
-        1,
+        ARPOP_REQUEST,
         M3_MAC,
         M3,
         [0; 6],
@@ -675,7 +720,7 @@ fn arp_probe_gets_no_reply() {
     // RFC 5227: a host checking that nobody uses the address asks with sender IP 0.0.0.0.
     let probe = arp_frame(
         [0xff; 6],
-        1,
+        ARPOP_REQUEST,
         CLIENT_MAC,
         Ipv4Addr::UNSPECIFIED,
         [0; 6],
@@ -692,7 +737,7 @@ fn arp_from_broadcast_mac_gets_no_reply() {
         ("multicast sender MAC", [0x01, 0x00, 0x5e, 0x00, 0x00, 0x01]),
         ("zero sender MAC", [0; 6]),
     ] {
-        let arp = arp_frame([0xff; 6], 1, sha, CLIENT, [0; 6], ANYCAST_A);
+        let arp = arp_frame([0xff; 6], ARPOP_REQUEST, sha, CLIENT, [0; 6], ANYCAST_A);
         assert_passed_as(&bed, what, 0, &arp, "global/arp_refused");
     }
 }
@@ -707,11 +752,11 @@ fn unicast_arp_for_another_mac_gets_no_reply() {
         ("the router's other port", p1),
         ("a multicast MAC", [0x01, 0x00, 0x5e, 0x00, 0x00, 0x01]),
     ] {
-        let arp = arp_frame(dst, 1, CLIENT_MAC, CLIENT, [0; 6], ANYCAST_A);
+        let arp = arp_frame(dst, ARPOP_REQUEST, CLIENT_MAC, CLIENT, [0; 6], ANYCAST_A);
         assert_passed_as(&bed, what, 0, &arp, "global/arp_refused");
     }
     // Unicast to the port (a cache refresh) is answered.
-    let arp = arp_frame(p0, 1, CLIENT_MAC, CLIENT, p0, ANYCAST_A);
+    let arp = arp_frame(p0, ARPOP_REQUEST, CLIENT_MAC, CLIENT, p0, ANYCAST_A);
     assert_eq!(bed.run(ANYCAST, 0, &arp).unwrap().0, XDP_TX);
 }
 
@@ -739,7 +784,7 @@ fn baseline_program_swaps_macs() {
     let bed = bed();
     let frame = to_router(&bed, &Ipv4::udp(CLIENT, ANYCAST_A, 40000, 53, b"x"));
     let (verdict, out) = bed
-        .run(anycast_common::programs::BENCH_BASELINE, 0, &frame)
+        .run(anycast_common::bench::programs::BENCH_BASELINE, 0, &frame)
         .unwrap();
     assert_eq!(verdict, XDP_TX);
     assert_eq!(out[0..6], frame[6..12]);
@@ -749,36 +794,59 @@ fn baseline_program_swaps_macs() {
 
 #[test]
 fn object_names_match_user_space() {
-    let object = aya_obj_names();
-    // Data sections (`.rodata`: the loader-set FLOW_SETS_MASK) are maps to aya, not named maps.
-    let maps: Vec<&String> = object.0.iter().filter(|n| !n.starts_with('.')).collect();
-    for name in anycast_common::names::ALL {
-        assert!(
-            maps.iter().any(|m| *m == name),
-            "map {name} missing from the object"
+    let objects = [
+        (
+            "dataplane",
+            anycast_ctl::EBPF_OBJECT,
+            &anycast_common::names::ALL[..],
+            &anycast_common::programs::ALL[..],
+        ),
+        (
+            "bench",
+            anycast_ctl::BENCH_OBJECT,
+            &anycast_common::bench::names::ALL[..],
+            &anycast_common::bench::programs::ALL[..],
+        ),
+    ];
+    for (object_name, bytes, map_names, program_names) in objects {
+        let object = aya_obj_names(bytes);
+        // Data sections (`.rodata`: the loader-set FLOW_SETS_MASK) are maps to aya, not named
+        // maps.
+        let maps: Vec<&String> = object.0.iter().filter(|n| !n.starts_with('.')).collect();
+        for name in map_names {
+            assert!(
+                maps.iter().any(|m| m == name),
+                "map {name} missing from the {object_name} object"
+            );
+        }
+        assert_eq!(
+            maps.len(),
+            map_names.len(),
+            "{object_name} maps: {:?}",
+            object.0
         );
-    }
-    assert_eq!(
-        maps.len(),
-        anycast_common::names::ALL.len(),
-        "maps: {:?}",
-        object.0
-    );
-    for name in anycast_common::programs::ALL {
-        assert!(
-            object.1.contains(&name.to_string()),
-            "program {name} missing"
+        for name in program_names {
+            assert!(
+                object.1.contains(&name.to_string()),
+                "program {name} missing from the {object_name} object"
+            );
+        }
+        assert_eq!(
+            object.1.len(),
+            program_names.len(),
+            "{object_name} programs: {:?}",
+            object.1
         );
     }
 }
 
-/// Map and program names of the embedded object, parsed without loading it.
-fn aya_obj_names() -> (Vec<String>, Vec<String>) {
+/// Map and program names of an embedded object, as aya loads it.
+fn aya_obj_names(bytes: &[u8]) -> (Vec<String>, Vec<String>) {
     let dir = format!("/sys/fs/bpf/anycast-names-{}", std::process::id());
     std::fs::create_dir_all(&dir).unwrap();
     let ebpf = aya::EbpfLoader::new()
         .default_map_pin_directory(&dir)
-        .load(anycast_ctl::EBPF_OBJECT);
+        .load(bytes);
     let names = ebpf.as_ref().map(|e| {
         (
             e.maps().map(|(n, _)| n.to_string()).collect(),

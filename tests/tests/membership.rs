@@ -357,7 +357,7 @@ fn forged_replayed_and_malformed_advertisements_are_rejected_and_counted() {
     let good = message(m3_ip, 1_000, now, ANYCAST, 1, &secret);
     let sends: Vec<(&str, Vec<u8>, u32)> = vec![
         (
-            "bad_mac",
+            "bad_hmac",
             message(m3_ip, 10, now, ANYCAST, 1, &[9; 32]),
             255,
         ),

@@ -7,6 +7,7 @@ use std::{
     time::Duration,
 };
 
+use anycast_common::proto::{ARPOP_REPLY, ARPOP_REQUEST};
 use anycast_tests::{
     ANYCAST, Ctl, Netns, Topology, TopologyOptions,
     frames::arp_frame,
@@ -254,9 +255,16 @@ fn forged_arp_does_not_redirect_member_traffic() {
     let router_mac = topo.router.link_mac(&m1.router_iface).unwrap();
     let broadcast = [0xff; 6];
     for arp in [
-        arp_frame(broadcast, 1, forged, m1.ip, [0; 6], m1.ip),
-        arp_frame(broadcast, 2, forged, m1.ip, broadcast, m1.ip),
-        arp_frame(router_mac, 2, forged, m1.ip, router_mac, m1.gateway),
+        arp_frame(broadcast, ARPOP_REQUEST, forged, m1.ip, [0; 6], m1.ip),
+        arp_frame(broadcast, ARPOP_REPLY, forged, m1.ip, broadcast, m1.ip),
+        arp_frame(
+            router_mac,
+            ARPOP_REPLY,
+            forged,
+            m1.ip,
+            router_mac,
+            m1.gateway,
+        ),
     ] {
         m1.ns.send_frame(&m1.iface, &arp).unwrap();
     }

@@ -20,7 +20,7 @@ use std::{
 };
 
 use anycast_common::{
-    AGENT_ACCEPTED, AGENT_COUNTERS, MemberInfo, MemberKey, SOURCE_LEARNED, advert::Repr, ip_octets,
+    AGENT_COUNTERS, AgentCounter, MemberInfo, MemberKey, SOURCE_LEARNED, advert::Repr, ip_octets,
 };
 use futures::StreamExt;
 use netlink_packet_route::{RouteNetlinkMessage, link::LinkFlags};
@@ -330,7 +330,7 @@ impl Agent {
             Ok(repr) => repr,
             Err(reject) => return self.reject(reject, rx.src),
         };
-        self.counters[AGENT_ACCEPTED as usize] += 1;
+        self.counters[AgentCounter::Accepted.index() as usize] += 1;
         let _ =
             self.maps
                 .sender_seq

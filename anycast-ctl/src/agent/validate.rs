@@ -2,7 +2,7 @@
 //!
 //! In order: the IP TTL must be 255 (GTSM: the sender is on the link); the datagram must arrive
 //! on an agent interface; it must parse; its sender field must be the datagram's source; with
-//! keys configured, its key id must be known and its HMAC must verify; its timestamp must be
+//! keys configured, its key id must be known and its HMAC tag must verify; its timestamp must be
 //! within the replay window of the router's clock; and its sequence number must be above the
 //! last one accepted from that sender. Only then is the sequence number recorded, so a forged
 //! message can never move a sender's replay state.
@@ -12,34 +12,9 @@ use anycast_common::advert::{Packet, REQUIRED_TTL, Repr};
 
 use crate::{advert_auth, sys::Received};
 
-/// Why an advertisement was dropped; the discriminant is its `AGENT_STATS` index.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[repr(u32)]
-pub enum Reject {
-    Malformed = 1,
-    BadTtl = 2,
-    WrongInterface = 3,
-    SenderMismatch = 4,
-    Unauthenticated = 5,
-    UnknownKey = 6,
-    BadMac = 7,
-    Replayed = 8,
-    StaleTimestamp = 9,
-    OutsidePrefix = 10,
-    NotOnLink = 11,
-    BadLinkAddr = 12,
-    NotAnycast = 13,
-}
-
-impl Reject {
-    pub fn index(self) -> u32 {
-        self as u32
-    }
-
-    pub fn name(self) -> &'static str {
-        anycast_common::AGENT_NAMES[self as usize]
-    }
-}
+/// Why an advertisement was dropped: the agent counter it bumps (every [`AgentCounter`] but
+/// `Accepted`, defined with its `AGENT_STATS` index and name in anycast-common).
+pub use anycast_common::AgentCounter as Reject;
 
 pub struct Validator {
     keys: Option<advert_auth::Keys>,
@@ -86,7 +61,7 @@ impl Validator {
             advert_auth::verify(&packet, keys).map_err(|e| match e {
                 advert_auth::AuthError::UnknownKey(0) => Reject::Unauthenticated,
                 advert_auth::AuthError::UnknownKey(_) => Reject::UnknownKey,
-                advert_auth::AuthError::BadMac => Reject::BadMac,
+                advert_auth::AuthError::BadHmac => Reject::BadHmac,
                 advert_auth::AuthError::Malformed(_) => Reject::Malformed,
             })?;
         }
@@ -183,7 +158,7 @@ mod tests {
         let wrong_key = message(10, NOW, 1, &[8; 32]);
         assert_eq!(
             v.check(&wrong_key, &rx(wrong_key.len()), NOW),
-            Err(Reject::BadMac)
+            Err(Reject::BadHmac)
         );
         let unknown = message(10, NOW, 2, &SECRET);
         assert_eq!(
@@ -199,7 +174,7 @@ mod tests {
         flipped[30] ^= 1;
         assert_eq!(
             v.check(&flipped, &rx(flipped.len()), NOW),
-            Err(Reject::BadMac)
+            Err(Reject::BadHmac)
         );
         // None of the rejected messages moved the replay state.
         assert!(v.check(&good, &rx(good.len()), NOW).is_ok());

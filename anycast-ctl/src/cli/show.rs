@@ -9,7 +9,7 @@ use crate::{
     Result,
     dataplane::Maps,
     net::Netlink,
-    report::{self, AddressInfo, MemberInfo, Show},
+    report::{self, AddressInfo, Show, ShownMember},
 };
 
 #[derive(Debug, clap::Args)]
@@ -68,7 +68,7 @@ fn rows(show: &Show) -> Vec<Vec<String>> {
     rows
 }
 
-fn member_row(a: &AddressInfo, m: &MemberInfo) -> Vec<String> {
+fn member_row(a: &AddressInfo, m: &ShownMember) -> Vec<String> {
     let mac = match (m.mac_known, m.static_mac) {
         (false, _) => "unknown".to_string(),
         (true, true) => format!("{} (static)", m.mac),

@@ -8,7 +8,10 @@
 //! without the scale, membership and end-to-end phases and without writing the report.
 use std::{collections::BTreeMap, net::Ipv4Addr, time::Instant};
 
-use anycast_common::{AddrBucket, ip_key, member_set_index, programs};
+use anycast_common::{
+    AddrBucket, bench, ip_key, member_set_index, programs,
+    proto::{ARPOP_REQUEST, TCP_ACK},
+};
 use anycast_ctl::dataplane::Bucket;
 use anycast_tests::frames::{Bed, Ipv4, arp_frame, ipv4_frame};
 use anyhow::{Context, Result};
@@ -58,9 +61,16 @@ fn main() -> Result<()> {
     );
     let syn = ipv4_frame(p0, CLIENT_MAC, &Ipv4::tcp_syn(CLIENT, ANYCAST, 40000, 80));
     let mut ack = Ipv4::tcp_syn(CLIENT, ANYCAST, 40001, 80);
-    ack.payload[13] = 0x10;
+    ack.payload[13] = TCP_ACK;
     let ack = ipv4_frame(p0, CLIENT_MAC, &ack);
-    let arp = arp_frame([0xff; 6], 1, CLIENT_MAC, CLIENT, [0; 6], ANYCAST);
+    let arp = arp_frame(
+        [0xff; 6],
+        ARPOP_REQUEST,
+        CLIENT_MAC,
+        CLIENT,
+        [0; 6],
+        ANYCAST,
+    );
     let other = ipv4_frame(
         p0,
         CLIENT_MAC,
@@ -69,7 +79,7 @@ fn main() -> Result<()> {
     let cases = [
         Case {
             name: "baseline_swap_macs_tx",
-            program: programs::BENCH_BASELINE,
+            program: bench::programs::BENCH_BASELINE,
             frame: udp.clone(),
         },
         Case {

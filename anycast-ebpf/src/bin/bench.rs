@@ -1,18 +1,29 @@
-//! Benchmark reference programs, measured in the same run as the dataplane, and the XDP_PASS
-//! program for veth peers. None of them is attached by anycast-ctl.
+//! The benchmark object, `anycast-bench`: reference programs measured in the same run as the
+//! dataplane, and the XDP_PASS program for veth peers. A separate object from the dataplane's
+//! (`anycast`), so the object anycast-ctl ships holds the dataplane alone; names and the
+//! `BENCH_FRAME` layout are in `anycast_common::bench`.
+#![no_std]
+#![no_main]
 
 use core::ffi::c_void;
 
-use anycast_common::{BENCH_FRAME_BYTES, BenchFrame};
+use anycast_common::{
+    bench::{BENCH_FRAME_BYTES, BenchFrame},
+    proto::{ETH_HLEN, ETH_P_IP, XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX},
+};
 use aya_ebpf::{
-    bindings::xdp_action,
     helpers::bpf_xdp_store_bytes,
     macros::{map, xdp},
     maps::{Array, DevMap, PerCpuArray},
     programs::XdpContext,
 };
 
-use crate::packet::{self, ETH_HLEN, ETH_P_IP, EthHdr, Ports, copy_mac};
+// The dataplane's bounds-checked frame access; these programs use only part of it.
+#[allow(dead_code)]
+#[path = "../packet.rs"]
+mod packet;
+
+use packet::{EthHdr, Ports, copy_mac};
 
 /// The one egress port of `bench_redirect` (index 0), set by the benchmark.
 #[map]
@@ -34,16 +45,16 @@ pub fn bench_baseline(ctx: XdpContext) -> u32 {
             let dst = eth.dst;
             copy_mac(&mut eth.dst, &eth.src);
             copy_mac(&mut eth.src, &dst);
-            xdp_action::XDP_TX
+            XDP_TX
         }
-        None => xdp_action::XDP_PASS,
+        None => XDP_PASS,
     }
 }
 
 /// The ceiling of any XDP forwarder on a topology: redirect every frame to one port, no logic.
 #[xdp]
 pub fn bench_redirect(_ctx: XdpContext) -> u32 {
-    BENCH_PORT.redirect(0, 0).unwrap_or(xdp_action::XDP_ABORTED)
+    BENCH_PORT.redirect(0, 0).unwrap_or(XDP_ABORTED)
 }
 
 /// Traffic generator for BPF_PROG_TEST_RUN with live frames: writes the IPv4/UDP template of
@@ -55,7 +66,7 @@ pub fn bench_redirect(_ctx: XdpContext) -> u32 {
 /// member's MAC, TTL - 1). Frames shorter than the template are aborted.
 #[xdp]
 pub fn bench_gen(ctx: XdpContext) -> u32 {
-    generate(&ctx).unwrap_or(xdp_action::XDP_ABORTED)
+    generate(&ctx).unwrap_or(XDP_ABORTED)
 }
 
 /// Members' sink: drops IPv4 at the earliest point and passes everything else (ARP, so the
@@ -64,8 +75,8 @@ pub fn bench_gen(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn bench_sink(ctx: XdpContext) -> u32 {
     match packet::header::<EthHdr>(&ctx, 0) {
-        Some(eth) if eth.ethertype() == ETH_P_IP => xdp_action::XDP_DROP,
-        _ => xdp_action::XDP_PASS,
+        Some(eth) if eth.ethertype() == ETH_P_IP => XDP_DROP,
+        _ => XDP_PASS,
     }
 }
 
@@ -76,7 +87,7 @@ pub fn bench_sink(ctx: XdpContext) -> u32 {
 /// the peer of a veth the dataplane is attached to.
 #[xdp]
 pub fn peer_pass(_ctx: XdpContext) -> u32 {
-    xdp_action::XDP_PASS
+    XDP_PASS
 }
 
 #[inline(always)]
@@ -105,5 +116,15 @@ fn generate(ctx: &XdpContext) -> Option<u32> {
     let [a, b] = sport.to_be_bytes();
     ports.bytes[0] = a;
     ports.bytes[1] = b;
-    Some(xdp_action::XDP_TX)
+    Some(XDP_TX)
 }
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";
