@@ -175,9 +175,6 @@ pub struct Maps {
     pub member_slots: Array<MapData, u32>,
     /// The undo log of the open transaction, if any (see [`crate::journal`]).
     pub journal: Option<Vec<crate::journal::Undo>>,
-    /// Maglev table size for tables rebuilt through these handles; `None` keeps each address's
-    /// current size (or the default for a new one).
-    pub table_size: Option<u32>,
     /// Device and inode of the `ADDRS` pin these handles were opened from.
     pinned: (u64, u64),
 }
@@ -215,12 +212,29 @@ impl Maps {
             host_refs: open(pin, names::HOST_REFS)?,
             member_slots: open(pin, names::MEMBER_SLOTS)?,
             journal: None,
-            table_size: None,
         })
     }
 }
 
 impl Maps {
+    /// Records the last accepted sequence number of an advertisement sender (the agent's
+    /// replay guard, kept across restarts).
+    pub fn record_sender_seq(&mut self, sender: std::net::Ipv4Addr, seq: u64) -> Result<()> {
+        self.sender_seq
+            .insert(anycast_common::ip_key(sender.octets()), seq, 0)
+            .map_err(|e| Error::map(names::SENDER_SEQ, e))
+    }
+
+    /// Publishes the agent's counters in `AGENT_STATS` for `status` to read.
+    pub fn store_agent_counters(&mut self, counters: &[u64]) -> Result<()> {
+        for (index, value) in counters.iter().enumerate() {
+            self.agent_stats
+                .set(index as u32, value, 0)
+                .map_err(|e| Error::map(names::AGENT_STATS, e))?;
+        }
+        Ok(())
+    }
+
     /// Whether these handles are still the maps pinned under `pin` (not replaced by a detach
     /// and re-attach, nor deleted). Call it under the writers' lock, before writing.
     pub fn is_live(&self, pin: &PinDir) -> bool {

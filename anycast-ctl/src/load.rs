@@ -185,7 +185,7 @@ pub fn apply(
         for m in list {
             let p = &placements[&(m.member, m.dev.clone(), m.mac)];
             let info = members::static_info(now, m.preference, m.weight);
-            match members::add(maps, m.anycast, p, info)?.added {
+            match members::add(maps, m.anycast, p, info, None)?.added {
                 Added::New => loaded.added += 1,
                 Added::Updated => loaded.updated += 1,
             }

@@ -283,6 +283,7 @@ impl Bed {
                 members::DEFAULT_PREFERENCE,
                 members::DEFAULT_WEIGHT,
             ),
+            None,
         )?;
         Ok(())
     }
@@ -297,15 +298,16 @@ impl Bed {
     ) -> Result<()> {
         Ok(members::set_weight(
             &mut self.maps,
-            anycast,
-            member,
+            (anycast, member),
             preference,
             weight,
+            None,
         )?)
     }
 
     pub fn del_member(&mut self, anycast: Ipv4Addr, member: Ipv4Addr) -> Result<()> {
-        Ok(members::del(&mut self.maps, anycast, member)?)
+        members::del(&mut self.maps, anycast, member)?;
+        Ok(())
     }
 
     /// Marks a member host's MAC as unknown, as if never resolved.

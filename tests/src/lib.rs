@@ -8,9 +8,7 @@
 //! time. Only documentation and benchmarking prefixes are used, and only inside namespaces the
 //! harness created; the root namespace's links and routes are never touched.
 
-pub mod bench_control;
-pub mod bench_e2e;
-pub mod bench_membership;
+pub mod bench;
 pub mod cmd;
 pub mod ctl;
 pub mod daemon;

@@ -856,3 +856,33 @@ fn aya_obj_names(bytes: &[u8]) -> (Vec<String>, Vec<String>) {
     let _ = std::fs::remove_dir_all(&dir);
     names.expect("loading the object")
 }
+
+/// The membership writer reports an address's first member and the loss of its last: the
+/// event route export follows.
+#[test]
+fn writer_reports_first_and_last_member_of_an_address() {
+    use anycast_ctl::members::{self, Edge, Placement};
+    let mut bed = Bed::new().expect("TEST_RUN bed");
+    let port = (bed.ports[1].ifindex, bed.ports[1].mac);
+    let place = |member, mac| Placement {
+        member,
+        ifindex: port.0,
+        mac,
+        smac: port.1,
+        static_mac: false,
+        signed_mac: false,
+    };
+    let info = members::static_info(members::now_ms(), 100, 100);
+    let a = ANYCAST_A;
+    let first = members::add(&mut bed.maps, a, &place(M1, M1_MAC), info, None).unwrap();
+    assert_eq!(first.edge, Some(Edge::FirstMember));
+    let second = members::add(&mut bed.maps, a, &place(M2, M2_MAC), info, None).unwrap();
+    assert_eq!(second.edge, None);
+    let again = members::add(&mut bed.maps, a, &place(M2, M2_MAC), info, None).unwrap();
+    assert_eq!(again.edge, None);
+    assert_eq!(members::del(&mut bed.maps, a, M1).unwrap(), None);
+    assert_eq!(
+        members::del(&mut bed.maps, a, M2).unwrap(),
+        Some(Edge::LastMemberGone)
+    );
+}

@@ -6,7 +6,8 @@ use std::{net::Ipv4Addr, path::PathBuf};
 use anycast_common::{ALLOC_COUNTERS, ALLOC_HOSTS, programs::ANYCAST as PROGRAM};
 use anycast_ctl::{journal::Words, report};
 use anycast_tests::{
-    ANYCAST, Ctl, Topology, TopologyOptions, bench_control,
+    ANYCAST, Ctl, Topology, TopologyOptions,
+    bench::control,
     frames::{Bed, Ipv4, XDP_REDIRECT, ipv4_frame},
     traffic::{UDP_PORT, udp_round},
 };
@@ -180,7 +181,7 @@ fn many_add_del_cycles_reuse_indexes_and_zero_reused_counters() {
         })
         .collect();
     for round in 0..50u16 {
-        let vip = bench_control::address(u32::from(round % 10));
+        let vip = control::address(u32::from(round % 10));
         for &(ip, mac) in &members {
             bed.add_member(vip, ip, 1, mac).unwrap();
         }
@@ -253,11 +254,11 @@ fn add_del_calls(topo: &Topology, ctl: &Ctl, vip: Ipv4Addr, member: Ipv4Addr) ->
 fn add_and_del_cost_does_not_grow_with_the_number_of_addresses() {
     let (topo, ctl) = lab(2);
     let [m1, m2] = [0, 1].map(|i| topo.members[i].ip);
-    let file = TempFile::new(&bench_control::load_file(10, m1));
+    let file = TempFile::new(&control::load_file(10, m1));
     ctl.run(&["load", file.arg()]).unwrap();
-    let vip = bench_control::address(3);
+    let vip = control::address(3);
     let few = add_del_calls(&topo, &ctl, vip, m2);
-    let file = TempFile::new(&bench_control::load_file(5_000, m1));
+    let file = TempFile::new(&control::load_file(5_000, m1));
     ctl.run(&["load", file.arg()]).unwrap();
     let many = add_del_calls(&topo, &ctl, vip, m2);
     // The walks this replaced made about five calls per address (25,000 here); a probe run

@@ -331,10 +331,9 @@ impl Agent {
             Err(reject) => return self.reject(reject, rx.src),
         };
         self.counters[AgentCounter::Accepted.index() as usize] += 1;
-        let _ =
-            self.maps
-                .sender_seq
-                .insert(anycast_common::ip_key(repr.sender.octets()), repr.seq, 0);
+        if let Err(e) = self.maps.record_sender_seq(repr.sender, repr.seq) {
+            tracing::warn!(sender = %repr.sender, error = %e, "recording the sequence number");
+        }
         if let Err(e) = self.apply(&repr, rx.ifindex, now).await {
             tracing::warn!(sender = %repr.sender, error = %e, "applying an advertisement");
         }
@@ -459,23 +458,15 @@ impl Agent {
             // An operator's static member wins; the advertisement changes nothing.
             (Some(c), _) if c.source != SOURCE_LEARNED => return Ok(false),
             // A refresh of a member already in place on the same interface.
-            (Some(c), None) => {
-                self.maps
-                    .member_info
-                    .insert(key, info, 0)
-                    .map_err(|e| Error::map("MEMBER_INFO", e))?;
-                if (c.preference, c.weight) != (m.preference, m.weight) {
-                    members::set_weight(&mut self.maps, m.anycast, sender, m.preference, m.weight)?;
-                }
-            }
+            (Some(_), None) => members::renew(&mut self.maps, (m.anycast, sender), info)?,
             // Gone from the maps under us (`member del`): learn it again next time.
             (None, None) => {
                 self.learned.remove(&key);
                 return Ok(false);
             }
             (_, Some(placement)) => {
-                members::add(&mut self.maps, m.anycast, &placement, info)?;
-                tracing::info!(anycast = %m.anycast, member = %sender, "member learned");
+                let done = members::add(&mut self.maps, m.anycast, &placement, info, None)?;
+                tracing::info!(anycast = %m.anycast, member = %sender, edge = ?done.edge, "member learned");
             }
         }
         Ok(true)
@@ -527,8 +518,8 @@ impl Agent {
         }
         let anycast = Ipv4Addr::from(ip_octets(key.anycast));
         let member = Ipv4Addr::from(ip_octets(key.member));
-        members::del(&mut self.maps, anycast, member)?;
-        tracing::info!(%anycast, %member, why, "member removed");
+        let edge = members::del(&mut self.maps, anycast, member)?;
+        tracing::info!(%anycast, %member, why, ?edge, "member removed");
         Ok(())
     }
 
@@ -581,8 +572,8 @@ impl Agent {
 
     /// Writes the counters to `AGENT_STATS` for `status` to read.
     pub fn flush_counters(&mut self) {
-        for (index, value) in self.counters.iter().enumerate() {
-            let _ = self.maps.agent_stats.set(index as u32, value, 0);
+        if let Err(e) = self.maps.store_agent_counters(&self.counters) {
+            tracing::warn!(error = %e, "publishing the counters");
         }
     }
 

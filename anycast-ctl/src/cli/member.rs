@@ -114,9 +114,8 @@ async fn add(router: &Router, args: AddArgs) -> Result<String> {
     .await?;
     let _lock = pin.lock(false)?;
     maps.ensure_live(pin)?;
-    maps.table_size = table_size;
     let info = members::static_info(members::now_ms(), preference, weight);
-    let done = members::add(&mut maps, anycast_ip, &placement, info)?;
+    let done = members::add(&mut maps, anycast_ip, &placement, info, table_size)?;
     Ok(added(anycast_ip, member_ip, &done))
 }
 
@@ -147,8 +146,13 @@ fn set(router: &Router, args: SetArgs) -> Result<String> {
     } = args;
     let _lock = router.pin.lock(false)?;
     let mut maps = Maps::open(&router.pin)?;
-    maps.table_size = table_size;
-    members::set_weight(&mut maps, anycast_ip, member_ip, preference, weight)?;
+    members::set_weight(
+        &mut maps,
+        (anycast_ip, member_ip),
+        preference,
+        weight,
+        table_size,
+    )?;
     Ok(format!(
         "member {member_ip} of {anycast_ip}: preference {preference}, weight {weight}\n"
     ))

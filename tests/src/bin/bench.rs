@@ -37,7 +37,7 @@ fn main() -> Result<()> {
     anycast_tests::require_root();
     // `bench control`: only the control plane at scale, printed, no report.
     if std::env::args().nth(1).as_deref() == Some("control") {
-        let control = anycast_tests::bench_control::run()?;
+        let control = anycast_tests::bench::control::run()?;
         println!("{}", serde_json::to_string_pretty(&control)?);
         return Ok(());
     }
@@ -140,13 +140,13 @@ fn main() -> Result<()> {
     );
 
     println!("\n== membership by advertisement (real agent, namespaces)");
-    let membership = anycast_tests::bench_membership::run()?;
+    let membership = anycast_tests::bench::membership::run()?;
 
     println!("\n== control plane at 65,536 addresses (anycast-ctl binary, namespaces)");
-    let control = anycast_tests::bench_control::run()?;
+    let control = anycast_tests::bench::control::run()?;
 
     println!("\n== end-to-end forwarding rate (live frames, namespaces)");
-    let end_to_end = anycast_tests::bench_e2e::run(E2E_PACKETS)?;
+    let end_to_end = anycast_tests::bench::e2e::run(E2E_PACKETS)?;
 
     let report = json!({
         "machine": machine(),

@@ -1,8 +1,4 @@
-//! Where a membership becomes a map entry.
-//!
-//! [`locate`] turns a member IP into where to send to it (egress interface, MACs) using the
-//! router's route and neighbour tables. [`add`] and [`del`] then change the maps; the CLI and the
-//! agent both go through them, under the pin-directory lock.
+//! Writing memberships into the maps.
 //!
 //! Invariants:
 //! - A member set is written into the address's spare `MEMBER_SETS` entry, after the `HOSTS`
@@ -17,12 +13,12 @@
 //! - A MAC belongs to the host: one static MAC for every address the host serves.
 //! - [`add`], [`del`] and [`set_weight`] are transactions ([`Maps::transaction`]): on an error
 //!   nothing changed.
-use std::{net::Ipv4Addr, time::Duration};
+use std::net::Ipv4Addr;
 
 use anycast_common::{
     AddrBucket, AddrStats, HOST_MAC_KNOWN, HOST_MAC_SIGNED, HOST_MAC_STATIC, Host, MAX_MEMBERS,
-    MemberInfo, MemberKey, MemberRef, MemberSet, MemberStats, NO_HOST, SOURCE_STATIC,
-    TABLE_ENTRIES_PER_WORD, ip_key, member_set_index, pack_positions, table_words,
+    MemberInfo, MemberRef, MemberSet, MemberStats, NO_HOST, TABLE_ENTRIES_PER_WORD, ip_key,
+    member_set_index, pack_positions, table_words,
 };
 use aya::maps::{Array, MapData};
 
@@ -33,164 +29,23 @@ use crate::{
     journal::Words,
     mac::MacAddr,
     maglev,
-    net::{Link, Netlink},
 };
 
-/// How long `member add` waits for the kernel to resolve a member's MAC.
-pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(3);
-/// How long the agent waits: the member has just sent an advertisement, so it is up; a miss
-/// is retried on its next advertisement rather than stalling the agent.
-pub const AGENT_RESOLVE_TIMEOUT: Duration = Duration::from_millis(300);
-
-/// Where to send to one member.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Placement {
-    pub member: Ipv4Addr,
-    pub ifindex: u32,
-    pub mac: [u8; 6],
-    /// MAC of the egress interface.
-    pub smac: [u8; 6],
-    /// The MAC was given by the operator and is not relearned.
-    pub static_mac: bool,
-    /// The MAC came in the member's signed advertisement; only another one replaces it.
-    pub signed_mac: bool,
-}
-
-/// Where a member's MAC comes from. Never from a frame the dataplane saw: only from sources
-/// as trustworthy as the kernel's neighbour table.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MacFrom {
-    /// The kernel's neighbour table, resolved if needed.
-    Neighbour,
-    /// The operator (`--mac`).
-    Operator([u8; 6]),
-    /// The member's signed advertisement.
-    Signed([u8; 6]),
-}
-
-/// Finds the egress interface and MACs of `member`, which must be on-link on an attached
-/// interface (`dev`, if given). Resolves the MAC through the kernel for [`MacFrom::Neighbour`].
-pub async fn locate(
-    maps: &Maps,
-    nl: &Netlink,
-    member: Ipv4Addr,
-    dev: Option<&str>,
-    mac_from: MacFrom,
-    resolve_timeout: Duration,
-) -> Result<Placement> {
-    crate::policy::Policy::new(nl)
-        .await?
-        .check_member(maps, member)?;
-    let egress = on_link_egress(maps, nl, member, dev).await?;
-    let mac = member_mac(nl, &egress, member, mac_from, resolve_timeout).await?;
-    Ok(Placement {
-        member,
-        ifindex: egress.index,
-        mac,
-        smac: egress.mac,
-        static_mac: matches!(mac_from, MacFrom::Operator(_)),
-        signed_mac: matches!(mac_from, MacFrom::Signed(_)),
-    })
-}
-
-/// The attached interface `member` is on-link on: the route's, which must be `dev` if given.
-async fn on_link_egress(
-    maps: &Maps,
-    nl: &Netlink,
-    member: Ipv4Addr,
-    dev: Option<&str>,
-) -> Result<Link> {
-    let dev = match dev {
-        Some(name) => Some(nl.link_by_name(name).await?),
-        None => None,
-    };
-    let route = nl
-        .route_to(member, None)
-        .await?
-        .filter(|r| r.unicast)
-        .ok_or(Error::NoRoute { member })?;
-    if let Some(gateway) = route.gateway {
-        return Err(match dev {
-            Some(d) => Error::NotOnLinkDev {
-                member,
-                iface: d.name,
-            },
-            None => Error::NotOnLink { member, gateway },
-        });
-    }
-    let egress = nl.link_by_index(route.oif).await?;
-    if let Some(d) = &dev
-        && d.index != egress.index
-    {
-        return Err(Error::RouteUsesOtherDev {
-            member,
-            iface: d.name.clone(),
-            route_iface: egress.name,
-        });
-    }
-    if maps.iface(egress.index)?.is_none() {
-        return Err(Error::EgressNotAttached {
-            member,
-            iface: egress.name,
-        });
-    }
-    Ok(egress)
-}
-
-/// The member's MAC, given or resolved on `egress`; it must be a unicast MAC.
-async fn member_mac(
-    nl: &Netlink,
-    egress: &Link,
-    member: Ipv4Addr,
-    mac_from: MacFrom,
-    resolve_timeout: Duration,
-) -> Result<[u8; 6]> {
-    let mac = match mac_from {
-        MacFrom::Operator(mac) | MacFrom::Signed(mac) => mac,
-        MacFrom::Neighbour => nl
-            .resolve(egress.index, member, resolve_timeout)
-            .await?
-            .ok_or_else(|| Error::MacUnresolved {
-                member,
-                iface: egress.name.clone(),
-                millis: resolve_timeout.as_millis() as u64,
-            })?,
-    };
-    if !crate::mac::MacAddr(mac).is_unicast() {
-        return Err(Error::BadMember {
-            member,
-            why: format!("its MAC {} is not a unicast MAC", crate::mac::MacAddr(mac)),
-        });
-    }
-    Ok(mac)
-}
-
-/// Whether `add` created a member or refreshed an existing one.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Added {
-    New,
-    Updated,
-}
-
-/// What `add` did, and the host record now stored for the member (its MAC may be an earlier
-/// static one rather than the placement's).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct AddOutcome {
-    pub added: Added,
-    pub host: Host,
-}
+use super::{AddOutcome, Added, Edge, Placement, member_key};
 
 /// Adds `p.member` to the anycast `address` (creating the address if needed), or refreshes
 /// where it is sent and its `info` (source, preference, weight) if it already is a member; a
-/// `maps.table_size` other than the address's is applied either way. One transaction: on an
-/// error nothing changed. A constant number of map operations, whatever the number of addresses.
+/// `table_size` other than the address's is applied either way (`None` keeps the address's,
+/// or the default for a new one). One transaction: on an error nothing changed. A constant
+/// number of map operations, whatever the number of addresses.
 pub fn add(
     maps: &mut Maps,
     address: Ipv4Addr,
     p: &Placement,
     info: MemberInfo,
+    table_size: Option<u32>,
 ) -> Result<AddOutcome> {
-    maps.transaction(|maps| add_in(maps, address, p, info))
+    maps.transaction(|maps| add_in(maps, address, p, info, table_size))
 }
 
 fn add_in(
@@ -198,6 +53,7 @@ fn add_in(
     address: Ipv4Addr,
     p: &Placement,
     info: MemberInfo,
+    table_size: Option<u32>,
 ) -> Result<AddOutcome> {
     let key = ip_key(address.octets());
     let (index, entry, old) = match maps.bucket(key)? {
@@ -216,7 +72,7 @@ fn add_in(
         && old.members().any(|m| m.host == host)
     {
         let entry = entry.expect("a found address has a bucket entry");
-        return refresh(maps, address, (index, entry), &old, p, info);
+        return refresh(maps, address, (index, entry), &old, (p, info), table_size);
     }
     let position = old
         .positions()
@@ -244,10 +100,11 @@ fn add_in(
     let mut new = old;
     new.members[position] = MemberRef { host, counter };
     new.n_members = new.n_members.max(position as u32 + 1);
-    update(maps, address, index, entry, &old, new)?;
+    update(maps, address, (index, entry), (&old, new), table_size)?;
     Ok(AddOutcome {
         added: Added::New,
         host: stored,
+        edge: (old.members().count() == 0).then_some(Edge::FirstMember),
     })
 }
 
@@ -258,22 +115,23 @@ fn refresh(
     address: Ipv4Addr,
     (index, entry): (u32, AddrBucket),
     old: &MemberSet,
-    p: &Placement,
-    info: MemberInfo,
+    (p, info): (&Placement, MemberInfo),
+    table_size: Option<u32>,
 ) -> Result<AddOutcome> {
     let (_, stored) = write_host(maps, p)?;
     let key = member_key(address, p.member);
     let changed = maps.member_info.get(&key, 0).map_or(true, |i| {
         (i.preference, i.weight) != (info.preference, info.weight)
     });
-    let resized = maps.table_size.is_some_and(|s| s != old.maglev_size);
+    let resized = table_size.is_some_and(|s| s != old.maglev_size);
     maps.set_info(key, info)?;
     if changed || resized {
-        update(maps, address, index, entry, old, *old)?;
+        update(maps, address, (index, entry), (old, *old), table_size)?;
     }
     Ok(AddOutcome {
         added: Added::Updated,
         host: stored,
+        edge: None,
     })
 }
 
@@ -332,46 +190,16 @@ fn check_mac(
     })
 }
 
-/// The `MEMBER_INFO` key of a membership.
-pub fn member_key(address: Ipv4Addr, member: Ipv4Addr) -> MemberKey {
-    MemberKey {
-        anycast: ip_key(address.octets()),
-        member: ip_key(member.octets()),
-    }
-}
-
-/// Default preference of a member (lower is better).
-pub const DEFAULT_PREFERENCE: u16 = 100;
-/// Default weight of a member (its share of new flows among equals).
-pub const DEFAULT_WEIGHT: u16 = 100;
-
-/// What an operator's `member add` records: static, never expires.
-pub fn static_info(now_ms: u64, preference: u16, weight: u16) -> MemberInfo {
-    MemberInfo {
-        source: SOURCE_STATIC,
-        updated_ms: now_ms,
-        preference,
-        weight,
-        ..MemberInfo::default()
-    }
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 /// Removes `member` from `address`: its position becomes a hole, so every other member keeps
 /// its position (and its flows). The address stays, possibly with no members. Its counter slot
 /// is freed, and so is its host once no membership refers to it (`HOST_REFS`). One transaction;
-/// a constant number of map operations, whatever the number of addresses.
-pub fn del(maps: &mut Maps, address: Ipv4Addr, member: Ipv4Addr) -> Result<()> {
+/// a constant number of map operations, whatever the number of addresses. Returns
+/// [`Edge::LastMemberGone`] when this was the address's last member.
+pub fn del(maps: &mut Maps, address: Ipv4Addr, member: Ipv4Addr) -> Result<Option<Edge>> {
     maps.transaction(|maps| del_in(maps, address, member))
 }
 
-fn del_in(maps: &mut Maps, address: Ipv4Addr, member: Ipv4Addr) -> Result<()> {
+fn del_in(maps: &mut Maps, address: Ipv4Addr, member: Ipv4Addr) -> Result<Option<Edge>> {
     let Bucket::Found { index, entry } = maps.bucket(ip_key(address.octets()))? else {
         return Err(Error::NoSuchAddress { address });
     };
@@ -393,7 +221,7 @@ fn del_in(maps: &mut Maps, address: Ipv4Addr, member: Ipv4Addr) -> Result<()> {
     while new.n_members > 0 && new.members[new.n_members as usize - 1].host == NO_HOST {
         new.n_members -= 1;
     }
-    update(maps, address, index, entry, &old, new)?;
+    update(maps, address, (index, entry), (&old, new), None)?;
     let key = member_key(address, member);
     if maps.member_info.get(&key, 0).is_ok() {
         maps.remove_info(key)?;
@@ -405,17 +233,17 @@ fn del_in(maps: &mut Maps, address: Ipv4Addr, member: Ipv4Addr) -> Result<()> {
         maps.remove_host_id(ip_key(member.octets()))?;
         alloc::give_back(maps, Kind::Host, host)?;
     }
-    Ok(())
+    Ok((new.members().count() == 0).then_some(Edge::LastMemberGone))
 }
 
 /// Changes the preference and weight of a member (weight 0 drains it: no new flows, existing
-/// flows stay). One transaction.
+/// flows stay), and the address's table size if given. One transaction.
 pub fn set_weight(
     maps: &mut Maps,
-    address: Ipv4Addr,
-    member: Ipv4Addr,
+    (address, member): (Ipv4Addr, Ipv4Addr),
     preference: u16,
     weight: u16,
+    table_size: Option<u32>,
 ) -> Result<()> {
     maps.transaction(|maps| {
         let Bucket::Found { index, entry } = maps.bucket(ip_key(address.octets()))? else {
@@ -430,7 +258,33 @@ pub fn set_weight(
         info.weight = weight;
         maps.set_info(key, info)?;
         let set = maps.member_set(&entry)?;
-        update(maps, address, index, entry, &set, set)
+        update(maps, address, (index, entry), (&set, set), table_size)
+    })
+}
+
+/// Records a refresh of a member already in place (the agent's, on each advertisement): its
+/// new `info`, and a new choice of members if its preference or weight changed. One
+/// transaction.
+pub fn renew(
+    maps: &mut Maps,
+    (address, member): (Ipv4Addr, Ipv4Addr),
+    info: MemberInfo,
+) -> Result<()> {
+    let key = member_key(address, member);
+    let current = maps
+        .member_info
+        .get(&key, 0)
+        .map_err(|_| Error::NotMember { address, member })?;
+    if (current.preference, current.weight) == (info.preference, info.weight) {
+        return maps.set_info(key, info);
+    }
+    maps.transaction(|maps| {
+        maps.set_info(key, info)?;
+        let Bucket::Found { index, entry } = maps.bucket(ip_key(address.octets()))? else {
+            return Err(Error::NoSuchAddress { address });
+        };
+        let set = maps.member_set(&entry)?;
+        update(maps, address, (index, entry), (&set, set), None)
     })
 }
 
@@ -445,12 +299,11 @@ pub fn set_weight(
 fn update(
     maps: &mut Maps,
     address: Ipv4Addr,
-    index: u32,
-    entry: AddrBucket,
-    old: &MemberSet,
-    mut new: MemberSet,
+    (index, entry): (u32, AddrBucket),
+    (old, mut new): (&MemberSet, MemberSet),
+    table_size: Option<u32>,
 ) -> Result<()> {
-    let size = maps.table_size.unwrap_or(match old.maglev_size {
+    let size = table_size.unwrap_or(match old.maglev_size {
         0 => anycast_common::DEFAULT_TABLE_SIZE,
         size => size,
     });

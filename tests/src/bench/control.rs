@@ -205,7 +205,7 @@ fn library_add_del(topo: &Topology, ctl: &Ctl) -> Result<(f64, f64)> {
         del.push(ms(start.elapsed()));
         let info = members::static_info(members::now_ms(), 100, 100);
         let start = Instant::now();
-        members::add(&mut maps, a, &p, info)?;
+        members::add(&mut maps, a, &p, info, None)?;
         add.push(ms(start.elapsed()));
     }
     Ok((median(&mut add), median(&mut del)))

@@ -1,0 +1,6 @@
+//! The benchmarks of `cargo xtask bench` (driven by `src/bin/bench.rs`), apart from the test
+//! harness they build on: end-to-end forwarding against Linux ECMP (`e2e`), membership by
+//! advertisement (`membership`) and the control plane at 65,536 addresses (`control`).
+pub mod control;
+pub mod e2e;
+pub mod membership;
