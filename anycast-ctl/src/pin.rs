@@ -61,9 +61,11 @@ impl DirLock {
 }
 
 impl DirLockGuard {
-    /// Whether the locked directory is still `pin`'s (not removed and made anew).
-    pub fn is_dir_of(&self, pin: &PinDir) -> bool {
-        pin.same_dir(&self.dir)
+    /// Whether the locked directory still exists: the last detach removes it, so a directory
+    /// with no links left is one a re-attach will have replaced. One `fstat`, no path walk (the
+    /// agent asks on every advertisement).
+    pub fn is_alive(&self) -> bool {
+        self.dir.metadata().is_ok_and(|m| m.nlink() > 0)
     }
 }
 
@@ -190,14 +192,6 @@ impl PinDir {
         let dir = File::open(&self.path)
             .map_err(|e| Error::io(format!("opening {}", self.path.display()), e))?;
         Ok(DirLock { dir })
-    }
-
-    /// Whether this process's lock on the pin directory is on the live directory (one that a
-    /// detach and re-attach did not replace).
-    pub fn same_dir(&self, held: &File) -> bool {
-        let live = std::fs::metadata(&self.path).map(|m| (m.dev(), m.ino()));
-        let held = held.metadata().map(|m| (m.dev(), m.ino()));
-        matches!((live, held), (Ok(a), Ok(b)) if a == b)
     }
 
     /// Removes what anycast pinned here: the maps, the links directory (with any links left

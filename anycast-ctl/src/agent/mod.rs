@@ -225,7 +225,7 @@ impl Agent {
     /// come back with their next advertisements); with nothing attached any more, it stops.
     fn lock_live(&mut self) -> Result<crate::pin::DirLockGuard> {
         let guard = self.dir_lock.lock()?;
-        if guard.is_dir_of(&self.pin) && self.maps.is_live(&self.pin) {
+        if guard.is_alive() {
             return Ok(guard);
         }
         drop(guard);
@@ -458,7 +458,7 @@ impl Agent {
             // An operator's static member wins; the advertisement changes nothing.
             (Some(c), _) if c.source != SOURCE_LEARNED => return Ok(false),
             // A refresh of a member already in place on the same interface.
-            (Some(_), None) => members::renew(&mut self.maps, (m.anycast, sender), info)?,
+            (Some(c), None) => members::renew(&mut self.maps, (m.anycast, sender), &c, info)?,
             // Gone from the maps under us (`member del`): learn it again next time.
             (None, None) => {
                 self.learned.remove(&key);

@@ -262,19 +262,16 @@ pub fn set_weight(
     })
 }
 
-/// Records a refresh of a member already in place (the agent's, on each advertisement): its
-/// new `info`, and a new choice of members if its preference or weight changed. One
-/// transaction.
+/// Records a refresh of a member already in place (the agent's, on each advertisement), whose
+/// recorded info is `current`: its new `info`, and a new choice of members if its preference
+/// or weight changed. One transaction; one map write when nothing but the deadline changed.
 pub fn renew(
     maps: &mut Maps,
     (address, member): (Ipv4Addr, Ipv4Addr),
+    current: &MemberInfo,
     info: MemberInfo,
 ) -> Result<()> {
     let key = member_key(address, member);
-    let current = maps
-        .member_info
-        .get(&key, 0)
-        .map_err(|_| Error::NotMember { address, member })?;
     if (current.preference, current.weight) == (info.preference, info.weight) {
         return maps.set_info(key, info);
     }
