@@ -158,8 +158,7 @@ pub async fn locate_all(
             continue;
         }
         let p = members::locate(
-            maps,
-            nl,
+            (maps, nl, &policy),
             m.member,
             m.dev.as_deref(),
             m.mac.map_or(members::MacFrom::Neighbour, |mac| {

@@ -407,27 +407,28 @@ impl Agent {
         link_addr: Option<[u8; 6]>,
         ifindex: u32,
     ) -> Option<members::Placement> {
-        let policy = crate::policy::Policy::new(&self.nl).await;
-        if let Err(e) = policy.and_then(|p| p.check_anycast(&self.maps, anycast)) {
-            self.reject(Reject::NotAnycast, sender);
-            tracing::debug!(error = %e, "checking an anycast address");
-            return None;
-        }
-        let mac = link_addr.map_or(members::MacFrom::Neighbour, members::MacFrom::Signed);
-        let dev = self.devs.get(&ifindex).cloned();
-        let located = members::locate(
-            &self.maps,
-            &self.nl,
-            sender,
-            dev.as_deref(),
-            mac,
-            members::AGENT_RESOLVE_TIMEOUT,
-        );
-        match located.await {
+        let join = members::Join {
+            anycast,
+            member: sender,
+            dev: self.devs.get(&ifindex).map(String::as_str),
+            mac: link_addr.map_or(members::MacFrom::Neighbour, members::MacFrom::Signed),
+        };
+        let prepared = match crate::policy::Policy::new(&self.nl).await {
+            Ok(policy) => {
+                let ctx = (&self.maps, &self.nl, &policy);
+                members::prepare(ctx, join, members::AGENT_RESOLVE_TIMEOUT).await
+            }
+            Err(e) => Err(e),
+        };
+        match prepared {
             Ok(p) => Some(p),
             Err(e) => {
-                self.reject(Reject::NotOnLink, sender);
-                tracing::debug!(error = %e, "locating a member");
+                let reason = match e {
+                    Error::NotAnycast { .. } => Reject::NotAnycast,
+                    _ => Reject::NotOnLink,
+                };
+                self.reject(reason, sender);
+                tracing::debug!(error = %e, "placing a member");
                 None
             }
         }

@@ -97,21 +97,16 @@ async fn add(router: &Router, args: AddArgs) -> Result<String> {
     // Resolving the member may wait for ARP: do it before taking the writers' lock, then make
     // sure the maps are still the live ones.
     let mut maps = Maps::open(pin)?;
-    crate::policy::Policy::new(nl)
-        .await?
-        .check_anycast(&maps, anycast_ip)?;
-    let mac_from = mac.map_or(members::MacFrom::Neighbour, |m| {
-        members::MacFrom::Operator(m.0)
-    });
-    let placement = members::locate(
-        &maps,
-        nl,
-        member_ip,
-        dev.as_deref(),
-        mac_from,
-        members::RESOLVE_TIMEOUT,
-    )
-    .await?;
+    let policy = crate::policy::Policy::new(nl).await?;
+    let join = members::Join {
+        anycast: anycast_ip,
+        member: member_ip,
+        dev: dev.as_deref(),
+        mac: mac.map_or(members::MacFrom::Neighbour, |m| {
+            members::MacFrom::Operator(m.0)
+        }),
+    };
+    let placement = members::prepare((&maps, nl, &policy), join, members::RESOLVE_TIMEOUT).await?;
     let _lock = pin.lock(false)?;
     maps.ensure_live(pin)?;
     let info = members::static_info(members::now_ms(), preference, weight);

@@ -9,6 +9,7 @@ use crate::{
     Error, Result,
     dataplane::Maps,
     net::{Link, Netlink},
+    policy::Policy,
 };
 
 use super::{MacFrom, Placement};
@@ -16,16 +17,13 @@ use super::{MacFrom, Placement};
 /// Finds the egress interface and MACs of `member`, which must be on-link on an attached
 /// interface (`dev`, if given). Resolves the MAC through the kernel for [`MacFrom::Neighbour`].
 pub async fn locate(
-    maps: &Maps,
-    nl: &Netlink,
+    (maps, nl, policy): (&Maps, &Netlink, &Policy),
     member: Ipv4Addr,
     dev: Option<&str>,
     mac_from: MacFrom,
     resolve_timeout: Duration,
 ) -> Result<Placement> {
-    crate::policy::Policy::new(nl)
-        .await?
-        .check_member(maps, member)?;
+    policy.check_member(maps, member)?;
     let egress = on_link_egress(maps, nl, member, dev).await?;
     let mac = member_mac(nl, &egress, member, mac_from, resolve_timeout).await?;
     Ok(Placement {

@@ -18,6 +18,38 @@ use std::{net::Ipv4Addr, time::Duration};
 use anycast_common::{Host, MemberInfo, MemberKey, SOURCE_STATIC, ip_key};
 
 pub use locate::locate;
+
+use crate::{Result, dataplane::Maps, net::Netlink, policy::Policy};
+
+/// What a writer asks for: `member` serving the anycast address `anycast`, on `dev` if given,
+/// with its MAC from `mac`.
+#[derive(Clone, Copy, Debug)]
+pub struct Join<'a> {
+    pub anycast: Ipv4Addr,
+    pub member: Ipv4Addr,
+    pub dev: Option<&'a str>,
+    pub mac: MacFrom,
+}
+
+/// Every writer's first step (`member add`, the agent), outside the writers' lock because it
+/// may wait for ARP: checks that the address may be anycast and the member a member
+/// ([`Policy`]), and locates the member. The writer then takes the lock, checks that its maps
+/// are the live ones, and calls [`add`].
+pub async fn prepare(
+    (maps, nl, policy): (&Maps, &Netlink, &Policy),
+    join: Join<'_>,
+    resolve_timeout: Duration,
+) -> Result<Placement> {
+    policy.check_anycast(maps, join.anycast)?;
+    locate(
+        (maps, nl, policy),
+        join.member,
+        join.dev,
+        join.mac,
+        resolve_timeout,
+    )
+    .await
+}
 pub use write::{add, del, follow_neighbour, renew, set_weight};
 
 /// How long `member add` waits for the kernel to resolve a member's MAC.
