@@ -110,6 +110,7 @@ counters! {
         NotOnLink = 11 => "not_on_link",
         BadLinkAddr = 12 => "bad_link_addr",
         NotAnycast = 13 => "not_anycast",
+        SenderNotAllowed = 14 => "sender_not_allowed",
     }
 }
 

@@ -96,12 +96,17 @@ struct KeyFile {
 struct KeyEntry {
     id: u32,
     secret: String,
+    /// The sender addresses this key may speak for; empty = any.
+    #[serde(default)]
+    senders: Vec<ipnet::Ipv4Net>,
 }
 
 /// A set of shared keys, each an id and a secret of at least [`MIN_SECRET_LEN`] bytes.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Keys {
     keys: Vec<(u32, Vec<u8>)>,
+    /// Key id -> the sender prefixes it is limited to (absent: any sender).
+    senders: Vec<(u32, Vec<ipnet::Ipv4Net>)>,
 }
 
 impl fmt::Debug for Keys {
@@ -132,7 +137,19 @@ impl Keys {
         if out.is_empty() {
             return Err(KeysError::NoKeys);
         }
-        Ok(Keys { keys: out })
+        Ok(Keys {
+            keys: out,
+            senders: Vec::new(),
+        })
+    }
+
+    /// Whether key `id` may sign for `sender`: a key with a `senders` list only for addresses
+    /// inside it, so that one member's key cannot speak for another member.
+    pub fn allows(&self, id: u32, sender: std::net::Ipv4Addr) -> bool {
+        self.senders
+            .iter()
+            .find(|(key, _)| *key == id)
+            .is_none_or(|(_, nets)| nets.iter().any(|n| n.contains(&sender)))
     }
 
     /// Parses the contents of a key file:
@@ -141,6 +158,7 @@ impl Keys {
     /// [[key]]
     /// id = 1
     /// secret = "64 or more hex digits"
+    /// senders = ["203.0.113.0/24"]   # optional: the member addresses this key may sign for
     /// ```
     pub fn from_toml(text: &str) -> Result<Keys, KeysError> {
         let file: KeyFile = toml::from_str(text).map_err(|err| KeysError::Syntax {
@@ -150,14 +168,20 @@ impl Keys {
             message: err.message().to_owned(),
         })?;
         let mut keys = Vec::with_capacity(file.key.len());
+        let mut senders = Vec::new();
         for entry in file.key {
             let secret = decode_hex(&entry.secret).map_err(|reason| KeysError::BadHex {
                 id: entry.id,
                 reason,
             })?;
             keys.push((entry.id, secret));
+            if !entry.senders.is_empty() {
+                senders.push((entry.id, entry.senders));
+            }
         }
-        Keys::new(keys)
+        let mut keys = Keys::new(keys)?;
+        keys.senders = senders;
+        Ok(keys)
     }
 
     /// Reads a key file; refuses one whose mode lets group or others access it.

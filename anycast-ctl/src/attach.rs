@@ -274,9 +274,7 @@ fn forget_iface(maps: &mut Maps, ifindex: u32) {
 }
 
 fn links_present(pin: &PinDir) -> usize {
-    std::fs::read_dir(pin.links())
-        .map(|d| d.filter_map(|e| e.ok()).count())
-        .unwrap_or(0)
+    pin.link_count()
 }
 
 /// One attached interface, as `status` shows it.

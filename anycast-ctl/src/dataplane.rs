@@ -43,36 +43,55 @@ pub fn check_pins(pin: &PinDir) -> Result<Pins> {
         .into_iter()
         .filter(|n| pin.map(n).exists())
         .collect();
+    let incomplete = |missing| Error::PinsIncomplete {
+        path: pin.path().to_path_buf(),
+        missing,
+        recover: RECOVER_INCOMPLETE,
+    };
     if present.is_empty() {
+        // Links without maps: a program still runs on maps nobody can reach any more.
+        if pin.link_count() > 0 {
+            return Err(incomplete(names::ADDRS));
+        }
         return Ok(Pins::Fresh);
     }
-    let incompatible = |what: String| Error::PinsIncompatible {
-        path: pin.path().to_path_buf(),
-        what,
-        recover: RECOVER_INCOMPATIBLE,
-    };
     if !present.contains(&names::LAYOUT) {
         return Err(incompatible(
+            pin,
             "it has no layout version (an older anycast-ctl made it)".into(),
         ));
     }
     if let Some(missing) = names::PINNED.into_iter().find(|n| !present.contains(n)) {
-        return Err(Error::PinsIncomplete {
-            path: pin.path().to_path_buf(),
-            missing,
-            recover: RECOVER_INCOMPLETE,
-        });
+        return Err(incomplete(missing));
     }
     let layout: Array<MapData, u32> = open(pin, names::LAYOUT)?;
     let version = layout
         .get(&0, 0)
         .map_err(|e| Error::map(names::LAYOUT, e))?;
     if version != anycast_common::LAYOUT_VERSION {
-        return Err(incompatible(format!(
-            "layout version {version}, and this anycast-ctl uses {}",
-            anycast_common::LAYOUT_VERSION
-        )));
+        return Err(incompatible(
+            pin,
+            format!(
+                "layout version {version}, and this anycast-ctl uses {}",
+                anycast_common::LAYOUT_VERSION
+            ),
+        ));
     }
+    let flows = check_sizes(pin)?;
+    Ok(Pins::Complete { flows })
+}
+
+fn incompatible(pin: &PinDir, what: String) -> Error {
+    Error::PinsIncompatible {
+        path: pin.path().to_path_buf(),
+        what,
+        recover: RECOVER_INCOMPATIBLE,
+    }
+}
+
+/// Compares each pinned map's key size, value size and capacity with the object's; returns
+/// the connection table's size (the one capacity that may differ).
+fn check_sizes(pin: &PinDir) -> Result<u32> {
     let object = aya_obj::Object::parse(EBPF_OBJECT)
         .map_err(|e| Error::Usage(format!("parsing the embedded eBPF object: {e}")))?;
     let mut flows = 0;
@@ -89,14 +108,17 @@ pub fn check_pins(pin: &PinDir) -> Result<Pins> {
             have.2 = want.2;
         }
         if have != want {
-            return Err(incompatible(format!(
-                "map {name} has key/value size {}/{} and {} entries, and this anycast-ctl \
-                 wants {}/{} and {}",
-                have.0, have.1, have.2, want.0, want.1, want.2
-            )));
+            return Err(incompatible(
+                pin,
+                format!(
+                    "map {name} has key/value size {}/{} and {} entries, and this anycast-ctl \
+                     wants {}/{} and {}",
+                    have.0, have.1, have.2, want.0, want.1, want.2
+                ),
+            ));
         }
     }
-    Ok(Pins::Complete { flows })
+    Ok(flows)
 }
 
 /// Loads the eBPF object with its maps pinned under `pin` (created if missing, reused if not;

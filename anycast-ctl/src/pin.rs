@@ -60,15 +60,6 @@ impl DirLock {
     }
 }
 
-impl DirLockGuard {
-    /// Whether the locked directory still exists: the last detach removes it, so a directory
-    /// with no links left is one a re-attach will have replaced. One `fstat`, no path walk (the
-    /// agent asks on every advertisement).
-    pub fn is_alive(&self) -> bool {
-        self.dir.metadata().is_ok_and(|m| m.nlink() > 0)
-    }
-}
-
 impl Drop for DirLockGuard {
     fn drop(&mut self) {
         let _ = self.dir.unlock();
@@ -94,6 +85,22 @@ impl PinDir {
 
     pub fn link(&self, ifindex: u32) -> PathBuf {
         self.links().join(ifindex.to_string())
+    }
+
+    /// The links anycast pinned here (entries of `links/` named by an ifindex; anything else
+    /// there is not ours).
+    pub fn link_count(&self) -> usize {
+        std::fs::read_dir(self.links())
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .filter(|e| {
+                        e.file_name()
+                            .to_str()
+                            .is_some_and(|n| n.parse::<u32>().is_ok())
+                    })
+                    .count()
+            })
+            .unwrap_or(0)
     }
 
     /// The directory a running agent holds locked (see [`PinDir::agent_lock`]).

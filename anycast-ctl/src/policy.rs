@@ -68,11 +68,11 @@ impl Policy {
             let Ok(net) = ipnet::Ipv4Net::new(a.ip, a.prefix_len) else {
                 continue;
             };
-            if a.prefix_len >= 31 || !net.contains(&address) {
+            if a.prefix_len >= 32 || !net.contains(&address) {
                 continue;
             }
             let net = net.trunc();
-            if address == net.broadcast() {
+            if a.prefix_len < 31 && address == net.broadcast() {
                 return Err(refuse(format!(
                     "it is the broadcast address of {net} on {iface}"
                 )));

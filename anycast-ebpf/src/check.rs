@@ -69,7 +69,8 @@ pub fn checksum_ok(ctx: &aya_ebpf::programs::XdpContext, ip: &Ipv4Hdr, l4_offset
 #[inline(always)]
 pub fn source_ok(ip: &Ipv4Hdr) -> bool {
     let first = ip.src[0];
-    first != 0 && first != 127 && first < 224 && ip.src() != ip.dst()
+    let link_local = first == 169 && ip.src[1] == 254;
+    first != 0 && first != 127 && first < 224 && !link_local && ip.src() != ip.dst()
 }
 
 /// Whether an ARP request may be answered: not a probe (sender IP 0.0.0.0), from a unicast,

@@ -494,6 +494,10 @@ fn agent_follows_a_detach_and_reattach_under_it() {
         "{}",
         agent.log()
     );
+    // Another tool's pin keeps the directory itself alive across the detach: the agent must
+    // see that its maps were replaced all the same.
+    let other = ctl.pin_dir().join("other_tool_map");
+    foreign_pin(&other);
     ctl.detach(&["r0", "r1"]).expect("detach everything");
     ctl.attach(&["r0", "r1"], "native").expect("attach again");
     // The agent adopts the new state, or, if it saw the dataplane gone in between, stops with
@@ -520,6 +524,7 @@ fn agent_follows_a_detach_and_reattach_under_it() {
         agent.log()
     );
     assert!(agent.running(), "{}", agent.log());
+    std::fs::remove_file(&other).unwrap();
     let run = udp_round(
         &topo.client,
         &[&topo.members[0].ns],

@@ -14,6 +14,9 @@ use serde::Deserialize;
 
 use crate::{Error, Result, advert_auth::Keys, attach::Mode};
 
+/// Default `max_hold_ms`: one minute, twenty times the announcer's default hold.
+pub const DEFAULT_MAX_HOLD_MS: u32 = 60_000;
+
 /// Largest `replay_window_ms`: clocks of routers and members that disagree by more than this
 /// need fixing, not a wider window.
 pub const MAX_REPLAY_WINDOW_MS: u64 = 3_600_000;
@@ -31,6 +34,8 @@ pub struct File {
     pub mode: Option<String>,
     pub detach_on_exit: Option<bool>,
     pub replay_window_ms: Option<u64>,
+    /// Longest hold time an advertisement may ask for (longer ones are cut to it).
+    pub max_hold_ms: Option<u32>,
 }
 
 impl File {
@@ -56,6 +61,9 @@ pub struct Config {
     pub mode: Mode,
     pub detach_on_exit: bool,
     pub replay_window: Duration,
+    /// Hold times of advertisements are cut to this, so that a membership a revoked key made
+    /// cannot outlive the revocation by much.
+    pub max_hold_ms: u32,
 }
 
 /// Command-line values; `None`/empty means "not given".
@@ -147,6 +155,7 @@ impl Config {
             port: cli.port.or(file.port).unwrap_or(DEFAULT_PORT),
             mode,
             detach_on_exit: cli.detach_on_exit || file.detach_on_exit.unwrap_or(false),
+            max_hold_ms: file.max_hold_ms.unwrap_or(DEFAULT_MAX_HOLD_MS),
             replay_window: Duration::from_millis(
                 file.replay_window_ms.unwrap_or(MAX_CLOCK_SKEW_MS),
             ),
@@ -157,6 +166,11 @@ impl Config {
 
     /// Refuses a merged configuration the agent cannot run with.
     fn check(&self) -> Result<()> {
+        if self.max_hold_ms == 0 {
+            return Err(Error::Usage(
+                "max_hold_ms = 0: it must be at least 1".into(),
+            ));
+        }
         if self.port == 0 {
             return Err(Error::Usage("port 0 is not a UDP port to listen on".into()));
         }
@@ -265,6 +279,7 @@ mod tests {
             "replay_window_ms = 0",
             "replay_window_ms = 3600001",
             "port = 0",
+            "max_hold_ms = 0",
         ] {
             let file: File = toml::from_str(text).unwrap();
             let err = Config::merge(file, cli()).unwrap_err().to_string();

@@ -71,6 +71,8 @@ pub struct Agent {
     source: config::Source,
     /// An error that stops the event loop (the dataplane was detached under the agent).
     fatal: Option<Error>,
+    /// The single-agent lock on `DIR/agent` (see `PinDir::agent_lock`), held for life.
+    agent_lock: Option<std::fs::File>,
 }
 
 /// Runs the agent until SIGINT or SIGTERM; SIGHUP reloads the configuration and keys.
@@ -105,9 +107,8 @@ pub async fn run(pin: PinDir, source: config::Source) -> Result<()> {
     }
     let mut agent = Agent::new(pin, config, nl).await?;
     agent.source = source;
-    agent.serve(socket).await?;
-    drop(agent_lock);
-    Ok(())
+    agent.agent_lock = Some(agent_lock);
+    agent.serve(socket).await
 }
 
 impl Agent {
@@ -217,6 +218,20 @@ impl Agent {
         self.config.insecure_no_auth = config.insecure_no_auth;
         self.config.replay_window = config.replay_window;
         self.config.detach_on_exit = config.detach_on_exit;
+        self.config.max_hold_ms = config.max_hold_ms;
+        // Members of addresses the new prefixes no longer allow go now, not at their expiry.
+        let outside: Vec<MemberKey> = (self.learned.keys())
+            .filter(|k| !self.config.allows(Ipv4Addr::from(ip_octets(k.anycast))))
+            .copied()
+            .collect();
+        for key in outside {
+            match self.remove(key, "prefix withdrawn") {
+                Ok(()) => {
+                    self.learned.remove(&key);
+                }
+                Err(e) => tracing::warn!(error = %e, "removing a member"),
+            }
+        }
         tracing::info!("configuration reloaded");
     }
 
@@ -225,7 +240,9 @@ impl Agent {
     /// come back with their next advertisements); with nothing attached any more, it stops.
     fn lock_live(&mut self) -> Result<crate::pin::DirLockGuard> {
         let guard = self.dir_lock.lock()?;
-        if guard.is_alive() {
+        // One stat of the `ADDRS` pin: a detach and re-attach (or a deleted pin) replaces it,
+        // whatever else is left in the directory.
+        if self.maps.is_live(&self.pin) {
             return Ok(guard);
         }
         drop(guard);
@@ -241,6 +258,15 @@ impl Agent {
                 self.pin.path().display()
             )));
             return Err(replaced);
+        }
+        // The single-agent lock went with the old directory: take it in the new one, or stop
+        // if another agent already has it.
+        match self.pin.agent_lock() {
+            Ok(lock) => self.agent_lock = Some(lock),
+            Err(e) => {
+                self.fatal = Some(e);
+                return Err(replaced);
+            }
         }
         tracing::warn!("the dataplane was replaced under the agent; adopting the new state");
         self.dir_lock = self.pin.dir_lock()?;
@@ -280,6 +306,7 @@ impl Agent {
             log_limit: HashMap::new(),
             source: config::Source::default(),
             fatal: None,
+            agent_lock: None,
         };
         agent.adopt()?;
         // Members adopted on an interface that is down now go at once, as on a link event.
@@ -365,6 +392,9 @@ impl Agent {
             self.reject(Reject::OutsidePrefix, sender);
             return Ok(());
         }
+        let mut m = *m;
+        m.hold_ms = m.hold_ms.min(self.config.max_hold_ms);
+        let m = &m;
         let key = member_key(m.anycast, sender);
         if m.is_leave() {
             if self.learned.contains_key(&key) {
@@ -519,7 +549,16 @@ impl Agent {
         }
         let anycast = Ipv4Addr::from(ip_octets(key.anycast));
         let member = Ipv4Addr::from(ip_octets(key.member));
-        let edge = members::del(&mut self.maps, anycast, member)?;
+        let edge = match members::del(&mut self.maps, anycast, member) {
+            Ok(edge) => edge,
+            // Its info outlived it (a writer killed mid-change): forget that, or it is retried
+            // on every tick.
+            Err(Error::NotMember { .. } | Error::NoSuchAddress { .. }) => {
+                members::forget_info(&mut self.maps, (anycast, member))?;
+                None
+            }
+            Err(e) => return Err(e),
+        };
         tracing::info!(%anycast, %member, why, ?edge, "member removed");
         Ok(())
     }

@@ -17,6 +17,7 @@ pub async fn run(router: &Router, args: Args) -> Result<String> {
     let mut maps = Maps::open(&router.pin)?;
     let placements = crate::load::locate_all(&maps, &router.nl, &list).await?;
     let _lock = router.pin.lock(false)?;
+    maps.ensure_live(&router.pin)?;
     let done = crate::load::apply(&mut maps, &list, &placements)?;
     Ok(format!(
         "loaded {} memberships ({} added, {} updated)\n",
@@ -34,7 +35,7 @@ fn read_input(path: &Path) -> Result<(String, String)> {
         return Ok(("stdin".into(), text));
     }
     let name = path.display().to_string();
-    let text =
-        std::fs::read_to_string(path).map_err(|e| Error::io(format!("reading {name}"), e))?;
+    let (_, text) =
+        crate::textfile::read(path).map_err(|e| Error::io(format!("reading {name}"), e))?;
     Ok((name, text))
 }

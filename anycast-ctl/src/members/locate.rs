@@ -105,5 +105,12 @@ async fn member_mac(
             why: format!("its MAC {} is not a unicast MAC", crate::mac::MacAddr(mac)),
         });
     }
+    // Frames sent to it would come back in to the router, and round again until the TTL ends.
+    if mac == egress.mac {
+        return Err(Error::BadMember {
+            member,
+            why: format!("its MAC {} is the router's own", crate::mac::MacAddr(mac)),
+        });
+    }
     Ok(mac)
 }

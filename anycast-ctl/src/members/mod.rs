@@ -50,7 +50,7 @@ pub async fn prepare(
     )
     .await
 }
-pub use write::{add, del, follow_neighbour, renew, set_weight};
+pub use write::{add, del, follow_neighbour, forget_info, renew, set_weight};
 
 /// How long `member add` waits for the kernel to resolve a member's MAC.
 pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(3);

@@ -262,6 +262,16 @@ pub fn set_weight(
     })
 }
 
+/// Removes the `MEMBER_INFO` entry of a membership that is not in its member set any more
+/// (left behind by a writer killed between the two).
+pub fn forget_info(maps: &mut Maps, (address, member): (Ipv4Addr, Ipv4Addr)) -> Result<()> {
+    let key = member_key(address, member);
+    if maps.member_info.get(&key, 0).is_ok() {
+        maps.remove_info(key)?;
+    }
+    Ok(())
+}
+
 /// Records a refresh of a member already in place (the agent's, on each advertisement), whose
 /// recorded info is `current`: its new `info`, and a new choice of members if its preference
 /// or weight changed. One transaction; one map write when nothing but the deadline changed.
