@@ -707,7 +707,10 @@ fn impossible_source_is_not_forwarded() {
         ("multicast", Ipv4Addr::new(239, 255, 255, 250)),
         ("reserved", Ipv4Addr::new(240, 0, 0, 1)),
         ("limited broadcast", Ipv4Addr::BROADCAST),
-        ("link-local (RFC 3927: never forwarded)", Ipv4Addr::new(169, 254, 1, 1)),
+        (
+            "link-local (RFC 3927: never forwarded)",
+            Ipv4Addr::new(169, 254, 1, 1),
+        ),
         ("the anycast address itself", ANYCAST_A),
     ] {
         let frame = to_router(&bed, &Ipv4::udp(src, ANYCAST_A, 40000, 53, b"x"));

@@ -44,6 +44,8 @@ use validate::{Reject, Validator};
 /// How often expiries are checked and counters flushed.
 const TICK: Duration = Duration::from_millis(10);
 const COUNTER_FLUSH: Duration = Duration::from_millis(200);
+/// How long a member that could not be located is left alone.
+const UNPLACEABLE_BACKOFF: Duration = Duration::from_secs(1);
 
 /// A member this agent learned.
 #[derive(Clone, Copy, Debug)]
@@ -73,6 +75,8 @@ pub struct Agent {
     fatal: Option<Error>,
     /// The single-agent lock on `DIR/agent` (see `PinDir::agent_lock`), held for life.
     agent_lock: Option<std::fs::File>,
+    /// Senders that could not be located, and until when they are not tried again.
+    unplaceable: HashMap<Ipv4Addr, Instant>,
 }
 
 /// Runs the agent until SIGINT or SIGTERM; SIGHUP reloads the configuration and keys.
@@ -307,6 +311,7 @@ impl Agent {
             source: config::Source::default(),
             fatal: None,
             agent_lock: None,
+            unplaceable: HashMap::new(),
         };
         agent.adopt()?;
         // Members adopted on an interface that is down now go at once, as on a link event.
@@ -437,6 +442,13 @@ impl Agent {
         link_addr: Option<[u8; 6]>,
         ifindex: u32,
     ) -> Option<members::Placement> {
+        // A member that could not be located is not tried again for a while: each try may wait
+        // for ARP, and an advertisement of many addresses would stall the agent.
+        let now = Instant::now();
+        if self.unplaceable.get(&sender).is_some_and(|t| *t > now) {
+            self.reject(Reject::NotOnLink, sender);
+            return None;
+        }
         let join = members::Join {
             anycast,
             member: sender,
@@ -455,7 +467,13 @@ impl Agent {
             Err(e) => {
                 let reason = match e {
                     Error::NotAnycast { .. } => Reject::NotAnycast,
-                    _ => Reject::NotOnLink,
+                    _ => {
+                        if self.unplaceable.len() >= 4096 {
+                            self.unplaceable.retain(|_, until| *until > now);
+                        }
+                        self.unplaceable.insert(sender, now + UNPLACEABLE_BACKOFF);
+                        Reject::NotOnLink
+                    }
                 };
                 self.reject(reason, sender);
                 tracing::debug!(error = %e, "placing a member");
