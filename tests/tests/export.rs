@@ -30,44 +30,12 @@ impl Lab {
     fn new() -> Self {
         let topo = Topology::new(TopologyOptions::default()).expect("topology");
         let upstream = Netns::new("u").expect("upstream namespace");
-        anycast_tests::cmd::run(
-            "ip",
-            &[
-                "link",
-                "add",
-                "u0",
-                "netns",
-                topo.router.name(),
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "d0",
-                "netns",
-                upstream.name(),
-            ],
-        )
-        .expect("veth");
-        for (ns, dev, cidr) in [
-            (&topo.router, "u0", "198.18.0.1/30"),
-            (&upstream, "d0", "198.18.0.2/30"),
-        ] {
-            ns.ip(&["addr", "add", cidr, "dev", dev]).expect("address");
-            ns.ip(&["link", "set", dev, "up"]).expect("link up");
-        }
-        topo.router
-            .ip(&[
-                "route",
-                "add",
-                &format!("{FOREIGN}/32"),
-                "dev",
-                "lo",
-                "proto",
-                "202",
-                "table",
-                "201",
-            ])
-            .expect("foreign route");
+        link_upstream(&topo.router, &upstream);
+        let foreign = format!("{FOREIGN}/32");
+        let route = [
+            "route", "add", &foreign, "dev", "lo", "proto", "202", "table", "201",
+        ];
+        topo.router.ip(&route).expect("foreign route");
         let ctl = Ctl::new(&topo.router);
         let ifaces = topo.router_ifaces();
         let ifaces: Vec<&str> = ifaces.iter().map(String::as_str).collect();
@@ -127,6 +95,127 @@ impl Lab {
         let ok = wait_until(Duration::from_secs(5), || self.exported().trim() == want);
         assert!(ok, "table 201: {:?}, wanted {want:?}", self.exported());
     }
+
+    /// `ip ROUTE-ARGS` on the router, which must succeed.
+    fn router_ip(&self, args: &[&str]) {
+        self.topo.router.ip(args).expect("ip on the router");
+    }
+
+    /// `member set` of member `index` (1-based).
+    fn set(&self, index: usize, preference: u16, weight: u16) {
+        let (m, p, w) = (
+            member_ip(index).to_string(),
+            preference.to_string(),
+            weight.to_string(),
+        );
+        let args = [
+            "member",
+            "set",
+            "198.51.100.53",
+            &m,
+            "--preference",
+            &p,
+            "--weight",
+            &w,
+        ];
+        self.ctl.run(&args).expect("member set");
+    }
+
+    /// Adds a route of ours that no address justifies, and removes the one that is justified.
+    fn stale_route(&self, drop_justified: bool) {
+        self.router_ip(&[
+            "route",
+            "add",
+            "198.51.100.7/32",
+            "dev",
+            "lo",
+            "proto",
+            "201",
+            "table",
+            "201",
+        ]);
+        if drop_justified {
+            self.router_ip(&[
+                "route",
+                "del",
+                "198.51.100.53/32",
+                "proto",
+                "201",
+                "table",
+                "201",
+            ]);
+        }
+    }
+
+    fn assert_foreign_route_kept(&self) {
+        let all = self
+            .topo
+            .router
+            .ip(&["route", "show", "table", "201"])
+            .unwrap();
+        assert!(all.contains(FOREIGN), "the foreign route went: {all:?}");
+    }
+
+    /// Starts the agent on r1..r3 with the key in `key_file`.
+    fn agent(&self, key_file: &std::path::Path) -> Daemon {
+        let (key, pin) = (
+            key_file.display().to_string(),
+            self.ctl.pin_dir().display().to_string(),
+        );
+        let args = [
+            "--pin-dir",
+            &pin,
+            "agent",
+            "--dev",
+            "r1",
+            "--dev",
+            "r2",
+            "--dev",
+            "r3",
+            "--anycast-prefix",
+            "198.51.100.0/24",
+            "--key-file",
+            &key,
+        ];
+        Daemon::spawn(&self.topo.router, "agent", &args).expect("agent")
+    }
+
+    /// Starts `announce` on m2 with preference 70.
+    fn announce(&self, key_file: &std::path::Path) -> Daemon {
+        let m = &self.topo.members[1];
+        m.ns.ip(&["addr", "del", "198.51.100.53/32", "dev", "lo"])
+            .expect("clearing lo");
+        let key = key_file.display().to_string();
+        let args = [
+            "announce",
+            "198.51.100.53",
+            "--dev",
+            &m.iface,
+            "--interval",
+            "200ms",
+            "--hold",
+            "600ms",
+            "--preference",
+            "70",
+            "--key-file",
+            &key,
+        ];
+        Daemon::spawn(&m.ns, "announce m2", &args).expect("announce")
+    }
+}
+
+/// The veth between the router (u0) and U (d0), addressed and up.
+fn link_upstream(router: &Netns, upstream: &Netns) {
+    let veth = ["link", "add", "u0", "netns", router.name(), "type", "veth"];
+    let peer = ["peer", "name", "d0", "netns", upstream.name()];
+    anycast_tests::cmd::run("ip", &[&veth[..], &peer[..]].concat()).expect("veth");
+    for (ns, dev, cidr) in [
+        (router, "u0", "198.18.0.1/30"),
+        (upstream, "d0", "198.18.0.2/30"),
+    ] {
+        ns.ip(&["addr", "add", cidr, "dev", dev]).expect("address");
+        ns.ip(&["link", "set", dev, "up"]).expect("link up");
+    }
 }
 
 #[test]
@@ -141,28 +230,12 @@ fn static_members_drive_the_route_and_its_metric() {
     lab.ctl
         .member_add(ANYCAST, member_ip(2))
         .expect("member add");
-    let m1 = member_ip(1).to_string();
-    lab.ctl
-        .run(&["member", "set", "198.51.100.53", &m1, "--preference", "50"])
-        .expect("member set");
+    lab.set(1, 50, 100);
     lab.wait_metric(50);
-    lab.ctl
-        .run(&[
-            "member",
-            "set",
-            "198.51.100.53",
-            &m1,
-            "--preference",
-            "50",
-            "--weight",
-            "0",
-        ])
-        .expect("member set");
+    // m1 drained: m2's preference; both drained: the best preference, marked drained.
+    lab.set(1, 50, 0);
     lab.wait_metric(100);
-    let m2 = member_ip(2).to_string();
-    lab.ctl
-        .run(&["member", "set", "198.51.100.53", &m2, "--weight", "0"])
-        .expect("member set");
+    lab.set(2, 100, 0);
     lab.wait_metric(50 + 65_536);
     let show = lab.ctl.json(&["show"]);
     assert_eq!(show["export"]["table"], 201, "{show}");
@@ -183,44 +256,14 @@ fn static_members_drive_the_route_and_its_metric() {
     lab.ctl
         .member_add(ANYCAST, member_ip(3))
         .expect("member add");
-    lab.topo
-        .router
-        .ip(&[
-            "route",
-            "add",
-            "198.51.100.7/32",
-            "dev",
-            "lo",
-            "proto",
-            "201",
-            "table",
-            "201",
-        ])
-        .expect("stale route");
-    lab.topo
-        .router
-        .ip(&[
-            "route",
-            "del",
-            "198.51.100.53/32",
-            "proto",
-            "201",
-            "table",
-            "201",
-        ])
-        .expect("route del");
+    lab.stale_route(true);
     lab.ctl.run(&["export", "on"]).expect("export on");
     lab.wait_metric(100);
     lab.wait_upstream(true, Duration::from_secs(5));
     lab.ctl.run(&["export", "off"]).expect("export off");
     lab.wait_upstream(false, Duration::from_secs(5));
     assert_eq!(lab.exported().trim(), "");
-    let all = lab
-        .topo
-        .router
-        .ip(&["route", "show", "table", "201"])
-        .unwrap();
-    assert!(all.contains(FOREIGN), "the foreign route went: {all:?}");
+    lab.assert_foreign_route_kept();
 }
 
 #[test]
@@ -233,42 +276,8 @@ fn learned_members_drive_the_route_and_the_last_detach_withdraws_it() {
     )
     .unwrap();
     std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let key = key_file.display().to_string();
-    let pin = lab.ctl.pin_dir().display().to_string();
-    let agent_args = [
-        "--pin-dir",
-        &pin,
-        "agent",
-        "--dev",
-        "r1",
-        "--dev",
-        "r2",
-        "--dev",
-        "r3",
-        "--anycast-prefix",
-        "198.51.100.0/24",
-        "--key-file",
-        &key,
-    ];
-    let mut agent = Daemon::spawn(&lab.topo.router, "agent", &agent_args).expect("agent");
-    let m = &lab.topo.members[1];
-    m.ns.ip(&["addr", "del", "198.51.100.53/32", "dev", "lo"])
-        .expect("clearing lo");
-    let announce_args = [
-        "announce",
-        "198.51.100.53",
-        "--dev",
-        &m.iface,
-        "--interval",
-        "200ms",
-        "--hold",
-        "600ms",
-        "--preference",
-        "70",
-        "--key-file",
-        &key,
-    ];
-    let mut announce = Daemon::spawn(&m.ns, "announce m2", &announce_args).expect("announce");
+    let mut agent = lab.agent(&key_file);
+    let mut announce = lab.announce(&key_file);
     lab.wait_metric(70);
     lab.wait_upstream(true, Duration::from_secs(30));
     // The announcer dies: the member expires after its hold time and the route goes.
@@ -277,26 +286,10 @@ fn learned_members_drive_the_route_and_the_last_detach_withdraws_it() {
     assert_eq!(lab.exported().trim(), "", "agent log:\n{}", agent.log());
     // A restarted agent reconciles: a stale route of ours goes.
     agent.kill();
-    lab.topo
-        .router
-        .ip(&[
-            "route",
-            "add",
-            "198.51.100.7/32",
-            "dev",
-            "lo",
-            "proto",
-            "201",
-            "table",
-            "201",
-        ])
-        .expect("stale route");
-    let _agent = Daemon::spawn(&lab.topo.router, "agent", &agent_args).expect("agent");
-    assert!(
-        wait_until(Duration::from_secs(5), || lab.exported().trim().is_empty()),
-        "{:?}",
-        lab.exported()
-    );
+    lab.stale_route(false);
+    let agent = lab.agent(&key_file);
+    let gone = wait_until(Duration::from_secs(5), || lab.exported().trim().is_empty());
+    assert!(gone, "{:?}; agent log:\n{}", lab.exported(), agent.log());
     lab.ctl
         .member_add(ANYCAST, member_ip(1))
         .expect("member add");
@@ -305,11 +298,6 @@ fn learned_members_drive_the_route_and_the_last_detach_withdraws_it() {
     let ifaces: Vec<&str> = ifaces.iter().map(String::as_str).collect();
     lab.ctl.detach(&ifaces).expect("detach");
     assert_eq!(lab.exported().trim(), "");
-    let all = lab
-        .topo
-        .router
-        .ip(&["route", "show", "table", "201"])
-        .unwrap();
-    assert!(all.contains(FOREIGN), "the foreign route went: {all:?}");
+    lab.assert_foreign_route_kept();
     let _ = std::fs::remove_file(&key_file);
 }
