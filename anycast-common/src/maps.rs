@@ -68,10 +68,12 @@ pub mod names {
     pub const HOST_REFS: &str = "HOST_REFS";
     /// Member counter index -> the member's slots in its address's Maglev table.
     pub const MEMBER_SLOTS: &str = "MEMBER_SLOTS";
+    /// Route export settings, indexed by `EXPORT_*` (user space only; see `anycast-ctl export`).
+    pub const EXPORT: &str = "EXPORT";
     /// The maps pinned under the pin directory: every map of the object.
-    pub const PINNED: [&str; 22] = ALL;
+    pub const PINNED: [&str; 23] = ALL;
     /// Every map of the dataplane object.
-    pub const ALL: [&str; 22] = [
+    pub const ALL: [&str; 23] = [
         ADDRS,
         MEMBER_SETS,
         ADDR_KEYS,
@@ -94,6 +96,7 @@ pub mod names {
         FREE_HOSTS,
         HOST_REFS,
         MEMBER_SLOTS,
+        EXPORT,
     ];
 }
 
@@ -107,7 +110,16 @@ pub mod programs {
 /// Version of the pinned state's layout (map set, key and value layouts, their meaning),
 /// recorded in the `LAYOUT` map. A binary refuses pins of another version instead of reusing
 /// maps by name. Bump it with every change to a pinned map.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
+
+/// `EXPORT` index: 1 when route export is on, 0 when off.
+pub const EXPORT_ENABLED: u32 = 0;
+/// `EXPORT` index: the kernel routing table of the exported host routes.
+pub const EXPORT_TABLE: u32 = 1;
+/// `EXPORT` index: the route protocol number the exported routes carry.
+pub const EXPORT_PROTO: u32 = 2;
+/// Entries of `EXPORT`.
+pub const EXPORT_FIELDS: u32 = 3;
 
 /// Anycast addresses (the RFC's 2^16).
 pub const MAX_ADDRS: u32 = 65_536;

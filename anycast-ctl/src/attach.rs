@@ -252,8 +252,18 @@ pub async fn detach(pin: &PinDir, nl: &Netlink, ifaces: &[String]) -> Result<()>
         detach_one(maps.as_mut(), index, link)?;
     }
     if links_present(pin) == 0 {
+        // The exported routes go with the state that justified them; the pins go even if
+        // withdrawing fails, so that detaching always recovers.
+        let settings = maps
+            .as_ref()
+            .and_then(|m| crate::export::settings(m).ok().flatten());
+        let withdrawn = match settings {
+            Some(s) => crate::export::withdraw_all(nl, s).await.map(drop),
+            None => Ok(()),
+        };
         drop(maps);
         pin.remove()?;
+        withdrawn?;
     }
     Ok(())
 }
@@ -292,6 +302,8 @@ pub struct Status {
     pub pin_dir: String,
     pub interfaces: Vec<IfaceStatus>,
     pub addresses: usize,
+    /// The route export settings; absent when export is off.
+    pub export: Option<crate::export::Settings>,
     /// Advertisement counters of the agent (zero if no agent ever ran here).
     pub agent: AgentCounters,
 }
@@ -308,6 +320,7 @@ pub async fn status(pin: &PinDir, nl: &Netlink) -> Result<Status> {
         pin_dir: pin.path().display().to_string(),
         interfaces: Vec::new(),
         addresses: 0,
+        export: None,
         agent: AgentCounters::default(),
     };
     if !pin.has_maps() {
@@ -315,6 +328,7 @@ pub async fn status(pin: &PinDir, nl: &Netlink) -> Result<Status> {
     }
     let maps = Maps::open(pin)?;
     status.addresses = maps.addr_keys.keys().filter_map(|k| k.ok()).count();
+    status.export = crate::export::settings(&maps)?;
     for counter in AgentCounter::ALL {
         let value = maps.agent_stats.get(&counter.index(), 0).unwrap_or(0);
         if counter == AgentCounter::Accepted {

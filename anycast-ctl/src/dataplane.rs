@@ -195,6 +195,7 @@ pub struct Maps {
     pub free_hosts: Stack<MapData, u32>,
     pub host_refs: Array<MapData, u32>,
     pub member_slots: Array<MapData, u32>,
+    pub export: Array<MapData, u32>,
     /// The undo log of the open transaction, if any (see [`crate::journal`]).
     pub journal: Option<Vec<crate::journal::Undo>>,
     /// Device and inode of the `ADDRS` pin these handles were opened from.
@@ -233,6 +234,7 @@ impl Maps {
             free_hosts: open(pin, names::FREE_HOSTS)?,
             host_refs: open(pin, names::HOST_REFS)?,
             member_slots: open(pin, names::MEMBER_SLOTS)?,
+            export: open(pin, names::EXPORT)?,
             journal: None,
         })
     }

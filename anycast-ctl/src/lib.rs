@@ -26,6 +26,7 @@ pub mod attach;
 pub mod cli;
 pub mod dataplane;
 pub mod error;
+pub mod export;
 pub mod journal;
 pub mod load;
 pub mod mac;

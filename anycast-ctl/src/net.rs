@@ -42,6 +42,14 @@ pub struct Route {
     pub unicast: bool,
 }
 
+/// An IPv4 host route of one table and protocol, as [`Netlink::host_routes`] lists it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct HostRoute {
+    pub dst: Ipv4Addr,
+    /// The route's metric (`RTA_PRIORITY`).
+    pub metric: u32,
+}
+
 /// An IPv4 address of one of this host's interfaces.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IfAddr {
@@ -188,6 +196,57 @@ impl Netlink {
         Ok(Some(route))
     }
 
+    /// The IPv4 `/32` routes of protocol `proto` in table `table` (only those: a route of any
+    /// other protocol or table is never listed, so never deleted through this list).
+    pub async fn host_routes(&self, table: u32, proto: u8) -> Result<Vec<HostRoute>> {
+        let mut msg = RouteMessage::default();
+        msg.header.address_family = AddressFamily::Inet;
+        let mut stream = self.handle.route().get(msg).execute();
+        let mut out = Vec::new();
+        while let Some(route) = stream.try_next().await? {
+            let mut in_table = u32::from(route.header.table);
+            let (mut dst, mut metric) = (None, 0);
+            for attr in &route.attributes {
+                match attr {
+                    RouteAttribute::Table(t) => in_table = *t,
+                    RouteAttribute::Destination(RouteAddress::Inet(d)) => dst = Some(*d),
+                    RouteAttribute::Priority(p) => metric = *p,
+                    _ => {}
+                }
+            }
+            if in_table == table
+                && u8::from(route.header.protocol) == proto
+                && route.header.destination_prefix_length == 32
+                && let Some(dst) = dst
+            {
+                out.push(HostRoute { dst, metric });
+            }
+        }
+        Ok(out)
+    }
+
+    /// `ip route replace DST/32 dev lo proto PROTO table TABLE metric METRIC`.
+    pub async fn add_host_route(&self, table: u32, proto: u8, route: HostRoute) -> Result<()> {
+        let lo = self.link_by_name("lo").await?.index;
+        let msg = host_route_message(table, proto, route)
+            .output_interface(lo)
+            .build();
+        Ok(self.handle.route().add(msg).replace().execute().await?)
+    }
+
+    /// `ip route del DST/32 proto PROTO table TABLE metric METRIC`; one already gone is no
+    /// error.
+    pub async fn del_host_route(&self, table: u32, proto: u8, route: HostRoute) -> Result<()> {
+        // Scope "nowhere" matches a route of any scope, as `ip route del` asks.
+        let msg = host_route_message(table, proto, route)
+            .scope(netlink_packet_route::route::RouteScope::NoWhere)
+            .build();
+        match self.handle.route().del(msg).execute().await {
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code().abs() == libc::ESRCH => Ok(()),
+            other => Ok(other?),
+        }
+    }
+
     /// The MAC the kernel knows for `ip` on `ifindex`, if any.
     pub async fn neighbour(&self, ifindex: u32, ip: Ipv4Addr) -> Result<Option<[u8; 6]>> {
         let mut neighbours = self.handle.neighbours().get().execute();
@@ -276,6 +335,18 @@ pub fn events(groups: u32) -> Result<impl futures::Stream<Item = Event> + Unpin>
         let _keep = &handle;
         message
     }))
+}
+
+fn host_route_message(
+    table: u32,
+    proto: u8,
+    route: HostRoute,
+) -> rtnetlink::RouteMessageBuilder<Ipv4Addr> {
+    rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(route.dst, 32)
+        .table_id(table)
+        .protocol(proto.into())
+        .priority(route.metric)
 }
 
 /// The first link a request returns. No such link is [`Error::UnknownInterface`]; any other

@@ -45,10 +45,15 @@ pub struct AddressInfo {
     /// new flows).
     pub table_size: u32,
     pub members: Vec<ShownMember>,
+    /// The metric of the address's exported route in the kernel; absent when it has none
+    /// (export off, or no member). See [`crate::export`].
+    pub exported_metric: Option<u32>,
 }
 
 #[derive(Debug, Serialize)]
 pub struct Show {
+    /// The route export settings; absent when export is off.
+    pub export: Option<crate::export::Settings>,
     pub addresses: Vec<AddressInfo>,
 }
 
@@ -102,9 +107,13 @@ pub fn show(maps: &Maps, ifname: &dyn Fn(u32) -> String) -> Result<Show> {
             address,
             table_size: set.table_size,
             members,
+            exported_metric: None,
         });
     }
-    Ok(Show { addresses })
+    Ok(Show {
+        export: crate::export::settings(maps)?,
+        addresses,
+    })
 }
 
 /// The fraction of the address's new flows that the member at `position` receives.

@@ -2,10 +2,10 @@
 //! `anycast_common::maps`; all maps are pinned by name under the pin directory user space
 //! chooses, so they outlive any process and are shared by every attached interface.
 use anycast_common::{
-    ADDR_BUCKETS, ADDR_PROBES, AGENT_COUNTERS, ALLOC_KINDS, AddrBucket, AddrStats, FLOW_SETS,
-    FLOW_WAYS, FlowEntry, FragKey, Host, IFACE_SLOTS, Iface, IfaceSlot, MAX_ADDRS, MAX_FRAGS,
-    MAX_HOSTS, MAX_IFACES, MAX_MEMBER_COUNTERS, MemberInfo, MemberKey, MemberRef, MemberSet,
-    MemberStats, Stat, addr_bucket, iface_probe, member_set_index, next_bucket,
+    ADDR_BUCKETS, ADDR_PROBES, AGENT_COUNTERS, ALLOC_KINDS, AddrBucket, AddrStats, EXPORT_FIELDS,
+    FLOW_SETS, FLOW_WAYS, FlowEntry, FragKey, Host, IFACE_SLOTS, Iface, IfaceSlot, MAX_ADDRS,
+    MAX_FRAGS, MAX_HOSTS, MAX_IFACES, MAX_MEMBER_COUNTERS, MemberInfo, MemberKey, MemberRef,
+    MemberSet, MemberStats, Stat, addr_bucket, iface_probe, member_set_index, next_bucket,
 };
 use aya_ebpf::{
     Global,
@@ -121,6 +121,11 @@ pub static HOST_REFS: Array<u32> = Array::pinned(MAX_HOSTS, 0);
 /// Member counter index -> the member's slots in its address's Maglev table (for `show`).
 #[map]
 pub static MEMBER_SLOTS: Array<u32> = Array::pinned(MAX_MEMBER_COUNTERS, 0);
+
+/// Route export settings (on, table, protocol), indexed by `EXPORT_*`: pinned so that every
+/// writer (CLI, agent) exports alike.
+#[map]
+pub static EXPORT: Array<u32> = Array::pinned(EXPORT_FIELDS, 0);
 
 /// An anycast address: its counter slot and live member set.
 pub struct Addr<'a> {

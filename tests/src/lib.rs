@@ -9,6 +9,7 @@
 //! harness created; the root namespace's links and routes are never touched.
 
 pub mod bench;
+pub mod bird;
 pub mod cmd;
 pub mod ctl;
 pub mod daemon;

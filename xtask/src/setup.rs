@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use crate::cmd::{cargo, command, probe, run};
 
 /// Debian packages the tests and the demo need.
-const DEB_PACKAGES: &[&str] = &["iproute2", "ethtool", "bpftool", "strace"];
+const DEB_PACKAGES: &[&str] = &["iproute2", "ethtool", "bpftool", "strace", "bird2"];
 
 /// Where bpffs must be mounted.
 const BPFFS: &str = "/sys/fs/bpf";

@@ -14,7 +14,7 @@ pub mod config;
 pub mod validate;
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeSet, HashMap},
     net::Ipv4Addr,
     time::{Duration, Instant},
 };
@@ -77,6 +77,9 @@ pub struct Agent {
     agent_lock: Option<std::fs::File>,
     /// Senders that could not be located, and until when they are not tried again.
     unplaceable: HashMap<Ipv4Addr, Instant>,
+    /// Addresses whose exported route may be out of date (see [`crate::export`]), synced after
+    /// each event.
+    export_dirty: BTreeSet<Ipv4Addr>,
 }
 
 /// Runs the agent until SIGINT or SIGTERM; SIGHUP reloads the configuration and keys.
@@ -156,6 +159,7 @@ impl Agent {
             if let Some(e) = self.fatal.take() {
                 return Err(e);
             }
+            self.sync_export().await;
         }
         self.flush_counters();
         if self.config.detach_on_exit {
@@ -312,11 +316,21 @@ impl Agent {
             fatal: None,
             agent_lock: None,
             unplaceable: HashMap::new(),
+            export_dirty: BTreeSet::new(),
         };
         agent.adopt()?;
         // Members adopted on an interface that is down now go at once, as on a link event.
         for index in down {
             agent.drop_interface(index);
+        }
+        agent.export_dirty.clear();
+        let reconciled = match agent.lock_live() {
+            Ok(_lock) => crate::export::reconcile(&agent.maps, &agent.nl).await,
+            Err(e) => Err(e),
+        };
+        match reconciled {
+            Ok(c) => tracing::info!(added = c.added, removed = c.removed, "export reconciled"),
+            Err(e) => tracing::warn!(error = %e, "reconciling the exported routes"),
         }
         Ok(agent)
     }
@@ -507,7 +521,12 @@ impl Agent {
             // An operator's static member wins; the advertisement changes nothing.
             (Some(c), _) if c.source != SOURCE_LEARNED => return Ok(false),
             // A refresh of a member already in place on the same interface.
-            (Some(c), None) => members::renew(&mut self.maps, (m.anycast, sender), &c, info)?,
+            (Some(c), None) => {
+                members::renew(&mut self.maps, (m.anycast, sender), &c, info)?;
+                if (c.preference, c.weight) != (info.preference, info.weight) {
+                    self.export_dirty.insert(m.anycast);
+                }
+            }
             // Gone from the maps under us (`member del`): learn it again next time.
             (None, None) => {
                 self.learned.remove(&key);
@@ -515,6 +534,7 @@ impl Agent {
             }
             (_, Some(placement)) => {
                 let done = members::add(&mut self.maps, m.anycast, &placement, info, None)?;
+                self.export_dirty.insert(m.anycast);
                 tracing::info!(anycast = %m.anycast, member = %sender, edge = ?done.edge, "member learned");
             }
         }
@@ -577,8 +597,26 @@ impl Agent {
             }
             Err(e) => return Err(e),
         };
+        self.export_dirty.insert(anycast);
         tracing::info!(%anycast, %member, why, ?edge, "member removed");
         Ok(())
+    }
+
+    /// Syncs the exported routes of the addresses changed since the last call, under the
+    /// writers' lock; on a failure they stay due and are tried again after the next event.
+    async fn sync_export(&mut self) {
+        if self.export_dirty.is_empty() {
+            return;
+        }
+        let addresses: Vec<Ipv4Addr> = self.export_dirty.iter().copied().collect();
+        let synced = match self.lock_live() {
+            Ok(_lock) => crate::export::sync(&self.maps, &self.nl, &addresses).await,
+            Err(e) => Err(e),
+        };
+        match synced {
+            Ok(()) => self.export_dirty.clear(),
+            Err(e) => tracing::warn!(error = %e, "exporting routes"),
+        }
     }
 
     /// A link or neighbour notification: a link that goes down drops its members; a member's

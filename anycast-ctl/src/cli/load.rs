@@ -19,6 +19,10 @@ pub async fn run(router: &Router, args: Args) -> Result<String> {
     let _lock = router.pin.lock(false)?;
     maps.ensure_live(&router.pin)?;
     let done = crate::load::apply(&mut maps, &list, &placements)?;
+    let mut addresses: Vec<_> = list.iter().map(|m| m.anycast).collect();
+    addresses.sort_unstable();
+    addresses.dedup();
+    crate::export::sync(&maps, &router.nl, &addresses).await?;
     Ok(format!(
         "loaded {} memberships ({} added, {} updated)\n",
         list.len(),

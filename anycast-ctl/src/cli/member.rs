@@ -79,8 +79,8 @@ pub struct WeightArgs {
 pub async fn run(router: &Router, command: Command) -> Result<String> {
     match command {
         Command::Add(args) => add(router, args).await,
-        Command::Set(args) => set(router, args),
-        Command::Del(args) => del(router, args),
+        Command::Set(args) => set(router, args).await,
+        Command::Del(args) => del(router, args).await,
     }
 }
 
@@ -111,6 +111,8 @@ async fn add(router: &Router, args: AddArgs) -> Result<String> {
     maps.ensure_live(pin)?;
     let info = members::static_info(members::now_ms(), preference, weight);
     let done = members::add(&mut maps, anycast_ip, &placement, info, table_size)?;
+    // Any change may move the route's metric, not only the first member: sync every time.
+    crate::export::sync(&maps, nl, &[anycast_ip]).await?;
     Ok(added(anycast_ip, member_ip, &done))
 }
 
@@ -132,7 +134,7 @@ fn added(anycast_ip: Ipv4Addr, member_ip: Ipv4Addr, done: &members::AddOutcome) 
     )
 }
 
-fn set(router: &Router, args: SetArgs) -> Result<String> {
+async fn set(router: &Router, args: SetArgs) -> Result<String> {
     let SetArgs {
         anycast_ip,
         member_ip,
@@ -148,12 +150,13 @@ fn set(router: &Router, args: SetArgs) -> Result<String> {
         weight,
         table_size,
     )?;
+    crate::export::sync(&maps, &router.nl, &[anycast_ip]).await?;
     Ok(format!(
         "member {member_ip} of {anycast_ip}: preference {preference}, weight {weight}\n"
     ))
 }
 
-fn del(router: &Router, args: DelArgs) -> Result<String> {
+async fn del(router: &Router, args: DelArgs) -> Result<String> {
     let DelArgs {
         anycast_ip,
         member_ip,
@@ -161,6 +164,7 @@ fn del(router: &Router, args: DelArgs) -> Result<String> {
     let _lock = router.pin.lock(false)?;
     let mut maps = Maps::open(&router.pin)?;
     members::del(&mut maps, anycast_ip, member_ip)?;
+    crate::export::sync(&maps, &router.nl, &[anycast_ip]).await?;
     Ok(format!("deleted member {member_ip} of {anycast_ip}\n"))
 }
 

@@ -19,6 +19,7 @@ pub mod announce;
 pub mod args;
 pub mod attach;
 pub mod detach;
+pub mod export;
 pub mod load;
 pub mod member;
 pub mod output;
@@ -63,6 +64,9 @@ pub enum Command {
     Announce(crate::announce::Options),
     /// Show counters per anycast address and per member.
     Stats(stats::Args),
+    /// Export a host route per anycast address with members, for a routing daemon (BIRD).
+    #[command(subcommand)]
+    Export(export::Command),
 }
 
 /// What the router's verbs work on.
@@ -98,6 +102,7 @@ pub async fn run(cli: Cli) -> Result<String> {
         Command::Load(args) => load::run(&router()?, args).await,
         Command::Show(args) => show::run(&router()?, args).await,
         Command::Stats(args) => stats::run(&router()?, args).await,
+        Command::Export(command) => export::run(&router()?, command).await,
     }
 }
 

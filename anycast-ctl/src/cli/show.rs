@@ -33,9 +33,13 @@ const HEADERS: [&str; 9] = [
 pub async fn run(router: &Router, args: Args) -> Result<String> {
     let maps = Maps::open(&router.pin)?;
     let names = interface_names(&router.nl).await;
-    let show = report::show(&maps, &|i| {
+    let mut show = report::show(&maps, &|i| {
         names.get(&i).cloned().unwrap_or_else(|| i.to_string())
     })?;
+    let exported = crate::export::exported(&maps, &router.nl).await?;
+    for a in &mut show.addresses {
+        a.exported_metric = exported.get(&a.address).copied();
+    }
     if args.json {
         return Ok(to_json(&show));
     }

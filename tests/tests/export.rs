@@ -1,0 +1,303 @@
+//! Route export to BIRD: the router holds `198.51.100.53/32` in table 201 (protocol 201) while
+//! the address has members, BIRD on the router learns it from the kernel and tells an upstream
+//! router U by BGP, and U's BIRD puts it into U's kernel.
+//!
+//! ```text
+//!  U: d0 198.18.0.2/30 ---- u0 198.18.0.1/30 :router (DESIGN.md topology, members on r1..r3)
+//! ```
+use std::{os::unix::fs::PermissionsExt, time::Duration};
+
+use anycast_tests::{
+    ANYCAST, Ctl, Netns, Topology, TopologyOptions,
+    bird::{self, Bird},
+    daemon::Daemon,
+    topology::member_ip,
+    wait_until,
+};
+
+const SECRET_HEX: &str = "5f1c2b3a4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8";
+/// A foreign route in the export table (another protocol): anycast must never touch it.
+const FOREIGN: &str = "198.51.100.99";
+
+struct Lab {
+    topo: Topology,
+    upstream: Netns,
+    ctl: Ctl,
+    _birds: [Bird; 2],
+}
+
+impl Lab {
+    fn new() -> Self {
+        let topo = Topology::new(TopologyOptions::default()).expect("topology");
+        let upstream = Netns::new("u").expect("upstream namespace");
+        link_upstream(&topo.router, &upstream);
+        let foreign = format!("{FOREIGN}/32");
+        let route = [
+            "route", "add", &foreign, "dev", "lo", "proto", "202", "table", "201",
+        ];
+        topo.router.ip(&route).expect("foreign route");
+        let ctl = Ctl::new(&topo.router);
+        let ifaces = topo.router_ifaces();
+        let ifaces: Vec<&str> = ifaces.iter().map(String::as_str).collect();
+        ctl.run(&[&["attach"], &ifaces[..]].concat())
+            .expect("attach");
+        ctl.run(&["export", "on"]).expect("export on");
+        let birds = [
+            Bird::start(
+                &topo.router,
+                &bird::router_config("198.18.0.1", "198.18.0.2"),
+            )
+            .expect("bird"),
+            Bird::start(
+                &upstream,
+                &bird::upstream_config("198.18.0.2", "198.18.0.1"),
+            )
+            .expect("bird"),
+        ];
+        Lab {
+            topo,
+            upstream,
+            ctl,
+            _birds: birds,
+        }
+    }
+
+    /// U's route to the anycast address, if any.
+    fn upstream_route(&self) -> String {
+        self.upstream
+            .ip(&["route", "show", "198.51.100.53/32"])
+            .unwrap_or_default()
+    }
+
+    /// The router's export table entries of protocol 201.
+    fn exported(&self) -> String {
+        self.topo
+            .router
+            .ip(&["route", "show", "table", "201", "proto", "201"])
+            .unwrap_or_default()
+    }
+
+    /// Waits for U to reach the anycast address through the router (`true`) or not at all.
+    fn wait_upstream(&self, present: bool, timeout: Duration) {
+        let ok = wait_until(timeout, || {
+            self.upstream_route().contains("via 198.18.0.1") == present
+        });
+        assert!(
+            ok,
+            "upstream route {:?} (wanted present: {present}); router table 201: {:?}",
+            self.upstream_route(),
+            self.exported()
+        );
+    }
+
+    fn wait_metric(&self, metric: u32) {
+        let want = format!("198.51.100.53 dev lo metric {metric}");
+        let ok = wait_until(Duration::from_secs(5), || self.exported().trim() == want);
+        assert!(ok, "table 201: {:?}, wanted {want:?}", self.exported());
+    }
+
+    /// `ip ROUTE-ARGS` on the router, which must succeed.
+    fn router_ip(&self, args: &[&str]) {
+        self.topo.router.ip(args).expect("ip on the router");
+    }
+
+    /// `member set` of member `index` (1-based).
+    fn set(&self, index: usize, preference: u16, weight: u16) {
+        let (m, p, w) = (
+            member_ip(index).to_string(),
+            preference.to_string(),
+            weight.to_string(),
+        );
+        let args = [
+            "member",
+            "set",
+            "198.51.100.53",
+            &m,
+            "--preference",
+            &p,
+            "--weight",
+            &w,
+        ];
+        self.ctl.run(&args).expect("member set");
+    }
+
+    /// Adds a route of ours that no address justifies, and removes the one that is justified.
+    fn stale_route(&self, drop_justified: bool) {
+        self.router_ip(&[
+            "route",
+            "add",
+            "198.51.100.7/32",
+            "dev",
+            "lo",
+            "proto",
+            "201",
+            "table",
+            "201",
+        ]);
+        if drop_justified {
+            self.router_ip(&[
+                "route",
+                "del",
+                "198.51.100.53/32",
+                "proto",
+                "201",
+                "table",
+                "201",
+            ]);
+        }
+    }
+
+    fn assert_foreign_route_kept(&self) {
+        let all = self
+            .topo
+            .router
+            .ip(&["route", "show", "table", "201"])
+            .unwrap();
+        assert!(all.contains(FOREIGN), "the foreign route went: {all:?}");
+    }
+
+    /// Starts the agent on r1..r3 with the key in `key_file`.
+    fn agent(&self, key_file: &std::path::Path) -> Daemon {
+        let (key, pin) = (
+            key_file.display().to_string(),
+            self.ctl.pin_dir().display().to_string(),
+        );
+        let args = [
+            "--pin-dir",
+            &pin,
+            "agent",
+            "--dev",
+            "r1",
+            "--dev",
+            "r2",
+            "--dev",
+            "r3",
+            "--anycast-prefix",
+            "198.51.100.0/24",
+            "--key-file",
+            &key,
+        ];
+        Daemon::spawn(&self.topo.router, "agent", &args).expect("agent")
+    }
+
+    /// Starts `announce` on m2 with preference 70.
+    fn announce(&self, key_file: &std::path::Path) -> Daemon {
+        let m = &self.topo.members[1];
+        m.ns.ip(&["addr", "del", "198.51.100.53/32", "dev", "lo"])
+            .expect("clearing lo");
+        let key = key_file.display().to_string();
+        let args = [
+            "announce",
+            "198.51.100.53",
+            "--dev",
+            &m.iface,
+            "--interval",
+            "200ms",
+            "--hold",
+            "600ms",
+            "--preference",
+            "70",
+            "--key-file",
+            &key,
+        ];
+        Daemon::spawn(&m.ns, "announce m2", &args).expect("announce")
+    }
+}
+
+/// The veth between the router (u0) and U (d0), addressed and up.
+fn link_upstream(router: &Netns, upstream: &Netns) {
+    let veth = ["link", "add", "u0", "netns", router.name(), "type", "veth"];
+    let peer = ["peer", "name", "d0", "netns", upstream.name()];
+    anycast_tests::cmd::run("ip", &[&veth[..], &peer[..]].concat()).expect("veth");
+    for (ns, dev, cidr) in [
+        (router, "u0", "198.18.0.1/30"),
+        (upstream, "d0", "198.18.0.2/30"),
+    ] {
+        ns.ip(&["addr", "add", cidr, "dev", dev]).expect("address");
+        ns.ip(&["link", "set", dev, "up"]).expect("link up");
+    }
+}
+
+#[test]
+fn static_members_drive_the_route_and_its_metric() {
+    let lab = Lab::new();
+    lab.ctl
+        .member_add(ANYCAST, member_ip(1))
+        .expect("member add");
+    lab.wait_metric(100);
+    // The first BGP session takes a few seconds to come up.
+    lab.wait_upstream(true, Duration::from_secs(30));
+    lab.ctl
+        .member_add(ANYCAST, member_ip(2))
+        .expect("member add");
+    lab.set(1, 50, 100);
+    lab.wait_metric(50);
+    // m1 drained: m2's preference; both drained: the best preference, marked drained.
+    lab.set(1, 50, 0);
+    lab.wait_metric(100);
+    lab.set(2, 100, 0);
+    lab.wait_metric(50 + 65_536);
+    let show = lab.ctl.json(&["show"]);
+    assert_eq!(show["export"]["table"], 201, "{show}");
+    assert_eq!(
+        show["addresses"][0]["exported_metric"],
+        50 + 65_536,
+        "{show}"
+    );
+    lab.ctl
+        .member_del(ANYCAST, member_ip(1))
+        .expect("member del");
+    lab.ctl
+        .member_del(ANYCAST, member_ip(2))
+        .expect("member del");
+    lab.wait_upstream(false, Duration::from_secs(5));
+    assert_eq!(lab.exported().trim(), "");
+    // Reconciliation: a stale route of ours goes, the missing one comes back.
+    lab.ctl
+        .member_add(ANYCAST, member_ip(3))
+        .expect("member add");
+    lab.stale_route(true);
+    lab.ctl.run(&["export", "on"]).expect("export on");
+    lab.wait_metric(100);
+    lab.wait_upstream(true, Duration::from_secs(5));
+    lab.ctl.run(&["export", "off"]).expect("export off");
+    lab.wait_upstream(false, Duration::from_secs(5));
+    assert_eq!(lab.exported().trim(), "");
+    lab.assert_foreign_route_kept();
+}
+
+#[test]
+fn learned_members_drive_the_route_and_the_last_detach_withdraws_it() {
+    let lab = Lab::new();
+    let key_file = std::env::temp_dir().join(format!("anycast-key-{}", lab.topo.router.name()));
+    std::fs::write(
+        &key_file,
+        format!("[[key]]\nid = 1\nsecret = \"{SECRET_HEX}\"\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut agent = lab.agent(&key_file);
+    let mut announce = lab.announce(&key_file);
+    lab.wait_metric(70);
+    lab.wait_upstream(true, Duration::from_secs(30));
+    // The announcer dies: the member expires after its hold time and the route goes.
+    announce.kill();
+    lab.wait_upstream(false, Duration::from_secs(5));
+    assert_eq!(lab.exported().trim(), "", "agent log:\n{}", agent.log());
+    // A restarted agent reconciles: a stale route of ours goes.
+    agent.kill();
+    lab.stale_route(false);
+    let agent = lab.agent(&key_file);
+    let gone = wait_until(Duration::from_secs(5), || lab.exported().trim().is_empty());
+    assert!(gone, "{:?}; agent log:\n{}", lab.exported(), agent.log());
+    lab.ctl
+        .member_add(ANYCAST, member_ip(1))
+        .expect("member add");
+    lab.wait_metric(100);
+    let ifaces = lab.topo.router_ifaces();
+    let ifaces: Vec<&str> = ifaces.iter().map(String::as_str).collect();
+    lab.ctl.detach(&ifaces).expect("detach");
+    assert_eq!(lab.exported().trim(), "");
+    lab.assert_foreign_route_kept();
+    let _ = std::fs::remove_file(&key_file);
+}
