@@ -45,14 +45,12 @@ pub fn add(
     info: MemberInfo,
     table_size: Option<u32>,
 ) -> Result<AddOutcome> {
-    maps.transaction(|maps| add_in(maps, address, p, info, table_size))
+    maps.transaction(|maps| add_in(maps, (address, p, info), table_size))
 }
 
 fn add_in(
     maps: &mut Maps,
-    address: Ipv4Addr,
-    p: &Placement,
-    info: MemberInfo,
+    (address, p, info): (Ipv4Addr, &Placement, MemberInfo),
     table_size: Option<u32>,
 ) -> Result<AddOutcome> {
     let key = ip_key(address.octets());
