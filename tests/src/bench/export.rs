@@ -13,7 +13,8 @@
 //!    address, one member each) installed by `anycast-ctl load` with export off, then `export on` (which reconciles the table),
 //!    timed from spawn to exit: each route add is acknowledged by the kernel before the process
 //!    exits, so at exit all are in the table, which is then counted (`ip route show table 201
-//!    proto 201`) and must hold exactly 65,536. `export off` (withdrawing them all) is a detail.
+//!    proto 201`) and must hold exactly 65,536. Details: the trials of 1. again (21 of each)
+//!    with the 65,535 other routes exported, and `export off` (withdrawing them all).
 //!
 //! The topology and the pin directory are guards removed on every exit path.
 use std::{
@@ -40,6 +41,8 @@ use crate::{Ctl, Topology, TopologyOptions};
 
 /// Trials of each of install and withdraw.
 const TRIALS: usize = 100;
+/// Trials of each with 65,536 routes exported (a detail).
+const SCALE_TRIALS: usize = 21;
 const TABLE: u32 = 201;
 const PROTO: u8 = 201;
 const TARGET_P99_MS: f64 = 10.0;
@@ -55,8 +58,7 @@ struct Figures {
     withdraw: Summary,
     add_exit: Summary,
     del_exit: Summary,
-    bulk_install: f64,
-    bulk_withdraw: f64,
+    bulk: Bulk,
 }
 
 /// Runs the measurements; prints a table and returns the figures as JSON.
@@ -71,19 +73,18 @@ pub fn run() -> Result<Value> {
     let ifaces: Vec<&str> = ifaces.iter().map(String::as_str).collect();
     ctl.attach(&ifaces, "native")?;
     ctl.run(&["export", "on"])?;
-    let (install, withdraw, add_exit, del_exit) = latency(&topo, &ctl)?;
+    let (install, withdraw, add_exit, del_exit) = latency(&topo, &ctl, TRIALS, false)?;
     ensure!(
         count_routes(&topo)? == 0,
         "routes left in table {TABLE} after the trials"
     );
-    let (bulk_install, bulk_withdraw) = bulk(&topo, &ctl)?;
+    let bulk = bulk(&topo, &ctl)?;
     let f = Figures {
         install: Summary::of(&install),
         withdraw: Summary::of(&withdraw),
         add_exit: Summary::of(&add_exit),
         del_exit: Summary::of(&del_exit),
-        bulk_install,
-        bulk_withdraw,
+        bulk,
     };
     print(&f);
     Ok(report(&f))
@@ -93,7 +94,13 @@ type Samples = Vec<f64>;
 
 /// The install and withdraw trials: ms to the notification and to the process's exit of each
 /// `member add` and `member del`.
-fn latency(topo: &Topology, ctl: &Ctl) -> Result<(Samples, Samples, Samples, Samples)> {
+/// `trials` of each; `del_first` when the member is already there (it is left as it was).
+fn latency(
+    topo: &Topology,
+    ctl: &Ctl,
+    trials: usize,
+    del_first: bool,
+) -> Result<(Samples, Samples, Samples, Samples)> {
     let pin = ctl.pin_dir().to_str().context("UTF-8 pin dir")?;
     let member = topo.members[0].ip.to_string();
     let address = ADDRESS.to_string();
@@ -106,15 +113,18 @@ fn latency(topo: &Topology, ctl: &Ctl) -> Result<(Samples, Samples, Samples, Sam
             let mut events = net::events(libc::RTMGRP_IPV4_ROUTE as u32)?;
             let (mut install, mut withdraw) = (Vec::new(), Vec::new());
             let (mut add_exit, mut del_exit) = (Vec::new(), Vec::new());
-            for _ in 0..TRIALS {
-                let add = ["member", "add", &address, &member];
-                let (seen, exit) = trial(&mut events, pin, &add, true).await?;
-                install.push(seen);
-                add_exit.push(exit);
-                let del = ["member", "del", &address, &member];
-                let (seen, exit) = trial(&mut events, pin, &del, false).await?;
-                withdraw.push(seen);
-                del_exit.push(exit);
+            let add = ["member", "add", &address, &member];
+            let del = ["member", "del", &address, &member];
+            for i in 0..2 * trials {
+                if (i % 2 == 0) != del_first {
+                    let (seen, exit) = trial(&mut events, pin, &add, true).await?;
+                    install.push(seen);
+                    add_exit.push(exit);
+                } else {
+                    let (seen, exit) = trial(&mut events, pin, &del, false).await?;
+                    withdraw.push(seen);
+                    del_exit.push(exit);
+                }
             }
             Ok((install, withdraw, add_exit, del_exit))
         })
@@ -191,9 +201,18 @@ fn is_our_route(event: &Event, added: bool) -> bool {
         && dst == Some(ADDRESS)
 }
 
+/// What [`bulk`] measured, in ms.
+struct Bulk {
+    install: f64,
+    withdraw: f64,
+    at_scale_install: Summary,
+    at_scale_withdraw: Summary,
+}
+
 /// `export on` with 65,536 addresses installed (ms, spawn to exit, all routes checked in the
-/// table), then `export off` (ms, all checked gone).
-fn bulk(topo: &Topology, ctl: &Ctl) -> Result<(f64, f64)> {
+/// table), the install and withdraw trials of the trial address with the 65,535 others
+/// exported, then `export off` (ms, all checked gone).
+fn bulk(topo: &Topology, ctl: &Ctl) -> Result<Bulk> {
     let addresses = control::ADDRESSES;
     operator(topo, ctl, &["export", "off"])?;
     let dir = tempdir()?;
@@ -219,13 +238,19 @@ fn bulk(topo: &Topology, ctl: &Ctl) -> Result<(f64, f64)> {
         "{n} routes in table {TABLE} after `export on` ({})",
         out.trim()
     );
+    let (at_scale_install, at_scale_withdraw, _, _) = latency(topo, ctl, SCALE_TRIALS, true)?;
     let (withdraw, _) = operator(topo, ctl, &["export", "off"])?;
     let n = count_routes(topo)?;
     ensure!(
         n == 0,
         "{n} routes left in table {TABLE} after `export off`"
     );
-    Ok((install, withdraw))
+    Ok(Bulk {
+        install,
+        withdraw,
+        at_scale_install: Summary::of(&at_scale_install),
+        at_scale_withdraw: Summary::of(&at_scale_withdraw),
+    })
 }
 
 /// The routes of our protocol in our table, as `ip route` lists them.
@@ -257,6 +282,16 @@ fn print(f: &Figures) {
         ),
         ("member add -> process exit", &f.add_exit, None),
         ("member del -> process exit", &f.del_exit, None),
+        (
+            "member add -> RTM_NEWROUTE, 65,535 others (21)",
+            &f.bulk.at_scale_install,
+            None,
+        ),
+        (
+            "member del -> RTM_DELROUTE, 65,535 others (21)",
+            &f.bulk.at_scale_withdraw,
+            None,
+        ),
     ] {
         let target = target.map_or(String::new(), |t| format!("<= {t:.0}"));
         println!("{name:<46} {:>9.2} {:>9.2} {target:>9}", s.p50, s.p99);
@@ -264,17 +299,17 @@ fn print(f: &Figures) {
     println!(
         "{:<46} {:>19.1} {:>9}",
         "export on, 65,536 addresses (ms)",
-        f.bulk_install,
+        f.bulk.install,
         format!("< {TARGET_BULK_MS:.0}")
     );
     println!(
         "{:<46} {:>19.1}",
-        "export off, 65,536 routes (ms)", f.bulk_withdraw
+        "export off, 65,536 routes (ms)", f.bulk.withdraw
     );
 }
 
 fn report(f: &Figures) -> Value {
-    let latency = |s: &Summary, exit: &Summary, what: &str| {
+    let latency = |s: &Summary, exit: &Summary, scale: &Summary, what: &str| {
         json!({
             "value": s.p99,
             "p50": s.p50,
@@ -292,21 +327,32 @@ fn report(f: &Figures) -> Value {
             ),
             "process_exit_p50_ms": exit.p50,
             "process_exit_p99_ms": exit.p99,
+            "with_65535_other_routes_exported": {
+                "p50": scale.p50,
+                "p99": scale.p99,
+                "max": scale.max,
+                "method": format!(
+                    "the same, {SCALE_TRIALS} trials, the other 65,535 addresses of \
+                     routes_65536_install_ms installed and their routes exported"
+                ),
+            },
         })
     };
     json!({
         "route_install_p99_ms": latency(
             &f.install,
             &f.add_exit,
+            &f.bulk.at_scale_install,
             "`anycast-ctl member add A M` (A's only member) until RTM_NEWROUTE",
         ),
         "route_withdraw_p99_ms": latency(
             &f.withdraw,
             &f.del_exit,
+            &f.bulk.at_scale_withdraw,
             "`anycast-ctl member del A M` (A's only member) until RTM_DELROUTE",
         ),
         "routes_65536_install_ms": {
-            "value": f.bulk_install,
+            "value": f.bulk.install,
             "target_below": TARGET_BULK_MS,
             "method": format!(
                 "`anycast-ctl export on` (reconcile) with {} addresses (65,535 of \
@@ -318,7 +364,7 @@ fn report(f: &Figures) -> Value {
                 control::ADDRESSES,
                 control::ADDRESSES
             ),
-            "withdraw_all_ms": f.bulk_withdraw,
+            "withdraw_all_ms": f.bulk.withdraw,
             "withdraw_all_method": "`anycast-ctl export off` right after, spawn to exit, all routes checked gone",
         },
     })
