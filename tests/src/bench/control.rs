@@ -213,7 +213,7 @@ fn library_add_del(topo: &Topology, ctl: &Ctl) -> Result<(f64, f64)> {
 
 /// Runs `anycast-ctl --pin-dir DIR args...` in the router namespace as an operator there
 /// would: the ms from spawn to exit, and stdout; an error with stderr if it failed.
-fn operator(topo: &Topology, ctl: &Ctl, args: &[&str]) -> Result<(f64, String)> {
+pub(crate) fn operator(topo: &Topology, ctl: &Ctl, args: &[&str]) -> Result<(f64, String)> {
     let mut full = vec![
         "--pin-dir",
         ctl.pin_dir().to_str().context("UTF-8 pin dir")?,
@@ -237,7 +237,7 @@ fn operator(topo: &Topology, ctl: &Ctl, args: &[&str]) -> Result<(f64, String)> 
     Ok((ms(elapsed), String::from_utf8(out.stdout)?))
 }
 
-fn ms(d: Duration) -> f64 {
+pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
@@ -246,7 +246,7 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
-fn tempdir() -> Result<std::path::PathBuf> {
+pub(crate) fn tempdir() -> Result<std::path::PathBuf> {
     let dir = std::env::temp_dir().join(format!("anycast-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)

@@ -603,15 +603,15 @@ impl Drop for KeyFile {
 }
 
 /// p50, p99 (nearest rank), min and max of a sample, in ms.
-struct Summary {
-    p50: f64,
-    p99: f64,
-    min: f64,
-    max: f64,
+pub(crate) struct Summary {
+    pub(crate) p50: f64,
+    pub(crate) p99: f64,
+    pub(crate) min: f64,
+    pub(crate) max: f64,
 }
 
 impl Summary {
-    fn of(samples: &[f64]) -> Self {
+    pub(crate) fn of(samples: &[f64]) -> Self {
         let mut v = samples.to_vec();
         v.sort_by(f64::total_cmp);
         let rank = |p: f64| {

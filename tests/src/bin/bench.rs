@@ -6,6 +6,8 @@
 //!
 //! `bench --dataplane-only` measures only the TEST_RUN cases (about a minute) and prints them,
 //! without the scale, membership and end-to-end phases and without writing the report.
+//! `bench control` and `bench export` run only the control-plane or the route-export part,
+//! print it, and write no report.
 use std::{collections::BTreeMap, net::Ipv4Addr, time::Instant};
 
 use anycast_common::{
@@ -39,6 +41,12 @@ fn main() -> Result<()> {
     if std::env::args().nth(1).as_deref() == Some("control") {
         let control = anycast_tests::bench::control::run()?;
         println!("{}", serde_json::to_string_pretty(&control)?);
+        return Ok(());
+    }
+    // `bench export`: only route export, printed, no report.
+    if std::env::args().nth(1).as_deref() == Some("export") {
+        let export = anycast_tests::bench::export::run()?;
+        println!("{}", serde_json::to_string_pretty(&export)?);
         return Ok(());
     }
     let mut bed = Bed::new()?;
@@ -145,6 +153,9 @@ fn main() -> Result<()> {
     println!("\n== control plane at 65,536 addresses (anycast-ctl binary, namespaces)");
     let control = anycast_tests::bench::control::run()?;
 
+    println!("\n== route export (anycast-ctl binary, namespaces)");
+    let route_export = anycast_tests::bench::export::run()?;
+
     println!("\n== end-to-end forwarding rate (live frames, namespaces)");
     let end_to_end = anycast_tests::bench::e2e::run(E2E_PACKETS)?;
 
@@ -165,6 +176,7 @@ fn main() -> Result<()> {
         },
         "membership": membership,
         "control_plane": control,
+        "route_export": route_export,
         "end_to_end": end_to_end,
         "ratios": {
             "forward_vs_baseline": forward_vs_baseline,
@@ -185,6 +197,9 @@ fn main() -> Result<()> {
             "member_del_65536_ms": 5,
             "show_65536_ms": 2_000,
             "bulk_load_65536_ms": 10_000,
+            "route_install_p99_ms": 10,
+            "route_withdraw_p99_ms": 10,
+            "routes_65536_install_ms": 10_000,
         },
     });
     let dir = target_dir().join("bench");
