@@ -265,6 +265,12 @@ impl Maps {
         pin_id(pin) == Some(self.pinned)
     }
 
+    /// Device and inode of the `ADDRS` pin these handles were opened from (compare with
+    /// `DirLockGuard::pin_id`).
+    pub fn pinned_id(&self) -> (u64, u64) {
+        self.pinned
+    }
+
     /// [`Maps::is_live`] as an error.
     pub fn ensure_live(&self, pin: &PinDir) -> Result<()> {
         if self.is_live(pin) {

@@ -60,6 +60,26 @@ impl DirLock {
     }
 }
 
+impl DirLockGuard {
+    /// Device and inode of the pin `name` in the locked directory, looked up relative to the
+    /// held directory (one `fstatat`, no walk from `/`); `None` if it is not there, as in a
+    /// directory a detach removed.
+    pub fn pin_id(&self, name: &str) -> Option<(u64, u64)> {
+        use std::os::fd::AsRawFd;
+        let name = CString::new(name).ok()?;
+        let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+        // SAFETY: the fd is open for the guard's life, `name` is NUL-terminated, and `st` is a
+        // writable stat buffer.
+        let rc = unsafe { libc::fstatat(self.dir.as_raw_fd(), name.as_ptr(), st.as_mut_ptr(), 0) };
+        if rc != 0 {
+            return None;
+        }
+        // SAFETY: fstatat returned 0, so it filled `st`.
+        let st = unsafe { st.assume_init() };
+        Some((st.st_dev, st.st_ino))
+    }
+}
+
 impl Drop for DirLockGuard {
     fn drop(&mut self) {
         let _ = self.dir.unlock();

@@ -248,9 +248,9 @@ impl Agent {
     /// come back with their next advertisements); with nothing attached any more, it stops.
     fn lock_live(&mut self) -> Result<crate::pin::DirLockGuard> {
         let guard = self.dir_lock.lock()?;
-        // One stat of the `ADDRS` pin: a detach and re-attach (or a deleted pin) replaces it,
-        // whatever else is left in the directory.
-        if self.maps.is_live(&self.pin) {
+        // One fstatat of the `ADDRS` pin in the locked directory: a detach and re-attach (or a
+        // deleted pin) replaces it, whatever else is left in the directory.
+        if guard.pin_id(anycast_common::names::ADDRS) == Some(self.maps.pinned_id()) {
             return Ok(guard);
         }
         drop(guard);
