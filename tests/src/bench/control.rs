@@ -24,7 +24,7 @@ use anycast_ctl::{
 use anyhow::{Context, Result, ensure};
 use serde_json::{Value, json};
 
-use crate::{Ctl, Topology, TopologyOptions};
+use crate::{Ctl, Topology};
 
 /// Installed addresses: the RFC's 2^16.
 pub const ADDRESSES: u32 = 65_536;
@@ -65,14 +65,7 @@ struct Figures {
 /// Runs the measurements; prints a table and returns the figures as JSON.
 pub fn run() -> Result<Value> {
     crate::require_root();
-    let topo = Topology::new(TopologyOptions {
-        members: 2,
-        ..Default::default()
-    })?;
-    let ctl = Ctl::new(&topo.router);
-    let ifaces = topo.router_ifaces();
-    let ifaces: Vec<&str> = ifaces.iter().map(String::as_str).collect();
-    ctl.attach(&ifaces, "native")?;
+    let (topo, ctl) = super::attached(2)?;
     let f = measure(&topo, &ctl)?;
     print(&f);
     Ok(report(&f))

@@ -37,7 +37,7 @@ use super::{
     control::{self, ms, operator, tempdir},
     membership::Summary,
 };
-use crate::{Ctl, Topology, TopologyOptions};
+use crate::{Ctl, Topology};
 
 /// Trials of each of install and withdraw.
 const TRIALS: usize = 100;
@@ -64,14 +64,7 @@ struct Figures {
 /// Runs the measurements; prints a table and returns the figures as JSON.
 pub fn run() -> Result<Value> {
     crate::require_root();
-    let topo = Topology::new(TopologyOptions {
-        members: 1,
-        ..Default::default()
-    })?;
-    let ctl = Ctl::new(&topo.router);
-    let ifaces = topo.router_ifaces();
-    let ifaces: Vec<&str> = ifaces.iter().map(String::as_str).collect();
-    ctl.attach(&ifaces, "native")?;
+    let (topo, ctl) = super::attached(1)?;
     ctl.run(&["export", "on"])?;
     let (install, withdraw, add_exit, del_exit) = latency(&topo, &ctl, TRIALS, false)?;
     ensure!(

@@ -44,7 +44,7 @@ use anycast_ctl::{
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use serde_json::{Value, json};
 
-use crate::{ANYCAST, Ctl, Topology, TopologyOptions, daemon::Daemon, topology::Member};
+use crate::{ANYCAST, Ctl, Topology, daemon::Daemon, topology::Member};
 
 /// Refresh advertisements handled in-process (the first one is not timed).
 const ADVERTS: usize = 200_000;
@@ -82,14 +82,7 @@ const PREFIX: &str = "198.51.100.0/24";
 pub fn run() -> Result<Value> {
     crate::require_root();
     let started = Instant::now();
-    let topo = Topology::new(TopologyOptions {
-        members: 1,
-        ..Default::default()
-    })?;
-    let ctl = Ctl::new(&topo.router);
-    let ifaces = topo.router_ifaces();
-    let ifaces: Vec<&str> = ifaces.iter().map(String::as_str).collect();
-    ctl.attach(&ifaces, "native")?;
+    let (topo, ctl) = super::attached(1)?;
     let key = KeyFile::new(&topo)?;
     let member = &topo.members[0];
     // One sequence for the whole run: the daemon adopts what the in-process agent accepted.

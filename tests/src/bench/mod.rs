@@ -6,3 +6,21 @@ pub mod control;
 pub mod e2e;
 pub mod export;
 pub mod membership;
+
+use anyhow::Result;
+
+use crate::{Ctl, Topology, TopologyOptions};
+
+/// The test topology with `members` members and the dataplane attached natively to every router
+/// interface. Bind it as `let (topo, ctl) = ...`: the pins then go before the namespaces.
+pub(crate) fn attached(members: usize) -> Result<(Topology, Ctl)> {
+    let topo = Topology::new(TopologyOptions {
+        members,
+        ..Default::default()
+    })?;
+    let ctl = Ctl::new(&topo.router);
+    let ifaces = topo.router_ifaces();
+    let ifaces: Vec<&str> = ifaces.iter().map(String::as_str).collect();
+    ctl.attach(&ifaces, "native")?;
+    Ok((topo, ctl))
+}
