@@ -91,10 +91,12 @@ pub async fn attach(
     let fresh = dataplane::check_pins(pin)? == dataplane::Pins::Fresh;
     let result =
         check_modes(pin, &links, mode).and_then(|()| attach_locked(pin, &links, mode, flows));
-    if result.is_err() && fresh && links_present(pin) == 0 {
+    if result.is_err() && fresh && pin.link_count() == 0 {
+        // Leaves nothing new behind: `remove` also takes the directory if it is empty, so one
+        // that was there before (made by the operator) is made again.
         let _ = pin.remove();
-        if !existed {
-            let _ = std::fs::remove_dir(pin.path());
+        if existed {
+            let _ = std::fs::create_dir(pin.path());
         }
     }
     result
@@ -251,7 +253,7 @@ pub async fn detach(pin: &PinDir, nl: &Netlink, ifaces: &[String]) -> Result<()>
     for (index, link) in opened {
         detach_one(maps.as_mut(), index, link)?;
     }
-    if links_present(pin) == 0 {
+    if pin.link_count() == 0 {
         // The exported routes go with the state that justified them; the pins go even if
         // withdrawing fails, so that detaching always recovers.
         let settings = maps
@@ -281,10 +283,6 @@ fn detach_one(maps: Option<&mut Maps>, ifindex: u32, link: PinnedLink) -> Result
 fn forget_iface(maps: &mut Maps, ifindex: u32) {
     let _ = maps.remove_iface(ifindex);
     let _ = maps.tx_ports.remove(ifindex);
-}
-
-fn links_present(pin: &PinDir) -> usize {
-    pin.link_count()
 }
 
 /// One attached interface, as `status` shows it.

@@ -64,8 +64,9 @@ pub fn checksum_ok(ctx: &aya_ebpf::programs::XdpContext, ip: &Ipv4Hdr, l4_offset
     sum == 0xffff
 }
 
-/// Whether the source could have sent the datagram: not in 0.0.0.0/8, 127.0.0.0/8, 224.0.0.0/4
-/// (multicast) or 240.0.0.0/4 (255.255.255.255 included), and not the anycast address itself.
+/// Whether the source could have sent the datagram: not in 0.0.0.0/8, 127.0.0.0/8,
+/// 169.254.0.0/16 (link-local, never forwarded: RFC 3927), 224.0.0.0/4 (multicast) or
+/// 240.0.0.0/4 (255.255.255.255 included), and not the anycast address itself.
 #[inline(always)]
 pub fn source_ok(ip: &Ipv4Hdr) -> bool {
     let first = ip.src[0];

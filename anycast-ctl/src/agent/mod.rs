@@ -88,7 +88,7 @@ pub struct Agent {
 /// and keys (by the caller, through [`config::Source::load`]), the interfaces, the
 /// advertisement socket and the single-agent lock; only then is the dataplane attached.
 pub async fn run(pin: PinDir, source: config::Source) -> Result<()> {
-    let (config, _) = source.load()?;
+    let (config, keys) = source.load()?;
     let nl = Netlink::new()?;
     let mut ifindexes = Vec::new();
     for name in &config.devs {
@@ -112,7 +112,7 @@ pub async fn run(pin: PinDir, source: config::Source) -> Result<()> {
     for (name, what) in attached {
         tracing::info!(iface = %name, ?what, "dataplane attached");
     }
-    let mut agent = Agent::new(pin, config, nl).await?;
+    let mut agent = Agent::new(pin, (config, keys), nl).await?;
     agent.source = source;
     agent.agent_lock = Some(agent_lock);
     agent.serve(socket).await
@@ -285,11 +285,11 @@ impl Agent {
     }
 
     /// Builds the agent and adopts the learned state of a previous run.
-    pub async fn new(pin: PinDir, config: Config, nl: Netlink) -> Result<Self> {
-        let keys = match &config.key_file {
-            Some(path) => Some(advert_auth::Keys::load(path)?),
-            None => None,
-        };
+    pub async fn new(
+        pin: PinDir,
+        (config, keys): (Config, Option<advert_auth::Keys>),
+        nl: Netlink,
+    ) -> Result<Self> {
         let mut devs = HashMap::new();
         let mut down = Vec::new();
         for name in &config.devs {

@@ -351,7 +351,12 @@ async fn handle_all(
     rx: Received,
 ) -> Result<Timed> {
     let nl = Netlink::new()?;
-    let mut agent = Agent::new(pin.clone(), config, nl).await?;
+    let keys = config
+        .key_file
+        .as_deref()
+        .map(advert_auth::Keys::load)
+        .transpose()?;
+    let mut agent = Agent::new(pin.clone(), (config, keys), nl).await?;
     agent.handle(&messages[0], &rx).await;
     ensure!(
         agent.counters()[AgentCounter::Accepted.index() as usize] == 1 && in_set(&watch, member)?,
