@@ -10,9 +10,20 @@
 //! - An address's route has the metric [`metric`] gives: the best preference among its members
 //!   with a weight, or that plus [`DRAINED`] when every member is drained; no route without a
 //!   member.
-//! - Writers call [`sync`] for the addresses they changed (on an [`crate::members::Edge`], or
-//!   when a preference or weight changed), under the writers' lock, after the maps changed.
-use std::{collections::BTreeMap, net::Ipv4Addr};
+//! - Writers [`Pending::note`] the addresses they change (on an [`crate::members::Edge`], or
+//!   when a preference or weight changes), under the writers' lock, before the maps change,
+//!   and [`sync`] them after: each writer leaves every address's route at the metric the maps
+//!   give (or held down, in the agent), so the maps before a change name the route to replace
+//!   and a sync costs O(1) netlink requests per address whatever the table holds. Only
+//!   [`reconcile`] (`export on`, the agent at start and on SIGHUP) and [`withdraw_all`] (`export
+//!   off`, the last detach) list the table.
+//! - Flap damping (the agent's `export_hold_down_ms`, default 0): an address that loses its
+//!   last member keeps its route that long; a member back within it finds it never withdrawn.
+use std::{
+    collections::BTreeMap,
+    net::Ipv4Addr,
+    time::{Duration, Instant},
+};
 
 use anycast_common::{EXPORT_ENABLED, EXPORT_PROTO, EXPORT_TABLE, NO_HOST, ip_key, names};
 use serde::Serialize;
@@ -101,17 +112,124 @@ pub fn metric(maps: &Maps, address: Ipv4Addr) -> Result<Option<u32>> {
     })
 }
 
-/// Brings the routes of `addresses` in line with their members, if export is on.
-pub async fn sync(maps: &Maps, nl: &Netlink, addresses: &[Ipv4Addr]) -> Result<()> {
+/// The routes due for a [`sync`]: for each address whose maps changed, the route it had
+/// before ([`Pending::note`], taken under the writers' lock before the change), so that a sync
+/// touches only those routes, by name, and never lists the table. It also holds the flap
+/// damping of the agent: routes kept for a while after their address lost its last member.
+#[derive(Debug, Default)]
+pub struct Pending {
+    /// Address -> the metric of its route before the change (`None`: no route).
+    due: BTreeMap<Ipv4Addr, Option<u32>>,
+    /// How long a route outlives its address's last member (zero: not at all).
+    hold_down: Duration,
+    /// Routes kept by the hold-down: their metric and when they go.
+    held: BTreeMap<Ipv4Addr, (u32, Instant)>,
+}
+
+impl Pending {
+    /// No damping: a route goes with its address's last member (what the CLI does).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// With flap damping: an address that loses its last member keeps its route for
+    /// `hold_down`, and a member that comes back within it finds the route never withdrawn.
+    pub fn with_hold_down(hold_down: Duration) -> Self {
+        Self {
+            hold_down,
+            ..Self::default()
+        }
+    }
+
+    pub fn set_hold_down(&mut self, hold_down: Duration) {
+        self.hold_down = hold_down;
+    }
+
+    /// Records the routes `addresses` have now, before the caller changes their members (an
+    /// address already due keeps its first record). Nothing when export is off.
+    pub fn note(
+        &mut self,
+        maps: &Maps,
+        addresses: impl IntoIterator<Item = Ipv4Addr>,
+    ) -> Result<()> {
+        if settings(maps)?.is_none() {
+            return Ok(());
+        }
+        for address in addresses {
+            if self.due.contains_key(&address) {
+                continue;
+            }
+            let before = match self.held.get(&address) {
+                Some(&(metric, _)) => Some(metric),
+                None => metric(maps, address)?,
+            };
+            self.due.insert(address, before);
+        }
+        Ok(())
+    }
+
+    /// Whether a [`sync`] at `now` has nothing to do.
+    pub fn idle(&self, now: Instant) -> bool {
+        self.due.is_empty() && self.held.values().all(|&(_, until)| until > now)
+    }
+}
+
+/// Brings the routes of the due addresses (and of held ones whose hold-down is over) in line
+/// with their members, if export is on: O(1) netlink requests per address. A wanted route is
+/// added with NLM_F_REPLACE, which also restores one someone else deleted; a route with an
+/// old metric is deleted by its metric, and one already gone is no error. On an error the
+/// addresses not yet done stay due.
+pub async fn sync(maps: &Maps, nl: &Netlink, pending: &mut Pending) -> Result<()> {
     let Some(settings) = settings(maps)? else {
+        pending.due.clear();
+        pending.held.clear();
         return Ok(());
     };
-    let mut wanted = BTreeMap::new();
-    for &address in addresses {
-        wanted.insert(address, metric(maps, address)?);
+    let now = Instant::now();
+    let over: Vec<Ipv4Addr> = (pending.held.iter())
+        .filter(|(_, (_, until))| *until <= now)
+        .map(|(a, _)| *a)
+        .collect();
+    for address in &over {
+        let (metric, _) = pending.held.remove(address).expect("listed above");
+        pending.due.entry(*address).or_insert(Some(metric));
     }
-    let have = nl.host_routes(settings.table, settings.proto).await?;
-    apply(nl, settings, &have, &wanted).await?;
+    while let Some((&address, &before)) = pending.due.first_key_value() {
+        let wanted = metric(maps, address)?;
+        let hold = (pending.hold_down > Duration::ZERO && !over.contains(&address))
+            .then_some(now + pending.hold_down);
+        match (before, wanted, hold) {
+            (Some(old), None, Some(until)) => {
+                pending.held.insert(address, (old, until));
+            }
+            _ => {
+                move_route(nl, settings, address, (before, wanted)).await?;
+                pending.held.remove(&address);
+            }
+        }
+        pending.due.remove(&address);
+    }
+    Ok(())
+}
+
+/// Moves `address`'s route from the metric `before` to `wanted`: the new route first (so the
+/// address is never without one while it has members), then the old one by its metric.
+async fn move_route(
+    nl: &Netlink,
+    s: Settings,
+    dst: Ipv4Addr,
+    (before, wanted): (Option<u32>, Option<u32>),
+) -> Result<()> {
+    if let Some(metric) = wanted {
+        nl.add_host_route(s.table, s.proto, HostRoute { dst, metric })
+            .await?;
+    }
+    if let Some(metric) = before
+        && before != wanted
+    {
+        nl.del_host_route(s.table, s.proto, HostRoute { dst, metric })
+            .await?;
+    }
     Ok(())
 }
 
@@ -122,9 +240,10 @@ pub struct Changes {
     pub removed: usize,
 }
 
-/// Makes the export table hold exactly the routes the addresses with members justify: adds
-/// the missing ones, removes the others of our protocol. Nothing when export is off.
-pub async fn reconcile(maps: &Maps, nl: &Netlink) -> Result<Changes> {
+/// Makes the export table hold exactly the routes the addresses with members justify (and the
+/// routes `pending` holds down): adds the missing ones, removes the others of our protocol,
+/// from one listing of the table. Nothing is due afterwards. Nothing when export is off.
+pub async fn reconcile(maps: &Maps, nl: &Netlink, pending: &mut Pending) -> Result<Changes> {
     let Some(settings) = settings(maps)? else {
         return Ok(Changes::default());
     };
@@ -133,9 +252,14 @@ pub async fn reconcile(maps: &Maps, nl: &Netlink) -> Result<Changes> {
     for (address, _) in maps.addresses()? {
         wanted.insert(address, metric(maps, address)?);
     }
-    apply(nl, settings, &have, &wanted).await
+    pending.held.retain(|a, _| wanted.get(a) == Some(&None));
+    for (address, &(metric, _)) in &pending.held {
+        wanted.insert(*address, Some(metric));
+    }
+    let changes = apply(nl, settings, &have, &wanted).await?;
+    pending.due.clear();
+    Ok(changes)
 }
-
 /// Removes every route of our protocol from our table.
 pub async fn withdraw_all(nl: &Netlink, settings: Settings) -> Result<usize> {
     let have = nl.host_routes(settings.table, settings.proto).await?;

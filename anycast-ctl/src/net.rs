@@ -62,6 +62,10 @@ pub struct Netlink {
     handle: Handle,
 }
 
+/// The loopback interface's index in every network namespace (the kernel's
+/// `LOOPBACK_IFINDEX`).
+const LOOPBACK_IFINDEX: u32 = 1;
+
 impl Netlink {
     /// Opens a netlink connection; must be called inside a tokio runtime.
     pub fn new() -> Result<Self> {
@@ -225,11 +229,11 @@ impl Netlink {
         Ok(out)
     }
 
-    /// `ip route replace DST/32 dev lo proto PROTO table TABLE metric METRIC`.
+    /// `ip route replace DST/32 dev lo proto PROTO table TABLE metric METRIC`: one request (a
+    /// route of that destination and metric is replaced, else one is created).
     pub async fn add_host_route(&self, table: u32, proto: u8, route: HostRoute) -> Result<()> {
-        let lo = self.link_by_name("lo").await?.index;
         let msg = host_route_message(table, proto, route)
-            .output_interface(lo)
+            .output_interface(LOOPBACK_IFINDEX)
             .build();
         Ok(self.handle.route().add(msg).replace().execute().await?)
     }
@@ -242,7 +246,11 @@ impl Netlink {
             .scope(netlink_packet_route::route::RouteScope::NoWhere)
             .build();
         match self.handle.route().del(msg).execute().await {
-            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code().abs() == libc::ESRCH => Ok(()),
+            Err(rtnetlink::Error::NetlinkError(e))
+                if [libc::ESRCH, libc::ENOENT].contains(&e.raw_code().abs()) =>
+            {
+                Ok(())
+            }
             other => Ok(other?),
         }
     }

@@ -17,6 +17,10 @@ use crate::{Error, Result, advert_auth::Keys, attach::Mode};
 /// Default `max_hold_ms`: one minute, twenty times the announcer's default hold.
 pub const DEFAULT_MAX_HOLD_MS: u32 = 60_000;
 
+/// Largest `export_hold_down_ms`: longer, and upstream would send a site's traffic into the
+/// void for minutes after its last member went.
+pub const MAX_EXPORT_HOLD_DOWN_MS: u64 = 60_000;
+
 /// Largest `replay_window_ms`: clocks of routers and members that disagree by more than this
 /// need fixing, not a wider window.
 pub const MAX_REPLAY_WINDOW_MS: u64 = 3_600_000;
@@ -36,6 +40,8 @@ pub struct File {
     pub replay_window_ms: Option<u64>,
     /// Longest hold time an advertisement may ask for (longer ones are cut to it).
     pub max_hold_ms: Option<u32>,
+    /// Flap damping of route export: how long an address's route outlives its last member.
+    pub export_hold_down_ms: Option<u64>,
 }
 
 impl File {
@@ -64,6 +70,9 @@ pub struct Config {
     /// Hold times of advertisements are cut to this, so that a membership a revoked key made
     /// cannot outlive the revocation by much.
     pub max_hold_ms: u32,
+    /// An exported route outlives its address's last member by this much (0: it goes at once);
+    /// a member that comes back within it finds the route never withdrawn.
+    pub export_hold_down: Duration,
 }
 
 /// Command-line values; `None`/empty means "not given".
@@ -156,6 +165,7 @@ impl Config {
             mode,
             detach_on_exit: cli.detach_on_exit || file.detach_on_exit.unwrap_or(false),
             max_hold_ms: file.max_hold_ms.unwrap_or(DEFAULT_MAX_HOLD_MS),
+            export_hold_down: Duration::from_millis(file.export_hold_down_ms.unwrap_or(0)),
             replay_window: Duration::from_millis(
                 file.replay_window_ms.unwrap_or(MAX_CLOCK_SKEW_MS),
             ),
@@ -170,6 +180,12 @@ impl Config {
             return Err(Error::Usage(
                 "max_hold_ms = 0: it must be at least 1".into(),
             ));
+        }
+        let hold_down = self.export_hold_down.as_millis() as u64;
+        if hold_down > MAX_EXPORT_HOLD_DOWN_MS {
+            return Err(Error::Usage(format!(
+                "export_hold_down_ms = {hold_down}: it must be at most {MAX_EXPORT_HOLD_DOWN_MS}"
+            )));
         }
         if self.port == 0 {
             return Err(Error::Usage("port 0 is not a UDP port to listen on".into()));
@@ -280,6 +296,7 @@ mod tests {
             "replay_window_ms = 3600001",
             "port = 0",
             "max_hold_ms = 0",
+            "export_hold_down_ms = 60001",
         ] {
             let file: File = toml::from_str(text).unwrap();
             let err = Config::merge(file, cli()).unwrap_err().to_string();

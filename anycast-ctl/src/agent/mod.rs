@@ -14,7 +14,7 @@ pub mod config;
 pub mod validate;
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::HashMap,
     net::Ipv4Addr,
     time::{Duration, Instant},
 };
@@ -77,9 +77,9 @@ pub struct Agent {
     agent_lock: Option<std::fs::File>,
     /// Senders that could not be located, and until when they are not tried again.
     unplaceable: HashMap<Ipv4Addr, Instant>,
-    /// Addresses whose exported route may be out of date (see [`crate::export`]), synced after
-    /// each event.
-    export_dirty: BTreeSet<Ipv4Addr>,
+    /// Addresses whose exported route may be out of date, with the route each had, and the
+    /// routes held down (see [`crate::export`]); synced after each event.
+    export: crate::export::Pending,
 }
 
 /// Runs the agent until SIGINT or SIGTERM; SIGHUP reloads the configuration and keys.
@@ -152,7 +152,10 @@ impl Agent {
                 _ = tick.tick() => self.expire(now_ms()),
                 _ = flush.tick() => self.flush_counters(),
                 Some(event) = links.next() => self.link_event(event),
-                _ = sighup.recv() => self.reload(),
+                _ = sighup.recv() => {
+                    self.reload();
+                    self.reconcile_export().await;
+                }
                 _ = sigint.recv() => break,
                 _ = sigterm.recv() => break,
             }
@@ -227,6 +230,8 @@ impl Agent {
         self.config.replay_window = config.replay_window;
         self.config.detach_on_exit = config.detach_on_exit;
         self.config.max_hold_ms = config.max_hold_ms;
+        self.config.export_hold_down = config.export_hold_down;
+        self.export.set_hold_down(config.export_hold_down);
         // Members of addresses the new prefixes no longer allow go now, not at their expiry.
         let outside: Vec<MemberKey> = (self.learned.keys())
             .filter(|k| !self.config.allows(Ipv4Addr::from(ip_octets(k.anycast))))
@@ -301,6 +306,7 @@ impl Agent {
         }
         let maps = Maps::open(&pin)?;
         let window = config.replay_window.as_millis() as u64;
+        let hold_down = config.export_hold_down;
         let mut agent = Agent {
             validator: Validator::new(keys, devs.keys().copied().collect(), window),
             dir_lock: pin.dir_lock()?,
@@ -316,23 +322,27 @@ impl Agent {
             fatal: None,
             agent_lock: None,
             unplaceable: HashMap::new(),
-            export_dirty: BTreeSet::new(),
+            export: crate::export::Pending::with_hold_down(hold_down),
         };
         agent.adopt()?;
         // Members adopted on an interface that is down now go at once, as on a link event.
         for index in down {
             agent.drop_interface(index);
         }
-        agent.export_dirty.clear();
-        let reconciled = match agent.lock_live() {
-            Ok(_lock) => crate::export::reconcile(&agent.maps, &agent.nl).await,
+        agent.reconcile_export().await;
+        Ok(agent)
+    }
+
+    /// Brings the whole export table in line (at start and on SIGHUP; routes held down stay).
+    async fn reconcile_export(&mut self) {
+        let reconciled = match self.lock_live() {
+            Ok(_lock) => crate::export::reconcile(&self.maps, &self.nl, &mut self.export).await,
             Err(e) => Err(e),
         };
         match reconciled {
             Ok(c) => tracing::info!(added = c.added, removed = c.removed, "export reconciled"),
             Err(e) => tracing::warn!(error = %e, "reconciling the exported routes"),
         }
-        Ok(agent)
     }
 
     /// Takes over learned members and replay state left in the maps by a previous agent.
@@ -522,10 +532,10 @@ impl Agent {
             (Some(c), _) if c.source != SOURCE_LEARNED => return Ok(false),
             // A refresh of a member already in place on the same interface.
             (Some(c), None) => {
-                members::renew(&mut self.maps, (m.anycast, sender), &c, info)?;
                 if (c.preference, c.weight) != (info.preference, info.weight) {
-                    self.export_dirty.insert(m.anycast);
+                    self.export.note(&self.maps, [m.anycast])?;
                 }
+                members::renew(&mut self.maps, (m.anycast, sender), &c, info)?;
             }
             // Gone from the maps under us (`member del`): learn it again next time.
             (None, None) => {
@@ -533,8 +543,8 @@ impl Agent {
                 return Ok(false);
             }
             (_, Some(placement)) => {
+                self.export.note(&self.maps, [m.anycast])?;
                 let done = members::add(&mut self.maps, m.anycast, &placement, info, None)?;
-                self.export_dirty.insert(m.anycast);
                 tracing::info!(anycast = %m.anycast, member = %sender, edge = ?done.edge, "member learned");
             }
         }
@@ -587,6 +597,7 @@ impl Agent {
         }
         let anycast = Ipv4Addr::from(ip_octets(key.anycast));
         let member = Ipv4Addr::from(ip_octets(key.member));
+        self.export.note(&self.maps, [anycast])?;
         let edge = match members::del(&mut self.maps, anycast, member) {
             Ok(edge) => edge,
             // Its info outlived it (a writer killed mid-change): forget that, or it is retried
@@ -597,25 +608,23 @@ impl Agent {
             }
             Err(e) => return Err(e),
         };
-        self.export_dirty.insert(anycast);
         tracing::info!(%anycast, %member, why, ?edge, "member removed");
         Ok(())
     }
 
-    /// Syncs the exported routes of the addresses changed since the last call, under the
-    /// writers' lock; on a failure they stay due and are tried again after the next event.
+    /// Syncs the exported routes of the addresses changed since the last call (and of held
+    /// routes whose hold-down is over), under the writers' lock; on a failure they stay due
+    /// and are tried again after the next event.
     async fn sync_export(&mut self) {
-        if self.export_dirty.is_empty() {
+        if self.export.idle(Instant::now()) {
             return;
         }
-        let addresses: Vec<Ipv4Addr> = self.export_dirty.iter().copied().collect();
         let synced = match self.lock_live() {
-            Ok(_lock) => crate::export::sync(&self.maps, &self.nl, &addresses).await,
+            Ok(_lock) => crate::export::sync(&self.maps, &self.nl, &mut self.export).await,
             Err(e) => Err(e),
         };
-        match synced {
-            Ok(()) => self.export_dirty.clear(),
-            Err(e) => tracing::warn!(error = %e, "exporting routes"),
+        if let Err(e) = synced {
+            tracing::warn!(error = %e, "exporting routes");
         }
     }
 

@@ -39,7 +39,7 @@ pub async fn run(router: &Router, command: Command) -> Result<String> {
                 export::withdraw_all(&router.nl, old).await?;
             }
             export::store(&mut maps, Some(new))?;
-            let done = export::reconcile(&maps, &router.nl).await?;
+            let done = export::reconcile(&maps, &router.nl, &mut export::Pending::new()).await?;
             Ok(format!(
                 "export on: table {table}, proto {proto} ({} routes added, {} removed)\n",
                 done.added, done.removed

@@ -18,11 +18,10 @@ pub async fn run(router: &Router, args: Args) -> Result<String> {
     let placements = crate::load::locate_all(&maps, &router.nl, &list).await?;
     let _lock = router.pin.lock(false)?;
     maps.ensure_live(&router.pin)?;
+    let mut export = crate::export::Pending::new();
+    export.note(&maps, list.iter().map(|m| m.anycast))?;
     let done = crate::load::apply(&mut maps, &list, &placements)?;
-    let mut addresses: Vec<_> = list.iter().map(|m| m.anycast).collect();
-    addresses.sort_unstable();
-    addresses.dedup();
-    crate::export::sync(&maps, &router.nl, &addresses).await?;
+    crate::export::sync(&maps, &router.nl, &mut export).await?;
     Ok(format!(
         "loaded {} memberships ({} added, {} updated)\n",
         list.len(),

@@ -7,7 +7,13 @@ use super::{
     Router,
     args::{anycast_address, table_size, unicast_address, unicast_mac},
 };
-use crate::{Result, dataplane::Maps, mac::MacAddr, members};
+use crate::{
+    Result,
+    dataplane::Maps,
+    export::{self, Pending},
+    mac::MacAddr,
+    members,
+};
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -110,9 +116,11 @@ async fn add(router: &Router, args: AddArgs) -> Result<String> {
     let _lock = pin.lock(false)?;
     maps.ensure_live(pin)?;
     let info = members::static_info(members::now_ms(), preference, weight);
-    let done = members::add(&mut maps, anycast_ip, &placement, info, table_size)?;
     // Any change may move the route's metric, not only the first member: sync every time.
-    crate::export::sync(&maps, nl, &[anycast_ip]).await?;
+    let mut export = Pending::new();
+    export.note(&maps, [anycast_ip])?;
+    let done = members::add(&mut maps, anycast_ip, &placement, info, table_size)?;
+    export::sync(&maps, nl, &mut export).await?;
     Ok(added(anycast_ip, member_ip, &done))
 }
 
@@ -143,6 +151,8 @@ async fn set(router: &Router, args: SetArgs) -> Result<String> {
     } = args;
     let _lock = router.pin.lock(false)?;
     let mut maps = Maps::open(&router.pin)?;
+    let mut export = Pending::new();
+    export.note(&maps, [anycast_ip])?;
     members::set_weight(
         &mut maps,
         (anycast_ip, member_ip),
@@ -150,7 +160,7 @@ async fn set(router: &Router, args: SetArgs) -> Result<String> {
         weight,
         table_size,
     )?;
-    crate::export::sync(&maps, &router.nl, &[anycast_ip]).await?;
+    export::sync(&maps, &router.nl, &mut export).await?;
     Ok(format!(
         "member {member_ip} of {anycast_ip}: preference {preference}, weight {weight}\n"
     ))
@@ -163,8 +173,10 @@ async fn del(router: &Router, args: DelArgs) -> Result<String> {
     } = args;
     let _lock = router.pin.lock(false)?;
     let mut maps = Maps::open(&router.pin)?;
+    let mut export = Pending::new();
+    export.note(&maps, [anycast_ip])?;
     members::del(&mut maps, anycast_ip, member_ip)?;
-    crate::export::sync(&maps, &router.nl, &[anycast_ip]).await?;
+    export::sync(&maps, &router.nl, &mut export).await?;
     Ok(format!("deleted member {member_ip} of {anycast_ip}\n"))
 }
 
