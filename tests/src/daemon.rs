@@ -1,7 +1,9 @@
 //! Long-running `anycast-ctl` processes (the agent, announcers) inside a namespace, as guards:
 //! dropping one kills it (SIGKILL) and reaps it, so no test leaves a daemon behind.
 use std::{
-    io::Read,
+    io::{Read, Write},
+    os::unix::fs::OpenOptionsExt,
+    path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
     sync::{Arc, Mutex},
     thread::JoinHandle,
@@ -115,5 +117,36 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// An agent's key file (mode 0600, one key), removed when dropped.
+pub struct KeyFile(PathBuf);
+
+impl KeyFile {
+    /// Writes key `id` with `secret` into a fresh file named after `tag`.
+    pub fn new(tag: &str, id: u32, secret: &[u8; 32]) -> Result<Self> {
+        let path = std::env::temp_dir().join(format!("anycast-key-{}-{tag}", std::process::id()));
+        let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+        // Created with mode 0600 (the agent refuses a key file others can read).
+        let mut out = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("creating {}", path.display()))?;
+        let file = KeyFile(path);
+        write!(out, "[[key]]\nid = {id}\nsecret = \"{hex}\"\n")?;
+        Ok(file)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for KeyFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
     }
 }

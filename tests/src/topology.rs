@@ -184,7 +184,7 @@ pub fn member_gateway(index: usize) -> Ipv4Addr {
     Ipv4Addr::new(203, 0, 113, (4 * index - 3) as u8)
 }
 
-fn build_member(router: &Netns, index: usize) -> Result<Member> {
+pub(crate) fn build_member(router: &Netns, index: usize) -> Result<Member> {
     let ns = Netns::new(&format!("m{index}"))?;
     base_sysctls(&ns)?;
     ns.sysctl("net.ipv4.conf.all.arp_ignore", "1")?;
@@ -224,7 +224,7 @@ fn build_member(router: &Netns, index: usize) -> Result<Member> {
 }
 
 /// Settings every namespace gets before its interfaces exist (they inherit `default`).
-fn base_sysctls(ns: &Netns) -> Result<()> {
+pub(crate) fn base_sysctls(ns: &Netns) -> Result<()> {
     for scope in ["all", "default"] {
         ns.sysctl(&format!("net.ipv4.conf.{scope}.rp_filter"), "0")?;
         ns.sysctl(&format!("net.ipv6.conf.{scope}.disable_ipv6"), "1")?;
@@ -233,7 +233,7 @@ fn base_sysctls(ns: &Netns) -> Result<()> {
 }
 
 /// A veth pair created directly across two namespaces.
-fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) -> Result<()> {
+pub(crate) fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) -> Result<()> {
     crate::cmd::run(
         "ip",
         &[
@@ -256,7 +256,7 @@ fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) -> Result<()> {
 }
 
 /// rp_filter off, address on, link up.
-fn configure(ns: &Netns, iface: &str, cidr: &str) -> Result<()> {
+pub(crate) fn configure(ns: &Netns, iface: &str, cidr: &str) -> Result<()> {
     ns.sysctl(&format!("net.ipv4.conf.{iface}.rp_filter"), "0")?;
     ns.ip(&["addr", "add", cidr, "dev", iface])?;
     ns.ip(&["link", "set", iface, "up"])?;
@@ -264,7 +264,7 @@ fn configure(ns: &Netns, iface: &str, cidr: &str) -> Result<()> {
 }
 
 /// GRO on (NAPI for redirected frames), TX checksum offload off (full checksums on the wire).
-fn offloads(ns: &Netns, iface: &str) -> Result<()> {
+pub(crate) fn offloads(ns: &Netns, iface: &str) -> Result<()> {
     ns.run(&["ethtool", "-K", iface, "gro", "on", "tx", "off"])?;
     Ok(())
 }

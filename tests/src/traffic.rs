@@ -528,3 +528,69 @@ impl TcpRun {
         );
     }
 }
+
+/// Bound on the life of one [`UdpStream`].
+const STREAM_LIFETIME: Duration = Duration::from_secs(60);
+
+/// A paced UDP stream from the client in the background: one datagram with a fresh sequence
+/// number every `interval` from one source port, until stopped (or [`STREAM_LIFETIME`]).
+/// It records when it sent each sequence number, so a receiver's first datagram can be dated.
+pub struct UdpStream {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<Result<Vec<Stamped>>>>,
+}
+
+/// A sequence number and when it was sent.
+pub type Stamped = (u64, Instant);
+
+impl UdpStream {
+    pub fn start(
+        client: &Netns,
+        dst: SocketAddrV4,
+        src_port: u16,
+        interval: Duration,
+    ) -> Result<Self> {
+        let socket = client
+            .in_ns(|| UdpSocket::bind((CLIENT_IP, src_port)))
+            .with_context(|| format!("bind UDP {CLIENT_IP}:{src_port}"))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = thread::Builder::new()
+            .name("udp-stream".into())
+            .spawn(move || {
+                let deadline = Instant::now() + STREAM_LIFETIME;
+                let mut sent = Vec::new();
+                while !flag.load(Ordering::Relaxed) && Instant::now() < deadline {
+                    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+                    // A send error (no route for a moment) is a lost datagram, as on a wire.
+                    let _ = socket.send_to(&seq.to_be_bytes(), dst);
+                    sent.push((seq, Instant::now()));
+                    thread::sleep(interval);
+                }
+                Ok(sent)
+            })?;
+        Ok(Self {
+            stop,
+            handle: Some(handle),
+        })
+    }
+
+    /// Stops sending; every sequence number sent, with when.
+    pub fn stop(mut self) -> Result<Vec<Stamped>> {
+        self.finish()
+    }
+
+    fn finish(&mut self) -> Result<Vec<Stamped>> {
+        self.stop.store(true, Ordering::Relaxed);
+        match self.handle.take() {
+            Some(h) => h.join().expect("UDP stream thread panicked"),
+            None => Ok(Vec::new()),
+        }
+    }
+}
+
+impl Drop for UdpStream {
+    fn drop(&mut self) {
+        let _ = self.finish();
+    }
+}

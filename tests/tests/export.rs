@@ -43,14 +43,10 @@ impl Lab {
             .expect("attach");
         ctl.run(&["export", "on"]).expect("export on");
         let birds = [
-            Bird::start(
-                &topo.router,
-                &bird::router_config("198.18.0.1", "198.18.0.2"),
-            )
-            .expect("bird"),
+            Bird::start(&topo.router, &bird::site_bgp("198.18.0.1", "198.18.0.2")).expect("bird"),
             Bird::start(
                 &upstream,
-                &bird::upstream_config("198.18.0.2", "198.18.0.1"),
+                &bird::upstream_bgp("198.18.0.2", "198.18.0.1", "198.18.0.5"),
             )
             .expect("bird"),
         ];

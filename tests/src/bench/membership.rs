@@ -16,10 +16,8 @@
 //! the key file are guards removed on every exit path. Part 1 needs `tokio` (feature `rt`) as a
 //! dependency of this crate: [`Agent::new`] and [`Netlink`] must run inside a tokio runtime.
 use std::{
-    io::Write,
     net::{Ipv4Addr, SocketAddrV4, UdpSocket},
-    os::unix::fs::OpenOptionsExt,
-    path::{Path, PathBuf},
+    path::Path,
     time::{Duration, Instant},
 };
 
@@ -44,7 +42,11 @@ use anycast_ctl::{
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use serde_json::{Value, json};
 
-use crate::{ANYCAST, Ctl, Topology, daemon::Daemon, topology::Member};
+use crate::{
+    ANYCAST, Ctl, Topology,
+    daemon::{Daemon, KeyFile},
+    topology::Member,
+};
 
 /// Refresh advertisements handled in-process (the first one is not timed).
 const ADVERTS: usize = 200_000;
@@ -83,7 +85,7 @@ pub fn run() -> Result<Value> {
     crate::require_root();
     let started = Instant::now();
     let (topo, ctl) = super::attached(1)?;
-    let key = KeyFile::new(&topo)?;
+    let key = KeyFile::new(topo.router.name(), KEY_ID, &SECRET)?;
     let member = &topo.members[0];
     // One sequence for the whole run: the daemon adopts what the in-process agent accepted.
     let mut sender = Sender::new(member)?;
@@ -563,40 +565,6 @@ impl Sender {
             }
         }
         bail!("{} was not learned within {WAIT_LIMIT:?}", self.ip)
-    }
-}
-
-/// The agent's key file (mode 0600), removed when dropped.
-struct KeyFile(PathBuf);
-
-impl KeyFile {
-    fn new(topo: &Topology) -> Result<Self> {
-        let path = std::env::temp_dir().join(format!(
-            "anycast-bench-key-{}-{}",
-            std::process::id(),
-            topo.router.name()
-        ));
-        let secret: String = SECRET.iter().map(|b| format!("{b:02x}")).collect();
-        // Created with mode 0600 (the agent refuses a key file others can read).
-        let mut out = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .with_context(|| format!("creating {}", path.display()))?;
-        let file = KeyFile(path);
-        write!(out, "[[key]]\nid = {KEY_ID}\nsecret = \"{secret}\"\n")?;
-        Ok(file)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for KeyFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
     }
 }
 

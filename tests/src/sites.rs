@@ -1,0 +1,368 @@
+//! Two anycast sites behind one upstream router (DESIGN.md, "Beyond one router"), built from
+//! namespaces and veth pairs:
+//!
+//! ```text
+//!  client c0 192.0.2.10/24 ---- uc 192.0.2.1/24  U (BIRD)
+//!                                 ua 198.18.0.2/30 ---- u0 198.18.0.1/30  site A (agent + BIRD)
+//!                                                         r1, r2 -> m1 203.0.113.2, m2 .6
+//!                                 ub 198.18.0.6/30 ---- u0 198.18.0.5/30  site B (agent + BIRD)
+//!                                                         r3, r4 -> m3 203.0.113.10, m4 .14
+//! ```
+//!
+//! Each site router has the dataplane attached natively to `u0` and its member links, runs
+//! `anycast-ctl agent` on its member links with export on (table 201, proto 201), and BIRD with
+//! `contrib/bird/site-bgp.conf` (or `site-ospf.conf`); U runs `upstream-bgp.conf` (or
+//! `upstream-ospf.conf`) and installs what it learns in its main table, ECMP across equal
+//! sites (L4 hash). Members announce 198.51.100.53 with `anycast-ctl announce` when a test says
+//! so. The members' replies go back through their site router, which routes the client's
+//! subnet via U.
+//!
+//! Invariants: as in [`crate::topology`] (veths made inside their namespaces, GRO on and TX
+//! checksum offload off on every veth, rp_filter off, IPv6 off). Dropping [`Sites`] kills the
+//! announcers, agents and BIRDs first, then removes the pin directories, then the namespaces.
+use std::{net::Ipv4Addr, path::PathBuf, time::Duration};
+
+use anyhow::{Context, Result};
+
+use crate::{
+    ANYCAST, Ctl, Netns,
+    bird::{self, Bird},
+    daemon::{Daemon, KeyFile},
+    topology::{self, Member},
+};
+
+/// U's address towards site A, and site A's towards U.
+pub const U_TO_A: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+pub const SITE_A: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+/// U's address towards site B, and site B's towards U.
+pub const U_TO_B: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 6);
+pub const SITE_B: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 5);
+const SECRET: [u8; 32] = [0x5a; 32];
+const KEY_ID: u32 = 9;
+
+/// The routing protocol between the sites and U.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Routing {
+    Bgp,
+    Ospf,
+}
+
+/// What the members of a site announce.
+#[derive(Debug, Clone, Copy)]
+pub struct Announce {
+    pub interval_ms: u64,
+    pub hold_ms: u64,
+    pub preference: u16,
+    pub weight: u16,
+}
+
+impl Announce {
+    /// Fast timers (interval 100 ms, hold 300 ms), preference 100, weight 100.
+    pub const FAST: Announce = Announce {
+        interval_ms: 100,
+        hold_ms: 300,
+        preference: 100,
+        weight: 100,
+    };
+
+    pub fn preference(self, preference: u16) -> Self {
+        Announce { preference, ..self }
+    }
+
+    pub fn weight(self, weight: u16) -> Self {
+        Announce { weight, ..self }
+    }
+}
+
+/// One site: a router namespace with its members, agent and BIRD.
+pub struct Site {
+    pub name: &'static str,
+    /// The announcer of each member, while it runs.
+    pub announcers: Vec<Option<Daemon>>,
+    pub agent: Option<Daemon>,
+    pub bird: Option<Bird>,
+    /// The agent's configuration file, if it has one.
+    config: Option<PathBuf>,
+    pub ctl: Ctl,
+    pub members: Vec<Member>,
+    pub router: Netns,
+    /// The router's address towards U.
+    pub address: Ipv4Addr,
+}
+
+/// The whole network; see the module doc.
+pub struct Sites {
+    pub upstream_bird: Option<Bird>,
+    pub a: Site,
+    pub b: Site,
+    pub upstream: Netns,
+    pub client: Netns,
+    pub key: KeyFile,
+    pub routing: Routing,
+}
+
+impl Sites {
+    /// Builds the network, attaches both dataplanes with export on, starts both agents, and
+    /// (with `routing`) BIRD everywhere; no member announces yet.
+    pub fn new(routing: Option<Routing>) -> Result<Self> {
+        let client = Netns::new("c")?;
+        let upstream = Netns::new("u")?;
+        for ns in [&client, &upstream] {
+            topology::base_sysctls(ns)?;
+        }
+        upstream.sysctl("net.ipv4.ip_forward", "1")?;
+        // ECMP over both sites by the 5-tuple, so that the client's flows spread.
+        upstream.sysctl("net.ipv4.fib_multipath_hash_policy", "1")?;
+        link(
+            &client,
+            "c0",
+            "192.0.2.10/24",
+            &upstream,
+            "uc",
+            "192.0.2.1/24",
+        )?;
+        client.ip(&["route", "add", "default", "via", "192.0.2.1"])?;
+        let tag = upstream.name().to_string();
+        let key = KeyFile::new(&tag, KEY_ID, &SECRET)?;
+        let a = Site::new("A", [1, 2], (SITE_A, U_TO_A), (&upstream, "ua"))?;
+        let b = Site::new("B", [3, 4], (SITE_B, U_TO_B), (&upstream, "ub"))?;
+        let mut sites = Sites {
+            upstream_bird: None,
+            a,
+            b,
+            upstream,
+            client,
+            key,
+            routing: routing.unwrap_or(Routing::Bgp),
+        };
+        for site in [&mut sites.a, &mut sites.b] {
+            site.start_agent(sites.key.path(), None)?;
+        }
+        if routing.is_some() {
+            sites.start_birds()?;
+        }
+        Ok(sites)
+    }
+
+    /// Starts BIRD on U and at both sites.
+    pub fn start_birds(&mut self) -> Result<()> {
+        let (a, u_a, b, u_b) = (
+            SITE_A.to_string(),
+            U_TO_A.to_string(),
+            SITE_B.to_string(),
+            U_TO_B.to_string(),
+        );
+        let routing = self.routing;
+        let upstream = match routing {
+            Routing::Bgp => bird::upstream_bgp(&u_a, &a, &b),
+            Routing::Ospf => bird::upstream_ospf(&u_a),
+        };
+        self.upstream_bird = Some(Bird::start(&self.upstream, &upstream)?);
+        for (s, me, peer) in [(&mut self.a, &a, &u_a), (&mut self.b, &b, &u_b)] {
+            let config = match routing {
+                Routing::Bgp => bird::site_bgp(me, peer),
+                Routing::Ospf => bird::site_ospf(me),
+            };
+            s.bird = Some(Bird::start(&s.router, &config)?);
+        }
+        Ok(())
+    }
+
+    /// The sites, A first.
+    pub fn sites(&mut self) -> [&mut Site; 2] {
+        [&mut self.a, &mut self.b]
+    }
+
+    /// U's route to the anycast address, as `ip route` prints it (empty if none).
+    pub fn upstream_route(&self) -> String {
+        self.upstream
+            .ip(&["route", "show", &format!("{ANYCAST}/32")])
+            .unwrap_or_default()
+    }
+
+    /// The sites U's route goes through (A, B, both or none).
+    pub fn upstream_via(&self) -> (bool, bool) {
+        let route = self.upstream_route();
+        (
+            route.contains(&format!("via {SITE_A} ")),
+            route.contains(&format!("via {SITE_B} ")),
+        )
+    }
+
+    /// Waits up to `timeout` for U's route to go through exactly the sites `via` names.
+    pub fn wait_via(&self, via: (bool, bool), timeout: Duration) -> Result<()> {
+        if crate::wait_until(timeout, || self.upstream_via() == via) {
+            return Ok(());
+        }
+        anyhow::bail!(
+            "U's route {:?} is not via (A, B) = {via:?} after {timeout:?}; A exports {:?}, B \
+             exports {:?}; U's BIRD:\n{}",
+            self.upstream_route(),
+            self.a.exported(),
+            self.b.exported(),
+            self.upstream_bird.as_ref().map_or(String::new(), |b| b
+                .birdc(&self.upstream, &["show", "route"]))
+        )
+    }
+}
+
+impl Site {
+    /// A router namespace linked to U (`u0`, `address`/30) with members `indexes` on
+    /// `r<i>`, the dataplane attached natively to all of them and export on.
+    fn new(
+        name: &'static str,
+        indexes: [usize; 2],
+        (address, gateway): (Ipv4Addr, Ipv4Addr),
+        (upstream, u_iface): (&Netns, &str),
+    ) -> Result<Self> {
+        let router = Netns::new(&format!("s{}", name.to_lowercase()))?;
+        topology::base_sysctls(&router)?;
+        router.sysctl("net.ipv4.ip_forward", "1")?;
+        link(
+            &router,
+            "u0",
+            &format!("{address}/30"),
+            upstream,
+            u_iface,
+            &format!("{gateway}/30"),
+        )?;
+        router.ip(&["route", "add", "192.0.2.0/24", "via", &gateway.to_string()])?;
+        let mut members = Vec::new();
+        for index in indexes {
+            let member = topology::build_member(&router, index)?;
+            topology::offloads(&member.ns, &member.iface)?;
+            topology::offloads(&router, &member.router_iface)?;
+            members.push(member);
+        }
+        let ctl = Ctl::new(&router);
+        let mut ifaces = vec!["u0".to_string()];
+        ifaces.extend(members.iter().map(|m| m.router_iface.clone()));
+        let ifaces: Vec<&str> = ifaces.iter().map(String::as_str).collect();
+        ctl.attach(&ifaces, "native")?;
+        ctl.run(&["export", "on"])?;
+        Ok(Site {
+            name,
+            announcers: members.iter().map(|_| None).collect(),
+            agent: None,
+            bird: None,
+            config: None,
+            ctl,
+            members,
+            router,
+            address,
+        })
+    }
+
+    /// (Re)starts the agent on the member links; `config` is the text of its configuration
+    /// file, if any (the previous one is kept when `None` on a restart).
+    pub fn start_agent(&mut self, key: &std::path::Path, config: Option<&str>) -> Result<()> {
+        self.agent = None;
+        if let Some(text) = config {
+            let path =
+                std::env::temp_dir().join(format!("anycast-agent-{}.toml", self.router.name()));
+            std::fs::write(&path, text).context("writing the agent's configuration")?;
+            self.config = Some(path);
+        }
+        let pin = self.ctl.pin_dir().display().to_string();
+        let key = key.display().to_string();
+        let mut args = vec![
+            "--pin-dir",
+            &pin,
+            "agent",
+            "--anycast-prefix",
+            "198.51.100.0/24",
+        ];
+        args.extend(["--key-file", &key]);
+        for m in &self.members {
+            args.extend(["--dev", &m.router_iface]);
+        }
+        let config = self.config.as_ref().map(|p| p.display().to_string());
+        if let Some(path) = &config {
+            args.extend(["--config", path]);
+        }
+        self.agent = Some(Daemon::spawn(
+            &self.router,
+            &format!("agent {}", self.name),
+            &args,
+        )?);
+        Ok(())
+    }
+
+    /// Starts (or restarts) the announcer of member `i` (0-based) with `how`.
+    pub fn announce(&mut self, i: usize, key: &std::path::Path, how: Announce) -> Result<()> {
+        self.announcers[i] = None;
+        let m = &self.members[i];
+        let (interval, hold) = (
+            format!("{}ms", how.interval_ms),
+            format!("{}ms", how.hold_ms),
+        );
+        let (pref, weight) = (how.preference.to_string(), how.weight.to_string());
+        let key = key.display().to_string();
+        let args = [
+            "announce",
+            "198.51.100.53",
+            "--dev",
+            &m.iface,
+            "--interval",
+            &interval,
+            "--hold",
+            &hold,
+            "--preference",
+            &pref,
+            "--weight",
+            &weight,
+            "--key-file",
+            &key,
+        ];
+        let name = format!("announce {}", m.iface);
+        self.announcers[i] = Some(Daemon::spawn(&m.ns, &name, &args)?);
+        Ok(())
+    }
+
+    /// Starts every member's announcer with `how`.
+    pub fn announce_all(&mut self, key: &std::path::Path, how: Announce) -> Result<()> {
+        (0..self.members.len()).try_for_each(|i| self.announce(i, key, how))
+    }
+
+    /// `kill -9` of every announcer: the members die without a leave.
+    pub fn kill_announcers(&mut self) {
+        for announcer in self.announcers.iter_mut().flatten() {
+            announcer.kill();
+        }
+    }
+
+    /// The routes of protocol 201 in table 201, as `ip route` prints them.
+    pub fn exported(&self) -> String {
+        self.router
+            .ip(&["route", "show", "table", "201", "proto", "201"])
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    }
+
+    /// The agent's log so far (for messages).
+    pub fn agent_log(&self) -> String {
+        self.agent.as_ref().map_or(String::new(), Daemon::log)
+    }
+}
+
+impl Drop for Site {
+    fn drop(&mut self) {
+        self.announcers.clear();
+        self.agent = None;
+        self.bird = None;
+        if let Some(path) = &self.config {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// A veth `a_if`@`a` <-> `b_if`@`b`, addressed, up, GRO on and TX checksum offload off.
+fn link(a: &Netns, a_if: &str, a_cidr: &str, b: &Netns, b_if: &str, b_cidr: &str) -> Result<()> {
+    topology::veth(a, a_if, b, b_if)?;
+    for (ns, iface, cidr) in [(a, a_if, a_cidr), (b, b_if, b_cidr)] {
+        topology::configure(ns, iface, cidr)?;
+        topology::offloads(ns, iface)?;
+    }
+    Ok(())
+}
