@@ -13,6 +13,7 @@
 //! - [`announce`]: the member host's side: join anycast addresses and advertise them.
 //! - [`advert_auth`]: keys and HMAC of advertisements (wire format: `anycast_common::advert`).
 //! - [`sys`]: raw socket calls for advertisements.
+//! - [`mapped`]: arrays written in place through mmap (`SLOT_STATE`, Maglev tables).
 //! - [`textfile`]: bounded reads of the operator's files.
 //! - [`cli`]: the command line, one module per verb.
 //!
@@ -31,6 +32,7 @@ pub mod journal;
 pub mod load;
 pub mod mac;
 pub mod maglev;
+pub mod mapped;
 pub mod members;
 pub mod net;
 pub mod pin;
