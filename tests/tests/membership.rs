@@ -322,12 +322,12 @@ fn killed_agent_loses_nothing_and_a_new_agent_takes_over() {
     drop(members);
     lab.start_agent();
     let before = lab.ctl.status().agent.accepted;
-    assert!(wait_until(Duration::from_secs(2), || lab
-        .ctl
-        .status()
-        .agent
-        .accepted
-        > before));
+    assert!(
+        wait_until(Duration::from_secs(2), || lab.ctl.status().agent.accepted
+            > before),
+        "the restarted agent accepted nothing; its log:\n{}",
+        lab.agent.as_ref().map(Daemon::log).unwrap_or_default()
+    );
     // The adopted deadline of the dead m3 passes (hold 2 s from its last refresh before the
     // agent died); the live members stay.
     lab.wait_learned(&[ip(0), ip(1)], Duration::from_secs(3));
