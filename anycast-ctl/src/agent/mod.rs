@@ -515,7 +515,15 @@ impl Agent {
             }
         };
         if self.store(sender, m, now, placement)? {
-            self.learn(key, learned);
+            // The hold runs from now: placing may have taken a good part of a short hold.
+            let deadline = Instant::now() + Duration::from_millis(m.hold_ms.into());
+            self.learn(
+                key,
+                Learned {
+                    deadline,
+                    ..learned
+                },
+            );
         }
         Ok(true)
     }
