@@ -34,9 +34,35 @@ pub const fn pick_index(hash: u32, n: u32) -> u32 {
     ((hash as u64 * n as u64) >> 32) as u32
 }
 
+/// Score of a member for a flow in the dataplane's fallback (rendezvous hashing): a flow whose
+/// member is out of service goes to the eligible live member with the highest score, ties to
+/// the higher `member` (an [`crate::ip_key`]). It depends only on the flow and the member's
+/// identity, so every CPU and every router with the same members makes the same choice, and
+/// the flows of one failed member spread evenly over the others while no other flow moves.
+#[inline(always)]
+pub const fn fallback_score(hash: u32, member: u32) -> u32 {
+    fmix32(hash ^ fmix32(member.wrapping_mul(0x9e37_79b1)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fallback_spreads_a_failed_members_flows() {
+        let members = [0x0200_71cbu32, 0x0600_71cb, 0x0a00_71cb];
+        let mut counts = [0u32; 3];
+        for port in 0..30_000u32 {
+            let hash = flow_hash(0x0a00_0001, 0x3564_33c6, port, 17);
+            let best = (0..3)
+                .max_by_key(|&i| (fallback_score(hash, members[i]), members[i]))
+                .unwrap();
+            counts[best] += 1;
+        }
+        for c in counts {
+            assert!((9_000..11_000).contains(&c), "uneven spread {counts:?}");
+        }
+    }
 
     #[test]
     fn hash_depends_on_every_field() {

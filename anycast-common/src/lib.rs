@@ -19,7 +19,7 @@ pub mod maps;
 pub mod proto;
 
 pub use counters::{AGENT_COUNTERS, AgentCounter, PassReason, Stat};
-pub use flow::{flow_hash, pick_index};
+pub use flow::{fallback_score, flow_hash, pick_index};
 pub use maps::*;
 
 /// The map representation of an IPv4 address: its wire octets read as a native `u32`.

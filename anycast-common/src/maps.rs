@@ -12,6 +12,16 @@
 //! - Each address has two [`MemberSet`]s in `MEMBER_SETS`; its bucket names the live one. User
 //!   space writes the other one, then flips `AddrBucket::version` (one aligned 32-bit store), so
 //!   the dataplane never reads a half-written member set.
+//! - Each address also has two Maglev tables in `TABLES`, at the same [`member_set_index`] as
+//!   its two member sets: the flip of `AddrBucket::version` makes a set and its table live
+//!   together. User space writes the spare table in place (tables are mmapable arrays) and
+//!   flips; no update of `TABLES` (which waits for an RCU grace period) is on that path. A
+//!   spare is written only after a grace period has passed since the flip that retired it
+//!   (`SlotState::retiring`), so no packet ever reads a table or set while it is rewritten.
+//! - `SLOT_STATE` (mmapable) holds each address's `SlotState::down`: members out of service
+//!   by position. One aligned 64-bit store by user space takes a member out at once (leave,
+//!   expiry, link down, delete); its flows go to the fallback ([`crate::fallback_score`]) until
+//!   the rebuilt set and table follow, which leave the position a hole and clear its bit.
 //! - The dataplane finds the receiving interface in `IFACES`, an open-addressed array too, probed
 //!   by [`iface_probe`] alone (the dataplane and user space share it). An interface sits within
 //!   [`IFACE_PROBES`] slots of [`iface_home`]; removal empties a slot, so a lookup probes the
@@ -45,8 +55,11 @@ pub mod names {
     pub const STATS: &str = "STATS";
     /// LRU: first fragment of a datagram -> the member it went to.
     pub const FRAGS: &str = "FRAGS";
-    /// Array of maps: address slot -> its Maglev lookup table (packed member positions).
+    /// Array of maps: [`super::member_set_index`] -> the Maglev lookup table (packed member
+    /// positions) of that member set.
     pub const TABLES: &str = "TABLES";
+    /// Mmapable array of [`super::SlotState`] indexed by address slot: members out of service.
+    pub const SLOT_STATE: &str = "SLOT_STATE";
     /// The connection table: [`super::FlowEntry`], 4-way set-associative.
     pub const FLOWS: &str = "FLOWS";
     /// [`super::MemberKey`] -> [`super::MemberInfo`]: where a membership came from (user space).
@@ -71,9 +84,9 @@ pub mod names {
     /// Route export settings, indexed by `EXPORT_*` (user space only; see `anycast-ctl export`).
     pub const EXPORT: &str = "EXPORT";
     /// The maps pinned under the pin directory: every map of the object.
-    pub const PINNED: [&str; 23] = ALL;
+    pub const PINNED: [&str; 24] = ALL;
     /// Every map of the dataplane object.
-    pub const ALL: [&str; 23] = [
+    pub const ALL: [&str; 24] = [
         ADDRS,
         MEMBER_SETS,
         ADDR_KEYS,
@@ -97,6 +110,7 @@ pub mod names {
         HOST_REFS,
         MEMBER_SLOTS,
         EXPORT,
+        SLOT_STATE,
     ];
 }
 
@@ -110,7 +124,7 @@ pub mod programs {
 /// Version of the pinned state's layout (map set, key and value layouts, their meaning),
 /// recorded in the `LAYOUT` map. A binary refuses pins of another version instead of reusing
 /// maps by name. Bump it with every change to a pinned map.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// `EXPORT` index: 1 when route export is on, 0 when off.
 pub const EXPORT_ENABLED: u32 = 0;
@@ -146,9 +160,17 @@ pub const MAX_FRAGS: u32 = 16_384;
 pub const DEFAULT_TABLE_SIZE: u32 = 16_381;
 /// Largest Maglev table size.
 pub const MAX_TABLE_SIZE: u32 = 1 << 20;
+/// BPF_F_MMAPABLE: an array user space can write through `mmap`.
+pub const MAP_F_MMAPABLE: u32 = 1 << 10;
 /// Flags of every Maglev table map: BPF_F_INNER_MAP, so tables of different sizes can sit in
-/// one `TABLES` array.
-pub const TABLE_MAP_FLAGS: u32 = 1 << 12;
+/// one `TABLES` array, and BPF_F_MMAPABLE, so user space fills one with a copy, not a syscall
+/// per word.
+pub const TABLE_MAP_FLAGS: u32 = (1 << 12) | MAP_F_MMAPABLE;
+/// Entries of `TABLES`: two per address slot ([`member_set_index`]), and [`GRACE_INDEX`].
+pub const TABLE_SLOTS: u32 = 2 * MAX_ADDRS + 1;
+/// The `TABLES` entry no address uses: user space updates it to wait for a grace period (an
+/// update of an array of maps returns once every program that could see the old value ended).
+pub const GRACE_INDEX: u32 = 2 * MAX_ADDRS;
 /// Member positions packed per `u64` word of a table.
 pub const TABLE_ENTRIES_PER_WORD: u32 = 8;
 
@@ -254,7 +276,32 @@ pub struct MemberSet {
     /// Maglev table size to build the address's next table with; 0 = the default. Only user
     /// space reads it.
     pub maglev_size: u32,
+    /// Positions taking new flows (bit `p` for position `p`): `single`'s or the table's.
+    pub eligible: u64,
+    /// Positions in hot standby (a weight, but not the best preference): the fallback when no
+    /// eligible member is left in service.
+    pub standby: u64,
     pub members: [MemberRef; MAX_MEMBERS],
+}
+
+/// The bit of member position `position` in `MemberSet::eligible`, `standby` and
+/// `SlotState::down`.
+#[inline(always)]
+pub const fn position_bit(position: u32) -> u64 {
+    1u64 << (position & 63)
+}
+
+/// One address slot's entry of `SLOT_STATE`, written in place by user space (mmap).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SlotState {
+    /// Member positions out of service ([`position_bit`]): the dataplane sends them nothing
+    /// and gives their flows to the fallback. Written with one atomic store.
+    pub down: u64,
+    /// 1 from a flip of the address's version until a grace period has passed (user space
+    /// only): the spare set and table may still have readers and must not be rewritten yet.
+    pub retiring: u32,
+    pub _pad: u32,
 }
 
 impl Default for MemberSet {
@@ -264,6 +311,8 @@ impl Default for MemberSet {
             table_size: 0,
             single: 0,
             maglev_size: 0,
+            eligible: 0,
+            standby: 0,
             members: [MemberRef {
                 host: NO_HOST,
                 counter: 0,
@@ -442,7 +491,7 @@ pub struct FragKey {
 
 /// Key of `MEMBER_INFO`: one membership.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct MemberKey {
     pub anycast: u32,
     pub member: u32,
@@ -473,7 +522,9 @@ pub struct MemberInfo {
 const _: () = {
     assert!(core::mem::size_of::<MemberRef>() == 8);
     assert!(core::mem::size_of::<AddrBucket>() == 16);
-    assert!(core::mem::size_of::<MemberSet>() == 16 + 8 * MAX_MEMBERS);
+    assert!(core::mem::size_of::<MemberSet>() == 32 + 8 * MAX_MEMBERS);
+    assert!(MAX_MEMBERS <= 64);
+    assert!(core::mem::size_of::<SlotState>() == 16);
     assert!(ADDR_BUCKETS.is_power_of_two());
     assert!(core::mem::size_of::<Host>() == 24);
     assert!(core::mem::size_of::<Iface>() == 16);
@@ -503,6 +554,7 @@ mod pod {
     unsafe impl aya::Pod for MemberKey {}
     unsafe impl aya::Pod for FlowEntry {}
     unsafe impl aya::Pod for MemberInfo {}
+    unsafe impl aya::Pod for SlotState {}
 }
 
 #[cfg(test)]

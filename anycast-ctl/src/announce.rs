@@ -7,8 +7,12 @@
 //! an advertisement every interval, multicast on the interface or unicast to `--to`, with TTL
 //! 255. Each advertisement carries the interface's MAC (read again for every message), so the
 //! router binds the member's IP to its MAC only through signed messages, and a MAC change is
-//! announced by the member itself. On SIGINT or SIGTERM it sends a leave (hold time 0), removes only the addresses it
-//! added, and returns.
+//! announced by the member itself. While the member stops serving (an address gone from `lo`, a
+//! failing health check: [`crate::health`]) it sends a leave at once and then nothing, until
+//! it serves again. On SIGINT or SIGTERM it sends a leave (hold time 0), removes only the
+//! addresses it added, and returns. Intervals go down to [`MIN_INTERVAL`] and hold times to
+//! [`MIN_HOLD`] (BFD-class detection); the schedule is absolute, so a late tick does not
+//! shift the ones after it.
 //!
 //! Sequence numbers start from the wall clock in microseconds and increase by one per message,
 //! so a restarted announcer continues above its previous run.
@@ -23,7 +27,12 @@ use std::{
 use anycast_common::advert::{Membership, Packet, Repr};
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::{Error, Result, advert_auth, members::now_ms, net::Netlink, sys};
+use crate::{Error, Result, advert_auth, health, members::now_ms, net::Netlink, sys};
+
+/// Shortest `--interval`.
+pub const MIN_INTERVAL: Duration = Duration::from_millis(10);
+/// Shortest `--hold`.
+pub const MIN_HOLD: Duration = Duration::from_millis(30);
 
 /// What to announce and how.
 #[derive(Clone, Debug, clap::Args)]
@@ -34,10 +43,10 @@ pub struct Options {
     /// Interface to advertise on (its first IPv4 address is the member address).
     #[arg(long, value_name = "IFACE")]
     pub dev: String,
-    /// Time between advertisements.
+    /// Time between advertisements (at least 10ms).
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub interval: Duration,
-    /// How long the router keeps the membership without a refresh.
+    /// How long the router keeps the membership without a refresh (at least 30ms).
     #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
     pub hold: Duration,
     /// Lower is better: only the best-preference members get new flows.
@@ -59,6 +68,8 @@ pub struct Options {
     #[arg(long, default_value_t = anycast_common::advert::DEFAULT_PORT,
           value_parser = clap::value_parser!(u16).range(1..))]
     pub port: u16,
+    #[command(flatten)]
+    pub checks: health::Checks,
 }
 
 /// Runs until SIGINT or SIGTERM.
@@ -103,7 +114,8 @@ pub async fn run(opts: Options) -> Result<()> {
         nl.add_host_address(lo, address).await?;
         added.push(address);
     }
-    advertise(&opts, &nl, dev, source, hold_ms, key.as_ref()).await?;
+    let health = health::watch(opts.checks.clone(), opts.anycast.clone(), lo)?;
+    advertise(&opts, (&nl, health), dev, source, hold_ms, key.as_ref()).await?;
     for address in added {
         if let Err(e) = nl.del_address(lo, address).await {
             tracing::warn!(%address, error = %e, "removing the address from lo");
@@ -116,20 +128,24 @@ pub async fn run(opts: Options) -> Result<()> {
 fn hold_ms(opts: &Options) -> Result<u32> {
     let hold_ms = u32::try_from(opts.hold.as_millis())
         .ok()
-        .filter(|h| *h > 0)
-        .ok_or_else(|| Error::Usage("--hold must be between 1 ms and 49 days".into()))?;
-    if opts.interval.is_zero() || opts.interval >= opts.hold {
+        .filter(|_| opts.hold >= MIN_HOLD)
+        .ok_or_else(|| Error::Usage("--hold must be between 30 ms and 49 days".into()))?;
+    if opts.interval < MIN_INTERVAL || opts.interval >= opts.hold {
         return Err(Error::Usage(
-            "--interval must be positive and shorter than --hold".into(),
+            "--interval must be at least 10 ms and shorter than --hold".into(),
         ));
     }
     Ok(hold_ms)
 }
 
-/// Advertises every interval until SIGINT or SIGTERM, then sends the leave.
+/// Advertises every interval while the member serves, until SIGINT or SIGTERM, then sends the
+/// leave. A member that stops serving sends the leave at once.
 async fn advertise(
     opts: &Options,
-    nl: &Netlink,
+    (nl, mut health): (
+        &Netlink,
+        tokio::sync::watch::Receiver<std::result::Result<(), String>>,
+    ),
     dev: u32,
     source: Ipv4Addr,
     hold_ms: u32,
@@ -139,32 +155,50 @@ async fn advertise(
         sys::sender(&opts.dev, source).map_err(|e| Error::io("advertisement socket", e))?;
     let dest = SocketAddrV4::new(opts.to.unwrap_or(opts.group), opts.port);
     let mut seq = now_ms() * 1000;
+    let mut send = |mac, hold| -> Result<()> {
+        seq += 1;
+        let msg = message(opts, source, mac, seq, hold, key)?;
+        if let Err(e) = socket.send_to(&msg, &dest.into()) {
+            tracing::warn!(error = %e, "sending the advertisement");
+        }
+        Ok(())
+    };
     let mut sigint = signal(SignalKind::interrupt()).map_err(|e| Error::io("SIGINT handler", e))?;
     let mut sigterm =
         signal(SignalKind::terminate()).map_err(|e| Error::io("SIGTERM handler", e))?;
     let mut ticker = tokio::time::interval(opts.interval);
+    let mut serving = true;
     tracing::info!(?opts.anycast, dev = %opts.dev, %source, %dest, "announcing");
     loop {
         tokio::select! {
-            _ = ticker.tick() => {
-                seq += 1;
-                let mac = nl.link_by_index(dev).await.map(|l| l.mac).ok();
-                let msg = message(opts, source, mac, seq, hold_ms, key)?;
-                if let Err(e) = socket.send_to(&msg, &dest.into()) {
-                    tracing::warn!(error = %e, "sending the advertisement");
-                }
-            }
+            biased;
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
+            Ok(()) = health.changed() => {
+                let state = health.borrow_and_update().clone();
+                serving = state.is_ok();
+                match state {
+                    // Leave at once; the router also expires us after the hold time.
+                    Err(why) => {
+                        tracing::warn!(%why, "not serving: leaving");
+                        send(None, 0)?;
+                        send(None, 0)?;
+                    }
+                    Ok(()) => tracing::info!("serving again"),
+                }
+                if serving {
+                    ticker.reset_immediately();
+                }
+            }
+            _ = ticker.tick(), if serving => {
+                let mac = nl.link_by_index(dev).await.map(|l| l.mac).ok();
+                send(mac, hold_ms)?;
+            }
         }
     }
     // Leave: twice, in case one is lost; the router also expires us after the hold time.
-    for _ in 0..2 {
-        seq += 1;
-        let msg = message(opts, source, None, seq, 0, key)?;
-        let _ = socket.send_to(&msg, &dest.into());
-    }
-    Ok(())
+    send(None, 0)?;
+    send(None, 0)
 }
 
 /// Builds and signs one advertisement.

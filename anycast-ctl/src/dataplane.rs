@@ -189,13 +189,19 @@ pub struct Maps {
     pub member_info: HashMap<MapData, MemberKey, MemberInfo>,
     pub sender_seq: HashMap<MapData, u32, u64>,
     pub agent_stats: Array<MapData, u64>,
-    pub tables: ArrayOfMaps<MapData, Array<MapData, u64>>,
+    /// Inner maps as raw `MapData` (their descriptors are needed for mmap).
+    pub tables: ArrayOfMaps<MapData, MapData>,
     pub alloc: Array<MapData, u32>,
     pub free_counters: Stack<MapData, u32>,
     pub free_hosts: Stack<MapData, u32>,
     pub host_refs: Array<MapData, u32>,
     pub member_slots: Array<MapData, u32>,
     pub export: Array<MapData, u32>,
+    /// `SLOT_STATE`, mapped: members out of service, retiring flags.
+    pub slot_state: crate::mapped::SlotStates,
+    /// A one-word table, made on first use, that [`Maps::grace_period`] stores at
+    /// `GRACE_INDEX`.
+    pub grace: Option<MapData>,
     /// The undo log of the open transaction, if any (see [`crate::journal`]).
     pub journal: Option<Vec<crate::journal::Undo>>,
     /// Device and inode of the `ADDRS` pin these handles were opened from.
@@ -235,6 +241,8 @@ impl Maps {
             host_refs: open(pin, names::HOST_REFS)?,
             member_slots: open(pin, names::MEMBER_SLOTS)?,
             export: open(pin, names::EXPORT)?,
+            slot_state: open_slot_state(pin)?,
+            grace: None,
             journal: None,
         })
     }
@@ -387,6 +395,15 @@ impl Maps {
         out.sort_by_key(|(a, _)| *a);
         Ok(out)
     }
+}
+
+/// Maps `SLOT_STATE` (the mapping outlives the descriptor).
+fn open_slot_state(pin: &PinDir) -> Result<crate::mapped::SlotStates> {
+    use std::os::fd::AsFd;
+    let data = MapData::from_pin(pin.map(names::SLOT_STATE))
+        .map_err(|e| Error::map(names::SLOT_STATE, e))?;
+    crate::mapped::SlotStates::new(data.fd().as_fd())
+        .map_err(|e| Error::io("mapping SLOT_STATE", e))
 }
 
 fn open<T: TryFrom<Map, Error = aya::maps::MapError>>(

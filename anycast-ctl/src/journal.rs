@@ -8,7 +8,11 @@
 //! - Counter resets (`MEMBER_STATS`, `ADDR_STATS`) are not undone: a counter slot is zeroed again
 //!   whenever it is handed out.
 //! - A Maglev table swapped into a `TABLES` slot that was empty stays there after an undo: no
-//!   restored member set refers to it.
+//!   restored member set refers to it. A table written in place is a spare: an undo that flips
+//!   back makes the other one, untouched, live again.
+//! - Every write of an `ADDRS` bucket marks its slot retiring first (`SlotState::retiring`), and
+//!   only [`Maps::settle`] clears it, after a grace period: an undo that flips back is covered
+//!   too.
 use anycast_common::{AddrBucket, Host, MemberInfo, MemberKey, MemberSet};
 use aya::maps::{Array, MapData};
 
@@ -51,7 +55,8 @@ pub enum Undo {
     Host(u32, Host),
     HostId(u32, Option<u32>),
     Info(MemberKey, Option<MemberInfo>),
-    Table(u32, Array<MapData, u64>),
+    Table(u32, MapData),
+    Down(u32, u64),
     Word(Words, u32, u32),
     Popped(Free, u32),
     Pushed(Free),
@@ -90,6 +95,10 @@ impl Maps {
             Undo::Info(key, Some(old)) => self.set_info(key, old),
             Undo::Info(key, None) => self.remove_info(key),
             Undo::Table(slot, old) => self.set_table(slot, &old),
+            Undo::Down(slot, old) => {
+                self.set_down(slot, old);
+                Ok(())
+            }
             Undo::Word(words, index, old) => self.set_word(words, index, old),
             Undo::Popped(free, index) => self.push_free(free, index),
             Undo::Pushed(free) => self.pop_free(free).map(|_| ()),
@@ -107,6 +116,7 @@ impl Maps {
 
     pub fn set_addr(&mut self, index: u32, bucket: AddrBucket) -> Result<()> {
         self.record(|m| Undo::Addr(index, m.addrs.get(&index, 0).unwrap_or_default()));
+        self.slot_state.set_retiring(bucket.slot, true);
         self.addrs
             .set(index, bucket, 0)
             .map_err(|e| Error::map("ADDRS", e))
@@ -167,7 +177,7 @@ impl Maps {
             .map_err(|e| Error::map("MEMBER_INFO", e))
     }
 
-    pub fn set_table(&mut self, slot: u32, table: &Array<MapData, u64>) -> Result<()> {
+    pub fn set_table(&mut self, slot: u32, table: &MapData) -> Result<()> {
         if self.journal.is_some()
             && let Ok(old) = self.tables.get(&slot, 0)
             && let Some(log) = &mut self.journal
@@ -177,6 +187,52 @@ impl Maps {
         self.tables
             .set(slot, table, 0)
             .map_err(|e| Error::map("TABLES", e))
+    }
+
+    /// Stores the members out of service of address `slot` (one atomic store the dataplane
+    /// sees at once).
+    pub fn set_down(&mut self, slot: u32, down: u64) {
+        let old = self.slot_state.down(slot);
+        self.record(|_| Undo::Down(slot, old));
+        self.slot_state.set_down(slot, down);
+    }
+
+    /// Waits for a grace period: every program run that started before has ended.
+    pub fn grace_period(&mut self) -> Result<()> {
+        if self.grace.is_none() {
+            self.grace = Some(new_table(1)?);
+        }
+        let grace = self.grace.as_ref().expect("made above");
+        self.tables
+            .set(anycast_common::GRACE_INDEX, grace, 0)
+            .map_err(|e| Error::map("TABLES", e))
+    }
+
+    /// Makes the spare member set and table of address `slot` safe to rewrite: waits for a
+    /// grace period if its version was flipped since the last one.
+    pub fn settle(&mut self, slot: u32) -> Result<()> {
+        if self.slot_state.retiring(slot) {
+            self.grace_period()?;
+            self.slot_state.set_retiring(slot, false);
+        }
+        Ok(())
+    }
+
+    /// Writes the packed `words` of a Maglev table into `TABLES[index]`, a spare settled by
+    /// [`Maps::settle`]: in place through mmap when the map there has the right size, else
+    /// into a new map put there (which waits for a grace period, once per address and size).
+    pub fn write_table(&mut self, index: u32, words: &[u64]) -> Result<()> {
+        let current = self.tables.get(&index, 0).ok();
+        let fits = |t: &MapData| {
+            t.info()
+                .is_ok_and(|i| i.max_entries() as usize == words.len())
+        };
+        if let Some(table) = current.filter(fits) {
+            return fill_table(&table, words);
+        }
+        let table = new_table(words.len() as u32)?;
+        fill_table(&table, words)?;
+        self.set_table(index, &table)
     }
 
     fn words_mut(&mut self, words: Words) -> &mut Array<MapData, u32> {
@@ -231,4 +287,24 @@ impl Maps {
         self.record(|_| Undo::Pushed(free));
         Ok(())
     }
+}
+
+/// A new, empty Maglev table map of `words` words (mmapable, an inner map of `TABLES`).
+fn new_table(words: u32) -> Result<MapData> {
+    let def = aya_obj::Map::new_from_params(
+        aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_ARRAY as u32,
+        4,
+        8,
+        words,
+        anycast_common::TABLE_MAP_FLAGS,
+    );
+    MapData::create(def, "maglev", None).map_err(|e| Error::map("TABLES", e))
+}
+
+/// Copies a table's packed words into its map through mmap: one copy, no syscall per word.
+fn fill_table(table: &MapData, words: &[u64]) -> Result<()> {
+    use std::os::fd::AsFd;
+    crate::mapped::Mapped::new(table.fd().as_fd(), words.len() * 8)
+        .and_then(|mut m| m.write(words))
+        .map_err(|e| Error::io("writing a Maglev table", e))
 }

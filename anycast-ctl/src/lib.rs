@@ -11,8 +11,10 @@
 //! - [`net`]: rtnetlink look-ups: links, routes, neighbours.
 //! - [`agent`]: the router's daemon that learns members from host advertisements.
 //! - [`announce`]: the member host's side: join anycast addresses and advertise them.
+//! - [`health`]: whether the member still serves (addresses on lo, health checks).
 //! - [`advert_auth`]: keys and HMAC of advertisements (wire format: `anycast_common::advert`).
 //! - [`sys`]: raw socket calls for advertisements.
+//! - [`mapped`]: arrays written in place through mmap (`SLOT_STATE`, Maglev tables).
 //! - [`textfile`]: bounded reads of the operator's files.
 //! - [`cli`]: the command line, one module per verb.
 //!
@@ -27,10 +29,12 @@ pub mod cli;
 pub mod dataplane;
 pub mod error;
 pub mod export;
+pub mod health;
 pub mod journal;
 pub mod load;
 pub mod mac;
 pub mod maglev;
+pub mod mapped;
 pub mod members;
 pub mod net;
 pub mod pin;

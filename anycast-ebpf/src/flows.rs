@@ -5,17 +5,17 @@
 //! the ways are kept in recency order (a hit rotates its entry to the front; an insert replaces
 //! the flow's own entry or evicts the last way), so each set is an exact LRU holding at most one
 //! entry per flow. An entry names its member by position and is used only if that position
-//! still holds the same `MemberRef`: flows of a removed member fall back to the Maglev table
-//! (their stale entries are dropped when met), flows of a draining member (weight 0, still in
-//! the set) stay. A member added later in a removed member's position may inherit the counter
+//! still holds the same `MemberRef` and is in service: flows of a removed or out-of-service
+//! member fall back to the Maglev table (their stale entries are dropped when met), flows of a
+//! draining member (weight 0, still in the set) stay. A member added later in a removed member's position may inherit the counter
 //! slot, and so the removed member's remaining entries: those flows had to move anyway.
 //!
 //! The table is shared by all CPUs. Two CPUs updating one set at the same instant can tear an
 //! entry; the position check then rejects it (or, at worst, it names another live member), so a
 //! race costs at most one flow's affinity, never a wrong or dead destination.
-use anycast_common::{FLOW_WAYS, FlowEntry, MAX_MEMBERS, MemberRef, MemberSet};
+use anycast_common::{FLOW_WAYS, FlowEntry, MemberRef};
 
-use crate::maps::{FLOW_SETS_MASK, FLOWS};
+use crate::maps::{Addr, FLOW_SETS_MASK, FLOWS};
 
 /// A flow as the table keys it.
 #[derive(Clone, Copy)]
@@ -39,10 +39,10 @@ fn matches(e: &FlowEntry, f: &Flow) -> bool {
     e.src == f.src && e.dst == f.dst && e.ports == f.ports && e.proto == f.proto
 }
 
-/// The member `flow` is on, if it is known and that member is still in `set`. An entry whose
+/// The member `flow` is on, if it is known and that member still serves `addr`. An entry whose
 /// member is gone is dropped on the way, so a set never holds a stale copy of a live flow.
 #[inline(always)]
-pub fn lookup(hash: u32, flow: &Flow, set: &MemberSet) -> Option<(MemberRef, u32)> {
+pub fn lookup(hash: u32, flow: &Flow, addr: &Addr) -> Option<(MemberRef, u32)> {
     let base = set_base(hash);
     for way in 0..FLOW_WAYS {
         let entry = FLOWS.get_ptr_mut(base + way)?;
@@ -51,8 +51,7 @@ pub fn lookup(hash: u32, flow: &Flow, set: &MemberSet) -> Option<(MemberRef, u32
         if !matches(e, flow) {
             continue;
         }
-        let pos = e.position as usize;
-        if pos >= MAX_MEMBERS || set.members[pos] != e.member {
+        if !addr.serves(e.position, &e.member) {
             e.proto = INVALID;
             continue;
         }

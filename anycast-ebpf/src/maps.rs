@@ -5,11 +5,12 @@ use anycast_common::{
     ADDR_BUCKETS, ADDR_PROBES, AGENT_COUNTERS, ALLOC_KINDS, AddrBucket, AddrStats, EXPORT_FIELDS,
     FLOW_SETS, FLOW_WAYS, FlowEntry, FragKey, Host, IFACE_SLOTS, Iface, IfaceSlot, MAX_ADDRS,
     MAX_FRAGS, MAX_HOSTS, MAX_IFACES, MAX_MEMBER_COUNTERS, MemberInfo, MemberKey, MemberRef,
-    MemberSet, MemberStats, Stat, addr_bucket, iface_probe, member_set_index, next_bucket,
+    MemberSet, MemberStats, SlotState, Stat, TABLE_SLOTS, addr_bucket, iface_probe,
+    member_set_index, next_bucket,
 };
 use aya_ebpf::{
     Global,
-    bindings::{BPF_F_INNER_MAP, BPF_F_NO_PREALLOC},
+    bindings::{BPF_F_INNER_MAP, BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
     btf_maps::{Array as BtfArray, ArrayOfMaps},
     macros::{btf_map, map},
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, Stack},
@@ -57,14 +58,20 @@ pub static STATS: PerCpuArray<u64> = PerCpuArray::pinned(Stat::COUNT as u32, 0);
 #[map]
 pub static FRAGS: LruHashMap<FragKey, MemberRef> = LruHashMap::pinned(MAX_FRAGS, 0);
 
-/// A Maglev table: member positions packed 8 per word. Each address has its own, created by
-/// user space with `ceil(M / 8)` words (BPF_F_INNER_MAP lets the sizes differ) and swapped in
-/// whole by one update of `TABLES`.
-pub type Table = BtfArray<u64, 1, { BPF_F_INNER_MAP as usize }>;
+/// A Maglev table: member positions packed 8 per word. Each member set has its own, created by
+/// user space with `ceil(M / 8)` words (BPF_F_INNER_MAP lets the sizes differ) and written in
+/// place through mmap while its set is the spare (see `anycast_common::maps`).
+pub type Table = BtfArray<u64, 1, { (BPF_F_INNER_MAP | BPF_F_MMAPABLE) as usize }>;
 
-/// Address slot -> its Maglev table. Pinned by user space (BTF maps carry no pinning).
+/// Member set index (`member_set_index`) -> its Maglev table: the live set's table is the live
+/// one. Pinned by user space (BTF maps carry no pinning).
 #[btf_map]
-pub static TABLES: ArrayOfMaps<Table, { MAX_ADDRS as usize }> = ArrayOfMaps::new();
+pub static TABLES: ArrayOfMaps<Table, { TABLE_SLOTS as usize }> = ArrayOfMaps::new();
+
+/// Address slot -> members out of service (`SlotState::down`), stored by user space through
+/// mmap with one atomic write.
+#[map]
+pub static SLOT_STATE: Array<SlotState> = Array::pinned(MAX_ADDRS, BPF_F_MMAPABLE);
 
 /// The connection table: flows and their members, 4-way set-associative, LRU within a set.
 /// Shared by all CPUs, so a flow keeps its member whichever CPU sees its packets. User space
@@ -127,10 +134,24 @@ pub static MEMBER_SLOTS: Array<u32> = Array::pinned(MAX_MEMBER_COUNTERS, 0);
 #[map]
 pub static EXPORT: Array<u32> = Array::pinned(EXPORT_FIELDS, 0);
 
-/// An anycast address: its counter slot and live member set.
+/// An anycast address: its counter slot, live member set (and so table) and the positions out
+/// of service.
 pub struct Addr<'a> {
     pub slot: u32,
+    /// `member_set_index` of the live set, also the index of its table in `TABLES`.
+    pub set_index: u32,
     pub set: &'a MemberSet,
+    pub down: u64,
+}
+
+impl Addr<'_> {
+    /// Whether the member at `position` may be sent to: in the set and in service.
+    #[inline(always)]
+    pub fn serves(&self, position: u32, member: &MemberRef) -> bool {
+        self.set.members.get(position as usize) == Some(member)
+            && member.host != anycast_common::NO_HOST
+            && self.down & anycast_common::position_bit(position) == 0
+    }
 }
 
 /// Looks up an anycast address.
@@ -145,10 +166,16 @@ pub fn addr<'a>(ip: u32) -> Option<Addr<'a>> {
         if entry.ip == ip {
             // SAFETY: a plain aligned u32 read; user space flips it with one 32-bit store.
             let version = unsafe { core::ptr::read_volatile(&entry.version) };
-            let set = MEMBER_SETS.get(member_set_index(entry.slot, version))?;
+            let set_index = member_set_index(entry.slot, version);
+            let set = MEMBER_SETS.get(set_index)?;
+            let state = SLOT_STATE.get(entry.slot)?;
+            // SAFETY: a plain aligned u64 read; user space stores it with one atomic write.
+            let down = unsafe { core::ptr::read_volatile(&state.down) };
             return Some(Addr {
                 slot: entry.slot,
+                set_index,
                 set,
+                down,
             });
         }
         if entry.ip == 0 {

@@ -7,20 +7,27 @@
 //!    set, whatever the Maglev table says now. A TCP SYN without ACK starts a new connection and
 //!    skips this step; a TCP RST ends one.
 //! 3. Otherwise the address's only member taking new flows (`MemberSet::single`), if it has
-//!    one, or else the flow hash indexes the address's Maglev table (`TABLES`), which names a
+//!    one, or else the flow hash indexes the live set's Maglev table (`TABLES`), which names a
 //!    member position; the choice is recorded in the connection table.
+//! 4. A member out of service (`SlotState::down`: left, expired, link down or deleted, while
+//!    its rebuilt set and table follow) is never chosen in any step: its flows go to the
+//!    fallback, the eligible member in service with the highest `fallback_score` for the flow
+//!    (or, with none left, the best standby member). The fallback depends only on the flow and
+//!    the members' addresses, so every CPU and every router with the same members agrees, and
+//!    no flow of a member in service moves.
 //!
 //! The flow hash covers the 5-tuple for TCP and UDP (`ports` is 0 for other protocols and later
 //! fragments), and source, destination and protocol otherwise.
 use anycast_common::{
-    FragKey, MAX_MEMBERS, MemberRef, MemberSet, NO_HOST, Stat, flow_hash, pick_index,
+    FragKey, MAX_MEMBERS, MemberRef, MemberSet, NO_HOST, Stat, fallback_score, flow_hash,
+    pick_index, position_bit,
     proto::{IPPROTO_TCP, TCP_ACK, TCP_RST, TCP_SYN},
     table_position, table_word_of,
 };
 
 use crate::{
     flows::{self, Flow},
-    maps::{Addr, FRAGS, TABLES},
+    maps::{self, Addr, FRAGS, TABLES},
     packet::Ipv4Hdr,
     stats,
 };
@@ -40,12 +47,7 @@ pub fn member(ip: &Ipv4Hdr, ports: u32, tcp_flags: u8, addr: &Addr) -> Option<Me
             // this read a recycled entry, which the membership check below rejects or accepts
             // as a live member.
             let member = unsafe { *member };
-            if addr
-                .set
-                .members
-                .iter()
-                .any(|m| *m == member && m.host != NO_HOST)
-            {
+            if (0..MAX_MEMBERS as u32).any(|p| addr.serves(p, &member)) {
                 return Some(member);
             }
         }
@@ -64,7 +66,7 @@ pub fn member(ip: &Ipv4Hdr, ports: u32, tcp_flags: u8, addr: &Addr) -> Option<Me
     let known = if new_connection {
         None
     } else {
-        flows::lookup(hash, &flow, addr.set)
+        flows::lookup(hash, &flow, addr)
     };
     let member = match known {
         Some((member, _)) => member,
@@ -84,27 +86,56 @@ pub fn member(ip: &Ipv4Hdr, ports: u32, tcp_flags: u8, addr: &Addr) -> Option<Me
 }
 
 /// The member that new flows with `hash` go to, and its position: the set's single member, or
-/// the one the address's Maglev table gives `hash`.
+/// the one the live set's Maglev table gives `hash`; the fallback if that one is out of service.
 #[inline(always)]
 fn new_flow(addr: &Addr, hash: u32) -> Option<(MemberRef, u32)> {
     let set: &MemberSet = addr.set;
     let position = if set.single != 0 {
-        (set.single - 1) as usize
+        set.single - 1
     } else {
         if set.table_size == 0 {
             return None;
         }
         let index = pick_index(hash, set.table_size);
         let (word, shift) = table_word_of(index);
-        let packed = TABLES.get_value(addr.slot, &word)?;
-        table_position(*packed, shift) as usize
+        let packed = TABLES.get_value(addr.set_index, &word)?;
+        table_position(*packed, shift)
     };
-    if position >= MAX_MEMBERS {
-        return None;
+    if let Some(member) = set.members.get(position as usize)
+        && addr.serves(position, member)
+    {
+        return Some((*member, position));
     }
-    let member = set.members[position];
-    if member.host == NO_HOST {
-        return None;
+    fallback(addr, hash)
+}
+
+/// The fallback for a flow whose member is out of service: among the eligible members in
+/// service (else the standby ones), the one with the highest `fallback_score`, ties to the
+/// higher address.
+#[inline(always)]
+fn fallback(addr: &Addr, hash: u32) -> Option<(MemberRef, u32)> {
+    let set = addr.set;
+    let eligible = set.eligible & !addr.down;
+    let pool = if eligible != 0 {
+        eligible
+    } else {
+        set.standby & !addr.down
+    };
+    let mut best = None;
+    let mut best_score = (0, 0);
+    for (position, member) in set.members.iter().enumerate() {
+        let position = position as u32;
+        if pool & position_bit(position) == 0 || member.host == NO_HOST {
+            continue;
+        }
+        let Some(host) = maps::host(member.host) else {
+            continue;
+        };
+        let score = (fallback_score(hash, host.ip), host.ip);
+        if best.is_none() || score > best_score {
+            best = Some((*member, position));
+            best_score = score;
+        }
     }
-    Some((member, position as u32))
+    best
 }

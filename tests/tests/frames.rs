@@ -890,3 +890,99 @@ fn writer_reports_first_and_last_member_of_an_address() {
         Some(Edge::LastMemberGone)
     );
 }
+
+/// The one-store removal: with a member's `SlotState::down` bit set, it gets no datagram, its
+/// flows go to the survivor with the highest `fallback_score` (by member identity, so the same
+/// on every router), no flow of a survivor moves, and the rebuild that follows moves none
+/// either.
+#[test]
+fn member_taken_down_gets_nothing_and_its_flows_fall_back_by_identity() {
+    let mut bed = bed();
+    bed.add_member(ANYCAST_A, M3, 0, M3_MAC).unwrap();
+    let macs = [(M1, M1_MAC), (M2, M2_MAC), (M3, M3_MAC)];
+    let port0 = bed.ports[0].mac;
+    let flow = |sport| {
+        ipv4_frame(
+            port0,
+            CLIENT_MAC,
+            &Ipv4::udp(CLIENT, ANYCAST_A, sport, 53, b"x"),
+        )
+    };
+    let sports = 31000..31600u16;
+    let before: Vec<[u8; 6]> = sports
+        .clone()
+        .map(|s| member_mac(&bed.run(ANYCAST, 0, &flow(s)).unwrap().1))
+        .collect();
+    assert!(before.contains(&M1_MAC), "no flow on {M1}");
+
+    let Ok(anycast_ctl::dataplane::Bucket::Found { entry, .. }) =
+        bed.maps.bucket(anycast_common::ip_key(ANYCAST_A.octets()))
+    else {
+        panic!("{ANYCAST_A} not installed");
+    };
+    let set = bed.maps.member_set(&entry).unwrap();
+    let m1_host = bed
+        .maps
+        .host_ids
+        .get(&anycast_common::ip_key(M1.octets()), 0)
+        .unwrap();
+    let position = set
+        .positions()
+        .iter()
+        .position(|m| m.host == m1_host)
+        .unwrap();
+    bed.maps
+        .slot_state
+        .set_down(entry.slot, anycast_common::position_bit(position as u32));
+
+    let survivors = [M2, M3];
+    for (i, sport) in sports.clone().enumerate() {
+        let frame = flow(sport);
+        let (verdict, out) = bed.run(ANYCAST, 0, &frame).unwrap();
+        assert_ne!(
+            verdict,
+            anycast_common::proto::XDP_PASS,
+            "flow {sport} dropped"
+        );
+        let now = member_mac(&out);
+        if before[i] != M1_MAC {
+            assert_eq!(now, before[i], "flow {sport} of a survivor moved");
+            continue;
+        }
+        let hash = anycast_common::flow_hash(
+            anycast_common::ip_key(CLIENT.octets()),
+            anycast_common::ip_key(ANYCAST_A.octets()),
+            u32::from_ne_bytes([(sport >> 8) as u8, sport as u8, 0, 53]),
+            17,
+        );
+        let key = |m: &Ipv4Addr| anycast_common::ip_key(m.octets());
+        let want = survivors
+            .iter()
+            .max_by_key(|m| (anycast_common::fallback_score(hash, key(m)), key(m)))
+            .unwrap();
+        let want_mac = macs.iter().find(|(m, _)| m == want).unwrap().1;
+        assert_eq!(
+            now, want_mac,
+            "flow {sport} of {M1} went elsewhere than its fallback"
+        );
+    }
+    for sport in 32000..32100u16 {
+        let syn = to_router(&bed, &Ipv4::tcp_syn(CLIENT, ANYCAST_A, sport, 80));
+        assert_ne!(member_mac(&bed.run(ANYCAST, 0, &syn).unwrap().1), M1_MAC);
+    }
+
+    // The rebuild follows: the position becomes a hole, its bit is cleared, nothing moves.
+    let during: Vec<[u8; 6]> = sports
+        .clone()
+        .map(|s| member_mac(&bed.run(ANYCAST, 0, &flow(s)).unwrap().1))
+        .collect();
+    bed.del_member(ANYCAST_A, M1).unwrap();
+    assert_eq!(bed.maps.slot_state.down(entry.slot), 0);
+    for (i, sport) in sports.clone().enumerate() {
+        let now = member_mac(&bed.run(ANYCAST, 0, &flow(sport)).unwrap().1);
+        assert_eq!(
+            now, during[i],
+            "flow {sport} moved when the rebuilt table came"
+        );
+    }
+}

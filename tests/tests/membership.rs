@@ -98,11 +98,21 @@ impl Lab {
 
     /// Starts `announce` on a member with the test interval and `hold_ms` (default HOLD_MS).
     fn announce(&self, member: usize, hold_ms: Option<u64>) -> Daemon {
+        self.announce_with(member, (INTERVAL_MS, hold_ms.unwrap_or(HOLD_MS)), &[])
+    }
+
+    /// Starts `announce` on a member with these timers (ms) and extra arguments.
+    fn announce_with(
+        &self,
+        member: usize,
+        (interval_ms, hold_ms): (u64, u64),
+        extra: &[&str],
+    ) -> Daemon {
         let m = &self.topo.members[member];
         let key = self.key_file.display().to_string();
-        let interval = format!("{INTERVAL_MS}ms");
-        let hold = format!("{}ms", hold_ms.unwrap_or(HOLD_MS));
-        let args = vec![
+        let interval = format!("{interval_ms}ms");
+        let hold = format!("{hold_ms}ms");
+        let mut args = vec![
             "announce",
             "198.51.100.53",
             "--dev",
@@ -114,6 +124,7 @@ impl Lab {
             "--key-file",
             &key,
         ];
+        args.extend_from_slice(extra);
         Daemon::spawn(&m.ns, &format!("announce m{}", member + 1), &args).expect("announce")
     }
 
@@ -322,12 +333,12 @@ fn killed_agent_loses_nothing_and_a_new_agent_takes_over() {
     drop(members);
     lab.start_agent();
     let before = lab.ctl.status().agent.accepted;
-    assert!(wait_until(Duration::from_secs(2), || lab
-        .ctl
-        .status()
-        .agent
-        .accepted
-        > before));
+    assert!(
+        wait_until(Duration::from_secs(2), || lab.ctl.status().agent.accepted
+            > before),
+        "the restarted agent accepted nothing; its log:\n{}",
+        lab.agent.as_ref().map(Daemon::log).unwrap_or_default()
+    );
     // The adopted deadline of the dead m3 passes (hold 2 s from its last refresh before the
     // agent died); the live members stay.
     lab.wait_learned(&[ip(0), ip(1)], Duration::from_secs(3));
@@ -601,4 +612,68 @@ fn commands_without_privileges_fail_clearly() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("needs root"), "{err}");
     assert_eq!(ctl.show(), before);
+}
+
+/// A member that stops serving leaves at once: a failing `--check-cmd`, then the anycast
+/// address removed from `lo`. The hold time (10 s) is far longer than the bound, so only a
+/// leave explains the removal; the member that passes its check again comes back.
+#[test]
+fn failing_health_check_or_address_gone_from_lo_sends_a_leave() {
+    let lab = Lab::new();
+    let flag = std::env::temp_dir().join(format!("anycast-health-{}", std::process::id()));
+    std::fs::write(&flag, "").unwrap();
+    let check = format!("test -e {}", flag.display());
+    let extra = ["--check-cmd", &check, "--check-interval", "20ms"];
+    let _a = [
+        lab.announce_with(0, (INTERVAL_MS, 10_000), &extra),
+        lab.announce_with(1, (INTERVAL_MS, 10_000), &[]),
+    ];
+    lab.wait_learned(&[ip(0), ip(1)], Duration::from_secs(3));
+
+    std::fs::remove_file(&flag).unwrap();
+    let took = lab.wait_learned(&[ip(1)], Duration::from_secs(2));
+    assert!(
+        took < Duration::from_secs(1),
+        "health check leave took {took:?}"
+    );
+
+    lab.topo.members[1]
+        .ns
+        .ip(&["addr", "del", "198.51.100.53/32", "dev", "lo"])
+        .unwrap();
+    let took = lab.wait_learned(&[], Duration::from_secs(2));
+    assert!(
+        took < Duration::from_secs(1),
+        "leave after lo lost its address took {took:?}"
+    );
+
+    std::fs::write(&flag, "").unwrap();
+    lab.wait_learned(&[ip(0)], Duration::from_secs(2));
+    let _ = std::fs::remove_file(&flag);
+}
+
+/// BFD-class timers: with a 10 ms interval and a 30 ms hold, 40 ms after a kill -9 of its
+/// announcer no datagram reaches the member, and none is lost.
+#[test]
+fn hard_failure_with_fast_timers_stops_traffic_within_40ms() {
+    let lab = Lab::new();
+    let a: Vec<Daemon> = (0..3)
+        .map(|i| lab.announce_with(i, (10, 30), &[]))
+        .collect();
+    lab.wait_learned(&[ip(0), ip(1), ip(2)], Duration::from_secs(3));
+    a[1].signal(libc::SIGKILL);
+    std::thread::sleep(Duration::from_millis(40));
+    let members = lab.topo.member_namespaces();
+    let udp = udp_round(
+        &lab.topo.client,
+        &members,
+        ANYCAST,
+        UDP_PORT,
+        47000..47100,
+        3,
+    )
+    .unwrap();
+    udp.assert_each_sent_once();
+    assert_eq!(udp.counts()[1], 0, "{:?}", udp.counts());
+    assert_eq!(lab.learned(), vec![ip(0), ip(2)]);
 }

@@ -3,18 +3,23 @@
 //! It attaches the dataplane to its interfaces (or adopts an existing attachment), listens for
 //! advertisements on them, and turns the believed ones ([`validate`]) into memberships through
 //! the same code as `member add` ([`crate::members`]), recorded as *learned* in `MEMBER_INFO`.
-//! A learned member expires when its hold time passes without a refresh, leaves at once on a
-//! hold time of 0, and is removed at once when its interface loses its link. Static members
-//! (`member add`) are never touched.
+//! A learned member expires when its hold time passes without a refresh (each member on its own
+//! deadline, [`deadlines`]), leaves at once on a hold time of 0, and is removed at once when its
+//! interface loses its link. Static members (`member add`) are never touched.
 //!
-//! Its state survives it: memberships, their deadlines (`MEMBER_INFO`) and each sender's last
-//! sequence number (`SENDER_SEQ`) are pinned maps. A restarted agent adopts them, so forwarding
-//! never stops and members that stopped advertising still expire on time.
+//! A refresh that changes nothing but the deadline touches no map and takes no lock: it moves
+//! the member's deadline in memory. Its state survives it all the same: memberships, their
+//! refresh times (`MEMBER_INFO`) and each sender's last sequence number (`SENDER_SEQ`) are
+//! pinned maps, written at once on every change and, for plain refreshes, every
+//! [`COUNTER_FLUSH`]. A restarted agent adopts them, so forwarding never stops and members that
+//! stopped advertising still expire (at most one flush interval late); a replayed refresh of
+//! the last flush interval may be accepted again after a restart, within the replay window.
 pub mod config;
+pub mod deadlines;
 pub mod validate;
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     net::Ipv4Addr,
     time::{Duration, Instant},
 };
@@ -41,19 +46,28 @@ use crate::{
 use config::Config;
 use validate::{Reject, Validator};
 
-/// How often expiries are checked and counters flushed.
-const TICK: Duration = Duration::from_millis(10);
-const COUNTER_FLUSH: Duration = Duration::from_millis(200);
+/// How often counters, refresh times and sequence numbers of plain refreshes are written.
+pub const COUNTER_FLUSH: Duration = Duration::from_millis(200);
+/// Most advertisements handled before the agent looks at its deadlines again.
+const DRAIN_BATCH: usize = 64;
 /// How long a member that could not be located is left alone.
 const UNPLACEABLE_BACKOFF: Duration = Duration::from_secs(1);
 
 /// A member this agent learned.
 #[derive(Clone, Copy, Debug)]
 struct Learned {
-    deadline_ms: u64,
+    deadline: Instant,
+    /// When its entry in the schedule comes due (at or before `deadline`).
+    armed: Instant,
     ifindex: u32,
     /// The MAC its advertisements carry (none from an announcer that sends none).
     mac: Option<[u8; 6]>,
+    /// What its last advertisement said.
+    preference: u16,
+    weight: u16,
+    hold_ms: u32,
+    /// Wall-clock time of its last refresh, in ms.
+    updated_ms: u64,
 }
 
 pub struct Agent {
@@ -67,6 +81,11 @@ pub struct Agent {
     /// ifindex -> name of the agent's interfaces.
     devs: HashMap<u32, String>,
     learned: HashMap<MemberKey, Learned>,
+    deadlines: deadlines::Deadlines<MemberKey>,
+    /// Members refreshed in memory only since the last flush.
+    refreshed: HashSet<MemberKey>,
+    /// Sequence numbers accepted since the last flush and not yet written.
+    seqs: HashMap<Ipv4Addr, u64>,
     counters: [u64; AGENT_COUNTERS as usize],
     log_limit: HashMap<Reject, Instant>,
     /// Where the configuration came from, for SIGHUP.
@@ -136,7 +155,6 @@ impl Agent {
         let mut sigint = signal(SignalKind::interrupt(), "SIGINT handler")?;
         let mut sigterm = signal(SignalKind::terminate(), "SIGTERM handler")?;
         let mut sighup = signal(SignalKind::hangup(), "SIGHUP handler")?;
-        let mut tick = tokio::time::interval(TICK);
         let mut flush = tokio::time::interval(COUNTER_FLUSH);
         let mut buf = vec![0u8; 2048];
         tracing::info!(devs = ?self.config.devs, port = self.config.port, group = %self.config.group, "agent running");
@@ -149,8 +167,8 @@ impl Agent {
                     let mut guard = ready.map_err(|e| Error::io("waiting for advertisements", e))?;
                     self.drain(socket.get_ref(), &mut buf, &mut guard).await;
                 }
-                _ = tick.tick() => self.expire(now_ms()),
-                _ = flush.tick() => self.flush_counters(),
+                _ = sleep_until(self.deadlines.next()) => {}
+                _ = flush.tick() => self.flush(),
                 Some(event) = links.next() => self.link_event(event),
                 _ = sighup.recv() => {
                     self.reload();
@@ -159,12 +177,13 @@ impl Agent {
                 _ = sigint.recv() => break,
                 _ = sigterm.recv() => break,
             }
+            self.expire(Instant::now());
             if let Some(e) = self.fatal.take() {
                 return Err(e);
             }
             self.sync_export().await;
         }
-        self.flush_counters();
+        self.flush();
         if self.config.detach_on_exit {
             attach::detach(&self.pin, &self.nl, &self.config.devs).await?;
             tracing::info!("dataplane detached");
@@ -174,14 +193,15 @@ impl Agent {
         Ok(())
     }
 
-    /// Handles every datagram waiting in the socket.
+    /// Handles the datagrams waiting in the socket, at most [`DRAIN_BATCH`] (the rest wait for
+    /// the next turn, after the deadlines).
     async fn drain(
         &mut self,
         socket: &socket2::Socket,
         buf: &mut [u8],
         guard: &mut tokio::io::unix::AsyncFdReadyGuard<'_, socket2::Socket>,
     ) {
-        loop {
+        for _ in 0..DRAIN_BATCH {
             match sys::recv(socket, buf) {
                 Ok(rx) => {
                     let len = rx.len.min(buf.len());
@@ -285,6 +305,8 @@ impl Agent {
         self.dir_lock = self.pin.dir_lock()?;
         self.maps = Maps::open(&self.pin)?;
         self.learned.clear();
+        self.deadlines.clear();
+        self.refreshed.clear();
         self.adopt()?;
         Err(replaced)
     }
@@ -316,6 +338,9 @@ impl Agent {
             nl,
             devs,
             learned: HashMap::new(),
+            deadlines: deadlines::Deadlines::default(),
+            refreshed: HashSet::new(),
+            seqs: HashMap::new(),
             counters: [0; AGENT_COUNTERS as usize],
             log_limit: HashMap::new(),
             source: config::Source::default(),
@@ -351,7 +376,13 @@ impl Agent {
             self.validator
                 .remember(Ipv4Addr::from(ip_octets(sender)), seq);
         }
-        for (key, info) in self.maps.member_info.iter().filter_map(|r| r.ok()) {
+        let recorded: Vec<(MemberKey, MemberInfo)> = self
+            .maps
+            .member_info
+            .iter()
+            .filter_map(|r| r.ok())
+            .collect();
+        for (key, info) in recorded {
             if info.source != SOURCE_LEARNED {
                 continue;
             }
@@ -361,14 +392,20 @@ impl Agent {
                 .get(&key.member, 0)
                 .and_then(|i| self.maps.hosts.get(&i, 0))
                 .map_or(0, |h| h.ifindex);
-            self.learned.insert(
-                key,
-                Learned {
-                    deadline_ms: info.updated_ms + info.hold_ms as u64,
-                    ifindex,
-                    mac: None,
-                },
-            );
+            // The record lags plain refreshes by up to one flush interval.
+            let deadline_ms = info.updated_ms + info.hold_ms as u64;
+            let left = Duration::from_millis(deadline_ms.saturating_sub(now_ms())) + COUNTER_FLUSH;
+            let learned = Learned {
+                deadline: Instant::now() + left,
+                armed: Instant::now(),
+                ifindex,
+                mac: None,
+                preference: info.preference,
+                weight: info.weight,
+                hold_ms: info.hold_ms,
+                updated_ms: info.updated_ms,
+            };
+            self.learn(key, learned);
         }
         for (index, value) in self.counters.iter_mut().enumerate() {
             *value = self.maps.agent_stats.get(&(index as u32), 0).unwrap_or(0);
@@ -387,26 +424,48 @@ impl Agent {
             Err(reject) => return self.reject(reject, rx.src),
         };
         self.counters[AgentCounter::Accepted.index() as usize] += 1;
-        if let Err(e) = self.maps.record_sender_seq(repr.sender, repr.seq) {
-            tracing::warn!(sender = %repr.sender, error = %e, "recording the sequence number");
-        }
-        if let Err(e) = self.apply(&repr, rx.ifindex, now).await {
-            tracing::warn!(sender = %repr.sender, error = %e, "applying an advertisement");
+        // A sequence number is written with any change it brings; a plain refresh's waits for
+        // the next flush.
+        if self.apply(&repr, rx.ifindex, now).await {
+            self.seqs.remove(&repr.sender);
+            if let Err(e) = self.maps.record_sender_seq(repr.sender, repr.seq) {
+                tracing::warn!(sender = %repr.sender, error = %e, "recording the sequence number");
+            }
+        } else {
+            self.seqs.insert(repr.sender, repr.seq);
         }
     }
 
     /// Applies each membership of an accepted advertisement; a failure on one (a full member
-    /// set, say) is logged and does not stop the others.
-    async fn apply(&mut self, repr: &Repr, ifindex: u32, now: u64) -> Result<()> {
+    /// set, say) is logged and does not stop the others. Returns whether the maps changed.
+    async fn apply(&mut self, repr: &Repr, ifindex: u32, now: u64) -> bool {
+        let mut wrote = false;
         for m in repr.memberships() {
-            if let Err(e) = self
+            match self
                 .apply_one(repr.sender, m, repr.link_addr, ifindex, now)
                 .await
             {
-                tracing::warn!(sender = %repr.sender, anycast = %m.anycast, error = %e, "applying a membership");
+                Ok(w) => wrote |= w,
+                Err(e) => {
+                    wrote = true;
+                    tracing::warn!(sender = %repr.sender, anycast = %m.anycast, error = %e, "applying a membership");
+                }
             }
         }
-        Ok(())
+        wrote
+    }
+
+    /// Records a learned member and arms its deadline (a member already learned keeps its
+    /// armed entry, which re-arms itself when it comes due).
+    fn learn(&mut self, key: MemberKey, mut learned: Learned) {
+        match self.learned.get(&key) {
+            Some(old) => learned.armed = old.armed,
+            None => {
+                learned.armed = learned.deadline;
+                self.deadlines.arm(key, learned.deadline);
+            }
+        }
+        self.learned.insert(key, learned);
     }
 
     async fn apply_one(
@@ -416,10 +475,10 @@ impl Agent {
         link_addr: Option<[u8; 6]>,
         ifindex: u32,
         now: u64,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         if !self.config.allows(m.anycast) {
             self.reject(Reject::OutsidePrefix, sender);
-            return Ok(());
+            return Ok(false);
         }
         let mut m = *m;
         m.hold_ms = m.hold_ms.min(self.config.max_hold_ms);
@@ -429,32 +488,54 @@ impl Agent {
             if self.learned.contains_key(&key) {
                 self.remove(key, "left")?;
                 self.learned.remove(&key);
+                return Ok(true);
             }
-            return Ok(());
+            return Ok(false);
         }
         let learned = Learned {
-            deadline_ms: now + m.hold_ms as u64,
+            deadline: Instant::now() + Duration::from_millis(m.hold_ms.into()),
+            armed: Instant::now(),
             ifindex,
             mac: link_addr,
+            preference: m.preference,
+            weight: m.weight,
+            hold_ms: m.hold_ms,
+            updated_ms: now,
         };
-        // The same interface and the same signed MAC: a refresh. Anything else places the
-        // member anew, first (which may wait for ARP), outside the lock.
-        let refresh = self
-            .learned
-            .get(&key)
-            .is_some_and(|l| l.ifindex == ifindex && l.mac == link_addr);
+        let current = self.learned.get(&key);
+        // Nothing new but the deadline: memory only, no lock, no map write.
+        if current.is_some_and(|l| {
+            (l.ifindex, l.mac, l.preference, l.weight)
+                == (ifindex, link_addr, m.preference, m.weight)
+        }) {
+            self.learn(key, learned);
+            self.refreshed.insert(key);
+            return Ok(false);
+        }
+        // The same interface and the same signed MAC: a refresh with a new preference or
+        // weight. Anything else places the member anew, first (which may wait for ARP),
+        // outside the lock.
+        let refresh = current.is_some_and(|l| l.ifindex == ifindex && l.mac == link_addr);
         let placement = if refresh {
             None
         } else {
             match self.place(sender, m.anycast, link_addr, ifindex).await {
                 Some(p) => Some(p),
-                None => return Ok(()),
+                None => return Ok(false),
             }
         };
         if self.store(sender, m, now, placement)? {
-            self.learned.insert(key, learned);
+            // The hold runs from now: placing may have taken a good part of a short hold.
+            let deadline = Instant::now() + Duration::from_millis(m.hold_ms.into());
+            self.learn(
+                key,
+                Learned {
+                    deadline,
+                    ..learned
+                },
+            );
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Checks the anycast address and locates the advertising member on `ifindex`; `None`,
@@ -551,21 +632,35 @@ impl Agent {
         Ok(true)
     }
 
-    /// Removes learned members whose hold time has passed.
-    pub fn expire(&mut self, now: u64) {
-        let due: Vec<MemberKey> = self
-            .learned
-            .iter()
-            .filter(|(_, l)| l.deadline_ms <= now)
-            .map(|(k, _)| *k)
-            .collect();
-        for key in due {
-            // Forgotten only once removed, so a failure is retried on the next tick.
+    /// Removes learned members whose deadline has passed; entries of refreshed members are
+    /// re-armed at their new deadline.
+    pub fn expire(&mut self, now: Instant) {
+        while let Some((key, armed)) = self.deadlines.pop_due(now) {
+            let Some(learned) = self.learned.get_mut(&key) else {
+                continue;
+            };
+            if learned.armed != armed {
+                continue;
+            }
+            if learned.deadline > now {
+                learned.armed = learned.deadline;
+                self.deadlines.arm(key, learned.deadline);
+                continue;
+            }
+            // Forgotten only once removed; a failure is retried a little later.
             match self.remove(key, "expired") {
                 Ok(()) => {
                     self.learned.remove(&key);
+                    self.refreshed.remove(&key);
                 }
-                Err(e) => tracing::warn!(error = %e, "expiring a member"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "expiring a member");
+                    let retry = now + Duration::from_millis(10);
+                    if let Some(l) = self.learned.get_mut(&key) {
+                        (l.deadline, l.armed) = (retry, retry);
+                    }
+                    self.deadlines.arm(key, retry);
+                }
             }
         }
     }
@@ -675,6 +770,39 @@ impl Agent {
         }
     }
 
+    /// The periodic write: counters, and the refresh times and sequence numbers that plain
+    /// refreshes kept in memory. A refreshed member whose entry went (`member del`) or became
+    /// static is forgotten, to be learned again from its next advertisement.
+    pub fn flush(&mut self) {
+        self.flush_counters();
+        if self.refreshed.is_empty() && self.seqs.is_empty() {
+            return;
+        }
+        let written = self.lock_live().and_then(|_lock| {
+            for key in std::mem::take(&mut self.refreshed) {
+                let Some(l) = self.learned.get(&key).copied() else {
+                    continue;
+                };
+                match self.maps.member_info.get(&key, 0) {
+                    Ok(mut info) if info.source == SOURCE_LEARNED => {
+                        (info.updated_ms, info.hold_ms) = (l.updated_ms, l.hold_ms);
+                        self.maps.set_info(key, info)?;
+                    }
+                    _ => {
+                        self.learned.remove(&key);
+                    }
+                }
+            }
+            for (sender, seq) in std::mem::take(&mut self.seqs) {
+                self.maps.record_sender_seq(sender, seq)?;
+            }
+            Ok(())
+        });
+        if let Err(e) = written {
+            tracing::warn!(error = %e, "writing refresh times");
+        }
+    }
+
     /// Writes the counters to `AGENT_STATS` for `status` to read.
     pub fn flush_counters(&mut self) {
         if let Err(e) = self.maps.store_agent_counters(&self.counters) {
@@ -684,5 +812,13 @@ impl Agent {
 
     pub fn counters(&self) -> &[u64] {
         &self.counters
+    }
+}
+
+/// Sleeps until `at`, or for ever.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
     }
 }

@@ -1,9 +1,22 @@
 //! Writing memberships into the maps.
 //!
 //! Invariants:
-//! - A member set is written into the address's spare `MEMBER_SETS` entry, after the `HOSTS`
-//!   entries it points to, and only then made live by flipping the bucket's version: the
-//!   dataplane never follows a member to a half-written set or host.
+//! - A member set and its Maglev table are written into the address's spare `MEMBER_SETS` and
+//!   `TABLES` entries, after the `HOSTS` entries they point to, and only then made live
+//!   together by flipping the bucket's version: the dataplane never follows a member to a
+//!   half-written set, table or host.
+//! - Removal ([`del`], and through it leave, expiry and link down) first takes the member out of
+//!   service with one atomic store into `SLOT_STATE` (the dataplane then sends it nothing and
+//!   gives its flows to the fallback), and only then rebuilds the set and table.
+//! - Table swaps never wait for an RCU grace period before the flip. Why two tables per address,
+//!   written in place through mmap: replacing an inner map of `TABLES` (the old way) waits for
+//!   a grace period on every swap and took a syscall per word to fill; a batched update of
+//!   `TABLES` still waits. Double buffering reuses the member sets' flip (one store makes set
+//!   and table live together), and mmap fills a table with one copy. The price is the rule that
+//!   a spare is rewritten only after a grace period since the flip that retired it
+//!   (`SlotState::retiring`); [`update`] waits for it right after its own flip, so the next
+//!   change of the address finds its spare ready. A table of a new size gets a new map, put in
+//!   place while it is still the spare (once per address and size).
 //! - A counter slot is zeroed before it is handed to a new (address, member) pair; an address
 //!   slot likewise. Indexes come from [`crate::alloc`], so [`add`] and [`del`] cost a constant
 //!   number of map operations whatever the number of addresses.
@@ -18,9 +31,8 @@ use std::net::Ipv4Addr;
 use anycast_common::{
     AddrBucket, AddrStats, HOST_MAC_KNOWN, HOST_MAC_SIGNED, HOST_MAC_STATIC, Host, MAX_MEMBERS,
     MemberInfo, MemberRef, MemberSet, MemberStats, NO_HOST, TABLE_ENTRIES_PER_WORD, ip_key,
-    member_set_index, pack_positions, table_words,
+    member_set_index, pack_positions, position_bit, table_words,
 };
-use aya::maps::{Array, MapData};
 
 use crate::{
     Error, Result,
@@ -116,7 +128,14 @@ fn refresh(
     (p, info): (&Placement, MemberInfo),
     table_size: Option<u32>,
 ) -> Result<AddOutcome> {
-    let (_, stored) = write_host(maps, p)?;
+    let (host, stored) = write_host(maps, p)?;
+    // A member placed again is serving: back in service if a removal was cut short.
+    if let Some(position) = old.positions().iter().position(|m| m.host == host) {
+        let down = maps.slot_state.down(entry.slot);
+        if down & position_bit(position as u32) != 0 {
+            maps.set_down(entry.slot, down & !position_bit(position as u32));
+        }
+    }
     let key = member_key(address, p.member);
     let changed = maps.member_info.get(&key, 0).map_or(true, |i| {
         (i.preference, i.weight) != (info.preference, info.weight)
@@ -211,6 +230,8 @@ fn del_in(maps: &mut Maps, address: Ipv4Addr, member: Ipv4Addr) -> Result<Option
         .iter()
         .position(|m| m.host == host)
         .ok_or(Error::NotMember { address, member })?;
+    // The one write that matters: from here the dataplane sends the member nothing.
+    take_down(maps, entry.slot, pos);
     let mut new = old;
     new.members[pos] = MemberRef {
         host: NO_HOST,
@@ -295,12 +316,10 @@ pub fn renew(
 
 /// Moves the address in bucket `index` from member set `old` to `new` (their positions differ by
 /// at most one member), choosing where new flows go from `new` and `MEMBER_INFO` (see
-/// [`choose`]), so that the dataplane never follows `single` or a table to a missing position:
-/// 1. a set with an added position is published first, with the old choice still in use, if a
-///    new table is to name that position;
-/// 2. a new table is swapped in (a smaller one announced first), and each member's share of it
-///    recorded in `MEMBER_SLOTS`;
-/// 3. the final set (and a removed member's hole) is published.
+/// [`choose`]). The spare set and its table are written once the last flip has settled (a
+/// grace period, normally waited for right after that flip, not here), then one flip makes
+/// both live. Positions that become members are in service before the flip; positions that
+/// become holes are cleared from `SlotState::down` after it.
 fn update(
     maps: &mut Maps,
     address: Ipv4Addr,
@@ -315,30 +334,16 @@ fn update(
     // Everything that can fail for lack of memory happens before the first write.
     let choice = choose(maps, address, &new, size)?;
     new.maglev_size = size;
-    let mut entry = entry;
-    let mut live = *old;
-    // Only a table can name a position the live set lacks: `single` is published with its set.
-    let grows = new.n_members > old.n_members || new.members().count() > old.members().count();
-    if grows && matches!(choice, Choice::Table(..)) {
-        live = MemberSet {
-            table_size: old.table_size,
-            single: old.single,
-            ..new
-        };
-        entry = publish(maps, index, entry, &live)?;
-    }
     (new.single, new.table_size) = (0, 0);
-    match choice {
-        Choice::Nobody => {}
-        Choice::Single(position) => new.single = position as u32 + 1,
-        Choice::Table(table, slots) => {
-            // A smaller table is announced before it is swapped in, a larger one after, so the
-            // dataplane never indexes past the end of the table it reads.
-            if size < live.table_size {
-                live.table_size = size;
-                entry = publish(maps, index, entry, &live)?;
-            }
-            maps.set_table(entry.slot, &table)?;
+    (new.eligible, new.standby) = (choice.eligible, choice.standby);
+    let slot = entry.slot;
+    maps.settle(slot)?;
+    let spare = member_set_index(slot, entry.version ^ 1);
+    match choice.pick {
+        Pick::Nobody => {}
+        Pick::Single(position) => new.single = position as u32 + 1,
+        Pick::Table(words, slots) => {
+            maps.write_table(spare, &words)?;
             for (position, m) in new.positions().iter().enumerate() {
                 if m.host != NO_HOST {
                     maps.set_word(Words::MemberSlots, m.counter, slots[position])?;
@@ -347,18 +352,51 @@ fn update(
             new.table_size = size;
         }
     }
+    let (was, now) = (occupied(old), occupied(&new));
+    let down = maps.slot_state.down(slot);
+    if down & now & !was != 0 {
+        maps.set_down(slot, down & !(now & !was));
+    }
     publish(maps, index, entry, &new)?;
-    Ok(())
+    let down = maps.slot_state.down(slot);
+    if down & !now != 0 {
+        maps.set_down(slot, down & now);
+    }
+    // The retired set and table may still have readers: wait for them now, after the flip,
+    // so that the next change of this address finds its spare ready.
+    maps.settle(slot)
 }
 
-/// Where the new flows of an address go.
-enum Choice {
+/// The positions of `set` that hold a member.
+fn occupied(set: &MemberSet) -> u64 {
+    (set.positions().iter().enumerate())
+        .filter(|(_, m)| m.host != NO_HOST)
+        .fold(0, |bits, (p, _)| bits | position_bit(p as u32))
+}
+
+/// Takes the member at `position` of address `slot` out of service at once: one atomic store,
+/// after which the dataplane sends it nothing and gives its flows to the fallback.
+fn take_down(maps: &mut Maps, slot: u32, position: usize) {
+    let down = maps.slot_state.down(slot);
+    maps.set_down(slot, down | position_bit(position as u32));
+}
+
+/// Where the new flows of an address go, and which positions take them.
+struct Choice {
+    pick: Pick,
+    /// Positions taking new flows.
+    eligible: u64,
+    /// Positions in hot standby (a weight, a worse preference).
+    standby: u64,
+}
+
+enum Pick {
     /// No member takes new flows.
     Nobody,
     /// All of them go to the member at this position: no table.
     Single(usize),
-    /// A Maglev table in a new map, not yet in `TABLES`, and each position's slots in it.
-    Table(Array<MapData, u64>, Box<[u32; MAX_MEMBERS]>),
+    /// A Maglev table's packed words, and each position's slots in it.
+    Table(Vec<u64>, Box<[u32; MAX_MEMBERS]>),
 }
 
 /// Only members of the best (lowest) preference among those with a weight take new flows; the
@@ -382,48 +420,59 @@ fn choose(maps: &Maps, address: Ipv4Addr, set: &MemberSet, size: u32) -> Result<
             candidates.push((position, host.ip, info));
         }
     }
-    let Some(best) = candidates.iter().map(|(_, _, i)| i.preference).min() else {
-        return Ok(Choice::Nobody);
+    let bits = |c: &[(usize, u32, MemberInfo)]| {
+        c.iter().fold(0, |b, (p, _, _)| b | position_bit(*p as u32))
     };
+    let Some(best) = candidates.iter().map(|(_, _, i)| i.preference).min() else {
+        return Ok(Choice {
+            pick: Pick::Nobody,
+            eligible: 0,
+            standby: 0,
+        });
+    };
+    let all = bits(&candidates);
     candidates.retain(|(_, _, i)| i.preference == best);
-    if let [(position, _, _)] = candidates[..] {
-        return Ok(Choice::Single(position));
-    }
-    let backends: Vec<maglev::Backend> = candidates
-        .iter()
-        .map(|(_, ip, info)| maglev::Backend {
-            id: u32::from_be_bytes(anycast_common::ip_octets(*ip)),
-            weight: info.weight as u32,
-        })
-        .collect();
-    let positions: Vec<usize> = candidates.iter().map(|(p, _, _)| *p).collect();
-    build_table(&backends, &positions, size)
+    let eligible = bits(&candidates);
+    let pick = if let [(position, _, _)] = candidates[..] {
+        Pick::Single(position)
+    } else {
+        let backends: Vec<maglev::Backend> = candidates
+            .iter()
+            .map(|(_, ip, info)| maglev::Backend {
+                id: u32::from_be_bytes(anycast_common::ip_octets(*ip)),
+                weight: info.weight as u32,
+            })
+            .collect();
+        let positions: Vec<usize> = candidates.iter().map(|(p, _, _)| *p).collect();
+        build_table(&backends, &positions, size)?
+    };
+    Ok(Choice {
+        pick,
+        eligible,
+        standby: all & !eligible,
+    })
 }
 
-/// Builds the Maglev table of `backends` (at member `positions`) in a new map.
-fn build_table(backends: &[maglev::Backend], positions: &[usize], size: u32) -> Result<Choice> {
+/// Builds the Maglev table of `backends` (at member `positions`), packed into words.
+fn build_table(backends: &[maglev::Backend], positions: &[usize], size: u32) -> Result<Pick> {
     let table =
         maglev::build(backends, size).map_err(|e| Error::Usage(format!("Maglev table: {e}")))?;
     let mut slots = Box::new([0u32; MAX_MEMBERS]);
-    let words = table_words(size);
-    let mut inner: Array<MapData, u64> = Array::create(words, anycast_common::TABLE_MAP_FLAGS)
-        .map_err(|e| Error::map("TABLES", e))?;
-    for (w, chunk) in table.chunks(TABLE_ENTRIES_PER_WORD as usize).enumerate() {
+    let mut words = Vec::with_capacity(table_words(size) as usize);
+    for chunk in table.chunks(TABLE_ENTRIES_PER_WORD as usize) {
         let mut word = [0u8; 8];
         for (byte, backend) in word.iter_mut().zip(chunk) {
             let position = positions[*backend as usize];
             slots[position] += 1;
             *byte = position as u8;
         }
-        inner
-            .set(w as u32, pack_positions(&word), 0)
-            .map_err(|e| Error::map("TABLES", e))?;
+        words.push(pack_positions(&word));
     }
-    Ok(Choice::Table(inner, slots))
+    Ok(Pick::Table(words, slots))
 }
 
 /// Makes `set` the live member set of the address in bucket `index`: writes the spare set, then
-/// flips the version in the bucket.
+/// flips the version in the bucket (which makes the spare table live with it).
 fn publish(maps: &mut Maps, index: u32, entry: AddrBucket, set: &MemberSet) -> Result<AddrBucket> {
     let next = AddrBucket {
         version: entry.version ^ 1,

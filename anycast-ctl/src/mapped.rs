@@ -1,0 +1,119 @@
+//! Arrays written in place through `mmap` (BPF_F_MMAPABLE): `SLOT_STATE` and the Maglev tables.
+//! The one corner with `mmap`.
+//!
+//! Invariants:
+//! - A mapping covers exactly the map's value area (its size rounded up to a page, as the
+//!   kernel requires) and lives no longer than this process's handle on it.
+//! - `SLOT_STATE` words are read and written only as `AtomicU64`s, so the dataplane (which
+//!   reads `SlotState::down` with one aligned load) and other writers never see a torn word.
+//! - A table is written with plain stores only while no packet can read it (the spare of its
+//!   address, after a grace period): see `members::write`.
+use std::{
+    io,
+    os::fd::{AsRawFd, BorrowedFd},
+    ptr::NonNull,
+    sync::atomic::{AtomicU64, Ordering},
+};
+
+use anycast_common::{MAX_ADDRS, SlotState};
+
+/// A shared read-write mapping of an mmapable array map's values.
+pub struct Mapped {
+    ptr: NonNull<u64>,
+    /// Bytes mapped (a multiple of the page size).
+    len: usize,
+    /// Bytes of values (`max_entries * value_size`).
+    bytes: usize,
+}
+
+impl Mapped {
+    /// Maps the `bytes` bytes of values of the array map `fd` (BPF_F_MMAPABLE).
+    pub fn new(fd: BorrowedFd<'_>, bytes: usize) -> io::Result<Self> {
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+        let len = bytes.div_ceil(page).max(1) * page;
+        // SAFETY: a fresh shared mapping of a valid fd at offset 0; the kernel checks the
+        // length against the map and fails rather than map past it.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr = NonNull::new(ptr.cast()).ok_or_else(|| io::Error::other("mmap gave NULL"))?;
+        Ok(Self { ptr, len, bytes })
+    }
+
+    /// The values as 64-bit atomics.
+    fn words(&self) -> &[AtomicU64] {
+        // SAFETY: the mapping is page-aligned, at least `bytes` long and lives as long as
+        // `self`; AtomicU64 has the layout of u64 and every bit pattern is valid.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().cast::<AtomicU64>(), self.bytes / 8) }
+    }
+
+    /// Copies `words` to the start of the array (a Maglev table while it is a spare).
+    pub fn write(&mut self, words: &[u64]) -> io::Result<()> {
+        if words.len() * 8 > self.bytes {
+            return Err(io::Error::other("table larger than its map"));
+        }
+        // SAFETY: within the mapping (checked above); `&mut self` is the only writer here.
+        unsafe { std::ptr::copy_nonoverlapping(words.as_ptr(), self.ptr.as_ptr(), words.len()) };
+        std::sync::atomic::fence(Ordering::Release);
+        Ok(())
+    }
+}
+
+impl Drop for Mapped {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, unmapped once.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+// SAFETY: the mapping is shared memory accessed through atomics or `&mut self`.
+unsafe impl Send for Mapped {}
+
+/// `SLOT_STATE`: per address slot, the members out of service and the retiring flag.
+pub struct SlotStates(Mapped);
+
+const WORDS_PER_SLOT: usize = size_of::<SlotState>() / 8;
+
+impl SlotStates {
+    pub fn new(fd: BorrowedFd<'_>) -> io::Result<Self> {
+        Ok(Self(Mapped::new(
+            fd,
+            MAX_ADDRS as usize * size_of::<SlotState>(),
+        )?))
+    }
+
+    fn word(&self, slot: u32, field: usize) -> &AtomicU64 {
+        &self.0.words()[(slot as usize % MAX_ADDRS as usize) * WORDS_PER_SLOT + field]
+    }
+
+    /// `SlotState::down` of `slot`.
+    pub fn down(&self, slot: u32) -> u64 {
+        self.word(slot, 0).load(Ordering::Acquire)
+    }
+
+    /// Stores `SlotState::down` of `slot` (one atomic store).
+    pub fn set_down(&self, slot: u32, down: u64) {
+        self.word(slot, 0).store(down, Ordering::Release);
+    }
+
+    /// Whether a flip of `slot`'s version may still have readers of the spare.
+    pub fn retiring(&self, slot: u32) -> bool {
+        self.word(slot, 1).load(Ordering::Acquire) != 0
+    }
+
+    pub fn set_retiring(&self, slot: u32, retiring: bool) {
+        self.word(slot, 1)
+            .store(u64::from(retiring), Ordering::Release);
+    }
+}
