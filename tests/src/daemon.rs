@@ -1,5 +1,6 @@
 //! Long-running `anycast-ctl` processes (the agent, announcers) inside a namespace, as guards:
-//! dropping one kills it (SIGKILL) and reaps it, so no test leaves a daemon behind.
+//! dropping one kills it (SIGKILL) and reaps it, so no test leaves a daemon behind. [`KeyFile`]
+//! is the advertisement key file they share, removed when dropped.
 use std::{
     io::Read,
     process::{Child, Command, ExitStatus, Stdio},
@@ -9,6 +10,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
+use std::{os::unix::fs::PermissionsExt, path::PathBuf};
 
 use crate::netns::Netns;
 
@@ -115,5 +117,38 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// The secret of the test key (key id 1).
+pub const TEST_SECRET_HEX: &str =
+    "5f1c2b3a4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8";
+
+/// A key file (mode 0600) with the test key, in the temp directory, removed when dropped.
+#[derive(Debug)]
+pub struct KeyFile(PathBuf);
+
+impl KeyFile {
+    /// A fresh key file; `tag` makes its name unique within the test process.
+    pub fn new(tag: &str) -> Result<Self> {
+        let name = format!("anycast-key-{}-{tag}", std::process::id());
+        let path = std::env::temp_dir().join(name);
+        std::fs::write(
+            &path,
+            format!("[[key]]\nid = 1\nsecret = \"{TEST_SECRET_HEX}\"\n"),
+        )?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        Ok(KeyFile(path))
+    }
+
+    /// The path, as an argument.
+    pub fn arg(&self) -> &str {
+        self.0.to_str().expect("UTF-8 temp path")
+    }
+}
+
+impl Drop for KeyFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
     }
 }
