@@ -36,7 +36,9 @@ use aya::programs::links::FdLink;
 
 use crate::netns::Netns;
 
-pub use shared_lan::{LanMember, LanRouter, ROUTER_LAN, ROUTER_UPLINK, SharedLan, UPSTREAM_LAN_IP};
+pub use shared_lan::{
+    LAN_CLIENT_IP, LanMember, LanRouter, ROUTER_LAN, ROUTER_UPLINK, SharedLan, UPSTREAM_LAN_IP,
+};
 
 /// The anycast address the members serve.
 pub const ANYCAST: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 53);

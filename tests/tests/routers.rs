@@ -7,7 +7,8 @@
 //! - In namespaces ([`SharedLan`]): R1 and R2 run the agent on one bridged member LAN and learn
 //!   the same announcers; U spreads flows over both by ECMP; 40 long-lived TCP connections
 //!   steered through R1 move to R2 when R1's uplink goes down and back when it returns, and
-//!   none breaks.
+//!   none breaks. A client on the member LAN itself gets ARP answers from both routers and
+//!   sends everything through one.
 use std::{
     net::Ipv4Addr,
     ops::Range,
@@ -471,4 +472,68 @@ fn connections_survive_their_router_going_down_and_coming_back() {
         println!("member {}: {n} steered connections", m + 1);
         assert!(n > 0, "member {} served no steered connection", m + 1);
     }
+}
+
+/// TCP port of the on-link client's connections.
+const LAN_PORT: u16 = 7402;
+
+/// A client on the member LAN ARPs for the anycast address: both routers answer (each on its
+/// `lan0`, with its own MAC), the client keeps one answer, and all its flows cross that router
+/// alone, while still spreading over the members.
+#[test]
+fn an_on_link_client_gets_arp_answers_from_both_routers_and_uses_one() {
+    let lab = Lab::new();
+    let ips = lab.net.member_ips();
+    let _announcers: Vec<Daemon> = (0..ips.len()).map(|i| lab.announce(i)).collect();
+    lab.wait_learned(&ips);
+    let echoes: Vec<TcpEcho> = (lab.net.member_namespaces().iter())
+        .map(|ns| TcpEcho::start(ns, ANYCAST, LAN_PORT).unwrap())
+        .collect();
+    let client = lab.net.lan_client().expect("LAN client");
+    let arp_replies = || -> Vec<u64> {
+        (lab.ctls.iter())
+            .map(|ctl| ctl.stats().address(ANYCAST).arp_replies)
+            .collect()
+    };
+    let (arp_before, before) = (arp_replies(), lab.forwarded());
+    let mut conns = TcpConns::open(&client, ANYCAST, LAN_PORT, 20).unwrap();
+    for round in 0..3 {
+        let ok = conns.round(round);
+        assert!(ok.iter().all(|ok| *ok), "round {round}: {ok:?}");
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let delta =
+        |a: Vec<u64>, b: &[u64]| -> Vec<u64> { a.iter().zip(b).map(|(a, b)| a - b).collect() };
+    let arp = delta(arp_replies(), &arp_before);
+    let forwarded = delta(lab.forwarded(), &before);
+    let neigh = client
+        .ip(&["neigh", "show", "198.51.100.53", "dev", "lc0"])
+        .unwrap();
+    println!("ARP replies by R1, R2: {arp:?}; forwarded: {forwarded:?}; client: {neigh}");
+    assert!(
+        arp.iter().all(|&n| n >= 1),
+        "not every router answered ARP: {arp:?}"
+    );
+    let used: Vec<usize> = (0..forwarded.len()).filter(|&i| forwarded[i] > 0).collect();
+    assert_eq!(
+        used.len(),
+        1,
+        "the client's flows crossed routers {used:?}: {forwarded:?}"
+    );
+    let router = &lab.net.routers[used[0]];
+    let mac = router.ns.link_mac(ROUTER_LAN).unwrap();
+    let mac = anycast_tests::netns::format_mac(mac);
+    assert!(
+        neigh.contains(&mac),
+        "client's entry {neigh:?}, R{}'s MAC {mac}",
+        router.index
+    );
+    drop(conns);
+    std::thread::sleep(Duration::from_millis(200));
+    let by = served_by(echoes);
+    let members: std::collections::BTreeSet<usize> = by.values().flatten().copied().collect();
+    assert!(
+        members.len() >= 2,
+        "the client's connections all went to {members:?}"
+    );
 }

@@ -21,15 +21,21 @@
 //!   which anycast router carried the request or whether it is up (no VRRP, no shared gateway
 //!   address between the routers).
 //! - Members start without the anycast address: `anycast-ctl announce` adds it to `lo`.
+//! - [`SharedLan::lan_client`] adds a client on the member LAN itself (on-link to the anycast
+//!   prefix, so it ARPs for the anycast address and both routers answer).
 //! - The veth rules of the parent module: GRO on every bridge port (the routers redirect into
-//!   `lan0`, whose peer `p-r<i>` then needs NAPI), TX checksum offload off on every veth.
-//!   The bridge floods multicast (snooping off), so both routers hear every advertisement.
+//!   `lan0`, whose peer `p-r<i>` then needs NAPI), `peer_pass` on each router's port (frames a
+//!   router sends back out of `lan0` with XDP_TX, ARP replies and on-link clients' traffic to
+//!   members, reach the bridge only if that port runs XDP), TX checksum offload off on every
+//!   veth. The bridge floods multicast (snooping off), so both routers hear every
+//!   advertisement.
 //!
 //! Dropping a [`SharedLan`] deletes its namespaces and with them every veth and the bridge.
 
 use std::net::Ipv4Addr;
 
 use anyhow::{Result, ensure};
+use aya::programs::links::FdLink;
 
 use super::{CLIENT_IFACE, base_sysctls, configure, member_link, member_namespace, offloads, veth};
 use crate::netns::Netns;
@@ -40,6 +46,8 @@ pub const ROUTER_UPLINK: &str = "up0";
 pub const ROUTER_LAN: &str = "lan0";
 /// U's address on the member LAN: the members' default gateway.
 pub const UPSTREAM_LAN_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
+/// The address of [`SharedLan::lan_client`].
+pub const LAN_CLIENT_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 100);
 /// Routing table on U that [`SharedLan::steer`] fills.
 const STEER_TABLE: &str = "100";
 
@@ -73,6 +81,8 @@ pub struct SharedLan {
     pub lan: Netns,
     pub routers: Vec<LanRouter>,
     pub members: Vec<LanMember>,
+    /// The links of `peer_pass` on the routers' bridge ports, held, never read.
+    _port_xdp: Vec<FdLink>,
 }
 
 impl SharedLan {
@@ -120,12 +130,16 @@ impl SharedLan {
         let members = (1..=members)
             .map(|i| build_member(&lan, i))
             .collect::<Result<Vec<_>>>()?;
+        let port_xdp = (routers.iter())
+            .map(|r| crate::xdp::attach_peer_pass(&lan, &format!("p-r{}", r.index)))
+            .collect::<Result<Vec<_>>>()?;
         let topology = SharedLan {
             client,
             upstream,
             lan,
             routers,
             members,
+            _port_xdp: port_xdp,
         };
         let ecmp = topology.nexthops(None);
         let mut route = vec!["route", "add", "198.51.100.53/32"];
@@ -209,6 +223,17 @@ impl SharedLan {
         (self.routers.iter())
             .find(|r| out.contains(&format!("via {} ", r.uplink_ip)))
             .map(|r| r.index)
+    }
+
+    /// A client on the member LAN, `lc0` 203.0.113.100/24, that reaches the anycast prefix
+    /// on-link (it ARPs for the anycast address itself). Dropping it removes it.
+    pub fn lan_client(&self) -> Result<Netns> {
+        let ns = Netns::new("lc")?;
+        base_sysctls(&ns)?;
+        bridge_port(&self.lan, "p-lc", &ns, "lc0")?;
+        configure(&ns, "lc0", &format!("{LAN_CLIENT_IP}/24"))?;
+        ns.ip(&["route", "add", "198.51.100.0/24", "dev", "lc0"])?;
+        Ok(ns)
     }
 
     /// The members' unicast addresses, in member order.
