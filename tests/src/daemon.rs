@@ -1,5 +1,6 @@
 //! Long-running `anycast-ctl` processes (the agent, announcers) inside a namespace, as guards:
-//! dropping one kills it (SIGKILL) and reaps it, so no test leaves a daemon behind.
+//! dropping one kills it (SIGKILL) and reaps it, so no test leaves a daemon behind. [`KeyFile`]
+//! is the advertisement key file they share, removed when dropped.
 use std::{
     io::{Read, Write},
     os::unix::fs::OpenOptionsExt,
@@ -121,6 +122,7 @@ impl Drop for Daemon {
 }
 
 /// An agent's key file (mode 0600, one key), removed when dropped.
+#[derive(Debug)]
 pub struct KeyFile(PathBuf);
 
 impl KeyFile {
@@ -142,6 +144,11 @@ impl KeyFile {
 
     pub fn path(&self) -> &Path {
         &self.0
+    }
+
+    /// The path, as an argument.
+    pub fn arg(&self) -> &str {
+        self.0.to_str().expect("UTF-8 temp path")
     }
 }
 

@@ -330,6 +330,23 @@ impl Bed {
         Ok(self.maps.hosts.get(&index, 0)?)
     }
 
+    /// The live member set of `anycast` by position: each position's member, `None` for a hole.
+    pub fn positions(&self, anycast: Ipv4Addr) -> Result<Vec<Option<Ipv4Addr>>> {
+        let dataplane::Bucket::Found { entry, .. } = self.maps.bucket(ip_key(anycast.octets()))?
+        else {
+            bail!("{anycast} is not in ADDRS");
+        };
+        let set = self.maps.member_set(&entry)?;
+        let host = |m: &anycast_common::MemberRef| -> Result<Option<Ipv4Addr>> {
+            if m.host == anycast_common::NO_HOST {
+                return Ok(None);
+            }
+            let h: Host = self.maps.hosts.get(&m.host, 0)?;
+            Ok(Some(Ipv4Addr::from(anycast_common::ip_octets(h.ip))))
+        };
+        set.positions().iter().map(host).collect()
+    }
+
     /// Program `name` of the dataplane or of the benchmark object.
     fn program(&self, name: &str) -> Result<&Xdp> {
         let prog = self.ebpf.program(name).or_else(|| self.bench.program(name));

@@ -23,6 +23,11 @@
 //!
 //! Dropping a [`Topology`] deletes its namespaces, which deletes the veths with them, and closes
 //! the link of `c0`'s program.
+//!
+//! [`SharedLan`] is the other shape: several routers in front of one member LAN, behind an
+//! upstream router (see its module).
+
+mod shared_lan;
 
 use std::net::Ipv4Addr;
 
@@ -30,6 +35,10 @@ use anyhow::{Context, Result, ensure};
 use aya::programs::links::FdLink;
 
 use crate::netns::Netns;
+
+pub use shared_lan::{
+    LAN_CLIENT_IP, LanMember, LanRouter, ROUTER_LAN, ROUTER_UPLINK, SharedLan, UPSTREAM_LAN_IP,
+};
 
 /// The anycast address the members serve.
 pub const ANYCAST: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 53);
@@ -185,10 +194,7 @@ pub fn member_gateway(index: usize) -> Ipv4Addr {
 }
 
 pub(crate) fn build_member(router: &Netns, index: usize) -> Result<Member> {
-    let ns = Netns::new(&format!("m{index}"))?;
-    base_sysctls(&ns)?;
-    ns.sysctl("net.ipv4.conf.all.arp_ignore", "1")?;
-    ns.sysctl("net.ipv4.conf.all.arp_announce", "2")?;
+    let ns = member_namespace(&format!("m{index}"))?;
     let member = Member {
         ns,
         index,
@@ -198,13 +204,12 @@ pub(crate) fn build_member(router: &Netns, index: usize) -> Result<Member> {
         router_iface: format!("r{index}"),
     };
     veth(&member.ns, &member.iface, router, &member.router_iface)?;
-    member
-        .ns
-        .sysctl(&format!("net.ipv4.conf.{}.arp_ignore", member.iface), "1")?;
-    member
-        .ns
-        .sysctl(&format!("net.ipv4.conf.{}.arp_announce", member.iface), "2")?;
-    configure(&member.ns, &member.iface, &format!("{}/30", member.ip))?;
+    member_link(
+        &member.ns,
+        &member.iface,
+        &format!("{}/30", member.ip),
+        member.gateway,
+    )?;
     configure(
         router,
         &member.router_iface,
@@ -213,14 +218,26 @@ pub(crate) fn build_member(router: &Netns, index: usize) -> Result<Member> {
     member
         .ns
         .ip(&["addr", "add", &format!("{ANYCAST}/32"), "dev", "lo"])?;
-    member.ns.ip(&[
-        "route",
-        "add",
-        "default",
-        "via",
-        &member.gateway.to_string(),
-    ])?;
     Ok(member)
+}
+
+/// A member host's namespace: it never answers ARP for addresses on `lo` (the anycast address).
+fn member_namespace(role: &str) -> Result<Netns> {
+    let ns = Netns::new(role)?;
+    base_sysctls(&ns)?;
+    ns.sysctl("net.ipv4.conf.all.arp_ignore", "1")?;
+    ns.sysctl("net.ipv4.conf.all.arp_announce", "2")?;
+    Ok(ns)
+}
+
+/// A member's interface `iface` (already in `ns`): no ARP answers for `lo`'s addresses, address
+/// `cidr`, up, and the default route via `gateway`.
+fn member_link(ns: &Netns, iface: &str, cidr: &str, gateway: Ipv4Addr) -> Result<()> {
+    ns.sysctl(&format!("net.ipv4.conf.{iface}.arp_ignore"), "1")?;
+    ns.sysctl(&format!("net.ipv4.conf.{iface}.arp_announce"), "2")?;
+    configure(ns, iface, cidr)?;
+    ns.ip(&["route", "add", "default", "via", &gateway.to_string()])?;
+    Ok(())
 }
 
 /// Settings every namespace gets before its interfaces exist (they inherit `default`).

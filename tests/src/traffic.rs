@@ -350,6 +350,96 @@ fn session(target: SocketAddr, conn: usize, msgs: usize, local_port: &mut u16) -
     Ok(())
 }
 
+/// Long-lived TCP connections from the client, each exchanging one message per
+/// [`TcpConns::round`], for tests that change things while connections stay open.
+pub struct TcpConns {
+    streams: Vec<TcpStream>,
+}
+
+impl TcpConns {
+    /// Opens `n` connections from the client to `dst:port`, one after another.
+    pub fn open(client: &Netns, dst: Ipv4Addr, port: u16, n: usize) -> Result<Self> {
+        let target = SocketAddr::from((dst, port));
+        let streams = client.in_ns(|| {
+            (0..n)
+                .map(|i| {
+                    let s = TcpStream::connect_timeout(&target, TCP_TIMEOUT)
+                        .with_context(|| format!("connection {i} to {target}"))?;
+                    s.set_read_timeout(Some(TCP_TIMEOUT))?;
+                    s.set_write_timeout(Some(TCP_TIMEOUT))?;
+                    s.set_nodelay(true)?;
+                    Ok(s)
+                })
+                .collect::<Result<Vec<_>>>()
+        })?;
+        Ok(TcpConns { streams })
+    }
+
+    /// One message on every connection, echoed back (each bounded by the socket timeouts);
+    /// which connections came back intact.
+    pub fn round(&mut self, round: usize) -> Vec<bool> {
+        (self.streams.iter_mut().enumerate())
+            .map(|(i, s)| {
+                let msg = format!("round {round} conn {i:03}\n");
+                let mut back = vec![0u8; msg.len()];
+                s.write_all(msg.as_bytes()).is_ok()
+                    && s.read_exact(&mut back).is_ok()
+                    && back == msg.as_bytes()
+            })
+            .collect()
+    }
+
+    /// The client's port of each connection.
+    pub fn local_ports(&self) -> Vec<u16> {
+        (self.streams.iter())
+            .map(|s| s.local_addr().map_or(0, |a| a.port()))
+            .collect()
+    }
+}
+
+/// Runs rounds on every set of `conns`, back to back on another thread, while `change` runs on
+/// this one, and one more round once it has returned. Returns how many rounds ran and which
+/// connections (set, index) broke, each once. Bounded by [`TRAFFIC_DEADLINE`].
+pub fn rounds_while(
+    conns: &mut [TcpConns],
+    first_round: usize,
+    change: impl FnOnce(),
+) -> (usize, Vec<(usize, usize)>) {
+    let done = AtomicBool::new(false);
+    thread::scope(|s| {
+        let talker = s.spawn(|| {
+            let deadline = Instant::now() + TRAFFIC_DEADLINE;
+            let mut broke = BTreeSet::new();
+            let mut rounds = 0;
+            loop {
+                let last = done.load(Ordering::Acquire);
+                for (set, c) in conns.iter_mut().enumerate() {
+                    let ok = c.round(first_round + rounds);
+                    broke.extend((0..ok.len()).filter(|&i| !ok[i]).map(|i| (set, i)));
+                }
+                rounds += 1;
+                if last || Instant::now() > deadline {
+                    return (rounds, broke.into_iter().collect());
+                }
+            }
+        });
+        change();
+        done.store(true, Ordering::Release);
+        talker.join().expect("talker thread panicked")
+    })
+}
+
+/// Stops the echo servers and tells which of them (by index) served each client port.
+pub fn served_by(echoes: Vec<TcpEcho>) -> BTreeMap<u16, Vec<usize>> {
+    let mut by: BTreeMap<u16, Vec<usize>> = BTreeMap::new();
+    for (server, echo) in echoes.into_iter().enumerate() {
+        for s in echo.stop() {
+            by.entry(s.peer.port()).or_default().push(server);
+        }
+    }
+    by
+}
+
 /// Sets SO_RCVBUF beyond `net.core.rmem_max` (needs CAP_NET_ADMIN, which tests have as root).
 fn force_rcvbuf(socket: &UdpSocket, bytes: libc::c_int) -> Result<()> {
     // SAFETY: the option value is a c_int that lives across the call, and its size is passed.
