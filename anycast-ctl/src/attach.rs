@@ -9,7 +9,7 @@
 //! Invariant: an error means nothing changed. Every interface is looked up and checked first
 //! (a repeated one counts once); a failure while attaching undoes this call's attachments, and a
 //! dataplane created by the failed call is removed again.
-use anycast_common::{AgentCounter, Iface, MODE_NATIVE, MODE_SKB, programs};
+use anycast_common::{Iface, MODE_NATIVE, MODE_SKB, programs};
 use aya::programs::{
     Xdp, XdpMode,
     links::{FdLink, PinnedLink},
@@ -303,14 +303,7 @@ pub struct Status {
     /// The route export settings; absent when export is off.
     pub export: Option<crate::export::Settings>,
     /// Advertisement counters of the agent (zero if no agent ever ran here).
-    pub agent: AgentCounters,
-}
-
-#[derive(Debug, Default, Serialize)]
-pub struct AgentCounters {
-    pub accepted: u64,
-    /// Rejected advertisements (or entries) by reason.
-    pub rejected: std::collections::BTreeMap<&'static str, u64>,
+    pub agent: crate::report::AgentCounters,
 }
 
 pub async fn status(pin: &PinDir, nl: &Netlink) -> Result<Status> {
@@ -319,7 +312,7 @@ pub async fn status(pin: &PinDir, nl: &Netlink) -> Result<Status> {
         interfaces: Vec::new(),
         addresses: 0,
         export: None,
-        agent: AgentCounters::default(),
+        agent: Default::default(),
     };
     if !pin.has_maps() {
         return Ok(status);
@@ -327,14 +320,7 @@ pub async fn status(pin: &PinDir, nl: &Netlink) -> Result<Status> {
     let maps = Maps::open(pin)?;
     status.addresses = maps.addr_keys.keys().filter_map(|k| k.ok()).count();
     status.export = crate::export::settings(&maps)?;
-    for counter in AgentCounter::ALL {
-        let value = maps.agent_stats.get(&counter.index(), 0).unwrap_or(0);
-        if counter == AgentCounter::Accepted {
-            status.agent.accepted = value;
-        } else {
-            status.agent.rejected.insert(counter.name(), value);
-        }
-    }
+    status.agent = crate::report::agent_counters(&maps);
     let mut indexes: Vec<u32> = std::fs::read_dir(pin.links())
         .map_err(|e| Error::io("reading the links directory", e))?
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())

@@ -3,7 +3,7 @@
 //! Everything is checked here, keys included, before the agent changes anything on the system;
 //! SIGHUP runs the same [`Source::load`] again, so a reload is checked exactly like a start.
 use std::{
-    net::Ipv4Addr,
+    net::{Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -36,6 +36,8 @@ pub struct File {
     pub replay_window_ms: Option<u64>,
     /// Longest hold time an advertisement may ask for (longer ones are cut to it).
     pub max_hold_ms: Option<u32>,
+    /// Where to serve Prometheus metrics (`"127.0.0.1:9446"`); none by default.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl File {
@@ -64,6 +66,8 @@ pub struct Config {
     /// Hold times of advertisements are cut to this, so that a membership a revoked key made
     /// cannot outlive the revocation by much.
     pub max_hold_ms: u32,
+    /// Where `/metrics` is served, if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Command-line values; `None`/empty means "not given".
@@ -93,6 +97,9 @@ pub struct Overrides {
     /// Detach the dataplane when the agent exits (by default it keeps forwarding).
     #[arg(long)]
     pub detach_on_exit: bool,
+    /// Serve Prometheus metrics at /metrics on ADDR:PORT [config: metrics_listen].
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Where the configuration comes from; read again on SIGHUP.
@@ -156,6 +163,7 @@ impl Config {
             mode,
             detach_on_exit: cli.detach_on_exit || file.detach_on_exit.unwrap_or(false),
             max_hold_ms: file.max_hold_ms.unwrap_or(DEFAULT_MAX_HOLD_MS),
+            metrics_listen: cli.metrics_listen.or(file.metrics_listen),
             replay_window: Duration::from_millis(
                 file.replay_window_ms.unwrap_or(MAX_CLOCK_SKEW_MS),
             ),
