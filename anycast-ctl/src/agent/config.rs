@@ -91,7 +91,7 @@ pub struct Overrides {
     /// Advertisement UDP port [default: 5446].
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     pub port: Option<u16>,
-    /// Attach mode [default: native].
+    /// Attach mode: auto (native on real NICs, skb on veth), native or skb [default: auto].
     #[arg(long, short, value_enum)]
     pub mode: Option<Mode>,
     /// Detach the dataplane when the agent exits (by default it keeps forwarding).
@@ -126,14 +126,15 @@ impl Source {
     }
 }
 
-/// The attach mode: the command line's, else the file's, else native.
+/// The attach mode: the command line's, else the file's, else auto.
 fn merge_mode(cli: Option<Mode>, file: Option<&str>) -> Result<Mode> {
     match (cli, file) {
         (Some(m), _) => Ok(m),
-        (None, None | Some("native")) => Ok(Mode::Native),
+        (None, None | Some("auto")) => Ok(Mode::Auto),
+        (None, Some("native")) => Ok(Mode::Native),
         (None, Some("skb")) => Ok(Mode::Skb),
         (None, Some(other)) => Err(Error::Usage(format!(
-            "mode {other:?} is neither native nor skb"
+            "mode {other:?} is none of auto, native and skb"
         ))),
     }
 }

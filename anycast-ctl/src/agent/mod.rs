@@ -113,6 +113,10 @@ pub async fn run(pin: PinDir, source: config::Source) -> Result<()> {
             return Err(e);
         }
     };
+    let veths = attach::native_veths(&attached);
+    if !veths.is_empty() {
+        tracing::warn!("{}", attach::veth_warning(&veths));
+    }
     for (name, what) in attached {
         tracing::info!(iface = %name, ?what, "dataplane attached");
     }
