@@ -20,6 +20,7 @@ pub mod args;
 pub mod attach;
 pub mod detach;
 pub mod export;
+pub mod live;
 pub mod load;
 pub mod member;
 pub mod metrics;
