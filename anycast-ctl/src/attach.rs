@@ -9,7 +9,7 @@
 //! Invariant: an error means nothing changed. Every interface is looked up and checked first
 //! (a repeated one counts once); a failure while attaching undoes this call's attachments, and a
 //! dataplane created by the failed call is removed again.
-use anycast_common::{AgentCounter, Iface, MODE_NATIVE, MODE_SKB, programs};
+use anycast_common::{Iface, MODE_NATIVE, MODE_SKB, programs};
 use aya::programs::{
     Xdp, XdpMode,
     links::{FdLink, PinnedLink},
@@ -26,6 +26,8 @@ use crate::{
 /// Attach mode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Mode {
+    /// Native on real NICs, skb on veth (see [`Mode::resolve`]).
+    Auto,
     /// Driver mode: the program runs in the NIC driver (fast).
     Native,
     /// Generic mode: the program runs after skb allocation (works on any interface, slower).
@@ -35,8 +37,22 @@ pub enum Mode {
 impl Mode {
     pub fn name(self) -> &'static str {
         match self {
+            Mode::Auto => "auto",
             Mode::Native => "native",
             Mode::Skb => "skb",
+        }
+    }
+
+    /// The mode `link` gets: the one it is attached in already, else for `Auto` skb on a veth
+    /// (native XDP on veth silently loses frames unless its peer is set up, see
+    /// [`VETH_NEEDS`]) and native elsewhere.
+    pub fn resolve(self, link: &Link, attached: Option<u32>) -> Mode {
+        match (self, attached) {
+            (Mode::Auto, Some(MODE_SKB)) => Mode::Skb,
+            (Mode::Auto, Some(_)) => Mode::Native,
+            (Mode::Auto, None) if link.veth => Mode::Skb,
+            (Mode::Auto, None) => Mode::Native,
+            (mode, _) => mode,
         }
     }
 
@@ -44,6 +60,7 @@ impl Mode {
         match self {
             Mode::Native => XdpMode::Driver,
             Mode::Skb => XdpMode::Skb,
+            Mode::Auto => unreachable!("auto is resolved per interface before attaching"),
         }
     }
 
@@ -51,6 +68,7 @@ impl Mode {
         match self {
             Mode::Native => MODE_NATIVE,
             Mode::Skb => MODE_SKB,
+            Mode::Auto => unreachable!("auto is resolved per interface before attaching"),
         }
     }
 
@@ -63,11 +81,37 @@ impl Mode {
     }
 }
 
-/// What `attach` did for one interface.
+/// What native XDP on a veth needs of its peers, or frames are lost without an error.
+pub const VETH_NEEDS: &str = "an XDP program on the peer for XDP_TX (ARP replies, same-link \
+     members), NAPI on the receiving peer for redirected frames (GRO on, or an XDP program), and \
+     TX checksum offload off on senders (ethtool -K DEV tx off); --mode auto uses skb mode there";
+
+/// The one warning for interfaces attached natively although they are veths.
+pub fn veth_warning(names: &[String]) -> String {
+    let (what, verb) = match names.len() {
+        1 => ("a veth", "is"),
+        _ => ("veths", "are"),
+    };
+    format!(
+        "{} {verb} {what}: native XDP on veth needs {VETH_NEEDS}",
+        names.join(", ")
+    )
+}
+
+/// What `attach` did for one interface, in which mode, and whether it is a veth.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Attached {
-    New,
-    Already,
+pub struct Attached {
+    pub new: bool,
+    pub mode: Mode,
+    pub veth: bool,
+}
+
+/// The interfaces of `done` attached natively although they are veths (see [`veth_warning`]).
+pub fn native_veths(done: &[(String, Attached)]) -> Vec<String> {
+    (done.iter())
+        .filter(|(_, a)| a.veth && a.mode == Mode::Native)
+        .map(|(name, _)| name.clone())
+        .collect()
 }
 
 /// Attaches the dataplane to each of `ifaces`. All interfaces are checked before anything is
@@ -90,7 +134,7 @@ pub async fn attach(
     let _lock = pin.lock(true)?;
     let fresh = dataplane::check_pins(pin)? == dataplane::Pins::Fresh;
     let result =
-        check_modes(pin, &links, mode).and_then(|()| attach_locked(pin, &links, mode, flows));
+        resolve_modes(pin, &links, mode).and_then(|links| attach_locked(pin, &links, flows));
     if result.is_err() && fresh && pin.link_count() == 0 {
         // Leaves nothing new behind: `remove` also takes the directory if it is empty, so one
         // that was there before (made by the operator) is made again.
@@ -102,34 +146,38 @@ pub async fn attach(
     result
 }
 
-/// Refuses to re-attach an interface in another mode than it has: that needs a detach first.
-fn check_modes(pin: &PinDir, links: &[Link], mode: Mode) -> Result<()> {
-    let attached: Vec<&Link> = links
-        .iter()
-        .filter(|l| pin.link(l.index).exists())
-        .collect();
-    if attached.is_empty() {
-        return Ok(());
-    }
-    let maps = Maps::open(pin)?;
-    for link in attached {
-        let have = maps.iface(link.index)?.map_or(0, |i| i.mode);
-        if have != mode.code() {
+/// The mode of each interface ([`Mode::resolve`]); an interface already attached in another
+/// mode than the one asked for is refused: that needs a detach first.
+fn resolve_modes(pin: &PinDir, links: &[Link], mode: Mode) -> Result<Vec<(Link, Mode)>> {
+    let maps = match links.iter().any(|l| pin.link(l.index).exists()) {
+        true => Some(Maps::open(pin)?),
+        false => None,
+    };
+    let mut resolved = Vec::new();
+    for link in links {
+        let have = match (&maps, pin.link(link.index).exists()) {
+            (Some(maps), true) => Some(maps.iface(link.index)?.map_or(0, |i| i.mode)),
+            _ => None,
+        };
+        let want = mode.resolve(link, have);
+        if let Some(have) = have
+            && have != want.code()
+        {
             return Err(Error::Usage(format!(
                 "{} is already attached in {} mode; detach it first to attach in {} mode",
                 link.name,
                 Mode::from_code(have),
-                mode.name()
+                want.name()
             )));
         }
+        resolved.push((link.clone(), want));
     }
-    Ok(())
+    Ok(resolved)
 }
 
 fn attach_locked(
     pin: &PinDir,
-    links: &[Link],
-    mode: Mode,
+    links: &[(Link, Mode)],
     flows: Option<u32>,
 ) -> Result<Vec<(String, Attached)>> {
     let mut ebpf = dataplane::load(pin, flows)?;
@@ -141,12 +189,9 @@ fn attach_locked(
     let mut maps = Maps::open(pin)?;
     let mut done: Vec<(String, Attached)> = Vec::new();
     let mut made: Vec<u32> = Vec::new();
-    for link in links {
-        if pin.link(link.index).exists() {
-            done.push((link.name.clone(), Attached::Already));
-            continue;
-        }
-        if let Err(e) = attach_one(pin, &mut maps, program, link, mode) {
+    for &(ref link, mode) in links {
+        let new = !pin.link(link.index).exists();
+        if new && let Err(e) = attach_one(pin, &mut maps, program, link, mode) {
             forget_iface(&mut maps, link.index);
             for index in made {
                 if let Ok(pinned) = PinnedLink::from_pin(pin.link(index)) {
@@ -155,8 +200,11 @@ fn attach_locked(
             }
             return Err(e);
         }
-        made.push(link.index);
-        done.push((link.name.clone(), Attached::New));
+        if new {
+            made.push(link.index);
+        }
+        let veth = link.veth;
+        done.push((link.name.clone(), Attached { new, mode, veth }));
     }
     Ok(done)
 }
@@ -204,7 +252,7 @@ fn attach_one(
 fn attach_error(link: &Link, mode: Mode, e: aya::programs::ProgramError) -> Error {
     let hint = match mode {
         Mode::Native => " (the driver may not support native XDP; try --mode skb)",
-        Mode::Skb => "",
+        Mode::Skb | Mode::Auto => "",
     };
     let reason = match &e {
         aya::programs::ProgramError::SyscallError(s) => s.io_error.to_string(),
@@ -303,14 +351,7 @@ pub struct Status {
     /// The route export settings; absent when export is off.
     pub export: Option<crate::export::Settings>,
     /// Advertisement counters of the agent (zero if no agent ever ran here).
-    pub agent: AgentCounters,
-}
-
-#[derive(Debug, Default, Serialize)]
-pub struct AgentCounters {
-    pub accepted: u64,
-    /// Rejected advertisements (or entries) by reason.
-    pub rejected: std::collections::BTreeMap<&'static str, u64>,
+    pub agent: crate::report::AgentCounters,
 }
 
 pub async fn status(pin: &PinDir, nl: &Netlink) -> Result<Status> {
@@ -319,7 +360,7 @@ pub async fn status(pin: &PinDir, nl: &Netlink) -> Result<Status> {
         interfaces: Vec::new(),
         addresses: 0,
         export: None,
-        agent: AgentCounters::default(),
+        agent: Default::default(),
     };
     if !pin.has_maps() {
         return Ok(status);
@@ -327,14 +368,7 @@ pub async fn status(pin: &PinDir, nl: &Netlink) -> Result<Status> {
     let maps = Maps::open(pin)?;
     status.addresses = maps.addr_keys.keys().filter_map(|k| k.ok()).count();
     status.export = crate::export::settings(&maps)?;
-    for counter in AgentCounter::ALL {
-        let value = maps.agent_stats.get(&counter.index(), 0).unwrap_or(0);
-        if counter == AgentCounter::Accepted {
-            status.agent.accepted = value;
-        } else {
-            status.agent.rejected.insert(counter.name(), value);
-        }
-    }
+    status.agent = crate::report::agent_counters(&maps);
     let mut indexes: Vec<u32> = std::fs::read_dir(pin.links())
         .map_err(|e| Error::io("reading the links directory", e))?
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
@@ -359,4 +393,45 @@ pub async fn status(pin: &PinDir, nl: &Netlink) -> Result<Status> {
         });
     }
     Ok(status)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link(veth: bool) -> Link {
+        Link {
+            index: 2,
+            name: "x".into(),
+            mac: [2, 0, 0, 0, 0, 1],
+            up: true,
+            veth,
+        }
+    }
+
+    #[test]
+    fn auto_is_skb_on_veth_native_elsewhere_and_keeps_an_attached_mode() {
+        assert_eq!(Mode::Auto.resolve(&link(true), None), Mode::Skb);
+        assert_eq!(Mode::Auto.resolve(&link(false), None), Mode::Native);
+        assert_eq!(
+            Mode::Auto.resolve(&link(true), Some(MODE_NATIVE)),
+            Mode::Native
+        );
+        assert_eq!(Mode::Auto.resolve(&link(false), Some(MODE_SKB)), Mode::Skb);
+        assert_eq!(Mode::Native.resolve(&link(true), None), Mode::Native);
+        assert_eq!(
+            Mode::Skb.resolve(&link(false), Some(MODE_NATIVE)),
+            Mode::Skb
+        );
+    }
+
+    #[test]
+    fn the_veth_warning_names_every_requirement() {
+        let w = veth_warning(&["r0".into()]);
+        assert!(w.starts_with("r0 is a veth: "), "{w}");
+        for needed in ["XDP program on the peer", "NAPI", "GRO", "tx off"] {
+            assert!(w.contains(needed), "{needed}: {w}");
+        }
+        assert!(!w.contains('\n'));
+    }
 }

@@ -8,6 +8,7 @@
 //! - [`alloc`], [`journal`]: index allocators and transactions over the maps, for `members`.
 //! - [`load`]: many memberships from a file, all checked first, then applied as one transaction.
 //! - [`report`]: reading addresses, members and counters back out of the maps.
+//! - [`metrics`]: the same figures for Prometheus, and the small HTTP server of `/metrics`.
 //! - [`net`]: rtnetlink look-ups: links, routes, neighbours.
 //! - [`agent`]: the router's daemon that learns members from host advertisements.
 //! - [`announce`]: the member host's side: join anycast addresses and advertise them.
@@ -36,6 +37,7 @@ pub mod mac;
 pub mod maglev;
 pub mod mapped;
 pub mod members;
+pub mod metrics;
 pub mod net;
 pub mod pin;
 pub mod policy;

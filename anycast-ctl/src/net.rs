@@ -13,7 +13,7 @@ use futures::{StreamExt, TryStreamExt};
 use netlink_packet_route::{
     AddressFamily, RouteNetlinkMessage,
     address::{AddressAttribute, AddressMessage},
-    link::{LinkAttribute, LinkMessage},
+    link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage},
     neighbour::{
         NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
     },
@@ -31,6 +31,8 @@ pub struct Link {
     pub mac: [u8; 6],
     /// Administratively up with a carrier (IFF_UP and IFF_LOWER_UP).
     pub up: bool,
+    /// A veth (IFLA_LINKINFO kind "veth"), where native XDP needs its peer set up.
+    pub veth: bool,
 }
 
 /// Where the route table sends packets for an address.
@@ -415,12 +417,16 @@ fn link_from(msg: LinkMessage) -> Link {
             netlink_packet_route::link::LinkFlags::Up
                 | netlink_packet_route::link::LinkFlags::LowerUp,
         ),
+        veth: false,
     };
     for attr in msg.attributes {
         match attr {
             LinkAttribute::IfName(n) => link.name = n,
             LinkAttribute::Address(a) if a.len() == 6 => {
                 link.mac.copy_from_slice(&a);
+            }
+            LinkAttribute::LinkInfo(infos) => {
+                link.veth = infos.contains(&LinkInfo::Kind(InfoKind::Veth));
             }
             _ => {}
         }

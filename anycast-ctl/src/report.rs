@@ -1,12 +1,15 @@
-//! Reading the dataplane's state back: addresses with their members (`show`) and counters
-//! (`stats`). Per-CPU counters are summed here. Both are plain serde structs: the JSON output
-//! is exactly these fields.
+//! Reading the dataplane's state back: addresses with their members (`show`), counters
+//! (`stats`) and the agent's advertisement counters (`status`); `metrics` serves the same
+//! figures to Prometheus. Per-CPU counters are summed here. All are plain serde structs: the
+//! JSON output is exactly these fields.
 use std::{
     collections::{BTreeMap, HashMap},
     net::Ipv4Addr,
 };
 
-use anycast_common::{AddrStats, Host, MemberSet, MemberStats, PassReason, Stat, ip_octets};
+use anycast_common::{
+    AddrStats, AgentCounter, Host, MemberSet, MemberStats, PassReason, Stat, ip_octets,
+};
 use serde::Serialize;
 
 use crate::{
@@ -240,4 +243,26 @@ fn global_counters(maps: &Maps) -> Result<BTreeMap<&'static str, u64>> {
         global.insert(counter.name(), per_cpu.iter().sum());
     }
     Ok(global)
+}
+
+/// The agent's advertisement counters, as `AGENT_STATS` holds them (published by the agent).
+#[derive(Debug, Default, Serialize)]
+pub struct AgentCounters {
+    pub accepted: u64,
+    /// Rejected advertisements (or entries) by reason.
+    pub rejected: BTreeMap<&'static str, u64>,
+}
+
+/// The agent's counters (zero if no agent ever ran on these maps).
+pub fn agent_counters(maps: &Maps) -> AgentCounters {
+    let mut counters = AgentCounters::default();
+    for counter in AgentCounter::ALL {
+        let value = maps.agent_stats.get(&counter.index(), 0).unwrap_or(0);
+        if counter == AgentCounter::Accepted {
+            counters.accepted = value;
+        } else {
+            counters.rejected.insert(counter.name(), value);
+        }
+    }
+    counters
 }

@@ -15,6 +15,7 @@ pub mod ctl;
 pub mod daemon;
 pub mod frames;
 pub mod netns;
+pub mod prometheus;
 pub mod sites;
 pub mod topology;
 pub mod traffic;

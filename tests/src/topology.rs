@@ -106,12 +106,24 @@ pub struct Topology {
     pub router: Netns,
     pub members: Vec<Member>,
     pub options: TopologyOptions,
-    /// The link of `peer_pass` on the client's `c0` (see the module doc), held, never read.
-    _client_xdp: FdLink,
+    /// The link of `peer_pass` on the client's `c0` (see the module doc), held, never read;
+    /// none on [`Topology::with_default_veths`].
+    _client_xdp: Option<FdLink>,
 }
 
 impl Topology {
+    /// The topology with the veth rules of the module doc applied, for native XDP.
     pub fn new(options: TopologyOptions) -> Result<Self> {
+        Self::build(options, true)
+    }
+
+    /// The topology with veths as the kernel makes them: no XDP program on any peer, GRO and
+    /// checksum offloads left at their defaults. A newcomer's first lab.
+    pub fn with_default_veths(options: TopologyOptions) -> Result<Self> {
+        Self::build(options, false)
+    }
+
+    fn build(options: TopologyOptions, native_veths: bool) -> Result<Self> {
         ensure!(
             (1..=MAX_MEMBERS).contains(&options.members),
             "members must be 1..={MAX_MEMBERS}, not {}",
@@ -137,24 +149,31 @@ impl Topology {
             members.push(build_member(&router, index)?);
         }
 
-        // The veth NAPI rule (see the module doc): XDP_REDIRECT into r<i> lands on m<i>, which
-        // needs NAPI (GRO); XDP_TX out of r0 lands on c0, which needs an XDP program.
-        offloads(&client, CLIENT_IFACE)?;
-        let client_xdp = crate::xdp::attach_peer_pass(&client, CLIENT_IFACE)?;
-        for member in &members {
-            offloads(&member.ns, &member.iface)?;
-        }
-        let topology = Topology {
+        let mut topology = Topology {
             client,
             router,
             members,
             options,
-            _client_xdp: client_xdp,
+            _client_xdp: None,
         };
-        for iface in topology.router_ifaces() {
-            offloads(&topology.router, &iface)?;
+        if native_veths {
+            topology.set_up_for_native_xdp()?;
         }
         Ok(topology)
+    }
+
+    /// The veth NAPI rule (see the module doc): XDP_REDIRECT into r<i> lands on m<i>, which
+    /// needs NAPI (GRO); XDP_TX out of r0 lands on c0, which needs an XDP program.
+    fn set_up_for_native_xdp(&mut self) -> Result<()> {
+        offloads(&self.client, CLIENT_IFACE)?;
+        self._client_xdp = Some(crate::xdp::attach_peer_pass(&self.client, CLIENT_IFACE)?);
+        for member in &self.members {
+            offloads(&member.ns, &member.iface)?;
+        }
+        for iface in self.router_ifaces() {
+            offloads(&self.router, &iface)?;
+        }
+        Ok(())
     }
 
     /// The router's interfaces: `r0` (client side) then `r1..` (member side).

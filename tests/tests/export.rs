@@ -39,8 +39,7 @@ impl Lab {
         let ctl = Ctl::new(&topo.router);
         let ifaces = topo.router_ifaces();
         let ifaces: Vec<&str> = ifaces.iter().map(String::as_str).collect();
-        ctl.run(&[&["attach"], &ifaces[..]].concat())
-            .expect("attach");
+        ctl.attach(&ifaces, "native").expect("attach");
         ctl.run(&["export", "on"]).expect("export on");
         let birds = [
             Bird::start(&topo.router, &bird::site_bgp("198.18.0.1", "198.18.0.2")).expect("bird"),

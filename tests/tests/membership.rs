@@ -40,8 +40,7 @@ impl Lab {
         let ctl = Ctl::new(&topo.router);
         let ifaces = topo.router_ifaces();
         let ifaces: Vec<&str> = ifaces.iter().map(String::as_str).collect();
-        ctl.run(&[&["attach"], &ifaces[..]].concat())
-            .expect("attach");
+        ctl.attach(&ifaces, "native").expect("attach");
         let key_file = std::env::temp_dir().join(format!(
             "anycast-key-{}-{}",
             std::process::id(),

@@ -11,8 +11,15 @@ use anyhow::{Context, Result, bail};
 
 use crate::cmd::{cargo, command, probe, run};
 
-/// Debian packages the tests and the demo need.
-const DEB_PACKAGES: &[&str] = &["iproute2", "ethtool", "bpftool", "strace", "bird2"];
+/// Debian packages the tests and the demo need (`prometheus` brings `promtool` too).
+const DEB_PACKAGES: &[&str] = &[
+    "iproute2",
+    "ethtool",
+    "bpftool",
+    "strace",
+    "bird2",
+    "prometheus",
+];
 
 /// Where bpffs must be mounted.
 const BPFFS: &str = "/sys/fs/bpf";

@@ -3,7 +3,7 @@
 //! Everything is checked here, keys included, before the agent changes anything on the system;
 //! SIGHUP runs the same [`Source::load`] again, so a reload is checked exactly like a start.
 use std::{
-    net::Ipv4Addr,
+    net::{Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -42,6 +42,8 @@ pub struct File {
     pub max_hold_ms: Option<u32>,
     /// Flap damping of route export: how long an address's route outlives its last member.
     pub export_hold_down_ms: Option<u64>,
+    /// Where to serve Prometheus metrics (`"127.0.0.1:9446"`); none by default.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl File {
@@ -73,6 +75,8 @@ pub struct Config {
     /// An exported route outlives its address's last member by this much (0: it goes at once);
     /// a member that comes back within it finds the route never withdrawn.
     pub export_hold_down: Duration,
+    /// Where `/metrics` is served, if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Command-line values; `None`/empty means "not given".
@@ -96,12 +100,15 @@ pub struct Overrides {
     /// Advertisement UDP port [default: 5446].
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     pub port: Option<u16>,
-    /// Attach mode [default: native].
+    /// Attach mode: auto (native on real NICs, skb on veth), native or skb [default: auto].
     #[arg(long, short, value_enum)]
     pub mode: Option<Mode>,
     /// Detach the dataplane when the agent exits (by default it keeps forwarding).
     #[arg(long)]
     pub detach_on_exit: bool,
+    /// Serve Prometheus metrics at /metrics on ADDR:PORT [config: metrics_listen].
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Where the configuration comes from; read again on SIGHUP.
@@ -128,14 +135,15 @@ impl Source {
     }
 }
 
-/// The attach mode: the command line's, else the file's, else native.
+/// The attach mode: the command line's, else the file's, else auto.
 fn merge_mode(cli: Option<Mode>, file: Option<&str>) -> Result<Mode> {
     match (cli, file) {
         (Some(m), _) => Ok(m),
-        (None, None | Some("native")) => Ok(Mode::Native),
+        (None, None | Some("auto")) => Ok(Mode::Auto),
+        (None, Some("native")) => Ok(Mode::Native),
         (None, Some("skb")) => Ok(Mode::Skb),
         (None, Some(other)) => Err(Error::Usage(format!(
-            "mode {other:?} is neither native nor skb"
+            "mode {other:?} is none of auto, native and skb"
         ))),
     }
 }
@@ -166,6 +174,7 @@ impl Config {
             detach_on_exit: cli.detach_on_exit || file.detach_on_exit.unwrap_or(false),
             max_hold_ms: file.max_hold_ms.unwrap_or(DEFAULT_MAX_HOLD_MS),
             export_hold_down: Duration::from_millis(file.export_hold_down_ms.unwrap_or(0)),
+            metrics_listen: cli.metrics_listen.or(file.metrics_listen),
             replay_window: Duration::from_millis(
                 file.replay_window_ms.unwrap_or(MAX_CLOCK_SKEW_MS),
             ),

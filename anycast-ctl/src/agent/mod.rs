@@ -115,6 +115,10 @@ pub async fn run(pin: PinDir, source: config::Source) -> Result<()> {
     }
     let socket = sys::listener(config.port, config.group, &ifindexes)
         .map_err(|e| Error::io("opening the advertisement socket", e))?;
+    let metrics = config
+        .metrics_listen
+        .map(crate::metrics::http::bind)
+        .transpose()?;
     let existed = pin.path().exists();
     let agent_lock = pin.agent_lock()?;
     let attached = attach::attach(&pin, &nl, &config.devs, config.mode, None).await;
@@ -128,12 +132,19 @@ pub async fn run(pin: PinDir, source: config::Source) -> Result<()> {
             return Err(e);
         }
     };
+    let veths = attach::native_veths(&attached);
+    if !veths.is_empty() {
+        tracing::warn!("{}", attach::veth_warning(&veths));
+    }
     for (name, what) in attached {
         tracing::info!(iface = %name, ?what, "dataplane attached");
     }
     let mut agent = Agent::new(pin, (config, keys), nl).await?;
     agent.source = source;
     agent.agent_lock = Some(agent_lock);
+    if let Some(listener) = metrics {
+        crate::metrics::serve_in_thread(listener, agent.pin.clone())?;
+    }
     agent.serve(socket).await
 }
 
@@ -231,16 +242,25 @@ impl Agent {
                 return;
             }
         };
-        let fixed = (&config.devs, config.group, config.port, config.mode);
+        let fixed = (
+            &config.devs,
+            config.group,
+            config.port,
+            config.mode,
+            config.metrics_listen,
+        );
         if fixed
             != (
                 &self.config.devs,
                 self.config.group,
                 self.config.port,
                 self.config.mode,
+                self.config.metrics_listen,
             )
         {
-            tracing::warn!("dev, group, port and mode changes take effect after a restart");
+            tracing::warn!(
+                "dev, group, port, mode and metrics_listen changes take effect after a restart"
+            );
         }
         self.validator
             .set_policy(keys, config.replay_window.as_millis() as u64);

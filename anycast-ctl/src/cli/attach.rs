@@ -4,15 +4,17 @@ use std::fmt::Write as _;
 use super::{Router, args::flows};
 use crate::{
     Result,
-    attach::{Attached, Mode},
+    attach::{Mode, native_veths, veth_warning},
 };
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[arg(required = true, value_name = "IFACE")]
     pub ifaces: Vec<String>,
-    /// Attach mode [default: native; use skb where the driver lacks native XDP].
-    #[arg(long, short, value_enum, default_value_t = Mode::Native, hide_default_value = true)]
+    /// Attach mode: auto is native on real NICs and skb (generic) on veth, where native XDP
+    /// needs its peers set up (see the README's veth section); an interface already attached
+    /// keeps its mode [default: auto].
+    #[arg(long, short, value_enum, default_value_t = Mode::Auto, hide_default_value = true)]
     pub mode: Mode,
     /// Connection table size in flows, a power of two [default: 1048576]; applies when the
     /// dataplane is first loaded.
@@ -27,11 +29,19 @@ pub async fn run(router: &Router, args: Args) -> Result<String> {
         flows,
     } = args;
     let done = crate::attach::attach(&router.pin, &router.nl, &ifaces, mode, flows).await?;
+    let veths = native_veths(&done);
+    if !veths.is_empty() {
+        eprintln!("anycast-ctl: warning: {}", veth_warning(&veths));
+    }
     let mut out = String::new();
-    for (name, what) in done {
-        match what {
-            Attached::New => writeln!(out, "attached to {name} ({} mode)", mode.name()),
-            Attached::Already => writeln!(out, "{name}: already attached"),
+    for (name, a) in done {
+        let why = match (mode, a.veth) {
+            (Mode::Auto, true) => ": a veth, see --mode",
+            _ => "",
+        };
+        match a.new {
+            true => writeln!(out, "attached to {name} ({} mode{why})", a.mode.name()),
+            false => writeln!(out, "{name}: already attached ({} mode)", a.mode.name()),
         }
         .expect("writing to a String");
     }
@@ -65,7 +75,7 @@ mod tests {
         assert!(matches!(
             cli.command,
             Command::Attach(Args {
-                mode: Mode::Native,
+                mode: Mode::Auto,
                 ..
             })
         ));

@@ -20,8 +20,10 @@ pub mod args;
 pub mod attach;
 pub mod detach;
 pub mod export;
+pub mod live;
 pub mod load;
 pub mod member;
+pub mod metrics;
 pub mod output;
 pub mod show;
 pub mod stats;
@@ -64,6 +66,9 @@ pub enum Command {
     Announce(crate::announce::Options),
     /// Show counters per anycast address and per member.
     Stats(stats::Args),
+    /// Serve Prometheus metrics at /metrics (routers with static members; the agent has
+    /// --metrics-listen).
+    Metrics(metrics::Args),
     /// Export a host route per anycast address with members, for a routing daemon (BIRD).
     #[command(subcommand)]
     Export(export::Command),
@@ -102,6 +107,7 @@ pub async fn run(cli: Cli) -> Result<String> {
         Command::Load(args) => load::run(&router()?, args).await,
         Command::Show(args) => show::run(&router()?, args).await,
         Command::Stats(args) => stats::run(&router()?, args).await,
+        Command::Metrics(args) => metrics::run(router()?, args).await,
         Command::Export(command) => export::run(&router()?, command).await,
     }
 }

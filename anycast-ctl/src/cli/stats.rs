@@ -17,8 +17,15 @@ pub struct Args {
     /// Only this anycast address.
     #[arg(value_parser = anycast_address)]
     pub address: Option<Ipv4Addr>,
+    /// JSON (with --interval: one object per line).
     #[arg(long)]
     pub json: bool,
+    /// Print per-second rates every DURATION (such as 1s or 500ms) until Ctrl-C.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub interval: Option<std::time::Duration>,
+    /// With --interval: stop after N reports.
+    #[arg(long, value_name = "N", requires = "interval")]
+    pub count: Option<u64>,
 }
 
 const HEADERS: [&str; 8] = [
@@ -34,6 +41,10 @@ const HEADERS: [&str; 8] = [
 
 pub async fn run(router: &Router, args: Args) -> Result<String> {
     let maps = Maps::open(&router.pin)?;
+    if let Some(interval) = args.interval {
+        super::live::run(&maps, args.address, interval, args.count, args.json).await?;
+        return Ok(String::new());
+    }
     let stats = report::stats(&maps, args.address)?;
     if args.json {
         return Ok(to_json(&stats));
@@ -100,8 +111,17 @@ mod tests {
                 .command,
             Command::Stats(Args {
                 address: Some(_),
-                json: true
+                json: true,
+                interval: None,
+                count: None,
             })
         ));
+        let live = parse(&["stats", "--interval", "500ms", "--count", "3"]).unwrap();
+        assert!(matches!(
+            live.command,
+            Command::Stats(Args { interval: Some(i), count: Some(3), .. }) if i.as_millis() == 500
+        ));
+        assert!(parse(&["stats", "--count", "3"]).is_err());
+        assert!(parse(&["stats", "--interval", "soon"]).is_err());
     }
 }

@@ -6,8 +6,9 @@
 //!
 //! `bench --dataplane-only` measures only the TEST_RUN cases (about a minute) and prints them,
 //! without the scale, membership and end-to-end phases and without writing the report.
-//! `bench control`, `bench export` and `bench sites` run only the control-plane, the
-//! route-export or the site-failover part, print it, and write no report.
+//! `bench control`, `bench export`, `bench sites` and `bench metrics` run only the
+//! control-plane, the route-export, the site-failover or the metrics-scrape part, print it, and
+//! write no report.
 use std::{collections::BTreeMap, net::Ipv4Addr, time::Instant};
 
 use anycast_common::{
@@ -41,6 +42,12 @@ fn main() -> Result<()> {
     if std::env::args().nth(1).as_deref() == Some("control") {
         let control = anycast_tests::bench::control::run()?;
         println!("{}", serde_json::to_string_pretty(&control)?);
+        return Ok(());
+    }
+    // `bench metrics`: only the Prometheus scrape at scale, printed, no report.
+    if std::env::args().nth(1).as_deref() == Some("metrics") {
+        let metrics = anycast_tests::bench::metrics::run()?;
+        println!("{}", serde_json::to_string_pretty(&metrics)?);
         return Ok(());
     }
     // `bench export`: only route export, printed, no report.
@@ -165,6 +172,9 @@ fn main() -> Result<()> {
     println!("\n== site failover through BIRD (two sites, BGP + BFD, namespaces)");
     let site_failover = anycast_tests::bench::sites::run()?;
 
+    println!("\n== Prometheus scrape at 65,536 addresses (anycast-ctl metrics, namespaces)");
+    let metrics = anycast_tests::bench::metrics::run()?;
+
     println!("\n== end-to-end forwarding rate (live frames, namespaces)");
     let end_to_end = anycast_tests::bench::e2e::run(E2E_PACKETS)?;
 
@@ -187,6 +197,7 @@ fn main() -> Result<()> {
         "control_plane": control,
         "route_export": route_export,
         "site_failover": site_failover,
+        "metrics": metrics,
         "end_to_end": end_to_end,
         "ratios": {
             "forward_vs_baseline": forward_vs_baseline,
@@ -213,6 +224,7 @@ fn main() -> Result<()> {
             "route_install_at_scale_p99_ms": 10,
             "route_withdraw_at_scale_p99_ms": 10,
             "site_failover_fast_ms": 1_000,
+            "metrics_scrape_65536_ms": 1_000,
         },
     });
     let dir = target_dir().join("bench");
