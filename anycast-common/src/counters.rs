@@ -111,6 +111,9 @@ counters! {
         BadLinkAddr = 12 => "bad_link_addr",
         NotAnycast = 13 => "not_anycast",
         SenderNotAllowed = 14 => "sender_not_allowed",
+        /// A believed membership of a family the members API cannot take yet (IPv6): counted
+        /// per membership, not per advertisement, and not applied.
+        FamilyUnsupported = 15 => "family_unsupported",
     }
 }
 

@@ -1,8 +1,11 @@
 //! `anycast-ctl agent`: the router side of host advertisements.
 //!
 //! It attaches the dataplane to its interfaces (or adopts an existing attachment), listens for
-//! advertisements on them, and turns the believed ones ([`validate`]) into memberships through
-//! the same code as `member add` ([`crate::members`]), recorded as *learned* in `MEMBER_INFO`.
+//! advertisements on them, IPv4 and IPv6 ([`listen`]), and turns the believed ones
+//! ([`validate`]) into memberships through the same code as `member add` ([`crate::members`]),
+//! recorded as *learned* in `MEMBER_INFO`. Every believed membership goes through one function,
+//! `Agent::apply_one`; IPv6 ones stop there, counted as `family_unsupported`, until the members
+//! API takes IPv6 addresses.
 //! A learned member expires when its hold time passes without a refresh, leaves at once on a
 //! hold time of 0, and is removed at once when its interface loses its link. Static members
 //! (`member add`) are never touched.
@@ -11,24 +14,24 @@
 //! sequence number (`SENDER_SEQ`) are pinned maps. A restarted agent adopts them, so forwarding
 //! never stops and members that stopped advertising still expire on time.
 pub mod config;
+pub mod listen;
 pub mod validate;
 
 use std::{
     collections::{BTreeSet, HashMap},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
     time::{Duration, Instant},
 };
 
 use anycast_common::{
-    AGENT_COUNTERS, AgentCounter, MemberInfo, MemberKey, SOURCE_LEARNED, advert::Repr, ip_octets,
+    AGENT_COUNTERS, AgentCounter, MemberInfo, MemberKey, SOURCE_LEARNED,
+    advert::{Membership, Repr},
+    ip_octets,
 };
 use futures::StreamExt;
 use netlink_packet_route::{RouteNetlinkMessage, link::LinkFlags};
 use rtnetlink::packet_core::NetlinkPayload;
-use tokio::{
-    io::unix::AsyncFd,
-    signal::unix::{SignalKind, signal},
-};
+use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     Error, Result, advert_auth, attach, dataplane,
@@ -94,8 +97,7 @@ pub async fn run(pin: PinDir, source: config::Source) -> Result<()> {
     for name in &config.devs {
         ifindexes.push(nl.link_by_name(name).await?.index);
     }
-    let socket = sys::listener(config.port, config.group, &ifindexes)
-        .map_err(|e| Error::io("opening the advertisement socket", e))?;
+    let sockets = listen::Listeners::open(&config, &ifindexes)?;
     let existed = pin.path().exists();
     let agent_lock = pin.agent_lock()?;
     let attached = attach::attach(&pin, &nl, &config.devs, config.mode, None).await;
@@ -115,20 +117,13 @@ pub async fn run(pin: PinDir, source: config::Source) -> Result<()> {
     let mut agent = Agent::new(pin, (config, keys), nl).await?;
     agent.source = source;
     agent.agent_lock = Some(agent_lock);
-    agent.serve(socket).await
+    agent.serve(sockets).await
 }
 
 impl Agent {
     /// The event loop: advertisements, expiry, link events and signals.
-    async fn serve(&mut self, socket: socket2::Socket) -> Result<()> {
-        // SAFETY: the Socket owns its fd and the AsyncFd owns the Socket, so the fd stays open
-        // and is not registered elsewhere until the AsyncFd is dropped.
-        let socket = unsafe { AsyncFd::register(socket) }.map_err(|e| {
-            Error::io(
-                "registering the socket",
-                std::io::Error::other(e.to_string()),
-            )
-        })?;
+    async fn serve(&mut self, sockets: listen::Listeners) -> Result<()> {
+        let (v4, v6) = sockets.register()?;
         let mut links = crate::net::events(
             rtnetlink::constants::RTMGRP_LINK | rtnetlink::constants::RTMGRP_NEIGH,
         )?;
@@ -139,13 +134,17 @@ impl Agent {
         let mut tick = tokio::time::interval(TICK);
         let mut flush = tokio::time::interval(COUNTER_FLUSH);
         let mut buf = vec![0u8; 2048];
-        tracing::info!(devs = ?self.config.devs, port = self.config.port, group = %self.config.group, "agent running");
+        tracing::info!(devs = ?self.config.devs, port = self.config.port, group = %self.config.group, group6 = %self.config.group6, ipv6 = v6.is_some(), "agent running");
         loop {
             tokio::select! {
                 // Advertisements first: a refresh waiting in the socket must be seen before the
                 // expiry tick judges its member.
                 biased;
-                ready = socket.readable() => {
+                ready = v4.readable() => {
+                    let mut guard = ready.map_err(|e| Error::io("waiting for advertisements", e))?;
+                    self.drain(v4.get_ref(), &mut buf, &mut guard).await;
+                }
+                (socket, ready) = listen::readable(v6.as_ref()) => {
                     let mut guard = ready.map_err(|e| Error::io("waiting for advertisements", e))?;
                     self.drain(socket.get_ref(), &mut buf, &mut guard).await;
                 }
@@ -208,16 +207,21 @@ impl Agent {
                 return;
             }
         };
-        let fixed = (&config.devs, config.group, config.port, config.mode);
+        let fixed = (
+            &config.devs,
+            (config.group, config.group6),
+            config.port,
+            config.mode,
+        );
         if fixed
             != (
                 &self.config.devs,
-                self.config.group,
+                (self.config.group, self.config.group6),
                 self.config.port,
                 self.config.mode,
             )
         {
-            tracing::warn!("dev, group, port and mode changes take effect after a restart");
+            tracing::warn!("dev, group, group6, port and mode changes take effect after a restart");
         }
         self.validator
             .set_policy(keys, config.replay_window.as_millis() as u64);
@@ -339,7 +343,7 @@ impl Agent {
     fn adopt(&mut self) -> Result<()> {
         for (sender, seq) in self.maps.sender_seq.iter().filter_map(|r| r.ok()) {
             self.validator
-                .remember(Ipv4Addr::from(ip_octets(sender)), seq);
+                .remember(Ipv4Addr::from(ip_octets(sender)).into(), seq);
         }
         for (key, info) in self.maps.member_info.iter().filter_map(|r| r.ok()) {
             if info.source != SOURCE_LEARNED {
@@ -377,11 +381,22 @@ impl Agent {
             Err(reject) => return self.reject(reject, rx.src),
         };
         self.counters[AgentCounter::Accepted.index() as usize] += 1;
-        if let Err(e) = self.maps.record_sender_seq(repr.sender, repr.seq) {
-            tracing::warn!(sender = %repr.sender, error = %e, "recording the sequence number");
-        }
+        self.record_seq(repr.sender, repr.seq);
         if let Err(e) = self.apply(&repr, rx.ifindex, now).await {
             tracing::warn!(sender = %repr.sender, error = %e, "applying an advertisement");
+        }
+    }
+
+    /// Pins a sender's last sequence number (`SENDER_SEQ`), for a restarted agent.
+    fn record_seq(&mut self, sender: IpAddr, seq: u64) {
+        let IpAddr::V4(sender) = sender else {
+            // merge: SENDER_SEQ is keyed by IPv4 (anycast-common maps.rs); until an IPv6 key
+            // exists, an IPv6 sender's replay state lives only in the validator, and after a
+            // restart only the timestamp window bounds replays.
+            return;
+        };
+        if let Err(e) = self.maps.record_sender_seq(sender, seq) {
+            tracing::warn!(%sender, error = %e, "recording the sequence number");
         }
     }
 
@@ -399,10 +414,12 @@ impl Agent {
         Ok(())
     }
 
+    /// Where every believed membership goes, whatever its family: the prefix check, then the
+    /// members API. The parser guarantees that `m.anycast` and `sender` share a family.
     async fn apply_one(
         &mut self,
-        sender: Ipv4Addr,
-        m: &anycast_common::advert::Membership,
+        sender: IpAddr,
+        m: &Membership,
         link_addr: Option<[u8; 6]>,
         ifindex: u32,
         now: u64,
@@ -413,8 +430,31 @@ impl Agent {
         }
         let mut m = *m;
         m.hold_ms = m.hold_ms.min(self.config.max_hold_ms);
-        let m = &m;
-        let key = member_key(m.anycast, sender);
+        match (m.anycast, sender) {
+            (IpAddr::V4(anycast), IpAddr::V4(member)) => {
+                self.apply_member((anycast, member), &m, link_addr, ifindex, now)
+                    .await
+            }
+            _ => {
+                // merge: call members::... with IpAddr — once the members API is IpAddr-generic,
+                // this arm goes and `apply_member` takes `(IpAddr, IpAddr)` for both families.
+                self.counters[AgentCounter::FamilyUnsupported.index() as usize] += 1;
+                tracing::debug!(anycast = %m.anycast, member = %sender, "IPv6 membership not applied yet");
+                Ok(())
+            }
+        }
+    }
+
+    /// Joins, refreshes or leaves one membership through the members API.
+    async fn apply_member(
+        &mut self,
+        (anycast, sender): (Ipv4Addr, Ipv4Addr),
+        m: &Membership,
+        link_addr: Option<[u8; 6]>,
+        ifindex: u32,
+        now: u64,
+    ) -> Result<()> {
+        let key = member_key(anycast, sender);
         if m.is_leave() {
             if self.learned.contains_key(&key) {
                 self.remove(key, "left")?;
@@ -436,12 +476,12 @@ impl Agent {
         let placement = if refresh {
             None
         } else {
-            match self.place(sender, m.anycast, link_addr, ifindex).await {
+            match self.place(sender, anycast, link_addr, ifindex).await {
                 Some(p) => Some(p),
                 None => return Ok(()),
             }
         };
-        if self.store(sender, m, now, placement)? {
+        if self.store((anycast, sender), m, now, placement)? {
             self.learned.insert(key, learned);
         }
         Ok(())
@@ -460,7 +500,7 @@ impl Agent {
         // for ARP, and an advertisement of many addresses would stall the agent.
         let now = Instant::now();
         if self.unplaceable.get(&sender).is_some_and(|t| *t > now) {
-            self.reject(Reject::NotOnLink, sender);
+            self.reject(Reject::NotOnLink, sender.into());
             return None;
         }
         let join = members::Join {
@@ -489,7 +529,7 @@ impl Agent {
                         Reject::NotOnLink
                     }
                 };
-                self.reject(reason, sender);
+                self.reject(reason, sender.into());
                 tracing::debug!(error = %e, "placing a member");
                 None
             }
@@ -501,12 +541,12 @@ impl Agent {
     /// the operator has it as a static member, nor if it was deleted under us.
     fn store(
         &mut self,
-        sender: Ipv4Addr,
-        m: &anycast_common::advert::Membership,
+        (anycast, sender): (Ipv4Addr, Ipv4Addr),
+        m: &Membership,
         now: u64,
         placement: Option<members::Placement>,
     ) -> Result<bool> {
-        let key = member_key(m.anycast, sender);
+        let key = member_key(anycast, sender);
         let info = MemberInfo {
             source: SOURCE_LEARNED,
             hold_ms: m.hold_ms,
@@ -522,9 +562,9 @@ impl Agent {
             (Some(c), _) if c.source != SOURCE_LEARNED => return Ok(false),
             // A refresh of a member already in place on the same interface.
             (Some(c), None) => {
-                members::renew(&mut self.maps, (m.anycast, sender), &c, info)?;
+                members::renew(&mut self.maps, (anycast, sender), &c, info)?;
                 if (c.preference, c.weight) != (info.preference, info.weight) {
-                    self.export_dirty.insert(m.anycast);
+                    self.export_dirty.insert(anycast);
                 }
             }
             // Gone from the maps under us (`member del`): learn it again next time.
@@ -533,9 +573,9 @@ impl Agent {
                 return Ok(false);
             }
             (_, Some(placement)) => {
-                let done = members::add(&mut self.maps, m.anycast, &placement, info, None)?;
-                self.export_dirty.insert(m.anycast);
-                tracing::info!(anycast = %m.anycast, member = %sender, edge = ?done.edge, "member learned");
+                let done = members::add(&mut self.maps, anycast, &placement, info, None)?;
+                self.export_dirty.insert(anycast);
+                tracing::info!(anycast = %anycast, member = %sender, edge = ?done.edge, "member learned");
             }
         }
         Ok(true)
@@ -656,7 +696,7 @@ impl Agent {
         }
     }
 
-    fn reject(&mut self, reason: Reject, from: Ipv4Addr) {
+    fn reject(&mut self, reason: Reject, from: IpAddr) {
         self.counters[reason.index() as usize] += 1;
         let now = Instant::now();
         let last = self.log_limit.get(&reason).copied();
