@@ -94,7 +94,8 @@ counters! {
 counters! {
     /// The agent's advertisement counters (`AGENT_STATS` indices): accepted advertisements,
     /// then rejections by reason. Every variant but `Accepted` is a reason the agent drops an
-    /// advertisement.
+    /// advertisement (or, for `OutsidePrefix`, `NotOnLink`, `NotAnycast` and
+    /// `FamilyUnsupported`, one membership of an accepted advertisement).
     pub enum AgentCounter: u32 {
         Accepted = 0 => "accepted",
         Malformed = 1 => "malformed",

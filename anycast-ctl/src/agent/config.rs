@@ -337,6 +337,19 @@ mod tests {
         assert_eq!(c.group6, Ipv6Addr::from(DEFAULT_GROUP6));
     }
 
+    /// The shipped example configuration parses, IPv6 prefix and group included.
+    #[test]
+    fn contrib_example_parses() {
+        let file: File = toml::from_str(include_str!("../../../contrib/agent.toml")).unwrap();
+        assert_eq!(file.group6, Some(Ipv6Addr::from(DEFAULT_GROUP6)));
+        assert!(
+            file.anycast_prefix
+                .unwrap()
+                .iter()
+                .any(|p| p.addr().is_ipv6())
+        );
+    }
+
     /// Regression: a config path of /dev/zero read forever.
     #[test]
     fn config_that_is_a_device_fails_fast() {
