@@ -159,8 +159,8 @@ impl Keys {
     /// [[key]]
     /// id = 1
     /// secret = "64 or more hex digits"
-    /// senders = ["203.0.113.0/24", "2001:db8:203::/48"]   # optional: the member addresses
-    ///                                                   # this key may sign for
+    /// # optional: the member addresses this key may sign for, of either family
+    /// senders = ["203.0.113.0/24", "2001:db8:203::/48"]
     /// ```
     pub fn from_toml(text: &str) -> Result<Keys, KeysError> {
         let file: KeyFile = toml::from_str(text).map_err(|err| KeysError::Syntax {
