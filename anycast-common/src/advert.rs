@@ -5,11 +5,18 @@
 //!
 //! ```text
 //! header   28 B  magic "AC", version, flags, total length, entry count,
-//!                sender IPv4, sequence number (u64), timestamp in ms (u64)
-//! entries  TLVs  type (u8), length (u8), value; type 1 = membership (12 B),
-//!                type 2 = the sender's link-layer (MAC) address (6 B, at most one)
+//!                sender IPv4 (0.0.0.0 with a type-4 entry), sequence number (u64),
+//!                timestamp in ms (u64)
+//! entries  TLVs  type (u8), length (u8), value; type 1 = IPv4 membership (12 B),
+//!                type 2 = the sender's link-layer (MAC) address (6 B, at most one),
+//!                type 3 = IPv6 membership (24 B), type 4 = IPv6 sender (16 B, at most one)
 //! trailer  36 B  key id (u32), HMAC-SHA256 over every byte before the HMAC
 //! ```
+//!
+//! A message has one sender, of one family: the header's IPv4 field, or a type-4 entry (then
+//! the header field is 0.0.0.0). Its memberships are all of that family. Types 3 and 4 were
+//! added within version 1: a receiver that does not know them skips them as unknown entries, so
+//! an IPv6 message gives it no membership it could apply (see docs/advert-format.md).
 //!
 //! [`Packet`] is a zero-copy view of a buffer; [`Repr`] is the parsed message. Contract:
 //! - after [`Packet::check_len`] succeeds, no accessor of [`Packet`] panics;
@@ -21,7 +28,7 @@
 //! IP source, the TTL, the clock skew and the sequence number are the receiver's job.
 
 use core::fmt;
-use core::net::Ipv4Addr;
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// Entry type of the sender's link-layer address: the MAC routers forward to, signed with the
 /// rest, so that no unauthenticated frame can rebind the member's IP to another MAC.
@@ -47,16 +54,27 @@ pub const MAX_LEN: usize = 1200;
 pub const MAX_ENTRIES: usize = 64;
 /// Type and length bytes in front of each entry value.
 pub const ENTRY_HEADER_LEN: usize = 2;
-/// Entry type of a membership.
+/// Entry type of a membership (IPv4 anycast address).
 pub const MEMBERSHIP_KIND: u8 = 1;
 /// Value length of a membership entry.
 pub const MEMBERSHIP_LEN: u8 = 12;
+/// Entry type of an IPv6 membership.
+pub const MEMBERSHIP6_KIND: u8 = 3;
+/// Value length of an IPv6 membership entry.
+pub const MEMBERSHIP6_LEN: u8 = 24;
+/// Entry type of the sender's IPv6 address (the header's IPv4 sender is then 0.0.0.0).
+pub const SENDER6_KIND: u8 = 4;
+/// Value length of an IPv6 sender entry.
+pub const SENDER6_LEN: u8 = 16;
 
 /// Default multicast group of advertisements: 239.255.15.46 (organisation-local scope).
 pub const DEFAULT_GROUP: [u8; 4] = [239, 255, 15, 46];
-/// Default UDP port of advertisements.
+/// Default IPv6 multicast group of advertisements: ff12::1546, link-local scope with the T
+/// (non-permanent) flag set, so it cannot collide with an IANA assignment (RFC 4291 2.7).
+pub const DEFAULT_GROUP6: [u8; 16] = [0xff, 0x12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x15, 0x46];
+/// Default UDP port of advertisements, both families.
 pub const DEFAULT_PORT: u16 = 5446;
-/// IP TTL of every advertisement; receivers drop any other (GTSM, RFC 5082).
+/// IP TTL (IPv6 hop limit) of every advertisement; receivers drop any other (GTSM, RFC 5082).
 pub const REQUIRED_TTL: u8 = 255;
 /// Largest difference between a message's timestamp and the receiver's clock it accepts.
 pub const MAX_CLOCK_SKEW_MS: u64 = 30_000;
@@ -87,14 +105,14 @@ mod field {
         total - super::HMAC_LEN..total
     }
 
-    /// Offsets inside the value of a membership entry.
+    /// Offsets inside the value of a membership entry: the anycast address (4 bytes in type
+    /// 1, 16 in type 3), then the same 8 bytes in both types, at these offsets after it.
     pub mod membership {
         use super::Field;
 
-        pub const ANYCAST: Field = 0..4;
-        pub const HOLD: Field = 4..8;
-        pub const PREFERENCE: Field = 8..10;
-        pub const WEIGHT: Field = 10..12;
+        pub const HOLD: Field = 0..4;
+        pub const PREFERENCE: Field = 4..6;
+        pub const WEIGHT: Field = 6..8;
     }
 }
 
@@ -120,9 +138,15 @@ pub enum Error {
     /// The entry count field differs from the number of entries present.
     BadEntryCount,
     /// Two membership entries for the same anycast address.
-    DuplicateEntry(Ipv4Addr),
+    DuplicateEntry(IpAddr),
     /// Two link-layer address entries.
     DuplicateLinkAddr,
+    /// Two IPv6 sender entries.
+    DuplicateSender,
+    /// An IPv6 sender entry in a message whose IPv4 sender field is not 0.0.0.0: two senders.
+    TwoSenders,
+    /// A membership of the other address family than the sender's.
+    FamilyMismatch,
 }
 
 impl Error {
@@ -140,6 +164,9 @@ impl Error {
             Error::BadEntryCount => "bad_entry_count",
             Error::DuplicateEntry(_) => "duplicate_entry",
             Error::DuplicateLinkAddr => "duplicate_link_addr",
+            Error::DuplicateSender => "duplicate_sender",
+            Error::TwoSenders => "two_senders",
+            Error::FamilyMismatch => "family_mismatch",
         }
     }
 }
@@ -160,6 +187,9 @@ impl fmt::Display for Error {
             Error::BadEntryCount => write!(f, "entry count disagrees with the entries"),
             Error::DuplicateEntry(addr) => write!(f, "two entries for {addr}"),
             Error::DuplicateLinkAddr => write!(f, "two link-layer address entries"),
+            Error::DuplicateSender => write!(f, "two IPv6 sender entries"),
+            Error::TwoSenders => write!(f, "an IPv6 sender entry and an IPv4 sender field"),
+            Error::FamilyMismatch => write!(f, "a membership of another family than the sender"),
         }
     }
 }
@@ -182,6 +212,12 @@ fn be_u64(b: &[u8]) -> u64 {
 
 fn ipv4(b: &[u8]) -> Ipv4Addr {
     Ipv4Addr::new(b[0], b[1], b[2], b[3])
+}
+
+fn ipv6(b: &[u8]) -> Ipv6Addr {
+    let mut a = [0; 16];
+    a.copy_from_slice(&b[..16]);
+    Ipv6Addr::from(a)
 }
 
 /// A read/write view of an advertisement in a buffer.
@@ -266,7 +302,8 @@ impl<T: AsRef<[u8]>> Packet<T> {
         be_u16(&self.buffer.as_ref()[field::ENTRY_COUNT])
     }
 
-    /// The sender's unicast address.
+    /// The header's sender field: the sender's unicast IPv4 address, or 0.0.0.0 when a type-4
+    /// entry names an IPv6 sender ([`Repr::sender`] is the message's sender either way).
     pub fn sender(&self) -> Ipv4Addr {
         ipv4(&self.buffer.as_ref()[field::SENDER])
     }
@@ -382,8 +419,8 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
 /// One membership: the sender serves `anycast`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Membership {
-    /// The anycast address served.
-    pub anycast: Ipv4Addr,
+    /// The anycast address served: IPv4 (entry type 1) or IPv6 (type 3).
+    pub anycast: IpAddr,
     /// How long the membership lasts without a refresh, in milliseconds; 0 leaves at once.
     pub hold_ms: u32,
     /// Lower is better: only the members of the lowest preference receive traffic.
@@ -395,7 +432,7 @@ pub struct Membership {
 impl Membership {
     /// A placeholder for unused slots of [`Repr::entries`].
     pub const EMPTY: Membership = Membership {
-        anycast: Ipv4Addr::UNSPECIFIED,
+        anycast: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         hold_ms: 0,
         preference: 0,
         weight: 0,
@@ -411,36 +448,69 @@ impl Membership {
         self.weight == 0
     }
 
+    /// Parses the value of a type-1 or type-3 entry, whose length is checked: the address
+    /// (4 or 16 bytes), then hold time, preference and weight.
     fn parse(value: &[u8]) -> Membership {
         use field::membership as f;
+        let (anycast, tail) = if value.len() == usize::from(MEMBERSHIP_LEN) {
+            (IpAddr::V4(ipv4(value)), &value[4..])
+        } else {
+            (IpAddr::V6(ipv6(value)), &value[16..])
+        };
         Membership {
-            anycast: ipv4(&value[f::ANYCAST]),
-            hold_ms: be_u32(&value[f::HOLD]),
-            preference: be_u16(&value[f::PREFERENCE]),
-            weight: be_u16(&value[f::WEIGHT]),
+            anycast,
+            hold_ms: be_u32(&tail[f::HOLD]),
+            preference: be_u16(&tail[f::PREFERENCE]),
+            weight: be_u16(&tail[f::WEIGHT]),
         }
     }
 
-    /// Writes the TLV (type, length, value) into the first 14 bytes of `buf`.
+    /// The entry type and value length of this membership's family.
+    const fn kind_len(&self) -> (u8, u8) {
+        match self.anycast {
+            IpAddr::V4(_) => (MEMBERSHIP_KIND, MEMBERSHIP_LEN),
+            IpAddr::V6(_) => (MEMBERSHIP6_KIND, MEMBERSHIP6_LEN),
+        }
+    }
+
+    /// Bytes of the whole TLV: 14 (IPv4) or 26 (IPv6).
+    pub const fn tlv_len(&self) -> usize {
+        ENTRY_HEADER_LEN + self.kind_len().1 as usize
+    }
+
+    /// Writes the TLV (type, length, value) into the first [`tlv_len`](Self::tlv_len) bytes
+    /// of `buf`.
     fn emit(&self, buf: &mut [u8]) {
         use field::membership as f;
-        buf[0] = MEMBERSHIP_KIND;
-        buf[1] = MEMBERSHIP_LEN;
-        let value = &mut buf[ENTRY_HEADER_LEN..ENTRY_HEADER_LEN + usize::from(MEMBERSHIP_LEN)];
-        value[f::ANYCAST].copy_from_slice(&self.anycast.octets());
-        value[f::HOLD].copy_from_slice(&self.hold_ms.to_be_bytes());
-        value[f::PREFERENCE].copy_from_slice(&self.preference.to_be_bytes());
-        value[f::WEIGHT].copy_from_slice(&self.weight.to_be_bytes());
+        let (kind, len) = self.kind_len();
+        buf[0] = kind;
+        buf[1] = len;
+        let value = &mut buf[ENTRY_HEADER_LEN..ENTRY_HEADER_LEN + usize::from(len)];
+        let tail = match self.anycast {
+            IpAddr::V4(a) => {
+                value[..4].copy_from_slice(&a.octets());
+                &mut value[4..]
+            }
+            IpAddr::V6(a) => {
+                value[..16].copy_from_slice(&a.octets());
+                &mut value[16..]
+            }
+        };
+        tail[f::HOLD].copy_from_slice(&self.hold_ms.to_be_bytes());
+        tail[f::PREFERENCE].copy_from_slice(&self.preference.to_be_bytes());
+        tail[f::WEIGHT].copy_from_slice(&self.weight.to_be_bytes());
     }
 }
 
 /// One entry of an advertisement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Entry {
-    /// Type 1.
+    /// Type 1 (IPv4 anycast address) or 3 (IPv6).
     Membership(Membership),
     /// Type 2: the sender's MAC.
     LinkAddr([u8; 6]),
+    /// Type 4: the sender's IPv6 address.
+    Sender6(Ipv6Addr),
     /// A type this version does not know, skipped.
     Unknown { kind: u8, len: u8 },
 }
@@ -481,7 +551,11 @@ impl Entries<'_> {
             MEMBERSHIP_KIND if len == MEMBERSHIP_LEN => {
                 Ok(Entry::Membership(Membership::parse(value)))
             }
-            MEMBERSHIP_KIND => Err(Error::BadEntry { kind, len }),
+            MEMBERSHIP6_KIND if len == MEMBERSHIP6_LEN => {
+                Ok(Entry::Membership(Membership::parse(value)))
+            }
+            SENDER6_KIND if len == SENDER6_LEN => Ok(Entry::Sender6(ipv6(value))),
+            MEMBERSHIP_KIND | MEMBERSHIP6_KIND | SENDER6_KIND => Err(Error::BadEntry { kind, len }),
             LINK_ADDR_KIND if len == LINK_ADDR_LEN => {
                 let mut mac = [0; 6];
                 mac.copy_from_slice(value);
@@ -496,15 +570,17 @@ impl Entries<'_> {
 /// A parsed advertisement (the HMAC is not part of it: it is checked on the [`Packet`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Repr {
-    /// The sender's unicast address: the member that serves the entries' addresses.
-    pub sender: Ipv4Addr,
+    /// The sender's unicast address: the member that serves the entries' addresses. IPv4 is
+    /// written in the header; IPv6 as a type-4 entry (the header field then 0.0.0.0).
+    pub sender: IpAddr,
     /// Sequence number, strictly increasing per sender.
     pub seq: u64,
     /// Milliseconds since the Unix epoch at the sender.
     pub timestamp_ms: u64,
     /// Id of the key the HMAC is computed with.
     pub key_id: u32,
-    /// The membership entries; only the first `n_entries` are used.
+    /// The membership entries, all of the sender's family; only the first `n_entries` are
+    /// used.
     pub entries: [Membership; MAX_ENTRIES],
     /// How many of `entries` are used.
     pub n_entries: usize,
@@ -529,10 +605,10 @@ impl PartialEq for Repr {
 impl Eq for Repr {}
 
 impl Repr {
-    /// An advertisement without entries.
-    pub const fn new(sender: Ipv4Addr, seq: u64, timestamp_ms: u64, key_id: u32) -> Repr {
+    /// An advertisement without entries, from an IPv4 or an IPv6 sender.
+    pub fn new(sender: impl Into<IpAddr>, seq: u64, timestamp_ms: u64, key_id: u32) -> Repr {
         Repr {
-            sender,
+            sender: sender.into(),
             seq,
             timestamp_ms,
             key_id,
@@ -543,11 +619,19 @@ impl Repr {
         }
     }
 
-    /// Appends a membership; fails when [`MAX_ENTRIES`] entries (a link-layer address
-    /// included) are already there.
+    /// Appends a membership. Fails with [`Error::FamilyMismatch`] if its family is not the
+    /// sender's, with [`Error::TooManyEntries`] when [`MAX_ENTRIES`] entries (sender and
+    /// link-layer address included) are already there, and with [`Error::TooLong`] when the
+    /// message would outgrow [`MAX_LEN`] (IPv6 memberships: after 42 with a link address).
     pub fn push(&mut self, membership: Membership) -> Result<(), Error> {
-        if self.n_entries + usize::from(self.link_addr.is_some()) >= MAX_ENTRIES {
+        if membership.anycast.is_ipv4() != self.sender.is_ipv4() {
+            return Err(Error::FamilyMismatch);
+        }
+        if self.entry_count() >= MAX_ENTRIES {
             return Err(Error::TooManyEntries);
+        }
+        if self.buffer_len() + membership.tlv_len() > MAX_LEN {
+            return Err(Error::TooLong);
         }
         let slot = self
             .entries
@@ -559,10 +643,15 @@ impl Repr {
     }
 
     /// Sets the sender's link-layer address; fails when it would make more than
-    /// [`MAX_ENTRIES`] entries.
+    /// [`MAX_ENTRIES`] entries or more than [`MAX_LEN`] bytes.
     pub fn set_link_addr(&mut self, mac: [u8; 6]) -> Result<(), Error> {
-        if self.link_addr.is_none() && self.n_entries >= MAX_ENTRIES {
-            return Err(Error::TooManyEntries);
+        if self.link_addr.is_none() {
+            if self.entry_count() >= MAX_ENTRIES {
+                return Err(Error::TooManyEntries);
+            }
+            if self.buffer_len() + ENTRY_HEADER_LEN + usize::from(LINK_ADDR_LEN) > MAX_LEN {
+                return Err(Error::TooLong);
+            }
         }
         self.link_addr = Some(mac);
         Ok(())
@@ -573,15 +662,22 @@ impl Repr {
         &self.entries[..self.n_entries.min(MAX_ENTRIES)]
     }
 
+    /// Entries [`emit`](Self::emit) writes: sender (IPv6), memberships, link-layer address.
+    fn entry_count(&self) -> usize {
+        usize::from(self.sender.is_ipv6())
+            + self.memberships().len()
+            + usize::from(self.link_addr.is_some())
+    }
+
     /// Parses a message: header checks ([`Packet::check_len`]), then every entry. Never panics.
     pub fn parse<T: AsRef<[u8]> + ?Sized>(packet: &Packet<&T>) -> Result<Repr, Error> {
         packet.check_len()?;
-        let mut repr = Repr::new(
-            packet.sender(),
-            packet.seq(),
-            packet.timestamp_ms(),
-            packet.key_id(),
-        );
+        let sender = match Self::sender6(packet)? {
+            Some(_) if !packet.sender().is_unspecified() => return Err(Error::TwoSenders),
+            Some(v6) => IpAddr::V6(v6),
+            None => IpAddr::V4(packet.sender()),
+        };
+        let mut repr = Repr::new(sender, packet.seq(), packet.timestamp_ms(), packet.key_id());
         let expected = usize::from(packet.entry_count());
         let mut seen = 0;
         for entry in packet.entries() {
@@ -601,6 +697,7 @@ impl Repr {
                         return Err(Error::DuplicateLinkAddr);
                     }
                 }
+                Entry::Sender6(_) => {}
                 Entry::Unknown { .. } => repr.unknown_entries += 1,
             }
         }
@@ -610,12 +707,28 @@ impl Repr {
         Ok(repr)
     }
 
+    /// The IPv6 sender entry of a checked packet, if it has one (a first pass, so that entries
+    /// may come in any order).
+    fn sender6<T: AsRef<[u8]> + ?Sized>(packet: &Packet<&T>) -> Result<Option<Ipv6Addr>, Error> {
+        let mut sender = None;
+        for entry in packet.entries() {
+            if let Entry::Sender6(v6) = entry?
+                && sender.replace(v6).is_some()
+            {
+                return Err(Error::DuplicateSender);
+            }
+        }
+        Ok(sender)
+    }
+
     /// Length of the emitted message.
     pub fn buffer_len(&self) -> usize {
-        HEADER_LEN
-            + self.memberships().len() * (ENTRY_HEADER_LEN + usize::from(MEMBERSHIP_LEN))
-            + self.link_addr_len()
-            + TRAILER_LEN
+        let sender6 = match self.sender {
+            IpAddr::V4(_) => 0,
+            IpAddr::V6(_) => ENTRY_HEADER_LEN + usize::from(SENDER6_LEN),
+        };
+        let memberships: usize = self.memberships().iter().map(Membership::tlv_len).sum();
+        HEADER_LEN + sender6 + memberships + self.link_addr_len() + TRAILER_LEN
     }
 
     fn link_addr_len(&self) -> usize {
@@ -627,29 +740,38 @@ impl Repr {
 
     /// Writes the message into the first [`buffer_len`](Self::buffer_len) bytes: everything
     /// but the HMAC, which it zeroes for the signer to fill. Unknown entries are not written.
+    /// Entries go in this order: IPv6 sender, memberships, link-layer address.
     pub fn emit<T: AsRef<[u8]> + AsMut<[u8]> + ?Sized>(&self, packet: &mut Packet<&mut T>) {
         let total = self.buffer_len();
-        let memberships = self.memberships();
         packet.set_magic();
         packet.set_version(VERSION);
         packet.set_flags(0);
-        // Both fit: total <= MIN_LEN + MAX_ENTRIES * 14 < MAX_LEN, entries <= MAX_ENTRIES.
+        // Both fit: push and set_link_addr keep total <= MAX_LEN and entries <= MAX_ENTRIES.
         packet.set_total_len(total as u16);
-        let count = memberships.len() + usize::from(self.link_addr.is_some());
-        packet.set_entry_count(count as u16);
-        packet.set_sender(self.sender);
+        packet.set_entry_count(self.entry_count() as u16);
+        packet.set_sender(match self.sender {
+            IpAddr::V4(v4) => v4,
+            IpAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
+        });
         packet.set_seq(self.seq);
         packet.set_timestamp_ms(self.timestamp_ms);
-        let tlvs = packet.entries_mut();
-        let tlv_len = ENTRY_HEADER_LEN + usize::from(MEMBERSHIP_LEN);
-        for (m, tlv) in memberships.iter().zip(tlvs.chunks_exact_mut(tlv_len)) {
+        let mut tlvs = packet.entries_mut();
+        if let IpAddr::V6(v6) = self.sender {
+            let (tlv, rest) = tlvs.split_at_mut(ENTRY_HEADER_LEN + usize::from(SENDER6_LEN));
+            tlv[0] = SENDER6_KIND;
+            tlv[1] = SENDER6_LEN;
+            tlv[ENTRY_HEADER_LEN..].copy_from_slice(&v6.octets());
+            tlvs = rest;
+        }
+        for m in self.memberships() {
+            let (tlv, rest) = tlvs.split_at_mut(m.tlv_len());
             m.emit(tlv);
+            tlvs = rest;
         }
         if let Some(mac) = self.link_addr {
-            let tlv = &mut tlvs[memberships.len() * tlv_len..];
-            tlv[0] = LINK_ADDR_KIND;
-            tlv[1] = LINK_ADDR_LEN;
-            tlv[ENTRY_HEADER_LEN..ENTRY_HEADER_LEN + 6].copy_from_slice(&mac);
+            tlvs[0] = LINK_ADDR_KIND;
+            tlvs[1] = LINK_ADDR_LEN;
+            tlvs[ENTRY_HEADER_LEN..ENTRY_HEADER_LEN + 6].copy_from_slice(&mac);
         }
         packet.set_key_id(self.key_id);
         packet.hmac_mut().fill(0);
@@ -702,14 +824,14 @@ mod tests {
     ];
 
     const SERVE: Membership = Membership {
-        anycast: Ipv4Addr::new(198, 51, 100, 1),
+        anycast: IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1)),
         hold_ms: 30_000,
         preference: 10,
         weight: 100,
     };
 
     const LEAVE: Membership = Membership {
-        anycast: Ipv4Addr::new(198, 51, 100, 2),
+        anycast: IpAddr::V4(Ipv4Addr::new(198, 51, 100, 2)),
         hold_ms: 0,
         preference: 0,
         weight: 0,
@@ -729,6 +851,213 @@ mod tests {
         repr.emit(&mut packet);
         edit(&mut packet);
         buf
+    }
+
+    /// IPv6: sender 2001:db8:203::2, seq 42, the same timestamp, key 7; serves 2001:db8:53::53
+    /// (hold 30 s, preference 10, weight 100) from MAC 02:11:00:00:00:02. HMAC zero.
+    static PACKET6_BYTES: [u8; 116] = [
+        0x41, 0x43, 0x01, 0x00, // magic, version 1, flags
+        0x00, 0x74, 0x00, 0x03, // total length 116, 3 entries
+        0x00, 0x00, 0x00, 0x00, // IPv4 sender 0.0.0.0: the sender is the type-4 entry
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x2a, // seq
+        0x00, 0x00, 0x01, 0x8b, 0xcf, 0xe5, 0x68, 0x00, // timestamp
+        0x04, 0x10, 0x20, 0x01, 0x0d, 0xb8, 0x02, 0x03, // IPv6 sender 2001:db8:203::2
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x02, //
+        0x03, 0x18, 0x20, 0x01, 0x0d, 0xb8, 0x00, 0x53, // IPv6 membership 2001:db8:53::53
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x53, //
+        0x00, 0x00, 0x75, 0x30, 0x00, 0x0a, 0x00, 0x64, // hold, preference, weight
+        0x02, 0x06, 0x02, 0x11, 0x00, 0x00, 0x00, 0x02, // link-layer address
+        0x00, 0x00, 0x00, 0x07, // key id
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // HMAC
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, //
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, //
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, //
+    ];
+
+    const SENDER6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x203, 0, 0, 0, 0, 2);
+
+    const SERVE6: Membership = Membership {
+        anycast: IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0x53, 0, 0, 0, 0, 0x53)),
+        hold_ms: 30_000,
+        preference: 10,
+        weight: 100,
+    };
+
+    fn packet6_repr() -> Repr {
+        let mut repr = Repr::new(SENDER6, 42, 1_700_000_000_000, 7);
+        repr.push(SERVE6).unwrap();
+        repr.set_link_addr([0x02, 0x11, 0, 0, 0, 0x02]).unwrap();
+        repr
+    }
+
+    /// Splices `tlv` in front of the entries and fixes the total length and entry count.
+    fn with_entry(mut buf: Vec<u8>, tlv: &[u8]) -> Vec<u8> {
+        buf.splice(HEADER_LEN..HEADER_LEN, tlv.iter().copied());
+        let total = buf.len() as u16;
+        let count = be_u16(&buf[field::ENTRY_COUNT]) + 1;
+        let mut packet = Packet::new_unchecked(&mut buf[..]);
+        packet.set_total_len(total);
+        packet.set_entry_count(count);
+        buf
+    }
+
+    #[test]
+    fn ipv6_message_parses_and_emits_byte_for_byte() {
+        let packet = Packet::new_checked(&PACKET6_BYTES[..]).unwrap();
+        assert_eq!(packet.sender(), Ipv4Addr::UNSPECIFIED);
+        let entries: Vec<_> = packet.entries().collect();
+        assert_eq!(
+            entries,
+            [
+                Ok(Entry::Sender6(SENDER6)),
+                Ok(Entry::Membership(SERVE6)),
+                Ok(Entry::LinkAddr([0x02, 0x11, 0, 0, 0, 0x02])),
+            ]
+        );
+        let repr = Repr::parse(&packet).unwrap();
+        assert_eq!(repr, packet6_repr());
+        assert_eq!(repr.sender, IpAddr::V6(SENDER6));
+        assert_eq!(repr.buffer_len(), PACKET6_BYTES.len());
+        assert_eq!(emitted(&repr, |_| {}), PACKET6_BYTES);
+    }
+
+    /// Interop: an IPv4-only message of this code is a version-1 message, byte for byte (the
+    /// vector predates the IPv6 entry types).
+    #[test]
+    fn ipv4_only_message_is_byte_identical_to_version_1() {
+        assert_eq!(emitted(&packet_repr(), |_| {}), PACKET_BYTES);
+        let mut repr = Repr::new(Ipv4Addr::new(192, 0, 2, 11), 1, 2, 1);
+        repr.push(Membership {
+            anycast: IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1)),
+            hold_ms: 1000,
+            preference: 1,
+            weight: 1,
+        })
+        .unwrap();
+        let buf = emitted(&repr, |p| p.hmac_mut().fill(0xaa));
+        // The version-1 vector less its unknown entry (and its flag bit).
+        let mut v1 = UNKNOWN_ENTRY_BYTES.to_vec();
+        v1.drain(HEADER_LEN..HEADER_LEN + 5);
+        v1[3] = 0;
+        v1[field::TOTAL_LEN].copy_from_slice(&78u16.to_be_bytes());
+        v1[field::ENTRY_COUNT].copy_from_slice(&1u16.to_be_bytes());
+        assert_eq!(buf, v1);
+    }
+
+    /// What a version-1 receiver (which knows types 1 and 2 and skips any other by its length)
+    /// makes of an IPv6 message: the sender 0.0.0.0 and two unknown entries, no membership.
+    #[test]
+    fn an_ipv6_message_gives_a_version_1_parser_no_membership() {
+        let packet = Packet::new_checked(&PACKET6_BYTES[..]).unwrap();
+        let mut tlvs = &PACKET6_BYTES[HEADER_LEN..PACKET6_BYTES.len() - TRAILER_LEN];
+        let (mut v1_known, mut v1_unknown) = (Vec::new(), 0);
+        while let [kind, len, rest @ ..] = tlvs {
+            match *kind {
+                MEMBERSHIP_KIND | LINK_ADDR_KIND => v1_known.push(*kind),
+                _ => v1_unknown += 1,
+            }
+            tlvs = &rest[usize::from(*len)..];
+        }
+        assert_eq!((v1_known, v1_unknown), (vec![LINK_ADDR_KIND], 2));
+        assert_eq!(packet.sender(), Ipv4Addr::UNSPECIFIED);
+    }
+
+    #[test]
+    fn entries_may_come_in_any_order() {
+        // The sender entry last: moved from the front to just before the trailer.
+        let mut buf = PACKET6_BYTES.to_vec();
+        let sender: Vec<u8> = buf.drain(HEADER_LEN..HEADER_LEN + 18).collect();
+        let end = buf.len() - TRAILER_LEN;
+        buf.splice(end..end, sender);
+        let parsed = Repr::parse(&Packet::new_checked(&buf[..]).unwrap()).unwrap();
+        assert_eq!(parsed, packet6_repr());
+    }
+
+    #[test]
+    fn one_sender_of_one_family() {
+        // An IPv6 sender entry beside a non-zero IPv4 sender field.
+        let mut buf = PACKET6_BYTES;
+        buf[field::SENDER].copy_from_slice(&[192, 0, 2, 10]);
+        let parsed = Repr::parse(&Packet::new_unchecked(&buf[..]));
+        assert_eq!(parsed, Err(Error::TwoSenders));
+        // Two IPv6 sender entries.
+        let sender = PACKET6_BYTES[HEADER_LEN..HEADER_LEN + 18].to_vec();
+        let twice = with_entry(PACKET6_BYTES.to_vec(), &sender);
+        let parsed = Repr::parse(&Packet::new_checked(&twice[..]).unwrap());
+        assert_eq!(parsed, Err(Error::DuplicateSender));
+        // An IPv4 membership from an IPv6 sender, and an IPv6 one from an IPv4 sender.
+        let v4_entry = PACKET_BYTES[HEADER_LEN..HEADER_LEN + 14].to_vec();
+        let mixed = with_entry(PACKET6_BYTES.to_vec(), &v4_entry);
+        let parsed = Repr::parse(&Packet::new_checked(&mixed[..]).unwrap());
+        assert_eq!(parsed, Err(Error::FamilyMismatch));
+        let v6_entry = PACKET6_BYTES[HEADER_LEN + 18..HEADER_LEN + 44].to_vec();
+        let mixed = with_entry(PACKET_BYTES.to_vec(), &v6_entry);
+        let parsed = Repr::parse(&Packet::new_checked(&mixed[..]).unwrap());
+        assert_eq!(parsed, Err(Error::FamilyMismatch));
+        // And the builder refuses to make either.
+        assert_eq!(packet6_repr().push(SERVE), Err(Error::FamilyMismatch));
+        assert_eq!(packet_repr().push(SERVE6), Err(Error::FamilyMismatch));
+        assert_eq!(Error::FamilyMismatch.reason(), "family_mismatch");
+    }
+
+    #[test]
+    fn ipv6_entries_of_a_wrong_length_or_twice_rejected() {
+        for (offset, kind) in [
+            (HEADER_LEN, SENDER6_KIND),
+            (HEADER_LEN + 18, MEMBERSHIP6_KIND),
+        ] {
+            let mut buf = PACKET6_BYTES.to_vec();
+            let len = buf[offset + 1];
+            buf[offset + 1] = len - 1;
+            buf.remove(offset + 2);
+            let total = buf.len() as u16;
+            buf[field::TOTAL_LEN].copy_from_slice(&total.to_be_bytes());
+            let parsed = Repr::parse(&Packet::new_checked(&buf[..]).unwrap());
+            assert_eq!(parsed, Err(Error::BadEntry { kind, len: len - 1 }));
+        }
+        let membership = PACKET6_BYTES[HEADER_LEN + 18..HEADER_LEN + 44].to_vec();
+        let twice = with_entry(PACKET6_BYTES.to_vec(), &membership);
+        let parsed = Repr::parse(&Packet::new_checked(&twice[..]).unwrap());
+        assert_eq!(parsed, Err(Error::DuplicateEntry(SERVE6.anycast)));
+    }
+
+    /// 42 IPv6 memberships with the sender and link-layer entries fit in MAX_LEN; a 43rd does
+    /// not, and the builder says so instead of emitting an oversized message.
+    #[test]
+    fn ipv6_memberships_are_limited_by_size() {
+        let mut repr = Repr::new(SENDER6, 1, 1, 1);
+        repr.set_link_addr([2, 0, 0, 0, 0, 1]).unwrap();
+        for i in 0..42u16 {
+            let anycast = Ipv6Addr::new(0x2001, 0xdb8, 0x53, 0, 0, 0, 0, i);
+            repr.push(Membership {
+                anycast: anycast.into(),
+                ..SERVE6
+            })
+            .unwrap();
+        }
+        let next = Membership {
+            anycast: Ipv6Addr::new(0x2001, 0xdb8, 0x54, 0, 0, 0, 0, 0).into(),
+            ..SERVE6
+        };
+        assert_eq!(repr.push(next), Err(Error::TooLong));
+        let buf = emitted(&repr, |_| {});
+        assert!(buf.len() <= MAX_LEN, "{}", buf.len());
+        let parsed = Repr::parse(&Packet::new_checked(&buf[..]).unwrap()).unwrap();
+        assert_eq!(parsed, repr);
+    }
+
+    #[test]
+    fn ipv6_truncation_at_every_offset() {
+        for len in 0..PACKET6_BYTES.len() {
+            let prefix = &PACKET6_BYTES[..len];
+            assert_eq!(Packet::new_checked(prefix), Err(Error::Truncated), "{len}");
+            assert_eq!(
+                Repr::parse(&Packet::new_unchecked(prefix)),
+                Err(Error::Truncated),
+                "{len}"
+            );
+            assert!(Packet::new_unchecked(prefix).entries().count() <= 3);
+        }
     }
 
     #[test]
@@ -834,7 +1163,7 @@ mod tests {
         let mut repr = Repr::new(Ipv4Addr::new(10, 0, 0, 1), u64::MAX, 1, u32::MAX);
         for i in 0..MAX_ENTRIES as u32 {
             repr.push(Membership {
-                anycast: Ipv4Addr::from(0xc633_6400 + i),
+                anycast: Ipv4Addr::from(0xc633_6400 + i).into(),
                 hold_ms: i * 1000,
                 preference: i as u16,
                 weight: 0xffff - i as u16,
@@ -894,7 +1223,7 @@ mod tests {
         assert_eq!(
             repr.memberships(),
             [Membership {
-                anycast: Ipv4Addr::new(198, 51, 100, 1),
+                anycast: IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1)),
                 hold_ms: 1000,
                 preference: 1,
                 weight: 1,
@@ -1010,7 +1339,11 @@ mod tests {
             Error::BadEntry { kind: 1, len: 0 },
             Error::EntryOverrun,
             Error::BadEntryCount,
-            Error::DuplicateEntry(Ipv4Addr::UNSPECIFIED),
+            Error::DuplicateEntry(Ipv4Addr::UNSPECIFIED.into()),
+            Error::DuplicateLinkAddr,
+            Error::DuplicateSender,
+            Error::TwoSenders,
+            Error::FamilyMismatch,
         ];
         for err in all {
             let reason = err.reason();

@@ -94,7 +94,8 @@ counters! {
 counters! {
     /// The agent's advertisement counters (`AGENT_STATS` indices): accepted advertisements,
     /// then rejections by reason. Every variant but `Accepted` is a reason the agent drops an
-    /// advertisement.
+    /// advertisement (or, for `OutsidePrefix`, `NotOnLink`, `NotAnycast` and
+    /// `FamilyUnsupported`, one membership of an accepted advertisement).
     pub enum AgentCounter: u32 {
         Accepted = 0 => "accepted",
         Malformed = 1 => "malformed",
@@ -111,6 +112,9 @@ counters! {
         BadLinkAddr = 12 => "bad_link_addr",
         NotAnycast = 13 => "not_anycast",
         SenderNotAllowed = 14 => "sender_not_allowed",
+        /// A believed membership of a family the members API cannot take yet (IPv6): counted
+        /// per membership, not per advertisement, and not applied.
+        FamilyUnsupported = 15 => "family_unsupported",
     }
 }
 

@@ -98,7 +98,7 @@ struct KeyEntry {
     secret: String,
     /// The sender addresses this key may speak for; empty = any.
     #[serde(default)]
-    senders: Vec<ipnet::Ipv4Net>,
+    senders: Vec<ipnet::IpNet>,
 }
 
 /// A set of shared keys, each an id and a secret of at least [`MIN_SECRET_LEN`] bytes.
@@ -106,7 +106,7 @@ struct KeyEntry {
 pub struct Keys {
     keys: Vec<(u32, Vec<u8>)>,
     /// Key id -> the sender prefixes it is limited to (absent: any sender).
-    senders: Vec<(u32, Vec<ipnet::Ipv4Net>)>,
+    senders: Vec<(u32, Vec<ipnet::IpNet>)>,
 }
 
 impl fmt::Debug for Keys {
@@ -144,8 +144,9 @@ impl Keys {
     }
 
     /// Whether key `id` may sign for `sender`: a key with a `senders` list only for addresses
-    /// inside it, so that one member's key cannot speak for another member.
-    pub fn allows(&self, id: u32, sender: std::net::Ipv4Addr) -> bool {
+    /// inside it, so that one member's key cannot speak for another member. IPv4 and IPv6
+    /// prefixes may be mixed; a sender matches only prefixes of its own family.
+    pub fn allows(&self, id: u32, sender: std::net::IpAddr) -> bool {
         self.senders
             .iter()
             .find(|(key, _)| *key == id)
@@ -158,7 +159,8 @@ impl Keys {
     /// [[key]]
     /// id = 1
     /// secret = "64 or more hex digits"
-    /// senders = ["203.0.113.0/24"]   # optional: the member addresses this key may sign for
+    /// # optional: the member addresses this key may sign for, of either family
+    /// senders = ["203.0.113.0/24", "2001:db8:203::/48"]
     /// ```
     pub fn from_toml(text: &str) -> Result<Keys, KeysError> {
         let file: KeyFile = toml::from_str(text).map_err(|err| KeysError::Syntax {
@@ -287,7 +289,7 @@ mod tests {
     fn message() -> Vec<u8> {
         let mut repr = Repr::new(Ipv4Addr::new(192, 0, 2, 10), 42, 1_700_000_000_000, 0);
         for (last, hold_ms, preference, weight) in [(1, 30_000, 10, 100), (2, 0, 0, 0)] {
-            let anycast = Ipv4Addr::new(198, 51, 100, last);
+            let anycast = Ipv4Addr::new(198, 51, 100, last).into();
             repr.push(Membership {
                 anycast,
                 hold_ms,
@@ -345,6 +347,35 @@ mod tests {
         assert_eq!(packet.key_id(), 7);
         assert_eq!(packet.hmac(), decode_hex(expected).unwrap());
         assert_eq!(packet.signed_bytes().len(), 60);
+    }
+
+    /// The HMAC covers the IPv6 entries like any other byte: the known answer for the
+    /// `PACKET6_BYTES` vector of anycast-common (sender entry and membership included).
+    #[test]
+    fn ipv6_message_mac_matches_known_answer() {
+        // HMAC-SHA256(0x0b * 32, first 84 bytes), computed independently (Python hmac).
+        let expected = "4b41b08adb7b21c9c6650bb2219c26b2e9b9942b03c5da42f47c9511fb4a1dcb";
+        let sender = std::net::Ipv6Addr::new(0x2001, 0xdb8, 0x203, 0, 0, 0, 0, 2);
+        let mut repr = Repr::new(sender, 42, 1_700_000_000_000, 0);
+        repr.push(Membership {
+            anycast: "2001:db8:53::53".parse().unwrap(),
+            hold_ms: 30_000,
+            preference: 10,
+            weight: 100,
+        })
+        .unwrap();
+        repr.set_link_addr([0x02, 0x11, 0, 0, 0, 0x02]).unwrap();
+        let mut buf = vec![0; repr.buffer_len()];
+        repr.emit(&mut Packet::new_unchecked(&mut buf[..]));
+        sign(&mut buf, 7, &SECRET).unwrap();
+        let packet = Packet::new_checked(&buf[..]).unwrap();
+        assert_eq!(packet.signed_bytes().len(), 84);
+        assert_eq!(packet.hmac(), decode_hex(expected).unwrap());
+        let keys = Keys::new([(7, SECRET.to_vec())]).unwrap();
+        assert_eq!(verify(&packet, &keys), Ok(()));
+        buf[50] ^= 1; // inside the IPv6 anycast address
+        let packet = Packet::new_checked(&buf[..]).unwrap();
+        assert_eq!(verify(&packet, &keys), Err(AuthError::BadHmac));
     }
 
     #[test]

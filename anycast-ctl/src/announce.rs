@@ -2,22 +2,32 @@
 //!
 //! On start it claims each address (one announcer per address per network namespace, held by
 //! an abstract unix socket that dies with the process), puts the address on `lo` through
-//! rtnetlink unless it is already there, and sets arp_ignore=1 / arp_announce=2 on the
-//! advertising interface so the host never answers ARP for it (the router does). Then it sends
-//! an advertisement every interval, multicast on the interface or unicast to `--to`, with TTL
-//! 255. Each advertisement carries the interface's MAC (read again for every message), so the
-//! router binds the member's IP to its MAC only through signed messages, and a MAC change is
-//! announced by the member itself. While the member stops serving (an address gone from `lo`, a
-//! failing health check: [`crate::health`]) it sends a leave at once and then nothing, until
-//! it serves again. On SIGINT or SIGTERM it sends a leave (hold time 0), removes only the
+//! rtnetlink unless it is already there (IPv6 as a /128 with `nodad`), and, for IPv4, sets
+//! arp_ignore=1 / arp_announce=2 on the advertising interface so the host never answers ARP for
+//! it (the router does; IPv6 needs no such setting: Linux answers a Neighbor Solicitation only
+//! for addresses of the receiving interface). Then it sends advertisements every interval, one
+//! per family ([`channel`]): IPv4 multicast on the interface or unicast to `--to`, with TTL
+//! 255; IPv6 multicast to a link-local group out of the interface, with hop limit 255. Each
+//! advertisement carries the interface's MAC (read again for every message), so the router
+//! binds the member's IP to its MAC only through signed messages, and a MAC change is announced
+//! by the member itself. While the member stops serving (an address gone from `lo`, a failing
+//! health check: [`crate::health`]) it sends a leave at once and then nothing, until it serves
+//! again. On SIGINT or SIGTERM it sends a leave (hold time 0) per family, removes only the
 //! addresses it added, and returns. Intervals go down to [`MIN_INTERVAL`] and hold times to
-//! [`MIN_HOLD`] (BFD-class detection); the schedule is absolute, so a late tick does not
-//! shift the ones after it.
+//! [`MIN_HOLD`] (BFD-class detection); the schedule is absolute, so a late tick does not shift
+//! the ones after it.
 //!
-//! Sequence numbers start from the wall clock in microseconds and increase by one per message,
-//! so a restarted announcer continues above its previous run.
+//! One message per family, not one with both: each membership then travels over the family it
+//! serves, so an IPv6 membership lives exactly as long as IPv6 works between member and router,
+//! the sender field is checked against the IP source in both, and the IPv4 message stays a
+//! version-1 message byte for byte, which IPv4-only routers take as before.
+//!
+//! Sequence numbers start from the wall clock in microseconds and increase by one per message
+//! (of either family), so a restarted announcer continues above its previous run.
+mod channel;
+
 use std::{
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::linux::net::SocketAddrExt,
     os::unix::net::{SocketAddr as UnixAddr, UnixListener},
     path::PathBuf,
@@ -27,7 +37,8 @@ use std::{
 use anycast_common::advert::{Membership, Packet, Repr};
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::{Error, Result, advert_auth, health, members::now_ms, net::Netlink, sys};
+use crate::{Error, Result, advert_auth, health, members::now_ms, net::Netlink};
+use channel::Channel;
 
 /// Shortest `--interval`.
 pub const MIN_INTERVAL: Duration = Duration::from_millis(10);
@@ -37,10 +48,11 @@ pub const MIN_HOLD: Duration = Duration::from_millis(30);
 /// What to announce and how.
 #[derive(Clone, Debug, clap::Args)]
 pub struct Options {
-    /// Anycast addresses to serve.
-    #[arg(required = true, value_parser = crate::cli::args::anycast_address, value_name = "ANYCAST_IP")]
-    pub anycast: Vec<Ipv4Addr>,
-    /// Interface to advertise on (its first IPv4 address is the member address).
+    /// Anycast addresses to serve, IPv4 and/or IPv6.
+    #[arg(required = true, value_parser = crate::cli::args::anycast_ip, value_name = "ANYCAST_IP")]
+    pub anycast: Vec<IpAddr>,
+    /// Interface to advertise on (its first IPv4 address, and its first global IPv6 address,
+    /// are the member addresses).
     #[arg(long, value_name = "IFACE")]
     pub dev: String,
     /// Time between advertisements (at least 10ms).
@@ -58,12 +70,16 @@ pub struct Options {
     /// Key file to sign with (the first key of the file signs; mode 0600).
     #[arg(long, value_name = "FILE")]
     pub key_file: Option<PathBuf>,
-    /// Send unicast to this router instead of multicast (point-to-point links).
+    /// Send IPv4 advertisements unicast to this router instead of multicast (point-to-point
+    /// links); IPv6 advertisements always go to --group6.
     #[arg(long, value_name = "ROUTER_IP")]
     pub to: Option<Ipv4Addr>,
     /// Advertisement multicast group.
     #[arg(long, default_value = "239.255.15.46")]
     pub group: Ipv4Addr,
+    /// IPv6 advertisement multicast group (link-local scope).
+    #[arg(long, default_value = "ff12::1546", value_parser = crate::cli::args::group6)]
+    pub group6: Ipv6Addr,
     /// Advertisement UDP port.
     #[arg(long, default_value_t = anycast_common::advert::DEFAULT_PORT,
           value_parser = clap::value_parser!(u16).range(1..))]
@@ -91,37 +107,50 @@ pub async fn run(opts: Options) -> Result<()> {
 
     let nl = Netlink::new()?;
     let dev = nl.link_by_name(&opts.dev).await?.index;
-    if opts.anycast.len() >= anycast_common::advert::MAX_ENTRIES {
-        return Err(Error::Usage(format!(
-            "at most {} anycast addresses per announcer",
-            anycast_common::advert::MAX_ENTRIES - 1
-        )));
+    let channels = channel::open(&opts, &nl, dev).await?;
+    for c in &channels {
+        // The largest message this channel sends fits, checked before anything changes.
+        message(&opts, c, Some([0; 6]), 0, hold_ms, key.as_ref())?;
     }
-    let source = nl.first_ipv4(dev).await?.ok_or_else(|| {
-        Error::Usage(format!(
-            "{} has no IPv4 address to advertise from",
-            opts.dev
-        ))
-    })?;
+    if opts.anycast.iter().any(IpAddr::is_ipv4) {
+        set_arp_sysctls(&opts.dev)?;
+    }
     let lo = nl.link_by_name("lo").await?.index;
-    set_arp_sysctls(&opts.dev)?;
+    let added = add_to_lo(&nl, lo, &opts.anycast).await?;
+    let advertised = match health::watch(opts.checks.clone(), opts.anycast.clone(), lo) {
+        Ok(health) => advertise(&opts, (&nl, health), dev, &channels, hold_ms, key.as_ref()).await,
+        Err(e) => Err(e),
+    };
+    remove_from_lo(&nl, lo, &added).await;
+    advertised
+}
 
+/// Puts each address on `lo` unless it is there already; returns those it added. On an error
+/// it removes them again, so a failed start leaves `lo` as it was.
+async fn add_to_lo(nl: &Netlink, lo: u32, addresses: &[IpAddr]) -> Result<Vec<IpAddr>> {
     let mut added = Vec::new();
-    for &address in &opts.anycast {
-        if nl.has_address(lo, address).await? {
-            continue;
+    for &address in addresses {
+        let done = match nl.has_address(lo, address).await {
+            Ok(true) => continue,
+            Ok(false) => nl.add_host_address(lo, address).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = done {
+            remove_from_lo(nl, lo, &added).await;
+            return Err(e);
         }
-        nl.add_host_address(lo, address).await?;
         added.push(address);
     }
-    let health = health::watch(opts.checks.clone(), opts.anycast.clone(), lo)?;
-    advertise(&opts, (&nl, health), dev, source, hold_ms, key.as_ref()).await?;
-    for address in added {
+    Ok(added)
+}
+
+/// Removes the addresses this announcer added (never one it found there).
+async fn remove_from_lo(nl: &Netlink, lo: u32, added: &[IpAddr]) {
+    for &address in added {
         if let Err(e) = nl.del_address(lo, address).await {
             tracing::warn!(%address, error = %e, "removing the address from lo");
         }
     }
-    Ok(())
 }
 
 /// `--hold` in milliseconds, checked against `--interval`.
@@ -139,7 +168,8 @@ fn hold_ms(opts: &Options) -> Result<u32> {
 }
 
 /// Advertises every interval while the member serves, until SIGINT or SIGTERM, then sends the
-/// leave. A member that stops serving sends the leave at once.
+/// leave; each tick sends one message per channel (family). A member that stops serving sends
+/// the leave at once.
 async fn advertise(
     opts: &Options,
     (nl, mut health): (
@@ -147,19 +177,18 @@ async fn advertise(
         tokio::sync::watch::Receiver<std::result::Result<(), String>>,
     ),
     dev: u32,
-    source: Ipv4Addr,
+    channels: &[Channel],
     hold_ms: u32,
     key: Option<&(u32, Vec<u8>)>,
 ) -> Result<()> {
-    let socket =
-        sys::sender(&opts.dev, source).map_err(|e| Error::io("advertisement socket", e))?;
-    let dest = SocketAddrV4::new(opts.to.unwrap_or(opts.group), opts.port);
     let mut seq = now_ms() * 1000;
     let mut send = |mac, hold| -> Result<()> {
-        seq += 1;
-        let msg = message(opts, source, mac, seq, hold, key)?;
-        if let Err(e) = socket.send_to(&msg, &dest.into()) {
-            tracing::warn!(error = %e, "sending the advertisement");
+        for c in channels {
+            seq += 1;
+            let msg = message(opts, c, mac, seq, hold, key)?;
+            if let Err(e) = c.send(&msg) {
+                tracing::warn!(dest = %c.dest, error = %e, "sending the advertisement");
+            }
         }
         Ok(())
     };
@@ -168,7 +197,9 @@ async fn advertise(
         signal(SignalKind::terminate()).map_err(|e| Error::io("SIGTERM handler", e))?;
     let mut ticker = tokio::time::interval(opts.interval);
     let mut serving = true;
-    tracing::info!(?opts.anycast, dev = %opts.dev, %source, %dest, "announcing");
+    for c in channels {
+        tracing::info!(anycast = ?c.anycast, dev = %opts.dev, source = %c.source, dest = %c.dest, "announcing");
+    }
     loop {
         tokio::select! {
             biased;
@@ -201,28 +232,37 @@ async fn advertise(
     send(None, 0)
 }
 
-/// Builds and signs one advertisement.
+/// Builds and signs one advertisement of `channel`'s family.
 fn message(
     opts: &Options,
-    source: Ipv4Addr,
+    channel: &Channel,
     mac: Option<[u8; 6]>,
     seq: u64,
     hold_ms: u32,
     key: Option<&(u32, Vec<u8>)>,
 ) -> Result<Vec<u8>> {
-    let mut repr = Repr::new(source, seq, now_ms(), key.map_or(0, |k| k.0));
-    for &anycast in &opts.anycast {
+    let too_many = |_| {
+        Error::Usage(format!(
+            "too many {} anycast addresses for one advertisement (IPv4: 63, IPv6: 42)",
+            if channel.source.is_ipv4() {
+                "IPv4"
+            } else {
+                "IPv6"
+            }
+        ))
+    };
+    let mut repr = Repr::new(channel.source, seq, now_ms(), key.map_or(0, |k| k.0));
+    for &anycast in &channel.anycast {
         repr.push(Membership {
             anycast,
             hold_ms,
             preference: opts.preference,
             weight: opts.weight,
         })
-        .map_err(|_| Error::Usage("too many anycast addresses for one advertisement".into()))?;
+        .map_err(too_many)?;
     }
     if let Some(mac) = mac {
-        repr.set_link_addr(mac)
-            .map_err(|_| Error::Usage("too many anycast addresses for one advertisement".into()))?;
+        repr.set_link_addr(mac).map_err(too_many)?;
     }
     let mut buf = vec![0u8; repr.buffer_len()];
     repr.emit(&mut Packet::new_unchecked(&mut buf[..]));
@@ -235,7 +275,7 @@ fn message(
 
 /// Claims an anycast address for this process in this network namespace: the abstract unix
 /// socket name is per namespace and is released when the process dies, however it dies.
-fn claim(address: Ipv4Addr) -> Result<UnixListener> {
+fn claim(address: IpAddr) -> Result<UnixListener> {
     let name = format!("anycast-announce-{address}");
     let addr = UnixAddr::from_abstract_name(name.as_bytes())
         .map_err(|e| Error::io("abstract socket name", e))?;

@@ -8,7 +8,7 @@
 //! `lo` is seen at once (rtnetlink notification). `announce` sends a leave on the first failure
 //! and advertises again once everything passes.
 use std::{
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     time::Duration,
 };
 
@@ -41,11 +41,13 @@ pub struct Checks {
 /// `Ok(())` while the member serves, else why not.
 pub fn watch(
     checks: Checks,
-    addresses: Vec<Ipv4Addr>,
+    addresses: Vec<IpAddr>,
     lo: u32,
 ) -> Result<watch::Receiver<std::result::Result<(), String>>> {
     let nl = Netlink::new()?;
-    let mut changes = crate::net::events(rtnetlink::constants::RTMGRP_IPV4_IFADDR)?;
+    let mut changes = crate::net::events(
+        rtnetlink::constants::RTMGRP_IPV4_IFADDR | rtnetlink::constants::RTMGRP_IPV6_IFADDR,
+    )?;
     let (tx, rx) = watch::channel(Ok(()));
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(checks.check_interval.max(Duration::from_millis(1)));
@@ -71,7 +73,7 @@ pub fn watch(
 /// Runs every check once; the first failure, described.
 pub async fn check_all(
     checks: &Checks,
-    addresses: &[Ipv4Addr],
+    addresses: &[IpAddr],
     nl: &Netlink,
     lo: u32,
 ) -> std::result::Result<(), String> {
@@ -88,7 +90,7 @@ pub async fn check_all(
     }
     for &address in addresses {
         if let Some(port) = checks.check_tcp {
-            let to = SocketAddrV4::new(address, port);
+            let to = SocketAddr::new(address, port);
             bounded(timeout, async {
                 tokio::net::TcpStream::connect(to).await.map(drop)
             })
@@ -96,7 +98,7 @@ pub async fn check_all(
             .map_err(|e| format!("--check-tcp {to}: {e}"))?;
         }
         if let Some(port) = checks.check_udp {
-            let to = SocketAddrV4::new(address, port);
+            let to = SocketAddr::new(address, port);
             bounded(timeout, udp(to))
                 .await
                 .map_err(|e| format!("--check-udp {to}: {e}"))?;
@@ -131,8 +133,12 @@ async fn command(cmd: &str) -> std::io::Result<()> {
 
 /// Sends an empty datagram to `to` and waits for any answer (a port with no listener answers
 /// with ICMP port unreachable, which fails the receive).
-async fn udp(to: SocketAddrV4) -> std::io::Result<()> {
-    let socket = tokio::net::UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)).await?;
+async fn udp(to: SocketAddr) -> std::io::Result<()> {
+    let any: IpAddr = match to {
+        SocketAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
+        SocketAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
+    };
+    let socket = tokio::net::UdpSocket::bind(SocketAddr::new(any, 0)).await?;
     socket.connect(to).await?;
     socket.send(&[]).await?;
     let mut buf = [0u8; 1];

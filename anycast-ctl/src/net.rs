@@ -5,14 +5,14 @@
 //! its MAC, and if the kernel does not know it yet we ask the kernel to resolve it (NTF_USE, as
 //! `ip neigh replace ... use` does), so it works with no prior traffic to the member.
 use std::{
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     time::Duration,
 };
 
 use futures::{StreamExt, TryStreamExt};
 use netlink_packet_route::{
     AddressFamily, RouteNetlinkMessage,
-    address::{AddressAttribute, AddressMessage},
+    address::{AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage},
     link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage},
     neighbour::{
         NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
@@ -97,8 +97,8 @@ impl Netlink {
         Ok(links)
     }
 
-    /// The IPv4 addresses of interface `index`, with the messages that delete them.
-    async fn addresses(&self, index: u32) -> Result<Vec<(Ipv4Addr, AddressMessage)>> {
+    /// The addresses of interface `index`, both families, with the messages that delete them.
+    async fn addresses(&self, index: u32) -> Result<Vec<(IpAddr, AddressMessage)>> {
         let mut out = Vec::new();
         let mut stream = self
             .handle
@@ -107,10 +107,16 @@ impl Netlink {
             .set_link_index_filter(index)
             .execute();
         while let Some(msg) = stream.try_next().await? {
+            // IPv4 reports the local address as IFA_LOCAL, IPv6 only as IFA_ADDRESS.
             let ip = msg.attributes.iter().find_map(|a| match a {
-                AddressAttribute::Local(IpAddr::V4(ip))
-                | AddressAttribute::Address(IpAddr::V4(ip)) => Some(*ip),
+                AddressAttribute::Local(ip) => Some(*ip),
                 _ => None,
+            });
+            let ip = ip.or_else(|| {
+                msg.attributes.iter().find_map(|a| match a {
+                    AddressAttribute::Address(ip) => Some(*ip),
+                    _ => None,
+                })
             });
             if let Some(ip) = ip {
                 out.push((ip, msg));
@@ -141,10 +147,39 @@ impl Netlink {
 
     /// The first IPv4 address of interface `index`.
     pub async fn first_ipv4(&self, index: u32) -> Result<Option<Ipv4Addr>> {
-        Ok(self.addresses(index).await?.first().map(|(ip, _)| *ip))
+        Ok(self
+            .addresses(index)
+            .await?
+            .iter()
+            .find_map(|(ip, _)| match ip {
+                IpAddr::V4(v4) => Some(*v4),
+                IpAddr::V6(_) => None,
+            }))
     }
 
-    pub async fn has_address(&self, index: u32, address: Ipv4Addr) -> Result<bool> {
+    /// The first usable global IPv6 address of interface `index`: not link-local, not
+    /// tentative (duplicate address detection still running), failed or deprecated.
+    pub async fn first_ipv6(&self, index: u32) -> Result<Option<Ipv6Addr>> {
+        let unusable = AddressFlags::Tentative | AddressFlags::Dadfailed | AddressFlags::Deprecated;
+        Ok(self.addresses(index).await?.iter().find_map(|(ip, msg)| {
+            let flags = msg.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Flags(f) => Some(*f),
+                _ => None,
+            });
+            match ip {
+                IpAddr::V6(v6)
+                    if !v6.is_unicast_link_local()
+                        && !v6.is_loopback()
+                        && !flags.is_some_and(|f| f.intersects(unusable)) =>
+                {
+                    Some(*v6)
+                }
+                _ => None,
+            }
+        }))
+    }
+
+    pub async fn has_address(&self, index: u32, address: IpAddr) -> Result<bool> {
         Ok(self
             .addresses(index)
             .await?
@@ -152,17 +187,22 @@ impl Netlink {
             .any(|(ip, _)| *ip == address))
     }
 
-    /// `ip addr add ADDRESS/32 dev INDEX`.
-    pub async fn add_host_address(&self, index: u32, address: Ipv4Addr) -> Result<()> {
-        Ok(self
-            .handle
-            .address()
-            .add(index, IpAddr::V4(address), 32)
-            .execute()
-            .await?)
+    /// `ip addr add ADDRESS/32 dev INDEX`, or for IPv6 `ip addr add ADDRESS/128 dev INDEX
+    /// nodad` (an anycast address is shared by design: duplicate address detection would only
+    /// hold it tentative, unusable, for a second).
+    pub async fn add_host_address(&self, index: u32, address: IpAddr) -> Result<()> {
+        let prefix_len = if address.is_ipv4() { 32 } else { 128 };
+        let mut request = self.handle.address().add(index, address, prefix_len);
+        if address.is_ipv6() {
+            let msg = request.message_mut();
+            msg.header.flags |= AddressHeaderFlags::Nodad;
+            msg.attributes
+                .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        }
+        Ok(request.execute().await?)
     }
 
-    pub async fn del_address(&self, index: u32, address: Ipv4Addr) -> Result<()> {
+    pub async fn del_address(&self, index: u32, address: IpAddr) -> Result<()> {
         for (ip, msg) in self.addresses(index).await? {
             if ip == address {
                 self.handle.address().del(msg).execute().await?;

@@ -1,6 +1,8 @@
 //! Fuzzes the advertisement parser: any bytes either fail [`Packet::new_checked`] /
 //! [`Repr::parse`] cleanly or parse to a `Repr` that emits and parses back to itself
-//! (less the unknown entries, which `emit` cannot write). Panics are findings.
+//! (less the unknown entries, which `emit` cannot write). Both families: every parsed
+//! membership has the sender's family, and an IPv6 sender leaves the header's IPv4 sender
+//! field at 0.0.0.0. Panics are findings.
 #![no_main]
 
 use anycast_common::advert::{MAX_LEN, Packet, Repr};
@@ -27,6 +29,15 @@ fuzz_target!(|data: &[u8]| {
     let Ok(repr) = Repr::parse(&packet) else {
         return;
     };
+    assert!(
+        repr.memberships()
+            .iter()
+            .all(|m| m.anycast.is_ipv4() == repr.sender.is_ipv4())
+    );
+    if repr.sender.is_ipv6() {
+        assert!(packet.sender().is_unspecified());
+    }
+    assert!(repr.buffer_len() <= data.len());
     let mut storage = [0u8; MAX_LEN];
     let buf = &mut storage[..repr.buffer_len()];
     repr.emit(&mut Packet::new_unchecked(&mut *buf));

@@ -19,7 +19,8 @@
 //!   off, frames carry full checksums, as on a real wire.
 //! - Members own the anycast address on `lo` but never answer ARP for it (`arp_ignore=1`,
 //!   `arp_announce=2`); `rp_filter` is off everywhere; IPv6 is off in every namespace so no
-//!   background traffic reaches the router.
+//!   background traffic reaches the router, unless a test turns it on for the member links
+//!   ([`Topology::enable_member_ipv6`]).
 //!
 //! Dropping a [`Topology`] deletes its namespaces, which deletes the veths with them, and closes
 //! the link of `c0`'s program.
@@ -29,7 +30,7 @@
 
 mod shared_lan;
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use anyhow::{Context, Result, ensure};
 use aya::programs::links::FdLink;
@@ -193,6 +194,27 @@ impl Topology {
         self.members.iter().map(|m| m.ip).collect()
     }
 
+    /// Turns IPv6 on for the member links only: the router's `r<i>`, and the member's `m<i>`
+    /// and `lo`, with [`member_ip6`] and [`member_gateway6`] as /64s (nodad, usable at once).
+    /// The client side stays IPv4-only.
+    pub fn enable_member_ipv6(&self) -> Result<()> {
+        for m in &self.members {
+            for iface in ["lo", m.iface.as_str()] {
+                m.ns.sysctl(&format!("net.ipv6.conf.{iface}.disable_ipv6"), "0")?;
+            }
+            let router = &self.router;
+            router.sysctl(
+                &format!("net.ipv6.conf.{}.disable_ipv6", m.router_iface),
+                "0",
+            )?;
+            let own = format!("{}/64", member_ip6(m.index));
+            m.ns.ip(&["addr", "add", &own, "dev", &m.iface, "nodad"])?;
+            let gateway = format!("{}/64", member_gateway6(m.index));
+            router.ip(&["addr", "add", &gateway, "dev", &m.router_iface, "nodad"])?;
+        }
+        Ok(())
+    }
+
     /// The member with unicast address `ip`.
     pub fn member(&self, ip: Ipv4Addr) -> &Member {
         self.members
@@ -200,6 +222,17 @@ impl Topology {
             .find(|m| m.ip == ip)
             .unwrap_or_else(|| panic!("{ip} is not a member of this topology"))
     }
+}
+
+/// The member's IPv6 address on its link (after [`Topology::enable_member_ipv6`]):
+/// `2001:db8:203:<i>::2`.
+pub fn member_ip6(index: usize) -> Ipv6Addr {
+    Ipv6Addr::new(0x2001, 0xdb8, 0x203, index as u16, 0, 0, 0, 2)
+}
+
+/// The router's IPv6 address towards member `index`: `2001:db8:203:<i>::1`.
+pub fn member_gateway6(index: usize) -> Ipv6Addr {
+    Ipv6Addr::new(0x2001, 0xdb8, 0x203, index as u16, 0, 0, 0, 1)
 }
 
 /// The member's unicast address: `203.0.113.2`, `.6`, `.10`.

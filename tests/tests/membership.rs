@@ -482,7 +482,7 @@ fn message(
 ) -> Vec<u8> {
     let mut repr = Repr::new(sender, seq, ts, key_id);
     repr.push(Membership {
-        anycast,
+        anycast: anycast.into(),
         hold_ms: 5_000,
         preference: 100,
         weight: 100,

@@ -3,13 +3,13 @@
 //! Everything is checked here, keys included, before the agent changes anything on the system;
 //! SIGHUP runs the same [`Source::load`] again, so a reload is checked exactly like a start.
 use std::{
-    net::{Ipv4Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::{Path, PathBuf},
     time::Duration,
 };
 
-use anycast_common::advert::{DEFAULT_GROUP, DEFAULT_PORT, MAX_CLOCK_SKEW_MS};
-use ipnet::Ipv4Net;
+use anycast_common::advert::{DEFAULT_GROUP, DEFAULT_GROUP6, DEFAULT_PORT, MAX_CLOCK_SKEW_MS};
+use ipnet::IpNet;
 use serde::Deserialize;
 
 use crate::{Error, Result, advert_auth::Keys, attach::Mode};
@@ -30,10 +30,11 @@ pub const MAX_REPLAY_WINDOW_MS: u64 = 3_600_000;
 #[serde(deny_unknown_fields)]
 pub struct File {
     pub dev: Option<Vec<String>>,
-    pub anycast_prefix: Option<Vec<Ipv4Net>>,
+    pub anycast_prefix: Option<Vec<IpNet>>,
     pub key_file: Option<PathBuf>,
     pub insecure_no_auth: Option<bool>,
     pub group: Option<Ipv4Addr>,
+    pub group6: Option<Ipv6Addr>,
     pub port: Option<u16>,
     pub mode: Option<String>,
     pub detach_on_exit: Option<bool>,
@@ -61,10 +62,12 @@ impl File {
 #[derive(Clone, Debug)]
 pub struct Config {
     pub devs: Vec<String>,
-    pub prefixes: Vec<Ipv4Net>,
+    pub prefixes: Vec<IpNet>,
     pub key_file: Option<PathBuf>,
     pub insecure_no_auth: bool,
     pub group: Ipv4Addr,
+    /// The IPv6 group, link-local scope; the same `port` serves both families.
+    pub group6: Ipv6Addr,
     pub port: u16,
     pub mode: Mode,
     pub detach_on_exit: bool,
@@ -85,9 +88,9 @@ pub struct Overrides {
     /// Interfaces to attach to and listen on (repeatable) [config: dev].
     #[arg(long = "dev", value_name = "IFACE")]
     pub devs: Vec<String>,
-    /// Anycast addresses hosts may claim (repeatable) [config: anycast_prefix].
+    /// Anycast addresses hosts may claim, IPv4 or IPv6 (repeatable) [config: anycast_prefix].
     #[arg(long = "anycast-prefix", value_name = "CIDR")]
-    pub prefixes: Vec<Ipv4Net>,
+    pub prefixes: Vec<IpNet>,
     /// Keys that advertisements must be signed with (mode 0600) [config: key_file].
     #[arg(long, value_name = "FILE")]
     pub key_file: Option<PathBuf>,
@@ -97,6 +100,9 @@ pub struct Overrides {
     /// Advertisement multicast group [default: 239.255.15.46].
     #[arg(long)]
     pub group: Option<Ipv4Addr>,
+    /// IPv6 advertisement multicast group, link-local scope [default: ff12::1546].
+    #[arg(long)]
+    pub group6: Option<Ipv6Addr>,
     /// Advertisement UDP port [default: 5446].
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     pub port: Option<u16>,
@@ -169,6 +175,10 @@ impl Config {
                 .group
                 .or(file.group)
                 .unwrap_or(Ipv4Addr::from(DEFAULT_GROUP)),
+            group6: cli
+                .group6
+                .or(file.group6)
+                .unwrap_or(Ipv6Addr::from(DEFAULT_GROUP6)),
             port: cli.port.or(file.port).unwrap_or(DEFAULT_PORT),
             mode,
             detach_on_exit: cli.detach_on_exit || file.detach_on_exit.unwrap_or(false),
@@ -227,10 +237,18 @@ impl Config {
                 self.group
             )));
         }
+        if !crate::cli::args::is_link_local_multicast(self.group6) {
+            return Err(Error::Usage(format!(
+                "group6 {} is not a link-local scope multicast address (ff02::/16, ff12::/16)",
+                self.group6
+            )));
+        }
         Ok(())
     }
 
-    pub fn allows(&self, anycast: Ipv4Addr) -> bool {
+    /// Whether hosts may claim `anycast`: inside one of the prefixes (of its family).
+    pub fn allows(&self, anycast: impl Into<IpAddr>) -> bool {
+        let anycast = anycast.into();
         self.prefixes.iter().any(|p| p.contains(&anycast))
     }
 }
@@ -261,8 +279,8 @@ mod tests {
         .unwrap();
         let c = Config::merge(file, cli()).unwrap();
         assert_eq!(c.devs, vec!["r1"]);
-        assert!(c.allows("198.51.100.53".parse().unwrap()));
-        assert!(!c.allows("203.0.113.7".parse().unwrap()));
+        assert!(c.allows("198.51.100.53".parse::<Ipv4Addr>().unwrap()));
+        assert!(!c.allows("203.0.113.7".parse::<Ipv4Addr>().unwrap()));
         assert_eq!(c.port, 6000);
         assert_eq!(c.mode, Mode::Skb);
         assert_eq!(c.group, Ipv4Addr::from(DEFAULT_GROUP));
@@ -292,6 +310,14 @@ mod tests {
         assert!(Config::merge(File::default(), bad_group).is_err());
         assert!(toml::from_str::<File>("devv = [\"x\"]").is_err());
         assert!(toml::from_str::<File>("port = \"x\"").is_err());
+        for group6 in ["ff05::1546", "2001:db8::1"] {
+            let bad_group6 = Overrides {
+                group6: Some(group6.parse().unwrap()),
+                ..cli()
+            };
+            let err = Config::merge(File::default(), bad_group6).unwrap_err();
+            assert!(err.to_string().contains("link-local scope"), "{err}");
+        }
         let bad_mode: File = toml::from_str("mode = \"turbo\"").unwrap();
         assert!(Config::merge(bad_mode, cli()).is_err());
     }
@@ -313,6 +339,41 @@ mod tests {
         }
         let ok: File = toml::from_str("replay_window_ms = 1000").unwrap();
         assert!(Config::merge(ok, cli()).is_ok());
+    }
+
+    #[test]
+    fn ipv6_prefixes_and_group_are_accepted() {
+        let file: File = toml::from_str(
+            r#"
+            anycast_prefix = ["198.51.100.0/24", "2001:db8:53::/48"]
+            group6 = "ff02::1546"
+            "#,
+        )
+        .unwrap();
+        let overrides = Overrides {
+            prefixes: vec![],
+            ..cli()
+        };
+        let c = Config::merge(file, overrides).unwrap();
+        assert!(c.allows("2001:db8:53::53".parse::<IpAddr>().unwrap()));
+        assert!(!c.allows("2001:db8:54::53".parse::<IpAddr>().unwrap()));
+        assert!(c.allows(Ipv4Addr::new(198, 51, 100, 53)));
+        assert_eq!(c.group6, "ff02::1546".parse::<Ipv6Addr>().unwrap());
+        let c = Config::merge(File::default(), cli()).unwrap();
+        assert_eq!(c.group6, Ipv6Addr::from(DEFAULT_GROUP6));
+    }
+
+    /// The shipped example configuration parses, IPv6 prefix and group included.
+    #[test]
+    fn contrib_example_parses() {
+        let file: File = toml::from_str(include_str!("../../../contrib/agent.toml")).unwrap();
+        assert_eq!(file.group6, Some(Ipv6Addr::from(DEFAULT_GROUP6)));
+        assert!(
+            file.anycast_prefix
+                .unwrap()
+                .iter()
+                .any(|p| p.addr().is_ipv6())
+        );
     }
 
     /// Regression: a config path of /dev/zero read forever.

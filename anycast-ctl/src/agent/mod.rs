@@ -1,8 +1,11 @@
 //! `anycast-ctl agent`: the router side of host advertisements.
 //!
 //! It attaches the dataplane to its interfaces (or adopts an existing attachment), listens for
-//! advertisements on them, and turns the believed ones ([`validate`]) into memberships through
-//! the same code as `member add` ([`crate::members`]), recorded as *learned* in `MEMBER_INFO`.
+//! advertisements on them, IPv4 and IPv6 ([`listen`]), and turns the believed ones
+//! ([`validate`]) into memberships through the same code as `member add` ([`crate::members`]),
+//! recorded as *learned* in `MEMBER_INFO`. Every believed membership goes through one function,
+//! `Agent::apply_one`; IPv6 ones stop there, counted as `family_unsupported`, until the members
+//! API takes IPv6 addresses.
 //! A learned member expires when its hold time passes without a refresh (each member on its own
 //! deadline, [`deadlines`]), leaves at once on a hold time of 0, and is removed at once when its
 //! interface loses its link. Static members (`member add`) are never touched.
@@ -16,24 +19,24 @@
 //! the last flush interval may be accepted again after a restart, within the replay window.
 pub mod config;
 pub mod deadlines;
+pub mod listen;
 pub mod validate;
 
 use std::{
     collections::{HashMap, HashSet},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
     time::{Duration, Instant},
 };
 
 use anycast_common::{
-    AGENT_COUNTERS, AgentCounter, MemberInfo, MemberKey, SOURCE_LEARNED, advert::Repr, ip_octets,
+    AGENT_COUNTERS, AgentCounter, MemberInfo, MemberKey, SOURCE_LEARNED,
+    advert::{Membership, Repr},
+    ip_octets,
 };
 use futures::StreamExt;
 use netlink_packet_route::{RouteNetlinkMessage, link::LinkFlags};
 use rtnetlink::packet_core::NetlinkPayload;
-use tokio::{
-    io::unix::AsyncFd,
-    signal::unix::{SignalKind, signal},
-};
+use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     Error, Result, advert_auth, attach, dataplane,
@@ -85,7 +88,7 @@ pub struct Agent {
     /// Members refreshed in memory only since the last flush.
     refreshed: HashSet<MemberKey>,
     /// Sequence numbers accepted since the last flush and not yet written.
-    seqs: HashMap<Ipv4Addr, u64>,
+    seqs: HashMap<IpAddr, u64>,
     counters: [u64; AGENT_COUNTERS as usize],
     log_limit: HashMap<Reject, Instant>,
     /// Where the configuration came from, for SIGHUP.
@@ -113,8 +116,7 @@ pub async fn run(pin: PinDir, source: config::Source) -> Result<()> {
     for name in &config.devs {
         ifindexes.push(nl.link_by_name(name).await?.index);
     }
-    let socket = sys::listener(config.port, config.group, &ifindexes)
-        .map_err(|e| Error::io("opening the advertisement socket", e))?;
+    let sockets = listen::Listeners::open(&config, &ifindexes)?;
     let metrics = config
         .metrics_listen
         .map(crate::metrics::http::bind)
@@ -145,20 +147,13 @@ pub async fn run(pin: PinDir, source: config::Source) -> Result<()> {
     if let Some(listener) = metrics {
         crate::metrics::serve_in_thread(listener, agent.pin.clone())?;
     }
-    agent.serve(socket).await
+    agent.serve(sockets).await
 }
 
 impl Agent {
     /// The event loop: advertisements, expiry, link events and signals.
-    async fn serve(&mut self, socket: socket2::Socket) -> Result<()> {
-        // SAFETY: the Socket owns its fd and the AsyncFd owns the Socket, so the fd stays open
-        // and is not registered elsewhere until the AsyncFd is dropped.
-        let socket = unsafe { AsyncFd::register(socket) }.map_err(|e| {
-            Error::io(
-                "registering the socket",
-                std::io::Error::other(e.to_string()),
-            )
-        })?;
+    async fn serve(&mut self, sockets: listen::Listeners) -> Result<()> {
+        let (v4, v6) = sockets.register()?;
         let mut links = crate::net::events(
             rtnetlink::constants::RTMGRP_LINK | rtnetlink::constants::RTMGRP_NEIGH,
         )?;
@@ -168,13 +163,17 @@ impl Agent {
         let mut sighup = signal(SignalKind::hangup(), "SIGHUP handler")?;
         let mut flush = tokio::time::interval(COUNTER_FLUSH);
         let mut buf = vec![0u8; 2048];
-        tracing::info!(devs = ?self.config.devs, port = self.config.port, group = %self.config.group, "agent running");
+        tracing::info!(devs = ?self.config.devs, port = self.config.port, group = %self.config.group, group6 = %self.config.group6, ipv6 = v6.is_some(), "agent running");
         loop {
             tokio::select! {
                 // Advertisements first: a refresh waiting in the socket must be seen before the
                 // expiry tick judges its member.
                 biased;
-                ready = socket.readable() => {
+                ready = v4.readable() => {
+                    let mut guard = ready.map_err(|e| Error::io("waiting for advertisements", e))?;
+                    self.drain(v4.get_ref(), &mut buf, &mut guard).await;
+                }
+                (socket, ready) = listen::readable(v6.as_ref()) => {
                     let mut guard = ready.map_err(|e| Error::io("waiting for advertisements", e))?;
                     self.drain(socket.get_ref(), &mut buf, &mut guard).await;
                 }
@@ -244,7 +243,7 @@ impl Agent {
         };
         let fixed = (
             &config.devs,
-            config.group,
+            (config.group, config.group6),
             config.port,
             config.mode,
             config.metrics_listen,
@@ -252,14 +251,14 @@ impl Agent {
         if fixed
             != (
                 &self.config.devs,
-                self.config.group,
+                (self.config.group, self.config.group6),
                 self.config.port,
                 self.config.mode,
                 self.config.metrics_listen,
             )
         {
             tracing::warn!(
-                "dev, group, port, mode and metrics_listen changes take effect after a restart"
+                "dev, group, group6, port, mode and metrics_listen changes take effect after a restart"
             );
         }
         self.validator
@@ -394,7 +393,7 @@ impl Agent {
     fn adopt(&mut self) -> Result<()> {
         for (sender, seq) in self.maps.sender_seq.iter().filter_map(|r| r.ok()) {
             self.validator
-                .remember(Ipv4Addr::from(ip_octets(sender)), seq);
+                .remember(Ipv4Addr::from(ip_octets(sender)).into(), seq);
         }
         let recorded: Vec<(MemberKey, MemberInfo)> = self
             .maps
@@ -448,11 +447,22 @@ impl Agent {
         // the next flush.
         if self.apply(&repr, rx.ifindex, now).await {
             self.seqs.remove(&repr.sender);
-            if let Err(e) = self.maps.record_sender_seq(repr.sender, repr.seq) {
-                tracing::warn!(sender = %repr.sender, error = %e, "recording the sequence number");
-            }
+            self.record_seq(repr.sender, repr.seq);
         } else {
             self.seqs.insert(repr.sender, repr.seq);
+        }
+    }
+
+    /// Pins a sender's last sequence number (`SENDER_SEQ`), for a restarted agent.
+    fn record_seq(&mut self, sender: IpAddr, seq: u64) {
+        let IpAddr::V4(sender) = sender else {
+            // merge: SENDER_SEQ is keyed by IPv4 (anycast-common maps.rs); until an IPv6 key
+            // exists, an IPv6 sender's replay state lives only in the validator, and after a
+            // restart only the timestamp window bounds replays.
+            return;
+        };
+        if let Err(e) = self.maps.record_sender_seq(sender, seq) {
+            tracing::warn!(%sender, error = %e, "recording the sequence number");
         }
     }
 
@@ -488,10 +498,12 @@ impl Agent {
         self.learned.insert(key, learned);
     }
 
+    /// Where every believed membership goes, whatever its family: the prefix check, then the
+    /// members API. The parser guarantees that `m.anycast` and `sender` share a family.
     async fn apply_one(
         &mut self,
-        sender: Ipv4Addr,
-        m: &anycast_common::advert::Membership,
+        sender: IpAddr,
+        m: &Membership,
         link_addr: Option<[u8; 6]>,
         ifindex: u32,
         now: u64,
@@ -502,8 +514,32 @@ impl Agent {
         }
         let mut m = *m;
         m.hold_ms = m.hold_ms.min(self.config.max_hold_ms);
-        let m = &m;
-        let key = member_key(m.anycast, sender);
+        match (m.anycast, sender) {
+            (IpAddr::V4(anycast), IpAddr::V4(member)) => {
+                self.apply_member((anycast, member), &m, link_addr, ifindex, now)
+                    .await
+            }
+            _ => {
+                // merge: call members::... with IpAddr — once the members API is IpAddr-generic,
+                // this arm goes and `apply_member` takes `(IpAddr, IpAddr)` for both families.
+                self.counters[AgentCounter::FamilyUnsupported.index() as usize] += 1;
+                tracing::debug!(anycast = %m.anycast, member = %sender, "IPv6 membership not applied yet");
+                Ok(false)
+            }
+        }
+    }
+
+    /// Joins, refreshes or leaves one membership through the members API; whether it wrote a
+    /// map.
+    async fn apply_member(
+        &mut self,
+        (anycast, sender): (Ipv4Addr, Ipv4Addr),
+        m: &Membership,
+        link_addr: Option<[u8; 6]>,
+        ifindex: u32,
+        now: u64,
+    ) -> Result<bool> {
+        let key = member_key(anycast, sender);
         if m.is_leave() {
             if self.learned.contains_key(&key) {
                 self.remove(key, "left")?;
@@ -539,12 +575,12 @@ impl Agent {
         let placement = if refresh {
             None
         } else {
-            match self.place(sender, m.anycast, link_addr, ifindex).await {
+            match self.place(sender, anycast, link_addr, ifindex).await {
                 Some(p) => Some(p),
                 None => return Ok(false),
             }
         };
-        if self.store(sender, m, now, placement)? {
+        if self.store((anycast, sender), m, now, placement)? {
             // The hold runs from now: placing may have taken a good part of a short hold.
             let deadline = Instant::now() + Duration::from_millis(m.hold_ms.into());
             self.learn(
@@ -571,7 +607,7 @@ impl Agent {
         // for ARP, and an advertisement of many addresses would stall the agent.
         let now = Instant::now();
         if self.unplaceable.get(&sender).is_some_and(|t| *t > now) {
-            self.reject(Reject::NotOnLink, sender);
+            self.reject(Reject::NotOnLink, sender.into());
             return None;
         }
         let join = members::Join {
@@ -600,7 +636,7 @@ impl Agent {
                         Reject::NotOnLink
                     }
                 };
-                self.reject(reason, sender);
+                self.reject(reason, sender.into());
                 tracing::debug!(error = %e, "placing a member");
                 None
             }
@@ -612,12 +648,12 @@ impl Agent {
     /// the operator has it as a static member, nor if it was deleted under us.
     fn store(
         &mut self,
-        sender: Ipv4Addr,
-        m: &anycast_common::advert::Membership,
+        (anycast, sender): (Ipv4Addr, Ipv4Addr),
+        m: &Membership,
         now: u64,
         placement: Option<members::Placement>,
     ) -> Result<bool> {
-        let key = member_key(m.anycast, sender);
+        let key = member_key(anycast, sender);
         let info = MemberInfo {
             source: SOURCE_LEARNED,
             hold_ms: m.hold_ms,
@@ -634,9 +670,9 @@ impl Agent {
             // A refresh of a member already in place on the same interface.
             (Some(c), None) => {
                 if (c.preference, c.weight) != (info.preference, info.weight) {
-                    self.export.note(&self.maps, [m.anycast])?;
+                    self.export.note(&self.maps, [anycast])?;
                 }
-                members::renew(&mut self.maps, (m.anycast, sender), &c, info)?;
+                members::renew(&mut self.maps, (anycast, sender), &c, info)?;
             }
             // Gone from the maps under us (`member del`): learn it again next time.
             (None, None) => {
@@ -644,9 +680,9 @@ impl Agent {
                 return Ok(false);
             }
             (_, Some(placement)) => {
-                self.export.note(&self.maps, [m.anycast])?;
-                let done = members::add(&mut self.maps, m.anycast, &placement, info, None)?;
-                tracing::info!(anycast = %m.anycast, member = %sender, edge = ?done.edge, "member learned");
+                self.export.note(&self.maps, [anycast])?;
+                let done = members::add(&mut self.maps, anycast, &placement, info, None)?;
+                tracing::info!(anycast = %anycast, member = %sender, edge = ?done.edge, "member learned");
             }
         }
         Ok(true)
@@ -780,7 +816,7 @@ impl Agent {
         }
     }
 
-    fn reject(&mut self, reason: Reject, from: Ipv4Addr) {
+    fn reject(&mut self, reason: Reject, from: IpAddr) {
         self.counters[reason.index() as usize] += 1;
         let now = Instant::now();
         let last = self.log_limit.get(&reason).copied();
@@ -814,7 +850,10 @@ impl Agent {
                 }
             }
             for (sender, seq) in std::mem::take(&mut self.seqs) {
-                self.maps.record_sender_seq(sender, seq)?;
+                // IPv6 senders' replay state is not pinned (see `record_seq`).
+                if let IpAddr::V4(sender) = sender {
+                    self.maps.record_sender_seq(sender, seq)?;
+                }
             }
             Ok(())
         });

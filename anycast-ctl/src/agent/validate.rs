@@ -1,12 +1,13 @@
 //! Which advertisements the agent believes.
 //!
-//! In order: the IP TTL must be 255 (GTSM: the sender is on the link); the datagram must arrive
+//! Both families alike. In order: the IP TTL (IPv6 hop limit) must be 255 (GTSM: the sender is
+//! on the link); the datagram must arrive
 //! on an agent interface; it must parse; its sender field must be the datagram's source; with
 //! keys configured, its key id must be known and its HMAC tag must verify; its timestamp must be
 //! within the replay window of the router's clock; and its sequence number must be above the
 //! last one accepted from that sender. Only then is the sequence number recorded, so a forged
 //! message can never move a sender's replay state.
-use std::{collections::HashMap, net::Ipv4Addr};
+use std::{collections::HashMap, net::IpAddr};
 
 use anycast_common::advert::{Packet, REQUIRED_TTL, Repr};
 
@@ -20,7 +21,7 @@ pub struct Validator {
     keys: Option<advert_auth::Keys>,
     ifindexes: Vec<u32>,
     window_ms: u64,
-    last_seq: HashMap<Ipv4Addr, u64>,
+    last_seq: HashMap<IpAddr, u64>,
 }
 
 impl Validator {
@@ -41,7 +42,7 @@ impl Validator {
     }
 
     /// Restores a sender's replay state (after an agent restart).
-    pub fn remember(&mut self, sender: Ipv4Addr, seq: u64) {
+    pub fn remember(&mut self, sender: IpAddr, seq: u64) {
         self.last_seq.insert(sender, seq);
     }
 
@@ -93,6 +94,8 @@ impl Validator {
 
 #[cfg(test)]
 mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
     use anycast_common::advert::Membership;
 
     use super::*;
@@ -105,10 +108,27 @@ mod tests {
         advert_auth::Keys::new(vec![(1, SECRET.to_vec())]).unwrap()
     }
 
+    const SENDER6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x203, 0, 0, 0, 0, 2);
+
     fn message(seq: u64, ts: u64, key_id: u32, secret: &[u8]) -> Vec<u8> {
-        let mut repr = Repr::new(SENDER, seq, ts, key_id);
+        signed(
+            SENDER.into(),
+            Ipv4Addr::new(198, 51, 100, 53).into(),
+            (seq, ts),
+            (key_id, secret),
+        )
+    }
+
+    /// `sender` serves `anycast`, signed with `key_id` (0: unsigned).
+    fn signed(
+        sender: IpAddr,
+        anycast: IpAddr,
+        (seq, ts): (u64, u64),
+        (key_id, secret): (u32, &[u8]),
+    ) -> Vec<u8> {
+        let mut repr = Repr::new(sender, seq, ts, key_id);
         repr.push(Membership {
-            anycast: Ipv4Addr::new(198, 51, 100, 53),
+            anycast,
             hold_ms: 3000,
             preference: 10,
             weight: 1,
@@ -125,10 +145,74 @@ mod tests {
     fn rx(len: usize) -> Received {
         Received {
             len,
-            src: SENDER,
+            src: SENDER.into(),
             ttl: Some(255),
             ifindex: 4,
         }
+    }
+
+    fn rx6(len: usize) -> Received {
+        Received {
+            src: SENDER6.into(),
+            ..rx(len)
+        }
+    }
+
+    fn message6(seq: u64, key_id: u32) -> Vec<u8> {
+        let anycast = Ipv6Addr::new(0x2001, 0xdb8, 0x53, 0, 0, 0, 0, 0x53);
+        signed(
+            SENDER6.into(),
+            anycast.into(),
+            (seq, NOW),
+            (key_id, &SECRET),
+        )
+    }
+
+    #[test]
+    fn ipv6_messages_are_checked_like_ipv4_ones() {
+        let mut v = Validator::new(Some(keys()), vec![4], 30_000);
+        let m = message6(10, 1);
+        // GTSM on the hop limit, counted as for the TTL.
+        let mut hops = rx6(m.len());
+        hops.ttl = Some(254);
+        assert_eq!(v.check(&m, &hops, NOW), Err(Reject::BadTtl));
+        // The sender entry must be the datagram's IPv6 source, not another, nor an IPv4 one.
+        let mut spoofed = rx6(m.len());
+        spoofed.src = Ipv6Addr::new(0x2001, 0xdb8, 0x203, 0, 0, 0, 0, 6).into();
+        assert_eq!(v.check(&m, &spoofed, NOW), Err(Reject::SenderMismatch));
+        assert_eq!(v.check(&m, &rx(m.len()), NOW), Err(Reject::SenderMismatch));
+        let mut flipped = m.clone();
+        flipped[66] ^= 1; // the hold time
+        assert_eq!(v.check(&flipped, &rx6(m.len()), NOW), Err(Reject::BadHmac));
+        let repr = v.check(&m, &rx6(m.len()), NOW).unwrap();
+        assert_eq!(repr.sender, IpAddr::V6(SENDER6));
+        assert_eq!(v.check(&m, &rx6(m.len()), NOW), Err(Reject::Replayed));
+        // Replay state is per sender: the IPv4 sender's own sequence is not affected.
+        let m4 = message(10, NOW, 1, &SECRET);
+        assert!(v.check(&m4, &rx(m4.len()), NOW).is_ok());
+    }
+
+    #[test]
+    fn a_key_may_be_bound_to_ipv6_senders() {
+        let hex = "07".repeat(32);
+        let text = format!(
+            "[[key]]\nid = 1\nsecret = \"{hex}\"\nsenders = [\"203.0.113.0/30\", \"2001:db8:203::/64\"]\n"
+        );
+        let keys = advert_auth::Keys::from_toml(&text).unwrap();
+        assert!(keys.allows(1, SENDER6.into()));
+        assert!(keys.allows(1, SENDER.into()));
+        assert!(!keys.allows(1, Ipv6Addr::new(0x2001, 0xdb8, 0x204, 0, 0, 0, 0, 2).into()));
+        let mut v = Validator::new(Some(keys), vec![4], 30_000);
+        let m = message6(1, 1);
+        assert!(v.check(&m, &rx6(m.len()), NOW).is_ok());
+        let other = Ipv6Addr::new(0x2001, 0xdb8, 0x204, 0, 0, 0, 0, 2);
+        let anycast = Ipv6Addr::new(0x2001, 0xdb8, 0x53, 0, 0, 0, 0, 0x53);
+        let m = signed(other.into(), anycast.into(), (1, NOW), (1, &SECRET));
+        let from_other = Received {
+            src: other.into(),
+            ..rx(m.len())
+        };
+        assert_eq!(v.check(&m, &from_other, NOW), Err(Reject::SenderNotAllowed));
     }
 
     #[test]
@@ -158,7 +242,7 @@ mod tests {
         assert_eq!(v.check(&good, &iface, NOW), Err(Reject::WrongInterface));
         assert_eq!(v.check(&good[..20], &rx(20), NOW), Err(Reject::Malformed));
         let mut spoofed = rx(good.len());
-        spoofed.src = Ipv4Addr::new(203, 0, 113, 6);
+        spoofed.src = Ipv4Addr::new(203, 0, 113, 6).into();
         assert_eq!(v.check(&good, &spoofed, NOW), Err(Reject::SenderMismatch));
         let wrong_key = message(10, NOW, 1, &[8; 32]);
         assert_eq!(
@@ -208,9 +292,9 @@ mod tests {
              [[key]]\nid = 2\nsecret = \"{hex}\"\n"
         );
         let keys = advert_auth::Keys::from_toml(&text).unwrap();
-        assert!(keys.allows(1, Ipv4Addr::new(203, 0, 113, 10)));
-        assert!(!keys.allows(1, SENDER));
-        assert!(keys.allows(2, SENDER));
+        assert!(keys.allows(1, Ipv4Addr::new(203, 0, 113, 10).into()));
+        assert!(!keys.allows(1, SENDER.into()));
+        assert!(keys.allows(2, SENDER.into()));
         let mut v = Validator::new(Some(keys), vec![4], 30_000);
         let bound = message(1, NOW, 1, &SECRET);
         assert_eq!(

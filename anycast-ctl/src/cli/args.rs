@@ -1,6 +1,6 @@
 //! Value parsers of the command line, shared with the files that name the same things
 //! (`load`'s TOML, the agent's configuration, `announce`'s options).
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::mac::MacAddr;
 
@@ -47,6 +47,51 @@ pub(crate) fn unicast_address(s: &str) -> Result<Ipv4Addr, String> {
     Ok(ip)
 }
 
+/// An anycast address of either family (`announce`). IPv6: a global unicast address, not
+/// link-local, loopback, multicast, unspecified or IPv4-mapped.
+// merge: the IpAddr-generic `anycast_address` of the members work (branch v6dp) replaces this.
+pub fn anycast_ip(s: &str) -> Result<IpAddr, String> {
+    let ip: IpAddr = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not an IPv4 or IPv6 address"))?;
+    let v6 = match ip {
+        IpAddr::V4(_) => return anycast_address(s).map(IpAddr::V4),
+        IpAddr::V6(v6) => v6,
+    };
+    let why = if v6.is_unspecified() || v6.is_loopback() || v6.is_multicast() {
+        Some("it is not a unicast address")
+    } else if v6.is_unicast_link_local() {
+        Some("it is a link-local address")
+    } else if v6.to_ipv4_mapped().is_some() {
+        Some("it is an IPv4-mapped address")
+    } else {
+        None
+    };
+    match why {
+        Some(why) => Err(format!("{ip} cannot be an anycast address: {why}")),
+        None => Ok(ip),
+    }
+}
+
+/// Multicast with link-local scope (`ffX2::/16`): advertisements never leave the link, and
+/// their hop limit 255 is checked on arrival.
+pub fn is_link_local_multicast(group: Ipv6Addr) -> bool {
+    group.is_multicast() && group.segments()[0] & 0x000f == 0x2
+}
+
+/// An IPv6 advertisement group: link-local scope multicast.
+pub fn group6(s: &str) -> Result<Ipv6Addr, String> {
+    let group: Ipv6Addr = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not an IPv6 address"))?;
+    if !is_link_local_multicast(group) {
+        return Err(format!(
+            "{group} is not a link-local scope multicast address (ff02::/16, ff12::/16)"
+        ));
+    }
+    Ok(group)
+}
+
 pub fn anycast_address(s: &str) -> Result<Ipv4Addr, String> {
     let ip = unicast_address(s)?;
     match crate::policy::never_anycast(ip) {
@@ -58,6 +103,34 @@ pub fn anycast_address(s: &str) -> Result<Ipv4Addr, String> {
 #[cfg(test)]
 mod tests {
     use crate::cli::parse;
+
+    #[test]
+    fn announce_takes_both_families_and_refuses_non_unicast_ipv6() {
+        let ok = ["198.51.100.53", "2001:db8:53::53"];
+        assert!(parse(&[&["announce"][..], &ok, &["--dev", "m1"]].concat()).is_ok());
+        for bad in [
+            "fe80::1",
+            "ff02::1",
+            "::",
+            "::1",
+            "::ffff:198.51.100.53",
+            "2001:db8::/64",
+        ] {
+            assert!(
+                parse(&["announce", bad, "--dev", "m1"]).is_err(),
+                "{bad} accepted"
+            );
+        }
+        let site = [
+            "announce",
+            "2001:db8:53::53",
+            "--dev",
+            "m1",
+            "--group6",
+            "ff05::1546",
+        ];
+        assert!(parse(&site).is_err());
+    }
 
     /// Regression: anycast addresses of classes that are never unicast were accepted.
     #[test]

@@ -273,7 +273,7 @@ fn adverts_per_second(
     let leave = sender.message(now, 0)?;
     let rx = Received {
         len: messages[0].len(),
-        src: member.ip,
+        src: member.ip.into(),
         ttl: Some(REQUIRED_TTL),
         ifindex,
     };
@@ -529,7 +529,7 @@ impl Sender {
         self.seq += 1;
         let mut repr = Repr::new(self.ip, self.seq, timestamp_ms, KEY_ID);
         repr.push(Membership {
-            anycast: ANYCAST,
+            anycast: ANYCAST.into(),
             hold_ms,
             preference: 100,
             weight: 100,
