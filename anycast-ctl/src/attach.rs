@@ -9,7 +9,7 @@
 //! Invariant: an error means nothing changed. Every interface is looked up and checked first
 //! (a repeated one counts once); a failure while attaching undoes this call's attachments, and a
 //! dataplane created by the failed call is removed again.
-use anycast_common::{AgentCounter, Iface, MODE_NATIVE, MODE_SKB, programs};
+use anycast_common::{AgentCounter, Iface, MODE_NATIVE, MODE_SKB};
 use aya::programs::{
     Xdp, XdpMode,
     links::{FdLink, PinnedLink},
@@ -133,11 +133,7 @@ fn attach_locked(
     flows: Option<u32>,
 ) -> Result<Vec<(String, Attached)>> {
     let mut ebpf = dataplane::load(pin, flows)?;
-    let program: &mut Xdp = ebpf
-        .program_mut(programs::ANYCAST)
-        .expect("the embedded object has the anycast program")
-        .try_into()?;
-    program.load()?;
+    let program = dataplane::verified(&mut ebpf)?;
     let mut maps = Maps::open(pin)?;
     let mut done: Vec<(String, Attached)> = Vec::new();
     let mut made: Vec<u32> = Vec::new();

@@ -7,6 +7,7 @@
 //! - [`policy`]: what may be an anycast address or a member.
 //! - [`alloc`], [`journal`]: index allocators and transactions over the maps, for `members`.
 //! - [`load`]: many memberships from a file, all checked first, then applied as one transaction.
+//! - [`upgrade`]: replacing the program on every attached interface, keeping the pinned maps.
 //! - [`report`]: reading addresses, members and counters back out of the maps.
 //! - [`net`]: rtnetlink look-ups: links, routes, neighbours.
 //! - [`agent`]: the router's daemon that learns members from host advertisements.
@@ -38,6 +39,7 @@ pub mod policy;
 pub mod report;
 pub mod sys;
 pub mod textfile;
+pub mod upgrade;
 
 pub use error::{Error, Result};
 

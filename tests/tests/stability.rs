@@ -1,17 +1,12 @@
 //! Flow stability on a real topology: long-lived TCP connections through the router while
 //! members are added, drained and removed, and preference-based standby.
-use std::{
-    collections::HashMap,
-    io::{Read, Write},
-    net::{SocketAddrV4, TcpStream},
-    time::Duration,
-};
+use std::{collections::HashMap, time::Duration};
 
 use anycast_common::proto::{ARPOP_REPLY, ARPOP_REQUEST};
 use anycast_tests::{
-    ANYCAST, Ctl, Netns, Topology, TopologyOptions,
+    ANYCAST, Ctl, Topology, TopologyOptions,
     frames::arp_frame,
-    traffic::{TcpEcho, UDP_PORT, tcp_round, udp_round},
+    traffic::{TcpConns, TcpEcho, UDP_PORT, tcp_round, udp_round},
 };
 
 const PORT: u16 = 7300;
@@ -47,53 +42,6 @@ fn add(ctl: &Ctl, topo: &Topology, i: usize, preference: u16) {
     .unwrap();
 }
 
-/// Long-lived connections from the client, each exchanging a message per round.
-struct Conns {
-    streams: Vec<TcpStream>,
-}
-
-impl Conns {
-    fn open(client: &Netns, n: usize) -> Self {
-        let streams = client.in_ns(|| {
-            (0..n)
-                .map(|_| {
-                    let s = TcpStream::connect_timeout(
-                        &SocketAddrV4::new(ANYCAST, PORT).into(),
-                        Duration::from_secs(3),
-                    )
-                    .expect("connect");
-                    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-                    s.set_write_timeout(Some(Duration::from_secs(3))).unwrap();
-                    s
-                })
-                .collect()
-        });
-        Conns { streams }
-    }
-
-    /// One message on every connection; which ones came back intact.
-    fn round(&mut self, round: usize) -> Vec<bool> {
-        self.streams
-            .iter_mut()
-            .enumerate()
-            .map(|(i, s)| {
-                let msg = format!("round {round} conn {i:03}\n");
-                let mut back = vec![0u8; msg.len()];
-                s.write_all(msg.as_bytes()).is_ok()
-                    && s.read_exact(&mut back).is_ok()
-                    && back == msg.as_bytes()
-            })
-            .collect()
-    }
-
-    fn local_ports(&self) -> Vec<u16> {
-        self.streams
-            .iter()
-            .map(|s| s.local_addr().unwrap().port())
-            .collect()
-    }
-}
-
 /// Which member served each client port.
 fn served_by(echoes: Vec<TcpEcho>) -> HashMap<u16, Vec<usize>> {
     let mut by: HashMap<u16, Vec<usize>> = HashMap::new();
@@ -113,7 +61,7 @@ fn long_lived_connections_survive_an_added_member_and_a_drain() {
         .iter()
         .map(|m| TcpEcho::start(&m.ns, ANYCAST, PORT).unwrap())
         .collect();
-    let mut conns = Conns::open(&topo.client, 40);
+    let mut conns = TcpConns::open(&topo.client, ANYCAST, PORT, 40);
     assert!(conns.round(0).iter().all(|ok| *ok));
 
     // A fourth member joins, then the first is drained, while the connections talk.
@@ -135,7 +83,7 @@ fn long_lived_connections_survive_an_added_member_and_a_drain() {
     }
 
     // New connections avoid the drained member (and some reach the new one).
-    let fresh = Conns::open(&topo.client, 40);
+    let fresh = TcpConns::open(&topo.client, ANYCAST, PORT, 40);
     let fresh_ports = fresh.local_ports();
     let old_ports = conns.local_ports();
     drop(fresh);
@@ -172,7 +120,7 @@ fn removing_a_member_affects_only_its_connections() {
         .iter()
         .map(|m| TcpEcho::start(&m.ns, ANYCAST, PORT).unwrap())
         .collect();
-    let mut conns = Conns::open(&topo.client, 30);
+    let mut conns = TcpConns::open(&topo.client, ANYCAST, PORT, 30);
     assert!(conns.round(0).iter().all(|ok| *ok));
     let ports = conns.local_ports();
 

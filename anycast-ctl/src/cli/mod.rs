@@ -26,6 +26,7 @@ pub mod output;
 pub mod show;
 pub mod stats;
 pub mod status;
+pub mod upgrade;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -49,6 +50,9 @@ pub enum Command {
     Detach(detach::Args),
     /// Show where the dataplane is attached.
     Status(status::Args),
+    /// Replace the XDP program on every attached interface with this binary's, in place,
+    /// keeping memberships, counters and the connection table (same layout version only).
+    Upgrade(upgrade::Args),
     /// Add or remove members of anycast addresses.
     #[command(subcommand)]
     Member(member::Command),
@@ -98,6 +102,7 @@ pub async fn run(cli: Cli) -> Result<String> {
         Command::Attach(args) => attach::run(&router()?, args).await,
         Command::Detach(args) => detach::run(&router()?, args).await,
         Command::Status(args) => status::run(&router()?, args).await,
+        Command::Upgrade(args) => upgrade::run(&router()?, args).await,
         Command::Member(command) => member::run(&router()?, command).await,
         Command::Load(args) => load::run(&router()?, args).await,
         Command::Show(args) => show::run(&router()?, args).await,

@@ -6,8 +6,8 @@
 //!
 //! `bench --dataplane-only` measures only the TEST_RUN cases (about a minute) and prints them,
 //! without the scale, membership and end-to-end phases and without writing the report.
-//! `bench control` and `bench export` run only the control-plane or the route-export part,
-//! print it, and write no report.
+//! `bench control`, `bench export` and `bench upgrade` run only the control-plane, the
+//! route-export or the upgrade-under-load part, print it, and write no report.
 use std::{collections::BTreeMap, net::Ipv4Addr, time::Instant};
 
 use anycast_common::{
@@ -47,6 +47,12 @@ fn main() -> Result<()> {
     if std::env::args().nth(1).as_deref() == Some("export") {
         let export = anycast_tests::bench::export::run()?;
         println!("{}", serde_json::to_string_pretty(&export)?);
+        return Ok(());
+    }
+    // `bench upgrade`: only the upgrade under load, printed, no report.
+    if std::env::args().nth(1).as_deref() == Some("upgrade") {
+        let upgrade = anycast_tests::bench::upgrade::run()?;
+        println!("{}", serde_json::to_string_pretty(&upgrade)?);
         return Ok(());
     }
     let mut bed = Bed::new()?;
@@ -156,6 +162,9 @@ fn main() -> Result<()> {
     println!("\n== route export (anycast-ctl binary, namespaces)");
     let route_export = anycast_tests::bench::export::run()?;
 
+    println!("\n== upgrade under load (anycast-ctl binary, namespaces)");
+    let upgrade = anycast_tests::bench::upgrade::run()?;
+
     println!("\n== end-to-end forwarding rate (live frames, namespaces)");
     let end_to_end = anycast_tests::bench::e2e::run(E2E_PACKETS)?;
 
@@ -177,6 +186,7 @@ fn main() -> Result<()> {
         "membership": membership,
         "control_plane": control,
         "route_export": route_export,
+        "upgrade": upgrade,
         "end_to_end": end_to_end,
         "ratios": {
             "forward_vs_baseline": forward_vs_baseline,
@@ -200,6 +210,8 @@ fn main() -> Result<()> {
             "route_install_p99_ms": 10,
             "route_withdraw_p99_ms": 10,
             "routes_65536_install_ms": 10_000,
+            "upgrade_lost_datagrams": 0,
+            "upgrade_broken_connections": 0,
         },
     });
     let dir = target_dir().join("bench");
