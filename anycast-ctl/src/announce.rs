@@ -10,6 +10,9 @@
 //! announced by the member itself. On SIGINT or SIGTERM it sends a leave (hold time 0), removes only the addresses it
 //! added, and returns.
 //!
+//! With `--identity-port` it also answers identity queries on the anycast addresses
+//! ([`crate::identity`]).
+//!
 //! Sequence numbers start from the wall clock in microseconds and increase by one per message,
 //! so a restarted announcer continues above its previous run.
 use std::{
@@ -59,6 +62,12 @@ pub struct Options {
     #[arg(long, default_value_t = anycast_common::advert::DEFAULT_PORT,
           value_parser = clap::value_parser!(u16).range(1..))]
     pub port: u16,
+    /// Answer identity queries (`anycast-ctl probe`, docs/identity-format.md) sent to the
+    /// anycast addresses on this UDP port with this host's unicast address and hostname
+    /// [default: off; without PORT: 5447].
+    #[arg(long, value_name = "PORT", num_args = 0..=1,
+          default_missing_value = "5447", value_parser = clap::value_parser!(u16).range(1..))]
+    pub identity_port: Option<u16>,
 }
 
 /// Runs until SIGINT or SIGTERM.
@@ -93,6 +102,9 @@ pub async fn run(opts: Options) -> Result<()> {
         ))
     })?;
     let lo = nl.link_by_name("lo").await?.index;
+    let _identity = (opts.identity_port)
+        .map(|port| crate::identity::serve(&opts.anycast, port, source))
+        .transpose()?;
     set_arp_sysctls(&opts.dev)?;
 
     let mut added = Vec::new();

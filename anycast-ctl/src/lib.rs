@@ -12,6 +12,7 @@
 //! - [`net`]: rtnetlink look-ups: links, routes, neighbours.
 //! - [`agent`]: the router's daemon that learns members from host advertisements.
 //! - [`announce`]: the member host's side: join anycast addresses and advertise them.
+//! - [`identity`]: who serves you: the member's identity responder and the client's probe.
 //! - [`advert_auth`]: keys and HMAC of advertisements (wire format: `anycast_common::advert`).
 //! - [`sys`]: raw socket calls for advertisements.
 //! - [`textfile`]: bounded reads of the operator's files.
@@ -28,6 +29,7 @@ pub mod cli;
 pub mod dataplane;
 pub mod error;
 pub mod export;
+pub mod identity;
 pub mod journal;
 pub mod load;
 pub mod mac;

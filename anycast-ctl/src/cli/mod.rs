@@ -2,8 +2,8 @@
 //!
 //! Each verb module owns its arguments and a `run` that calls into the library and formats the
 //! result (aligned tables for people, `--json` for programs, see [`output`]). `announce` runs
-//! on a member host and needs nothing of the router; every other verb gets a [`Router`]: the
-//! checked pin directory and a netlink handle.
+//! on a member host and `probe` on a client, and need nothing of the router (`probe` not even
+//! root); every other verb gets a [`Router`]: the checked pin directory and a netlink handle.
 use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
@@ -23,6 +23,7 @@ pub mod export;
 pub mod load;
 pub mod member;
 pub mod output;
+pub mod probe;
 pub mod show;
 pub mod stats;
 pub mod status;
@@ -66,6 +67,9 @@ pub enum Command {
     Agent(agent::Args),
     /// On a member host: serve anycast addresses and advertise them to the router.
     Announce(crate::announce::Options),
+    /// Ask an anycast address who serves it: each member that answers gives its unicast
+    /// address and hostname (members run `announce --identity-port`).
+    Probe(probe::Args),
     /// Show counters per anycast address and per member.
     Stats(stats::Args),
     /// Export a host route per anycast address with members, for a routing daemon (BIRD).
@@ -91,6 +95,10 @@ impl Router {
 
 /// Runs one command and returns what to print on stdout.
 pub async fn run(cli: Cli) -> Result<String> {
+    // A client's verb: no router state, no privileges.
+    if let Command::Probe(args) = cli.command {
+        return probe::run(args).await;
+    }
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return Err(Error::NotRoot);
@@ -108,6 +116,7 @@ pub async fn run(cli: Cli) -> Result<String> {
         Command::Show(args) => show::run(&router()?, args).await,
         Command::Stats(args) => stats::run(&router()?, args).await,
         Command::Export(command) => export::run(&router()?, command).await,
+        Command::Probe(_) => unreachable!("handled above"),
     }
 }
 
