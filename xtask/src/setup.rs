@@ -11,8 +11,11 @@ use anyhow::{Context, Result, bail};
 
 use crate::cmd::{cargo, command, probe, run};
 
-/// Debian packages the tests and the demo need.
-const DEB_PACKAGES: &[&str] = &["iproute2", "ethtool", "bpftool", "strace", "bird2"];
+/// Debian packages the tests, the demo and the package (`dist`: strip; its install test:
+/// `man -w`, `systemd-analyze verify`) need.
+const DEB_PACKAGES: &[&str] = &[
+    "iproute2", "ethtool", "bpftool", "strace", "bird2", "binutils", "man-db", "systemd",
+];
 
 /// Where bpffs must be mounted.
 const BPFFS: &str = "/sys/fs/bpf";

@@ -17,6 +17,7 @@ use crate::{
 pub mod agent;
 pub mod announce;
 pub mod args;
+pub mod assets;
 pub mod attach;
 pub mod detach;
 pub mod export;
@@ -95,16 +96,17 @@ impl Router {
 
 /// Runs one command and returns what to print on stdout.
 pub async fn run(cli: Cli) -> Result<String> {
-    // A client's verb: no router state, no privileges.
-    if let Command::Probe(args) = cli.command {
-        return probe::run(args).await;
-    }
+    let command = match cli.command {
+        // A client's verb: no router state, no privileges.
+        Command::Probe(args) => return probe::run(args).await,
+        command => command,
+    };
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return Err(Error::NotRoot);
     }
     let router = || Router::open(&cli.pin_dir);
-    match cli.command {
+    match command {
         Command::Announce(options) => announce::run(options).await,
         Command::Agent(args) => agent::run(router()?, args).await,
         Command::Attach(args) => attach::run(&router()?, args).await,
