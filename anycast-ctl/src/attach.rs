@@ -331,12 +331,7 @@ pub async fn status(pin: &PinDir, nl: &Netlink) -> Result<Status> {
             status.agent.rejected.insert(counter.name(), value);
         }
     }
-    let mut indexes: Vec<u32> = std::fs::read_dir(pin.links())
-        .map_err(|e| Error::io("reading the links directory", e))?
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .collect();
-    indexes.sort_unstable();
-    for ifindex in indexes {
+    for ifindex in pin.link_indexes() {
         let program_id = PinnedLink::from_pin(pin.link(ifindex))
             .ok()
             .and_then(|l| FdLink::from(l).info().ok())

@@ -73,11 +73,7 @@ pub async fn upgrade(pin: &PinDir, nl: &Netlink) -> Result<Upgrade> {
 
 /// Opens every pinned link and the program it runs; refuses links that cannot be swapped.
 async fn targets(pin: &PinDir, nl: &Netlink) -> Result<Vec<Target>> {
-    let mut indexes: Vec<u32> = std::fs::read_dir(pin.links())
-        .map_err(|e| Error::io("reading the links directory", e))?
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .collect();
-    indexes.sort_unstable();
+    let indexes = pin.link_indexes();
     if indexes.is_empty() {
         return Err(Error::NotAttached {
             path: pin.path().to_path_buf(),
@@ -85,49 +81,44 @@ async fn targets(pin: &PinDir, nl: &Netlink) -> Result<Vec<Target>> {
     }
     let mut targets = Vec::new();
     for ifindex in indexes {
-        let name = nl
-            .link_by_index(ifindex)
-            .await
-            .map_err(|_| {
-                Error::Usage(format!(
-                    "the interface of link {ifindex} is gone; detach it first \
-                     (`anycast-ctl detach {ifindex}`)"
-                ))
-            })?
-            .name;
-        let path = pin.link(ifindex);
-        let info = PinnedLink::from_pin(&path)
-            .map_err(|e| {
-                Error::io(
-                    format!("opening the link of {name}"),
-                    std::io::Error::other(e),
-                )
-            })
-            .and_then(|l| {
-                FdLink::from(l).info().map_err(|e| {
-                    Error::io(
-                        format!("reading the link of {name}"),
-                        std::io::Error::other(e),
-                    )
-                })
-            })?;
-        if !matches!(info.link_type(), Ok(LinkType::Xdp)) {
-            return Err(Error::Usage(format!(
-                "the link pinned for {name} is not an XDP link; detach it first"
-            )));
-        }
-        let old_id = info.program_id();
-        targets.push(Target {
-            link: bpf::obj_get(&path)
-                .map_err(|e| Error::io(format!("opening the link of {name}"), e))?,
-            old_program: bpf::prog_by_id(old_id)
-                .map_err(|e| Error::io(format!("opening program {old_id} of {name}"), e))?,
-            name,
-            ifindex,
-            old_id,
-        });
+        targets.push(target(pin, nl, ifindex).await?);
     }
     Ok(targets)
+}
+
+async fn target(pin: &PinDir, nl: &Netlink, ifindex: u32) -> Result<Target> {
+    let gone = |_| {
+        Error::Usage(format!(
+            "the interface of link {ifindex} is gone; detach it first \
+             (`anycast-ctl detach {ifindex}`)"
+        ))
+    };
+    let name = nl.link_by_index(ifindex).await.map_err(gone)?.name;
+    let path = pin.link(ifindex);
+    let link_error = |e: aya::programs::links::LinkError| {
+        Error::io(
+            format!("reading the link of {name}"),
+            std::io::Error::other(e),
+        )
+    };
+    let info = FdLink::from(PinnedLink::from_pin(&path).map_err(link_error)?)
+        .info()
+        .map_err(link_error)?;
+    if !matches!(info.link_type(), Ok(LinkType::Xdp)) {
+        return Err(Error::Usage(format!(
+            "the link pinned for {name} is not an XDP link; detach it first"
+        )));
+    }
+    let old_id = info.program_id();
+    Ok(Target {
+        link: bpf::obj_get(&path)
+            .map_err(|e| Error::io(format!("opening the link of {name}"), e))?,
+        old_program: bpf::prog_by_id(old_id)
+            .map_err(|e| Error::io(format!("opening program {old_id} of {name}"), e))?,
+        name,
+        ifindex,
+        old_id,
+    })
 }
 
 /// Swaps every link to `new`; on a failure, swaps the done ones back and returns the error.
