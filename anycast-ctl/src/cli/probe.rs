@@ -21,6 +21,7 @@ pub struct Args {
     /// How long to wait for each reply (at most 60s).
     #[arg(long, default_value = "1s", value_parser = timeout)]
     pub timeout: Duration,
+    /// Print the result as one JSON object.
     #[arg(long)]
     pub json: bool,
 }

@@ -12,6 +12,7 @@ use crate::Result;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    /// Print the result as one JSON object.
     #[arg(long)]
     pub json: bool,
 }
