@@ -15,6 +15,7 @@ pub mod advert;
 pub mod bench;
 pub mod counters;
 pub mod flow;
+pub mod identity;
 pub mod maps;
 pub mod proto;
 

@@ -17,6 +17,9 @@
 //! [`MIN_HOLD`] (BFD-class detection); the schedule is absolute, so a late tick does not shift
 //! the ones after it.
 //!
+//! With `--identity-port` it also answers identity queries on the IPv4 anycast addresses
+//! ([`crate::identity`]).
+//!
 //! One message per family, not one with both: each membership then travels over the family it
 //! serves, so an IPv6 membership lives exactly as long as IPv6 works between member and router,
 //! the sender field is checked against the IP source in both, and the IPv4 message stays a
@@ -86,6 +89,12 @@ pub struct Options {
     pub port: u16,
     #[command(flatten)]
     pub checks: health::Checks,
+    /// Answer identity queries (`anycast-ctl probe`, docs/identity-format.md) sent to the
+    /// anycast addresses on this UDP port with this host's unicast address and hostname
+    /// [default: off; without PORT: 5447].
+    #[arg(long, value_name = "PORT", num_args = 0..=1,
+          default_missing_value = "5447", value_parser = clap::value_parser!(u16).range(1..))]
+    pub identity_port: Option<u16>,
 }
 
 /// Runs until SIGINT or SIGTERM.
@@ -116,6 +125,7 @@ pub async fn run(opts: Options) -> Result<()> {
         set_arp_sysctls(&opts.dev)?;
     }
     let lo = nl.link_by_name("lo").await?.index;
+    let _identity = identity(&opts, &channels)?;
     let added = add_to_lo(&nl, lo, &opts.anycast).await?;
     let advertised = match health::watch(opts.checks.clone(), opts.anycast.clone(), lo) {
         Ok(health) => advertise(&opts, (&nl, health), dev, &channels, hold_ms, key.as_ref()).await,
@@ -123,6 +133,30 @@ pub async fn run(opts: Options) -> Result<()> {
     };
     remove_from_lo(&nl, lo, &added).await;
     advertised
+}
+
+/// The identity responder on the IPv4 anycast addresses (`--identity-port`), bound before `lo`
+/// changes. The identity format has an address family, but IPv6 is not served yet.
+fn identity(opts: &Options, channels: &[Channel]) -> Result<Option<crate::identity::Responder>> {
+    let Some(port) = opts.identity_port else {
+        return Ok(None);
+    };
+    let v4 = channels.iter().find_map(|c| match c.source {
+        IpAddr::V4(source) => Some((source, &c.anycast)),
+        IpAddr::V6(_) => None,
+    });
+    let Some((source, anycast)) = v4 else {
+        return Err(Error::Usage(
+            "--identity-port answers on IPv4 anycast addresses only".into(),
+        ));
+    };
+    let anycast: Vec<Ipv4Addr> = (anycast.iter())
+        .filter_map(|a| match a {
+            IpAddr::V4(a) => Some(*a),
+            IpAddr::V6(_) => None,
+        })
+        .collect();
+    crate::identity::serve(&anycast, port, source).map(Some)
 }
 
 /// Puts each address on `lo` unless it is there already; returns those it added. On an error

@@ -9,7 +9,7 @@
 //! Invariant: an error means nothing changed. Every interface is looked up and checked first
 //! (a repeated one counts once); a failure while attaching undoes this call's attachments, and a
 //! dataplane created by the failed call is removed again.
-use anycast_common::{Iface, MODE_NATIVE, MODE_SKB, programs};
+use anycast_common::{Iface, MODE_NATIVE, MODE_SKB};
 use aya::programs::{
     Xdp, XdpMode,
     links::{FdLink, PinnedLink},
@@ -181,11 +181,7 @@ fn attach_locked(
     flows: Option<u32>,
 ) -> Result<Vec<(String, Attached)>> {
     let mut ebpf = dataplane::load(pin, flows)?;
-    let program: &mut Xdp = ebpf
-        .program_mut(programs::ANYCAST)
-        .expect("the embedded object has the anycast program")
-        .try_into()?;
-    program.load()?;
+    let program = dataplane::verified(&mut ebpf)?;
     let mut maps = Maps::open(pin)?;
     let mut done: Vec<(String, Attached)> = Vec::new();
     let mut made: Vec<u32> = Vec::new();
@@ -369,12 +365,7 @@ pub async fn status(pin: &PinDir, nl: &Netlink) -> Result<Status> {
     status.addresses = maps.addr_keys.keys().filter_map(|k| k.ok()).count();
     status.export = crate::export::settings(&maps)?;
     status.agent = crate::report::agent_counters(&maps);
-    let mut indexes: Vec<u32> = std::fs::read_dir(pin.links())
-        .map_err(|e| Error::io("reading the links directory", e))?
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .collect();
-    indexes.sort_unstable();
-    for ifindex in indexes {
+    for ifindex in pin.link_indexes() {
         let program_id = PinnedLink::from_pin(pin.link(ifindex))
             .ok()
             .and_then(|l| FdLink::from(l).info().ok())

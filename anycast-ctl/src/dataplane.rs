@@ -11,7 +11,7 @@
 use anycast_common::{
     ADDR_PROBES, AddrBucket, AddrStats, FLOW_SETS, FLOW_WAYS, Host, IFACE_PROBES, Iface, IfaceSlot,
     MemberInfo, MemberKey, MemberSet, MemberStats, addr_bucket, iface_probe, member_set_index,
-    names, next_bucket,
+    names, next_bucket, programs,
 };
 use aya::{
     Ebpf, EbpfLoader,
@@ -19,6 +19,7 @@ use aya::{
         Array, ArrayOfMaps, HashMap, Map, MapData, MapInfo, PerCpuArray, PerCpuValues, Stack,
         xdp::DevMapHash,
     },
+    programs::Xdp,
 };
 
 use crate::{EBPF_OBJECT, Error, Result, pin::PinDir};
@@ -68,17 +69,33 @@ pub fn check_pins(pin: &PinDir) -> Result<Pins> {
     let version = layout
         .get(&0, 0)
         .map_err(|e| Error::map(names::LAYOUT, e))?;
-    if version != anycast_common::LAYOUT_VERSION {
+    if version != layout_version() {
         return Err(incompatible(
             pin,
             format!(
                 "layout version {version}, and this anycast-ctl uses {}",
-                anycast_common::LAYOUT_VERSION
+                layout_version()
             ),
         ));
     }
     let flows = check_sizes(pin)?;
     Ok(Pins::Complete { flows })
+}
+
+/// The layout version this binary's object has: `anycast_common::LAYOUT_VERSION`.
+///
+/// Test-only knob: a debug build (what the tests run; never a release or the package) reads
+/// `ANYCAST_TEST_LAYOUT_VERSION` and then acts as an `anycast-ctl` built with that version, so
+/// the tests can prove that another layout is refused without building a second object.
+pub fn layout_version() -> u32 {
+    #[cfg(debug_assertions)]
+    if let Some(v) = std::env::var("ANYCAST_TEST_LAYOUT_VERSION")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        return v;
+    }
+    anycast_common::LAYOUT_VERSION
 }
 
 fn incompatible(pin: &PinDir, what: String) -> Error {
@@ -157,10 +174,21 @@ pub fn load(pin: &PinDir, flows: Option<u32>) -> Result<Ebpf> {
     if pins == Pins::Fresh {
         let mut layout: Array<MapData, u32> = open(pin, names::LAYOUT)?;
         layout
-            .set(0, anycast_common::LAYOUT_VERSION, 0)
+            .set(0, layout_version(), 0)
             .map_err(|e| Error::map(names::LAYOUT, e))?;
     }
     Ok(ebpf)
+}
+
+/// The dataplane program of a [`load`]ed object, loaded into the kernel (so verified): the
+/// one step that can fail before any interface is touched.
+pub fn verified(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
+    let program: &mut Xdp = ebpf
+        .program_mut(programs::ANYCAST)
+        .expect("the embedded object has the anycast program")
+        .try_into()?;
+    program.load()?;
+    Ok(program)
 }
 
 /// Checks a connection table size: a power of two, at least 1,024 flows.

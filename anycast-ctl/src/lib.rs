@@ -7,12 +7,14 @@
 //! - [`policy`]: what may be an anycast address or a member.
 //! - [`alloc`], [`journal`]: index allocators and transactions over the maps, for `members`.
 //! - [`load`]: many memberships from a file, all checked first, then applied as one transaction.
+//! - [`upgrade`]: replacing the program on every attached interface, keeping the pinned maps.
 //! - [`report`]: reading addresses, members and counters back out of the maps.
 //! - [`metrics`]: the same figures for Prometheus, and the small HTTP server of `/metrics`.
 //! - [`net`]: rtnetlink look-ups: links, routes, neighbours.
 //! - [`agent`]: the router's daemon that learns members from host advertisements.
 //! - [`announce`]: the member host's side: join anycast addresses and advertise them.
 //! - [`health`]: whether the member still serves (addresses on lo, health checks).
+//! - [`identity`]: who serves you: the member's identity responder and the client's probe.
 //! - [`advert_auth`]: keys and HMAC of advertisements (wire format: `anycast_common::advert`).
 //! - [`sys`]: raw socket calls for advertisements.
 //! - [`mapped`]: arrays written in place through mmap (`SLOT_STATE`, Maglev tables).
@@ -31,6 +33,7 @@ pub mod dataplane;
 pub mod error;
 pub mod export;
 pub mod health;
+pub mod identity;
 pub mod journal;
 pub mod load;
 pub mod mac;
@@ -44,6 +47,7 @@ pub mod policy;
 pub mod report;
 pub mod sys;
 pub mod textfile;
+pub mod upgrade;
 
 pub use error::{Error, Result};
 

@@ -107,20 +107,22 @@ impl PinDir {
         self.links().join(ifindex.to_string())
     }
 
-    /// The links anycast pinned here (entries of `links/` named by an ifindex; anything else
-    /// there is not ours).
-    pub fn link_count(&self) -> usize {
-        std::fs::read_dir(self.links())
+    /// The ifindexes of the links anycast pinned here, sorted (entries of `links/` named by an
+    /// ifindex; anything else there is not ours).
+    pub fn link_indexes(&self) -> Vec<u32> {
+        let mut indexes: Vec<u32> = std::fs::read_dir(self.links())
             .map(|d| {
-                d.filter_map(|e| e.ok())
-                    .filter(|e| {
-                        e.file_name()
-                            .to_str()
-                            .is_some_and(|n| n.parse::<u32>().is_ok())
-                    })
-                    .count()
+                d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                    .collect()
             })
-            .unwrap_or(0)
+            .unwrap_or_default();
+        indexes.sort_unstable();
+        indexes
+    }
+
+    /// How many links anycast pinned here (see [`PinDir::link_indexes`]).
+    pub fn link_count(&self) -> usize {
+        self.link_indexes().len()
     }
 
     /// The directory a running agent holds locked (see [`PinDir::agent_lock`]).

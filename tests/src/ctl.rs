@@ -62,8 +62,16 @@ impl Ctl {
 
     /// Runs `anycast-ctl args...` without adding `--pin-dir`.
     pub fn outcome_raw(&self, args: &[&str]) -> Outcome {
+        self.outcome_env(&[], args)
+    }
+
+    /// Runs `anycast-ctl args...` (no `--pin-dir` added) with `env` (`NAME=VALUE`) added to its
+    /// environment, for the debug build's test-only knobs.
+    pub fn outcome_env(&self, env: &[&str], args: &[&str]) -> Outcome {
         let bin = self.bin.to_str().expect("UTF-8 binary path");
-        let mut full = vec![self.net.as_str(), "--", bin];
+        let mut full = vec![self.net.as_str(), "--", "env"];
+        full.extend_from_slice(env);
+        full.push(bin);
         full.extend_from_slice(args);
         cmd::run_with_timeout("nsenter", &full, cmd::COMMAND_TIMEOUT)
             .unwrap_or_else(|e| panic!("{e:#}"))

@@ -14,6 +14,7 @@ pub mod cmd;
 pub mod ctl;
 pub mod daemon;
 pub mod frames;
+pub mod lab;
 pub mod netns;
 pub mod prometheus;
 pub mod sites;

@@ -684,3 +684,96 @@ impl Drop for UdpStream {
         let _ = self.finish();
     }
 }
+
+/// A steady UDP stream from the client: one datagram (a [`send_udp`]-style sequence number)
+/// every `gap`, cycling over the source ports, until stopped. Bounded by [`TRAFFIC_DEADLINE`]
+/// and the datagram limit of [`send_udp`].
+pub struct SpreadStream {
+    stop: Arc<AtomicBool>,
+    count: Arc<AtomicUsize>,
+    handle: Option<JoinHandle<Result<Vec<Sent>>>>,
+}
+
+impl SpreadStream {
+    pub fn start(
+        client: &Netns,
+        dst: Ipv4Addr,
+        port: u16,
+        src_ports: Range<u16>,
+        gap: Duration,
+    ) -> Result<Self> {
+        let sockets = client.in_ns(|| {
+            src_ports
+                .clone()
+                .map(|p| Ok((p, UdpSocket::bind((CLIENT_IP, p))?)))
+                .collect::<std::io::Result<Vec<_>>>()
+        })?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let count = Arc::new(AtomicUsize::new(0));
+        let (stop2, count2) = (stop.clone(), count.clone());
+        let handle = thread::Builder::new()
+            .name("udp-stream".into())
+            .spawn(move || stream(&sockets, (dst, port), gap, &stop2, &count2))?;
+        Ok(SpreadStream {
+            stop,
+            count,
+            handle: Some(handle),
+        })
+    }
+
+    /// Datagrams sent so far.
+    pub fn sent(&self) -> usize {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// Stops sending and returns what was sent; an error if a send failed or a bound was hit.
+    pub fn stop(mut self) -> Result<Vec<Sent>> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle
+            .take()
+            .expect("stream running")
+            .join()
+            .expect("UDP stream thread panicked")
+    }
+}
+
+impl Drop for SpreadStream {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn stream(
+    sockets: &[(u16, UdpSocket)],
+    dst: (Ipv4Addr, u16),
+    gap: Duration,
+    stop: &AtomicBool,
+    count: &AtomicUsize,
+) -> Result<Vec<Sent>> {
+    let deadline = Instant::now() + TRAFFIC_DEADLINE;
+    let mut sent = Vec::new();
+    for (src_port, socket) in sockets.iter().cycle() {
+        if stop.load(Ordering::Relaxed) {
+            return Ok(sent);
+        }
+        ensure!(
+            Instant::now() < deadline && sent.len() < MAX_DATAGRAMS,
+            "the UDP stream ran past its bounds ({} datagrams)",
+            sent.len()
+        );
+        let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+        socket
+            .send_to(&seq.to_be_bytes(), dst)
+            .with_context(|| format!("send from port {src_port}"))?;
+        sent.push(Sent {
+            src_port: *src_port,
+            seq,
+        });
+        count.fetch_add(1, Ordering::Relaxed);
+        thread::sleep(gap);
+    }
+    Ok(sent)
+}

@@ -1,10 +1,11 @@
-//! `cargo xtask`: developer tasks of the anycast workspace.
+//! `cargo xtask`: developer tasks of the anycast workspace (and its Debian package).
 //!
 //! Every task but `fuzz` first runs [`setup::setup`], which installs what a
 //! fresh Debian 12 machine lacks (eBPF toolchain, Debian packages, bpffs), so
 //! a single `cargo xtask test` works from a clean checkout.
 
 mod cmd;
+mod dist;
 mod fuzz;
 mod setup;
 mod tasks;
@@ -38,6 +39,8 @@ enum Command {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Build the Debian package target/debian/anycast-ctl_VERSION_ARCH.deb (release build).
+    Dist,
     /// Run the demo binary of anycast-tests.
     Demo,
     /// Run the benchmark binary of anycast-tests (writes target/bench/report.json).
@@ -55,6 +58,7 @@ fn main() -> Result<()> {
         Command::Setup => setup::setup(),
         Command::Build { release } => tasks::build(release),
         Command::Test { args } => tasks::test(&args),
+        Command::Dist => dist::dist(),
         Command::Demo => tasks::demo(),
         Command::Bench => tasks::bench(),
         Command::Fuzz { seconds } => fuzz::fuzz(seconds),

@@ -11,7 +11,8 @@ use anyhow::{Context, Result, bail};
 
 use crate::cmd::{cargo, command, probe, run};
 
-/// Debian packages the tests and the demo need (`prometheus` brings `promtool` too).
+/// Debian packages the tests, the demo and the package need (`prometheus` brings `promtool`;
+/// `dist` needs strip; the package's install test `man -w` and `systemd-analyze verify`).
 const DEB_PACKAGES: &[&str] = &[
     "iproute2",
     "ethtool",
@@ -19,6 +20,9 @@ const DEB_PACKAGES: &[&str] = &[
     "strace",
     "bird2",
     "prometheus",
+    "binutils",
+    "man-db",
+    "systemd",
 ];
 
 /// Where bpffs must be mounted.

@@ -20,9 +20,13 @@ pub fn build(release: bool) -> Result<()> {
 ///
 /// ARGS go to `cargo test`; anything after a further `--` goes to the test
 /// harness, after `--test-threads=1`.
+///
+/// The package install test (tests/tests/package.rs) gets the package of the debug build
+/// under test (`ANYCAST_DEB`): the same recipe as `cargo xtask dist`, without a release build.
 pub fn test(args: &[String]) -> Result<()> {
     setup()?;
     build_ctl(false)?;
+    let deb = crate::dist::package("debug", &target_dir().join("debian/test"))?;
     let (cargo_args, harness_args) = match args.iter().position(|arg| arg == "--") {
         Some(split) => (&args[..split], &args[split + 1..]),
         None => (args, &[][..]),
@@ -37,7 +41,8 @@ pub fn test(args: &[String]) -> Result<()> {
     cmd.args(cargo_args)
         .args(["--", "--test-threads=1"])
         .args(harness_args)
-        .env("ANYCAST_CTL", ctl_path(false));
+        .env("ANYCAST_CTL", ctl_path(false))
+        .env("ANYCAST_DEB", deb);
     let totals = run_tests(&mut cmd);
     // One closing line over every test binary (cargo's last one is a doc-test run).
     if let Ok((passed, failed)) = &totals {

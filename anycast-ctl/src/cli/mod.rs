@@ -2,8 +2,8 @@
 //!
 //! Each verb module owns its arguments and a `run` that calls into the library and formats the
 //! result (aligned tables for people, `--json` for programs, see [`output`]). `announce` runs
-//! on a member host and needs nothing of the router; every other verb gets a [`Router`]: the
-//! checked pin directory and a netlink handle.
+//! on a member host and `probe` on a client, and need nothing of the router (`probe` not even
+//! root); every other verb gets a [`Router`]: the checked pin directory and a netlink handle.
 use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
@@ -17,6 +17,7 @@ use crate::{
 pub mod agent;
 pub mod announce;
 pub mod args;
+pub mod assets;
 pub mod attach;
 pub mod detach;
 pub mod export;
@@ -25,9 +26,11 @@ pub mod load;
 pub mod member;
 pub mod metrics;
 pub mod output;
+pub mod probe;
 pub mod show;
 pub mod stats;
 pub mod status;
+pub mod upgrade;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -51,6 +54,9 @@ pub enum Command {
     Detach(detach::Args),
     /// Show where the dataplane is attached.
     Status(status::Args),
+    /// Replace the XDP program on every attached interface with this binary's, in place,
+    /// keeping memberships, counters and the connection table (same layout version only).
+    Upgrade(upgrade::Args),
     /// Add or remove members of anycast addresses.
     #[command(subcommand)]
     Member(member::Command),
@@ -64,6 +70,9 @@ pub enum Command {
     Agent(agent::Args),
     /// On a member host: serve anycast addresses and advertise them to the router.
     Announce(crate::announce::Options),
+    /// Ask an anycast address who serves it: each member that answers gives its unicast
+    /// address and hostname (members run `announce --identity-port`).
+    Probe(probe::Args),
     /// Show counters per anycast address and per member.
     Stats(stats::Args),
     /// Serve Prometheus metrics at /metrics (routers with static members; the agent has
@@ -92,23 +101,30 @@ impl Router {
 
 /// Runs one command and returns what to print on stdout.
 pub async fn run(cli: Cli) -> Result<String> {
+    let command = match cli.command {
+        // A client's verb: no router state, no privileges.
+        Command::Probe(args) => return probe::run(args).await,
+        command => command,
+    };
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return Err(Error::NotRoot);
     }
     let router = || Router::open(&cli.pin_dir);
-    match cli.command {
+    match command {
         Command::Announce(options) => announce::run(options).await,
         Command::Agent(args) => agent::run(router()?, args).await,
         Command::Attach(args) => attach::run(&router()?, args).await,
         Command::Detach(args) => detach::run(&router()?, args).await,
         Command::Status(args) => status::run(&router()?, args).await,
+        Command::Upgrade(args) => upgrade::run(&router()?, args).await,
         Command::Member(command) => member::run(&router()?, command).await,
         Command::Load(args) => load::run(&router()?, args).await,
         Command::Show(args) => show::run(&router()?, args).await,
         Command::Stats(args) => stats::run(&router()?, args).await,
         Command::Metrics(args) => metrics::run(router()?, args).await,
         Command::Export(command) => export::run(&router()?, command).await,
+        Command::Probe(_) => unreachable!("handled above"),
     }
 }
 

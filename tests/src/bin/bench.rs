@@ -6,9 +6,9 @@
 //!
 //! `bench --dataplane-only` measures only the TEST_RUN cases (about a minute) and prints them,
 //! without the scale, membership and end-to-end phases and without writing the report.
-//! `bench control`, `bench export`, `bench sites` and `bench metrics` run only the
-//! control-plane, the route-export, the site-failover or the metrics-scrape part, print it, and
-//! write no report.
+//! `bench control`, `bench export`, `bench sites`, `bench metrics` and `bench upgrade` run only
+//! the control-plane, the route-export, the site-failover, the metrics-scrape or the
+//! upgrade-under-load part, print it, and write no report.
 use std::{collections::BTreeMap, net::Ipv4Addr, time::Instant};
 
 use anycast_common::{
@@ -60,6 +60,12 @@ fn main() -> Result<()> {
     if std::env::args().nth(1).as_deref() == Some("sites") {
         let sites = anycast_tests::bench::sites::run()?;
         println!("{}", serde_json::to_string_pretty(&sites)?);
+        return Ok(());
+    }
+    // `bench upgrade`: only the upgrade under load, printed, no report.
+    if std::env::args().nth(1).as_deref() == Some("upgrade") {
+        let upgrade = anycast_tests::bench::upgrade::run()?;
+        println!("{}", serde_json::to_string_pretty(&upgrade)?);
         return Ok(());
     }
     let mut bed = Bed::new()?;
@@ -175,6 +181,9 @@ fn main() -> Result<()> {
     println!("\n== Prometheus scrape at 65,536 addresses (anycast-ctl metrics, namespaces)");
     let metrics = anycast_tests::bench::metrics::run()?;
 
+    println!("\n== upgrade under load (anycast-ctl binary, namespaces)");
+    let upgrade = anycast_tests::bench::upgrade::run()?;
+
     println!("\n== end-to-end forwarding rate (live frames, namespaces)");
     let end_to_end = anycast_tests::bench::e2e::run(E2E_PACKETS)?;
 
@@ -198,6 +207,7 @@ fn main() -> Result<()> {
         "route_export": route_export,
         "site_failover": site_failover,
         "metrics": metrics,
+        "upgrade": upgrade,
         "end_to_end": end_to_end,
         "ratios": {
             "forward_vs_baseline": forward_vs_baseline,
@@ -225,6 +235,8 @@ fn main() -> Result<()> {
             "route_withdraw_at_scale_p99_ms": 10,
             "site_failover_fast_ms": 1_000,
             "metrics_scrape_65536_ms": 1_000,
+            "upgrade_lost_datagrams": 0,
+            "upgrade_broken_connections": 0,
         },
     });
     let dir = target_dir().join("bench");

@@ -1,0 +1,150 @@
+//! A router with the agent and member hosts that announce themselves: the topology with the
+//! dataplane attached to r0..r3, `anycast-ctl agent` on r1..r3 with a key file, and
+//! `announce` started per member by the test. For the tests that need learned members beside
+//! their own subject (upgrade, identity probes).
+//!
+//! The key file lives in the temp directory and is removed with the lab; the agent and the
+//! announcers are [`Daemon`] guards.
+use std::{
+    net::Ipv4Addr,
+    os::unix::fs::PermissionsExt,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use crate::{ANYCAST, Ctl, Topology, TopologyOptions, daemon::Daemon, wait_until};
+
+pub const SECRET_HEX: &str = "5f1c2b3a4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8";
+pub const INTERVAL_MS: u64 = 200;
+pub const HOLD_MS: u64 = 600;
+
+pub struct AgentLab {
+    pub topo: Topology,
+    pub ctl: Ctl,
+    pub agent: Option<Daemon>,
+    pub key_file: PathBuf,
+}
+
+impl AgentLab {
+    /// The lab with the agent running and no member yet (members start without the anycast
+    /// address: `announce` adds it, and removes it on exit).
+    pub fn new() -> Self {
+        let topo = Topology::new(TopologyOptions::default()).expect("topology");
+        for m in &topo.members {
+            m.ns.ip(&["addr", "del", "198.51.100.53/32", "dev", "lo"])
+                .expect("clearing lo");
+        }
+        let ctl = Ctl::new(&topo.router);
+        let ifaces = topo.router_ifaces();
+        let ifaces: Vec<&str> = ifaces.iter().map(String::as_str).collect();
+        ctl.run(&[&["attach"], &ifaces[..]].concat())
+            .expect("attach");
+        let key_file = std::env::temp_dir().join(format!(
+            "anycast-lab-key-{}-{}",
+            std::process::id(),
+            topo.router.name()
+        ));
+        std::fs::write(
+            &key_file,
+            format!("[[key]]\nid = 1\nsecret = \"{SECRET_HEX}\"\n"),
+        )
+        .expect("key file");
+        std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600))
+            .expect("key file mode");
+        let mut lab = AgentLab {
+            topo,
+            ctl,
+            agent: None,
+            key_file,
+        };
+        lab.start_agent();
+        lab
+    }
+
+    /// Starts the agent on r1..r3 (after a previous one was killed, too).
+    pub fn start_agent(&mut self) {
+        let pin = self.ctl.pin_dir().display().to_string();
+        let key = self.key_file.display().to_string();
+        let args = [
+            "--pin-dir",
+            &pin,
+            "agent",
+            "--dev",
+            "r1",
+            "--dev",
+            "r2",
+            "--dev",
+            "r3",
+            "--anycast-prefix",
+            "198.51.100.0/24",
+            "--key-file",
+            &key,
+        ];
+        let mut agent = Daemon::spawn(&self.topo.router, "agent", &args).expect("agent");
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(agent.running(), "agent exited: {}", agent.log());
+        self.agent = Some(agent);
+    }
+
+    /// Starts `announce 198.51.100.53` on member `member` (0-based) with the lab's interval
+    /// and hold and `extra` arguments.
+    pub fn announce(&self, member: usize, extra: &[&str]) -> Daemon {
+        let m = &self.topo.members[member];
+        let key = self.key_file.display().to_string();
+        let interval = format!("{INTERVAL_MS}ms");
+        let hold = format!("{HOLD_MS}ms");
+        let mut args = vec![
+            "announce",
+            "198.51.100.53",
+            "--dev",
+            &m.iface,
+            "--interval",
+            &interval,
+            "--hold",
+            &hold,
+            "--key-file",
+            &key,
+        ];
+        args.extend_from_slice(extra);
+        Daemon::spawn(&m.ns, &format!("announce m{}", member + 1), &args).expect("announce")
+    }
+
+    /// The learned members of the anycast address, sorted.
+    pub fn learned(&self) -> Vec<Ipv4Addr> {
+        let show = self.ctl.show();
+        let mut v: Vec<Ipv4Addr> = show
+            .members_of(ANYCAST)
+            .iter()
+            .filter(|m| m.source == "learned")
+            .map(|m| m.address)
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Waits until exactly `want` are learned; panics with the agent's log otherwise.
+    pub fn wait_learned(&self, want: &[Ipv4Addr], timeout: Duration) -> Duration {
+        let start = Instant::now();
+        let mut want = want.to_vec();
+        want.sort();
+        assert!(
+            wait_until(timeout, || self.learned() == want),
+            "learned {:?}, wanted {want:?}; agent log:\n{}",
+            self.learned(),
+            self.agent.as_ref().map(Daemon::log).unwrap_or_default()
+        );
+        start.elapsed()
+    }
+}
+
+impl Default for AgentLab {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for AgentLab {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.key_file);
+    }
+}
