@@ -258,6 +258,11 @@ impl Bed {
         })
     }
 
+    /// The pin directory of the bed's maps.
+    pub fn pin(&self) -> &PinDir {
+        &self.pin
+    }
+
     /// Adds a member through the same code path as `anycast-ctl member add`.
     pub fn add_member(
         &mut self,

@@ -7,7 +7,7 @@
 //! Namespaces left behind by a killed test process (its pid gone) are swept on first use.
 
 use std::fs::File;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, Once};
@@ -137,6 +137,44 @@ impl Netns {
             .as_u64()
             .and_then(|i| u32::try_from(i).ok())
             .ok_or_else(|| anyhow!("{ifname} in {} has no ifindex: {link}", self.name))
+    }
+
+    /// Sets `ifname` administratively up or down with one ioctl (no `ip` process to wait for);
+    /// returns the instant just before the change was asked, for timing what follows it.
+    pub fn set_link(&self, ifname: &str, up: bool) -> Result<std::time::Instant> {
+        let name = std::ffi::CString::new(ifname)?;
+        self.in_ns(|| {
+            // SAFETY: a plain datagram socket for the ioctls, owned (and closed) by `fd`.
+            let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) };
+            if fd < 0 {
+                bail!("socket: {}", std::io::Error::last_os_error());
+            }
+            // SAFETY: fd is a fresh descriptor nothing else owns.
+            let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+            // SAFETY: ifreq is plain data; zero is a valid initial value.
+            let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+            for (dst, &src) in req.ifr_name.iter_mut().zip(name.as_bytes()) {
+                *dst = src as libc::c_char;
+            }
+            // SAFETY: SIOCGIFFLAGS reads ifr_name and writes ifr_flags of a valid ifreq.
+            if unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } != 0 {
+                bail!("SIOCGIFFLAGS {ifname}: {}", std::io::Error::last_os_error());
+            }
+            // SAFETY: the ioctl filled ifr_flags.
+            let flags = unsafe { req.ifr_ifru.ifru_flags };
+            let up_flag = libc::IFF_UP as libc::c_short;
+            req.ifr_ifru.ifru_flags = if up {
+                flags | up_flag
+            } else {
+                flags & !up_flag
+            };
+            let asked = std::time::Instant::now();
+            // SAFETY: SIOCSIFFLAGS reads ifr_name and ifr_flags of a valid ifreq.
+            if unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCSIFFLAGS, &req) } != 0 {
+                bail!("SIOCSIFFLAGS {ifname}: {}", std::io::Error::last_os_error());
+            }
+            Ok(asked)
+        })
     }
 
     /// Ids of the XDP programs the kernel reports on `ifname`, empty if none is attached.

@@ -24,7 +24,7 @@ use std::{
 use anycast_common::{
     AGENT_COUNTERS, AgentCounter,
     advert::{DEFAULT_GROUP, DEFAULT_PORT, Membership, Packet, REQUIRED_TTL, Repr},
-    ip_key,
+    ip_key, position_bit,
 };
 use anycast_ctl::{
     advert_auth,
@@ -54,9 +54,13 @@ const REFRESH_HOLD_MS: u32 = 3_000;
 /// The timed refreshes are timed in chunks too, to show the spread on a noisy machine.
 const CHUNK: usize = 20_000;
 /// Leave trials against the daemon.
-const LEAVE_TRIALS: usize = 100;
+const LEAVE_TRIALS: usize = 1_000;
+/// Pause after a join before the timed event: the agent waits for a grace period right after
+/// each flip (`members::update`), and an event arriving meanwhile waits for it (measured
+/// separately, see the README).
+pub(crate) const SETTLE: Duration = Duration::from_millis(30);
 /// Hold of the joins before each leave: only the leave can explain a removal.
-const JOIN_HOLD_MS: u32 = 30_000;
+pub(crate) const JOIN_HOLD_MS: u32 = 30_000;
 /// Expiry trials against the daemon, and their advertisement timing.
 const EXPIRY_TRIALS: usize = 10;
 const EXPIRY_INTERVAL: Duration = Duration::from_millis(100);
@@ -71,14 +75,14 @@ const WAIT_LIMIT: Duration = Duration::from_secs(3);
 const JOIN_RETRY: Duration = Duration::from_millis(250);
 
 const TARGET_ADVERTS_PER_SECOND: f64 = 100_000.0;
-const TARGET_LEAVE_P99_MS: f64 = 50.0;
+const TARGET_LEAVE_P99_MS: f64 = 1.0;
 
-const KEY_ID: u32 = 1;
-const SECRET: [u8; 32] = [
+pub(crate) const KEY_ID: u32 = 1;
+pub(crate) const SECRET: [u8; 32] = [
     0x5f, 0x1c, 0x2b, 0x3a, 0x4d, 0x5e, 0x6f, 0x70, 0x81, 0x92, 0xa3, 0xb4, 0xc5, 0xd6, 0xe7, 0xf8,
     0x09, 0x1a, 0x2b, 0x3c, 0x4d, 0x5e, 0x6f, 0x70, 0x81, 0x92, 0xa3, 0xb4, 0xc5, 0xd6, 0xe7, 0xf8,
 ];
-const PREFIX: &str = "198.51.100.0/24";
+pub(crate) const PREFIX: &str = "198.51.100.0/24";
 
 /// Runs the three measurements; prints a table and returns the figures as JSON.
 pub fn run() -> Result<Value> {
@@ -178,7 +182,7 @@ pub fn run() -> Result<Value> {
         "{:<44} {:>12.2} {:>12}",
         "leave -> removal p99 ms",
         leave_stats.p99,
-        format!("< {TARGET_LEAVE_P99_MS:.0}")
+        format!("<= {TARGET_LEAVE_P99_MS:.0}")
     );
     println!(
         "{:<44} {:>12.2} {:>12}",
@@ -199,13 +203,19 @@ pub fn run() -> Result<Value> {
 
     Ok(json!({
         "adverts_per_second": rate.per_second,
+        "leave_p99_ms": leave_stats.p99,
         "leave_to_removal_ms": {
             "p50": leave_stats.p50,
             "p99": leave_stats.p99,
             "max": leave_stats.max,
             "min": leave_stats.min,
             "trials": leave.len(),
-            "target_p99_below": TARGET_LEAVE_P99_MS,
+            "target_p99": TARGET_LEAVE_P99_MS,
+            "method": "graceful leave -> no new datagram to the member: a signed leave \
+                multicast from the member namespace to the real agent daemon (joined before \
+                with a 30 s hold, so only the leave can explain the removal); the clock stops \
+                when the pinned maps stop sending the member new datagrams (its SLOT_STATE \
+                down bit set, or gone from the live MEMBER_SET), polled every 100 us",
         },
         "expiry_after_last_advert_ms": {
             "p50": expiry_stats.p50,
@@ -218,7 +228,7 @@ pub fn run() -> Result<Value> {
         },
         "targets": {
             "adverts_per_second_min": TARGET_ADVERTS_PER_SECOND,
-            "leave_to_removal_p99_ms_below": TARGET_LEAVE_P99_MS,
+            "leave_p99_ms": TARGET_LEAVE_P99_MS,
             "expiry_after_last_advert_ms_max": expiry_target,
         },
         "details": {
@@ -240,7 +250,7 @@ pub fn run() -> Result<Value> {
                 pinned maps, signed refreshes (hold 3000 ms) from one learned member, first \
                 message untimed, all accepted; leave/expiry: the anycast-ctl agent daemon, \
                 crafted signed adverts multicast from the member namespace with TTL 255, \
-                removal seen by polling the pinned ADDRS/MEMBER_SETS/HOST_IDS",
+                removal seen by polling the pinned ADDRS/MEMBER_SETS/HOST_IDS/SLOT_STATE",
         },
     }))
 }
@@ -433,8 +443,8 @@ fn leave_trials(maps: &Maps, sender: &mut Sender) -> Result<Vec<f64>> {
     let mut out = Vec::with_capacity(LEAVE_TRIALS);
     for trial in 0..LEAVE_TRIALS {
         sender.join_until_live(maps, JOIN_HOLD_MS)?;
-        // Vary the phase against the agent's 10 ms timers.
-        std::thread::sleep(Duration::from_millis((trial as u64 * 7) % 20));
+        // Let the join's own grace-period wait end, then vary the phase.
+        std::thread::sleep(SETTLE + Duration::from_micros((trial as u64 * 700) % 5_000));
         let leave = sender.message(now_ms(), 0)?;
         let sent = Instant::now();
         sender.send(&leave)?;
@@ -480,20 +490,35 @@ fn expiry_trials(maps: &Maps, sender: &mut Sender) -> Result<Vec<f64>> {
 
 /// Polls until `member` is out of the live set of [`ANYCAST`]; the time since `since`.
 fn wait_gone(maps: &Maps, member: Ipv4Addr, since: Instant) -> Result<Duration> {
+    wait_live(maps, member, false, (since, WAIT_LIMIT))
+}
+
+/// Polls until [`in_set`] is `live` for `member`; the time since `since`, or an error once
+/// `limit` has passed since then.
+pub(crate) fn wait_live(
+    maps: &Maps,
+    member: Ipv4Addr,
+    live: bool,
+    (since, limit): (Instant, Duration),
+) -> Result<Duration> {
     loop {
-        if !in_set(maps, member)? {
+        if in_set(maps, member)? == live {
             return Ok(since.elapsed());
         }
-        if since.elapsed() > WAIT_LIMIT {
-            bail!("{member} still a member {WAIT_LIMIT:?} after it should have gone");
+        if since.elapsed() > limit {
+            bail!(
+                "{member} not {} within {limit:?}",
+                if live { "live" } else { "gone" }
+            );
         }
         std::thread::sleep(POLL);
     }
 }
 
-/// Whether the dataplane would send new flows of [`ANYCAST`] to `member`: its host is in the
-/// address's live member set.
-fn in_set(maps: &Maps, member: Ipv4Addr) -> Result<bool> {
+/// Whether the dataplane would send new datagrams of [`ANYCAST`] to `member`: its host is in
+/// the address's live member set and its position's `SLOT_STATE` down bit is clear (a leave,
+/// expiry, link down or delete sets that bit first, with one store, before the rebuild).
+pub(crate) fn in_set(maps: &Maps, member: Ipv4Addr) -> Result<bool> {
     let host = match maps.host_ids.get(&ip_key(member.octets()), 0) {
         Ok(host) => host,
         Err(aya::maps::MapError::KeyNotFound) => return Ok(false),
@@ -502,18 +527,21 @@ fn in_set(maps: &Maps, member: Ipv4Addr) -> Result<bool> {
     let Bucket::Found { entry, .. } = maps.bucket(ip_key(ANYCAST.octets()))? else {
         return Ok(false);
     };
-    Ok(maps.member_set(&entry)?.members().any(|m| m.host == host))
+    let set = maps.member_set(&entry)?;
+    let down = maps.slot_state.down(entry.slot);
+    Ok((set.positions().iter().enumerate())
+        .any(|(p, m)| m.host == host && down & position_bit(p as u32) == 0))
 }
 
 /// A member host's advertisement sender: its own sequence and a socket in its namespace.
-struct Sender {
-    ip: Ipv4Addr,
+pub(crate) struct Sender {
+    pub(crate) ip: Ipv4Addr,
     seq: u64,
     socket: UdpSocket,
 }
 
 impl Sender {
-    fn new(member: &Member) -> Result<Self> {
+    pub(crate) fn new(member: &Member) -> Result<Self> {
         let ip = member.ip;
         let socket = member.ns.in_ns(|| -> Result<UdpSocket> {
             let socket = UdpSocket::bind(SocketAddrV4::new(ip, 0))?;
@@ -525,7 +553,7 @@ impl Sender {
     }
 
     /// The next signed advertisement for [`ANYCAST`] (`hold_ms` 0: a leave).
-    fn message(&mut self, timestamp_ms: u64, hold_ms: u32) -> Result<Vec<u8>> {
+    pub(crate) fn message(&mut self, timestamp_ms: u64, hold_ms: u32) -> Result<Vec<u8>> {
         self.seq += 1;
         let mut repr = Repr::new(self.ip, self.seq, timestamp_ms, KEY_ID);
         repr.push(Membership {
@@ -543,7 +571,7 @@ impl Sender {
     }
 
     /// Multicasts `bytes` to the advertisement group on the member's link.
-    fn send(&self, bytes: &[u8]) -> Result<()> {
+    pub(crate) fn send(&self, bytes: &[u8]) -> Result<()> {
         let group = SocketAddrV4::new(Ipv4Addr::from(DEFAULT_GROUP), DEFAULT_PORT);
         let sent = self.socket.send_to(bytes, group)?;
         ensure!(sent == bytes.len(), "short send: {sent} of {}", bytes.len());
@@ -551,7 +579,7 @@ impl Sender {
     }
 
     /// Sends joins until the member is live (repeating them while the agent may be starting).
-    fn join_until_live(&mut self, maps: &Maps, hold_ms: u32) -> Result<()> {
+    pub(crate) fn join_until_live(&mut self, maps: &Maps, hold_ms: u32) -> Result<()> {
         let start = Instant::now();
         while start.elapsed() < WAIT_LIMIT {
             let join = self.message(now_ms(), hold_ms)?;

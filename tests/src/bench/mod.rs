@@ -1,11 +1,13 @@
 //! The benchmarks of `cargo xtask bench` (driven by `src/bin/bench.rs`), apart from the test
 //! harness they build on: end-to-end forwarding against Linux ECMP (`e2e`), membership by
-//! advertisement (`membership`), the control plane at 65,536 addresses (`control`), route
-//! export (`export`), site failover through BIRD (`sites`), the Prometheus scrape at 65,536
-//! addresses (`metrics`) and upgrade under load (`upgrade`).
+//! advertisement (`membership`), failover: table swaps, link down and hard failure
+//! (`failover`), the control plane at 65,536 addresses (`control`), route export (`export`),
+//! site failover through BIRD (`sites`), the Prometheus scrape at 65,536 addresses (`metrics`)
+//! and upgrade under load (`upgrade`).
 pub mod control;
 pub mod e2e;
 pub mod export;
+pub mod failover;
 pub mod membership;
 pub mod metrics;
 pub mod sites;

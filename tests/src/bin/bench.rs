@@ -6,9 +6,10 @@
 //!
 //! `bench --dataplane-only` measures only the TEST_RUN cases (about a minute) and prints them,
 //! without the scale, membership and end-to-end phases and without writing the report.
-//! `bench control`, `bench export`, `bench sites`, `bench metrics` and `bench upgrade` run only
-//! the control-plane, the route-export, the site-failover, the metrics-scrape or the
-//! upgrade-under-load part, print it, and write no report.
+//! `bench control`, `bench export`, `bench failover`, `bench sites`, `bench metrics` and
+//! `bench upgrade` run only the control-plane, the route-export, the membership-and-failover,
+//! the site-failover, the metrics-scrape or the upgrade-under-load part, print it, and write no
+//! report.
 use std::{collections::BTreeMap, net::Ipv4Addr, time::Instant};
 
 use anycast_common::{
@@ -54,6 +55,15 @@ fn main() -> Result<()> {
     if std::env::args().nth(1).as_deref() == Some("export") {
         let export = anycast_tests::bench::export::run()?;
         println!("{}", serde_json::to_string_pretty(&export)?);
+        return Ok(());
+    }
+    // `bench failover`: only membership by advertisement (the leave) and failover, printed,
+    // no report.
+    if std::env::args().nth(1).as_deref() == Some("failover") {
+        let membership = anycast_tests::bench::membership::run()?;
+        let failover = anycast_tests::bench::failover::run()?;
+        let both = json!({"membership": membership, "failover": failover});
+        println!("{}", serde_json::to_string_pretty(&both)?);
         return Ok(());
     }
     // `bench sites`: only site failover through BIRD, printed, no report.
@@ -161,13 +171,11 @@ fn main() -> Result<()> {
     print_dataplane(&ns);
     println!("scale_65536_vs_1             {scale:.3}  (target <= 1.1)");
 
-    let maglev_ms = anycast_ctl::maglev::bench_build_ms(201);
-    println!(
-        "\nMaglev table build, M=65537, 64 members: {maglev_ms:.3} ms (median of 201; target <= 1.8)"
-    );
-
     println!("\n== membership by advertisement (real agent, namespaces)");
     let membership = anycast_tests::bench::membership::run()?;
+
+    println!("\n== failover: Maglev build, table swap, link down, kill -9 (namespaces)");
+    let failover = anycast_tests::bench::failover::run()?;
 
     println!("\n== control plane at 65,536 addresses (anycast-ctl binary, namespaces)");
     let control = anycast_tests::bench::control::run()?;
@@ -199,10 +207,8 @@ fn main() -> Result<()> {
                 "scale_65536_vs_1": scale,
             },
         },
-        "maglev": {
-            "build_ms_m65537_64_members": maglev_ms,
-        },
         "membership": membership,
+        "failover": failover,
         "control_plane": control,
         "route_export": route_export,
         "site_failover": site_failover,
@@ -218,11 +224,14 @@ fn main() -> Result<()> {
         "targets": {
             "forward_vs_baseline": 1.5,
             "scale_65536_vs_1": 1.1,
-            "maglev_build_ms": 1.8,
+            "maglev_build_ms": 0.5,
+            "table_swap_ms": 1,
+            "link_down_p99_ms": 5,
+            "hard_failure_fast_max_ms": 35,
             "xdp_vs_kernel_ecmp": 5.0,
             "xdp_vs_plain_redirect": 0.8,
             "adverts_per_second": 100_000,
-            "leave_to_removal_p99_ms": 50,
+            "leave_p99_ms": 1,
             "expiry_after_last_advert_ms": 400,
             "member_add_65536_ms": 5,
             "member_del_65536_ms": 5,
