@@ -106,10 +106,11 @@ pub struct Attached {
     pub veth: bool,
 }
 
-/// The interfaces of `done` attached natively although they are veths (see [`veth_warning`]).
+/// The interfaces of `done` this call attached natively although they are veths (see
+/// [`veth_warning`]); an adopted attachment was warned about by the call that made it.
 pub fn native_veths(done: &[(String, Attached)]) -> Vec<String> {
     (done.iter())
-        .filter(|(_, a)| a.veth && a.mode == Mode::Native)
+        .filter(|(_, a)| a.new && a.veth && a.mode == Mode::Native)
         .map(|(name, _)| name.clone())
         .collect()
 }
