@@ -230,6 +230,9 @@ pub struct Maps {
     /// A one-word table, made on first use, that [`Maps::grace_period`] stores at
     /// `GRACE_INDEX`.
     pub grace: Option<MapData>,
+    /// Between [`Maps::defer_settles`] and [`Maps::settle_deferred`]: the slots flipped whose
+    /// settling waits (see `members::write`).
+    pub deferred: Option<Vec<u32>>,
     /// The undo log of the open transaction, if any (see [`crate::journal`]).
     pub journal: Option<Vec<crate::journal::Undo>>,
     /// Device and inode of the `ADDRS` pin these handles were opened from.
@@ -271,6 +274,7 @@ impl Maps {
             export: open(pin, names::EXPORT)?,
             slot_state: open_slot_state(pin)?,
             grace: None,
+            deferred: None,
             journal: None,
         })
     }

@@ -218,6 +218,37 @@ impl Maps {
         Ok(())
     }
 
+    /// After a flip of `slot`: [`Maps::settle`] now, or later if settles are deferred.
+    pub fn settle_after_flip(&mut self, slot: u32) -> Result<()> {
+        match &mut self.deferred {
+            Some(slots) => {
+                slots.push(slot);
+                Ok(())
+            }
+            None => self.settle(slot),
+        }
+    }
+
+    /// Defers the waits that follow flips until [`Maps::settle_deferred`], so that a writer can
+    /// do what the flips make due (a route) first, and many flips share one grace period.
+    pub fn defer_settles(&mut self) {
+        self.deferred.get_or_insert_with(Vec::new);
+    }
+
+    /// Settles the slots flipped since [`Maps::defer_settles`] with one grace period. On an
+    /// error they stay retiring: the next change of each settles it first.
+    pub fn settle_deferred(&mut self) -> Result<()> {
+        let slots = self.deferred.take().unwrap_or_default();
+        if !slots.iter().any(|&slot| self.slot_state.retiring(slot)) {
+            return Ok(());
+        }
+        self.grace_period()?;
+        for slot in slots {
+            self.slot_state.set_retiring(slot, false);
+        }
+        Ok(())
+    }
+
     /// Writes the packed `words` of a Maglev table into `TABLES[index]`, a spare settled by
     /// [`Maps::settle`]: in place through mmap when the map there has the right size, else
     /// into a new map put there (which waits for a grace period, once per address and size).

@@ -62,6 +62,13 @@ impl Bird {
         let _ = self.child.wait();
     }
 
+    /// Sends `signal` to BIRD (nsenter execs it: the child is BIRD), e.g. SIGSTOP: a router
+    /// that freezes, its sessions open, silent.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
+
     /// What `birdc ARGS...` on this BIRD's control socket prints (for diagnostics).
     pub fn birdc(&self, ns: &Netns, args: &[&str]) -> String {
         let socket = self.dir.join("bird.ctl");

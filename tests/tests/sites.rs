@@ -162,24 +162,52 @@ fn every_announcer_at_a_dies_u_moves_to_b_and_back_when_they_return() {
     assert_eq!(got, sent.len(), "datagrams at A after its return");
 }
 
-#[test]
-fn a_dead_site_router_is_dropped_by_bfd_within_a_second() {
+/// With A preferred, takes A's router out by `fail` and checks that U routes via B within 1 s
+/// (BFD 3 x 100 ms) and that the client's datagrams reach B. Returns the sites for more checks.
+fn site_router_fails(fail: impl FnOnce(&mut Sites)) -> Sites {
     let mut sites = preferred_a(Routing::Bgp);
-    let killed = Instant::now();
-    sites.a.bird.as_mut().expect("A's BIRD").kill();
+    let failed = Instant::now();
+    fail(&mut sites);
     let moved = wait_until(Duration::from_secs(3), || sites.upstream_via() == B);
-    let took = killed.elapsed();
+    let took = failed.elapsed();
     assert!(moved, "U still routes {:?}", sites.upstream_route());
+    eprintln!("U routes via B {took:?} after the failure");
     assert!(
         took < Duration::from_secs(1),
         "U converged in {took:?} (BFD 3 x 100 ms)"
     );
-    // A's dataplane and export table are untouched by its BIRD's death.
-    assert_eq!(sites.a.exported(), route(50));
     let b = sinks(&sites.b);
     let sent = traffic::send_udp(&sites.client, ANYCAST, UDP_PORT, 44000..44016, 4).expect("send");
     let got = traffic::wait_for_datagrams(&b, sent.len(), traffic::DELIVERY_TIMEOUT);
     assert_eq!(got, sent.len(), "datagrams at B");
+    sites
+}
+
+#[test]
+fn a_dead_site_router_is_dropped_by_bfd_within_a_second() {
+    let sites = site_router_fails(|sites| sites.a.bird.as_mut().expect("A's BIRD").kill());
+    // A's dataplane and export table are untouched by its BIRD's death.
+    assert_eq!(sites.a.exported(), route(50));
+}
+
+#[test]
+fn a_site_router_whose_link_to_u_goes_down_is_dropped_within_a_second() {
+    let mut sites = site_router_fails(|sites| {
+        (sites.a.router.ip(&["link", "set", "u0", "down"])).expect("u0 down");
+    });
+    // A still has its members and its route: only the link to U is gone.
+    assert_eq!(sites.a.exported(), route(50));
+    assert!(sites.a.agent.as_mut().expect("A's agent").running());
+}
+
+#[test]
+fn a_frozen_site_router_is_dropped_by_bfd_alone_within_a_second() {
+    // SIGSTOP: BGP's TCP session stays open and its hold time is 240 s, so only BFD's
+    // missing packets can tell U within a second.
+    let sites = site_router_fails(|sites| {
+        (sites.a.bird.as_ref().expect("A's BIRD")).signal(libc::SIGSTOP);
+    });
+    assert_eq!(sites.a.exported(), route(50));
 }
 
 #[test]

@@ -362,9 +362,10 @@ fn update(
     if down & !now != 0 {
         maps.set_down(slot, down & now);
     }
-    // The retired set and table may still have readers: wait for them now, after the flip,
-    // so that the next change of this address finds its spare ready.
-    maps.settle(slot)
+    // The retired set and table may still have readers: wait for them now, after the flip
+    // (or once the writer is done, if it deferred that), so that the next change of this
+    // address finds its spare ready.
+    maps.settle_after_flip(slot)
 }
 
 /// The positions of `set` that hold a member.

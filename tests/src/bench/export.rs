@@ -14,7 +14,9 @@
 //!    timed from spawn to exit: each route add is acknowledged by the kernel before the process
 //!    exits, so at exit all are in the table, which is then counted (`ip route show table 201
 //!    proto 201`) and must hold exactly 65,536. Details: the trials of 1. again (21 of each)
-//!    with the 65,535 other routes exported, and `export off` (withdrawing them all).
+//!    with the 65,535 other routes exported, and `export off` (withdrawing them all). BIRD's
+//!    import (`bird_import_ms`): a BIRD in the router namespace with `contrib/bird/anycast.conf`,
+//!    polled with `birdc show route count` from the spawn of `export on` until it has all.
 //!
 //! The topology and the pin directory are guards removed on every exit path.
 use std::{
@@ -37,7 +39,7 @@ use super::{
     control::{self, ms, operator, tempdir},
     membership::Summary,
 };
-use crate::{Ctl, Topology};
+use crate::{Ctl, Topology, bird::Bird};
 
 /// Trials of each of install and withdraw.
 const TRIALS: usize = 100;
@@ -47,6 +49,9 @@ const TABLE: u32 = 201;
 const PROTO: u8 = 201;
 const TARGET_P99_MS: f64 = 10.0;
 const TARGET_BULK_MS: f64 = 10_000.0;
+/// How often, and how long, the bulk phase asks BIRD how many routes it has.
+const BIRD_POLL: Duration = Duration::from_millis(10);
+const BIRD_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a trial waits for its notification before it fails.
 const TIMEOUT: Duration = Duration::from_secs(5);
 /// The address of the latency trials (outside the bulk addresses' 198.18.0.0/15).
@@ -197,6 +202,8 @@ fn is_our_route(event: &Event, added: bool) -> bool {
 /// What [`bulk`] measured, in ms.
 struct Bulk {
     install: f64,
+    /// ms from the spawn of `export on` until BIRD's kernel protocol had learned every route.
+    bird_import: f64,
     withdraw: f64,
     at_scale_install: Summary,
     at_scale_withdraw: Summary,
@@ -224,7 +231,17 @@ fn bulk(topo: &Topology, ctl: &Ctl) -> Result<Bulk> {
         &["load", file.to_str().context("UTF-8 temp path")?],
     )?;
     std::fs::remove_dir_all(&dir)?;
-    let (install, out) = operator(topo, ctl, &["export", "on"])?;
+    let bird = Bird::start(&topo.router, &bird_config())?;
+    wait_bird_up(topo, &bird)?;
+    let start = Instant::now();
+    let (install, out, bird_import) = std::thread::scope(|s| {
+        let learned = s.spawn(|| bird_learned_all(topo, &bird, start, addresses as usize));
+        let done = operator(topo, ctl, &["export", "on"]);
+        let learned = learned.join().expect("BIRD poller");
+        done.map(|(install, out)| (install, out, learned))
+    })?;
+    let bird_import = bird_import?;
+    drop(bird);
     let n = count_routes(topo)?;
     ensure!(
         n == addresses as usize,
@@ -240,10 +257,51 @@ fn bulk(topo: &Topology, ctl: &Ctl) -> Result<Bulk> {
     );
     Ok(Bulk {
         install,
+        bird_import,
         withdraw,
         at_scale_install: Summary::of(&at_scale_install),
         at_scale_withdraw: Summary::of(&at_scale_withdraw),
     })
+}
+
+/// The router's BIRD: `contrib/bird/anycast.conf` (the kernel protocol learning table 201)
+/// and nothing to tell anyone.
+fn bird_config() -> String {
+    "router id 203.0.113.1;\nprotocol device {}\ninclude \"anycast.conf\";\n".to_string()
+}
+
+/// Waits until BIRD answers on its control socket.
+fn wait_bird_up(topo: &Topology, bird: &Bird) -> Result<()> {
+    let up = crate::wait_until(TIMEOUT, || {
+        bird.birdc(&topo.router, &["show", "status"])
+            .contains("Daemon is up and running")
+    });
+    ensure!(up, "BIRD not up within {TIMEOUT:?}");
+    Ok(())
+}
+
+/// Polls `birdc show route count` (every [`BIRD_POLL`]) until BIRD holds `n` routes: the ms
+/// from `start` to the first reading that shows them all.
+fn bird_learned_all(topo: &Topology, bird: &Bird, start: Instant, n: usize) -> Result<f64> {
+    let mut last = String::new();
+    while start.elapsed() < BIRD_TIMEOUT {
+        last = bird.birdc(&topo.router, &["show", "route", "count"]);
+        if bird_route_count(&last) == Some(n) {
+            return Ok(ms(start.elapsed()));
+        }
+        std::thread::sleep(BIRD_POLL);
+    }
+    bail!(
+        "BIRD did not learn {n} routes within {BIRD_TIMEOUT:?}: {}",
+        last.trim()
+    )
+}
+
+/// The route count of `birdc show route count` ("65536 of 65536 routes for 65536 networks in
+/// table master4").
+fn bird_route_count(out: &str) -> Option<usize> {
+    let line = out.lines().find(|l| l.contains(" routes for "))?;
+    line.split_whitespace().next()?.parse().ok()
 }
 
 /// The routes of our protocol in our table, as `ip route` lists them.
@@ -294,6 +352,10 @@ fn print(f: &Figures) {
         "export on, 65,536 addresses (ms)",
         f.bulk.install,
         format!("< {TARGET_BULK_MS:.0}")
+    );
+    println!(
+        "{:<46} {:>19.1}",
+        "export on -> BIRD has all 65,536 (ms)", f.bulk.bird_import
     );
     println!(
         "{:<46} {:>19.1}",
@@ -373,6 +435,15 @@ fn report(f: &Figures) -> Value {
                  the kernel before exit); then `ip route show table {TABLE} proto {PROTO}` \
                  checked to list exactly {}",
                 control::ADDRESSES,
+                control::ADDRESSES
+            ),
+            "bird_import_ms": f.bulk.bird_import,
+            "bird_import_method": format!(
+                "BIRD 2 in the router namespace with contrib/bird/anycast.conf (kernel protocol \
+                 `learn`ing table {TABLE}, scan time 10 s), started before; ms from the spawn of \
+                 `export on` to the first `birdc show route count` (polled every {} ms, \
+                 in a thread of its own) reading {} routes",
+                BIRD_POLL.as_millis(),
                 control::ADDRESSES
             ),
             "withdraw_all_ms": f.bulk.withdraw,
