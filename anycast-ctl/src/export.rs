@@ -10,11 +10,15 @@
 //! - An address's route has the metric [`metric`] gives: the best preference among its members
 //!   with a weight, or that plus [`DRAINED`] when every member is drained; no route without a
 //!   member.
+//! - IPv6 addresses are not exported yet: [`sync`] and [`reconcile`] skip them.
 //! - Writers call [`sync`] for the addresses they changed (on an [`crate::members::Edge`], or
 //!   when a preference or weight changed), under the writers' lock, after the maps changed.
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr},
+};
 
-use anycast_common::{EXPORT_ENABLED, EXPORT_PROTO, EXPORT_TABLE, NO_HOST, ip_key, names};
+use anycast_common::{EXPORT_ENABLED, EXPORT_PROTO, EXPORT_TABLE, NO_HOST, any_ip, names};
 use serde::Serialize;
 
 use crate::{
@@ -71,8 +75,8 @@ pub fn store(maps: &mut Maps, settings: Option<Settings>) -> Result<()> {
 }
 
 /// The metric `address`'s route should have, `None` if it should have none (no member).
-pub fn metric(maps: &Maps, address: Ipv4Addr) -> Result<Option<u32>> {
-    let Bucket::Found { entry, .. } = maps.bucket(ip_key(address.octets()))? else {
+pub fn metric(maps: &Maps, address: IpAddr) -> Result<Option<u32>> {
+    let Bucket::Found { entry, .. } = maps.bucket(address)? else {
         return Ok(None);
     };
     let set = maps.member_set(&entry)?;
@@ -82,7 +86,7 @@ pub fn metric(maps: &Maps, address: Ipv4Addr) -> Result<Option<u32>> {
             .hosts
             .get(&m.host, 0)
             .map_err(|e| Error::map(names::HOSTS, e))?;
-        let member = Ipv4Addr::from(anycast_common::ip_octets(host.ip));
+        let member = any_ip(host.ip);
         let info = maps
             .member_info
             .get(&member_key(address, member), 0)
@@ -102,13 +106,15 @@ pub fn metric(maps: &Maps, address: Ipv4Addr) -> Result<Option<u32>> {
 }
 
 /// Brings the routes of `addresses` in line with their members, if export is on.
-pub async fn sync(maps: &Maps, nl: &Netlink, addresses: &[Ipv4Addr]) -> Result<()> {
+pub async fn sync(maps: &Maps, nl: &Netlink, addresses: &[IpAddr]) -> Result<()> {
     let Some(settings) = settings(maps)? else {
         return Ok(());
     };
     let mut wanted = BTreeMap::new();
     for &address in addresses {
-        wanted.insert(address, metric(maps, address)?);
+        if let IpAddr::V4(v4) = address {
+            wanted.insert(v4, metric(maps, address)?);
+        }
     }
     let have = nl.host_routes(settings.table, settings.proto).await?;
     apply(nl, settings, &have, &wanted).await?;
@@ -131,7 +137,9 @@ pub async fn reconcile(maps: &Maps, nl: &Netlink) -> Result<Changes> {
     let have = nl.host_routes(settings.table, settings.proto).await?;
     let mut wanted: BTreeMap<Ipv4Addr, Option<u32>> = have.iter().map(|r| (r.dst, None)).collect();
     for (address, _) in maps.addresses()? {
-        wanted.insert(address, metric(maps, address)?);
+        if let IpAddr::V4(v4) = address {
+            wanted.insert(v4, metric(maps, address)?);
+        }
     }
     apply(nl, settings, &have, &wanted).await
 }

@@ -11,12 +11,15 @@
 //!    member position; the choice is recorded in the connection table.
 //!
 //! The flow hash covers the 5-tuple for TCP and UDP (`ports` is 0 for other protocols and later
-//! fragments), and source, destination and protocol otherwise.
+//! fragments), and source, destination and protocol otherwise. Both families go through
+//! [`choose`]; only the fragment table, the flow key and the hash differ ([`member`] for IPv4,
+//! `ipv6` for IPv6).
 use anycast_common::{
     FragKey, MAX_MEMBERS, MemberRef, MemberSet, NO_HOST, Stat, flow_hash, pick_index,
     proto::{IPPROTO_TCP, TCP_ACK, TCP_RST, TCP_SYN},
     table_position, table_word_of,
 };
+use aya_ebpf::maps::LruHashMap;
 
 use crate::{
     flows::{self, Flow},
@@ -25,17 +28,54 @@ use crate::{
     stats,
 };
 
+/// A datagram as member choice sees it, whatever its family.
+pub struct Datagram<K> {
+    /// Its key in the family's fragment table.
+    pub frag_key: K,
+    /// A fragment other than the first (it has no ports).
+    pub later_fragment: bool,
+    /// The first of several fragments.
+    pub first_fragment: bool,
+    pub flow: Flow,
+    pub hash: u32,
+    pub tcp_flags: u8,
+}
+
 #[inline(always)]
 pub fn member(ip: &Ipv4Hdr, ports: u32, tcp_flags: u8, addr: &Addr) -> Option<MemberRef> {
-    let frag_key = FragKey {
+    let flow = Flow {
         src: ip.src(),
         dst: ip.dst(),
-        id: u16::from_ne_bytes(ip.id),
-        proto: ip.proto,
-        _pad: 0,
+        ports,
+        proto: ip.proto as u32,
     };
-    if ip.frag_offset() != 0 {
-        if let Some(member) = FRAGS.get_ptr(frag_key) {
+    let datagram = Datagram {
+        frag_key: FragKey {
+            src: ip.src(),
+            dst: ip.dst(),
+            id: u16::from_ne_bytes(ip.id),
+            proto: ip.proto,
+            _pad: 0,
+        },
+        later_fragment: ip.frag_offset() != 0,
+        first_fragment: ip.more_fragments() && ip.frag_offset() == 0,
+        hash: flow_hash(flow.src, flow.dst, ports, ip.proto),
+        flow,
+        tcp_flags,
+    };
+    choose(&FRAGS, datagram, addr)
+}
+
+/// The member of a datagram of either family, `frags` being its family's fragment table.
+#[inline(always)]
+pub fn choose<K>(
+    frags: &LruHashMap<K, MemberRef>,
+    d: Datagram<K>,
+    addr: &Addr,
+) -> Option<MemberRef> {
+    let frag_key = d.frag_key;
+    if d.later_fragment {
+        if let Some(member) = frags.get_ptr(&frag_key) {
             // SAFETY: LRU values are plain Copy data; a concurrent eviction can at worst make
             // this read a recycled entry, which the membership check below rejects or accepts
             // as a live member.
@@ -52,14 +92,8 @@ pub fn member(ip: &Ipv4Hdr, ports: u32, tcp_flags: u8, addr: &Addr) -> Option<Me
         stats::global(Stat::FragOrphan);
     }
 
-    let flow = Flow {
-        src: ip.src(),
-        dst: ip.dst(),
-        ports,
-        proto: ip.proto as u32,
-    };
-    let hash = flow_hash(flow.src, flow.dst, ports, ip.proto);
-    let tcp = ip.proto == IPPROTO_TCP;
+    let (flow, hash, tcp_flags) = (d.flow, d.hash, d.tcp_flags);
+    let tcp = flow.proto & 0xff == IPPROTO_TCP as u32;
     let new_connection = tcp && tcp_flags & TCP_SYN != 0 && tcp_flags & TCP_ACK == 0;
     let known = if new_connection {
         None
@@ -77,8 +111,8 @@ pub fn member(ip: &Ipv4Hdr, ports: u32, tcp_flags: u8, addr: &Addr) -> Option<Me
     if tcp && tcp_flags & TCP_RST != 0 {
         flows::forget(hash, &flow);
     }
-    if ip.more_fragments() && ip.frag_offset() == 0 {
-        let _ = FRAGS.insert(frag_key, member, 0);
+    if d.first_fragment {
+        let _ = frags.insert(&frag_key, &member, 0);
     }
     Some(member)
 }

@@ -186,7 +186,7 @@ fn many_add_del_cycles_reuse_indexes_and_zero_reused_counters() {
             bed.add_member(vip, ip, 1, mac).unwrap();
         }
         // Fresh counters: every member of the set starts at zero, whatever the slot had.
-        let stats = report::stats(&bed.maps, Some(vip)).unwrap();
+        let stats = report::stats(&bed.maps, Some(vip.into())).unwrap();
         assert!(
             stats.addresses[0].members.iter().all(|m| m.packets == 0),
             "{stats:?}"
@@ -195,7 +195,7 @@ fn many_add_del_cycles_reuse_indexes_and_zero_reused_counters() {
             let mac = forwarded_to(&bed, vip, 30000 + sport).expect("forwarded");
             assert!(members.iter().any(|(_, m)| *m == mac));
         }
-        let stats = report::stats(&bed.maps, Some(vip)).unwrap();
+        let stats = report::stats(&bed.maps, Some(vip.into())).unwrap();
         let sent: u64 = stats.addresses[0].members.iter().map(|m| m.packets).sum();
         assert_eq!(sent, 20);
         for &(ip, _) in &members[1..] {

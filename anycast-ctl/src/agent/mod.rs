@@ -15,12 +15,12 @@ pub mod validate;
 
 use std::{
     collections::{BTreeSet, HashMap},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
     time::{Duration, Instant},
 };
 
 use anycast_common::{
-    AGENT_COUNTERS, AgentCounter, MemberInfo, MemberKey, SOURCE_LEARNED, advert::Repr, ip_octets,
+    AGENT_COUNTERS, AgentCounter, MemberInfo, MemberKey, SOURCE_LEARNED, advert::Repr, any_ip,
 };
 use futures::StreamExt;
 use netlink_packet_route::{RouteNetlinkMessage, link::LinkFlags};
@@ -79,7 +79,7 @@ pub struct Agent {
     unplaceable: HashMap<Ipv4Addr, Instant>,
     /// Addresses whose exported route may be out of date (see [`crate::export`]), synced after
     /// each event.
-    export_dirty: BTreeSet<Ipv4Addr>,
+    export_dirty: BTreeSet<IpAddr>,
 }
 
 /// Runs the agent until SIGINT or SIGTERM; SIGHUP reloads the configuration and keys.
@@ -229,7 +229,10 @@ impl Agent {
         self.config.max_hold_ms = config.max_hold_ms;
         // Members of addresses the new prefixes no longer allow go now, not at their expiry.
         let outside: Vec<MemberKey> = (self.learned.keys())
-            .filter(|k| !self.config.allows(Ipv4Addr::from(ip_octets(k.anycast))))
+            .filter(|k| match any_ip(k.anycast) {
+                IpAddr::V4(anycast) => !self.config.allows(anycast),
+                IpAddr::V6(_) => false,
+            })
             .copied()
             .collect();
         for key in outside {
@@ -339,7 +342,7 @@ impl Agent {
     fn adopt(&mut self) -> Result<()> {
         for (sender, seq) in self.maps.sender_seq.iter().filter_map(|r| r.ok()) {
             self.validator
-                .remember(Ipv4Addr::from(ip_octets(sender)), seq);
+                .remember(Ipv4Addr::from(anycast_common::ip_octets(sender)), seq);
         }
         for (key, info) in self.maps.member_info.iter().filter_map(|r| r.ok()) {
             if info.source != SOURCE_LEARNED {
@@ -414,7 +417,7 @@ impl Agent {
         let mut m = *m;
         m.hold_ms = m.hold_ms.min(self.config.max_hold_ms);
         let m = &m;
-        let key = member_key(m.anycast, sender);
+        let key = member_key(m.anycast.into(), sender.into());
         if m.is_leave() {
             if self.learned.contains_key(&key) {
                 self.remove(key, "left")?;
@@ -464,8 +467,8 @@ impl Agent {
             return None;
         }
         let join = members::Join {
-            anycast,
-            member: sender,
+            anycast: anycast.into(),
+            member: sender.into(),
             dev: self.devs.get(&ifindex).map(String::as_str),
             mac: link_addr.map_or(members::MacFrom::Neighbour, members::MacFrom::Signed),
         };
@@ -506,7 +509,7 @@ impl Agent {
         now: u64,
         placement: Option<members::Placement>,
     ) -> Result<bool> {
-        let key = member_key(m.anycast, sender);
+        let key = member_key(m.anycast.into(), sender.into());
         let info = MemberInfo {
             source: SOURCE_LEARNED,
             hold_ms: m.hold_ms,
@@ -522,9 +525,9 @@ impl Agent {
             (Some(c), _) if c.source != SOURCE_LEARNED => return Ok(false),
             // A refresh of a member already in place on the same interface.
             (Some(c), None) => {
-                members::renew(&mut self.maps, (m.anycast, sender), &c, info)?;
+                members::renew(&mut self.maps, (m.anycast.into(), sender.into()), &c, info)?;
                 if (c.preference, c.weight) != (info.preference, info.weight) {
-                    self.export_dirty.insert(m.anycast);
+                    self.export_dirty.insert(m.anycast.into());
                 }
             }
             // Gone from the maps under us (`member del`): learn it again next time.
@@ -533,8 +536,8 @@ impl Agent {
                 return Ok(false);
             }
             (_, Some(placement)) => {
-                let done = members::add(&mut self.maps, m.anycast, &placement, info, None)?;
-                self.export_dirty.insert(m.anycast);
+                let done = members::add(&mut self.maps, m.anycast.into(), &placement, info, None)?;
+                self.export_dirty.insert(m.anycast.into());
                 tracing::info!(anycast = %m.anycast, member = %sender, edge = ?done.edge, "member learned");
             }
         }
@@ -585,8 +588,8 @@ impl Agent {
         if info.is_none_or(|i| i.source != SOURCE_LEARNED) {
             return Ok(());
         }
-        let anycast = Ipv4Addr::from(ip_octets(key.anycast));
-        let member = Ipv4Addr::from(ip_octets(key.member));
+        let anycast = any_ip(key.anycast);
+        let member = any_ip(key.member);
         let edge = match members::del(&mut self.maps, anycast, member) {
             Ok(edge) => edge,
             // Its info outlived it (a writer killed mid-change): forget that, or it is retried
@@ -608,7 +611,7 @@ impl Agent {
         if self.export_dirty.is_empty() {
             return;
         }
-        let addresses: Vec<Ipv4Addr> = self.export_dirty.iter().copied().collect();
+        let addresses: Vec<IpAddr> = self.export_dirty.iter().copied().collect();
         let synced = match self.lock_live() {
             Ok(_lock) => crate::export::sync(&self.maps, &self.nl, &addresses).await,
             Err(e) => Err(e),

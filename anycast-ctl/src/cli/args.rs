@@ -1,6 +1,6 @@
 //! Value parsers of the command line, shared with the files that name the same things
 //! (`load`'s TOML, the agent's configuration, `announce`'s options).
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use crate::mac::MacAddr;
 
@@ -55,9 +55,61 @@ pub fn anycast_address(s: &str) -> Result<Ipv4Addr, String> {
     }
 }
 
+/// A unicast address of either family (a member). IPv6: not a class that no host on the link
+/// is reached by (`policy::never_member6`).
+pub(crate) fn unicast_ip(s: &str) -> Result<IpAddr, String> {
+    let ip: IpAddr = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not an IPv4 or IPv6 address"))?;
+    match ip {
+        IpAddr::V4(_) => unicast_address(s).map(IpAddr::V4),
+        IpAddr::V6(v6) => match crate::policy::never_member6(v6) {
+            Some(why) => Err(format!("{ip} is not a member's unicast address: {why}")),
+            None => Ok(ip),
+        },
+    }
+}
+
+/// An anycast address of either family (`policy::never_anycast_ip`).
+pub fn anycast_ip(s: &str) -> Result<IpAddr, String> {
+    let ip: IpAddr = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not an IPv4 or IPv6 address"))?;
+    match ip {
+        IpAddr::V4(_) => anycast_address(s).map(IpAddr::V4),
+        IpAddr::V6(v6) => match crate::policy::never_anycast6(v6) {
+            Some(why) => Err(format!("{ip} cannot be an anycast address: {why}")),
+            None => Ok(ip),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use crate::cli::parse;
+
+    #[test]
+    fn member_commands_take_ipv6_and_refuse_its_special_classes() {
+        assert!(parse(&["member", "add", "2001:db8:53::53", "2001:db8:1::2"]).is_ok());
+        assert!(parse(&["member", "del", "2001:db8:53::53", "2001:db8:1::2"]).is_ok());
+        assert!(parse(&["stats", "2001:db8:53::53"]).is_ok());
+        for bad in [
+            "fe80::53",
+            "ff02::1:ff00:53",
+            "::",
+            "::1",
+            "::ffff:198.51.100.53",
+        ] {
+            assert!(
+                parse(&["member", "add", bad, "2001:db8:1::2"]).is_err(),
+                "anycast {bad} accepted"
+            );
+            assert!(
+                parse(&["member", "add", "2001:db8:53::53", bad]).is_err(),
+                "member {bad} accepted"
+            );
+        }
+    }
 
     /// Regression: anycast addresses of classes that are never unicast were accepted.
     #[test]

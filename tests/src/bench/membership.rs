@@ -410,7 +410,7 @@ fn refresh_parts(pin: &PinDir, maps: &mut Maps, member: Ipv4Addr) -> Result<Part
         drop(pin.lock(false)?);
     }
     let pin_lock_us = start.elapsed().as_secs_f64() * 1e6 / f64::from(PART_ROUNDS);
-    let key = anycast_ctl::members::member_key(ANYCAST, member);
+    let key = anycast_ctl::members::member_key(ANYCAST.into(), member.into());
     let sender = ip_key(member.octets());
     let seq = maps.sender_seq.get(&sender, 0)?;
     let start = Instant::now();
@@ -492,12 +492,15 @@ fn wait_gone(maps: &Maps, member: Ipv4Addr, since: Instant) -> Result<Duration> 
 /// Whether the dataplane would send new flows of [`ANYCAST`] to `member`: its host is in the
 /// address's live member set.
 fn in_set(maps: &Maps, member: Ipv4Addr) -> Result<bool> {
-    let host = match maps.host_ids.get(&ip_key(member.octets()), 0) {
+    let host = match maps
+        .host_ids
+        .get(&anycast_common::any_key(member.into()), 0)
+    {
         Ok(host) => host,
         Err(aya::maps::MapError::KeyNotFound) => return Ok(false),
         Err(e) => return Err(e).context("reading HOST_IDS"),
     };
-    let Bucket::Found { entry, .. } = maps.bucket(ip_key(ANYCAST.octets()))? else {
+    let Bucket::Found { entry, .. } = maps.bucket(ANYCAST.into())? else {
         return Ok(false);
     };
     Ok(maps.member_set(&entry)?.members().any(|m| m.host == host))
