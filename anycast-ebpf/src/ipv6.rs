@@ -141,7 +141,8 @@ fn walk(ctx: &XdpContext, mut next: u8, end: usize) -> Result<Option<Upper>, u32
     let mut offset = ETH_HLEN + IPV6_HLEN;
     let mut frag_id = None;
     let mut first_fragment = false;
-    for _ in 0..MAX_EXT_HEADERS {
+    // One more round than headers: the last may only find the upper layer.
+    for _ in 0..MAX_EXT_HEADERS + 1 {
         let len = match next {
             IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
                 let ext: &ExtHdr = packet::header(ctx, offset).ok_or_else(stats::malformed)?;

@@ -4,6 +4,7 @@
 //! The builders compute every checksum from scratch (RFC 1071), independently of the
 //! dataplane's incremental update, so a fixture's expected frame checks the dataplane's math.
 use std::{
+    collections::BTreeMap,
     fs::File,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::AsRawFd,
@@ -444,6 +445,57 @@ impl Bed {
     pub fn host(&self, member: impl Into<IpAddr>) -> Result<Host> {
         let index = self.maps.host_ids.get(&any_key(member.into()), 0)?;
         Ok(self.maps.hosts.get(&index, 0)?)
+    }
+
+    /// Every outcome counter: `ADDRESS/forwarded`, `ADDRESS/arp_replies`,
+    /// `ADDRESS/nd_replies`, `ADDRESS/passed.REASON` and `global/NAME` (the `rx_*` counters,
+    /// which every frame to an address bumps, left out).
+    pub fn outcomes(&self) -> BTreeMap<String, u64> {
+        let all = anycast_ctl::report::stats(&self.maps, None).expect("reading the counters");
+        let mut out = BTreeMap::new();
+        for a in &all.addresses {
+            out.insert(format!("{}/forwarded", a.address), a.forwarded_packets);
+            out.insert(format!("{}/arp_replies", a.address), a.arp_replies);
+            out.insert(format!("{}/nd_replies", a.address), a.nd_replies);
+            for (reason, n) in &a.passed {
+                out.insert(format!("{}/passed.{reason}", a.address), *n);
+            }
+        }
+        for (name, n) in &all.global {
+            out.insert(format!("global/{name}"), *n);
+        }
+        out
+    }
+
+    /// Runs `frame` through `program` on port `ingress`: the verdict, the output frame, and
+    /// the outcome counters that changed, with how much.
+    pub fn run_counted(
+        &self,
+        program: &str,
+        ingress: usize,
+        frame: &[u8],
+    ) -> Result<(u32, Vec<u8>, Vec<(String, u64)>)> {
+        let before = self.outcomes();
+        let (verdict, out) = self.run(program, ingress, frame)?;
+        let changed = self
+            .outcomes()
+            .into_iter()
+            .filter(|(k, v)| before.get(k) != Some(v))
+            .map(|(k, v)| {
+                let was = before.get(&k).copied().unwrap_or(0);
+                (k, v - was)
+            })
+            .collect();
+        Ok((verdict, out, changed))
+    }
+
+    /// Runs `frame` in on port `ingress` and requires XDP_PASS, the frame untouched, and
+    /// exactly one counter, `counter`, up by one.
+    pub fn assert_passed_as(&self, what: &str, ingress: usize, frame: &[u8], counter: &str) {
+        let (verdict, out, changed) = self.run_counted(programs::ANYCAST, ingress, frame).unwrap();
+        assert_eq!(verdict, XDP_PASS, "{what}: verdict");
+        assert_eq!(out, frame, "{what}: frame must pass untouched");
+        assert_eq!(changed, [(counter.to_string(), 1)], "{what}: counters");
     }
 
     /// Program `name` of the dataplane or of the benchmark object.

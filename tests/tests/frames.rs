@@ -1,6 +1,6 @@
 //! Frame-level fixtures through BPF_PROG_TEST_RUN: for each input frame, the exact verdict and
 //! output frame of the real dataplane object, and the counters it leaves.
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::net::Ipv4Addr;
 
 use anycast_common::{Stat, programs::ANYCAST};
 use anycast_ctl::report;
@@ -605,40 +605,6 @@ fn arp_from_a_member_does_not_make_its_unknown_mac_usable() {
     assert_eq!(addr_stats(&bed, ANYCAST_B).passed["mac_unknown"], 1);
 }
 
-/// Every outcome counter: `ADDRESS/forwarded`, `ADDRESS/arp_replies`, `ADDRESS/passed.REASON`
-/// and `global/NAME` (the `rx_*` counters, which every frame to an address bumps, left out).
-fn outcomes(bed: &Bed) -> BTreeMap<String, u64> {
-    let all = stats(bed);
-    let mut out = BTreeMap::new();
-    for a in &all.addresses {
-        out.insert(format!("{}/forwarded", a.address), a.forwarded_packets);
-        out.insert(format!("{}/arp_replies", a.address), a.arp_replies);
-        for (reason, n) in &a.passed {
-            out.insert(format!("{}/passed.{reason}", a.address), *n);
-        }
-    }
-    for (name, n) in &all.global {
-        out.insert(format!("global/{name}"), *n);
-    }
-    out
-}
-
-/// Runs `frame` in on port `ingress` and requires XDP_PASS, the frame untouched, and exactly
-/// one counter, `counter`, up by one.
-fn assert_passed_as(bed: &Bed, what: &str, ingress: usize, frame: &[u8], counter: &str) {
-    let before = outcomes(bed);
-    let (verdict, out) = bed.run(ANYCAST, ingress, frame).unwrap();
-    assert_eq!(verdict, XDP_PASS, "{what}: verdict");
-    assert_eq!(out, frame, "{what}: frame must pass untouched");
-    let after = outcomes(bed);
-    let changed: Vec<(&String, u64)> = after
-        .iter()
-        .filter(|&(k, v)| before.get(k) != Some(v))
-        .map(|(k, v)| (k, v - before.get(k).copied().unwrap_or(0)))
-        .collect();
-    assert_eq!(changed, [(&counter.to_string(), 1)], "{what}: counters");
-}
-
 const OTHER_HOST_MAC: [u8; 6] = [0x02, 0x99, 0, 0, 0, 0x01];
 
 #[test]
@@ -655,7 +621,7 @@ fn frame_for_another_mac_is_not_forwarded() {
     ] {
         let frame = ipv4_frame(dst, CLIENT_MAC, &udp);
         let counter = format!("{ANYCAST_A}/passed.not_for_router");
-        assert_passed_as(&bed, what, 0, &frame, &counter);
+        bed.assert_passed_as(what, 0, &frame, &counter);
     }
     // Addressed to the port, the same datagram is forwarded.
     let (verdict, _) = bed.run(ANYCAST, 0, &to_router(&bed, &udp)).unwrap();
@@ -684,7 +650,7 @@ fn bad_ip_checksum_is_not_forwarded() {
         ("TTL changed, checksum not", ttl_changed),
         ("option byte changed", bad_option),
     ] {
-        assert_passed_as(&bed, what, 0, &frame, &counter);
+        bed.assert_passed_as(what, 0, &frame, &counter);
     }
     // With the right checksum, options of every length are forwarded.
     for words in 1..=10 {
@@ -715,7 +681,7 @@ fn impossible_source_is_not_forwarded() {
         ("the anycast address itself", ANYCAST_A),
     ] {
         let frame = to_router(&bed, &Ipv4::udp(src, ANYCAST_A, 40000, 53, b"x"));
-        assert_passed_as(&bed, &format!("{what} {src}"), 0, &frame, &counter);
+        bed.assert_passed_as(&format!("{what} {src}"), 0, &frame, &counter);
     }
 }
 
@@ -731,7 +697,7 @@ fn arp_probe_gets_no_reply() {
         [0; 6],
         ANYCAST_A,
     );
-    assert_passed_as(&bed, "ARP probe", 0, &probe, "global/arp_refused");
+    bed.assert_passed_as("ARP probe", 0, &probe, "global/arp_refused");
 }
 
 #[test]
@@ -743,7 +709,7 @@ fn arp_from_broadcast_mac_gets_no_reply() {
         ("zero sender MAC", [0; 6]),
     ] {
         let arp = arp_frame([0xff; 6], ARPOP_REQUEST, sha, CLIENT, [0; 6], ANYCAST_A);
-        assert_passed_as(&bed, what, 0, &arp, "global/arp_refused");
+        bed.assert_passed_as(what, 0, &arp, "global/arp_refused");
     }
 }
 
@@ -758,7 +724,7 @@ fn unicast_arp_for_another_mac_gets_no_reply() {
         ("a multicast MAC", [0x01, 0x00, 0x5e, 0x00, 0x00, 0x01]),
     ] {
         let arp = arp_frame(dst, ARPOP_REQUEST, CLIENT_MAC, CLIENT, [0; 6], ANYCAST_A);
-        assert_passed_as(&bed, what, 0, &arp, "global/arp_refused");
+        bed.assert_passed_as(what, 0, &arp, "global/arp_refused");
     }
     // Unicast to the port (a cache refresh) is answered.
     let arp = arp_frame(p0, ARPOP_REQUEST, CLIENT_MAC, CLIENT, p0, ANYCAST_A);
