@@ -105,8 +105,15 @@ pub fn metric(maps: &Maps, address: IpAddr) -> Result<Option<u32>> {
     })
 }
 
-/// Brings the routes of `addresses` in line with their members, if export is on.
+/// What every writer does after changing the memberships of `addresses`: the solicited-node
+/// groups of their IPv6 addresses ([`crate::mcast::sync`]), and their routes if export is on.
 pub async fn sync(maps: &Maps, nl: &Netlink, addresses: &[IpAddr]) -> Result<()> {
+    crate::mcast::sync(maps, addresses)?;
+    sync_routes(maps, nl, addresses).await
+}
+
+/// Brings the routes of `addresses` in line with their members, if export is on.
+async fn sync_routes(maps: &Maps, nl: &Netlink, addresses: &[IpAddr]) -> Result<()> {
     let Some(settings) = settings(maps)? else {
         return Ok(());
     };

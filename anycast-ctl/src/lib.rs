@@ -9,6 +9,7 @@
 //! - [`load`]: many memberships from a file, all checked first, then applied as one transaction.
 //! - [`report`]: reading addresses, members and counters back out of the maps.
 //! - [`net`]: rtnetlink look-ups: links, routes, neighbours.
+//! - [`mcast`]: the solicited-node groups attached interfaces join for IPv6 anycast addresses.
 //! - [`agent`]: the router's daemon that learns members from host advertisements.
 //! - [`announce`]: the member host's side: join anycast addresses and advertise them.
 //! - [`advert_auth`]: keys and HMAC of advertisements (wire format: `anycast_common::advert`).
@@ -31,6 +32,7 @@ pub mod journal;
 pub mod load;
 pub mod mac;
 pub mod maglev;
+pub mod mcast;
 pub mod members;
 pub mod net;
 pub mod pin;

@@ -264,6 +264,9 @@ pub fn arp_frame(
     ethernet(eth_dst, sha, ETH_P_ARP, &a)
 }
 
+/// Outcome counters that changed, by name, with how much.
+pub type Changed = Vec<(String, u64)>;
+
 /// One interface of the bed.
 #[derive(Clone, Debug)]
 pub struct Port {
@@ -474,7 +477,7 @@ impl Bed {
         program: &str,
         ingress: usize,
         frame: &[u8],
-    ) -> Result<(u32, Vec<u8>, Vec<(String, u64)>)> {
+    ) -> Result<(u32, Vec<u8>, Changed)> {
         let before = self.outcomes();
         let (verdict, out) = self.run(program, ingress, frame)?;
         let changed = self
