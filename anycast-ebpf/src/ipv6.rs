@@ -17,7 +17,7 @@
 use core::mem::size_of;
 
 use anycast_common::{
-    FLOW_IPV6, FragKey6, PassReason, Stat, flow_hash6, fold6, ip6_key,
+    FLOW_IPV6, FragKey6, PassReason, Stat, flow_hash, fold6, ip6_key,
     proto::{
         ETH_HLEN, IPPROTO_DSTOPTS, IPPROTO_FRAGMENT, IPPROTO_HOPOPTS, IPPROTO_ICMPV6,
         IPPROTO_ROUTING, IPPROTO_TCP, IPPROTO_UDP, IPV6_HLEN, ND_NEIGHBOR_SOLICIT, XDP_PASS,
@@ -110,7 +110,8 @@ pub fn handle(ctx: &XdpContext, eth: &mut EthHdr) -> Result<u32, u32> {
         },
         later_fragment: upper.later_fragment,
         first_fragment: upper.first_fragment,
-        hash: flow_hash6(src, dst, ports, upper.proto),
+        // flow_hash6 of the addresses, from the folds already made.
+        hash: flow_hash(flow.src, flow.dst, ports, upper.proto),
         flow,
         tcp_flags,
     };

@@ -325,6 +325,7 @@ fn ipv6_figures(
         "nd_reply_ns": ns["nd_reply"],
         "baseline_ns": base,
         "forward6_vs_baseline": ns["udp6_forward"] / base,
+        "forward4_vs_baseline_same_run": ns["udp_forward"] / base,
         "nd_reply_vs_baseline": ns["nd_reply"] / base,
         "scale6_65536_vs_1": scaled["scale6_65536_vs_1"],
         "udp6_forward_65536_addresses_ns": scaled["udp6_forward_65536_addresses"],
