@@ -48,11 +48,11 @@ counters! {
     /// Global dataplane counters: `STATS` indices. (Frames that reach an anycast address are
     /// counted per address instead, in `AddrStats`.)
     pub enum Stat: u32 {
-        /// IPv4 to an address that is not anycast: passed untouched.
+        /// IPv4 or IPv6 to an address that is not anycast: passed untouched.
         NotAnycast = 0 => "not_anycast",
-        /// Neither IPv4 nor ARP: passed untouched.
+        /// Neither IPv4, IPv6 nor ARP: passed untouched.
         OtherEthertype = 1 => "other_ethertype",
-        /// Truncated or malformed Ethernet/IPv4/ARP header: passed untouched.
+        /// Truncated or malformed Ethernet/IPv4/IPv6/ARP/ICMPv6 header: passed untouched.
         Malformed = 2 => "malformed",
         /// ARP not answered by the dataplane: passed untouched.
         ArpPassed = 3 => "arp_passed",
@@ -65,6 +65,18 @@ counters! {
         /// Ethernet destination other than broadcast and the receiving interface's MAC. Passed
         /// untouched.
         ArpRefused = 6 => "arp_refused",
+        /// Neighbour solicitation the dataplane does not answer: its target is not an anycast
+        /// address, or one without members. Passed untouched.
+        NdPassed = 7 => "nd_passed",
+        /// Neighbour solicitation that fails RFC 4861 7.1.1 validation (hop limit not 255,
+        /// code not 0, too short, multicast target, an option of length 0, a bad checksum, or
+        /// from `::` with a source link-layer option or to a unicast address). Passed untouched.
+        NdInvalid = 8 => "nd_invalid",
+        /// Valid neighbour solicitation for an anycast address with members that the dataplane
+        /// must not answer: a group or zero source MAC, an Ethernet destination other than the
+        /// receiving interface and the target's solicited-node group, or an IPv6 destination
+        /// other than the target and its solicited-node address. Passed untouched.
+        NdRefused = 9 => "nd_refused",
     }
 }
 
@@ -72,7 +84,7 @@ counters! {
     /// Why a packet to an anycast address is passed to the kernel: indices of
     /// `AddrStats::passed`.
     pub enum PassReason: usize {
-        /// TTL 1 or 0: the kernel sends ICMP time exceeded.
+        /// TTL (IPv4) or hop limit (IPv6) 1 or 0: the kernel sends ICMP time exceeded.
         TtlExceeded = 0 => "ttl_exceeded",
         /// No member takes the flow (or its host record is gone).
         NoMember = 1 => "no_member",
@@ -83,11 +95,16 @@ counters! {
         /// The Ethernet destination is not the receiving interface's MAC (another host's,
         /// broadcast or multicast): not sent to this router.
         NotForRouter = 4 => "not_for_router",
-        /// The IPv4 header checksum is wrong.
+        /// The IPv4 header checksum is wrong (IPv6 has none).
         BadChecksum = 5 => "bad_checksum",
         /// The source cannot send: 0.0.0.0/8, 127.0.0.0/8, multicast, 240.0.0.0/4 (broadcast
-        /// included), or the anycast address itself.
+        /// included), or the anycast address itself; for IPv6 `::`, `::1`, multicast,
+        /// link-local, IPv4-mapped, or the anycast address itself.
         BadSource = 6 => "bad_source",
+        /// IPv6 only: more extension headers than the dataplane walks, or one it does not
+        /// walk (anything but hop-by-hop, routing, destination options and fragment) before
+        /// the upper layer.
+        ExtHeaders = 7 => "ext_headers",
     }
 }
 
@@ -112,8 +129,8 @@ counters! {
         BadLinkAddr = 12 => "bad_link_addr",
         NotAnycast = 13 => "not_anycast",
         SenderNotAllowed = 14 => "sender_not_allowed",
-        /// A believed membership of a family the members API cannot take yet (IPv6): counted
-        /// per membership, not per advertisement, and not applied.
+        /// A believed membership of a family the members API cannot take. Every family is
+        /// applied now, so it stays 0; kept so that the indices and names do not move.
         FamilyUnsupported = 15 => "family_unsupported",
     }
 }

@@ -31,6 +31,24 @@ pub const fn flow_hash(src: u32, dst: u32, ports: u32, proto: u8) -> u32 {
     fmix32(a ^ ports.wrapping_mul(0xc2b2_ae3d) ^ proto as u32)
 }
 
+/// Folds an IPv6 address ([`crate::ip6_key`]) into 32 bits: each word is mixed into the
+/// finalizer of the next, so every bit of the address affects every bit of the result. The
+/// `ADDRS6` home bucket and the IPv6 flow hash start from it.
+#[inline(always)]
+pub const fn fold6(k: [u32; 4]) -> u32 {
+    fmix32(k[0] ^ fmix32(k[1] ^ fmix32(k[2] ^ fmix32(k[3]))))
+}
+
+/// Hashes an IPv6 flow: [`flow_hash`] of the folded addresses. The flow label is left out:
+/// Linux re-rolls a connection's label on retransmission timeouts (`sk_rethink_txhash`, so that
+/// ECMP routers move it to another path), so a hash over it would move a TCP connection to
+/// another member whenever its connection-table entry is gone; and a later fragment carries the
+/// label but not the ports, so the hash would not be the 5-tuple's anyway.
+#[inline(always)]
+pub const fn flow_hash6(src: [u32; 4], dst: [u32; 4], ports: u32, proto: u8) -> u32 {
+    flow_hash(fold6(src), fold6(dst), ports, proto)
+}
+
 /// Maps a 32-bit hash uniformly onto `0..n` without a division (Lemire's multiply-shift).
 #[inline(always)]
 pub const fn pick_index(hash: u32, n: u32) -> u32 {
@@ -89,6 +107,20 @@ mod tests {
         assert_ne!(base, flow_hash(1, 2, 9, 17));
         assert_ne!(base, flow_hash(1, 2, 3, 6));
         assert_eq!(base, flow_hash(1, 2, 3, 17));
+    }
+
+    #[test]
+    fn fold6_depends_on_every_word() {
+        let base = [1, 2, 3, 4];
+        for i in 0..4 {
+            let mut k = base;
+            k[i] ^= 1 << 31;
+            assert_ne!(fold6(k), fold6(base), "word {i}");
+        }
+        assert_ne!(
+            flow_hash6(base, [4, 3, 2, 1], 7, 17),
+            flow_hash6([4, 3, 2, 1], base, 7, 17)
+        );
     }
 
     #[test]

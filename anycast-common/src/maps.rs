@@ -4,11 +4,13 @@
 //! - A map name here is the name of a map in the eBPF object, and the file name of its pin.
 //! - Values hold integers, byte arrays and named flag constants only; no `bool`, `Option` or
 //!   Rust enum crosses the boundary.
-//! - The dataplane finds an anycast address in `ADDRS`, an open-addressed array (an array
-//!   lookup is inlined by the verifier; a hash map lookup costs about as much as the rest of the
-//!   forward path). An address sits within [`ADDR_PROBES`] buckets of [`addr_bucket`], and
-//!   addresses are never removed from it while the dataplane is loaded, so a lookup stops at the
-//!   first empty bucket.
+//! - The dataplane finds an anycast address in `ADDRS` (IPv4) or `ADDRS6` (IPv6), open-addressed
+//!   arrays (an array lookup is inlined by the verifier; a hash map lookup costs about as much as
+//!   the rest of the forward path), both probed by [`addr_probe`] alone. An address sits within
+//!   [`ADDR_PROBES`] buckets of its home bucket ([`AddrEntry::home`]), and addresses are never
+//!   removed while the dataplane is loaded, so a lookup stops at the first empty bucket.
+//! - Everything past the address index is family-independent: slots, `MEMBER_SETS`, `TABLES`,
+//!   `HOSTS`, the counters and the connection table serve both families alike.
 //! - Each address has two [`MemberSet`]s in `MEMBER_SETS`; its bucket names the live one. User
 //!   space writes the other one, then flips `AddrBucket::version` (one aligned 32-bit store), so
 //!   the dataplane never reads a half-written member set.
@@ -32,16 +34,19 @@ use crate::counters::PassReason;
 
 /// Pinned map names (also the pin file names under the pin directory).
 pub mod names {
-    /// Open-addressed array of [`super::AddrBucket`]: anycast address -> slot and live set.
+    /// Open-addressed array of [`super::AddrBucket`]: IPv4 anycast address -> slot and live set.
     pub const ADDRS: &str = "ADDRS";
+    /// Open-addressed array of [`super::AddrBucket6`]: IPv6 anycast address -> slot and live set.
+    pub const ADDRS6: &str = "ADDRS6";
     /// [`super::MemberSet`] pairs, indexed by [`super::member_set_index`].
     pub const MEMBER_SETS: &str = "MEMBER_SETS";
-    /// Anycast address -> slot: user space's directory of `ADDRS` (not read by the dataplane).
+    /// Anycast address ([`crate::any_key`]) -> slot: user space's directory of `ADDRS` and
+    /// `ADDRS6` (not read by the dataplane).
     pub const ADDR_KEYS: &str = "ADDR_KEYS";
     /// Member host index -> [`super::Host`].
     pub const HOSTS: &str = "HOSTS";
-    /// Member host IPv4 -> host index: user space's directory of `HOSTS` (not read by the
-    /// dataplane).
+    /// Member host address ([`crate::any_key`]) -> host index: user space's directory of
+    /// `HOSTS` (not read by the dataplane).
     pub const HOST_IDS: &str = "HOST_IDS";
     /// Open-addressed array of [`super::Iface`]: attached ifindex -> MAC and mode.
     pub const IFACES: &str = "IFACES";
@@ -53,8 +58,10 @@ pub mod names {
     pub const MEMBER_STATS: &str = "MEMBER_STATS";
     /// Per-CPU global `u64` counters indexed by [`crate::Stat`].
     pub const STATS: &str = "STATS";
-    /// LRU: first fragment of a datagram -> the member it went to.
+    /// LRU: first fragment of an IPv4 datagram -> the member it went to.
     pub const FRAGS: &str = "FRAGS";
+    /// LRU: first fragment of an IPv6 datagram -> the member it went to.
+    pub const FRAGS6: &str = "FRAGS6";
     /// Array of maps: [`super::member_set_index`] -> the Maglev lookup table (packed member
     /// positions) of that member set.
     pub const TABLES: &str = "TABLES";
@@ -64,7 +71,8 @@ pub mod names {
     pub const FLOWS: &str = "FLOWS";
     /// [`super::MemberKey`] -> [`super::MemberInfo`]: where a membership came from (user space).
     pub const MEMBER_INFO: &str = "MEMBER_INFO";
-    /// Advertisement sender IPv4 -> last accepted sequence number (the agent's replay guard).
+    /// Advertisement sender ([`crate::any_key`], either family) -> last accepted sequence
+    /// number (the agent's replay guard).
     pub const SENDER_SEQ: &str = "SENDER_SEQ";
     /// The agent's advertisement counters, indexed by [`crate::AgentCounter`].
     pub const AGENT_STATS: &str = "AGENT_STATS";
@@ -84,10 +92,11 @@ pub mod names {
     /// Route export settings, indexed by `EXPORT_*` (user space only; see `anycast-ctl export`).
     pub const EXPORT: &str = "EXPORT";
     /// The maps pinned under the pin directory: every map of the object.
-    pub const PINNED: [&str; 24] = ALL;
+    pub const PINNED: [&str; 26] = ALL;
     /// Every map of the dataplane object.
-    pub const ALL: [&str; 24] = [
+    pub const ALL: [&str; 26] = [
         ADDRS,
+        ADDRS6,
         MEMBER_SETS,
         ADDR_KEYS,
         HOSTS,
@@ -98,6 +107,7 @@ pub mod names {
         MEMBER_STATS,
         STATS,
         FRAGS,
+        FRAGS6,
         TABLES,
         FLOWS,
         MEMBER_INFO,
@@ -124,7 +134,7 @@ pub mod programs {
 /// Version of the pinned state's layout (map set, key and value layouts, their meaning),
 /// recorded in the `LAYOUT` map. A binary refuses pins of another version instead of reusing
 /// maps by name. Bump it with every change to a pinned map.
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 
 /// `EXPORT` index: 1 when route export is on, 0 when off.
 pub const EXPORT_ENABLED: u32 = 0;
@@ -135,10 +145,14 @@ pub const EXPORT_PROTO: u32 = 2;
 /// Entries of `EXPORT`.
 pub const EXPORT_FIELDS: u32 = 3;
 
-/// Anycast addresses (the RFC's 2^16).
-pub const MAX_ADDRS: u32 = 65_536;
+/// Anycast addresses of one family (the RFC's 2^16).
+pub const MAX_ADDRS_PER_FAMILY: u32 = 65_536;
+/// Address slots, shared by both families: 2^16 IPv4 and 2^16 IPv6 addresses.
+pub const MAX_ADDRS: u32 = 2 * MAX_ADDRS_PER_FAMILY;
 /// Buckets of the `ADDRS` index: a power of two, four per address, so probe runs stay short.
-pub const ADDR_BUCKETS: u32 = 4 * MAX_ADDRS;
+pub const ADDR_BUCKETS: u32 = 4 * MAX_ADDRS_PER_FAMILY;
+/// Buckets of the `ADDRS6` index, likewise.
+pub const ADDR6_BUCKETS: u32 = 4 * MAX_ADDRS_PER_FAMILY;
 /// An address is at most this many buckets after its home bucket.
 pub const ADDR_PROBES: u32 = 16;
 /// Members of one anycast address.
@@ -242,16 +256,162 @@ pub struct AddrBucket {
     pub _pad: u32,
 }
 
-/// Home bucket of an address in `ADDRS`.
-#[inline(always)]
-pub const fn addr_bucket(ip: u32) -> u32 {
-    crate::flow::fmix32(ip) & (ADDR_BUCKETS - 1)
+/// One bucket of the `ADDRS6` index: [`AddrBucket`] with an IPv6 key. `ip == [0; 4]` (`::`)
+/// marks an empty bucket.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AddrBucket6 {
+    /// The anycast address ([`crate::ip6_key`]).
+    pub ip: crate::Ip6Key,
+    pub slot: u32,
+    pub version: u32,
+    pub _pad: [u32; 2],
 }
 
-/// The bucket probed after `bucket` in `ADDRS` (linear probing, wrapping around).
+/// A bucket of an address index (`ADDRS`, `ADDRS6`): what [`addr_probe`] needs of it.
+pub trait AddrEntry: Copy + Default {
+    /// The address as the index stores it.
+    type Key: Copy;
+    /// Buckets of the index (a power of two).
+    const BUCKETS: u32;
+    /// Home bucket of `key`.
+    fn home(key: &Self::Key) -> u32;
+    /// Whether `key` is the empty marker (no address has it).
+    fn is_empty_key(key: &Self::Key) -> bool;
+    /// Whether this bucket holds `key`.
+    fn holds(&self, key: &Self::Key) -> bool;
+    /// Whether this bucket is empty.
+    fn is_empty(&self) -> bool;
+    /// A bucket for `key` at `slot`, with live set `version`.
+    fn new(key: Self::Key, slot: u32, version: u32) -> Self;
+    fn key(&self) -> Self::Key;
+    fn slot(&self) -> u32;
+    fn version(&self) -> &u32;
+    /// This bucket with the other member set live.
+    fn flipped(&self) -> Self;
+}
+
+impl AddrEntry for AddrBucket {
+    type Key = u32;
+    const BUCKETS: u32 = ADDR_BUCKETS;
+    #[inline(always)]
+    fn home(key: &u32) -> u32 {
+        crate::flow::fmix32(*key) & (ADDR_BUCKETS - 1)
+    }
+    #[inline(always)]
+    fn is_empty_key(key: &u32) -> bool {
+        *key == 0
+    }
+    #[inline(always)]
+    fn holds(&self, key: &u32) -> bool {
+        self.ip == *key
+    }
+    #[inline(always)]
+    fn is_empty(&self) -> bool {
+        self.ip == 0
+    }
+    fn new(ip: u32, slot: u32, version: u32) -> Self {
+        Self {
+            ip,
+            slot,
+            version,
+            _pad: 0,
+        }
+    }
+    fn key(&self) -> u32 {
+        self.ip
+    }
+    #[inline(always)]
+    fn slot(&self) -> u32 {
+        self.slot
+    }
+    #[inline(always)]
+    fn version(&self) -> &u32 {
+        &self.version
+    }
+    fn flipped(&self) -> Self {
+        Self {
+            version: self.version ^ 1,
+            ..*self
+        }
+    }
+}
+
+impl AddrEntry for AddrBucket6 {
+    type Key = crate::Ip6Key;
+    const BUCKETS: u32 = ADDR6_BUCKETS;
+    #[inline(always)]
+    fn home(key: &crate::Ip6Key) -> u32 {
+        crate::flow::fold6(*key) & (ADDR6_BUCKETS - 1)
+    }
+    #[inline(always)]
+    fn is_empty_key(key: &crate::Ip6Key) -> bool {
+        (key[0] | key[1] | key[2] | key[3]) == 0
+    }
+    #[inline(always)]
+    fn holds(&self, key: &crate::Ip6Key) -> bool {
+        // Word by word: `==` on arrays may become a `bcmp` call, which BPF cannot make.
+        ((self.ip[0] ^ key[0])
+            | (self.ip[1] ^ key[1])
+            | (self.ip[2] ^ key[2])
+            | (self.ip[3] ^ key[3]))
+            == 0
+    }
+    #[inline(always)]
+    fn is_empty(&self) -> bool {
+        Self::is_empty_key(&self.ip)
+    }
+    fn new(ip: crate::Ip6Key, slot: u32, version: u32) -> Self {
+        Self {
+            ip,
+            slot,
+            version,
+            _pad: [0; 2],
+        }
+    }
+    fn key(&self) -> crate::Ip6Key {
+        self.ip
+    }
+    #[inline(always)]
+    fn slot(&self) -> u32 {
+        self.slot
+    }
+    #[inline(always)]
+    fn version(&self) -> &u32 {
+        &self.version
+    }
+    fn flipped(&self) -> Self {
+        Self {
+            version: self.version ^ 1,
+            ..*self
+        }
+    }
+}
+
+/// Probes an address index for `key`, reading buckets with `read`: the one probe loop of the
+/// dataplane and of user space, for both families. Linear probing from the home bucket, at most
+/// [`ADDR_PROBES`] buckets; an empty bucket ends the run (addresses are never removed). The
+/// empty marker itself is never found.
 #[inline(always)]
-pub const fn next_bucket(bucket: u32) -> u32 {
-    (bucket + 1) & (ADDR_BUCKETS - 1)
+pub fn addr_probe<B: AddrEntry, T: core::borrow::Borrow<B>, E>(
+    key: &B::Key,
+    mut read: impl FnMut(u32) -> Result<T, E>,
+) -> Result<Probe<T>, E> {
+    if B::is_empty_key(key) {
+        return Ok(Probe::Full);
+    }
+    let mut index = B::home(key);
+    for _ in 0..ADDR_PROBES {
+        let entry = read(index)?;
+        if entry.borrow().holds(key) {
+            return Ok(Probe::Found { index, entry });
+        }
+        if entry.borrow().is_empty() {
+            return Ok(Probe::Free { index });
+        }
+        index = (index + 1) & (B::BUCKETS - 1);
+    }
+    Ok(Probe::Full)
 }
 
 /// Index into `MEMBER_SETS` of an address slot's set `version`.
@@ -367,8 +527,8 @@ pub const HOST_MAC_SIGNED: u32 = 1 << 2;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Host {
-    /// The host's unicast address ([`crate::ip_key`]).
-    pub ip: u32,
+    /// The host's unicast address ([`crate::any_key`]; not read by the dataplane).
+    pub ip: crate::Ip6Key,
     /// Egress interface.
     pub ifindex: u32,
     /// The host's MAC (Ethernet destination).
@@ -416,16 +576,19 @@ pub const fn next_iface_slot(slot: u32) -> u32 {
     (slot + 1) & (IFACE_SLOTS - 1)
 }
 
-/// Where an interface is, or would go, in `IFACES`.
+/// Where a key is, or would go, in an open-addressed array (`ADDRS`, `ADDRS6`, `IFACES`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum IfaceSlot<T> {
-    /// The interface is in slot `index`.
+pub enum Probe<T> {
+    /// The key is in slot `index`.
     Found { index: u32, entry: T },
-    /// The interface is absent; `index` is the first free slot of its probe run.
+    /// The key is absent; `index` is the first free slot of its probe run.
     Free { index: u32 },
-    /// The interface is absent and its probe run has no free slot (or `ifindex` is 0).
+    /// The key is absent and its probe run has no free slot (or it is the empty marker).
     Full,
 }
+
+/// Where an interface is, or would go, in `IFACES`.
+pub type IfaceSlot<T> = Probe<T>;
 
 /// Probes `IFACES` for `ifindex`, reading slots with `read`: the one probe loop of the
 /// dataplane and of user space. It stops at the interface; an empty slot does not end the run
@@ -465,6 +628,7 @@ pub struct AddrStats {
     pub rx_bytes: u64,
     pub fwd_packets: u64,
     pub fwd_bytes: u64,
+    /// ARP replies (IPv4 address) or neighbour advertisements (IPv6 address) sent.
     pub arp_replies: u64,
     /// Indexed by [`PassReason::index`].
     pub passed: [u64; PassReason::COUNT],
@@ -489,13 +653,29 @@ pub struct FragKey {
     pub _pad: u8,
 }
 
-/// Key of `MEMBER_INFO`: one membership.
+/// Key of the IPv6 fragment table: what identifies one IPv6 datagram (RFC 8200 4.5).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragKey6 {
+    pub src: crate::Ip6Key,
+    pub dst: crate::Ip6Key,
+    /// The fragment header's identification, as on the wire.
+    pub id: u32,
+}
+
+/// Key of `MEMBER_INFO`: one membership. Both addresses are [`crate::any_key`]s of one family.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct MemberKey {
-    pub anycast: u32,
-    pub member: u32,
+    pub anycast: crate::Ip6Key,
+    pub member: crate::Ip6Key,
 }
+
+/// `FlowEntry::proto` bit of an IPv6 flow, whose `src` and `dst` are [`crate::fold6`]s: no IPv4
+/// flow ever matches an IPv6 one. Two IPv6 flows whose folds and ports agree share an entry;
+/// as with the table's races, that costs at most a flow's affinity, never a wrong or dead
+/// destination (the entry's member is checked against the live set).
+pub const FLOW_IPV6: u32 = 1 << 8;
 
 /// `MemberInfo::source`: added by an operator (`member add`); never expires.
 pub const SOURCE_STATIC: u32 = 0;
@@ -525,14 +705,17 @@ const _: () = {
     assert!(core::mem::size_of::<MemberSet>() == 32 + 8 * MAX_MEMBERS);
     assert!(MAX_MEMBERS <= 64);
     assert!(core::mem::size_of::<SlotState>() == 16);
+    assert!(core::mem::size_of::<AddrBucket6>() == 32);
+    assert!(ADDR6_BUCKETS.is_power_of_two());
+    assert!(core::mem::size_of::<FragKey6>() == 36);
     assert!(ADDR_BUCKETS.is_power_of_two());
-    assert!(core::mem::size_of::<Host>() == 24);
+    assert!(core::mem::size_of::<Host>() == 36);
     assert!(core::mem::size_of::<Iface>() == 16);
     assert!(IFACE_SLOTS.is_power_of_two());
     assert!(core::mem::size_of::<AddrStats>() == 8 * (5 + PassReason::COUNT));
     assert!(core::mem::size_of::<MemberStats>() == 16);
     assert!(core::mem::size_of::<FragKey>() == 12);
-    assert!(core::mem::size_of::<MemberKey>() == 8);
+    assert!(core::mem::size_of::<MemberKey>() == 32);
     assert!(core::mem::size_of::<FlowEntry>() == 32);
     assert!(MAX_MEMBERS <= u8::MAX as usize);
     assert!(core::mem::size_of::<MemberInfo>() == 24);
@@ -545,6 +728,8 @@ mod pod {
     // no padding bytes (sizes asserted above), so every bit pattern is a valid value.
     unsafe impl aya::Pod for MemberRef {}
     unsafe impl aya::Pod for AddrBucket {}
+    unsafe impl aya::Pod for AddrBucket6 {}
+    unsafe impl aya::Pod for FragKey6 {}
     unsafe impl aya::Pod for MemberSet {}
     unsafe impl aya::Pod for Host {}
     unsafe impl aya::Pod for Iface {}
@@ -591,12 +776,12 @@ mod tests {
         ] {
             let mut used = [false; ADDR_BUCKETS as usize];
             let mut worst = 0;
-            for i in 0..MAX_ADDRS {
+            for i in 0..MAX_ADDRS_PER_FAMILY {
                 let ip = crate::ip_key(base.wrapping_add(i.wrapping_mul(stride)).to_be_bytes());
-                let mut b = addr_bucket(ip);
+                let mut b = AddrBucket::home(&ip);
                 let mut probes = 0;
                 while used[b as usize] {
-                    b = next_bucket(b);
+                    b = (b + 1) & (ADDR_BUCKETS - 1);
                     probes += 1;
                 }
                 used[b as usize] = true;
@@ -607,6 +792,62 @@ mod tests {
                 "probe run of {worst} for base {base:#x}"
             );
         }
+    }
+
+    /// The same for IPv6: 65,536 addresses in one /112, spread over /64s, and in the last
+    /// bits of many /48s, all within ADDR_PROBES of home.
+    #[test]
+    fn full_ipv6_index_keeps_probe_runs_short() {
+        let shapes: [fn(u32) -> [u8; 16]; 3] = [
+            |i| (0x2001_0db8_0053_u128 << 80 | i as u128).to_be_bytes(),
+            |i| (0x2001_0db8_u128 << 96 | (i as u128) << 64 | 0x53).to_be_bytes(),
+            |i| {
+                (0x2001_0db8_u128 << 96 | (i as u128 & 0xff) << 80 | (i as u128 >> 8)).to_be_bytes()
+            },
+        ];
+        for shape in shapes {
+            let mut used = [false; ADDR6_BUCKETS as usize];
+            let mut worst = 0;
+            for i in 0..MAX_ADDRS_PER_FAMILY {
+                let mut b = AddrBucket6::home(&crate::ip6_key(shape(i)));
+                let mut probes = 0;
+                while used[b as usize] {
+                    b = (b + 1) & (ADDR6_BUCKETS - 1);
+                    probes += 1;
+                }
+                used[b as usize] = true;
+                worst = worst.max(probes);
+            }
+            assert!(worst < ADDR_PROBES, "probe run of {worst}");
+        }
+    }
+
+    /// The probe finds what it placed, and stops at the first empty bucket.
+    #[test]
+    fn addr_probe_places_and_finds_ipv6() {
+        let mut buckets = std::vec![AddrBucket6::default(); ADDR6_BUCKETS as usize];
+        let keys: std::vec::Vec<_> = (1..50u128)
+            .map(|i| crate::ip6_key((0x2001_0db8_u128 << 96 | i).to_be_bytes()))
+            .collect();
+        for (slot, key) in keys.iter().enumerate() {
+            let read = |i: u32| Ok::<_, ()>(buckets[i as usize]);
+            let Ok(Probe::Free { index }) = addr_probe::<AddrBucket6, _, _>(key, read) else {
+                panic!("no bucket");
+            };
+            buckets[index as usize] = AddrBucket6::new(*key, slot as u32, 0);
+        }
+        for (slot, key) in keys.iter().enumerate() {
+            let read = |i: u32| Ok::<_, ()>(buckets[i as usize]);
+            match addr_probe::<AddrBucket6, _, _>(key, read) {
+                Ok(Probe::Found { entry, .. }) => assert_eq!(entry.slot, slot as u32),
+                other => panic!("{other:?}"),
+            }
+        }
+        let read = |i: u32| Ok::<_, ()>(buckets[i as usize]);
+        assert_eq!(
+            addr_probe::<AddrBucket6, _, _>(&[0; 4], read),
+            Ok(Probe::Full)
+        );
     }
 
     /// Inserting through the probe, removing and probing again, on a plain array.

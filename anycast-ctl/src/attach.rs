@@ -221,6 +221,7 @@ fn attach_one(
         mode: mode.code(),
     };
     maps.set_iface(iface)?;
+    crate::mcast::join_all(maps, link.index)?;
     maps.tx_ports
         .insert(link.index, link.index, None, 0)
         .map_err(|e| Error::io("updating TX_PORTS", std::io::Error::other(e)))?;
@@ -320,6 +321,7 @@ fn detach_one(maps: Option<&mut Maps>, ifindex: u32, link: PinnedLink) -> Result
     // Dropping the last reference to the bpf_link detaches the program.
     drop(fd_link);
     if let Some(maps) = maps {
+        let _ = crate::mcast::leave_all(maps, ifindex);
         forget_iface(maps, ifindex);
     }
     Ok(())

@@ -8,10 +8,12 @@
 //!   object is loaded, so a half-deleted or foreign pin directory is never mixed with new maps.
 //! - A writer holding [`Maps`] checks [`Maps::is_live`] under the writers' lock before writing:
 //!   a detach and re-attach while it waited would otherwise leave it writing dead maps.
+use std::net::IpAddr;
+
 use anycast_common::{
-    ADDR_PROBES, AddrBucket, AddrStats, FLOW_SETS, FLOW_WAYS, Host, IFACE_PROBES, Iface, IfaceSlot,
-    MemberInfo, MemberKey, MemberSet, MemberStats, addr_bucket, iface_probe, member_set_index,
-    names, next_bucket, programs,
+    AddrBucket, AddrBucket6, AddrEntry, AddrStats, FLOW_SETS, FLOW_WAYS, Host, IFACE_PROBES, Iface,
+    IfaceSlot, Ip6Key, MemberInfo, MemberKey, MemberSet, MemberStats, Probe, addr_probe, any_ip,
+    any_key, iface_probe, ip_key, ip6_key, member_set_index, names, programs,
 };
 use aya::{
     Ebpf, EbpfLoader,
@@ -204,10 +206,12 @@ pub fn check_flows(flows: u32) -> std::result::Result<u32, String> {
 /// Typed handles on the pinned maps.
 pub struct Maps {
     pub addrs: Array<MapData, AddrBucket>,
+    pub addrs6: Array<MapData, AddrBucket6>,
     pub member_sets: Array<MapData, MemberSet>,
-    pub addr_keys: HashMap<MapData, u32, u32>,
+    /// Keyed by [`anycast_common::any_key`], as are `host_ids` and `member_info`.
+    pub addr_keys: HashMap<MapData, Ip6Key, u32>,
     pub hosts: Array<MapData, Host>,
-    pub host_ids: HashMap<MapData, u32, u32>,
+    pub host_ids: HashMap<MapData, Ip6Key, u32>,
     /// Probed with [`Maps::iface`], [`Maps::set_iface`] and [`Maps::remove_iface`].
     pub ifaces: Array<MapData, Iface>,
     pub tx_ports: DevMapHash<MapData>,
@@ -215,7 +219,8 @@ pub struct Maps {
     pub member_stats: PerCpuArray<MapData, MemberStats>,
     pub stats: PerCpuArray<MapData, u64>,
     pub member_info: HashMap<MapData, MemberKey, MemberInfo>,
-    pub sender_seq: HashMap<MapData, u32, u64>,
+    /// Keyed by [`anycast_common::any_key`]: senders of both families.
+    pub sender_seq: HashMap<MapData, Ip6Key, u64>,
     pub agent_stats: Array<MapData, u64>,
     /// Inner maps as raw `MapData` (their descriptors are needed for mmap).
     pub tables: ArrayOfMaps<MapData, MapData>,
@@ -253,6 +258,7 @@ impl Maps {
         Ok(Self {
             pinned,
             addrs: open(pin, names::ADDRS)?,
+            addrs6: open(pin, names::ADDRS6)?,
             member_sets: open(pin, names::MEMBER_SETS)?,
             addr_keys: open(pin, names::ADDR_KEYS)?,
             hosts: open(pin, names::HOSTS)?,
@@ -283,9 +289,9 @@ impl Maps {
 impl Maps {
     /// Records the last accepted sequence number of an advertisement sender (the agent's
     /// replay guard, kept across restarts).
-    pub fn record_sender_seq(&mut self, sender: std::net::Ipv4Addr, seq: u64) -> Result<()> {
+    pub fn record_sender_seq(&mut self, sender: IpAddr, seq: u64) -> Result<()> {
         self.sender_seq
-            .insert(anycast_common::ip_key(sender.octets()), seq, 0)
+            .insert(any_key(sender), seq, 0)
             .map_err(|e| Error::map(names::SENDER_SEQ, e))
     }
 
@@ -330,35 +336,63 @@ fn pin_id(pin: &PinDir) -> Option<(u64, u64)> {
     Some((m.dev(), m.ino()))
 }
 
-/// Where an anycast address is, or would go, in the `ADDRS` index.
+/// An anycast address's entry in its family's index (`ADDRS`, `ADDRS6`), family aside.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Bucket {
-    /// The address is in bucket `index`.
-    Found { index: u32, entry: AddrBucket },
-    /// The address is absent; `index` is the first free bucket of its probe run.
-    Free { index: u32 },
-    /// The address is absent and its probe run has no free bucket.
-    Full,
+pub struct AddrSlot {
+    /// Index into `ADDR_STATS` and `TABLES`; with `version`, into `MEMBER_SETS`.
+    pub slot: u32,
+    /// Which of the two member sets is live.
+    pub version: u32,
+}
+
+impl AddrSlot {
+    /// This entry with the other member set live.
+    pub fn flipped(self) -> Self {
+        Self {
+            version: self.version ^ 1,
+            ..self
+        }
+    }
+}
+
+/// Where an anycast address is, or would go, in its family's index.
+pub type Bucket = Probe<AddrSlot>;
+
+/// The number of buckets of the index of `ip`'s family (for errors).
+pub fn buckets_of(ip: IpAddr) -> u32 {
+    match ip {
+        IpAddr::V4(_) => AddrBucket::BUCKETS,
+        IpAddr::V6(_) => AddrBucket6::BUCKETS,
+    }
+}
+
+/// Probes one address index with the dataplane's probe.
+fn probe<B: AddrEntry + aya::Pod>(
+    index: &Array<MapData, B>,
+    name: &'static str,
+    key: &B::Key,
+) -> Result<Bucket> {
+    let found = addr_probe::<B, B, _>(key, |i| index.get(&i, 0).map_err(|e| Error::map(name, e)))?;
+    Ok(match found {
+        Probe::Found { index, entry } => Probe::Found {
+            index,
+            entry: AddrSlot {
+                slot: entry.slot(),
+                version: *entry.version(),
+            },
+        },
+        Probe::Free { index } => Probe::Free { index },
+        Probe::Full => Probe::Full,
+    })
 }
 
 impl Maps {
-    /// Probes `ADDRS` for `ip` exactly as the dataplane does.
-    pub fn bucket(&self, ip: u32) -> Result<Bucket> {
-        let mut index = addr_bucket(ip);
-        for _ in 0..ADDR_PROBES {
-            let entry = self
-                .addrs
-                .get(&index, 0)
-                .map_err(|e| Error::map(names::ADDRS, e))?;
-            if entry.ip == ip {
-                return Ok(Bucket::Found { index, entry });
-            }
-            if entry.ip == 0 {
-                return Ok(Bucket::Free { index });
-            }
-            index = next_bucket(index);
+    /// Probes the index of `ip`'s family (`ADDRS`, `ADDRS6`) exactly as the dataplane does.
+    pub fn bucket(&self, ip: IpAddr) -> Result<Bucket> {
+        match ip {
+            IpAddr::V4(v4) => probe(&self.addrs, names::ADDRS, &ip_key(v4.octets())),
+            IpAddr::V6(v6) => probe(&self.addrs6, names::ADDRS6, &ip6_key(v6.octets())),
         }
-        Ok(Bucket::Full)
     }
 
     /// Probes `IFACES` for `ifindex` exactly as the dataplane does.
@@ -406,22 +440,19 @@ impl Maps {
     }
 
     /// The live member set of an address.
-    pub fn member_set(&self, entry: &AddrBucket) -> Result<MemberSet> {
+    pub fn member_set(&self, entry: &AddrSlot) -> Result<MemberSet> {
         self.member_sets
             .get(&member_set_index(entry.slot, entry.version), 0)
             .map_err(|e| Error::map(names::MEMBER_SETS, e))
     }
 
-    /// Every anycast address with its bucket, sorted by address.
-    pub fn addresses(&self) -> Result<Vec<(std::net::Ipv4Addr, AddrBucket)>> {
+    /// Every anycast address with its entry, sorted by address (IPv4 first).
+    pub fn addresses(&self) -> Result<Vec<(IpAddr, AddrSlot)>> {
         let mut out = Vec::new();
         for key in self.addr_keys.keys() {
-            let ip = key.map_err(|e| Error::map(names::ADDR_KEYS, e))?;
+            let ip = any_ip(key.map_err(|e| Error::map(names::ADDR_KEYS, e))?);
             if let Bucket::Found { entry, .. } = self.bucket(ip)? {
-                out.push((
-                    std::net::Ipv4Addr::from(anycast_common::ip_octets(ip)),
-                    entry,
-                ));
+                out.push((ip, entry));
             }
         }
         out.sort_by_key(|(a, _)| *a);

@@ -1,5 +1,5 @@
 //! Errors of anycast-ctl. Each message is one line that names the problem.
-use std::{net::Ipv4Addr, path::PathBuf};
+use std::{net::IpAddr, path::PathBuf};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -36,9 +36,9 @@ pub enum Error {
     )]
     StateReplaced { path: PathBuf },
     #[error("{address} cannot be an anycast address: {why}")]
-    NotAnycast { address: Ipv4Addr, why: String },
+    NotAnycast { address: IpAddr, why: String },
     #[error("{member} cannot be a member: {why}")]
-    BadMember { member: Ipv4Addr, why: String },
+    BadMember { member: IpAddr, why: String },
     #[error("nothing is attached under {path}; run `anycast-ctl attach IFACE` first")]
     NotAttached { path: PathBuf },
     #[error("no such interface: {name}")]
@@ -53,38 +53,43 @@ pub enum Error {
         hint: &'static str,
     },
     #[error("member {member} has no route here")]
-    NoRoute { member: Ipv4Addr },
+    NoRoute { member: IpAddr },
     #[error("member {member} is not on-link: the route to it goes via {gateway}")]
-    NotOnLink { member: Ipv4Addr, gateway: Ipv4Addr },
+    NotOnLink { member: IpAddr, gateway: IpAddr },
     #[error("member {member} is not on-link on {iface}")]
-    NotOnLinkDev { member: Ipv4Addr, iface: String },
+    NotOnLinkDev { member: IpAddr, iface: String },
     #[error("member {member} is not reached through {iface}: the route to it uses {route_iface}")]
     RouteUsesOtherDev {
-        member: Ipv4Addr,
+        member: IpAddr,
         iface: String,
         route_iface: String,
     },
     #[error("member {member} is reached through {iface}, which is not attached")]
-    EgressNotAttached { member: Ipv4Addr, iface: String },
+    EgressNotAttached { member: IpAddr, iface: String },
     #[error(
-        "could not resolve the MAC of {member} on {iface}: no ARP reply within {millis} ms (give it with --mac)"
+        "could not resolve the MAC of {member} on {iface}: no {} reply within {millis} ms (give it with --mac)",
+        if member.is_ipv4() { "ARP" } else { "neighbour discovery" }
     )]
     MacUnresolved {
-        member: Ipv4Addr,
+        member: IpAddr,
         iface: String,
         millis: u64,
     },
+    #[error(
+        "{member} cannot serve {anycast}: an anycast address is served by members of its own family"
+    )]
+    MixedFamilies { anycast: IpAddr, member: IpAddr },
     #[error("{address} is not an anycast address here")]
-    NoSuchAddress { address: Ipv4Addr },
+    NoSuchAddress { address: IpAddr },
     #[error("{member} is not a member of {address}")]
-    NotMember { address: Ipv4Addr, member: Ipv4Addr },
+    NotMember { address: IpAddr, member: IpAddr },
     #[error("{address} already has the maximum of {max} members")]
-    TooManyMembers { address: Ipv4Addr, max: usize },
+    TooManyMembers { address: IpAddr, max: usize },
     #[error(
         "{member} has the static MAC {current}, which its other addresses ({addresses}) share: a MAC belongs to the host; give {current}, or delete the host from those addresses before giving {mac}"
     )]
     MacConflict {
-        member: Ipv4Addr,
+        member: IpAddr,
         mac: crate::mac::MacAddr,
         current: crate::mac::MacAddr,
         addresses: String,

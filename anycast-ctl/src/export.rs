@@ -10,6 +10,8 @@
 //! - An address's route has the metric [`metric`] gives: the best preference among its members
 //!   with a weight, or that plus [`DRAINED`] when every member is drained; no route without a
 //!   member.
+//! - IPv6 addresses have no routes exported yet: [`sync`] and [`reconcile`] skip them, but
+//!   [`sync`] brings their solicited-node groups in line ([`crate::mcast::sync`]).
 //! - Writers [`Pending::note`] the addresses they change (on an [`crate::members::Edge`], or
 //!   when a preference or weight changes), under the writers' lock, before the maps change,
 //!   and [`sync`] them after: each writer leaves every address's route at the metric the maps
@@ -21,11 +23,11 @@
 //!   last member keeps its route that long; a member back within it finds it never withdrawn.
 use std::{
     collections::BTreeMap,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
     time::{Duration, Instant},
 };
 
-use anycast_common::{EXPORT_ENABLED, EXPORT_PROTO, EXPORT_TABLE, NO_HOST, ip_key, names};
+use anycast_common::{EXPORT_ENABLED, EXPORT_PROTO, EXPORT_TABLE, NO_HOST, any_ip, names};
 use serde::Serialize;
 
 use crate::{
@@ -82,8 +84,8 @@ pub fn store(maps: &mut Maps, settings: Option<Settings>) -> Result<()> {
 }
 
 /// The metric `address`'s route should have, `None` if it should have none (no member).
-pub fn metric(maps: &Maps, address: Ipv4Addr) -> Result<Option<u32>> {
-    let Bucket::Found { entry, .. } = maps.bucket(ip_key(address.octets()))? else {
+pub fn metric(maps: &Maps, address: IpAddr) -> Result<Option<u32>> {
+    let Bucket::Found { entry, .. } = maps.bucket(address)? else {
         return Ok(None);
     };
     let set = maps.member_set(&entry)?;
@@ -93,7 +95,7 @@ pub fn metric(maps: &Maps, address: Ipv4Addr) -> Result<Option<u32>> {
             .hosts
             .get(&m.host, 0)
             .map_err(|e| Error::map(names::HOSTS, e))?;
-        let member = Ipv4Addr::from(anycast_common::ip_octets(host.ip));
+        let member = any_ip(host.ip);
         let info = maps
             .member_info
             .get(&member_key(address, member), 0)
@@ -120,6 +122,8 @@ pub fn metric(maps: &Maps, address: Ipv4Addr) -> Result<Option<u32>> {
 pub struct Pending {
     /// Address -> the metric of its route before the change (`None`: no route).
     due: BTreeMap<Ipv4Addr, Option<u32>>,
+    /// IPv6 addresses whose solicited-node groups may be out of date (export on or off).
+    groups: Vec<IpAddr>,
     /// How long a route outlives its address's last member (zero: not at all).
     hold_down: Duration,
     /// Routes kept by the hold-down: their metric and when they go.
@@ -146,32 +150,46 @@ impl Pending {
     }
 
     /// Records the routes `addresses` have now, before the caller changes their members (an
-    /// address already due keeps its first record). Nothing when export is off.
-    pub fn note(
-        &mut self,
-        maps: &Maps,
-        addresses: impl IntoIterator<Item = Ipv4Addr>,
-    ) -> Result<()> {
-        if settings(maps)?.is_none() {
-            return Ok(());
-        }
+    /// address already due keeps its first record; no route when export is off), and the IPv6
+    /// ones as due for a group sync.
+    pub fn note(&mut self, maps: &Maps, addresses: impl IntoIterator<Item = IpAddr>) -> Result<()> {
+        let export = settings(maps)?.is_some();
         for address in addresses {
-            if self.due.contains_key(&address) {
+            let v4 = match address {
+                IpAddr::V4(v4) => v4,
+                IpAddr::V6(_) => {
+                    if !self.groups.contains(&address) {
+                        self.groups.push(address);
+                    }
+                    continue;
+                }
+            };
+            if !export || self.due.contains_key(&v4) {
                 continue;
             }
-            let before = match self.held.get(&address) {
+            let before = match self.held.get(&v4) {
                 Some(&(metric, _)) => Some(metric),
                 None => metric(maps, address)?,
             };
-            self.due.insert(address, before);
+            self.due.insert(v4, before);
         }
         Ok(())
     }
 
     /// Whether a [`sync`] at `now` has nothing to do.
     pub fn idle(&self, now: Instant) -> bool {
-        self.due.is_empty() && self.held.values().all(|&(_, until)| until > now)
+        self.due.is_empty()
+            && self.groups.is_empty()
+            && self.held.values().all(|&(_, until)| until > now)
     }
+}
+
+/// What every writer does after changing the memberships of the noted addresses: the
+/// solicited-node groups of the IPv6 ones ([`crate::mcast::sync`]), then [`sync_routes`].
+pub async fn sync(maps: &Maps, nl: &Netlink, pending: &mut Pending) -> Result<()> {
+    crate::mcast::sync(maps, &pending.groups)?;
+    pending.groups.clear();
+    sync_routes(maps, nl, pending).await
 }
 
 /// Brings the routes of the due addresses (and of held ones whose hold-down is over) in line
@@ -179,7 +197,7 @@ impl Pending {
 /// added with NLM_F_REPLACE, which also restores one someone else deleted; a route with an
 /// old metric is deleted by its metric, and one already gone is no error. On an error the
 /// addresses not yet done stay due.
-pub async fn sync(maps: &Maps, nl: &Netlink, pending: &mut Pending) -> Result<()> {
+async fn sync_routes(maps: &Maps, nl: &Netlink, pending: &mut Pending) -> Result<()> {
     let Some(settings) = settings(maps)? else {
         pending.due.clear();
         pending.held.clear();
@@ -195,7 +213,7 @@ pub async fn sync(maps: &Maps, nl: &Netlink, pending: &mut Pending) -> Result<()
         pending.due.entry(*address).or_insert(Some(metric));
     }
     while let Some((&address, &before)) = pending.due.first_key_value() {
-        let wanted = metric(maps, address)?;
+        let wanted = metric(maps, address.into())?;
         let hold = (pending.hold_down > Duration::ZERO && !over.contains(&address))
             .then_some(now + pending.hold_down);
         match (before, wanted, hold) {
@@ -259,7 +277,9 @@ pub async fn reconcile(maps: &Maps, nl: &Netlink, pending: &mut Pending) -> Resu
     let have = nl.host_routes(settings.table, settings.proto).await?;
     let mut wanted: BTreeMap<Ipv4Addr, Option<u32>> = have.iter().map(|r| (r.dst, None)).collect();
     for (address, _) in maps.addresses()? {
-        wanted.insert(address, metric(maps, address)?);
+        if let IpAddr::V4(v4) = address {
+            wanted.insert(v4, metric(maps, address)?);
+        }
     }
     pending.held.retain(|a, _| wanted.get(a) == Some(&None));
     for (address, &(metric, _)) in &pending.held {
@@ -269,6 +289,7 @@ pub async fn reconcile(maps: &Maps, nl: &Netlink, pending: &mut Pending) -> Resu
     pending.due.clear();
     Ok(changes)
 }
+
 /// Removes every route of our protocol from our table.
 pub async fn withdraw_all(nl: &Netlink, settings: Settings) -> Result<usize> {
     let have = nl.host_routes(settings.table, settings.proto).await?;

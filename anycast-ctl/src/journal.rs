@@ -10,13 +10,21 @@
 //! - A Maglev table swapped into a `TABLES` slot that was empty stays there after an undo: no
 //!   restored member set refers to it. A table written in place is a spare: an undo that flips
 //!   back makes the other one, untouched, live again.
-//! - Every write of an `ADDRS` bucket marks its slot retiring first (`SlotState::retiring`), and
-//!   only [`Maps::settle`] clears it, after a grace period: an undo that flips back is covered
-//!   too.
-use anycast_common::{AddrBucket, Host, MemberInfo, MemberKey, MemberSet};
+//! - Every write of an `ADDRS` or `ADDRS6` bucket marks its slot retiring first
+//!   (`SlotState::retiring`), and only [`Maps::settle`] clears it, after a grace period: an undo
+//!   that flips back is covered too.
+use std::net::IpAddr;
+
+use anycast_common::{
+    AddrBucket, AddrBucket6, AddrEntry, Host, Ip6Key, MemberInfo, MemberKey, MemberSet, ip_key,
+    ip6_key,
+};
 use aya::maps::{Array, MapData};
 
-use crate::{Error, Result, dataplane::Maps};
+use crate::{
+    Error, Result,
+    dataplane::{AddrSlot, Maps},
+};
 
 /// The `u32` arrays user space keeps for itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,11 +57,12 @@ pub enum Free {
 /// How to undo one write.
 pub enum Undo {
     Addr(u32, AddrBucket),
+    Addr6(u32, AddrBucket6),
     MemberSet(u32, Box<MemberSet>),
     /// The key was absent.
-    AddrKey(u32),
+    AddrKey(Ip6Key),
     Host(u32, Host),
-    HostId(u32, Option<u32>),
+    HostId(Ip6Key, Option<u32>),
     Info(MemberKey, Option<MemberInfo>),
     Table(u32, MapData),
     Down(u32, u64),
@@ -83,7 +92,14 @@ impl Maps {
 
     fn revert(&mut self, undo: Undo) -> Result<()> {
         match undo {
-            Undo::Addr(index, old) => self.set_addr(index, old),
+            Undo::Addr(index, old) => self
+                .addrs
+                .set(index, old, 0)
+                .map_err(|e| Error::map("ADDRS", e)),
+            Undo::Addr6(index, old) => self
+                .addrs6
+                .set(index, old, 0)
+                .map_err(|e| Error::map("ADDRS6", e)),
             Undo::MemberSet(index, old) => self.set_member_set(index, &old),
             Undo::AddrKey(key) => self
                 .addr_keys
@@ -114,12 +130,26 @@ impl Maps {
         }
     }
 
-    pub fn set_addr(&mut self, index: u32, bucket: AddrBucket) -> Result<()> {
-        self.record(|m| Undo::Addr(index, m.addrs.get(&index, 0).unwrap_or_default()));
-        self.slot_state.set_retiring(bucket.slot, true);
-        self.addrs
-            .set(index, bucket, 0)
-            .map_err(|e| Error::map("ADDRS", e))
+    /// Writes bucket `index` of the index of `ip`'s family: `ip` at `entry`.
+    pub fn set_addr(&mut self, ip: IpAddr, index: u32, entry: AddrSlot) -> Result<()> {
+        match ip {
+            IpAddr::V4(v4) => {
+                self.record(|m| Undo::Addr(index, m.addrs.get(&index, 0).unwrap_or_default()));
+                self.slot_state.set_retiring(entry.slot, true);
+                let bucket = AddrBucket::new(ip_key(v4.octets()), entry.slot, entry.version);
+                self.addrs
+                    .set(index, bucket, 0)
+                    .map_err(|e| Error::map("ADDRS", e))
+            }
+            IpAddr::V6(v6) => {
+                self.record(|m| Undo::Addr6(index, m.addrs6.get(&index, 0).unwrap_or_default()));
+                self.slot_state.set_retiring(entry.slot, true);
+                let bucket = AddrBucket6::new(ip6_key(v6.octets()), entry.slot, entry.version);
+                self.addrs6
+                    .set(index, bucket, 0)
+                    .map_err(|e| Error::map("ADDRS6", e))
+            }
+        }
     }
 
     pub fn set_member_set(&mut self, index: u32, set: &MemberSet) -> Result<()> {
@@ -135,7 +165,7 @@ impl Maps {
     }
 
     /// Adds a new key to `ADDR_KEYS`.
-    pub fn insert_addr_key(&mut self, key: u32, slot: u32) -> Result<()> {
+    pub fn insert_addr_key(&mut self, key: Ip6Key, slot: u32) -> Result<()> {
         self.record(|_| Undo::AddrKey(key));
         self.addr_keys
             .insert(key, slot, 0)
@@ -149,14 +179,14 @@ impl Maps {
             .map_err(|e| Error::map("HOSTS", e))
     }
 
-    pub fn set_host_id(&mut self, ip: u32, index: u32) -> Result<()> {
+    pub fn set_host_id(&mut self, ip: Ip6Key, index: u32) -> Result<()> {
         self.record(|m| Undo::HostId(ip, m.host_ids.get(&ip, 0).ok()));
         self.host_ids
             .insert(ip, index, 0)
             .map_err(|e| Error::map("HOST_IDS", e))
     }
 
-    pub fn remove_host_id(&mut self, ip: u32) -> Result<()> {
+    pub fn remove_host_id(&mut self, ip: Ip6Key) -> Result<()> {
         self.record(|m| Undo::HostId(ip, m.host_ids.get(&ip, 0).ok()));
         self.host_ids
             .remove(&ip)

@@ -11,6 +11,7 @@
 //! - [`report`]: reading addresses, members and counters back out of the maps.
 //! - [`metrics`]: the same figures for Prometheus, and the small HTTP server of `/metrics`.
 //! - [`net`]: rtnetlink look-ups: links, routes, neighbours.
+//! - [`mcast`]: the solicited-node groups attached interfaces join for IPv6 anycast addresses.
 //! - [`agent`]: the router's daemon that learns members from host advertisements.
 //! - [`announce`]: the member host's side: join anycast addresses and advertise them.
 //! - [`health`]: whether the member still serves (addresses on lo, health checks).
@@ -39,6 +40,7 @@ pub mod load;
 pub mod mac;
 pub mod maglev;
 pub mod mapped;
+pub mod mcast;
 pub mod members;
 pub mod metrics;
 pub mod net;

@@ -18,7 +18,7 @@
 //! changed.
 use std::{
     collections::{HashMap, HashSet},
-    net::Ipv4Addr,
+    net::IpAddr,
 };
 
 use anycast_common::MAX_MEMBERS;
@@ -53,8 +53,8 @@ struct Entry {
 /// One checked membership of a file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Membership {
-    pub anycast: Ipv4Addr,
-    pub member: Ipv4Addr,
+    pub anycast: IpAddr,
+    pub member: IpAddr,
     pub dev: Option<String>,
     pub mac: Option<MacAddr>,
     pub preference: u16,
@@ -62,7 +62,7 @@ pub struct Membership {
 }
 
 /// Where a member is sent, found once per distinct (member, dev, mac).
-type Where = (Ipv4Addr, Option<String>, Option<MacAddr>);
+type Where = (IpAddr, Option<String>, Option<MacAddr>);
 
 /// What [`apply`] did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -80,8 +80,8 @@ pub fn parse(name: &str, text: &str) -> Result<Vec<Membership>> {
         bad(name, format!("line {line}: {}", e.message()))
     })?;
     let mut seen = HashSet::new();
-    let mut macs: HashMap<Ipv4Addr, MacAddr> = HashMap::new();
-    let mut per_address: HashMap<Ipv4Addr, usize> = HashMap::new();
+    let mut macs: HashMap<IpAddr, MacAddr> = HashMap::new();
+    let mut per_address: HashMap<IpAddr, usize> = HashMap::new();
     let mut out = Vec::with_capacity(file.member.len());
     for (i, entry) in file.member.into_iter().enumerate() {
         let what = |reason: String| bad(name, format!("[[member]] #{}: {reason}", i + 1));
@@ -118,10 +118,12 @@ fn check(e: Entry) -> std::result::Result<Membership, String> {
         Some(s) => Some(crate::cli::args::unicast_mac(&s)?),
         None => None,
     };
+    let anycast = crate::cli::args::anycast_ip(&e.anycast).map_err(|r| format!("anycast: {r}"))?;
+    let member = crate::cli::args::unicast_ip(&e.member).map_err(|r| format!("member: {r}"))?;
+    members::check_family(anycast, member).map_err(|e| e.to_string())?;
     Ok(Membership {
-        anycast: crate::cli::args::anycast_address(&e.anycast)
-            .map_err(|r| format!("anycast: {r}"))?,
-        member: crate::cli::args::unicast_address(&e.member).map_err(|r| format!("member: {r}"))?,
+        anycast,
+        member,
         dev: e.dev,
         mac,
         preference: e.preference.unwrap_or(members::DEFAULT_PREFERENCE),
@@ -141,7 +143,7 @@ pub async fn locate_all(
     list: &[Membership],
 ) -> Result<HashMap<Where, Placement>> {
     let policy = crate::policy::Policy::new(nl).await?;
-    let members: std::collections::HashSet<Ipv4Addr> = list.iter().map(|m| m.member).collect();
+    let members: std::collections::HashSet<IpAddr> = list.iter().map(|m| m.member).collect();
     for m in list {
         policy.check_anycast(maps, m.anycast)?;
         if members.contains(&m.anycast) {

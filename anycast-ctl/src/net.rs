@@ -3,7 +3,8 @@
 //! This is how a member given only by its IP gets an egress interface and a MAC: the route
 //! table says which interface reaches it (and whether it is on-link), the neighbour table gives
 //! its MAC, and if the kernel does not know it yet we ask the kernel to resolve it (NTF_USE, as
-//! `ip neigh replace ... use` does), so it works with no prior traffic to the member.
+//! `ip neigh replace ... use` does: ARP for IPv4, a neighbour solicitation for IPv6), so it
+//! works with no prior traffic to the member.
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     time::Duration,
@@ -39,7 +40,7 @@ pub struct Link {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Route {
     pub oif: u32,
-    pub gateway: Option<Ipv4Addr>,
+    pub gateway: Option<IpAddr>,
     /// Unicast (reachable) or not (local, unreachable, blackhole, ...).
     pub unicast: bool,
 }
@@ -52,11 +53,11 @@ pub struct HostRoute {
     pub metric: u32,
 }
 
-/// An IPv4 address of one of this host's interfaces.
+/// An address of one of this host's interfaces.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IfAddr {
     pub ifindex: u32,
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub prefix_len: u8,
 }
 
@@ -125,13 +126,15 @@ impl Netlink {
         Ok(out)
     }
 
-    /// Every IPv4 address of every interface.
-    pub async fn ipv4_addresses(&self) -> Result<Vec<IfAddr>> {
+    /// Every address of every interface, both families.
+    pub async fn if_addresses(&self) -> Result<Vec<IfAddr>> {
         let mut out = Vec::new();
         let mut stream = self.handle.address().get().execute();
         while let Some(msg) = stream.try_next().await? {
+            // IPv4 names the local address IFA_LOCAL; IPv6 has only IFA_ADDRESS.
             let ip = msg.attributes.iter().find_map(|a| match a {
-                AddressAttribute::Local(IpAddr::V4(ip)) => Some(*ip),
+                AddressAttribute::Local(IpAddr::V4(ip)) => Some(IpAddr::V4(*ip)),
+                AddressAttribute::Address(IpAddr::V6(ip)) => Some(IpAddr::V6(*ip)),
                 _ => None,
             });
             if let Some(ip) = ip {
@@ -212,12 +215,15 @@ impl Netlink {
     }
 
     /// `ip route get DST [oif OIF]`.
-    pub async fn route_to(&self, dst: Ipv4Addr, oif: Option<u32>) -> Result<Option<Route>> {
+    pub async fn route_to(&self, dst: IpAddr, oif: Option<u32>) -> Result<Option<Route>> {
         let mut msg = RouteMessage::default();
-        msg.header.address_family = AddressFamily::Inet;
-        msg.header.destination_prefix_length = 32;
-        msg.attributes
-            .push(RouteAttribute::Destination(RouteAddress::Inet(dst)));
+        let (family, len, dst) = match dst {
+            IpAddr::V4(d) => (AddressFamily::Inet, 32, RouteAddress::Inet(d)),
+            IpAddr::V6(d) => (AddressFamily::Inet6, 128, RouteAddress::Inet6(d)),
+        };
+        msg.header.address_family = family;
+        msg.header.destination_prefix_length = len;
+        msg.attributes.push(RouteAttribute::Destination(dst));
         if let Some(oif) = oif {
             msg.attributes.push(RouteAttribute::Oif(oif));
         }
@@ -235,7 +241,8 @@ impl Netlink {
         for attr in reply.attributes {
             match attr {
                 RouteAttribute::Oif(i) => route.oif = i,
-                RouteAttribute::Gateway(RouteAddress::Inet(g)) => route.gateway = Some(g),
+                RouteAttribute::Gateway(RouteAddress::Inet(g)) => route.gateway = Some(g.into()),
+                RouteAttribute::Gateway(RouteAddress::Inet6(g)) => route.gateway = Some(g.into()),
                 _ => {}
             }
         }
@@ -298,7 +305,7 @@ impl Netlink {
     }
 
     /// The MAC the kernel knows for `ip` on `ifindex`, if any.
-    pub async fn neighbour(&self, ifindex: u32, ip: Ipv4Addr) -> Result<Option<[u8; 6]>> {
+    pub async fn neighbour(&self, ifindex: u32, ip: IpAddr) -> Result<Option<[u8; 6]>> {
         let mut neighbours = self.handle.neighbours().get().execute();
         while let Some(msg) = neighbours.try_next().await? {
             if msg.header.ifindex != ifindex {
@@ -319,7 +326,7 @@ impl Netlink {
     pub async fn resolve(
         &self,
         ifindex: u32,
-        ip: Ipv4Addr,
+        ip: IpAddr,
         timeout: Duration,
     ) -> Result<Option<[u8; 6]>> {
         // Subscribed before the look-up, so an answer between the two is not missed.
@@ -335,7 +342,7 @@ impl Netlink {
             }
             self.handle
                 .neighbours()
-                .add(ifindex, IpAddr::V4(ip))
+                .add(ifindex, ip)
                 .state(NeighbourState::None)
                 .flags(NeighbourFlags::Use)
                 .replace()
@@ -417,8 +424,8 @@ async fn first_link(
     }
 }
 
-/// The IPv4 address and MAC of a usable neighbour entry (one the kernel itself would send to).
-pub fn neighbour_entry(msg: &NeighbourMessage) -> Option<(Ipv4Addr, [u8; 6])> {
+/// The address and MAC of a usable neighbour entry (one the kernel itself would send to).
+pub fn neighbour_entry(msg: &NeighbourMessage) -> Option<(IpAddr, [u8; 6])> {
     if !usable(msg.header.state) {
         return None;
     }
@@ -426,7 +433,8 @@ pub fn neighbour_entry(msg: &NeighbourMessage) -> Option<(Ipv4Addr, [u8; 6])> {
     let mut mac = None;
     for attr in &msg.attributes {
         match attr {
-            NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => dst = Some(*a),
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => dst = Some((*a).into()),
+            NeighbourAttribute::Destination(NeighbourAddress::Inet6(a)) => dst = Some((*a).into()),
             NeighbourAttribute::LinkLayerAddress(l) if l.len() == 6 => {
                 mac = Some([l[0], l[1], l[2], l[3], l[4], l[5]])
             }

@@ -4,11 +4,11 @@
 //! JSON output is exactly these fields.
 use std::{
     collections::{BTreeMap, HashMap},
-    net::Ipv4Addr,
+    net::IpAddr,
 };
 
 use anycast_common::{
-    AddrStats, AgentCounter, Host, MemberSet, MemberStats, PassReason, Stat, ip_octets,
+    AddrStats, AgentCounter, Host, MemberSet, MemberStats, PassReason, Stat, any_ip,
 };
 use serde::Serialize;
 
@@ -22,7 +22,7 @@ use crate::{
 /// One member of an address, as `show` prints it.
 #[derive(Debug, Serialize)]
 pub struct ShownMember {
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
     pub ifindex: u32,
     pub interface: String,
     pub mac: String,
@@ -43,7 +43,7 @@ pub struct ShownMember {
 
 #[derive(Debug, Serialize)]
 pub struct AddressInfo {
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
     /// Slots of the address's Maglev table (0: no table, because at most one member takes
     /// new flows).
     pub table_size: u32,
@@ -84,7 +84,7 @@ pub fn show(maps: &Maps, ifname: &dyn Fn(u32) -> String) -> Result<Show> {
                     *hosts.entry(m.host).or_insert(host)
                 }
             };
-            let member = Ipv4Addr::from(ip_octets(host.ip));
+            let member = any_ip(host.ip);
             let info = maps
                 .member_info
                 .get(&crate::members::member_key(address, member), 0)
@@ -137,19 +137,22 @@ fn share(maps: &Maps, set: &MemberSet, position: usize, counter: u32) -> Result<
 
 #[derive(Debug, Serialize)]
 pub struct MemberCounters {
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
     pub packets: u64,
     pub bytes: u64,
 }
 
 #[derive(Debug, Serialize)]
 pub struct AddressCounters {
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
     pub rx_packets: u64,
     pub rx_bytes: u64,
     pub forwarded_packets: u64,
     pub forwarded_bytes: u64,
+    /// ARP replies sent for an IPv4 address (0 for an IPv6 one).
     pub arp_replies: u64,
+    /// Neighbour advertisements sent for an IPv6 address (0 for an IPv4 one).
+    pub nd_replies: u64,
     /// Packets passed to the kernel, by reason.
     pub passed: BTreeMap<&'static str, u64>,
     pub members: Vec<MemberCounters>,
@@ -163,7 +166,7 @@ pub struct Stats {
 }
 
 /// Counters of every address, or only of `only`.
-pub fn stats(maps: &Maps, only: Option<Ipv4Addr>) -> Result<Stats> {
+pub fn stats(maps: &Maps, only: Option<IpAddr>) -> Result<Stats> {
     let mut addresses = Vec::new();
     for (address, entry) in maps.addresses()? {
         if only.is_some_and(|o| o != address) {
@@ -190,7 +193,16 @@ pub fn stats(maps: &Maps, only: Option<Ipv4Addr>) -> Result<Stats> {
             rx_bytes: total.rx_bytes,
             forwarded_packets: total.fwd_packets,
             forwarded_bytes: total.fwd_bytes,
-            arp_replies: total.arp_replies,
+            arp_replies: if address.is_ipv4() {
+                total.arp_replies
+            } else {
+                0
+            },
+            nd_replies: if address.is_ipv6() {
+                total.arp_replies
+            } else {
+                0
+            },
             passed: PassReason::ALL
                 .iter()
                 .map(|r| (r.name(), total.passed[r.index()]))
@@ -224,7 +236,7 @@ fn member_counters(maps: &Maps, set: &MemberSet) -> Result<Vec<MemberCounters>> 
             t.bytes += v.bytes;
         });
         members.push(MemberCounters {
-            address: Ipv4Addr::from(ip_octets(host.ip)),
+            address: any_ip(host.ip),
             packets: c.packets,
             bytes: c.bytes,
         });

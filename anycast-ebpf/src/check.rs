@@ -2,18 +2,25 @@
 //!
 //! A frame is this router's to forward only if its Ethernet destination is the receiving
 //! interface's MAC, its IPv4 header checksum is right and its source could have sent it (RFC
-//! 1812 5.3.7). An ARP request is answered only if it comes from a unicast sender that has an
-//! address, sent to broadcast or to the receiving interface. Every check only reads the frame.
+//! 1812 5.3.7; RFC 4291 2.5 for IPv6). An ARP request is answered only if it comes from a
+//! unicast sender that has an address, sent to broadcast or to the receiving interface. Every
+//! check only reads the frame.
 use anycast_common::proto::ETH_HLEN;
 
-use crate::packet::{self, ArpHdr, EthHdr, Ipv4Hdr};
+use crate::packet::{self, ArpHdr, EthHdr, Ipv4Hdr, Ipv6Hdr};
 
 const BROADCAST: [u8; 6] = [0xff; 6];
 
 /// Whether two MACs are equal (a byte loop: `==` on arrays may become a `bcmp` call, which BPF
 /// cannot make).
 #[inline(always)]
-fn same_mac(a: &[u8; 6], b: &[u8; 6]) -> bool {
+pub fn same_mac(a: &[u8; 6], b: &[u8; 6]) -> bool {
+    same(a, b)
+}
+
+/// Whether two byte arrays are equal (see [`same_mac`]).
+#[inline(always)]
+pub fn same<const N: usize>(a: &[u8; N], b: &[u8; N]) -> bool {
     let mut diff = 0;
     for (x, y) in a.iter().zip(b) {
         diff |= x ^ y;
@@ -83,4 +90,33 @@ pub fn arp_answerable(eth: &EthHdr, arp: &ArpHdr, own: &[u8; 6]) -> bool {
     let zero = same_mac(&arp.sha, &[0; 6]);
     let to_us = same_mac(&eth.dst, &BROADCAST) || same_mac(&eth.dst, own);
     !probe && !group && !zero && to_us
+}
+
+/// Whether an IPv6 source could have sent a datagram to be forwarded: not `::`, `::1`,
+/// multicast (ff00::/8), link-local (fe80::/10, never forwarded: RFC 4291 2.5.6), IPv4-mapped
+/// (::ffff:0:0/96, never on the wire: RFC 4291 2.5.5.2), and not the anycast address itself.
+#[inline(always)]
+pub fn source_ok6(ip: &Ipv6Hdr) -> bool {
+    let s = &ip.src;
+    let mut high = 0u8;
+    for b in &s[..10] {
+        high |= *b;
+    }
+    let zero_prefix = high == 0 && s[10] == 0 && s[11] == 0;
+    let low_zero = (s[12] | s[13] | s[14]) == 0;
+    let unspecified_or_loopback = zero_prefix && low_zero && s[15] <= 1;
+    let mapped = high == 0 && s[10] == 0xff && s[11] == 0xff;
+    let multicast = s[0] == 0xff;
+    let link_local = s[0] == 0xfe && s[1] & 0xc0 == 0x80;
+    !unspecified_or_loopback && !mapped && !multicast && !link_local && !same(&ip.src, &ip.dst)
+}
+
+/// Whether `ip` is `::`.
+#[inline(always)]
+pub fn unspecified6(ip: &[u8; 16]) -> bool {
+    let mut any = 0u8;
+    for b in ip {
+        any |= *b;
+    }
+    any == 0
 }

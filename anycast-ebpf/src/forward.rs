@@ -1,13 +1,14 @@
 //! Forwarding: the L2 rewrite towards the chosen member, and the verdict that sends it.
 //!
 //! The IP destination stays the anycast address (the member owns it on its loopback and answers
-//! the client directly); only the Ethernet addresses, the TTL and the IPv4 checksum change.
+//! the client directly); only the Ethernet addresses, the TTL and the IPv4 checksum change (for
+//! IPv6, the hop limit: it has no header checksum).
 use anycast_common::{Host, proto::XDP_TX};
 use aya_ebpf::programs::XdpContext;
 
 use crate::{
     maps::TX_PORTS,
-    packet::{self, EthHdr, Ipv4Hdr},
+    packet::{self, EthHdr, Ipv4Hdr, Ipv6Hdr},
 };
 
 /// XDP_TX back out of the ingress interface, or XDP_REDIRECT to another attached interface;
@@ -25,6 +26,13 @@ pub fn rewrite(eth: &mut EthHdr, ip: &mut Ipv4Hdr, host: &Host) {
     packet::copy_mac(&mut eth.dst, &host.mac);
     packet::copy_mac(&mut eth.src, &host.smac);
     decrement_ttl(ip);
+}
+
+#[inline(always)]
+pub fn rewrite6(eth: &mut EthHdr, ip: &mut Ipv6Hdr, host: &Host) {
+    packet::copy_mac(&mut eth.dst, &host.mac);
+    packet::copy_mac(&mut eth.src, &host.smac);
+    ip.hop_limit -= 1;
 }
 
 /// Decrements the TTL and patches the checksum incrementally (RFC 1624, eqn. 3).

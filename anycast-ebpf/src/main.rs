@@ -1,9 +1,10 @@
 //! The anycast XDP dataplane.
 //!
 //! One entry point, [`anycast`], runs on every attached interface and dispatches by EtherType:
-//! ARP for an anycast address is answered (`arp`); an IPv4 datagram to an anycast address
-//! (`ipv4`) gets a member (`select`), is rewritten for it (`forward`) and sent on; every other
-//! frame is passed to the kernel untouched. Frames a router must not forward or answer are found
+//! ARP for an anycast address is answered (`arp`), and so is an IPv6 neighbour solicitation
+//! (`ndp`); an IPv4 or IPv6 datagram to an anycast address (`ipv4`, `ipv6`) gets a member
+//! (`select`), is rewritten for it (`forward`) and sent on; every other frame is passed to the
+//! kernel untouched. Frames a router must not forward or answer are found
 //! first (`check`). Every outcome is counted (`stats`). Maps live in `maps`, packet access in
 //! `packet`. docs/architecture.md has the whole data flow and who writes each map.
 //!
@@ -20,14 +21,16 @@ mod check;
 mod flows;
 mod forward;
 mod ipv4;
+mod ipv6;
 mod maps;
+mod ndp;
 mod packet;
 mod select;
 mod stats;
 
 use anycast_common::{
     Stat,
-    proto::{ETH_P_ARP, ETH_P_IP},
+    proto::{ETH_P_ARP, ETH_P_IP, ETH_P_IPV6},
 };
 use aya_ebpf::{macros::xdp, programs::XdpContext};
 
@@ -47,6 +50,7 @@ fn try_anycast(ctx: &XdpContext) -> Result<u32, u32> {
     match eth.ethertype() {
         ETH_P_IP => ipv4::handle(ctx, eth),
         ETH_P_ARP => arp::handle(ctx, eth),
+        ETH_P_IPV6 => ipv6::handle(ctx, eth),
         _ => Err(stats::pass_global(Stat::OtherEthertype)),
     }
 }

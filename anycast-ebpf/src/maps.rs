@@ -2,11 +2,11 @@
 //! `anycast_common::maps`; all maps are pinned by name under the pin directory user space
 //! chooses, so they outlive any process and are shared by every attached interface.
 use anycast_common::{
-    ADDR_BUCKETS, ADDR_PROBES, AGENT_COUNTERS, ALLOC_KINDS, AddrBucket, AddrStats, EXPORT_FIELDS,
-    FLOW_SETS, FLOW_WAYS, FlowEntry, FragKey, Host, IFACE_SLOTS, Iface, IfaceSlot, MAX_ADDRS,
-    MAX_FRAGS, MAX_HOSTS, MAX_IFACES, MAX_MEMBER_COUNTERS, MemberInfo, MemberKey, MemberRef,
-    MemberSet, MemberStats, SlotState, Stat, TABLE_SLOTS, addr_bucket, iface_probe,
-    member_set_index, next_bucket,
+    ADDR_BUCKETS, ADDR6_BUCKETS, AGENT_COUNTERS, ALLOC_KINDS, AddrBucket, AddrBucket6, AddrEntry,
+    AddrStats, EXPORT_FIELDS, FLOW_SETS, FLOW_WAYS, FlowEntry, FragKey, FragKey6, Host,
+    IFACE_SLOTS, Iface, Ip6Key, MAX_ADDRS, MAX_FRAGS, MAX_HOSTS, MAX_IFACES, MAX_MEMBER_COUNTERS,
+    MemberInfo, MemberKey, MemberRef, MemberSet, MemberStats, Probe, SlotState, Stat, TABLE_SLOTS,
+    addr_probe, iface_probe, member_set_index,
 };
 use aya_ebpf::{
     Global,
@@ -16,18 +16,23 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, Stack},
 };
 
-/// Anycast address -> slot and live member set: an open-addressed array (see
+/// IPv4 anycast address -> slot and live member set: an open-addressed array (see
 /// `anycast_common::maps` for the probing and update rules).
 #[map]
 pub static ADDRS: Array<AddrBucket> = Array::pinned(ADDR_BUCKETS, 0);
+
+/// IPv6 anycast address -> slot and live member set, like `ADDRS`.
+#[map]
+pub static ADDRS6: Array<AddrBucket6> = Array::pinned(ADDR6_BUCKETS, 0);
 
 /// Two member sets per address slot; `AddrBucket::version` picks the live one.
 #[map]
 pub static MEMBER_SETS: Array<MemberSet> = Array::pinned(2 * MAX_ADDRS, 0);
 
-/// Anycast address -> slot, for user space to enumerate addresses (never read here).
+/// Anycast address (either family, `any_key`) -> slot, for user space to enumerate addresses
+/// (never read here).
 #[map]
-pub static ADDR_KEYS: HashMap<u32, u32> = HashMap::pinned(MAX_ADDRS, 0);
+pub static ADDR_KEYS: HashMap<Ip6Key, u32> = HashMap::pinned(MAX_ADDRS, 0);
 
 /// Member host index -> where and how to send to it. Written by user space only.
 #[map]
@@ -54,9 +59,13 @@ pub static MEMBER_STATS: PerCpuArray<MemberStats> = PerCpuArray::pinned(MAX_MEMB
 #[map]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::pinned(Stat::COUNT as u32, 0);
 
-/// First fragment of a datagram -> the member it was sent to.
+/// First fragment of an IPv4 datagram -> the member it was sent to.
 #[map]
 pub static FRAGS: LruHashMap<FragKey, MemberRef> = LruHashMap::pinned(MAX_FRAGS, 0);
+
+/// First fragment of an IPv6 datagram -> the member it was sent to.
+#[map]
+pub static FRAGS6: LruHashMap<FragKey6, MemberRef> = LruHashMap::pinned(MAX_FRAGS, 0);
 
 /// A Maglev table: member positions packed 8 per word. Each member set has its own, created by
 /// user space with `ceil(M / 8)` words (BPF_F_INNER_MAP lets the sizes differ) and written in
@@ -86,9 +95,10 @@ pub static FLOW_SETS_MASK: Global<u32> = Global::new(FLOW_SETS - 1);
 // User-space-only maps: declared here so that every map of the dataplane is created, pinned
 // and removed together; the program never reads them.
 
-/// Member host IPv4 -> index into HOSTS: user space's directory of member hosts.
+/// Member host address (either family, `any_key`) -> index into HOSTS: user space's directory
+/// of member hosts.
 #[map]
-pub static HOST_IDS: HashMap<u32, u32> = HashMap::pinned(MAX_HOSTS, 0);
+pub static HOST_IDS: HashMap<Ip6Key, u32> = HashMap::pinned(MAX_HOSTS, 0);
 
 /// Membership -> its source, hold time, preference and weight.
 #[map]
@@ -97,7 +107,7 @@ pub static MEMBER_INFO: HashMap<MemberKey, MemberInfo> =
 
 /// Advertisement sender -> last accepted sequence number.
 #[map]
-pub static SENDER_SEQ: HashMap<u32, u64> = HashMap::pinned(MAX_HOSTS, BPF_F_NO_PREALLOC);
+pub static SENDER_SEQ: HashMap<Ip6Key, u64> = HashMap::pinned(MAX_HOSTS, BPF_F_NO_PREALLOC);
 
 /// The agent's counters, indexed by `AgentCounter::index`.
 #[map]
@@ -154,43 +164,45 @@ impl Addr<'_> {
     }
 }
 
-/// Looks up an anycast address.
+/// Looks up an IPv4 anycast address.
 #[inline(always)]
 pub fn addr<'a>(ip: u32) -> Option<Addr<'a>> {
-    if ip == 0 {
+    lookup(&ADDRS, &ip)
+}
+
+/// Looks up an IPv6 anycast address.
+#[inline(always)]
+pub fn addr6<'a>(ip: &Ip6Key) -> Option<Addr<'a>> {
+    lookup(&ADDRS6, ip)
+}
+
+/// An address index lookup, for either family: the shared probe, then the live member set.
+#[inline(always)]
+fn lookup<'a, B: AddrEntry + 'a>(index: &'a Array<B>, key: &B::Key) -> Option<Addr<'a>> {
+    let Ok(Probe::Found { entry, .. }) = addr_probe::<B, _, _>(key, |i| index.get(i).ok_or(()))
+    else {
         return None;
-    }
-    let mut bucket = addr_bucket(ip);
-    for _ in 0..ADDR_PROBES {
-        let entry = ADDRS.get(bucket)?;
-        if entry.ip == ip {
-            // SAFETY: a plain aligned u32 read; user space flips it with one 32-bit store.
-            let version = unsafe { core::ptr::read_volatile(&entry.version) };
-            let set_index = member_set_index(entry.slot, version);
-            let set = MEMBER_SETS.get(set_index)?;
-            let state = SLOT_STATE.get(entry.slot)?;
-            // SAFETY: a plain aligned u64 read; user space stores it with one atomic write.
-            let down = unsafe { core::ptr::read_volatile(&state.down) };
-            return Some(Addr {
-                slot: entry.slot,
-                set_index,
-                set,
-                down,
-            });
-        }
-        if entry.ip == 0 {
-            return None;
-        }
-        bucket = next_bucket(bucket);
-    }
-    None
+    };
+    // SAFETY: a plain aligned u32 read; user space flips it with one 32-bit store.
+    let version = unsafe { core::ptr::read_volatile(entry.version()) };
+    let set_index = member_set_index(entry.slot(), version);
+    let set = MEMBER_SETS.get(set_index)?;
+    let state = SLOT_STATE.get(entry.slot())?;
+    // SAFETY: a plain aligned u64 read; user space stores it with one atomic write.
+    let down = unsafe { core::ptr::read_volatile(&state.down) };
+    Some(Addr {
+        slot: entry.slot(),
+        set_index,
+        set,
+        down,
+    })
 }
 
 /// Looks up an attached interface.
 #[inline(always)]
 pub fn iface<'a>(ifindex: u32) -> Option<&'a Iface> {
     match iface_probe(ifindex, |slot| IFACES.get(slot).ok_or(())) {
-        Ok(IfaceSlot::Found { entry, .. }) => Some(entry),
+        Ok(Probe::Found { entry, .. }) => Some(entry),
         _ => None,
     }
 }

@@ -35,6 +35,12 @@ pub fn header<'a, T>(ctx: &XdpContext, offset: usize) -> Option<&'a mut T> {
 /// compiles to a call into an out-of-line `memmove` subprogram, several times slower.
 #[inline(always)]
 pub fn copy_mac(dst: &mut [u8; 6], src: &[u8; 6]) {
+    copy(dst, src);
+}
+
+/// Copies `N` bytes one by one (see [`copy_mac`]).
+#[inline(always)]
+pub fn copy<const N: usize>(dst: &mut [u8; N], src: &[u8; N]) {
     for (d, s) in dst.iter_mut().zip(src) {
         // SAFETY: `d` is a valid, exclusive reference; volatile only keeps LLVM from turning
         // this loop back into a memmove call.
@@ -133,4 +139,71 @@ pub struct TcpHead {
 #[repr(C)]
 pub struct Ports {
     pub bytes: [u8; 4],
+}
+
+/// The fixed IPv6 header.
+#[repr(C)]
+pub struct Ipv6Hdr {
+    /// Version (4 bits), traffic class (8), flow label (20).
+    pub vtc_flow: [u8; 4],
+    pub payload_len: [u8; 2],
+    pub next_hdr: u8,
+    pub hop_limit: u8,
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+}
+
+impl Ipv6Hdr {
+    #[inline(always)]
+    pub fn version(&self) -> u8 {
+        self.vtc_flow[0] >> 4
+    }
+}
+
+/// The first two bytes of a hop-by-hop, routing or destination options header: the next
+/// header and the length in 8-byte units, not counting the first 8 bytes.
+#[repr(C)]
+pub struct ExtHdr {
+    pub next_hdr: u8,
+    pub len: u8,
+}
+
+/// The IPv6 fragment header.
+#[repr(C)]
+pub struct FragHdr {
+    pub next_hdr: u8,
+    pub reserved: u8,
+    /// Offset in 8-byte units (13 bits), 2 reserved bits, the "more fragments" bit.
+    pub offset_m: [u8; 2],
+    pub id: [u8; 4],
+}
+
+/// A neighbour solicitation or advertisement, without options (RFC 4861 4.3, 4.4).
+#[repr(C)]
+pub struct NdMsg {
+    pub icmp_type: u8,
+    pub code: u8,
+    pub checksum: [u8; 2],
+    /// Reserved in a solicitation; the R, S, O flags and reserved bits in an advertisement.
+    pub flags: [u8; 4],
+    pub target: [u8; 16],
+}
+
+/// A link-layer address option for Ethernet (8 bytes).
+#[repr(C)]
+pub struct NdLinkOpt {
+    pub opt_type: u8,
+    /// In 8-byte units.
+    pub len: u8,
+    pub mac: [u8; 6],
+}
+
+/// A whole neighbour advertisement frame as the dataplane sends it: Ethernet, IPv6, the
+/// advertisement and its target link-layer address option.
+#[repr(C)]
+pub struct NaFrame {
+    pub eth: EthHdr,
+    pub ip: Ipv6Hdr,
+    pub na: NdMsg,
+    pub opt: NdLinkOpt,
 }

@@ -17,13 +17,16 @@
 //!    no flow of a member in service moves.
 //!
 //! The flow hash covers the 5-tuple for TCP and UDP (`ports` is 0 for other protocols and later
-//! fragments), and source, destination and protocol otherwise.
+//! fragments), and source, destination and protocol otherwise. Both families go through
+//! [`choose`]; only the fragment table, the flow key and the hash differ ([`member`] for IPv4,
+//! `ipv6` for IPv6).
 use anycast_common::{
-    FragKey, MAX_MEMBERS, MemberRef, MemberSet, NO_HOST, Stat, fallback_score, flow_hash,
-    pick_index, position_bit,
+    FragKey, FragKey6, Ip6Key, MAX_MEMBERS, MemberRef, MemberSet, NO_HOST, Stat, fallback_score,
+    flow_hash, fold6, pick_index, position_bit,
     proto::{IPPROTO_TCP, TCP_ACK, TCP_RST, TCP_SYN},
     table_position, table_word_of,
 };
+use aya_ebpf::maps::LruHashMap;
 
 use crate::{
     flows::{self, Flow},
@@ -32,17 +35,76 @@ use crate::{
     stats,
 };
 
+/// A family's side of member choice, named by its fragment key: a member's identity in the
+/// fallback (`anycast_common::member_identity`), specialised per family so that the fallback's
+/// loop over the members has no branch on the family (the verifier walks every iteration).
+pub trait Family {
+    fn identity(member: &Ip6Key) -> u32;
+}
+
+impl Family for FragKey {
+    /// An IPv4 member's `any_key` is `::ffff:a.b.c.d`: its last word is its `ip_key`.
+    #[inline(always)]
+    fn identity(member: &Ip6Key) -> u32 {
+        member[3]
+    }
+}
+
+impl Family for FragKey6 {
+    #[inline(always)]
+    fn identity(member: &Ip6Key) -> u32 {
+        fold6(*member)
+    }
+}
+
+/// A datagram as member choice sees it, whatever its family.
+pub struct Datagram<K> {
+    /// Its key in the family's fragment table.
+    pub frag_key: K,
+    /// A fragment other than the first (it has no ports).
+    pub later_fragment: bool,
+    /// The first of several fragments.
+    pub first_fragment: bool,
+    pub flow: Flow,
+    pub hash: u32,
+    pub tcp_flags: u8,
+}
+
 #[inline(always)]
 pub fn member(ip: &Ipv4Hdr, ports: u32, tcp_flags: u8, addr: &Addr) -> Option<MemberRef> {
-    let frag_key = FragKey {
+    let flow = Flow {
         src: ip.src(),
         dst: ip.dst(),
-        id: u16::from_ne_bytes(ip.id),
-        proto: ip.proto,
-        _pad: 0,
+        ports,
+        proto: ip.proto as u32,
     };
-    if ip.frag_offset() != 0 {
-        if let Some(member) = FRAGS.get_ptr(frag_key) {
+    let datagram = Datagram {
+        frag_key: FragKey {
+            src: ip.src(),
+            dst: ip.dst(),
+            id: u16::from_ne_bytes(ip.id),
+            proto: ip.proto,
+            _pad: 0,
+        },
+        later_fragment: ip.frag_offset() != 0,
+        first_fragment: ip.more_fragments() && ip.frag_offset() == 0,
+        hash: flow_hash(flow.src, flow.dst, ports, ip.proto),
+        flow,
+        tcp_flags,
+    };
+    choose(&FRAGS, datagram, addr)
+}
+
+/// The member of a datagram of either family, `frags` being its family's fragment table.
+#[inline(always)]
+pub fn choose<K: Family>(
+    frags: &LruHashMap<K, MemberRef>,
+    d: Datagram<K>,
+    addr: &Addr,
+) -> Option<MemberRef> {
+    let frag_key = d.frag_key;
+    if d.later_fragment {
+        if let Some(member) = frags.get_ptr(&frag_key) {
             // SAFETY: LRU values are plain Copy data; a concurrent eviction can at worst make
             // this read a recycled entry, which the membership check below rejects or accepts
             // as a live member.
@@ -54,14 +116,8 @@ pub fn member(ip: &Ipv4Hdr, ports: u32, tcp_flags: u8, addr: &Addr) -> Option<Me
         stats::global(Stat::FragOrphan);
     }
 
-    let flow = Flow {
-        src: ip.src(),
-        dst: ip.dst(),
-        ports,
-        proto: ip.proto as u32,
-    };
-    let hash = flow_hash(flow.src, flow.dst, ports, ip.proto);
-    let tcp = ip.proto == IPPROTO_TCP;
+    let (flow, hash, tcp_flags) = (d.flow, d.hash, d.tcp_flags);
+    let tcp = flow.proto & 0xff == IPPROTO_TCP as u32;
     let new_connection = tcp && tcp_flags & TCP_SYN != 0 && tcp_flags & TCP_ACK == 0;
     let known = if new_connection {
         None
@@ -71,7 +127,7 @@ pub fn member(ip: &Ipv4Hdr, ports: u32, tcp_flags: u8, addr: &Addr) -> Option<Me
     let member = match known {
         Some((member, _)) => member,
         None => {
-            let (member, position) = new_flow(addr, hash)?;
+            let (member, position) = new_flow::<K>(addr, hash)?;
             flows::insert(hash, &flow, member, position);
             member
         }
@@ -79,8 +135,8 @@ pub fn member(ip: &Ipv4Hdr, ports: u32, tcp_flags: u8, addr: &Addr) -> Option<Me
     if tcp && tcp_flags & TCP_RST != 0 {
         flows::forget(hash, &flow);
     }
-    if ip.more_fragments() && ip.frag_offset() == 0 {
-        let _ = FRAGS.insert(frag_key, member, 0);
+    if d.first_fragment {
+        let _ = frags.insert(&frag_key, &member, 0);
     }
     Some(member)
 }
@@ -88,7 +144,7 @@ pub fn member(ip: &Ipv4Hdr, ports: u32, tcp_flags: u8, addr: &Addr) -> Option<Me
 /// The member that new flows with `hash` go to, and its position: the set's single member, or
 /// the one the live set's Maglev table gives `hash`; the fallback if that one is out of service.
 #[inline(always)]
-fn new_flow(addr: &Addr, hash: u32) -> Option<(MemberRef, u32)> {
+fn new_flow<K: Family>(addr: &Addr, hash: u32) -> Option<(MemberRef, u32)> {
     let set: &MemberSet = addr.set;
     let position = if set.single != 0 {
         set.single - 1
@@ -106,14 +162,14 @@ fn new_flow(addr: &Addr, hash: u32) -> Option<(MemberRef, u32)> {
     {
         return Some((*member, position));
     }
-    fallback(addr, hash)
+    fallback::<K>(addr, hash)
 }
 
 /// The fallback for a flow whose member is out of service: among the eligible members in
 /// service (else the standby ones), the one with the highest `fallback_score`, ties to the
 /// higher address.
 #[inline(always)]
-fn fallback(addr: &Addr, hash: u32) -> Option<(MemberRef, u32)> {
+fn fallback<K: Family>(addr: &Addr, hash: u32) -> Option<(MemberRef, u32)> {
     let set = addr.set;
     let eligible = set.eligible & !addr.down;
     let pool = if eligible != 0 {
@@ -131,7 +187,8 @@ fn fallback(addr: &Addr, hash: u32) -> Option<(MemberRef, u32)> {
         let Some(host) = maps::host(member.host) else {
             continue;
         };
-        let score = (fallback_score(hash, host.ip), host.ip);
+        let id = K::identity(&host.ip);
+        let score = (fallback_score(hash, id), id);
         if best.is_none() || score > best_score {
             best = Some((*member, position));
             best_score = score;

@@ -6,7 +6,7 @@
 //! `$ANYCAST_CTL` (set by `cargo xtask test`), else `target/debug/anycast-ctl` of the workspace.
 //! The `--json` outputs are parsed into the typed views below, which spell out the CLI contract.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -185,13 +185,13 @@ pub struct Show {
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct ShownAddress {
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
     pub members: Vec<ShownMember>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct ShownMember {
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
     pub interface: String,
     pub mac: Option<String>,
     pub mac_known: bool,
@@ -206,9 +206,20 @@ pub struct ShownMember {
     pub weight: u16,
 }
 
+impl ShownMember {
+    /// The member's address if it is an IPv4 one.
+    pub fn ipv4(&self) -> Option<Ipv4Addr> {
+        match self.address {
+            IpAddr::V4(v4) => Some(v4),
+            IpAddr::V6(_) => None,
+        }
+    }
+}
+
 impl Show {
     /// The members of `anycast`, empty if the address is not configured.
-    pub fn members_of(&self, anycast: Ipv4Addr) -> Vec<&ShownMember> {
+    pub fn members_of(&self, anycast: impl Into<IpAddr>) -> Vec<&ShownMember> {
+        let anycast = anycast.into();
         self.addresses
             .iter()
             .filter(|a| a.address == anycast)
@@ -225,7 +236,7 @@ pub struct Stats {
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct AddressStats {
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
     pub rx_packets: u64,
     pub rx_bytes: u64,
     pub forwarded_packets: u64,
@@ -261,14 +272,15 @@ impl Passed {
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct MemberStats {
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
     pub packets: u64,
     pub bytes: u64,
 }
 
 impl Stats {
     /// The counters of `anycast`; panics if the tool does not list the address.
-    pub fn address(&self, anycast: Ipv4Addr) -> &AddressStats {
+    pub fn address(&self, anycast: impl Into<IpAddr>) -> &AddressStats {
+        let anycast = anycast.into();
         self.addresses
             .iter()
             .find(|a| a.address == anycast)
@@ -278,7 +290,8 @@ impl Stats {
 
 impl AddressStats {
     /// Packets forwarded to `member` (0 if not listed).
-    pub fn member_packets(&self, member: Ipv4Addr) -> u64 {
+    pub fn member_packets(&self, member: impl Into<IpAddr>) -> u64 {
+        let member = member.into();
         self.members
             .iter()
             .find(|m| m.address == member)
@@ -286,7 +299,8 @@ impl AddressStats {
     }
 
     /// Bytes forwarded to `member` (0 if not listed).
-    pub fn member_bytes(&self, member: Ipv4Addr) -> u64 {
+    pub fn member_bytes(&self, member: impl Into<IpAddr>) -> u64 {
+        let member = member.into();
         self.members
             .iter()
             .find(|m| m.address == member)

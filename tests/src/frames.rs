@@ -4,14 +4,15 @@
 //! The builders compute every checksum from scratch (RFC 1071), independently of the
 //! dataplane's incremental update, so a fixture's expected frame checks the dataplane's math.
 use std::{
+    collections::BTreeMap,
     fs::File,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::AsRawFd,
     sync::atomic::{AtomicU32, Ordering},
     time::Duration,
 };
 
-use anycast_common::{HOST_MAC_KNOWN, Host, Iface, MODE_NATIVE, bench, ip_key, programs};
+use anycast_common::{HOST_MAC_KNOWN, Host, Iface, MODE_NATIVE, any_key, bench, programs};
 use anycast_ctl::{
     dataplane::{self, Maps},
     members::{self, Placement},
@@ -118,6 +119,117 @@ impl Ipv4 {
     }
 }
 
+/// An IPv6 datagram to build: the fixed header, then `payload` as given (extension headers
+/// included); `next_header` is the fixed header's.
+#[derive(Clone, Debug)]
+pub struct Ipv6 {
+    pub src: Ipv6Addr,
+    pub dst: Ipv6Addr,
+    pub next_header: u8,
+    pub hop_limit: u8,
+    pub flow_label: u32,
+    pub payload: Vec<u8>,
+}
+
+/// The RFC 1071 checksum of an upper-layer message over IPv6 (RFC 8200 8.1): the
+/// pseudo-header of source, destination, length and next header, then the message.
+pub fn checksum6(src: Ipv6Addr, dst: Ipv6Addr, next_header: u8, message: &[u8]) -> u16 {
+    let mut p = Vec::new();
+    p.extend_from_slice(&src.octets());
+    p.extend_from_slice(&dst.octets());
+    p.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    p.extend_from_slice(&[0, 0, 0, next_header]);
+    p.extend_from_slice(message);
+    checksum(&p)
+}
+
+impl Ipv6 {
+    pub fn new(src: Ipv6Addr, dst: Ipv6Addr, next_header: u8, payload: Vec<u8>) -> Self {
+        Self {
+            src,
+            dst,
+            next_header,
+            hop_limit: 64,
+            flow_label: 0,
+            payload,
+        }
+    }
+
+    /// UDP with its checksum (mandatory over IPv6).
+    pub fn udp(src: Ipv6Addr, dst: Ipv6Addr, sport: u16, dport: u16, data: &[u8]) -> Self {
+        Self::new(src, dst, IPPROTO_UDP, udp6(src, dst, sport, dport, data))
+    }
+
+    /// A TCP SYN (checksum left 0: the dataplane does not read it).
+    pub fn tcp_syn(src: Ipv6Addr, dst: Ipv6Addr, sport: u16, dport: u16) -> Self {
+        let mut payload = Vec::new();
+        payload.extend_from_slice(&sport.to_be_bytes());
+        payload.extend_from_slice(&dport.to_be_bytes());
+        payload.extend_from_slice(&1u32.to_be_bytes());
+        payload.extend_from_slice(&0u32.to_be_bytes());
+        payload.extend_from_slice(&[0x50, TCP_SYN, 0xff, 0xff, 0, 0, 0, 0]);
+        Self::new(src, dst, IPPROTO_TCP, payload)
+    }
+
+    /// The fixed header and payload.
+    pub fn bytes(&self) -> Vec<u8> {
+        let first = 0x6000_0000u32 | (self.flow_label & 0xf_ffff);
+        let mut h = first.to_be_bytes().to_vec();
+        h.extend_from_slice(&(self.payload.len() as u16).to_be_bytes());
+        h.extend_from_slice(&[self.next_header, self.hop_limit]);
+        h.extend_from_slice(&self.src.octets());
+        h.extend_from_slice(&self.dst.octets());
+        h.extend_from_slice(&self.payload);
+        h
+    }
+}
+
+/// A UDP header and data over IPv6, with the checksum over the pseudo-header.
+pub fn udp6(src: Ipv6Addr, dst: Ipv6Addr, sport: u16, dport: u16, data: &[u8]) -> Vec<u8> {
+    let mut u = Vec::new();
+    u.extend_from_slice(&sport.to_be_bytes());
+    u.extend_from_slice(&dport.to_be_bytes());
+    u.extend_from_slice(&((8 + data.len()) as u16).to_be_bytes());
+    u.extend_from_slice(&[0, 0]);
+    u.extend_from_slice(data);
+    let c = checksum6(src, dst, IPPROTO_UDP, &u);
+    u[6..8].copy_from_slice(&c.to_be_bytes());
+    u
+}
+
+pub fn ipv6_frame(dst: [u8; 6], src: [u8; 6], ip: &Ipv6) -> Vec<u8> {
+    ethernet(dst, src, ETH_P_IPV6, &ip.bytes())
+}
+
+/// The solicited-node multicast address of `target` (ff02::1:ffXX:XXXX) and its MAC.
+pub fn solicited_node(target: Ipv6Addr) -> (Ipv6Addr, [u8; 6]) {
+    let t = target.octets();
+    let mut a = [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, 0, 0, 0];
+    a[13..].copy_from_slice(&t[13..]);
+    (Ipv6Addr::from(a), [0x33, 0x33, 0xff, t[13], t[14], t[15]])
+}
+
+/// A neighbour solicitation message (ICMPv6, checksum computed) for `target`, with a source
+/// link-layer address option if `source_ll` is given, and `extra` options after it.
+pub fn ns_message(
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    target: Ipv6Addr,
+    source_ll: Option<[u8; 6]>,
+    extra: &[u8],
+) -> Vec<u8> {
+    let mut m = vec![ND_NEIGHBOR_SOLICIT, 0, 0, 0, 0, 0, 0, 0];
+    m.extend_from_slice(&target.octets());
+    if let Some(mac) = source_ll {
+        m.extend_from_slice(&[ND_OPT_SOURCE_LL, 1]);
+        m.extend_from_slice(&mac);
+    }
+    m.extend_from_slice(extra);
+    let c = checksum6(src, dst, IPPROTO_ICMPV6, &m);
+    m[2..4].copy_from_slice(&c.to_be_bytes());
+    m
+}
+
 pub fn ethernet(dst: [u8; 6], src: [u8; 6], ethertype: u16, payload: &[u8]) -> Vec<u8> {
     let mut f = Vec::with_capacity(14 + payload.len());
     f.extend_from_slice(&dst);
@@ -151,6 +263,9 @@ pub fn arp_frame(
     a.extend_from_slice(&tpa.octets());
     ethernet(eth_dst, sha, ETH_P_ARP, &a)
 }
+
+/// Outcome counters that changed, by name, with how much.
+pub type Changed = Vec<(String, u64)>;
 
 /// One interface of the bed.
 #[derive(Clone, Debug)]
@@ -266,13 +381,14 @@ impl Bed {
     /// Adds a member through the same code path as `anycast-ctl member add`.
     pub fn add_member(
         &mut self,
-        anycast: Ipv4Addr,
-        member: Ipv4Addr,
+        anycast: impl Into<IpAddr>,
+        member: impl Into<IpAddr>,
         port: usize,
         mac: [u8; 6],
     ) -> Result<()> {
+        let anycast = anycast.into();
         let p = Placement {
-            member,
+            member: member.into(),
             ifindex: self.ports[port].ifindex,
             mac,
             smac: self.ports[port].mac,
@@ -296,28 +412,32 @@ impl Bed {
     /// Sets a member's preference and weight, as `anycast-ctl member set` does.
     pub fn set_weight(
         &mut self,
-        anycast: Ipv4Addr,
-        member: Ipv4Addr,
+        anycast: impl Into<IpAddr>,
+        member: impl Into<IpAddr>,
         preference: u16,
         weight: u16,
     ) -> Result<()> {
         Ok(members::set_weight(
             &mut self.maps,
-            (anycast, member),
+            (anycast.into(), member.into()),
             preference,
             weight,
             None,
         )?)
     }
 
-    pub fn del_member(&mut self, anycast: Ipv4Addr, member: Ipv4Addr) -> Result<()> {
-        members::del(&mut self.maps, anycast, member)?;
+    pub fn del_member(
+        &mut self,
+        anycast: impl Into<IpAddr>,
+        member: impl Into<IpAddr>,
+    ) -> Result<()> {
+        members::del(&mut self.maps, anycast.into(), member.into())?;
         Ok(())
     }
 
     /// Marks a member host's MAC as unknown, as if never resolved.
-    pub fn forget_mac(&mut self, member: Ipv4Addr) -> Result<()> {
-        let index = self.maps.host_ids.get(&ip_key(member.octets()), 0)?;
+    pub fn forget_mac(&mut self, member: impl Into<IpAddr>) -> Result<()> {
+        let index = self.maps.host_ids.get(&any_key(member.into()), 0)?;
         let host: Host = self.maps.hosts.get(&index, 0)?;
         self.maps.hosts.set(
             index,
@@ -330,15 +450,14 @@ impl Bed {
         Ok(())
     }
 
-    pub fn host(&self, member: Ipv4Addr) -> Result<Host> {
-        let index = self.maps.host_ids.get(&ip_key(member.octets()), 0)?;
+    pub fn host(&self, member: impl Into<IpAddr>) -> Result<Host> {
+        let index = self.maps.host_ids.get(&any_key(member.into()), 0)?;
         Ok(self.maps.hosts.get(&index, 0)?)
     }
 
     /// The live member set of `anycast` by position: each position's member, `None` for a hole.
     pub fn positions(&self, anycast: Ipv4Addr) -> Result<Vec<Option<Ipv4Addr>>> {
-        let dataplane::Bucket::Found { entry, .. } = self.maps.bucket(ip_key(anycast.octets()))?
-        else {
+        let dataplane::Bucket::Found { entry, .. } = self.maps.bucket(anycast.into())? else {
             bail!("{anycast} is not in ADDRS");
         };
         let set = self.maps.member_set(&entry)?;
@@ -347,9 +466,63 @@ impl Bed {
                 return Ok(None);
             }
             let h: Host = self.maps.hosts.get(&m.host, 0)?;
-            Ok(Some(Ipv4Addr::from(anycast_common::ip_octets(h.ip))))
+            match anycast_common::any_ip(h.ip) {
+                IpAddr::V4(v4) => Ok(Some(v4)),
+                IpAddr::V6(v6) => bail!("IPv6 member {v6} of {anycast}"),
+            }
         };
         set.positions().iter().map(host).collect()
+    }
+
+    /// Every outcome counter: `ADDRESS/forwarded`, `ADDRESS/arp_replies`,
+    /// `ADDRESS/nd_replies`, `ADDRESS/passed.REASON` and `global/NAME` (the `rx_*` counters,
+    /// which every frame to an address bumps, left out).
+    pub fn outcomes(&self) -> BTreeMap<String, u64> {
+        let all = anycast_ctl::report::stats(&self.maps, None).expect("reading the counters");
+        let mut out = BTreeMap::new();
+        for a in &all.addresses {
+            out.insert(format!("{}/forwarded", a.address), a.forwarded_packets);
+            out.insert(format!("{}/arp_replies", a.address), a.arp_replies);
+            out.insert(format!("{}/nd_replies", a.address), a.nd_replies);
+            for (reason, n) in &a.passed {
+                out.insert(format!("{}/passed.{reason}", a.address), *n);
+            }
+        }
+        for (name, n) in &all.global {
+            out.insert(format!("global/{name}"), *n);
+        }
+        out
+    }
+
+    /// Runs `frame` through `program` on port `ingress`: the verdict, the output frame, and
+    /// the outcome counters that changed, with how much.
+    pub fn run_counted(
+        &self,
+        program: &str,
+        ingress: usize,
+        frame: &[u8],
+    ) -> Result<(u32, Vec<u8>, Changed)> {
+        let before = self.outcomes();
+        let (verdict, out) = self.run(program, ingress, frame)?;
+        let changed = self
+            .outcomes()
+            .into_iter()
+            .filter(|(k, v)| before.get(k) != Some(v))
+            .map(|(k, v)| {
+                let was = before.get(&k).copied().unwrap_or(0);
+                (k, v - was)
+            })
+            .collect();
+        Ok((verdict, out, changed))
+    }
+
+    /// Runs `frame` in on port `ingress` and requires XDP_PASS, the frame untouched, and
+    /// exactly one counter, `counter`, up by one.
+    pub fn assert_passed_as(&self, what: &str, ingress: usize, frame: &[u8], counter: &str) {
+        let (verdict, out, changed) = self.run_counted(programs::ANYCAST, ingress, frame).unwrap();
+        assert_eq!(verdict, XDP_PASS, "{what}: verdict");
+        assert_eq!(out, frame, "{what}: frame must pass untouched");
+        assert_eq!(changed, [(counter.to_string(), 1)], "{what}: counters");
     }
 
     /// Program `name` of the dataplane or of the benchmark object.

@@ -116,7 +116,7 @@ impl AgentLab {
             .members_of(ANYCAST)
             .iter()
             .filter(|m| m.source == "learned")
-            .map(|m| m.address)
+            .filter_map(|m| m.ipv4())
             .collect();
         v.sort();
         v

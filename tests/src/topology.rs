@@ -216,10 +216,11 @@ impl Topology {
     }
 
     /// The member with unicast address `ip`.
-    pub fn member(&self, ip: Ipv4Addr) -> &Member {
+    pub fn member(&self, ip: impl Into<std::net::IpAddr>) -> &Member {
+        let ip = ip.into();
         self.members
             .iter()
-            .find(|m| m.ip == ip)
+            .find(|m| ip == m.ip)
             .unwrap_or_else(|| panic!("{ip} is not a member of this topology"))
     }
 }

@@ -2,8 +2,8 @@
 //! addresses on the members, the agent's IPv6 listener on the router, real multicast on the
 //! member links, and version-1 (IPv4-only) interop.
 //!
-//! Until the members API takes IPv6 addresses (branch v6dp), the agent believes an IPv6
-//! membership and counts it as `family_unsupported` instead of applying it. The one switch
+//! The agent applies a believed IPv6 membership through the members API, as an IPv4 one
+//! (before branch v6dp it counted it as `family_unsupported`); the one switch
 //! [`MEMBERS_TAKE_IPV6`] says which of the two outcomes the tests assert.
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6},
@@ -23,10 +23,10 @@ use anycast_tests::{
     wait_until,
 };
 
-// merge: set to true once the agent's `apply_one` hands IPv6 memberships to the members API
-// (branch v6dp). The tests then require the IPv6 member in `show --json` and no
-// `family_unsupported`, instead of the count and its absence.
-const MEMBERS_TAKE_IPV6: bool = false;
+// The agent's `apply_one` hands IPv6 memberships to the members API (branch v6dp): the tests
+// require the IPv6 member in `show --json` and no `family_unsupported`. (false: the count and
+// its absence, as before the merge.)
+const MEMBERS_TAKE_IPV6: bool = true;
 
 const SECRET_HEX: &str = "5f1c2b3a4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8";
 const KEY_ID: u32 = 1;
@@ -124,7 +124,7 @@ impl Lab {
         members
             .iter()
             .filter(|m| m.source == "learned")
-            .map(|m| m.address)
+            .filter_map(|m| m.ipv4())
             .collect()
     }
 

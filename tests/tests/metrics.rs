@@ -68,6 +68,7 @@ fn expected(stats: &Value, show: &Value, status: &Value) -> Series {
             ("address_forwarded_packets_total", "forwarded_packets"),
             ("address_forwarded_bytes_total", "forwarded_bytes"),
             ("address_arp_replies_total", "arp_replies"),
+            ("address_nd_replies_total", "nd_replies"),
         ] {
             want.extend([series(name, &l, n(&a[field]))]);
         }

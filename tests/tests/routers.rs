@@ -291,7 +291,7 @@ impl Lab {
                 ctl.show()
                     .members_of(ANYCAST)
                     .iter()
-                    .map(|m| m.address)
+                    .filter_map(|m| m.ipv4())
                     .collect()
             })
             .collect()

@@ -387,7 +387,7 @@ fn learned(ctl: &Ctl) -> Vec<Ipv4Addr> {
         .iter()
         .flat_map(|a| a.members.iter())
         .filter(|m| m.source == "learned")
-        .map(|m| m.address)
+        .filter_map(|m| m.ipv4())
         .collect();
     out.sort();
     out

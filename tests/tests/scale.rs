@@ -94,12 +94,13 @@ fn load_applies_every_membership_and_traffic_reaches_them() {
         "{out}"
     );
     let show = ctl.show();
-    let listed: Vec<(Ipv4Addr, u16, u16)> = show
+    let listed: Vec<(std::net::IpAddr, u16, u16)> = show
         .members_of(ANYCAST)
         .iter()
         .map(|m| (m.address, m.preference, m.weight))
         .collect();
-    assert_eq!(listed, vec![(m1, 100, 100), (m2, 100, 300), (m3, 200, 100)]);
+    let want = [(m1, 100, 100), (m2, 100, 300), (m3, 200, 100)];
+    assert_eq!(listed, want.map(|(m, p, w)| (m.into(), p, w)));
     let other = show.members_of(OTHER);
     assert_eq!(other.len(), 1);
     assert_eq!(other[0].interface, topo.members[2].router_iface);
@@ -186,7 +187,7 @@ fn many_add_del_cycles_reuse_indexes_and_zero_reused_counters() {
             bed.add_member(vip, ip, 1, mac).unwrap();
         }
         // Fresh counters: every member of the set starts at zero, whatever the slot had.
-        let stats = report::stats(&bed.maps, Some(vip)).unwrap();
+        let stats = report::stats(&bed.maps, Some(vip.into())).unwrap();
         assert!(
             stats.addresses[0].members.iter().all(|m| m.packets == 0),
             "{stats:?}"
@@ -195,7 +196,7 @@ fn many_add_del_cycles_reuse_indexes_and_zero_reused_counters() {
             let mac = forwarded_to(&bed, vip, 30000 + sport).expect("forwarded");
             assert!(members.iter().any(|(_, m)| *m == mac));
         }
-        let stats = report::stats(&bed.maps, Some(vip)).unwrap();
+        let stats = report::stats(&bed.maps, Some(vip.into())).unwrap();
         let sent: u64 = stats.addresses[0].members.iter().map(|m| m.packets).sum();
         assert_eq!(sent, 20);
         for &(ip, _) in &members[1..] {

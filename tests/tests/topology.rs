@@ -85,7 +85,7 @@ impl Session {
         let listed = show.members_of(ANYCAST);
         assert_eq!(
             sorted(listed.iter().map(|m| m.address).collect()),
-            sorted(members.to_vec()),
+            sorted(members.iter().map(|&m| std::net::IpAddr::V4(m)).collect()),
             "show: {show:?}"
         );
         for shown in listed {

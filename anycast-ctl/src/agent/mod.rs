@@ -4,8 +4,7 @@
 //! advertisements on them, IPv4 and IPv6 ([`listen`]), and turns the believed ones
 //! ([`validate`]) into memberships through the same code as `member add` ([`crate::members`]),
 //! recorded as *learned* in `MEMBER_INFO`. Every believed membership goes through one function,
-//! `Agent::apply_one`; IPv6 ones stop there, counted as `family_unsupported`, until the members
-//! API takes IPv6 addresses.
+//! `Agent::apply_one`, which hands IPv4 and IPv6 ones alike to the members API.
 //! A learned member expires when its hold time passes without a refresh (each member on its own
 //! deadline, [`deadlines`]), leaves at once on a hold time of 0, and is removed at once when its
 //! interface loses its link. Static members (`member add`) are never touched.
@@ -24,14 +23,14 @@ pub mod validate;
 
 use std::{
     collections::{HashMap, HashSet},
-    net::{IpAddr, Ipv4Addr},
+    net::IpAddr,
     time::{Duration, Instant},
 };
 
 use anycast_common::{
     AGENT_COUNTERS, AgentCounter, MemberInfo, MemberKey, SOURCE_LEARNED,
     advert::{Membership, Repr},
-    ip_octets,
+    any_ip,
 };
 use futures::StreamExt;
 use netlink_packet_route::{RouteNetlinkMessage, link::LinkFlags};
@@ -98,7 +97,7 @@ pub struct Agent {
     /// The single-agent lock on `DIR/agent` (see `PinDir::agent_lock`), held for life.
     agent_lock: Option<std::fs::File>,
     /// Senders that could not be located, and until when they are not tried again.
-    unplaceable: HashMap<Ipv4Addr, Instant>,
+    unplaceable: HashMap<IpAddr, Instant>,
     /// Addresses whose exported route may be out of date, with the route each had, and the
     /// routes held down (see [`crate::export`]); synced after each event.
     export: crate::export::Pending,
@@ -273,7 +272,7 @@ impl Agent {
         self.export.set_hold_down(config.export_hold_down);
         // Members of addresses the new prefixes no longer allow go now, not at their expiry.
         let outside: Vec<MemberKey> = (self.learned.keys())
-            .filter(|k| !self.config.allows(Ipv4Addr::from(ip_octets(k.anycast))))
+            .filter(|k| !self.config.allows(any_ip(k.anycast)))
             .copied()
             .collect();
         for key in outside {
@@ -392,8 +391,7 @@ impl Agent {
     /// Takes over learned members and replay state left in the maps by a previous agent.
     fn adopt(&mut self) -> Result<()> {
         for (sender, seq) in self.maps.sender_seq.iter().filter_map(|r| r.ok()) {
-            self.validator
-                .remember(Ipv4Addr::from(ip_octets(sender)).into(), seq);
+            self.validator.remember(any_ip(sender), seq);
         }
         let recorded: Vec<(MemberKey, MemberInfo)> = self
             .maps
@@ -455,12 +453,6 @@ impl Agent {
 
     /// Pins a sender's last sequence number (`SENDER_SEQ`), for a restarted agent.
     fn record_seq(&mut self, sender: IpAddr, seq: u64) {
-        let IpAddr::V4(sender) = sender else {
-            // merge: SENDER_SEQ is keyed by IPv4 (anycast-common maps.rs); until an IPv6 key
-            // exists, an IPv6 sender's replay state lives only in the validator, and after a
-            // restart only the timestamp window bounds replays.
-            return;
-        };
         if let Err(e) = self.maps.record_sender_seq(sender, seq) {
             tracing::warn!(%sender, error = %e, "recording the sequence number");
         }
@@ -514,26 +506,15 @@ impl Agent {
         }
         let mut m = *m;
         m.hold_ms = m.hold_ms.min(self.config.max_hold_ms);
-        match (m.anycast, sender) {
-            (IpAddr::V4(anycast), IpAddr::V4(member)) => {
-                self.apply_member((anycast, member), &m, link_addr, ifindex, now)
-                    .await
-            }
-            _ => {
-                // merge: call members::... with IpAddr — once the members API is IpAddr-generic,
-                // this arm goes and `apply_member` takes `(IpAddr, IpAddr)` for both families.
-                self.counters[AgentCounter::FamilyUnsupported.index() as usize] += 1;
-                tracing::debug!(anycast = %m.anycast, member = %sender, "IPv6 membership not applied yet");
-                Ok(false)
-            }
-        }
+        self.apply_member((m.anycast, sender), &m, link_addr, ifindex, now)
+            .await
     }
 
     /// Joins, refreshes or leaves one membership through the members API; whether it wrote a
     /// map.
     async fn apply_member(
         &mut self,
-        (anycast, sender): (Ipv4Addr, Ipv4Addr),
+        (anycast, sender): (IpAddr, IpAddr),
         m: &Membership,
         link_addr: Option<[u8; 6]>,
         ifindex: u32,
@@ -598,8 +579,8 @@ impl Agent {
     /// counted as a rejection, if either fails.
     async fn place(
         &mut self,
-        sender: Ipv4Addr,
-        anycast: Ipv4Addr,
+        sender: IpAddr,
+        anycast: IpAddr,
         link_addr: Option<[u8; 6]>,
         ifindex: u32,
     ) -> Option<members::Placement> {
@@ -607,7 +588,7 @@ impl Agent {
         // for ARP, and an advertisement of many addresses would stall the agent.
         let now = Instant::now();
         if self.unplaceable.get(&sender).is_some_and(|t| *t > now) {
-            self.reject(Reject::NotOnLink, sender.into());
+            self.reject(Reject::NotOnLink, sender);
             return None;
         }
         let join = members::Join {
@@ -636,7 +617,7 @@ impl Agent {
                         Reject::NotOnLink
                     }
                 };
-                self.reject(reason, sender.into());
+                self.reject(reason, sender);
                 tracing::debug!(error = %e, "placing a member");
                 None
             }
@@ -648,7 +629,7 @@ impl Agent {
     /// the operator has it as a static member, nor if it was deleted under us.
     fn store(
         &mut self,
-        (anycast, sender): (Ipv4Addr, Ipv4Addr),
+        (anycast, sender): (IpAddr, IpAddr),
         m: &Membership,
         now: u64,
         placement: Option<members::Placement>,
@@ -746,8 +727,8 @@ impl Agent {
         if info.is_none_or(|i| i.source != SOURCE_LEARNED) {
             return Ok(());
         }
-        let anycast = Ipv4Addr::from(ip_octets(key.anycast));
-        let member = Ipv4Addr::from(ip_octets(key.member));
+        let anycast = any_ip(key.anycast);
+        let member = any_ip(key.member);
         self.export.note(&self.maps, [anycast])?;
         let edge = match members::del(&mut self.maps, anycast, member) {
             Ok(edge) => edge,
@@ -850,10 +831,7 @@ impl Agent {
                 }
             }
             for (sender, seq) in std::mem::take(&mut self.seqs) {
-                // IPv6 senders' replay state is not pinned (see `record_seq`).
-                if let IpAddr::V4(sender) = sender {
-                    self.maps.record_sender_seq(sender, seq)?;
-                }
+                self.maps.record_sender_seq(sender, seq)?;
             }
             Ok(())
         });

@@ -47,32 +47,6 @@ pub(crate) fn unicast_address(s: &str) -> Result<Ipv4Addr, String> {
     Ok(ip)
 }
 
-/// An anycast address of either family (`announce`). IPv6: a global unicast address, not
-/// link-local, loopback, multicast, unspecified or IPv4-mapped.
-// merge: the IpAddr-generic `anycast_address` of the members work (branch v6dp) replaces this.
-pub fn anycast_ip(s: &str) -> Result<IpAddr, String> {
-    let ip: IpAddr = s
-        .parse()
-        .map_err(|_| format!("{s:?} is not an IPv4 or IPv6 address"))?;
-    let v6 = match ip {
-        IpAddr::V4(_) => return anycast_address(s).map(IpAddr::V4),
-        IpAddr::V6(v6) => v6,
-    };
-    let why = if v6.is_unspecified() || v6.is_loopback() || v6.is_multicast() {
-        Some("it is not a unicast address")
-    } else if v6.is_unicast_link_local() {
-        Some("it is a link-local address")
-    } else if v6.to_ipv4_mapped().is_some() {
-        Some("it is an IPv4-mapped address")
-    } else {
-        None
-    };
-    match why {
-        Some(why) => Err(format!("{ip} cannot be an anycast address: {why}")),
-        None => Ok(ip),
-    }
-}
-
 /// Multicast with link-local scope (`ffX2::/16`): advertisements never leave the link, and
 /// their hop limit 255 is checked on arrival.
 pub fn is_link_local_multicast(group: Ipv6Addr) -> bool {
@@ -97,6 +71,35 @@ pub fn anycast_address(s: &str) -> Result<Ipv4Addr, String> {
     match crate::policy::never_anycast(ip) {
         Some(why) => Err(format!("{ip} cannot be an anycast address: {why}")),
         None => Ok(ip),
+    }
+}
+
+/// A unicast address of either family (a member). IPv6: not a class that no host on the link
+/// is reached by (`policy::never_member6`).
+pub(crate) fn unicast_ip(s: &str) -> Result<IpAddr, String> {
+    let ip: IpAddr = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not an IPv4 or IPv6 address"))?;
+    match ip {
+        IpAddr::V4(_) => unicast_address(s).map(IpAddr::V4),
+        IpAddr::V6(v6) => match crate::policy::never_member6(v6) {
+            Some(why) => Err(format!("{ip} is not a member's unicast address: {why}")),
+            None => Ok(ip),
+        },
+    }
+}
+
+/// An anycast address of either family (`policy::never_anycast_ip`).
+pub fn anycast_ip(s: &str) -> Result<IpAddr, String> {
+    let ip: IpAddr = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not an IPv4 or IPv6 address"))?;
+    match ip {
+        IpAddr::V4(_) => anycast_address(s).map(IpAddr::V4),
+        IpAddr::V6(v6) => match crate::policy::never_anycast6(v6) {
+            Some(why) => Err(format!("{ip} cannot be an anycast address: {why}")),
+            None => Ok(ip),
+        },
     }
 }
 
@@ -130,6 +133,29 @@ mod tests {
             "ff05::1546",
         ];
         assert!(parse(&site).is_err());
+    }
+
+    #[test]
+    fn member_commands_take_ipv6_and_refuse_its_special_classes() {
+        assert!(parse(&["member", "add", "2001:db8:53::53", "2001:db8:1::2"]).is_ok());
+        assert!(parse(&["member", "del", "2001:db8:53::53", "2001:db8:1::2"]).is_ok());
+        assert!(parse(&["stats", "2001:db8:53::53"]).is_ok());
+        for bad in [
+            "fe80::53",
+            "ff02::1:ff00:53",
+            "::",
+            "::1",
+            "::ffff:198.51.100.53",
+        ] {
+            assert!(
+                parse(&["member", "add", bad, "2001:db8:1::2"]).is_err(),
+                "anycast {bad} accepted"
+            );
+            assert!(
+                parse(&["member", "add", "2001:db8:53::53", bad]).is_err(),
+                "member {bad} accepted"
+            );
+        }
     }
 
     /// Regression: anycast addresses of classes that are never unicast were accepted.

@@ -9,7 +9,7 @@
 use std::{
     collections::HashMap,
     io::Write as _,
-    net::Ipv4Addr,
+    net::IpAddr,
     time::{Duration, Instant},
 };
 
@@ -25,20 +25,21 @@ use crate::{
 
 #[derive(Debug, Serialize)]
 pub struct MemberRates {
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
     pub packets_per_s: f64,
     pub bytes_per_s: f64,
 }
 
 #[derive(Debug, Serialize)]
 pub struct AddressRates {
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
     pub rx_packets_per_s: f64,
     pub rx_bytes_per_s: f64,
     pub forwarded_packets_per_s: f64,
     pub forwarded_bytes_per_s: f64,
     pub passed_per_s: f64,
     pub arp_replies_per_s: f64,
+    pub nd_replies_per_s: f64,
     pub members: Vec<MemberRates>,
 }
 
@@ -55,8 +56,8 @@ pub struct Rates {
 /// Counters of one reading, by address and by (address, member).
 #[derive(Default)]
 struct Reading {
-    addresses: HashMap<Ipv4Addr, [u64; 6]>,
-    members: HashMap<(Ipv4Addr, Ipv4Addr), [u64; 2]>,
+    addresses: HashMap<IpAddr, [u64; 7]>,
+    members: HashMap<(IpAddr, IpAddr), [u64; 2]>,
 }
 
 fn reading(stats: &Stats) -> Reading {
@@ -70,6 +71,7 @@ fn reading(stats: &Stats) -> Reading {
             a.forwarded_bytes,
             passed,
             a.arp_replies,
+            a.nd_replies,
         ];
         r.addresses.insert(a.address, counters);
         for m in &a.members {
@@ -105,6 +107,7 @@ fn rates(before: &Reading, stats: &Stats, seconds: f64) -> Rates {
                 forwarded_bytes_per_s: r(3, a.forwarded_bytes),
                 passed_per_s: r(4, a.passed.values().sum()),
                 arp_replies_per_s: r(5, a.arp_replies),
+                nd_replies_per_s: r(6, a.nd_replies),
                 members,
             }
         })
@@ -124,7 +127,7 @@ const HEADERS: [&str; 8] = [
     "FWD PKT/S",
     "FWD B/S",
     "PASSED/S",
-    "ARP/S",
+    "ARP/ND/S",
 ];
 
 fn render(r: &Rates) -> String {
@@ -139,7 +142,7 @@ fn render(r: &Rates) -> String {
             f(a.forwarded_packets_per_s),
             f(a.forwarded_bytes_per_s),
             f(a.passed_per_s),
-            f(a.arp_replies_per_s),
+            f(a.arp_replies_per_s + a.nd_replies_per_s),
         ]);
         for m in &a.members {
             let (p, b) = (f(m.packets_per_s), f(m.bytes_per_s));
@@ -153,7 +156,7 @@ fn render(r: &Rates) -> String {
 /// Prints a report every `interval` (`count` of them, or until a signal or a closed stdout).
 pub async fn run(
     maps: &Maps,
-    only: Option<Ipv4Addr>,
+    only: Option<IpAddr>,
     interval: Duration,
     count: Option<u64>,
     json: bool,

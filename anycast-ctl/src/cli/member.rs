@@ -1,11 +1,11 @@
 //! `anycast-ctl member add|set|del`: static memberships, one at a time.
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use clap::Subcommand;
 
 use super::{
     Router,
-    args::{anycast_address, table_size, unicast_address, unicast_mac},
+    args::{anycast_ip, table_size, unicast_ip, unicast_mac},
 };
 use crate::{
     Result,
@@ -17,8 +17,8 @@ use crate::{
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Make MEMBER_IP serve ANYCAST_IP. The member must be on-link on an attached interface;
-    /// its MAC is resolved through the neighbour table unless given.
+    /// Make MEMBER_IP serve ANYCAST_IP (both IPv4 or both IPv6). The member must be on-link on
+    /// an attached interface; its MAC is resolved through the neighbour table unless given.
     Add(AddArgs),
     /// Change a member's preference or weight (weight 0 drains it: existing flows stay, new
     /// flows go elsewhere).
@@ -29,10 +29,10 @@ pub enum Command {
 
 #[derive(Debug, clap::Args)]
 pub struct AddArgs {
-    #[arg(value_parser = anycast_address)]
-    pub anycast_ip: Ipv4Addr,
-    #[arg(value_parser = unicast_address)]
-    pub member_ip: Ipv4Addr,
+    #[arg(value_parser = anycast_ip)]
+    pub anycast_ip: IpAddr,
+    #[arg(value_parser = unicast_ip)]
+    pub member_ip: IpAddr,
     /// Interface the member is on [default: from the route table].
     #[arg(long, value_name = "IFACE")]
     pub dev: Option<String>,
@@ -51,10 +51,10 @@ pub struct AddArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct SetArgs {
-    #[arg(value_parser = anycast_address)]
-    pub anycast_ip: Ipv4Addr,
-    #[arg(value_parser = unicast_address)]
-    pub member_ip: Ipv4Addr,
+    #[arg(value_parser = anycast_ip)]
+    pub anycast_ip: IpAddr,
+    #[arg(value_parser = unicast_ip)]
+    pub member_ip: IpAddr,
     #[command(flatten)]
     pub weight: WeightArgs,
     /// Maglev table size for the address (prime, >= 6,400) [default: 16381, or the
@@ -65,10 +65,10 @@ pub struct SetArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct DelArgs {
-    #[arg(value_parser = anycast_address)]
-    pub anycast_ip: Ipv4Addr,
-    #[arg(value_parser = unicast_address)]
-    pub member_ip: Ipv4Addr,
+    #[arg(value_parser = anycast_ip)]
+    pub anycast_ip: IpAddr,
+    #[arg(value_parser = unicast_ip)]
+    pub member_ip: IpAddr,
 }
 
 #[derive(Debug, clap::Args)]
@@ -126,7 +126,7 @@ async fn add(router: &Router, args: AddArgs) -> Result<String> {
 }
 
 /// The line `member add` prints.
-fn added(anycast_ip: Ipv4Addr, member_ip: Ipv4Addr, done: &members::AddOutcome) -> String {
+fn added(anycast_ip: IpAddr, member_ip: IpAddr, done: &members::AddOutcome) -> String {
     let what = match done.added {
         members::Added::New => "added",
         members::Added::Updated => "updated",
@@ -209,8 +209,8 @@ mod tests {
                 mac,
                 ..
             })) => {
-                assert_eq!(anycast_ip, Ipv4Addr::new(198, 51, 100, 53));
-                assert_eq!(member_ip, Ipv4Addr::new(203, 0, 113, 2));
+                assert_eq!(anycast_ip, IpAddr::from([198, 51, 100, 53]));
+                assert_eq!(member_ip, IpAddr::from([203, 0, 113, 2]));
                 assert_eq!(dev.as_deref(), Some("r1"));
                 assert_eq!(mac, Some(MacAddr([2, 0, 0, 0, 0, 1])));
             }

@@ -1,9 +1,9 @@
 //! `anycast-ctl stats`: counters per anycast address and per member.
-use std::{fmt::Write as _, net::Ipv4Addr};
+use std::{fmt::Write as _, net::IpAddr};
 
 use super::{
     Router,
-    args::anycast_address,
+    args::anycast_ip,
     output::{nonzero, table, to_json},
 };
 use crate::{
@@ -15,8 +15,8 @@ use crate::{
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Only this anycast address.
-    #[arg(value_parser = anycast_address)]
-    pub address: Option<Ipv4Addr>,
+    #[arg(value_parser = anycast_ip)]
+    pub address: Option<IpAddr>,
     /// JSON (with --interval: one object per line).
     #[arg(long)]
     pub json: bool,
@@ -36,7 +36,7 @@ const HEADERS: [&str; 8] = [
     "FWD PKTS",
     "FWD BYTES",
     "PASSED",
-    "ARP REPLIES",
+    "ARP/ND REPLIES",
 ];
 
 pub async fn run(router: &Router, args: Args) -> Result<String> {
@@ -65,7 +65,7 @@ fn rows(a: &AddressCounters) -> Vec<Vec<String>> {
         a.forwarded_packets.to_string(),
         a.forwarded_bytes.to_string(),
         passed.to_string(),
-        a.arp_replies.to_string(),
+        (a.arp_replies + a.nd_replies).to_string(),
     ]];
     for m in &a.members {
         rows.push(vec![

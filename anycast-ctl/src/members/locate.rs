@@ -3,7 +3,7 @@
 //! A member must be on-link on an attached interface (the route to it has no gateway), and its
 //! MAC must be unicast. The MAC comes from the operator, the member's signed advertisement, or
 //! the kernel's neighbour table (resolved if unknown) — never from a frame the dataplane saw.
-use std::{net::Ipv4Addr, time::Duration};
+use std::{net::IpAddr, time::Duration};
 
 use crate::{
     Error, Result,
@@ -18,7 +18,7 @@ use super::{MacFrom, Placement};
 /// interface (`dev`, if given). Resolves the MAC through the kernel for [`MacFrom::Neighbour`].
 pub async fn locate(
     (maps, nl, policy): (&Maps, &Netlink, &Policy),
-    member: Ipv4Addr,
+    member: IpAddr,
     dev: Option<&str>,
     mac_from: MacFrom,
     resolve_timeout: Duration,
@@ -40,7 +40,7 @@ pub async fn locate(
 async fn on_link_egress(
     maps: &Maps,
     nl: &Netlink,
-    member: Ipv4Addr,
+    member: IpAddr,
     dev: Option<&str>,
 ) -> Result<Link> {
     let dev = match dev {
@@ -84,7 +84,7 @@ async fn on_link_egress(
 async fn member_mac(
     nl: &Netlink,
     egress: &Link,
-    member: Ipv4Addr,
+    member: IpAddr,
     mac_from: MacFrom,
     resolve_timeout: Duration,
 ) -> Result<[u8; 6]> {

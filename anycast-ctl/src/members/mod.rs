@@ -13,20 +13,20 @@
 mod locate;
 mod write;
 
-use std::{net::Ipv4Addr, time::Duration};
+use std::{net::IpAddr, time::Duration};
 
-use anycast_common::{Host, MemberInfo, MemberKey, SOURCE_STATIC, ip_key};
+use anycast_common::{Host, MemberInfo, MemberKey, SOURCE_STATIC, any_key};
 
 pub use locate::locate;
 
 use crate::{Result, dataplane::Maps, net::Netlink, policy::Policy};
 
-/// What a writer asks for: `member` serving the anycast address `anycast`, on `dev` if given,
-/// with its MAC from `mac`.
+/// What a writer asks for: `member` serving the anycast address `anycast` (of the same family),
+/// on `dev` if given, with its MAC from `mac`.
 #[derive(Clone, Copy, Debug)]
 pub struct Join<'a> {
-    pub anycast: Ipv4Addr,
-    pub member: Ipv4Addr,
+    pub anycast: IpAddr,
+    pub member: IpAddr,
     pub dev: Option<&'a str>,
     pub mac: MacFrom,
 }
@@ -40,6 +40,7 @@ pub async fn prepare(
     join: Join<'_>,
     resolve_timeout: Duration,
 ) -> Result<Placement> {
+    check_family(join.anycast, join.member)?;
     policy.check_anycast(maps, join.anycast)?;
     locate(
         (maps, nl, policy),
@@ -61,7 +62,7 @@ pub const AGENT_RESOLVE_TIMEOUT: Duration = Duration::from_millis(300);
 /// Where to send to one member.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Placement {
-    pub member: Ipv4Addr,
+    pub member: IpAddr,
     pub ifindex: u32,
     pub mac: [u8; 6],
     /// MAC of the egress interface.
@@ -111,11 +112,20 @@ pub enum Edge {
 }
 
 /// The `MEMBER_INFO` key of a membership.
-pub fn member_key(address: Ipv4Addr, member: Ipv4Addr) -> MemberKey {
+pub fn member_key(address: IpAddr, member: IpAddr) -> MemberKey {
     MemberKey {
-        anycast: ip_key(address.octets()),
-        member: ip_key(member.octets()),
+        anycast: any_key(address),
+        member: any_key(member),
     }
+}
+
+/// An anycast address is served by members of its own family: the dataplane rewrites only
+/// the Ethernet header, so an IPv4 datagram can only go to a host reached over IPv4.
+pub fn check_family(anycast: IpAddr, member: IpAddr) -> Result<()> {
+    if anycast.is_ipv4() == member.is_ipv4() {
+        return Ok(());
+    }
+    Err(crate::Error::MixedFamilies { anycast, member })
 }
 
 /// Default preference of a member (lower is better).

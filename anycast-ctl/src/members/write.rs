@@ -26,24 +26,24 @@
 //! - A MAC belongs to the host: one static MAC for every address the host serves.
 //! - [`add`], [`del`] and [`set_weight`] are transactions ([`Maps::transaction`]): on an error
 //!   nothing changed.
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use anycast_common::{
-    AddrBucket, AddrStats, HOST_MAC_KNOWN, HOST_MAC_SIGNED, HOST_MAC_STATIC, Host, MAX_MEMBERS,
-    MemberInfo, MemberRef, MemberSet, MemberStats, NO_HOST, TABLE_ENTRIES_PER_WORD, ip_key,
-    member_set_index, pack_positions, position_bit, table_words,
+    AddrStats, HOST_MAC_KNOWN, HOST_MAC_SIGNED, HOST_MAC_STATIC, Host, Ip6Key, MAX_MEMBERS,
+    MemberInfo, MemberRef, MemberSet, MemberStats, NO_HOST, TABLE_ENTRIES_PER_WORD, any_ip,
+    any_key, fold6, member_set_index, pack_positions, position_bit, table_words,
 };
 
 use crate::{
     Error, Result,
     alloc::{self, Kind},
-    dataplane::{Bucket, Maps, zeroed},
+    dataplane::{AddrSlot, Bucket, Maps, buckets_of, zeroed},
     journal::Words,
     mac::MacAddr,
     maglev,
 };
 
-use super::{AddOutcome, Added, Edge, Placement, member_key};
+use super::{AddOutcome, Added, Edge, Placement, check_family, member_key};
 
 /// Adds `p.member` to the anycast `address` (creating the address if needed), or refreshes
 /// where it is sent and its `info` (source, preference, weight) if it already is a member; a
@@ -52,7 +52,7 @@ use super::{AddOutcome, Added, Edge, Placement, member_key};
 /// number of map operations, whatever the number of addresses.
 pub fn add(
     maps: &mut Maps,
-    address: Ipv4Addr,
+    address: IpAddr,
     p: &Placement,
     info: MemberInfo,
     table_size: Option<u32>,
@@ -62,21 +62,21 @@ pub fn add(
 
 fn add_in(
     maps: &mut Maps,
-    (address, p, info): (Ipv4Addr, &Placement, MemberInfo),
+    (address, p, info): (IpAddr, &Placement, MemberInfo),
     table_size: Option<u32>,
 ) -> Result<AddOutcome> {
-    let key = ip_key(address.octets());
-    let (index, entry, old) = match maps.bucket(key)? {
+    check_family(address, p.member)?;
+    let (index, entry, old) = match maps.bucket(address)? {
         Bucket::Found { index, entry } => (index, Some(entry), maps.member_set(&entry)?),
         Bucket::Free { index } => (index, None, MemberSet::default()),
         Bucket::Full => {
             return Err(Error::Full {
                 what: "address index",
-                max: anycast_common::ADDR_BUCKETS,
+                max: buckets_of(address),
             });
         }
     };
-    let known_host = maps.host_ids.get(&ip_key(p.member.octets()), 0).ok();
+    let known_host = maps.host_ids.get(&any_key(p.member), 0).ok();
     check_mac(maps, address, p, known_host, &old)?;
     if let Some(host) = known_host
         && old.members().any(|m| m.host == host)
@@ -97,7 +97,7 @@ fn add_in(
     }
     let entry = match entry {
         Some(entry) => entry,
-        None => create_address(maps, key)?,
+        None => create_address(maps, address)?,
     };
     let counter = alloc::take(maps, Kind::Counter)?;
     let (host, stored) = write_host(maps, p)?;
@@ -122,8 +122,8 @@ fn add_in(
 /// weight or the table size changed.
 fn refresh(
     maps: &mut Maps,
-    address: Ipv4Addr,
-    (index, entry): (u32, AddrBucket),
+    address: IpAddr,
+    (index, entry): (u32, AddrSlot),
     old: &MemberSet,
     (p, info): (&Placement, MemberInfo),
     table_size: Option<u32>,
@@ -155,18 +155,13 @@ fn refresh(
 /// A new address: its slot (zeroed counters) and directory entry, and the bucket to publish it
 /// with (version 1 with an empty set, flipped to 0 by the first publish: the same path as every
 /// later update; the bucket itself is written only then).
-fn create_address(maps: &mut Maps, key: u32) -> Result<AddrBucket> {
+fn create_address(maps: &mut Maps, address: IpAddr) -> Result<AddrSlot> {
     let slot = alloc::take(maps, Kind::AddrSlot)?;
     maps.addr_stats
         .set(slot, zeroed::<AddrStats>()?, 0)
         .map_err(|e| Error::map("ADDR_STATS", e))?;
-    maps.insert_addr_key(key, slot)?;
-    Ok(AddrBucket {
-        ip: key,
-        slot,
-        version: 1,
-        _pad: 0,
-    })
+    maps.insert_addr_key(any_key(address), slot)?;
+    Ok(AddrSlot { slot, version: 1 })
 }
 
 /// A MAC belongs to the host, and so to every address it serves: a `--mac` other than the
@@ -174,7 +169,7 @@ fn create_address(maps: &mut Maps, key: u32) -> Result<AddrBucket> {
 /// them walks every address, on this error path only).
 fn check_mac(
     maps: &Maps,
-    address: Ipv4Addr,
+    address: IpAddr,
     p: &Placement,
     host: Option<u32>,
     old: &MemberSet,
@@ -212,18 +207,18 @@ fn check_mac(
 /// is freed, and so is its host once no membership refers to it (`HOST_REFS`). One transaction;
 /// a constant number of map operations, whatever the number of addresses. Returns
 /// [`Edge::LastMemberGone`] when this was the address's last member.
-pub fn del(maps: &mut Maps, address: Ipv4Addr, member: Ipv4Addr) -> Result<Option<Edge>> {
+pub fn del(maps: &mut Maps, address: IpAddr, member: IpAddr) -> Result<Option<Edge>> {
     maps.transaction(|maps| del_in(maps, address, member))
 }
 
-fn del_in(maps: &mut Maps, address: Ipv4Addr, member: Ipv4Addr) -> Result<Option<Edge>> {
-    let Bucket::Found { index, entry } = maps.bucket(ip_key(address.octets()))? else {
+fn del_in(maps: &mut Maps, address: IpAddr, member: IpAddr) -> Result<Option<Edge>> {
+    let Bucket::Found { index, entry } = maps.bucket(address)? else {
         return Err(Error::NoSuchAddress { address });
     };
     let old = maps.member_set(&entry)?;
     let host = maps
         .host_ids
-        .get(&ip_key(member.octets()), 0)
+        .get(&any_key(member), 0)
         .map_err(|_| Error::NotMember { address, member })?;
     let pos = old
         .positions()
@@ -249,7 +244,7 @@ fn del_in(maps: &mut Maps, address: Ipv4Addr, member: Ipv4Addr) -> Result<Option
     let refs = maps.word(Words::HostRefs, host)?.saturating_sub(1);
     maps.set_word(Words::HostRefs, host, refs)?;
     if refs == 0 {
-        maps.remove_host_id(ip_key(member.octets()))?;
+        maps.remove_host_id(any_key(member))?;
         alloc::give_back(maps, Kind::Host, host)?;
     }
     Ok((new.members().count() == 0).then_some(Edge::LastMemberGone))
@@ -259,13 +254,13 @@ fn del_in(maps: &mut Maps, address: Ipv4Addr, member: Ipv4Addr) -> Result<Option
 /// flows stay), and the address's table size if given. One transaction.
 pub fn set_weight(
     maps: &mut Maps,
-    (address, member): (Ipv4Addr, Ipv4Addr),
+    (address, member): (IpAddr, IpAddr),
     preference: u16,
     weight: u16,
     table_size: Option<u32>,
 ) -> Result<()> {
     maps.transaction(|maps| {
-        let Bucket::Found { index, entry } = maps.bucket(ip_key(address.octets()))? else {
+        let Bucket::Found { index, entry } = maps.bucket(address)? else {
             return Err(Error::NoSuchAddress { address });
         };
         let key = member_key(address, member);
@@ -283,7 +278,7 @@ pub fn set_weight(
 
 /// Removes the `MEMBER_INFO` entry of a membership that is not in its member set any more
 /// (left behind by a writer killed between the two).
-pub fn forget_info(maps: &mut Maps, (address, member): (Ipv4Addr, Ipv4Addr)) -> Result<()> {
+pub fn forget_info(maps: &mut Maps, (address, member): (IpAddr, IpAddr)) -> Result<()> {
     let key = member_key(address, member);
     if maps.member_info.get(&key, 0).is_ok() {
         maps.remove_info(key)?;
@@ -296,7 +291,7 @@ pub fn forget_info(maps: &mut Maps, (address, member): (Ipv4Addr, Ipv4Addr)) -> 
 /// or weight changed. One transaction; one map write when nothing but the deadline changed.
 pub fn renew(
     maps: &mut Maps,
-    (address, member): (Ipv4Addr, Ipv4Addr),
+    (address, member): (IpAddr, IpAddr),
     current: &MemberInfo,
     info: MemberInfo,
 ) -> Result<()> {
@@ -306,7 +301,7 @@ pub fn renew(
     }
     maps.transaction(|maps| {
         maps.set_info(key, info)?;
-        let Bucket::Found { index, entry } = maps.bucket(ip_key(address.octets()))? else {
+        let Bucket::Found { index, entry } = maps.bucket(address)? else {
             return Err(Error::NoSuchAddress { address });
         };
         let set = maps.member_set(&entry)?;
@@ -322,8 +317,8 @@ pub fn renew(
 /// become holes are cleared from `SlotState::down` after it.
 fn update(
     maps: &mut Maps,
-    address: Ipv4Addr,
-    (index, entry): (u32, AddrBucket),
+    address: IpAddr,
+    (index, entry): (u32, AddrSlot),
     (old, mut new): (&MemberSet, MemberSet),
     table_size: Option<u32>,
 ) -> Result<()> {
@@ -357,7 +352,7 @@ fn update(
     if down & now & !was != 0 {
         maps.set_down(slot, down & !(now & !was));
     }
-    publish(maps, index, entry, &new)?;
+    publish(maps, (address, index), entry, &new)?;
     let down = maps.slot_state.down(slot);
     if down & !now != 0 {
         maps.set_down(slot, down & now);
@@ -402,7 +397,7 @@ enum Pick {
 
 /// Only members of the best (lowest) preference among those with a weight take new flows; the
 /// others are hot standby. One such member needs no table; more share a table of `size` slots.
-fn choose(maps: &Maps, address: Ipv4Addr, set: &MemberSet, size: u32) -> Result<Choice> {
+fn choose(maps: &Maps, address: IpAddr, set: &MemberSet, size: u32) -> Result<Choice> {
     let mut candidates = Vec::new();
     for (position, m) in set.positions().iter().enumerate() {
         if m.host == NO_HOST {
@@ -412,7 +407,7 @@ fn choose(maps: &Maps, address: Ipv4Addr, set: &MemberSet, size: u32) -> Result<
             .hosts
             .get(&m.host, 0)
             .map_err(|e| Error::map("HOSTS", e))?;
-        let member = Ipv4Addr::from(anycast_common::ip_octets(host.ip));
+        let member = any_ip(host.ip);
         let info = maps
             .member_info
             .get(&member_key(address, member), 0)
@@ -421,7 +416,7 @@ fn choose(maps: &Maps, address: Ipv4Addr, set: &MemberSet, size: u32) -> Result<
             candidates.push((position, host.ip, info));
         }
     }
-    let bits = |c: &[(usize, u32, MemberInfo)]| {
+    let bits = |c: &[(usize, Ip6Key, MemberInfo)]| {
         c.iter().fold(0, |b, (p, _, _)| b | position_bit(*p as u32))
     };
     let Some(best) = candidates.iter().map(|(_, _, i)| i.preference).min() else {
@@ -440,7 +435,7 @@ fn choose(maps: &Maps, address: Ipv4Addr, set: &MemberSet, size: u32) -> Result<
         let backends: Vec<maglev::Backend> = candidates
             .iter()
             .map(|(_, ip, info)| maglev::Backend {
-                id: u32::from_be_bytes(anycast_common::ip_octets(*ip)),
+                id: backend_id(any_ip(*ip)),
                 weight: info.weight as u32,
             })
             .collect();
@@ -452,6 +447,15 @@ fn choose(maps: &Maps, address: Ipv4Addr, set: &MemberSet, size: u32) -> Result<
         eligible,
         standby: all & !eligible,
     })
+}
+
+/// A member's Maglev identity: its IPv4 address as a number, or the fold of its IPv6 address.
+/// It depends on the address alone, so every router builds the same table for the same set.
+fn backend_id(ip: IpAddr) -> u32 {
+    match ip {
+        IpAddr::V4(v4) => u32::from(v4),
+        IpAddr::V6(v6) => fold6(anycast_common::ip6_key(v6.octets())),
+    }
 }
 
 /// Builds the Maglev table of `backends` (at member `positions`), packed into words.
@@ -474,13 +478,15 @@ fn build_table(backends: &[maglev::Backend], positions: &[usize], size: u32) -> 
 
 /// Makes `set` the live member set of the address in bucket `index`: writes the spare set, then
 /// flips the version in the bucket (which makes the spare table live with it).
-fn publish(maps: &mut Maps, index: u32, entry: AddrBucket, set: &MemberSet) -> Result<AddrBucket> {
-    let next = AddrBucket {
-        version: entry.version ^ 1,
-        ..entry
-    };
+fn publish(
+    maps: &mut Maps,
+    (address, index): (IpAddr, u32),
+    entry: AddrSlot,
+    set: &MemberSet,
+) -> Result<AddrSlot> {
+    let next = entry.flipped();
     maps.set_member_set(member_set_index(next.slot, next.version), set)?;
-    maps.set_addr(index, next)?;
+    maps.set_addr(address, index, next)?;
     Ok(next)
 }
 
@@ -488,7 +494,7 @@ fn publish(maps: &mut Maps, index: u32, entry: AddrBucket, set: &MemberSet) -> R
 /// the record now stored. A host record is shared by all the addresses a host serves. A MAC set
 /// by an operator (`--mac`) is kept: only another static placement replaces it.
 fn write_host(maps: &mut Maps, p: &Placement) -> Result<(u32, Host)> {
-    let ip = ip_key(p.member.octets());
+    let ip = any_key(p.member);
     let known = maps.host_ids.get(&ip, 0).ok();
     if let Some(index) = known {
         let current = maps
@@ -539,11 +545,11 @@ fn mac_rank(flags: u32) -> u8 {
 
 /// Follows the kernel's neighbour table: gives host `ip` on `ifindex` the MAC `mac`, unless
 /// its MAC came from the operator or from signed advertisements. Returns whether it changed.
-pub fn follow_neighbour(maps: &mut Maps, ip: Ipv4Addr, ifindex: u32, mac: [u8; 6]) -> Result<bool> {
+pub fn follow_neighbour(maps: &mut Maps, ip: IpAddr, ifindex: u32, mac: [u8; 6]) -> Result<bool> {
     if !crate::mac::MacAddr(mac).is_unicast() {
         return Ok(false);
     }
-    let Ok(index) = maps.host_ids.get(&ip_key(ip.octets()), 0) else {
+    let Ok(index) = maps.host_ids.get(&any_key(ip), 0) else {
         return Ok(false);
     };
     let mut host = maps

@@ -14,7 +14,10 @@
 //!   from the first scrape on; `member_expires_in_seconds` exists for learned members only.
 pub mod http;
 
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr},
+};
 
 use prometheus_client::{
     collector::Collector,
@@ -117,7 +120,7 @@ type AddressField = fn(&report::AddressCounters) -> u64;
 type MemberField = fn(&ShownMember) -> i64;
 
 /// The per-address counters: name (before the unit), help, whether in bytes, value.
-const ADDRESS_COUNTERS: [(&str, &str, bool, AddressField); 5] = [
+const ADDRESS_COUNTERS: [(&str, &str, bool, AddressField); 6] = [
     (
         "address_rx_packets",
         "Frames for the anycast address received (IPv4 and ARP)",
@@ -148,6 +151,12 @@ const ADDRESS_COUNTERS: [(&str, &str, bool, AddressField); 5] = [
         false,
         |c| c.arp_replies,
     ),
+    (
+        "address_nd_replies",
+        "Neighbour solicitations for the address answered",
+        false,
+        |c| c.nd_replies,
+    ),
 ];
 
 /// The per-member settings of `show`: name, help, value.
@@ -171,7 +180,7 @@ const MEMBER_GAUGES: [(&str, &str, MemberField); 3] = [
 
 impl Snapshot {
     fn encode_addresses(&self, e: &mut DescriptorEncoder) -> std::fmt::Result {
-        let label = |address: Ipv4Addr| [("address", address.to_string())];
+        let label = |address: IpAddr| [("address", address.to_string())];
         for (name, help, bytes, field) in ADDRESS_COUNTERS {
             let unit = bytes.then_some(&Unit::Bytes);
             let series = (self.stats.addresses.iter()).map(|c| (label(c.address), field(c)));
@@ -202,7 +211,10 @@ impl Snapshot {
         let exported = (shown.iter()).map(|s| {
             (
                 label(s.address),
-                i64::from(self.exported.contains_key(&s.address)),
+                i64::from(match s.address {
+                    IpAddr::V4(v4) => self.exported.contains_key(&v4),
+                    IpAddr::V6(_) => false,
+                }),
             )
         });
         let help = "1 while the address's host route is exported (export on, and a member)";
@@ -210,7 +222,7 @@ impl Snapshot {
         let metric = self
             .exported
             .iter()
-            .map(|(a, m)| (label(*a), i64::from(*m)));
+            .map(|(a, m)| (label(IpAddr::V4(*a)), i64::from(*m)));
         let help = "Metric of the address's exported host route";
         gauges(e, "address_route_metric", help, None, metric)
     }
@@ -252,7 +264,7 @@ impl Snapshot {
     }
 }
 
-fn member_labels(address: Ipv4Addr, member: Ipv4Addr) -> Labels2 {
+fn member_labels(address: IpAddr, member: IpAddr) -> Labels2 {
     [
         ("address", address.to_string()),
         ("member", member.to_string()),

@@ -183,7 +183,7 @@ fn library_add_del(topo: &Topology, ctl: &Ctl) -> Result<(f64, f64)> {
     let mut maps = Maps::open(&PinDir::new(ctl.pin_dir()))?;
     let member = &topo.members[0];
     let p = Placement {
-        member: member.ip,
+        member: member.ip.into(),
         ifindex: topo.router.ifindex(&member.router_iface)?,
         mac: topo.members[0].ns.link_mac(&member.iface)?,
         smac: topo.router.link_mac(&member.router_iface)?,
@@ -194,11 +194,11 @@ fn library_add_del(topo: &Topology, ctl: &Ctl) -> Result<(f64, f64)> {
     let (mut add, mut del) = (Vec::new(), Vec::new());
     for _ in 0..ADD_DEL_RUNS {
         let start = Instant::now();
-        members::del(&mut maps, a, member.ip)?;
+        members::del(&mut maps, a.into(), member.ip.into())?;
         del.push(ms(start.elapsed()));
         let info = members::static_info(members::now_ms(), 100, 100);
         let start = Instant::now();
-        members::add(&mut maps, a, &p, info, None)?;
+        members::add(&mut maps, a.into(), &p, info, None)?;
         add.push(ms(start.elapsed()));
     }
     Ok((median(&mut add), median(&mut del)))

@@ -23,7 +23,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anycast_common::{AddrBucket, ip_key, names};
+use anycast_common::{AddrBucket, names};
 use anycast_ctl::{
     dataplane::Bucket,
     maglev::{self, PAPER_TABLE_SIZE},
@@ -211,14 +211,14 @@ fn table_swaps() -> Result<Vec<f64>> {
     let set = |bed: &mut Bed, weight: u16| {
         members::set_weight(
             &mut bed.maps,
-            (ANYCAST, members[0]),
+            (ANYCAST.into(), members[0].into()),
             members::DEFAULT_PREFERENCE,
             weight,
             Some(PAPER_TABLE_SIZE),
         )
     };
     set(&mut bed, members::DEFAULT_WEIGHT)?;
-    let Bucket::Found { index, .. } = bed.maps.bucket(ip_key(ANYCAST.octets()))? else {
+    let Bucket::Found { index, .. } = bed.maps.bucket(ANYCAST.into())? else {
         bail!("{ANYCAST} is not installed");
     };
     let addrs: Array<MapData, AddrBucket> =

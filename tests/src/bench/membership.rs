@@ -24,7 +24,7 @@ use std::{
 use anycast_common::{
     AGENT_COUNTERS, AgentCounter,
     advert::{DEFAULT_GROUP, DEFAULT_PORT, Membership, Packet, REQUIRED_TTL, Repr},
-    ip_key, position_bit,
+    position_bit,
 };
 use anycast_ctl::{
     advert_auth,
@@ -422,8 +422,8 @@ fn refresh_parts(pin: &PinDir, maps: &mut Maps, member: Ipv4Addr) -> Result<Part
         drop(pin.lock(false)?);
     }
     let pin_lock_us = start.elapsed().as_secs_f64() * 1e6 / f64::from(PART_ROUNDS);
-    let key = anycast_ctl::members::member_key(ANYCAST, member);
-    let sender = ip_key(member.octets());
+    let key = anycast_ctl::members::member_key(ANYCAST.into(), member.into());
+    let sender = anycast_common::any_key(member.into());
     let seq = maps.sender_seq.get(&sender, 0)?;
     let start = Instant::now();
     for _ in 0..PART_ROUNDS {
@@ -519,12 +519,15 @@ pub(crate) fn wait_live(
 /// the address's live member set and its position's `SLOT_STATE` down bit is clear (a leave,
 /// expiry, link down or delete sets that bit first, with one store, before the rebuild).
 pub(crate) fn in_set(maps: &Maps, member: Ipv4Addr) -> Result<bool> {
-    let host = match maps.host_ids.get(&ip_key(member.octets()), 0) {
+    let host = match maps
+        .host_ids
+        .get(&anycast_common::any_key(member.into()), 0)
+    {
         Ok(host) => host,
         Err(aya::maps::MapError::KeyNotFound) => return Ok(false),
         Err(e) => return Err(e).context("reading HOST_IDS"),
     };
-    let Bucket::Found { entry, .. } = maps.bucket(ip_key(ANYCAST.octets()))? else {
+    let Bucket::Found { entry, .. } = maps.bucket(ANYCAST.into())? else {
         return Ok(false);
     };
     let set = maps.member_set(&entry)?;

@@ -9,15 +9,23 @@
 //! `bench control`, `bench export`, `bench failover`, `bench sites`, `bench metrics` and
 //! `bench upgrade` run only the control-plane, the route-export, the membership-and-failover,
 //! the site-failover, the metrics-scrape or the upgrade-under-load part, print it, and write no
-//! report.
-use std::{collections::BTreeMap, net::Ipv4Addr, time::Instant};
+//! report. `bench ipv6` measures only the IPv6 TEST_RUN cases (the forward and the neighbour
+//! advertisement against the baseline, and the forward at 65,536 IPv6 addresses) and prints
+//! them.
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    time::Instant,
+};
 
 use anycast_common::{
-    AddrBucket, bench, ip_key, member_set_index, programs,
-    proto::{ARPOP_REQUEST, TCP_ACK},
+    ALLOC_ADDR_SLOTS, any_key, bench, member_set_index, programs,
+    proto::{ARPOP_REQUEST, ETH_P_IPV6, IPPROTO_ICMPV6, TCP_ACK},
 };
-use anycast_ctl::dataplane::Bucket;
-use anycast_tests::frames::{Bed, Ipv4, arp_frame, ipv4_frame};
+use anycast_ctl::dataplane::{AddrSlot, Bucket};
+use anycast_tests::frames::{
+    Bed, Ipv4, Ipv6, arp_frame, ethernet, ipv4_frame, ipv6_frame, ns_message, solicited_node,
+};
 use anyhow::{Context, Result};
 use serde_json::json;
 
@@ -28,8 +36,11 @@ const E2E_PACKETS: u64 = 1_000_000;
 const ANYCAST: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 53);
 const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
 const CLIENT_MAC: [u8; 6] = [0x02, 0xc0, 0, 0, 0, 0x10];
-/// Extra anycast addresses for the scale case come from 198.18.0.0/15.
+/// Extra anycast addresses for the scale case come from 198.18.0.0/15 (IPv4) and
+/// 2001:db8:5ca1::/48 (IPv6).
 const SCALE_ADDRESSES: u32 = 65_536;
+const ANYCAST6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x53, 0, 0, 0, 0, 0x53);
+const CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xc0, 0, 0, 0, 0, 0x10);
 
 struct Case {
     name: &'static str,
@@ -89,8 +100,20 @@ fn main() -> Result<()> {
             1,
             [0x02, 0x10, 0, 0, 0, i as u8],
         )?;
+        let member6 = Ipv6Addr::new(0x2001, 0xdb8, 0x203, 0, 0, 0, 0, 2 + i as u16);
+        bed.add_member(ANYCAST6, member6, 1, [0x02, 0x16, 0, 0, 0, i as u8])?;
     }
     let p0 = bed.ports[0].mac;
+    let udp6 = ipv6_frame(
+        p0,
+        CLIENT_MAC,
+        &Ipv6::udp(CLIENT6, ANYCAST6, 40000, 53, &[0; 18]),
+    );
+    let (group, group_mac) = solicited_node(ANYCAST6);
+    let ns6 = ns_message(CLIENT6, group, ANYCAST6, Some(CLIENT_MAC), &[]);
+    let mut ns6 = Ipv6::new(CLIENT6, group, IPPROTO_ICMPV6, ns6);
+    ns6.hop_limit = 255;
+    let ns6 = ethernet(group_mac, CLIENT_MAC, ETH_P_IPV6, &ns6.bytes());
     let udp = ipv4_frame(
         p0,
         CLIENT_MAC,
@@ -144,7 +167,27 @@ fn main() -> Result<()> {
             program: programs::ANYCAST,
             frame: other,
         },
+        Case {
+            name: "udp6_forward",
+            program: programs::ANYCAST,
+            frame: udp6,
+        },
+        Case {
+            name: "nd_reply",
+            program: programs::ANYCAST,
+            frame: ns6,
+        },
     ];
+    if std::env::args().nth(1).as_deref() == Some("ipv6") {
+        let ipv6 = [&cases[0], &cases[1], &cases[6], &cases[7]];
+        let ns = measure(&bed, ipv6)?;
+        let scale6 = scale(&mut bed, &ns, ipv6)?;
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&ipv6_figures(&ns, &scale6))?
+        );
+        return Ok(());
+    }
 
     let mut ns = measure(&bed, &cases)?;
     if std::env::args().any(|a| a == "--dataplane-only") {
@@ -153,16 +196,17 @@ fn main() -> Result<()> {
     }
     ns.insert("udp_forward_1_address", ns["udp_forward"]);
 
-    eprintln!("installing {SCALE_ADDRESSES} anycast addresses ...");
-    let started = Instant::now();
-    fill_addresses(&mut bed, SCALE_ADDRESSES - 1)?;
-    eprintln!("  done in {:.1} s", started.elapsed().as_secs_f64());
-    // The baseline and the UDP forward again (the first two cases).
-    let scaled = measure(&bed, &cases[..2])?;
-    // Normalise by the baseline of each phase, so that drift between the phases cancels.
-    let scale = (scaled["udp_forward"] / scaled["baseline_swap_macs_tx"])
-        / (ns["udp_forward"] / ns["baseline_swap_macs_tx"]);
-    ns.insert("udp_forward_65536_addresses", scaled["udp_forward"]);
+    let scaled = scale(&mut bed, &ns, [&cases[0], &cases[1], &cases[6], &cases[7]])?;
+    let scale = scaled["scale_65536_vs_1"];
+    ns.insert(
+        "udp_forward_65536_addresses",
+        scaled["udp_forward_65536_addresses"],
+    );
+    ns.insert(
+        "udp6_forward_65536_addresses",
+        scaled["udp6_forward_65536_addresses"],
+    );
+    let ipv6 = ipv6_figures(&ns, &scaled);
 
     drop(bed);
     let forward_vs_baseline = ns["udp_forward"] / ns["baseline_swap_macs_tx"];
@@ -206,6 +250,7 @@ fn main() -> Result<()> {
                 "new_connection_vs_baseline": new_connection_vs_baseline,
                 "scale_65536_vs_1": scale,
             },
+            "ipv6": ipv6,
         },
         "membership": membership,
         "failover": failover,
@@ -218,11 +263,16 @@ fn main() -> Result<()> {
         "ratios": {
             "forward_vs_baseline": forward_vs_baseline,
             "scale_65536_vs_1": scale,
+            "forward6_vs_baseline": ipv6["forward6_vs_baseline"],
+            "scale6_65536_vs_1": ipv6["scale6_65536_vs_1"],
+            "nd_reply_ns": ipv6["nd_reply_ns"],
             "xdp_vs_kernel_ecmp": end_to_end["ratios"]["xdp_vs_kernel_ecmp"],
             "xdp_vs_plain_redirect": end_to_end["ratios"]["xdp_vs_plain_redirect"],
         },
         "targets": {
             "forward_vs_baseline": 1.5,
+            "forward6_vs_baseline": 1.5,
+            "scale6_65536_vs_1": 1.1,
             "scale_65536_vs_1": 1.1,
             "maglev_build_ms": 0.5,
             "table_swap_ms": 1,
@@ -276,11 +326,66 @@ fn print_dataplane(ns: &BTreeMap<&'static str, f64>) {
     );
 }
 
+/// Installs 65,535 more anycast addresses of each family (every slot), then measures the
+/// baseline and both forwards again (`cases`: baseline, udp_forward, udp6_forward, ...). The
+/// scale ratios are normalised by the baseline of each phase, so drift between them cancels.
+fn scale(
+    bed: &mut Bed,
+    ns: &BTreeMap<&'static str, f64>,
+    cases: [&Case; 4],
+) -> Result<BTreeMap<&'static str, f64>> {
+    eprintln!("installing {SCALE_ADDRESSES} anycast addresses of each family ...");
+    let started = Instant::now();
+    let base4 = u32::from(Ipv4Addr::new(198, 18, 0, 0));
+    let v4: Vec<IpAddr> = (0..SCALE_ADDRESSES - 1)
+        .map(|i| Ipv4Addr::from(base4 + i).into())
+        .collect();
+    let base6 = u128::from(Ipv6Addr::new(0x2001, 0xdb8, 0x5ca1, 0, 0, 0, 0, 0));
+    let v6: Vec<IpAddr> = (0..SCALE_ADDRESSES - 1)
+        .map(|i| Ipv6Addr::from(base6 + u128::from(i)).into())
+        .collect();
+    fill_addresses(bed, ANYCAST.into(), &v4)?;
+    fill_addresses(bed, ANYCAST6.into(), &v6)?;
+    eprintln!("  done in {:.1} s", started.elapsed().as_secs_f64());
+    let scaled = measure(bed, cases)?;
+    let ratio = |case: &str| {
+        (scaled[case] / scaled["baseline_swap_macs_tx"]) / (ns[case] / ns["baseline_swap_macs_tx"])
+    };
+    Ok(BTreeMap::from([
+        ("scale_65536_vs_1", ratio("udp_forward")),
+        ("scale6_65536_vs_1", ratio("udp6_forward")),
+        ("udp_forward_65536_addresses", scaled["udp_forward"]),
+        ("udp6_forward_65536_addresses", scaled["udp6_forward"]),
+    ]))
+}
+
+/// The IPv6 figures of the report: ratios to the baseline of the same run.
+fn ipv6_figures(
+    ns: &BTreeMap<&'static str, f64>,
+    scaled: &BTreeMap<&'static str, f64>,
+) -> serde_json::Value {
+    let base = ns["baseline_swap_macs_tx"];
+    json!({
+        "method": "BPF_PROG_TEST_RUN as above: udp6_forward (connection table hit) and nd_reply (multicast solicitation with a source link-layer option, answered in place) against baseline_swap_macs_tx; scale6 after 65,535 more IPv6 and 65,535 more IPv4 addresses, normalised by the baseline of each phase",
+        "udp6_forward_ns": ns["udp6_forward"],
+        "nd_reply_ns": ns["nd_reply"],
+        "baseline_ns": base,
+        "forward6_vs_baseline": ns["udp6_forward"] / base,
+        "forward4_vs_baseline_same_run": ns["udp_forward"] / base,
+        "nd_reply_vs_baseline": ns["nd_reply"] / base,
+        "scale6_65536_vs_1": scaled["scale6_65536_vs_1"],
+        "udp6_forward_65536_addresses_ns": scaled["udp6_forward_65536_addresses"],
+    })
+}
+
 /// Median ns/packet of each case over interleaved rounds.
-fn measure(bed: &Bed, cases: &[Case]) -> Result<BTreeMap<&'static str, f64>> {
+fn measure<'a>(
+    bed: &Bed,
+    cases: impl IntoIterator<Item = &'a Case> + Clone,
+) -> Result<BTreeMap<&'static str, f64>> {
     let mut samples: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
     for _ in 0..ROUNDS {
-        for case in cases {
+        for case in cases.clone() {
             let d = bed
                 .time(case.program, 0, &case.frame, REPEAT)
                 .with_context(|| case.name)?;
@@ -299,33 +404,28 @@ fn measure(bed: &Bed, cases: &[Case]) -> Result<BTreeMap<&'static str, f64>> {
         .collect())
 }
 
-/// Installs `n` more anycast addresses (198.18.0.0/15), each with the same three members as
-/// the measured one. Written straight into the maps (one probe and three updates each): this
-/// measures the kernel's lookup at scale, not the control plane.
-fn fill_addresses(bed: &mut Bed, n: u32) -> Result<()> {
-    let Bucket::Found { entry, .. } = bed.maps.bucket(ip_key(ANYCAST.octets()))? else {
-        anyhow::bail!("{ANYCAST} is not installed");
+/// Installs `addresses` as more anycast addresses, each with the same members as `anchor`.
+/// Written straight into the maps (one probe and three updates each): this measures the
+/// kernel's lookup at scale, not the control plane.
+fn fill_addresses(bed: &mut Bed, anchor: IpAddr, addresses: &[IpAddr]) -> Result<()> {
+    let Bucket::Found { entry, .. } = bed.maps.bucket(anchor)? else {
+        anyhow::bail!("{anchor} is not installed");
     };
     let set = bed.maps.member_set(&entry)?;
-    let base = u32::from(Ipv4Addr::new(198, 18, 0, 0));
-    for i in 0..n {
-        let ip = ip_key(Ipv4Addr::from(base + i).octets());
+    let mut slot = bed.maps.alloc.get(&ALLOC_ADDR_SLOTS, 0)?;
+    for &ip in addresses {
         let Bucket::Free { index } = bed.maps.bucket(ip)? else {
-            anyhow::bail!("no bucket for address {i}");
+            anyhow::bail!("no bucket for address {ip}");
         };
-        let slot = entry.slot + 1 + i;
         bed.maps
             .member_sets
             .set(member_set_index(slot, 0), set, 0)?;
-        let bucket = AddrBucket {
-            ip,
-            slot,
-            version: 0,
-            _pad: 0,
-        };
-        bed.maps.addrs.set(index, bucket, 0)?;
-        bed.maps.addr_keys.insert(ip, slot, 0)?;
+        bed.maps
+            .set_addr(ip, index, AddrSlot { slot, version: 0 })?;
+        bed.maps.addr_keys.insert(any_key(ip), slot, 0)?;
+        slot += 1;
     }
+    bed.maps.alloc.set(ALLOC_ADDR_SLOTS, slot, 0)?;
     Ok(())
 }
 

@@ -52,7 +52,7 @@ fn main() -> Result<()> {
     println!(
         "What happened:
   - The client resolved 198.51.100.53 by ARP. No member answered: the router's XDP program
-    replied with r0's MAC (see `ip neigh` above and the ARP REPLIES counter).
+    replied with r0's MAC (see `ip neigh` above and the ARP/ND REPLIES counter).
   - Each datagram to 198.51.100.53 was placed in XDP on r0: a new flow by the address's Maglev
     table on its 5-tuple hash, a known one by the connection table. It was sent, with only its
     MACs and TTL rewritten, straight out of r1, r2 or r3 to one member (XDP_REDIRECT). Every
