@@ -17,6 +17,7 @@ use crate::{
     dataplane::{Maps, sum},
     journal::Words,
     mac::MacAddr,
+    progress::Progress,
 };
 
 /// One member of an address, as `show` prints it.
@@ -63,10 +64,14 @@ pub struct Show {
 /// Addresses and members, sorted by address. `ifname` names an ifindex. Reads no Maglev table:
 /// a member's share is its slot count recorded in `MEMBER_SLOTS` when the table was built (or
 /// all new flows for an address's single member), and host records are read once each.
+/// Shows its progress on a terminal.
 pub fn show(maps: &Maps, ifname: &dyn Fn(u32) -> String) -> Result<Show> {
     let mut reader = Reader::new(maps);
+    let all = maps.addresses()?;
+    let mut progress = Progress::new("addresses", all.len());
     let mut addresses = Vec::new();
-    for (address, entry) in maps.addresses()? {
+    for (done, (address, entry)) in all.into_iter().enumerate() {
+        progress.set(done);
         let set = maps.member_set(&entry)?;
         addresses.push(reader.address_info(address, &set, ifname)?);
     }

@@ -68,6 +68,20 @@ fn state(ctl: &Ctl) -> Value {
     show
 }
 
+/// Stdout of a successful run whose stderr (a pipe) holds no progress line: progress is for
+/// terminals only.
+fn quiet_when_piped(ctl: &Ctl, args: &[&str]) -> String {
+    let outcome = ctl.outcome(args);
+    let progress = ["\r", "memberships:", "addresses:"];
+    assert!(
+        !progress.iter().any(|p| outcome.stderr.contains(p)),
+        "`{}` wrote progress to a pipe: {:?}",
+        outcome.line,
+        outcome.stderr
+    );
+    outcome.ok().unwrap_or_else(|e| panic!("{e:#}"))
+}
+
 const OTHER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 60);
 const THIRD: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 61);
 
@@ -88,11 +102,12 @@ fn load_applies_every_membership_and_traffic_reaches_them() {
         ]
         .concat(),
     );
-    let out = ctl.run(&["load", file.arg()]).unwrap();
+    let out = quiet_when_piped(&ctl, &["load", file.arg()]);
     assert!(
         out.contains("loaded 4 memberships (4 added, 0 updated)"),
         "{out}"
     );
+    quiet_when_piped(&ctl, &["show"]);
     let show = ctl.show();
     let listed: Vec<(Ipv4Addr, u16, u16)> = show
         .members_of(ANYCAST)
