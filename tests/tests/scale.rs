@@ -135,6 +135,31 @@ fn load_applies_every_membership_and_traffic_reaches_them() {
 }
 
 #[test]
+fn load_and_show_show_progress_on_a_terminal() {
+    let (topo, ctl) = lab(2);
+    let [m1, m2] = [0, 1].map(|i| topo.members[i].ip);
+    let file = TempFile::new(&[entry(ANYCAST, m1, ""), entry(OTHER, m2, "")].concat());
+    let load = ctl.on_terminal(&["load", file.arg()]);
+    assert!(load.status.success(), "{}: {}", load.line, load.stdout);
+    assert!(
+        load.stdout.contains("\rmemberships: 0/2 (0%)"),
+        "{:?}",
+        load.stdout
+    );
+    assert!(
+        load.stdout.contains("loaded 2 memberships"),
+        "{:?}",
+        load.stdout
+    );
+    let show = ctl.on_terminal(&["show"]);
+    assert!(
+        show.stdout.contains("\raddresses: 0/2 (0%)"),
+        "{:?}",
+        show.stdout
+    );
+}
+
+#[test]
 fn load_with_one_bad_entry_changes_nothing() {
     let (topo, ctl) = lab(2);
     let [m1, m2] = [0, 1].map(|i| topo.members[i].ip);
