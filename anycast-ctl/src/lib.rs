@@ -20,6 +20,7 @@
 //! - [`sys`]: raw socket calls for advertisements.
 //! - [`mapped`]: arrays written in place through mmap (`SLOT_STATE`, Maglev tables).
 //! - [`textfile`]: bounded reads of the operator's files.
+//! - [`progress`]: the progress line of long operations, on a terminal only.
 //! - [`cli`]: the command line, one module per verb.
 //!
 //! docs/architecture.md has the data flow and, for every map, which module writes and reads it.
@@ -46,6 +47,7 @@ pub mod metrics;
 pub mod net;
 pub mod pin;
 pub mod policy;
+pub mod progress;
 pub mod report;
 pub mod sys;
 pub mod textfile;

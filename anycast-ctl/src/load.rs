@@ -30,6 +30,7 @@ use crate::{
     mac::MacAddr,
     members::{self, Added, Placement},
     net::Netlink,
+    progress::Progress,
 };
 
 #[derive(Debug, Deserialize)]
@@ -175,15 +176,18 @@ pub async fn locate_all(
 }
 
 /// Writes every membership of `list` as one transaction: all of them, or on an error none.
+/// Shows its progress on a terminal.
 pub fn apply(
     maps: &mut Maps,
     list: &[Membership],
     placements: &HashMap<Where, Placement>,
 ) -> Result<Loaded> {
     let now = members::now_ms();
+    let mut progress = Progress::new("memberships", list.len());
     maps.transaction(|maps| {
         let mut loaded = Loaded::default();
-        for m in list {
+        for (done, m) in list.iter().enumerate() {
+            progress.set(done);
             let p = &placements[&(m.member, m.dev.clone(), m.mac)];
             let info = members::static_info(now, m.preference, m.weight);
             match members::add(maps, m.anycast, p, info, None)?.added {

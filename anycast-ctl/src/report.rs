@@ -17,6 +17,7 @@ use crate::{
     dataplane::{Maps, sum},
     journal::Words,
     mac::MacAddr,
+    progress::Progress,
 };
 
 /// One member of an address, as `show` prints it.
@@ -63,27 +64,84 @@ pub struct Show {
 /// Addresses and members, sorted by address. `ifname` names an ifindex. Reads no Maglev table:
 /// a member's share is its slot count recorded in `MEMBER_SLOTS` when the table was built (or
 /// all new flows for an address's single member), and host records are read once each.
+/// Shows its progress on a terminal.
 pub fn show(maps: &Maps, ifname: &dyn Fn(u32) -> String) -> Result<Show> {
-    let now = crate::members::now_ms();
-    let mut hosts = HashMap::new();
+    let mut reader = Reader::new(maps);
+    let all = maps.addresses()?;
+    let mut progress = Progress::new("addresses", all.len());
     let mut addresses = Vec::new();
+    for (done, (address, entry)) in all.into_iter().enumerate() {
+        progress.set(done);
+        let set = maps.member_set(&entry)?;
+        addresses.push(reader.address_info(address, &set, ifname)?);
+    }
+    Ok(Show {
+        export: crate::export::settings(maps)?,
+        addresses,
+    })
+}
+
+/// [`stats`] of every address and [`show`] (with empty interface names) from one reading of
+/// the addresses and their member sets, as a scrape needs both.
+pub fn stats_and_show(maps: &Maps) -> Result<(Stats, Show)> {
+    let mut reader = Reader::new(maps);
+    let (mut counters, mut infos) = (Vec::new(), Vec::new());
     for (address, entry) in maps.addresses()? {
         let set = maps.member_set(&entry)?;
+        counters.push(reader.address_counters(address, &entry, &set)?);
+        infos.push(reader.address_info(address, &set, &|_| String::new())?);
+    }
+    let stats = Stats {
+        addresses: counters,
+        global: global_counters(maps)?,
+    };
+    let show = Show {
+        export: crate::export::settings(maps)?,
+        addresses: infos,
+    };
+    Ok((stats, show))
+}
+
+/// Reads addresses' figures, each host record once.
+struct Reader<'m> {
+    maps: &'m Maps,
+    hosts: HashMap<u32, Host>,
+    now: u64,
+}
+
+impl<'m> Reader<'m> {
+    fn new(maps: &'m Maps) -> Self {
+        Reader {
+            maps,
+            hosts: HashMap::new(),
+            now: crate::members::now_ms(),
+        }
+    }
+
+    fn host(&mut self, id: u32) -> Result<Host> {
+        if let Some(host) = self.hosts.get(&id) {
+            return Ok(*host);
+        }
+        let host: Host = (self.maps.hosts)
+            .get(&id, 0)
+            .map_err(|e| Error::map("HOSTS", e))?;
+        Ok(*self.hosts.entry(id).or_insert(host))
+    }
+
+    /// One address of `show`.
+    fn address_info(
+        &mut self,
+        address: IpAddr,
+        set: &MemberSet,
+        ifname: &dyn Fn(u32) -> String,
+    ) -> Result<AddressInfo> {
+        let (maps, now) = (self.maps, self.now);
         let mut members = Vec::new();
         for (position, m) in set.positions().iter().enumerate() {
             if m.host == anycast_common::NO_HOST {
                 continue;
             }
-            let host = match hosts.get(&m.host) {
-                Some(host) => *host,
-                None => {
-                    let host: Host = maps
-                        .hosts
-                        .get(&m.host, 0)
-                        .map_err(|e| Error::map("HOSTS", e))?;
-                    *hosts.entry(m.host).or_insert(host)
-                }
-            };
+            let host = self.host(m.host)?;
             let member = any_ip(host.ip);
             let info = maps
                 .member_info
@@ -103,20 +161,16 @@ pub fn show(maps: &Maps, ifname: &dyn Fn(u32) -> String) -> Result<Show> {
                 mac: MacAddr(host.mac).to_string(),
                 mac_known: host.mac_known(),
                 static_mac: host.flags & anycast_common::HOST_MAC_STATIC != 0,
-                share: share(maps, &set, position, m.counter)?,
+                share: share(maps, set, position, m.counter)?,
             });
         }
-        addresses.push(AddressInfo {
+        Ok(AddressInfo {
             address,
             table_size: set.table_size,
             members,
             exported_metric: None,
-        });
+        })
     }
-    Ok(Show {
-        export: crate::export::settings(maps)?,
-        addresses,
-    })
 }
 
 /// The fraction of the address's new flows that the member at `position` receives.
@@ -167,13 +221,33 @@ pub struct Stats {
 
 /// Counters of every address, or only of `only`.
 pub fn stats(maps: &Maps, only: Option<IpAddr>) -> Result<Stats> {
+    let mut reader = Reader::new(maps);
     let mut addresses = Vec::new();
     for (address, entry) in maps.addresses()? {
         if only.is_some_and(|o| o != address) {
             continue;
         }
-        let per_cpu = maps
-            .addr_stats
+        let set = maps.member_set(&entry)?;
+        addresses.push(reader.address_counters(address, &entry, &set)?);
+    }
+    if let Some(address) = only
+        && addresses.is_empty()
+    {
+        return Err(Error::NoSuchAddress { address });
+    }
+    let global = global_counters(maps)?;
+    Ok(Stats { addresses, global })
+}
+
+impl Reader<'_> {
+    /// One address of `stats`.
+    fn address_counters(
+        &mut self,
+        address: IpAddr,
+        entry: &crate::dataplane::AddrSlot,
+        set: &MemberSet,
+    ) -> Result<AddressCounters> {
+        let per_cpu = (self.maps.addr_stats)
             .get(&entry.slot, 0)
             .map_err(|e| Error::map("ADDR_STATS", e))?;
         let total = sum(&per_cpu, |t: &mut AddrStats, v| {
@@ -186,8 +260,7 @@ pub fn stats(maps: &Maps, only: Option<IpAddr>) -> Result<Stats> {
                 *a += b;
             }
         });
-        let members = member_counters(maps, &maps.member_set(&entry)?)?;
-        addresses.push(AddressCounters {
+        Ok(AddressCounters {
             address,
             rx_packets: total.rx_packets,
             rx_bytes: total.rx_bytes,
@@ -207,41 +280,30 @@ pub fn stats(maps: &Maps, only: Option<IpAddr>) -> Result<Stats> {
                 .iter()
                 .map(|r| (r.name(), total.passed[r.index()]))
                 .collect(),
-            members,
-        });
+            members: self.member_counters(set)?,
+        })
     }
-    if let Some(address) = only
-        && addresses.is_empty()
-    {
-        return Err(Error::NoSuchAddress { address });
-    }
-    let global = global_counters(maps)?;
-    Ok(Stats { addresses, global })
-}
 
-/// The counters of each member of `set`.
-fn member_counters(maps: &Maps, set: &MemberSet) -> Result<Vec<MemberCounters>> {
-    let mut members = Vec::new();
-    for m in set.members() {
-        let host = maps
-            .hosts
-            .get(&m.host, 0)
-            .map_err(|e| Error::map("HOSTS", e))?;
-        let per_cpu = maps
-            .member_stats
-            .get(&m.counter, 0)
-            .map_err(|e| Error::map("MEMBER_STATS", e))?;
-        let c = sum(&per_cpu, |t: &mut MemberStats, v| {
-            t.packets += v.packets;
-            t.bytes += v.bytes;
-        });
-        members.push(MemberCounters {
-            address: any_ip(host.ip),
-            packets: c.packets,
-            bytes: c.bytes,
-        });
+    /// The counters of each member of `set`.
+    fn member_counters(&mut self, set: &MemberSet) -> Result<Vec<MemberCounters>> {
+        let mut members = Vec::new();
+        for m in set.members() {
+            let host = self.host(m.host)?;
+            let per_cpu = (self.maps.member_stats)
+                .get(&m.counter, 0)
+                .map_err(|e| Error::map("MEMBER_STATS", e))?;
+            let c = sum(&per_cpu, |t: &mut MemberStats, v| {
+                t.packets += v.packets;
+                t.bytes += v.bytes;
+            });
+            members.push(MemberCounters {
+                address: any_ip(host.ip),
+                packets: c.packets,
+                bytes: c.bytes,
+            });
+        }
+        Ok(members)
     }
-    Ok(members)
 }
 
 /// The counters not tied to an address, by name.

@@ -60,6 +60,22 @@ impl Ctl {
         self.outcome_raw(&full)
     }
 
+    /// Runs `anycast-ctl --pin-dir DIR args...` on a terminal (a pty from util-linux `script`):
+    /// the outcome's stdout is what the terminal showed, the command's stdout and stderr.
+    pub fn on_terminal(&self, args: &[&str]) -> Outcome {
+        let bin = self.bin.to_str().expect("UTF-8 binary path");
+        let dir = self.pin_dir.to_str().expect("UTF-8 pin dir");
+        let mut line = vec!["nsenter", self.net.as_str(), "--", bin, "--pin-dir", dir];
+        line.extend_from_slice(args);
+        let line = line.join(" ");
+        cmd::run_with_timeout(
+            "script",
+            &["-qec", &line, "/dev/null"],
+            cmd::COMMAND_TIMEOUT,
+        )
+        .unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
     /// Runs `anycast-ctl args...` without adding `--pin-dir`.
     pub fn outcome_raw(&self, args: &[&str]) -> Outcome {
         self.outcome_env(&[], args)

@@ -68,6 +68,20 @@ fn state(ctl: &Ctl) -> Value {
     show
 }
 
+/// Stdout of a successful run whose stderr (a pipe) holds no progress line: progress is for
+/// terminals only.
+fn quiet_when_piped(ctl: &Ctl, args: &[&str]) -> String {
+    let outcome = ctl.outcome(args);
+    let progress = ["\r", "memberships:", "addresses:"];
+    assert!(
+        !progress.iter().any(|p| outcome.stderr.contains(p)),
+        "`{}` wrote progress to a pipe: {:?}",
+        outcome.line,
+        outcome.stderr
+    );
+    outcome.ok().unwrap_or_else(|e| panic!("{e:#}"))
+}
+
 const OTHER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 60);
 const THIRD: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 61);
 
@@ -88,11 +102,12 @@ fn load_applies_every_membership_and_traffic_reaches_them() {
         ]
         .concat(),
     );
-    let out = ctl.run(&["load", file.arg()]).unwrap();
+    let out = quiet_when_piped(&ctl, &["load", file.arg()]);
     assert!(
         out.contains("loaded 4 memberships (4 added, 0 updated)"),
         "{out}"
     );
+    quiet_when_piped(&ctl, &["show"]);
     let show = ctl.show();
     let listed: Vec<(std::net::IpAddr, u16, u16)> = show
         .members_of(ANYCAST)
@@ -118,6 +133,31 @@ fn load_applies_every_membership_and_traffic_reaches_them() {
     // Loading the same file again changes nothing but refreshes.
     let out = ctl.run(&["load", file.arg()]).unwrap();
     assert!(out.contains("(0 added, 4 updated)"), "{out}");
+}
+
+#[test]
+fn load_and_show_show_progress_on_a_terminal() {
+    let (topo, ctl) = lab(2);
+    let [m1, m2] = [0, 1].map(|i| topo.members[i].ip);
+    let file = TempFile::new(&[entry(ANYCAST, m1, ""), entry(OTHER, m2, "")].concat());
+    let load = ctl.on_terminal(&["load", file.arg()]);
+    assert!(load.status.success(), "{}: {}", load.line, load.stdout);
+    assert!(
+        load.stdout.contains("\rmemberships: 0/2 (0%)"),
+        "{:?}",
+        load.stdout
+    );
+    assert!(
+        load.stdout.contains("loaded 2 memberships"),
+        "{:?}",
+        load.stdout
+    );
+    let show = ctl.on_terminal(&["show"]);
+    assert!(
+        show.stdout.contains("\raddresses: 0/2 (0%)"),
+        "{:?}",
+        show.stdout
+    );
 }
 
 #[test]

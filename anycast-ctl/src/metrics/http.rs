@@ -20,6 +20,8 @@ use tokio::{
 use super::Format;
 use crate::{Error, Result, net::Netlink, pin::PinDir};
 
+/// The content type of every answer but a scrape's.
+const PLAIN: &str = "text/plain; charset=utf-8";
 /// Largest request head read (request line and headers).
 pub const MAX_REQUEST: usize = 8192;
 /// Bound on reading a request and on writing its response.
@@ -37,6 +39,7 @@ pub struct Request {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Status(pub u16, pub &'static str);
 
+pub const OK: Status = Status(200, "OK");
 pub const BAD_REQUEST: Status = Status(400, "Bad Request");
 pub const NOT_FOUND: Status = Status(404, "Not Found");
 pub const METHOD_NOT_ALLOWED: Status = Status(405, "Method Not Allowed");
@@ -78,27 +81,22 @@ async fn answer(mut stream: TcpStream, pin: &PinDir, nl: &Netlink) -> std::io::R
     let head = tokio::time::timeout(IO_TIMEOUT, read_head(&mut stream))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "request too slow"))??;
-    let response = match head.and_then(|h| parse(&h)) {
-        Ok(request) => {
-            let (status, body) = match super::scrape(pin, nl, request.format).await {
-                Ok(body) => (Status(200, "OK"), body),
-                Err(e) => (UNAVAILABLE, format!("{e}\n")),
-            };
-            let content_type = match status.0 {
-                200 => request.format.content_type(),
-                _ => "text/plain; charset=utf-8",
-            };
-            response(status, content_type, &body, request.head_only)
-        }
-        Err(status) => response(
-            status,
-            "text/plain; charset=utf-8",
-            &format!("{}\n", status.1),
-            false,
-        ),
+    let (status, content_type, body, head_only) = match head.and_then(|h| parse(&h)) {
+        Ok(request) => match super::scrape(pin, nl, request.format).await {
+            Ok(body) => {
+                let content_type = request.format.content_type();
+                (OK, content_type, body, request.head_only)
+            }
+            Err(e) => (UNAVAILABLE, PLAIN, format!("{e}\n"), request.head_only),
+        },
+        Err(status) => (status, PLAIN, format!("{}\n", status.1), false),
     };
+    let head = response_head(status, content_type, body.len());
     tokio::time::timeout(IO_TIMEOUT, async {
-        stream.write_all(&response).await?;
+        stream.write_all(head.as_bytes()).await?;
+        if !head_only {
+            stream.write_all(body.as_bytes()).await?;
+        }
         stream.shutdown().await
     })
     .await
@@ -169,22 +167,17 @@ pub fn parse(head: &[u8]) -> Result<Request, Status> {
     })
 }
 
-/// A whole response: status line, headers, and the body unless `head_only`.
-pub fn response(status: Status, content_type: &str, body: &str, head_only: bool) -> Vec<u8> {
+/// A response's status line and headers, up to the blank line before its body of
+/// `content_length` bytes.
+pub fn response_head(status: Status, content_type: &str, content_length: usize) -> String {
     let mut out = format!(
-        "HTTP/1.1 {} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n",
-        status.0,
-        status.1,
-        body.len()
+        "HTTP/1.1 {} {}\r\nContent-Type: {content_type}\r\nContent-Length: {content_length}\r\nConnection: close\r\n",
+        status.0, status.1,
     );
     if status == METHOD_NOT_ALLOWED {
         out.push_str("Allow: GET, HEAD\r\n");
     }
     out.push_str("\r\n");
-    let mut out = out.into_bytes();
-    if !head_only {
-        out.extend_from_slice(body.as_bytes());
-    }
     out
 }
 
@@ -231,16 +224,12 @@ mod tests {
 
     #[test]
     fn responses_carry_length_and_close() {
-        let r = String::from_utf8(response(NOT_FOUND, "text/plain", "Not Found\n", false)).unwrap();
         assert_eq!(
-            r,
-            "HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\nContent-Length: 10\r\nConnection: close\r\n\r\nNot Found\n"
+            response_head(NOT_FOUND, "text/plain", 10),
+            "HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\nContent-Length: 10\r\nConnection: close\r\n\r\n"
         );
-        let head = response(Status(200, "OK"), "text/plain", "abc", true);
         assert!(
-            String::from_utf8(head)
-                .unwrap()
-                .ends_with("Content-Length: 3\r\nConnection: close\r\n\r\n")
+            response_head(METHOD_NOT_ALLOWED, "text/plain", 3).contains("\r\nAllow: GET, HEAD\r\n")
         );
     }
 }

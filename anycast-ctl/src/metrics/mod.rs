@@ -22,7 +22,8 @@ use std::{
 use prometheus_client::{
     collector::Collector,
     encoding::{
-        DescriptorEncoder, EncodeCounterValue, EncodeGaugeValue, EncodeLabelSet, EncodeMetric,
+        DescriptorEncoder, EncodeCounterValue, EncodeGaugeValue, EncodeLabelSet, EncodeLabelValue,
+        EncodeMetric, LabelValueEncoder,
     },
     metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge, info::Info},
     registry::{Registry, Unit},
@@ -68,8 +69,7 @@ pub struct Snapshot {
 /// Reads the dataplane's figures through [`crate::report`].
 pub async fn snapshot(pin: &PinDir, nl: &Netlink) -> Result<Snapshot> {
     let maps = Maps::open(pin)?;
-    let stats = report::stats(&maps, None)?;
-    let show = report::show(&maps, &|_| String::new())?;
+    let (stats, show) = report::stats_and_show(&maps)?;
     let exported = crate::export::exported(&maps, nl).await?;
     let agent = report::agent_counters(&maps);
     Ok(Snapshot {
@@ -95,10 +95,31 @@ pub fn encode(snapshot: Snapshot, format: Format) -> String {
 
 /// Reads and encodes the figures: one scrape.
 pub async fn scrape(pin: &PinDir, nl: &Netlink, format: Format) -> Result<String> {
-    Ok(encode(snapshot(pin, nl).await?, format))
+    let start = std::time::Instant::now();
+    let snapshot = snapshot(pin, nl).await?;
+    let read = start.elapsed();
+    let body = encode(snapshot, format);
+    tracing::debug!(
+        read_ms = read.as_millis() as u64,
+        encode_ms = (start.elapsed() - read).as_millis() as u64,
+        bytes = body.len(),
+        "scrape"
+    );
+    Ok(body)
 }
 
-type Labels2 = [(&'static str, String); 2];
+/// An address as a label value, written without an allocation.
+#[derive(Clone, Copy)]
+struct Ip(IpAddr);
+
+impl EncodeLabelValue for Ip {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
+        use std::fmt::Write;
+        write!(encoder, "{}", self.0)
+    }
+}
+
+type Labels2 = [(&'static str, Ip); 2];
 
 impl Collector for Snapshot {
     fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
@@ -180,20 +201,15 @@ const MEMBER_GAUGES: [(&str, &str, MemberField); 3] = [
 
 impl Snapshot {
     fn encode_addresses(&self, e: &mut DescriptorEncoder) -> std::fmt::Result {
-        let label = |address: IpAddr| [("address", address.to_string())];
+        let label = |address: IpAddr| [("address", Ip(address))];
         for (name, help, bytes, field) in ADDRESS_COUNTERS {
             let unit = bytes.then_some(&Unit::Bytes);
             let series = (self.stats.addresses.iter()).map(|c| (label(c.address), field(c)));
             counters(e, name, help, unit, series)?;
         }
         let passed = self.stats.addresses.iter().flat_map(|c| {
-            (c.passed.iter()).map(|(reason, n)| {
-                let labels = [
-                    ("address", c.address.to_string()),
-                    ("reason", reason.to_string()),
-                ];
-                (labels, *n)
-            })
+            (c.passed.iter())
+                .map(|(reason, n)| (([("address", Ip(c.address))], [("reason", *reason)]), *n))
         });
         let help = "Frames for the address passed to the kernel, by reason";
         counters(e, "address_passed_packets", help, None, passed)?;
@@ -251,11 +267,11 @@ impl Snapshot {
     }
 
     fn encode_global(&self, e: &mut DescriptorEncoder) -> std::fmt::Result {
-        let reason = |r: &str| [("reason", r.to_string())];
+        let reason = |r: &'static str| [("reason", r)];
         let global = self.stats.global.iter().map(|(r, n)| (reason(r), *n));
         let help = "Frames not counted per address, by what became of them (stats' global)";
         counters(e, "frames", help, None, global)?;
-        let accepted = std::iter::once(([] as [(&str, String); 0], self.agent.accepted));
+        let accepted = std::iter::once(([] as [(&str, &str); 0], self.agent.accepted));
         let help = "Advertisements the agent accepted";
         counters(e, "agent_advertisements_accepted", help, None, accepted)?;
         let rejected = self.agent.rejected.iter().map(|(r, n)| (reason(r), *n));
@@ -265,10 +281,7 @@ impl Snapshot {
 }
 
 fn member_labels(address: IpAddr, member: IpAddr) -> Labels2 {
-    [
-        ("address", address.to_string()),
-        ("member", member.to_string()),
-    ]
+    [("address", Ip(address)), ("member", Ip(member))]
 }
 
 /// A counter family: its descriptor, then one sample per label set.
