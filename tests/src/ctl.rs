@@ -133,13 +133,23 @@ impl Ctl {
     }
 
     /// `member add ANYCAST MEMBER` (the tool finds the interface and MAC itself).
-    pub fn member_add(&self, anycast: Ipv4Addr, member: Ipv4Addr) -> Result<String> {
-        self.run(&["member", "add", &anycast.to_string(), &member.to_string()])
+    pub fn member_add(
+        &self,
+        anycast: impl Into<IpAddr>,
+        member: impl Into<IpAddr>,
+    ) -> Result<String> {
+        let (anycast, member) = (anycast.into().to_string(), member.into().to_string());
+        self.run(&["member", "add", &anycast, &member])
     }
 
     /// `member del ANYCAST MEMBER`.
-    pub fn member_del(&self, anycast: Ipv4Addr, member: Ipv4Addr) -> Result<String> {
-        self.run(&["member", "del", &anycast.to_string(), &member.to_string()])
+    pub fn member_del(
+        &self,
+        anycast: impl Into<IpAddr>,
+        member: impl Into<IpAddr>,
+    ) -> Result<String> {
+        let (anycast, member) = (anycast.into().to_string(), member.into().to_string());
+        self.run(&["member", "del", &anycast, &member])
     }
 
     /// `status --json`, typed.
@@ -257,7 +267,10 @@ pub struct AddressStats {
     pub rx_bytes: u64,
     pub forwarded_packets: u64,
     pub forwarded_bytes: u64,
+    /// ARP replies (an IPv4 address; 0 for IPv6).
     pub arp_replies: u64,
+    /// Neighbor Advertisements (an IPv6 address; 0 for IPv4).
+    pub nd_replies: u64,
     pub passed: Passed,
     pub members: Vec<MemberStats>,
 }
@@ -272,6 +285,8 @@ pub struct Passed {
     pub not_for_router: u64,
     pub bad_checksum: u64,
     pub bad_source: u64,
+    /// IPv6 extension headers deeper than the dataplane walks.
+    pub ext_headers: u64,
 }
 
 impl Passed {
@@ -283,6 +298,7 @@ impl Passed {
             + self.not_for_router
             + self.bad_checksum
             + self.bad_source
+            + self.ext_headers
     }
 }
 

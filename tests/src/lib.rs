@@ -1,7 +1,7 @@
 //! Test harness of anycast. `frames` builds frames and a BPF_PROG_TEST_RUN bed for fixture
 //! tables; the other modules build network namespaces, the DESIGN.md topology, drive the
-//! `anycast-ctl` binary and send real traffic, so each test in `tests/` reads like an operator's
-//! session.
+//! `anycast-ctl` binary, send real traffic and capture frames (`capture`), so each test in
+//! `tests/` reads like an operator's session.
 //!
 //! Everything that creates state is a guard: namespaces, pin directories and server threads are
 //! removed when dropped, also when a test panics. Every command and traffic loop is bounded in
@@ -10,6 +10,7 @@
 
 pub mod bench;
 pub mod bird;
+pub mod capture;
 pub mod cmd;
 pub mod ctl;
 pub mod daemon;
@@ -26,7 +27,7 @@ use std::time::{Duration, Instant};
 
 pub use ctl::Ctl;
 pub use netns::Netns;
-pub use topology::{ANYCAST, ClientMode, Topology, TopologyOptions};
+pub use topology::{ANYCAST, ANYCAST6, ClientMode, ClientStack, Topology, TopologyOptions};
 
 /// Panics unless running as root: namespaces, XDP and bpffs all need it, and a test that
 /// silently skips proves nothing.

@@ -177,6 +177,19 @@ impl Netns {
         })
     }
 
+    /// The kernel's neighbour entry for `addr` on `ifname` (`ip -j neigh show`), if any.
+    pub fn neighbour(&self, addr: std::net::IpAddr, ifname: &str) -> Result<Option<Neighbour>> {
+        let out = self.ip(&["-j", "neigh", "show", &addr.to_string(), "dev", ifname])?;
+        let entries: Vec<Value> = serde_json::from_str(&out)
+            .with_context(|| format!("`ip -j neigh show {addr}` printed {out:?}"))?;
+        Ok(entries.first().map(|e| Neighbour {
+            lladdr: e["lladdr"].as_str().map(str::to_string),
+            state: (e["state"].as_array().into_iter().flatten())
+                .filter_map(|s| s.as_str().map(str::to_string))
+                .collect(),
+        }))
+    }
+
     /// Ids of the XDP programs the kernel reports on `ifname`, empty if none is attached.
     pub fn xdp_prog_ids(&self, ifname: &str) -> Result<Vec<u64>> {
         // `ip -j` prints the program under "xdp" both as "prog" and inside "attached".
@@ -223,6 +236,22 @@ impl Netns {
 
     fn open(&self) -> Result<File> {
         File::open(self.path()).with_context(|| format!("open {}", self.path().display()))
+    }
+}
+
+/// A neighbour entry as `ip -j neigh` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Neighbour {
+    /// The MAC, as `ip` prints it; `None` while unresolved.
+    pub lladdr: Option<String>,
+    /// NUD states, e.g. `["REACHABLE"]`.
+    pub state: Vec<String>,
+}
+
+impl Neighbour {
+    /// Whether `state` lists `name` (e.g. `"STALE"`).
+    pub fn is(&self, name: &str) -> bool {
+        self.state.iter().any(|s| s == name)
     }
 }
 

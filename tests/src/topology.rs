@@ -8,6 +8,11 @@
 //!                        r3 203.0.113.9/30 ------------------ m3 203.0.113.10/30, lo 198.51.100.53/32
 //! ```
 //!
+//! With IPv6 on the client's link ([`ClientStack::Ipv6`] or [`ClientStack::Dual`]) the client
+//! has `2001:db8:192::10/64` (and no IPv4 address for `Ipv6`), `r0` has `2001:db8:192::1/64`,
+//! the router forwards IPv6, and each member gets `2001:db8:203:<i>::2/64` on its link (the
+//! router `::1`), its default IPv6 route through the router and `2001:db8:53::53/128` on `lo`.
+//!
 //! Invariants:
 //! - veths are created directly inside their namespaces: nothing in the root namespace changes.
 //! - The veth NAPI rule: every member's `m<i>` has GRO on, so frames the router redirects into
@@ -18,9 +23,11 @@
 //!   but an XDP-forwarded frame loses that state, so members would drop it as corrupt. With it
 //!   off, frames carry full checksums, as on a real wire.
 //! - Members own the anycast address on `lo` but never answer ARP for it (`arp_ignore=1`,
-//!   `arp_announce=2`); `rp_filter` is off everywhere; IPv6 is off in every namespace so no
-//!   background traffic reaches the router, unless a test turns it on for the member links
-//!   ([`Topology::enable_member_ipv6`]).
+//!   `arp_announce=2`; IPv6 needs no such setting); `rp_filter` is off everywhere; IPv6 is off
+//!   in every namespace so no background traffic reaches the router, unless the client's stack
+//!   has IPv6 or a test turns it on for the member links ([`Topology::enable_member_ipv6`]).
+//!   Where IPv6 is on, addresses are added without duplicate address detection (usable at
+//!   once) and the client neither solicits nor accepts router advertisements.
 //!
 //! Dropping a [`Topology`] deletes its namespaces, which deletes the veths with them, and closes
 //! the link of `c0`'s program.
@@ -49,6 +56,14 @@ pub const ANYCAST_PREFIX: &str = "198.51.100.0/24";
 pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
 /// The router's address on `r0`, the client's gateway.
 pub const ROUTER_CLIENT_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+/// The IPv6 anycast address the members serve (with IPv6 on the client's link).
+pub const ANYCAST6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x53, 0, 0, 0, 0, 0x53);
+/// The prefix the client routes towards [`ANYCAST6`].
+pub const ANYCAST6_PREFIX: &str = "2001:db8:53::/48";
+/// The client's IPv6 address on `c0`.
+pub const CLIENT_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x192, 0, 0, 0, 0, 0x10);
+/// The router's IPv6 address on `r0`.
+pub const ROUTER_CLIENT_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x192, 0, 0, 0, 0, 1);
 /// The client's interface.
 pub const CLIENT_IFACE: &str = "c0";
 /// The router's interface towards the client.
@@ -67,12 +82,34 @@ pub enum ClientMode {
     Routed,
 }
 
+/// The address families on the client's link (and so towards the members).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientStack {
+    /// IPv4 only; IPv6 is off everywhere.
+    Ipv4,
+    /// IPv6 only on the client's link: `c0` and `r0` have no IPv4 address.
+    Ipv6,
+    /// Both families.
+    Dual,
+}
+
+impl ClientStack {
+    pub fn has_ipv4(self) -> bool {
+        self != ClientStack::Ipv6
+    }
+
+    pub fn has_ipv6(self) -> bool {
+        self != ClientStack::Ipv4
+    }
+}
+
 /// What to build.
 #[derive(Debug, Clone, Copy)]
 pub struct TopologyOptions {
     /// Number of members, 1..=3.
     pub members: usize,
     pub client_mode: ClientMode,
+    pub client_stack: ClientStack,
 }
 
 impl Default for TopologyOptions {
@@ -80,6 +117,7 @@ impl Default for TopologyOptions {
         TopologyOptions {
             members: DEFAULT_MEMBERS,
             client_mode: ClientMode::OnLink,
+            client_stack: ClientStack::Ipv4,
         }
     }
 }
@@ -137,13 +175,21 @@ impl Topology {
         router.sysctl("net.ipv4.ip_forward", "1")?;
 
         veth(&client, CLIENT_IFACE, &router, ROUTER_CLIENT_IFACE)?;
-        configure(&client, CLIENT_IFACE, "192.0.2.10/24")?;
-        configure(&router, ROUTER_CLIENT_IFACE, "192.0.2.1/24")?;
-        let via = match options.client_mode {
-            ClientMode::OnLink => vec!["route", "add", ANYCAST_PREFIX, "dev", CLIENT_IFACE],
-            ClientMode::Routed => vec!["route", "add", ANYCAST_PREFIX, "via", "192.0.2.1"],
-        };
-        client.ip(&via)?;
+        if options.client_stack.has_ipv6() {
+            client_link_ipv6(&client, &router, options.client_mode)?;
+        }
+        if options.client_stack.has_ipv4() {
+            configure(&client, CLIENT_IFACE, "192.0.2.10/24")?;
+            configure(&router, ROUTER_CLIENT_IFACE, "192.0.2.1/24")?;
+            let via = match options.client_mode {
+                ClientMode::OnLink => vec!["route", "add", ANYCAST_PREFIX, "dev", CLIENT_IFACE],
+                ClientMode::Routed => vec!["route", "add", ANYCAST_PREFIX, "via", "192.0.2.1"],
+            };
+            client.ip(&via)?;
+        } else {
+            client.ip(&["link", "set", CLIENT_IFACE, "up"])?;
+            router.ip(&["link", "set", ROUTER_CLIENT_IFACE, "up"])?;
+        }
 
         let mut members = Vec::with_capacity(options.members);
         for index in 1..=options.members {
@@ -159,6 +205,15 @@ impl Topology {
         };
         if native_veths {
             topology.set_up_for_native_xdp()?;
+        }
+        if options.client_stack.has_ipv6() {
+            topology.enable_member_ipv6()?;
+            for m in &topology.members {
+                let gateway = member_gateway6(m.index).to_string();
+                m.ns.ip(&["-6", "route", "add", "default", "via", &gateway])?;
+                let anycast = format!("{ANYCAST6}/128");
+                m.ns.ip(&["addr", "add", &anycast, "dev", "lo", "nodad"])?;
+            }
         }
         Ok(topology)
     }
@@ -196,7 +251,8 @@ impl Topology {
 
     /// Turns IPv6 on for the member links only: the router's `r<i>`, and the member's `m<i>`
     /// and `lo`, with [`member_ip6`] and [`member_gateway6`] as /64s (nodad, usable at once).
-    /// The client side stays IPv4-only.
+    /// The client side keeps its stack ([`ClientStack`]; a topology with IPv6 on the client's
+    /// link has done this already).
     pub fn enable_member_ipv6(&self) -> Result<()> {
         for m in &self.members {
             for iface in ["lo", m.iface.as_str()] {
@@ -220,9 +276,42 @@ impl Topology {
         let ip = ip.into();
         self.members
             .iter()
-            .find(|m| ip == m.ip)
+            .find(|m| ip == m.ip || ip == member_ip6(m.index))
             .unwrap_or_else(|| panic!("{ip} is not a member of this topology"))
     }
+}
+
+/// IPv6 on the client's link: the client's and `r0`'s addresses (nodad), no router
+/// solicitations or advertisements, the route to [`ANYCAST6_PREFIX`] on-link or through
+/// `r0`, and IPv6 forwarding on the router.
+fn client_link_ipv6(client: &Netns, router: &Netns, mode: ClientMode) -> Result<()> {
+    for (ns, iface) in [(client, CLIENT_IFACE), (router, ROUTER_CLIENT_IFACE)] {
+        ns.sysctl(&format!("net.ipv6.conf.{iface}.disable_ipv6"), "0")?;
+        ns.sysctl(&format!("net.ipv6.conf.{iface}.accept_ra"), "0")?;
+        ns.sysctl(&format!("net.ipv6.conf.{iface}.router_solicitations"), "0")?;
+    }
+    client.sysctl("net.ipv6.conf.lo.disable_ipv6", "0")?;
+    router.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+    let own = format!("{CLIENT_IP6}/64");
+    client.ip(&["addr", "add", &own, "dev", CLIENT_IFACE, "nodad"])?;
+    let gateway = format!("{ROUTER_CLIENT_IP6}/64");
+    router.ip(&["addr", "add", &gateway, "dev", ROUTER_CLIENT_IFACE, "nodad"])?;
+    client.ip(&["link", "set", CLIENT_IFACE, "up"])?;
+    router.ip(&["link", "set", ROUTER_CLIENT_IFACE, "up"])?;
+    let gateway = ROUTER_CLIENT_IP6.to_string();
+    let via = match mode {
+        ClientMode::OnLink => ["-6", "route", "add", ANYCAST6_PREFIX, "dev", CLIENT_IFACE],
+        ClientMode::Routed => [
+            "-6",
+            "route",
+            "add",
+            ANYCAST6_PREFIX,
+            "via",
+            gateway.as_str(),
+        ],
+    };
+    client.ip(&via)?;
+    Ok(())
 }
 
 /// The member's IPv6 address on its link (after [`Topology::enable_member_ipv6`]):

@@ -4,12 +4,13 @@
 //! (unique within the test process) from explicitly bound client source ports; a [`UdpSink`] on
 //! each member records every datagram it receives with the sender's port. TCP: a [`TcpEcho`] on
 //! each member echoes and records whom it served; [`tcp_sessions`] opens connections from the
-//! client and checks every echo. Every loop is bounded in count and in time, so a broken
-//! dataplane fails a test instead of hanging it.
+//! client and checks every echo. Both families: an IPv6 destination is sent to from the
+//! client's IPv6 address ([`client_source`]). Every loop is bounded in count and in time, so a
+//! broken dataplane fails a test instead of hanging it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::ops::Range;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -20,7 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 
 use crate::netns::Netns;
-use crate::topology::CLIENT_IP;
+use crate::topology::{CLIENT_IP, CLIENT_IP6};
 
 /// Port the UDP sinks listen on.
 pub const UDP_PORT: u16 = 7000;
@@ -44,7 +45,7 @@ static SEQ: AtomicU64 = AtomicU64::new(1);
 /// One datagram as a sink saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Datagram {
-    pub peer: SocketAddrV4,
+    pub peer: SocketAddr,
     /// The sequence number, `None` if the payload was not 8 bytes.
     pub seq: Option<u64>,
 }
@@ -66,7 +67,8 @@ pub struct UdpSink {
 
 impl UdpSink {
     /// Binds `addr:port` inside `ns` and starts recording.
-    pub fn start(ns: &Netns, addr: Ipv4Addr, port: u16) -> Result<Self> {
+    pub fn start(ns: &Netns, addr: impl Into<IpAddr>, port: u16) -> Result<Self> {
+        let addr = addr.into();
         let socket = ns
             .in_ns(|| UdpSocket::bind((addr, port)))
             .with_context(|| format!("bind UDP {addr}:{port} in {}", ns.name()))?;
@@ -119,12 +121,11 @@ fn receive(socket: &UdpSocket, count: &AtomicUsize, stop: &AtomicBool) -> Vec<Da
     let mut buf = [0u8; 2048];
     while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
         match socket.recv_from(&mut buf) {
-            Ok((len, SocketAddr::V4(peer))) => {
+            Ok((len, peer)) => {
                 let seq = (len == 8).then(|| u64::from_be_bytes(buf[..8].try_into().unwrap()));
                 got.push(Datagram { peer, seq });
                 count.fetch_add(1, Ordering::Relaxed);
             }
-            Ok((_, SocketAddr::V6(_))) => {}
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
             Err(e) => panic!("UDP sink receive failed: {e}"),
         }
@@ -141,15 +142,25 @@ pub fn wait_for_datagrams(sinks: &[UdpSink], expected: usize, timeout: Duration)
     total()
 }
 
+/// The client's address of `dst`'s family: 192.0.2.10 or 2001:db8:192::10.
+pub fn client_source(dst: IpAddr) -> IpAddr {
+    match dst {
+        IpAddr::V4(_) => CLIENT_IP.into(),
+        IpAddr::V6(_) => CLIENT_IP6.into(),
+    }
+}
+
 /// Sends `per_port` datagrams from each client source port in `src_ports` (bound explicitly on
-/// 192.0.2.10) to `dst:dst_port`; returns what was sent, with unique sequence numbers.
+/// [`client_source`]) to `dst:dst_port`; returns what was sent, with unique sequence numbers.
 pub fn send_udp(
     client: &Netns,
-    dst: Ipv4Addr,
+    dst: impl Into<IpAddr>,
     dst_port: u16,
     src_ports: Range<u16>,
     per_port: usize,
 ) -> Result<Vec<Sent>> {
+    let dst = dst.into();
+    let source = client_source(dst);
     let total = src_ports.len() * per_port;
     ensure!(
         total <= MAX_DATAGRAMS,
@@ -159,8 +170,8 @@ pub fn send_udp(
         let deadline = Instant::now() + TRAFFIC_DEADLINE;
         let mut sent = Vec::with_capacity(total);
         for src_port in src_ports {
-            let socket = UdpSocket::bind((CLIENT_IP, src_port))
-                .with_context(|| format!("bind UDP {CLIENT_IP}:{src_port}"))?;
+            let socket = UdpSocket::bind((source, src_port))
+                .with_context(|| format!("bind UDP {source} port {src_port}"))?;
             for _ in 0..per_port {
                 if Instant::now() > deadline {
                     bail!("sending {total} datagrams took longer than {TRAFFIC_DEADLINE:?}");
@@ -183,7 +194,7 @@ pub fn send_udp(
 /// One connection a [`TcpEcho`] served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Served {
-    pub peer: SocketAddrV4,
+    pub peer: SocketAddr,
     pub bytes_echoed: u64,
 }
 
@@ -196,7 +207,8 @@ pub struct TcpEcho {
 
 impl TcpEcho {
     /// Binds `addr:port` inside `ns` and starts serving.
-    pub fn start(ns: &Netns, addr: Ipv4Addr, port: u16) -> Result<Self> {
+    pub fn start(ns: &Netns, addr: impl Into<IpAddr>, port: u16) -> Result<Self> {
+        let addr = addr.into();
         let listener = ns
             .in_ns(|| TcpListener::bind((addr, port)))
             .with_context(|| format!("bind TCP {addr}:{port} in {}", ns.name()))?;
@@ -240,14 +252,13 @@ fn serve(listener: &TcpListener, stop: &AtomicBool) -> Vec<Served> {
     let mut handlers = Vec::new();
     while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
         match listener.accept() {
-            Ok((stream, SocketAddr::V4(peer))) => {
+            Ok((stream, peer)) => {
                 let served = served.clone();
                 handlers.push(thread::spawn(move || {
                     let bytes_echoed = echo(stream).unwrap_or(0);
                     served.lock().unwrap().push(Served { peer, bytes_echoed });
                 }));
             }
-            Ok((_, SocketAddr::V6(_))) => {}
             Err(e) if e.kind() == ErrorKind::WouldBlock => thread::sleep(Duration::from_millis(5)),
             Err(e) => panic!("TCP accept failed: {e}"),
         }
@@ -301,12 +312,12 @@ impl TcpSession {
 /// `msgs_per_conn` 16-byte messages and checks the echo.
 pub fn tcp_sessions(
     client: &Netns,
-    dst: Ipv4Addr,
+    dst: impl Into<IpAddr>,
     port: u16,
     n_conns: usize,
     msgs_per_conn: usize,
 ) -> Vec<TcpSession> {
-    let target = SocketAddr::from((dst, port));
+    let target = SocketAddr::from((dst.into(), port));
     client.in_ns(|| {
         let deadline = Instant::now() + TRAFFIC_DEADLINE;
         (0..n_conns)
@@ -358,8 +369,8 @@ pub struct TcpConns {
 
 impl TcpConns {
     /// Opens `n` connections from the client to `dst:port`, one after another.
-    pub fn open(client: &Netns, dst: Ipv4Addr, port: u16, n: usize) -> Result<Self> {
-        let target = SocketAddr::from((dst, port));
+    pub fn open(client: &Netns, dst: impl Into<IpAddr>, port: u16, n: usize) -> Result<Self> {
+        let target = SocketAddr::from((dst.into(), port));
         let streams = client.in_ns(|| {
             (0..n)
                 .map(|i| {
@@ -470,11 +481,12 @@ pub struct UdpRun {
 pub fn udp_round(
     client: &Netns,
     receivers: &[&Netns],
-    dst: Ipv4Addr,
+    dst: impl Into<IpAddr>,
     port: u16,
     src_ports: Range<u16>,
     per_port: usize,
 ) -> Result<UdpRun> {
+    let dst = dst.into();
     let sinks = receivers
         .iter()
         .map(|ns| UdpSink::start(ns, dst, port))
@@ -563,11 +575,12 @@ pub struct TcpRun {
 pub fn tcp_round(
     client: &Netns,
     servers: &[&Netns],
-    dst: Ipv4Addr,
+    dst: impl Into<IpAddr>,
     port: u16,
     n_conns: usize,
     msgs_per_conn: usize,
 ) -> Result<TcpRun> {
+    let dst = dst.into();
     let echoes = servers
         .iter()
         .map(|ns| TcpEcho::start(ns, dst, port))
@@ -636,13 +649,15 @@ pub type Stamped = (u64, Instant);
 impl UdpStream {
     pub fn start(
         client: &Netns,
-        dst: SocketAddrV4,
+        dst: impl Into<SocketAddr>,
         src_port: u16,
         interval: Duration,
     ) -> Result<Self> {
+        let dst = dst.into();
+        let source = client_source(dst.ip());
         let socket = client
-            .in_ns(|| UdpSocket::bind((CLIENT_IP, src_port)))
-            .with_context(|| format!("bind UDP {CLIENT_IP}:{src_port}"))?;
+            .in_ns(|| UdpSocket::bind((source, src_port)))
+            .with_context(|| format!("bind UDP {source} port {src_port}"))?;
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let handle = thread::Builder::new()
@@ -697,15 +712,17 @@ pub struct SpreadStream {
 impl SpreadStream {
     pub fn start(
         client: &Netns,
-        dst: Ipv4Addr,
+        dst: impl Into<IpAddr>,
         port: u16,
         src_ports: Range<u16>,
         gap: Duration,
     ) -> Result<Self> {
+        let dst = dst.into();
+        let source = client_source(dst);
         let sockets = client.in_ns(|| {
             src_ports
                 .clone()
-                .map(|p| Ok((p, UdpSocket::bind((CLIENT_IP, p))?)))
+                .map(|p| Ok((p, UdpSocket::bind((source, p))?)))
                 .collect::<std::io::Result<Vec<_>>>()
         })?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -748,7 +765,7 @@ impl Drop for SpreadStream {
 
 fn stream(
     sockets: &[(u16, UdpSocket)],
-    dst: (Ipv4Addr, u16),
+    dst: (IpAddr, u16),
     gap: Duration,
     stop: &AtomicBool,
     count: &AtomicUsize,

@@ -3,7 +3,7 @@
 //! failures say nothing about anycast.
 
 use std::collections::BTreeSet;
-use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::Duration;
 
 use anycast_tests::netns::format_mac;
@@ -88,6 +88,7 @@ fn kernel_routing_delivers_udp_and_tcp_to_one_member() {
     let topo = Topology::new(TopologyOptions {
         members: 3,
         client_mode: ClientMode::Routed,
+        ..Default::default()
     })
     .unwrap();
     let m1 = topo.members[0].ip;
@@ -113,7 +114,7 @@ fn kernel_routing_delivers_udp_and_tcp_to_one_member() {
     assert!(
         got[0]
             .iter()
-            .all(|d| *d.peer.ip() == Ipv4Addr::new(192, 0, 2, 10))
+            .all(|d| d.peer.ip() == Ipv4Addr::new(192, 0, 2, 10))
     );
     assert!(got[1].is_empty() && got[2].is_empty());
 
@@ -154,6 +155,7 @@ fn tcp_to_a_closed_port_is_reported_not_hung() {
     let topo = Topology::new(TopologyOptions {
         members: 1,
         client_mode: ClientMode::Routed,
+        ..Default::default()
     })
     .unwrap();
     topo.router
@@ -165,7 +167,7 @@ fn tcp_to_a_closed_port_is_reported_not_hung() {
 
 #[test]
 fn checkers_catch_loss_duplicates_and_split_flows() {
-    let peer = |port| SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 10), port);
+    let peer = |port| SocketAddr::from((Ipv4Addr::new(192, 0, 2, 10), port));
     let sent = vec![
         Sent {
             src_port: 1,

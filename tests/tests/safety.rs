@@ -401,6 +401,7 @@ fn sighup_reloads_keys_without_losing_members() {
     let topo = Topology::new(TopologyOptions {
         members: 2,
         client_mode: ClientMode::OnLink,
+        ..Default::default()
     })
     .expect("topology");
     for m in &topo.members {

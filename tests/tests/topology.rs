@@ -34,6 +34,7 @@ impl Session {
         let topo = Topology::new(TopologyOptions {
             members: 3,
             client_mode,
+            ..Default::default()
         })
         .expect("build the test topology");
         let ctl = Ctl::new(&topo.router);

@@ -137,6 +137,7 @@ pub fn run(packets: u64) -> Result<Value> {
     let topo = Topology::new(TopologyOptions {
         members: 3,
         client_mode: ClientMode::Routed,
+        ..Default::default()
     })
     .context("build the topology")?;
     topo.router
