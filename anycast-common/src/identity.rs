@@ -6,12 +6,12 @@
 //! Layout (version 1, big-endian; docs/identity-format.md has the full description):
 //!
 //! ```text
-//! header   16 B  magic "AI", version, kind (1 query, 2 reply), family (0 query, 4 IPv4),
-//!                hostname length, reserved (2 B, zero), nonce (u64, echoed by the reply)
+//! header   16 B  magic "AI", version, kind (1 query, 2 reply), family (0 query, 4 IPv4,
+//!                6 IPv6), hostname length, reserved (2 B, zero), nonce (u64, echoed)
 //! query          zero padding up to QUERY_LEN (96 B) in all: a reply is never longer than
 //!                its query, so a responder cannot be used to amplify traffic
-//! reply     8 B  anycast address, member unicast address (IPv4)
-//!                hostname (UTF-8, at most 64 B)
+//! reply  8/32 B  anycast address, member unicast address (both of the reply's family)
+//!                hostname (UTF-8, at most 64 B in an IPv4 reply, 48 B in an IPv6 one)
 //! ```
 //!
 //! [`Repr`] is the parsed message. Contract: [`Repr::parse`] never panics, on any input;
@@ -19,7 +19,7 @@
 //! small and fixed, so it has no zero-copy view: fields are at the offsets of `field`.
 
 use core::fmt;
-use core::net::Ipv4Addr;
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// The first two bytes of every identity message: "AI".
 pub const MAGIC: [u8; 2] = *b"AI";
@@ -29,17 +29,23 @@ pub const VERSION: u8 = 1;
 pub const HEADER_LEN: usize = field::ADDRS_START;
 /// Length of a query, padding included (a longer datagram is a query too; its tail is ignored).
 pub const QUERY_LEN: usize = 96;
-/// The longest hostname a reply carries (Linux's HOST_NAME_MAX).
+/// The longest hostname an IPv4 reply carries (Linux's HOST_NAME_MAX).
 pub const MAX_HOSTNAME: usize = 64;
-/// The longest reply.
-pub const MAX_REPLY_LEN: usize = field::HOSTNAME_START + MAX_HOSTNAME;
+/// The longest hostname an IPv6 reply carries: its addresses take 24 bytes more, and the reply
+/// must still fit in [`QUERY_LEN`].
+pub const MAX_HOSTNAME6: usize = QUERY_LEN - field::ADDRS_START - 32;
+/// The longest reply (of either family).
+pub const MAX_REPLY_LEN: usize = QUERY_LEN;
 /// Default UDP port of `announce --identity-port` and `probe --port`.
 pub const DEFAULT_PORT: u16 = 5447;
 
 const KIND_QUERY: u8 = 1;
 const KIND_REPLY: u8 = 2;
 const FAMILY_IPV4: u8 = 4;
+const FAMILY_IPV6: u8 = 6;
 
+const _: () = assert!(field::ADDRS_START + 8 + MAX_HOSTNAME <= MAX_REPLY_LEN);
+const _: () = assert!(field::ADDRS_START + 32 + MAX_HOSTNAME6 <= MAX_REPLY_LEN);
 const _: () = assert!(MAX_REPLY_LEN <= QUERY_LEN);
 
 mod field {
@@ -52,10 +58,20 @@ mod field {
     pub const HOSTNAME_LEN: usize = 5;
     pub const RESERVED: Field = 6..8;
     pub const NONCE: Field = 8..16;
+    /// The anycast address, then the member's, each `len` bytes (4 or 16), then the hostname.
     pub const ADDRS_START: usize = 16;
-    pub const ANYCAST: Field = 16..20;
-    pub const MEMBER: Field = 20..24;
-    pub const HOSTNAME_START: usize = 24;
+
+    pub const fn anycast(len: usize) -> Field {
+        ADDRS_START..ADDRS_START + len
+    }
+
+    pub const fn member(len: usize) -> Field {
+        ADDRS_START + len..ADDRS_START + 2 * len
+    }
+
+    pub const fn hostname_start(len: usize) -> usize {
+        ADDRS_START + 2 * len
+    }
 }
 
 /// Why a datagram is not a valid identity message.
@@ -70,11 +86,12 @@ pub enum Error {
     UnsupportedVersion(u8),
     /// A kind other than query or reply.
     UnknownKind(u8),
-    /// A reply of an address family other than IPv4, or a query naming one.
+    /// A reply of an address family other than IPv4 or IPv6, or a query naming one.
     UnsupportedFamily(u8),
     /// Reserved bytes not zero, or a reply longer than its fields.
     BadLength,
-    /// A hostname length above [`MAX_HOSTNAME`], or a hostname that is not UTF-8.
+    /// A hostname length above [`MAX_HOSTNAME`] ([`MAX_HOSTNAME6`] in an IPv6 reply), or a
+    /// hostname that is not UTF-8.
     BadHostname,
 }
 
@@ -94,38 +111,75 @@ impl fmt::Display for Error {
 
 impl core::error::Error for Error {}
 
-/// A reply: who answered for the anycast address.
+/// A reply: who answered for the anycast address. Both addresses are of one family (so the
+/// fields are private: [`Reply::new`] checks that).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Reply {
     pub nonce: u64,
-    pub anycast: Ipv4Addr,
-    /// The member's unicast address.
-    pub member: Ipv4Addr,
+    anycast: IpAddr,
+    member: IpAddr,
     hostname: [u8; MAX_HOSTNAME],
     hostname_len: u8,
 }
 
 impl Reply {
-    /// A reply; `hostname` is cut to [`MAX_HOSTNAME`] bytes at a character boundary.
-    pub fn new(nonce: u64, anycast: Ipv4Addr, member: Ipv4Addr, hostname: &str) -> Self {
-        let mut len = hostname.len().min(MAX_HOSTNAME);
+    /// A reply; `None` if `anycast` and `member` are of different families. `hostname` is cut
+    /// to the family's limit ([`MAX_HOSTNAME`], [`MAX_HOSTNAME6`]) at a character boundary.
+    pub fn new(
+        nonce: u64,
+        anycast: impl Into<IpAddr>,
+        member: impl Into<IpAddr>,
+        hostname: &str,
+    ) -> Option<Self> {
+        let (anycast, member) = (anycast.into(), member.into());
+        if anycast.is_ipv4() != member.is_ipv4() {
+            return None;
+        }
+        let mut len = hostname.len().min(max_hostname(anycast));
         while !hostname.is_char_boundary(len) {
             len -= 1;
         }
         let mut buf = [0; MAX_HOSTNAME];
         buf[..len].copy_from_slice(&hostname.as_bytes()[..len]);
-        Reply {
+        Some(Reply {
             nonce,
             anycast,
             member,
             hostname: buf,
             hostname_len: len as u8,
-        }
+        })
+    }
+
+    /// The anycast address the query was sent to.
+    pub fn anycast(&self) -> IpAddr {
+        self.anycast
+    }
+
+    /// The member's unicast address, of the anycast address's family.
+    pub fn member(&self) -> IpAddr {
+        self.member
     }
 
     pub fn hostname(&self) -> &str {
         // Valid by construction: `new` cuts at a boundary, `parse` checks UTF-8.
         core::str::from_utf8(&self.hostname[..usize::from(self.hostname_len)]).unwrap_or("")
+    }
+
+    /// Length of one address of this reply's family.
+    fn addr_len(&self) -> usize {
+        addr_len(self.anycast)
+    }
+}
+
+fn addr_len(a: IpAddr) -> usize {
+    if a.is_ipv4() { 4 } else { 16 }
+}
+
+fn max_hostname(a: IpAddr) -> usize {
+    if a.is_ipv4() {
+        MAX_HOSTNAME
+    } else {
+        MAX_HOSTNAME6
     }
 }
 
@@ -136,8 +190,22 @@ pub enum Repr {
     Reply(Reply),
 }
 
-fn ipv4(b: &[u8]) -> Ipv4Addr {
-    Ipv4Addr::new(b[0], b[1], b[2], b[3])
+/// The address of `len` bytes (4 or 16) at the start of `b`.
+fn address(b: &[u8], len: usize) -> IpAddr {
+    if len == 4 {
+        IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]))
+    } else {
+        let mut o = [0; 16];
+        o.copy_from_slice(&b[..16]);
+        IpAddr::V6(Ipv6Addr::from(o))
+    }
+}
+
+fn octets(a: IpAddr, out: &mut [u8]) {
+    match a {
+        IpAddr::V4(v4) => out.copy_from_slice(&v4.octets()),
+        IpAddr::V6(v6) => out.copy_from_slice(&v6.octets()),
+    }
 }
 
 impl Repr {
@@ -164,19 +232,29 @@ impl Repr {
             KIND_QUERY if name_len != 0 => Err(Error::BadLength),
             KIND_QUERY if buf.len() < QUERY_LEN => Err(Error::Truncated),
             KIND_QUERY => Ok(Repr::Query { nonce }),
-            KIND_REPLY if family != FAMILY_IPV4 => Err(Error::UnsupportedFamily(family)),
-            KIND_REPLY if name_len > MAX_HOSTNAME => Err(Error::BadHostname),
-            KIND_REPLY if buf.len() < field::HOSTNAME_START + name_len => Err(Error::Truncated),
-            KIND_REPLY if buf.len() > field::HOSTNAME_START + name_len => Err(Error::BadLength),
             KIND_REPLY => {
-                let name = &buf[field::HOSTNAME_START..];
-                let name = core::str::from_utf8(name).map_err(|_| Error::BadHostname)?;
-                Ok(Repr::Reply(Reply::new(
-                    nonce,
-                    ipv4(&buf[field::ANYCAST]),
-                    ipv4(&buf[field::MEMBER]),
-                    name,
-                )))
+                let (len, max) = match family {
+                    FAMILY_IPV4 => (4, MAX_HOSTNAME),
+                    FAMILY_IPV6 => (16, MAX_HOSTNAME6),
+                    other => return Err(Error::UnsupportedFamily(other)),
+                };
+                let start = field::hostname_start(len);
+                if name_len > max {
+                    return Err(Error::BadHostname);
+                }
+                if buf.len() < start + name_len {
+                    return Err(Error::Truncated);
+                }
+                if buf.len() > start + name_len {
+                    return Err(Error::BadLength);
+                }
+                let name = core::str::from_utf8(&buf[start..]).map_err(|_| Error::BadHostname)?;
+                let anycast = address(&buf[field::anycast(len)], len);
+                let member = address(&buf[field::member(len)], len);
+                // Same family by construction, and the name fits: `new` cannot refuse.
+                Reply::new(nonce, anycast, member, name)
+                    .map(Repr::Reply)
+                    .ok_or(Error::BadLength)
             }
             kind => Err(Error::UnknownKind(kind)),
         }
@@ -186,7 +264,7 @@ impl Repr {
     pub fn buffer_len(&self) -> usize {
         match self {
             Repr::Query { .. } => QUERY_LEN,
-            Repr::Reply(r) => field::HOSTNAME_START + usize::from(r.hostname_len),
+            Repr::Reply(r) => field::hostname_start(r.addr_len()) + usize::from(r.hostname_len),
         }
     }
 
@@ -204,13 +282,14 @@ impl Repr {
                 buf[field::NONCE].copy_from_slice(&nonce.to_be_bytes());
             }
             Repr::Reply(r) => {
+                let n = r.addr_len();
                 buf[field::KIND] = KIND_REPLY;
-                buf[field::FAMILY] = FAMILY_IPV4;
+                buf[field::FAMILY] = if n == 4 { FAMILY_IPV4 } else { FAMILY_IPV6 };
                 buf[field::HOSTNAME_LEN] = r.hostname_len;
                 buf[field::NONCE].copy_from_slice(&r.nonce.to_be_bytes());
-                buf[field::ANYCAST].copy_from_slice(&r.anycast.octets());
-                buf[field::MEMBER].copy_from_slice(&r.member.octets());
-                buf[field::HOSTNAME_START..].copy_from_slice(r.hostname().as_bytes());
+                octets(r.anycast, &mut buf[field::anycast(n)]);
+                octets(r.member, &mut buf[field::member(n)]);
+                buf[field::hostname_start(n)..].copy_from_slice(r.hostname().as_bytes());
             }
         }
         len
@@ -233,13 +312,34 @@ mod tests {
         b'm', b'1', // hostname
     ];
 
+    /// Nonce 0x0102030405060708, 2001:db8:53::53 served by 2001:db8:203:1::2, hostname "m1".
+    static REPLY6_BYTES: [u8; 50] = [
+        0x41, 0x49, 0x01, 0x02, // magic, version, kind reply
+        0x06, 0x02, 0x00, 0x00, // family IPv6, hostname length 2, reserved
+        0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, // nonce
+        0x20, 0x01, 0x0d, 0xb8, 0x00, 0x53, 0x00, 0x00, // anycast
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x53, //
+        0x20, 0x01, 0x0d, 0xb8, 0x02, 0x03, 0x00, 0x01, // member
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x02, //
+        b'm', b'1', // hostname
+    ];
+
     fn reply() -> Repr {
-        Repr::Reply(Reply::new(
-            0x0102_0304_0506_0708,
-            Ipv4Addr::new(198, 51, 100, 53),
-            Ipv4Addr::new(203, 0, 113, 2),
-            "m1",
-        ))
+        Repr::Reply(
+            Reply::new(
+                0x0102_0304_0506_0708,
+                Ipv4Addr::new(198, 51, 100, 53),
+                Ipv4Addr::new(203, 0, 113, 2),
+                "m1",
+            )
+            .unwrap(),
+        )
+    }
+
+    fn reply6() -> Repr {
+        let anycast: Ipv6Addr = "2001:db8:53::53".parse().unwrap();
+        let member: Ipv6Addr = "2001:db8:203:1::2".parse().unwrap();
+        Repr::Reply(Reply::new(0x0102_0304_0506_0708, anycast, member, "m1").unwrap())
     }
 
     #[test]
@@ -248,6 +348,35 @@ mod tests {
         let mut buf = [0xff; MAX_REPLY_LEN];
         let len = reply().emit(&mut buf);
         assert_eq!(&buf[..len], &REPLY_BYTES[..]);
+    }
+
+    #[test]
+    fn ipv6_reply_parses_and_emits_the_documented_bytes() {
+        assert_eq!(Repr::parse(&REPLY6_BYTES), Ok(reply6()));
+        let mut buf = [0xff; MAX_REPLY_LEN];
+        let len = reply6().emit(&mut buf);
+        assert_eq!(&buf[..len], &REPLY6_BYTES[..]);
+        let Ok(Repr::Reply(r)) = Repr::parse(&REPLY6_BYTES) else {
+            panic!("not a reply");
+        };
+        assert!(r.anycast().is_ipv6() && r.member().is_ipv6());
+    }
+
+    #[test]
+    fn mixed_families_are_refused_and_ipv6_hostnames_fit_the_query() {
+        let v4 = Ipv4Addr::LOCALHOST;
+        let v6 = Ipv6Addr::LOCALHOST;
+        assert_eq!(Reply::new(1, v4, v6, "x"), None);
+        assert_eq!(Reply::new(1, v6, v4, "x"), None);
+        let long = Repr::Reply(Reply::new(1, v6, v6, &"x".repeat(200)).unwrap());
+        assert_eq!(long.buffer_len(), QUERY_LEN);
+        let Repr::Reply(r) = long else { panic!() };
+        assert_eq!(r.hostname().len(), MAX_HOSTNAME6);
+        // A hostname length above the IPv6 limit is refused even where an IPv4 one is fine.
+        let mut b = REPLY6_BYTES.to_vec();
+        b[5] = (MAX_HOSTNAME6 + 1) as u8;
+        b.resize(48 + MAX_HOSTNAME6 + 1, b'x');
+        assert_eq!(Repr::parse(&b), Err(Error::BadHostname));
     }
 
     #[test]
@@ -263,19 +392,26 @@ mod tests {
         long[..QUERY_LEN].copy_from_slice(&buf);
         assert_eq!(Repr::parse(&long), Ok(query));
         assert_eq!(Repr::parse(&buf[..QUERY_LEN - 1]), Err(Error::Truncated));
-        let longest = Repr::Reply(Reply::new(
-            1,
-            Ipv4Addr::LOCALHOST,
-            Ipv4Addr::LOCALHOST,
-            &"x".repeat(200),
-        ));
-        assert_eq!(longest.buffer_len(), MAX_REPLY_LEN);
+        let longest = Repr::Reply(
+            Reply::new(
+                1,
+                Ipv4Addr::LOCALHOST,
+                Ipv4Addr::LOCALHOST,
+                &"x".repeat(200),
+            )
+            .unwrap(),
+        );
+        assert_eq!(longest.buffer_len(), 24 + MAX_HOSTNAME);
+        assert!(longest.buffer_len() <= MAX_REPLY_LEN);
     }
 
     #[test]
     fn truncation_at_every_length_is_an_error_not_a_panic() {
         for len in 0..REPLY_BYTES.len() {
             assert!(Repr::parse(&REPLY_BYTES[..len]).is_err(), "length {len}");
+        }
+        for len in 0..REPLY6_BYTES.len() {
+            assert!(Repr::parse(&REPLY6_BYTES[..len]).is_err(), "length {len}");
         }
     }
 
@@ -289,7 +425,9 @@ mod tests {
         assert_eq!(with(0, b'X'), Err(Error::BadMagic));
         assert_eq!(with(2, 2), Err(Error::UnsupportedVersion(2)));
         assert_eq!(with(3, 9), Err(Error::UnknownKind(9)));
-        assert_eq!(with(4, 6), Err(Error::UnsupportedFamily(6)));
+        assert_eq!(with(4, 5), Err(Error::UnsupportedFamily(5)));
+        // Family 6 with IPv4's 8 bytes of addresses: shorter than its addresses.
+        assert_eq!(with(4, 6), Err(Error::Truncated));
         assert_eq!(with(5, 65), Err(Error::BadHostname));
         assert_eq!(with(5, 1), Err(Error::BadLength));
         assert_eq!(with(6, 1), Err(Error::BadLength));
@@ -299,7 +437,9 @@ mod tests {
     #[test]
     fn hostnames_are_cut_at_a_character_boundary() {
         let name = "é".repeat(40); // 80 bytes
-        let r = Reply::new(0, Ipv4Addr::LOCALHOST, Ipv4Addr::LOCALHOST, &name);
+        let r = Reply::new(0, Ipv4Addr::LOCALHOST, Ipv4Addr::LOCALHOST, &name).unwrap();
         assert_eq!(r.hostname(), "é".repeat(32));
+        let r = Reply::new(0, Ipv6Addr::LOCALHOST, Ipv6Addr::LOCALHOST, &name).unwrap();
+        assert_eq!(r.hostname(), "é".repeat(24));
     }
 }

@@ -17,8 +17,8 @@
 //! [`MIN_HOLD`] (BFD-class detection); the schedule is absolute, so a late tick does not shift
 //! the ones after it.
 //!
-//! With `--identity-port` it also answers identity queries on the IPv4 anycast addresses
-//! ([`crate::identity`]).
+//! With `--identity-port` it also answers identity queries on the anycast addresses of both
+//! families ([`crate::identity`]).
 //!
 //! One message per family, not one with both: each membership then travels over the family it
 //! serves, so an IPv6 membership lives exactly as long as IPv6 works between member and router,
@@ -135,28 +135,16 @@ pub async fn run(opts: Options) -> Result<()> {
     advertised
 }
 
-/// The identity responder on the IPv4 anycast addresses (`--identity-port`), bound before `lo`
-/// changes. The identity format has an address family, but IPv6 is not served yet.
+/// The identity responder on every anycast address (`--identity-port`), each answered with the
+/// member address of its family (its channel's source), bound before `lo` changes.
 fn identity(opts: &Options, channels: &[Channel]) -> Result<Option<crate::identity::Responder>> {
     let Some(port) = opts.identity_port else {
         return Ok(None);
     };
-    let v4 = channels.iter().find_map(|c| match c.source {
-        IpAddr::V4(source) => Some((source, &c.anycast)),
-        IpAddr::V6(_) => None,
-    });
-    let Some((source, anycast)) = v4 else {
-        return Err(Error::Usage(
-            "--identity-port answers on IPv4 anycast addresses only".into(),
-        ));
-    };
-    let anycast: Vec<Ipv4Addr> = (anycast.iter())
-        .filter_map(|a| match a {
-            IpAddr::V4(a) => Some(*a),
-            IpAddr::V6(_) => None,
-        })
+    let served: Vec<(IpAddr, IpAddr)> = (channels.iter())
+        .flat_map(|c| c.anycast.iter().map(|&a| (a, c.source)))
         .collect();
-    crate::identity::serve(&anycast, port, source).map(Some)
+    crate::identity::serve(&served, port).map(Some)
 }
 
 /// Puts each address on `lo` unless it is there already; returns those it added. On an error

@@ -2,10 +2,10 @@
 //! client side (`anycast-ctl probe`). Wire format: `anycast_common::identity`
 //! (docs/identity-format.md).
 //!
-//! The responder binds one UDP socket per anycast address it announces, so every reply leaves
-//! from the anycast address the query was sent to (the client's socket sees its peer), and
-//! answers each query with this host's unicast address (the advertised member address) and
-//! hostname. It never answers more than [`MAX_REPLIES_PER_SECOND`] a second per address, and a
+//! The responder binds one UDP socket per anycast address it announces, of either family, so
+//! every reply leaves from the anycast address the query was sent to (the client's socket sees
+//! its peer), and answers each query with this host's unicast address of that family (the
+//! member address it advertises over that family) and hostname. It never answers more than [`MAX_REPLIES_PER_SECOND`] a second per address, and a
 //! reply is never longer than its query, so it cannot be used to amplify a flood.
 //!
 //! The prober sends each query from a socket of its own (so from its own source port, which the
@@ -14,7 +14,7 @@
 use std::{
     collections::BTreeMap,
     hash::{BuildHasher, Hasher},
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     time::{Duration, Instant},
 };
 
@@ -39,36 +39,46 @@ impl Drop for Responder {
     }
 }
 
-/// Binds `port` on each anycast address (before the address is on `lo`: IP_FREEBIND) and
-/// answers queries as `member`. Binding is the only step that can fail, and it changes nothing.
-pub fn serve(anycast: &[Ipv4Addr], port: u16, member: Ipv4Addr) -> Result<Responder> {
+/// Binds `port` on each anycast address of `served` (before the address is on `lo`: IP_FREEBIND
+/// or IPV6_FREEBIND) and answers queries to it as its member address, of the same family.
+/// Binding is the only step that can fail, and it changes nothing.
+pub fn serve(served: &[(IpAddr, IpAddr)], port: u16) -> Result<Responder> {
     let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_default();
-    let sockets = anycast
+    let sockets = served
         .iter()
-        .map(|&a| bind(SocketAddrV4::new(a, port)).map(|s| (a, s)))
+        .map(|&(anycast, member)| {
+            let reply = Reply::new(0, anycast, member, &hostname).ok_or_else(|| {
+                Error::Usage(format!("{anycast} and {member} are of different families"))
+            })?;
+            bind(SocketAddr::new(anycast, port)).map(|s| (reply, s))
+        })
         .collect::<Result<Vec<_>>>()?;
     let tasks = sockets
         .into_iter()
-        .map(|(anycast, socket)| {
-            let hostname = hostname.clone();
-            tokio::spawn(async move { answer(socket, anycast, member, &hostname).await })
-        })
+        .map(|(reply, socket)| tokio::spawn(async move { answer(socket, reply).await }))
         .collect();
     Ok(Responder { tasks })
 }
 
-fn bind(addr: SocketAddrV4) -> Result<UdpSocket> {
+fn bind(addr: SocketAddr) -> Result<UdpSocket> {
     let io = |e| Error::io(format!("binding the identity port {addr}"), e);
-    let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).map_err(io)?;
-    socket.set_freebind_v4(true).map_err(io)?;
+    let socket =
+        Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(io)?;
+    if addr.is_ipv4() {
+        socket.set_freebind_v4(true).map_err(io)?;
+    } else {
+        socket.set_only_v6(true).map_err(io)?;
+        socket.set_freebind_v6(true).map_err(io)?;
+    }
     socket.bind(&addr.into()).map_err(io)?;
     socket.set_nonblocking(true).map_err(io)?;
     UdpSocket::from_std(socket.into()).map_err(io)
 }
 
-async fn answer(socket: UdpSocket, anycast: Ipv4Addr, member: Ipv4Addr, hostname: &str) {
+/// Answers every query on `socket` with `template` (its nonce replaced by the query's).
+async fn answer(socket: UdpSocket, template: Reply) {
     let mut buf = [0u8; 2048];
     let mut out = [0u8; MAX_REPLY_LEN];
     let (mut second, mut replies) = (Instant::now(), 0);
@@ -96,7 +106,9 @@ async fn answer(socket: UdpSocket, anycast: Ipv4Addr, member: Ipv4Addr, hostname
             continue;
         }
         replies += 1;
-        let reply = Repr::Reply(Reply::new(nonce, anycast, member, hostname));
+        let mut reply = template;
+        reply.nonce = nonce;
+        let reply = Repr::Reply(reply);
         let n = reply.emit(&mut out);
         if let Err(e) = socket.send_to(&out[..n], peer).await {
             tracing::debug!(%peer, error = %e, "sending an identity reply");
@@ -107,7 +119,7 @@ async fn answer(socket: UdpSocket, anycast: Ipv4Addr, member: Ipv4Addr, hostname
 /// One member as the probe saw it.
 #[derive(Debug, Serialize)]
 pub struct Answered {
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
     pub hostname: String,
     pub answers: usize,
     pub rtt_ms_min: f64,
@@ -118,7 +130,7 @@ pub struct Answered {
 /// What `probe` found.
 #[derive(Debug, Serialize)]
 pub struct Probe {
-    pub anycast: Ipv4Addr,
+    pub anycast: IpAddr,
     pub port: u16,
     pub queries: usize,
     pub answered: usize,
@@ -138,12 +150,16 @@ struct Outcome {
 
 /// Sends `count` queries to `anycast:port`, each from its own source port, all at once, and
 /// waits at most `timeout` for each reply.
-pub async fn probe(anycast: Ipv4Addr, port: u16, count: usize, timeout: Duration) -> Result<Probe> {
-    let target = SocketAddrV4::new(anycast, port);
+pub async fn probe(anycast: IpAddr, port: u16, count: usize, timeout: Duration) -> Result<Probe> {
+    let target = SocketAddr::new(anycast, port);
+    let any: IpAddr = match anycast {
+        IpAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
+        IpAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
+    };
     let seed = std::collections::hash_map::RandomState::new();
     let mut queries = Vec::with_capacity(count);
     for i in 0..count {
-        let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
+        let socket = UdpSocket::bind((any, 0))
             .await
             .map_err(|e| Error::io("binding a probe socket", e))?;
         let mut h = seed.build_hasher();
@@ -158,7 +174,7 @@ pub async fn probe(anycast: Ipv4Addr, port: u16, count: usize, timeout: Duration
 }
 
 /// Adds the outcomes up by member.
-fn summarise(anycast: Ipv4Addr, port: u16, outcomes: Vec<Outcome>) -> Probe {
+fn summarise(anycast: IpAddr, port: u16, outcomes: Vec<Outcome>) -> Probe {
     let mut probe = Probe {
         anycast,
         port,
@@ -169,7 +185,7 @@ fn summarise(anycast: Ipv4Addr, port: u16, outcomes: Vec<Outcome>) -> Probe {
         malformed_reasons: Vec::new(),
         members: Vec::new(),
     };
-    let mut by_member: BTreeMap<Ipv4Addr, (String, Vec<f64>)> = BTreeMap::new();
+    let mut by_member: BTreeMap<IpAddr, (String, Vec<f64>)> = BTreeMap::new();
     for outcome in outcomes {
         probe.malformed += outcome.malformed.len();
         for reason in outcome.malformed {
@@ -181,7 +197,7 @@ fn summarise(anycast: Ipv4Addr, port: u16, outcomes: Vec<Outcome>) -> Probe {
             Some((reply, rtt)) => {
                 probe.answered += 1;
                 let entry = by_member
-                    .entry(reply.member)
+                    .entry(reply.member())
                     .or_insert_with(|| (reply.hostname().to_string(), Vec::new()));
                 entry.1.push(rtt.as_secs_f64() * 1e3);
             }
@@ -205,7 +221,7 @@ fn summarise(anycast: Ipv4Addr, port: u16, outcomes: Vec<Outcome>) -> Probe {
 /// One query: send, then read until the reply with `nonce` from `target` or the timeout.
 async fn query(
     socket: UdpSocket,
-    target: SocketAddrV4,
+    target: SocketAddr,
     nonce: u64,
     timeout: Duration,
 ) -> Result<Outcome> {
@@ -245,20 +261,20 @@ async fn query(
 fn check(
     datagram: &[u8],
     from: SocketAddr,
-    target: SocketAddrV4,
+    target: SocketAddr,
     nonce: u64,
 ) -> Result<Reply, String> {
-    if from != SocketAddr::V4(target) {
+    if from != target {
         return Err(format!("a reply came from {from}, not from {target}"));
     }
     match Repr::parse(datagram) {
-        Ok(Repr::Reply(r)) if r.nonce == nonce && r.anycast == *target.ip() => Ok(r),
+        Ok(Repr::Reply(r)) if r.nonce == nonce && r.anycast() == target.ip() => Ok(r),
         Ok(Repr::Reply(r)) if r.nonce != nonce => {
             Err(format!("a reply from {from} carried another query's nonce"))
         }
         Ok(Repr::Reply(r)) => Err(format!(
             "a reply from {from} names {} as its anycast address",
-            r.anycast
+            r.anycast()
         )),
         Ok(Repr::Query { .. }) => Err(format!("{from} sent a query, not a reply")),
         Err(e) => Err(format!("malformed reply from {from}: {e}")),
@@ -272,16 +288,16 @@ mod tests {
     #[test]
     fn only_our_reply_from_the_anycast_address_counts() {
         let anycast = Ipv4Addr::new(198, 51, 100, 53);
-        let target = SocketAddrV4::new(anycast, 5447);
+        let target = SocketAddr::from((anycast, 5447));
         let member = Ipv4Addr::new(203, 0, 113, 2);
         let emit = |r: Repr| {
             let mut b = vec![0; r.buffer_len()];
             r.emit(&mut b);
             b
         };
-        let good = emit(Repr::Reply(Reply::new(7, anycast, member, "m1")));
-        let from = SocketAddr::V4(target);
-        assert_eq!(check(&good, from, target, 7).unwrap().member, member);
+        let good = emit(Repr::Reply(Reply::new(7, anycast, member, "m1").unwrap()));
+        let from = target;
+        assert_eq!(check(&good, from, target, 7).unwrap().member(), member);
         let unicast = SocketAddr::from((member, 5447));
         assert!(
             check(&good, unicast, target, 7)
@@ -289,7 +305,7 @@ mod tests {
                 .contains("not from")
         );
         assert!(check(&good, from, target, 8).unwrap_err().contains("nonce"));
-        let other = emit(Repr::Reply(Reply::new(7, member, member, "m1")));
+        let other = emit(Repr::Reply(Reply::new(7, member, member, "m1").unwrap()));
         assert!(
             check(&other, from, target, 7)
                 .unwrap_err()
@@ -305,6 +321,19 @@ mod tests {
             check(&query, from, target, 7)
                 .unwrap_err()
                 .contains("query")
+        );
+
+        // IPv6: the reply names the IPv6 anycast address; an IPv4 reply from it does not.
+        let anycast6: Ipv6Addr = "2001:db8:53::53".parse().unwrap();
+        let member6: Ipv6Addr = "2001:db8:203:1::2".parse().unwrap();
+        let target6 = SocketAddr::from((anycast6, 5447));
+        let good6 = emit(Repr::Reply(Reply::new(9, anycast6, member6, "m1").unwrap()));
+        let r = check(&good6, target6, target6, 9).unwrap();
+        assert_eq!((r.anycast(), r.member()), (anycast6.into(), member6.into()));
+        assert!(
+            check(&good, target6, target6, 7)
+                .unwrap_err()
+                .contains("names 198.51.100.53")
         );
     }
 }

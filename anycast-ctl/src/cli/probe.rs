@@ -1,15 +1,15 @@
 //! `anycast-ctl probe`: which members answer for an anycast address, how often, and how fast
 //! (see [`crate::identity`]). It runs anywhere, as any user: it needs no pin directory.
-use std::{net::Ipv4Addr, time::Duration};
+use std::{net::IpAddr, time::Duration};
 
 use super::output::{table, to_json};
 use crate::{Error, Result, identity::Probe};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The anycast address to probe.
-    #[arg(value_parser = super::args::anycast_address, value_name = "ANYCAST_IP")]
-    pub anycast: Ipv4Addr,
+    /// The anycast address to probe, IPv4 or IPv6.
+    #[arg(value_parser = super::args::anycast_ip, value_name = "ANYCAST_IP")]
+    pub anycast: IpAddr,
     /// Queries to send, each from its own source port (so each is a flow of its own).
     #[arg(long, short, default_value_t = 16,
           value_parser = clap::value_parser!(u16).range(1..=1000))]
@@ -117,6 +117,7 @@ mod tests {
             &["probe", "198.51.100.53", "--count", "1001"],
             &["probe", "198.51.100.53", "--timeout", "2m"],
             &["probe", "224.0.0.1"],
+            &["probe", "ff02::1"],
         ] {
             assert!(parse(bad).is_err(), "{bad:?} accepted");
         }
