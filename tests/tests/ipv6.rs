@@ -131,8 +131,8 @@ fn assert_spread(run: &UdpRun, total: usize) {
 
 /// The client resolves the anycast address by NDP and the router's XDP answers both its
 /// multicast solicitation and the unicast reachability probe its kernel sends once the entry,
-/// used but unconfirmed, leaves REACHABLE: a short reachable time (0.2..0.6 s) against a
-/// one-second delay makes the client go REACHABLE -> DELAY -> PROBE -> REACHABLE by itself. A
+/// used but unconfirmed, leaves REACHABLE: a short reachable time (0.4..1.2 s) against a
+/// two-second delay makes the client go REACHABLE -> DELAY -> PROBE -> REACHABLE by itself. A
 /// capture on the client's link shows each solicitation and its one answer, from the router's
 /// MAC; the router's `nd_replies` counts exactly the solicitations the client sent.
 #[test]
@@ -141,10 +141,10 @@ fn ipv6_only_client_resolves_by_ndp_and_its_reachability_probes_are_answered_by_
     let client = &s.topo.client;
     let c0 = format!("net.ipv6.neigh.{CLIENT_IFACE}");
     client
-        .sysctl(&format!("{c0}.base_reachable_time_ms"), "400")
+        .sysctl(&format!("{c0}.base_reachable_time_ms"), "800")
         .unwrap();
     client
-        .sysctl(&format!("{c0}.delay_first_probe_time"), "1")
+        .sysctl(&format!("{c0}.delay_first_probe_time"), "2")
         .unwrap();
     let c0_addrs = client.ip(&["-4", "addr", "show", "dev", "c0"]).unwrap();
     assert!(!c0_addrs.contains("inet "), "c0 has IPv4: {c0_addrs}");
@@ -160,14 +160,17 @@ fn ipv6_only_client_resolves_by_ndp_and_its_reachability_probes_are_answered_by_
         .collect();
     send_udp(client, ANYCAST6, UDP_PORT, 20000..20001, 1).unwrap();
     let mut states: Vec<String> = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(8);
     while Instant::now() < deadline {
         let (mac, state) = s
             .client_neighbour()
             .expect("an entry for the anycast address");
-        assert_eq!(mac.as_deref(), Some(r0.as_str()), "{state:?}");
         let state = state.join(",");
-        if states.last() != Some(&state) {
+        // Until the first answer: INCOMPLETE, without a MAC.
+        if state != "INCOMPLETE" {
+            assert_eq!(mac.as_deref(), Some(r0.as_str()), "{state}");
+        }
+        if state != "INCOMPLETE" && states.last() != Some(&state) {
             states.push(state);
         }
         if states.len() >= 3 && states.ends_with(&["DELAY".into(), "REACHABLE".into()]) {
