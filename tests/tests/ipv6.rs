@@ -331,6 +331,38 @@ fn member_del6_moves_new_flows_away() {
     assert!(counts[0] > 0 && counts[2] > 0, "{counts:?}");
 }
 
+/// Every attached interface accepts the solicited-node group MAC of 2001:db8:53::53 (as `ip
+/// maddr` lists it) exactly while the address has members, and none does after a detach.
+#[test]
+fn solicited_node_group_is_joined_on_every_attached_interface_while_members_exist() {
+    let s = Session::start(ClientStack::Ipv6);
+    let group = format_mac(solicited_node(ANYCAST6).1);
+    let joined = || -> Vec<bool> {
+        (s.topo.router_ifaces().iter())
+            .map(|i| {
+                let maddr = s.topo.router.ip(&["maddr", "show", "dev", i]).unwrap();
+                maddr.contains(&group)
+            })
+            .collect()
+    };
+    assert_eq!(joined(), [true; 4], "{group} with three members");
+    for i in 1..=3 {
+        s.ctl.member_del(ANYCAST6, member_ip6(i)).unwrap();
+        let want = i < 3;
+        assert_eq!(
+            joined(),
+            [want; 4],
+            "{group} after deleting member {i} of 3"
+        );
+    }
+    s.ctl.member_add(ANYCAST6, member_ip6(2)).unwrap();
+    assert_eq!(joined(), [true; 4], "{group} after a member came back");
+    let ifaces = s.topo.router_ifaces();
+    let ifaces: Vec<&str> = ifaces.iter().map(String::as_str).collect();
+    s.ctl.detach(&ifaces).unwrap();
+    assert_eq!(joined(), [false; 4], "{group} after detach");
+}
+
 /// An IPv6-only lab with the agent: three members announce 2001:db8:53::53.
 fn announced_lab(hold_ms: u64) -> (AgentLab, Vec<Daemon>) {
     let lab = AgentLab::with_stack(ClientStack::Ipv6);
