@@ -259,9 +259,18 @@ impl Netlink {
             let mut msg = RouteMessage::default();
             msg.header.address_family = family;
             let mut stream = self.handle.route().get(msg).execute();
-            while let Some(route) = stream.try_next().await? {
-                if let Some(host) = host_route_of(&route, table, proto) {
-                    out.push(host);
+            loop {
+                match stream.try_next().await {
+                    Ok(Some(route)) => out.extend(host_route_of(&route, table, proto)),
+                    Ok(None) => break,
+                    // A kernel without IPv6 (ipv6.disable=1) has no IPv6 routes to list.
+                    Err(rtnetlink::Error::NetlinkError(e))
+                        if family == AddressFamily::Inet6
+                            && e.raw_code().abs() == libc::EAFNOSUPPORT =>
+                    {
+                        break;
+                    }
+                    Err(e) => return Err(e.into()),
                 }
             }
         }
