@@ -25,7 +25,7 @@ pub mod maps;
 pub mod proto;
 
 pub use counters::{AGENT_COUNTERS, AgentCounter, PassReason, Stat};
-pub use flow::{fallback_score, flow_hash, flow_hash6, fold6, pick_index};
+pub use flow::{compress6, fallback_score, flow_hash, flow_hash6, fold6, pick_index};
 pub use maps::*;
 
 /// The map representation of an IPv4 address: its wire octets read as a native `u32`.

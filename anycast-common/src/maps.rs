@@ -134,7 +134,7 @@ pub mod programs {
 /// Version of the pinned state's layout (map set, key and value layouts, their meaning),
 /// recorded in the `LAYOUT` map. A binary refuses pins of another version instead of reusing
 /// maps by name. Bump it with every change to a pinned map.
-pub const LAYOUT_VERSION: u32 = 5;
+pub const LAYOUT_VERSION: u32 = 6;
 
 /// `EXPORT` index: 1 when route export is on, 0 when off.
 pub const EXPORT_ENABLED: u32 = 0;
@@ -153,6 +153,9 @@ pub const MAX_ADDRS: u32 = 2 * MAX_ADDRS_PER_FAMILY;
 pub const ADDR_BUCKETS: u32 = 4 * MAX_ADDRS_PER_FAMILY;
 /// Buckets of the `ADDRS6` index, likewise.
 pub const ADDR6_BUCKETS: u32 = 4 * MAX_ADDRS_PER_FAMILY;
+/// `AddrBucket6::home` takes the top `log2(ADDR6_BUCKETS)` bits of [`crate::compress6`].
+const ADDR6_HOME_SHIFT: u32 = 32 - ADDR6_BUCKETS.trailing_zeros();
+const _: () = assert!(ADDR6_BUCKETS.is_power_of_two());
 /// An address is at most this many buckets after its home bucket.
 pub const ADDR_PROBES: u32 = 16;
 /// Members of one anycast address.
@@ -342,7 +345,8 @@ impl AddrEntry for AddrBucket6 {
     const BUCKETS: u32 = ADDR6_BUCKETS;
     #[inline(always)]
     fn home(key: &crate::Ip6Key) -> u32 {
-        crate::flow::fold6(*key) & (ADDR6_BUCKETS - 1)
+        // The high bits: they depend on every bit of the address.
+        crate::flow::compress6(*key) >> ADDR6_HOME_SHIFT
     }
     #[inline(always)]
     fn is_empty_key(key: &crate::Ip6Key) -> bool {
@@ -671,7 +675,7 @@ pub struct MemberKey {
     pub member: crate::Ip6Key,
 }
 
-/// `FlowEntry::proto` bit of an IPv6 flow, whose `src` and `dst` are [`crate::fold6`]s: no IPv4
+/// `FlowEntry::proto` bit of an IPv6 flow, whose `src` and `dst` are [`crate::compress6`]s: no IPv4
 /// flow ever matches an IPv6 one. Two IPv6 flows whose folds and ports agree share an entry;
 /// as with the table's races, that costs at most a flow's affinity, never a wrong or dead
 /// destination (the entry's member is checked against the live set).
@@ -794,12 +798,13 @@ mod tests {
         }
     }
 
-    /// The same for IPv6: 65,536 addresses in one /112, spread over /64s, and in the last
-    /// bits of many /48s, all within ADDR_PROBES of home.
+    /// The same for IPv6: 65,536 addresses in one /112, spread over /64s, in the last bits of
+    /// many /48s, and one `::53` in each of 65,536 /48s, all within ADDR_PROBES of home.
     #[test]
     fn full_ipv6_index_keeps_probe_runs_short() {
-        let shapes: [fn(u32) -> [u8; 16]; 3] = [
+        let shapes: [fn(u32) -> [u8; 16]; 4] = [
             |i| (0x2001_0db8_0053_u128 << 80 | i as u128).to_be_bytes(),
+            |i| (0x2001_u128 << 112 | (i as u128) << 80 | 0x53).to_be_bytes(),
             |i| (0x2001_0db8_u128 << 96 | (i as u128) << 64 | 0x53).to_be_bytes(),
             |i| {
                 (0x2001_0db8_u128 << 96 | (i as u128 & 0xff) << 80 | (i as u128 >> 8)).to_be_bytes()

@@ -349,6 +349,8 @@ pub struct Status {
     pub addresses: usize,
     /// The route export settings; absent when export is off.
     pub export: Option<crate::export::Settings>,
+    /// The exported routes in the kernel, per family; absent when export is off.
+    pub exported: Option<crate::export::RouteCounts>,
     /// Advertisement counters of the agent (zero if no agent ever ran here).
     pub agent: crate::report::AgentCounters,
 }
@@ -359,6 +361,7 @@ pub async fn status(pin: &PinDir, nl: &Netlink) -> Result<Status> {
         interfaces: Vec::new(),
         addresses: 0,
         export: None,
+        exported: None,
         agent: Default::default(),
     };
     if !pin.has_maps() {
@@ -367,6 +370,7 @@ pub async fn status(pin: &PinDir, nl: &Netlink) -> Result<Status> {
     let maps = Maps::open(pin)?;
     status.addresses = maps.addr_keys.keys().filter_map(|k| k.ok()).count();
     status.export = crate::export::settings(&maps)?;
+    status.exported = crate::export::counts(&maps, nl).await?;
     status.agent = crate::report::agent_counters(&maps);
     for ifindex in pin.link_indexes() {
         let program_id = PinnedLink::from_pin(pin.link(ifindex))

@@ -1,6 +1,7 @@
-//! Route export: a host route `ADDR/32` for each anycast address with members, in a kernel
-//! routing table and with a route protocol number of its own, for a routing daemon (BIRD's
-//! kernel protocol with `learn`) to pick up and tell neighbouring routers.
+//! Route export: a host route (`ADDR/32`, or `ADDR/128` for IPv6) for each anycast address
+//! with members, in a kernel routing table and with a route protocol number of its own, for a
+//! routing daemon (BIRD's kernel protocol with `learn`) to pick up and tell neighbouring
+//! routers. Both families are exported alike, into the same table with the same protocol.
 //!
 //! Invariants:
 //! - Off until `anycast-ctl export on`; the settings (on, table, protocol) live in the pinned
@@ -10,8 +11,8 @@
 //! - An address's route has the metric [`metric`] gives: the best preference among its members
 //!   with a weight, or that plus [`DRAINED`] when every member is drained; no route without a
 //!   member.
-//! - IPv6 addresses have no routes exported yet: [`sync`] and [`reconcile`] skip them, but
-//!   [`sync`] brings their solicited-node groups in line ([`crate::mcast::sync`]).
+//! - [`sync`] also brings the solicited-node groups of the IPv6 addresses it is given in line
+//!   ([`crate::mcast::sync`]), whether export is on or off.
 //! - Writers [`Pending::note`] the addresses they change (on an [`crate::members::Edge`], or
 //!   when a preference or weight changes), under the writers' lock, before the maps change,
 //!   and [`sync`] them after: each writer leaves every address's route at the metric the maps
@@ -23,7 +24,7 @@
 //!   last member keeps its route that long; a member back within it finds it never withdrawn.
 use std::{
     collections::BTreeMap,
-    net::{IpAddr, Ipv4Addr},
+    net::IpAddr,
     time::{Duration, Instant},
 };
 
@@ -83,8 +84,23 @@ pub fn store(maps: &mut Maps, settings: Option<Settings>) -> Result<()> {
     Ok(())
 }
 
-/// The metric `address`'s route should have, `None` if it should have none (no member).
+/// The metric the kernel gives an IPv6 route added with metric 0 (`IP6_RT_PRIO_USER`): IPv6
+/// routes have no metric 0.
+pub const IPV6_METRIC_ZERO: u32 = 1024;
+
+/// The metric `address`'s route should have, `None` if it should have none (no member). An
+/// IPv6 address whose best preference is 0 gets [`IPV6_METRIC_ZERO`], as the kernel would.
 pub fn metric(maps: &Maps, address: IpAddr) -> Result<Option<u32>> {
+    let metric = preference_metric(maps, address)?;
+    Ok(match metric {
+        Some(0) if address.is_ipv6() => Some(IPV6_METRIC_ZERO),
+        other => other,
+    })
+}
+
+/// The best preference among `address`'s members with a weight, or that of the drained ones
+/// plus [`DRAINED`]; `None` without members.
+fn preference_metric(maps: &Maps, address: IpAddr) -> Result<Option<u32>> {
     let Bucket::Found { entry, .. } = maps.bucket(address)? else {
         return Ok(None);
     };
@@ -121,13 +137,13 @@ pub fn metric(maps: &Maps, address: IpAddr) -> Result<Option<u32>> {
 #[derive(Debug, Default)]
 pub struct Pending {
     /// Address -> the metric of its route before the change (`None`: no route).
-    due: BTreeMap<Ipv4Addr, Option<u32>>,
+    due: BTreeMap<IpAddr, Option<u32>>,
     /// IPv6 addresses whose solicited-node groups may be out of date (export on or off).
     groups: Vec<IpAddr>,
     /// How long a route outlives its address's last member (zero: not at all).
     hold_down: Duration,
     /// Routes kept by the hold-down: their metric and when they go.
-    held: BTreeMap<Ipv4Addr, (u32, Instant)>,
+    held: BTreeMap<IpAddr, (u32, Instant)>,
 }
 
 impl Pending {
@@ -155,23 +171,17 @@ impl Pending {
     pub fn note(&mut self, maps: &Maps, addresses: impl IntoIterator<Item = IpAddr>) -> Result<()> {
         let export = settings(maps)?.is_some();
         for address in addresses {
-            let v4 = match address {
-                IpAddr::V4(v4) => v4,
-                IpAddr::V6(_) => {
-                    if !self.groups.contains(&address) {
-                        self.groups.push(address);
-                    }
-                    continue;
-                }
-            };
-            if !export || self.due.contains_key(&v4) {
+            if address.is_ipv6() && !self.groups.contains(&address) {
+                self.groups.push(address);
+            }
+            if !export || self.due.contains_key(&address) {
                 continue;
             }
-            let before = match self.held.get(&v4) {
+            let before = match self.held.get(&address) {
                 Some(&(metric, _)) => Some(metric),
                 None => metric(maps, address)?,
             };
-            self.due.insert(v4, before);
+            self.due.insert(address, before);
         }
         Ok(())
     }
@@ -204,7 +214,7 @@ async fn sync_routes(maps: &Maps, nl: &Netlink, pending: &mut Pending) -> Result
         return Ok(());
     };
     let now = Instant::now();
-    let over: Vec<Ipv4Addr> = (pending.held.iter())
+    let over: Vec<IpAddr> = (pending.held.iter())
         .filter(|(_, (_, until))| *until <= now)
         .map(|(a, _)| *a)
         .collect();
@@ -213,7 +223,7 @@ async fn sync_routes(maps: &Maps, nl: &Netlink, pending: &mut Pending) -> Result
         pending.due.entry(*address).or_insert(Some(metric));
     }
     while let Some((&address, &before)) = pending.due.first_key_value() {
-        let wanted = metric(maps, address.into())?;
+        let wanted = metric(maps, address)?;
         let hold = (pending.hold_down > Duration::ZERO && !over.contains(&address))
             .then_some(now + pending.hold_down);
         match (before, wanted, hold) {
@@ -244,7 +254,7 @@ pub async fn sync_and_settle(maps: &mut Maps, nl: &Netlink, pending: &mut Pendin
 async fn move_route(
     nl: &Netlink,
     s: Settings,
-    dst: Ipv4Addr,
+    dst: IpAddr,
     (before, wanted): (Option<u32>, Option<u32>),
 ) -> Result<()> {
     if let Some(metric) = wanted {
@@ -275,11 +285,9 @@ pub async fn reconcile(maps: &Maps, nl: &Netlink, pending: &mut Pending) -> Resu
         return Ok(Changes::default());
     };
     let have = nl.host_routes(settings.table, settings.proto).await?;
-    let mut wanted: BTreeMap<Ipv4Addr, Option<u32>> = have.iter().map(|r| (r.dst, None)).collect();
+    let mut wanted: BTreeMap<IpAddr, Option<u32>> = have.iter().map(|r| (r.dst, None)).collect();
     for (address, _) in maps.addresses()? {
-        if let IpAddr::V4(v4) = address {
-            wanted.insert(v4, metric(maps, address)?);
-        }
+        wanted.insert(address, metric(maps, address)?);
     }
     pending.held.retain(|a, _| wanted.get(a) == Some(&None));
     for (address, &(metric, _)) in &pending.held {
@@ -306,7 +314,7 @@ async fn apply(
     nl: &Netlink,
     s: Settings,
     have: &[HostRoute],
-    wanted: &BTreeMap<Ipv4Addr, Option<u32>>,
+    wanted: &BTreeMap<IpAddr, Option<u32>>,
 ) -> Result<Changes> {
     let mut changes = Changes::default();
     for (&dst, metric) in wanted {
@@ -329,8 +337,28 @@ async fn apply(
     Ok(changes)
 }
 
+/// How many routes of our protocol our table holds, per family (for `status`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct RouteCounts {
+    pub ipv4: usize,
+    pub ipv6: usize,
+}
+
+/// The [`RouteCounts`] of our table, `None` when export is off.
+pub async fn counts(maps: &Maps, nl: &Netlink) -> Result<Option<RouteCounts>> {
+    if settings(maps)?.is_none() {
+        return Ok(None);
+    }
+    let routes = exported(maps, nl).await?;
+    let ipv4 = routes.keys().filter(|a| a.is_ipv4()).count();
+    Ok(Some(RouteCounts {
+        ipv4,
+        ipv6: routes.len() - ipv4,
+    }))
+}
+
 /// The routes of our protocol in our table by address, for `show`; empty when export is off.
-pub async fn exported(maps: &Maps, nl: &Netlink) -> Result<BTreeMap<Ipv4Addr, u32>> {
+pub async fn exported(maps: &Maps, nl: &Netlink) -> Result<BTreeMap<IpAddr, u32>> {
     let Some(s) = settings(maps)? else {
         return Ok(BTreeMap::new());
     };

@@ -45,10 +45,11 @@ pub struct Route {
     pub unicast: bool,
 }
 
-/// An IPv4 host route of one table and protocol, as [`Netlink::host_routes`] lists it.
+/// A host route (`/32` for IPv4, `/128` for IPv6) of one table and protocol, as
+/// [`Netlink::host_routes`] lists it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct HostRoute {
-    pub dst: Ipv4Addr,
+    pub dst: IpAddr,
     /// The route's metric (`RTA_PRIORITY`).
     pub metric: u32,
 }
@@ -249,51 +250,64 @@ impl Netlink {
         Ok(Some(route))
     }
 
-    /// The IPv4 `/32` routes of protocol `proto` in table `table` (only those: a route of any
-    /// other protocol or table is never listed, so never deleted through this list).
+    /// The host routes (IPv4 `/32`, IPv6 `/128`) of protocol `proto` in table `table`, one
+    /// listing per family (only those: a route of any other protocol or table is never listed,
+    /// so never deleted through this list).
     pub async fn host_routes(&self, table: u32, proto: u8) -> Result<Vec<HostRoute>> {
-        let mut msg = RouteMessage::default();
-        msg.header.address_family = AddressFamily::Inet;
-        let mut stream = self.handle.route().get(msg).execute();
         let mut out = Vec::new();
-        while let Some(route) = stream.try_next().await? {
-            let mut in_table = u32::from(route.header.table);
-            let (mut dst, mut metric) = (None, 0);
-            for attr in &route.attributes {
-                match attr {
-                    RouteAttribute::Table(t) => in_table = *t,
-                    RouteAttribute::Destination(RouteAddress::Inet(d)) => dst = Some(*d),
-                    RouteAttribute::Priority(p) => metric = *p,
-                    _ => {}
+        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+            let mut msg = RouteMessage::default();
+            msg.header.address_family = family;
+            let mut stream = self.handle.route().get(msg).execute();
+            loop {
+                match stream.try_next().await {
+                    Ok(Some(route)) => out.extend(host_route_of(&route, table, proto)),
+                    Ok(None) => break,
+                    // A kernel without IPv6 (ipv6.disable=1) has no IPv6 routes to list.
+                    Err(rtnetlink::Error::NetlinkError(e))
+                        if family == AddressFamily::Inet6
+                            && e.raw_code().abs() == libc::EAFNOSUPPORT =>
+                    {
+                        break;
+                    }
+                    Err(e) => return Err(e.into()),
                 }
-            }
-            if in_table == table
-                && u8::from(route.header.protocol) == proto
-                && route.header.destination_prefix_length == 32
-                && let Some(dst) = dst
-            {
-                out.push(HostRoute { dst, metric });
             }
         }
         Ok(out)
     }
 
-    /// `ip route replace DST/32 dev lo proto PROTO table TABLE metric METRIC`: one request (a
-    /// route of that destination and metric is replaced, else one is created).
+    /// `ip route replace DST/32 dev lo proto PROTO table TABLE metric METRIC` (`ip -6 route
+    /// replace DST/128 ...` for IPv6): one request (a route of that destination and metric is
+    /// replaced, else one is created). IPv6 needs IPv6 on `lo` (not `disable_ipv6`).
     pub async fn add_host_route(&self, table: u32, proto: u8, route: HostRoute) -> Result<()> {
-        let msg = host_route_message(table, proto, route)
-            .output_interface(LOOPBACK_IFINDEX)
-            .build();
-        Ok(self.handle.route().add(msg).replace().execute().await?)
+        let mut msg = host_route_message(table, proto, route);
+        msg.attributes.push(RouteAttribute::Oif(LOOPBACK_IFINDEX));
+        let added = self.handle.route().add(msg).replace().execute().await;
+        added.map_err(|e| {
+            // The kernel's answer when IPv6 is off on the route's device.
+            let hint = match &e {
+                rtnetlink::Error::NetlinkError(n)
+                    if route.dst.is_ipv6() && n.raw_code().abs() == libc::EACCES =>
+                {
+                    " (IPv6 is disabled on lo: net.ipv6.conf.lo.disable_ipv6)"
+                }
+                _ => "",
+            };
+            let len = if route.dst.is_ipv4() { 32 } else { 128 };
+            Error::Netlink(format!(
+                "adding the route {}/{len} to table {table}: {e}{hint}",
+                route.dst
+            ))
+        })
     }
 
-    /// `ip route del DST/32 proto PROTO table TABLE metric METRIC`; one already gone is no
-    /// error.
+    /// `ip route del DST/32 proto PROTO table TABLE metric METRIC` (or `ip -6 route del
+    /// DST/128 ...`); one already gone is no error.
     pub async fn del_host_route(&self, table: u32, proto: u8, route: HostRoute) -> Result<()> {
+        let mut msg = host_route_message(table, proto, route);
         // Scope "nowhere" matches a route of any scope, as `ip route del` asks.
-        let msg = host_route_message(table, proto, route)
-            .scope(netlink_packet_route::route::RouteScope::NoWhere)
-            .build();
+        msg.header.scope = netlink_packet_route::route::RouteScope::NoWhere;
         match self.handle.route().del(msg).execute().await {
             Err(rtnetlink::Error::NetlinkError(e))
                 if [libc::ESRCH, libc::ENOENT].contains(&e.raw_code().abs()) =>
@@ -394,16 +408,55 @@ pub fn events(groups: u32) -> Result<impl futures::Stream<Item = Event> + Unpin>
     }))
 }
 
-fn host_route_message(
-    table: u32,
-    proto: u8,
-    route: HostRoute,
-) -> rtnetlink::RouteMessageBuilder<Ipv4Addr> {
-    rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new()
-        .destination_prefix(route.dst, 32)
-        .table_id(table)
-        .protocol(proto.into())
-        .priority(route.metric)
+/// The message naming `route` in `table` with protocol `proto` (no interface yet).
+fn host_route_message(table: u32, proto: u8, route: HostRoute) -> RouteMessage {
+    fn common<T>(
+        b: rtnetlink::RouteMessageBuilder<T>,
+        table: u32,
+        proto: u8,
+        metric: u32,
+    ) -> RouteMessage {
+        b.table_id(table)
+            .protocol(proto.into())
+            .priority(metric)
+            .build()
+    }
+    match route.dst {
+        IpAddr::V4(dst) => common(
+            rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(dst, 32),
+            table,
+            proto,
+            route.metric,
+        ),
+        IpAddr::V6(dst) => common(
+            rtnetlink::RouteMessageBuilder::<Ipv6Addr>::new().destination_prefix(dst, 128),
+            table,
+            proto,
+            route.metric,
+        ),
+    }
+}
+
+/// `route` as a [`HostRoute`], if it is a host route of its family in `table` with protocol
+/// `proto`.
+fn host_route_of(route: &RouteMessage, table: u32, proto: u8) -> Option<HostRoute> {
+    let mut in_table = u32::from(route.header.table);
+    let (mut dst, mut metric) = (None, 0);
+    for attr in &route.attributes {
+        match attr {
+            RouteAttribute::Table(t) => in_table = *t,
+            RouteAttribute::Destination(RouteAddress::Inet(d)) => dst = Some(IpAddr::V4(*d)),
+            RouteAttribute::Destination(RouteAddress::Inet6(d)) => dst = Some(IpAddr::V6(*d)),
+            RouteAttribute::Priority(p) => metric = *p,
+            _ => {}
+        }
+    }
+    let dst = dst?;
+    let host_len = if dst.is_ipv4() { 32 } else { 128 };
+    (in_table == table
+        && u8::from(route.header.protocol) == proto
+        && route.header.destination_prefix_length == host_len)
+        .then_some(HostRoute { dst, metric })
 }
 
 /// The first link a request returns. No such link is [`Error::UnknownInterface`]; any other

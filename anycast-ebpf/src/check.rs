@@ -5,9 +5,9 @@
 //! 1812 5.3.7; RFC 4291 2.5 for IPv6). An ARP request is answered only if it comes from a
 //! unicast sender that has an address, sent to broadcast or to the receiving interface. Every
 //! check only reads the frame.
-use anycast_common::proto::ETH_HLEN;
+use anycast_common::{Ip6Key, proto::ETH_HLEN};
 
-use crate::packet::{self, ArpHdr, EthHdr, Ipv4Hdr, Ipv6Hdr};
+use crate::packet::{self, ArpHdr, EthHdr, Ipv4Hdr};
 
 const BROADCAST: [u8; 6] = [0xff; 6];
 
@@ -95,20 +95,19 @@ pub fn arp_answerable(eth: &EthHdr, arp: &ArpHdr, own: &[u8; 6]) -> bool {
 /// Whether an IPv6 source could have sent a datagram to be forwarded: not `::`, `::1`,
 /// multicast (ff00::/8), link-local (fe80::/10, never forwarded: RFC 4291 2.5.6), IPv4-mapped
 /// (::ffff:0:0/96, never on the wire: RFC 4291 2.5.5.2), and not the anycast address itself.
+/// Works on the addresses as [`anycast_common::ip6_key`] words, already read from the frame
+/// once: a word test costs what a byte test would.
 #[inline(always)]
-pub fn source_ok6(ip: &Ipv6Hdr) -> bool {
-    let s = &ip.src;
-    let mut high = 0u8;
-    for b in &s[..10] {
-        high |= *b;
-    }
-    let zero_prefix = high == 0 && s[10] == 0 && s[11] == 0;
-    let low_zero = (s[12] | s[13] | s[14]) == 0;
-    let unspecified_or_loopback = zero_prefix && low_zero && s[15] <= 1;
-    let mapped = high == 0 && s[10] == 0xff && s[11] == 0xff;
-    let multicast = s[0] == 0xff;
-    let link_local = s[0] == 0xfe && s[1] & 0xc0 == 0x80;
-    !unspecified_or_loopback && !mapped && !multicast && !link_local && !same(&ip.src, &ip.dst)
+pub fn source_ok6(src: &Ip6Key, dst: &Ip6Key) -> bool {
+    let first = src[0].to_ne_bytes();
+    let high_zero = src[0] | src[1] == 0;
+    let unspecified_or_loopback =
+        high_zero && src[2] == 0 && (src[3] == 0 || src[3] == u32::from_ne_bytes([0, 0, 0, 1]));
+    let mapped = high_zero && src[2] == u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+    let multicast = first[0] == 0xff;
+    let link_local = first[0] == 0xfe && first[1] & 0xc0 == 0x80;
+    let same = (src[0] ^ dst[0]) | (src[1] ^ dst[1]) | (src[2] ^ dst[2]) | (src[3] ^ dst[3]) == 0;
+    !unspecified_or_loopback && !mapped && !multicast && !link_local && !same
 }
 
 /// Whether `ip` is `::`.

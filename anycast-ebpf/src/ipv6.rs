@@ -17,7 +17,7 @@
 use core::mem::size_of;
 
 use anycast_common::{
-    FLOW_IPV6, FragKey6, PassReason, Stat, flow_hash, fold6, ip6_key,
+    FLOW_IPV6, FragKey6, PassReason, Stat, compress6, flow_hash, ip6_key,
     proto::{
         ETH_HLEN, IPPROTO_DSTOPTS, IPPROTO_FRAGMENT, IPPROTO_HOPOPTS, IPPROTO_ICMPV6,
         IPPROTO_ROUTING, IPPROTO_TCP, IPPROTO_UDP, IPV6_HLEN, ND_NEIGHBOR_SOLICIT, XDP_PASS,
@@ -89,16 +89,16 @@ pub fn handle(ctx: &XdpContext, eth: &mut EthHdr) -> Result<u32, u32> {
     if !check::for_router(eth, &iface.mac) {
         return Err(stats::pass(counters, PassReason::NotForRouter));
     }
-    if !check::source_ok6(ip) {
+    let src = ip6_key(ip.src);
+    if !check::source_ok6(&src, &dst) {
         return Err(stats::pass(counters, PassReason::BadSource));
     }
     if ip.hop_limit <= 1 {
         return Err(stats::pass(counters, PassReason::TtlExceeded));
     }
-    let src = ip6_key(ip.src);
     let flow = Flow {
-        src: fold6(src),
-        dst: fold6(dst),
+        src: compress6(src),
+        dst: compress6(dst),
         ports,
         proto: upper.proto as u32 | FLOW_IPV6,
     };
@@ -110,7 +110,7 @@ pub fn handle(ctx: &XdpContext, eth: &mut EthHdr) -> Result<u32, u32> {
         },
         later_fragment: upper.later_fragment,
         first_fragment: upper.first_fragment,
-        // flow_hash6 of the addresses, from the folds already made.
+        // flow_hash6 of the addresses, from the compressions already made.
         hash: flow_hash(flow.src, flow.dst, ports, upper.proto),
         flow,
         tcp_flags,

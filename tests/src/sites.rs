@@ -17,10 +17,22 @@
 //! so. The members' replies go back through their site router, which routes the client's
 //! subnet via U.
 //!
+//! [`Sites::enable_ipv6`] adds IPv6 for the IPv6 tests: `2001:db8:18:1::/64` on A's link to U
+//! (A `::1`, U `::2`), `2001:db8:18:2::/64` on B's, the member links as in
+//! [`crate::topology`], IPv6 on the site routers' `lo` (the exported `/128` routes point at
+//! it); the agents then also learn `2001:db8:53::/48` and the members announce
+//! [`ANYCAST6`] beside [`ANYCAST`] (dual-stack). BGP carries IPv6 as a second address family
+//! of the IPv4 sessions.
+//!
 //! Invariants: as in [`crate::topology`] (veths made inside their namespaces, GRO on and TX
-//! checksum offload off on every veth, rp_filter off, IPv6 off). Dropping [`Sites`] kills the
-//! announcers, agents and BIRDs first, then removes the pin directories, then the namespaces.
-use std::{net::Ipv4Addr, path::PathBuf, time::Duration};
+//! checksum offload off on every veth, rp_filter off, IPv6 off unless enabled). Dropping
+//! [`Sites`] kills the announcers, agents and BIRDs first, then removes the pin directories,
+//! then the namespaces.
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    path::PathBuf,
+    time::Duration,
+};
 
 use anyhow::{Context, Result};
 
@@ -37,6 +49,8 @@ pub const SITE_A: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 /// U's address towards site B, and site B's towards U.
 pub const U_TO_B: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 6);
 pub const SITE_B: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 5);
+/// The IPv6 anycast address of the IPv6 tests.
+pub const ANYCAST6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x53, 0, 0, 0, 0, 0x53);
 const SECRET: [u8; 32] = [0x5a; 32];
 const KEY_ID: u32 = 9;
 /// How long an agent may take to say it runs.
@@ -90,6 +104,9 @@ pub struct Site {
     pub router: Netns,
     /// The router's address towards U.
     pub address: Ipv4Addr,
+    /// IPv6 is on ([`Sites::enable_ipv6`]): the agent learns IPv6 and the members announce
+    /// [`ANYCAST6`] too.
+    ipv6: bool,
 }
 
 /// The whole network; see the module doc.
@@ -168,6 +185,56 @@ impl Sites {
             s.bird = Some(Bird::start(&s.router, &config)?);
         }
         Ok(())
+    }
+
+    /// Turns IPv6 on (see the module doc) and restarts both agents to learn IPv6 too. Call it
+    /// before BIRD starts ([`Sites::new`] with no routing, then [`Sites::start_birds`]): BIRD
+    /// takes a session's IPv6 next hop from the link's addresses when the session comes up.
+    pub fn enable_ipv6(&mut self) -> Result<()> {
+        let key = self.key.path().to_path_buf();
+        for (site, u_iface) in [(&mut self.a, "ua"), (&mut self.b, "ub")] {
+            let mine = site.address6();
+            let u = Ipv6Addr::new(0x2001, 0xdb8, 0x18, mine.segments()[3], 0, 0, 0, 2);
+            for (ns, iface, ip) in [(&site.router, "u0", mine), (&self.upstream, u_iface, u)] {
+                for dev in ["lo", iface] {
+                    ns.sysctl(&format!("net.ipv6.conf.{dev}.accept_dad"), "0")?;
+                    ns.sysctl(&format!("net.ipv6.conf.{dev}.disable_ipv6"), "0")?;
+                }
+                ns.ip(&["addr", "add", &format!("{ip}/64"), "dev", iface, "nodad"])?;
+            }
+            for m in &site.members {
+                topology::member_ipv6(&site.router, m)?;
+            }
+            site.ipv6 = true;
+            site.start_agent(&key, None)?;
+        }
+        Ok(())
+    }
+
+    /// U's route to the IPv6 anycast address, as `ip -6 route` prints it (empty if none).
+    pub fn upstream_route6(&self) -> String {
+        let net = format!("{ANYCAST6}/128");
+        self.upstream
+            .ip(&["-6", "route", "show", &net])
+            .unwrap_or_default()
+    }
+
+    /// The sites U's IPv6 route goes through (A, B, both or none).
+    pub fn upstream_via6(&self) -> (bool, bool) {
+        let route = self.upstream_route6();
+        (
+            route.contains(&format!("via {} ", self.a.address6())),
+            route.contains(&format!("via {} ", self.b.address6())),
+        )
+    }
+
+    /// What U's BIRD knows of the IPv6 anycast route (`birdc show route all`; BIRD's error
+    /// message when it has none).
+    pub fn upstream_bird6(&self) -> String {
+        let net = format!("{ANYCAST6}/128");
+        (self.upstream_bird.as_ref()).map_or(String::new(), |b| {
+            b.birdc(&self.upstream, &["show", "route", "all", &net])
+        })
     }
 
     /// The sites, A first.
@@ -252,6 +319,7 @@ impl Site {
             members,
             router,
             address,
+            ipv6: false,
         })
     }
 
@@ -275,6 +343,9 @@ impl Site {
             "198.51.100.0/24",
         ];
         args.extend(["--key-file", &key]);
+        if self.ipv6 {
+            args.extend(["--anycast-prefix", "2001:db8:53::/48"]);
+        }
         for m in &self.members {
             args.extend(["--dev", &m.router_iface]);
         }
@@ -304,10 +375,12 @@ impl Site {
             format!("{}ms", how.hold_ms),
         );
         let (pref, weight) = (how.preference.to_string(), how.weight.to_string());
-        let key = key.display().to_string();
-        let args = [
-            "announce",
-            "198.51.100.53",
+        let (key, anycast6) = (key.display().to_string(), ANYCAST6.to_string());
+        let mut args = vec!["announce", "198.51.100.53"];
+        if self.ipv6 {
+            args.push(&anycast6);
+        }
+        args.extend([
             "--dev",
             &m.iface,
             "--interval",
@@ -320,7 +393,7 @@ impl Site {
             &weight,
             "--key-file",
             &key,
-        ];
+        ]);
         let name = format!("announce {}", m.iface);
         self.announcers[i] = Some(Daemon::spawn(&m.ns, &name, &args)?);
         Ok(())
@@ -345,6 +418,18 @@ impl Site {
             .unwrap_or_default()
             .trim()
             .to_string()
+    }
+
+    /// The IPv6 routes of protocol 201 in table 201, as `ip -6 route` prints them.
+    pub fn exported6(&self) -> String {
+        let args = ["-6", "route", "show", "table", "201", "proto", "201"];
+        self.router.ip(&args).unwrap_or_default().trim().to_string()
+    }
+
+    /// The site's IPv6 address towards U: `2001:db8:18:<1 for A, 2 for B>::1`.
+    pub fn address6(&self) -> Ipv6Addr {
+        let link = if self.name == "A" { 1 } else { 2 };
+        Ipv6Addr::new(0x2001, 0xdb8, 0x18, link, 0, 0, 0, 1)
     }
 
     /// The agent's log so far (for messages).

@@ -254,21 +254,7 @@ impl Topology {
     /// The client side keeps its stack ([`ClientStack`]; a topology with IPv6 on the client's
     /// link has done this already).
     pub fn enable_member_ipv6(&self) -> Result<()> {
-        for m in &self.members {
-            for iface in ["lo", m.iface.as_str()] {
-                m.ns.sysctl(&format!("net.ipv6.conf.{iface}.disable_ipv6"), "0")?;
-            }
-            let router = &self.router;
-            router.sysctl(
-                &format!("net.ipv6.conf.{}.disable_ipv6", m.router_iface),
-                "0",
-            )?;
-            let own = format!("{}/64", member_ip6(m.index));
-            m.ns.ip(&["addr", "add", &own, "dev", &m.iface, "nodad"])?;
-            let gateway = format!("{}/64", member_gateway6(m.index));
-            router.ip(&["addr", "add", &gateway, "dev", &m.router_iface, "nodad"])?;
-        }
-        Ok(())
+        (self.members.iter()).try_for_each(|m| member_ipv6(&self.router, m))
     }
 
     /// The member with unicast address `ip`.
@@ -311,6 +297,23 @@ fn client_link_ipv6(client: &Netns, router: &Netns, mode: ClientMode) -> Result<
         ],
     };
     client.ip(&via)?;
+    Ok(())
+}
+
+/// IPv6 on member `m`'s link to `router`: on the router's `r<i>`, and the member's `m<i>` and
+/// `lo`, with [`member_ip6`] and [`member_gateway6`] as /64s (nodad, usable at once).
+pub(crate) fn member_ipv6(router: &Netns, m: &Member) -> Result<()> {
+    for iface in ["lo", m.iface.as_str()] {
+        m.ns.sysctl(&format!("net.ipv6.conf.{iface}.disable_ipv6"), "0")?;
+    }
+    router.sysctl(
+        &format!("net.ipv6.conf.{}.disable_ipv6", m.router_iface),
+        "0",
+    )?;
+    let own = format!("{}/64", member_ip6(m.index));
+    m.ns.ip(&["addr", "add", &own, "dev", &m.iface, "nodad"])?;
+    let gateway = format!("{}/64", member_gateway6(m.index));
+    router.ip(&["addr", "add", &gateway, "dev", &m.router_iface, "nodad"])?;
     Ok(())
 }
 

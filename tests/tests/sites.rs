@@ -1,7 +1,8 @@
 //! Anycast across two sites (RFC 1546's internetwork service, RFC 4786's health-coupled
 //! routes): each site router's agent exports 198.51.100.53/32 while the site has a live
 //! member, BIRD tells the upstream router U (BGP with BFD, one test over OSPF), and the client
-//! behind U reaches whichever site U prefers. Topology: [`anycast_tests::sites`].
+//! behind U reaches whichever site U prefers. One test does the same for 2001:db8:53::53/128
+//! (dual-stack members, IPv6 over the BGP sessions). Topology: [`anycast_tests::sites`].
 //!
 //! Timing is asserted only as loose bounds; the real failover figures are in `cargo xtask
 //! bench` (`site_failover_fast_ms`, `site_failover_default_ms`).
@@ -12,7 +13,7 @@ use std::{
 
 use anycast_tests::{
     ANYCAST,
-    sites::{Announce, Routing, Site, Sites},
+    sites::{ANYCAST6, Announce, Routing, Site, Sites},
     traffic::{self, UDP_PORT, UdpSink, UdpStream},
     wait_until,
 };
@@ -339,4 +340,80 @@ fn with_no_bird_running_export_and_forwarding_still_work() {
         sites.a.agent.as_mut().expect("agent").running(),
         "the agent died:\n{log}"
     );
+}
+
+/// Waits for the site's IPv6 export table to be `want` (`ip -6 route` text), or panics.
+fn wait_exported6(site: &Site, want: &str, timeout: Duration) {
+    let ok = wait_until(timeout, || site.exported6() == want);
+    assert!(
+        ok,
+        "site {} exports {:?} (IPv6), wanted {want:?}; agent log:\n{}",
+        site.name,
+        site.exported6(),
+        site.agent_log()
+    );
+}
+
+fn route6(metric: u32) -> String {
+    format!("{ANYCAST6} dev lo metric {metric} pref medium")
+}
+
+/// Waits for U's IPv6 route to go through exactly the sites `via` names, or panics.
+fn wait_via6(sites: &Sites, via: (bool, bool), timeout: Duration) {
+    let ok = wait_until(timeout, || sites.upstream_via6() == via);
+    assert!(
+        ok,
+        "U's IPv6 route {:?} is not via (A, B) = {via:?}; A exports {:?}, B {:?}; U's BIRD:\n{}",
+        sites.upstream_route6(),
+        sites.a.exported6(),
+        sites.b.exported6(),
+        sites.upstream_bird6()
+    );
+}
+
+#[test]
+fn ipv6_both_sites_export_the_128_u_prefers_the_lower_med_and_moves_when_a_dies() {
+    let mut sites = Sites::new(None).expect("sites");
+    sites.enable_ipv6().expect("IPv6");
+    sites.start_birds().expect("BIRD");
+    let key = sites.key.path().to_path_buf();
+    let fast = Announce::FAST;
+    // Dual-stack members: A preferred (50), B the fallback (100).
+    sites
+        .a
+        .announce_all(&key, fast.preference(50))
+        .expect("announce");
+    sites.b.announce_all(&key, fast).expect("announce");
+    wait_exported6(&sites.a, &route6(50), CHANGE);
+    wait_exported6(&sites.b, &route6(100), CHANGE);
+    wait_via6(&sites, A, CONVERGE);
+    // U's BIRD has both paths (B's session may come up later), each with its site's metric
+    // as MED, and takes A's.
+    let both = wait_until(CONVERGE, || {
+        let bird = sites.upstream_bird6();
+        bird.contains("BGP.med: 50\n") && bird.contains("BGP.med: 100\n")
+    });
+    let bird = sites.upstream_bird6();
+    assert!(both, "U's BIRD:\n{bird}");
+    let best = bird.lines().find(|l| l.contains('*')).unwrap_or_default();
+    assert!(
+        best.contains("[site_a "),
+        "U's best path is not A's:\n{bird}"
+    );
+    // Every announcer at A dies: A withdraws its /128 and U moves to B.
+    sites.a.kill_announcers();
+    wait_exported6(&sites.a, "", CHANGE);
+    wait_via6(&sites, B, CHANGE);
+    assert!(
+        !sites.upstream_bird6().contains("BGP.med: 50"),
+        "{}",
+        sites.upstream_bird6()
+    );
+    // A's members come back: A's route returns and U prefers it again.
+    sites
+        .a
+        .announce_all(&key, fast.preference(50))
+        .expect("announce");
+    wait_exported6(&sites.a, &route6(50), CHANGE);
+    wait_via6(&sites, A, CHANGE);
 }

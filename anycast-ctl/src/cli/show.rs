@@ -38,10 +38,7 @@ pub async fn run(router: &Router, args: Args) -> Result<String> {
     })?;
     let exported = crate::export::exported(&maps, &router.nl).await?;
     for a in &mut show.addresses {
-        a.exported_metric = match a.address {
-            std::net::IpAddr::V4(v4) => exported.get(&v4).copied(),
-            std::net::IpAddr::V6(_) => None,
-        };
+        a.exported_metric = exported.get(&a.address).copied();
     }
     if args.json {
         return Ok(to_json(&show));

@@ -34,8 +34,16 @@ fn render(status: &Status) -> String {
         })
         .collect();
     let rejected = nonzero(&status.agent.rejected);
+    let export = match (status.export, status.exported) {
+        (Some(s), Some(n)) => format!(
+            "table {} proto {}: {} IPv4, {} IPv6 routes",
+            s.table, s.proto, n.ipv4, n.ipv6
+        ),
+        _ => "off".to_string(),
+    };
     format!(
-        "pin dir: {}\nanycast addresses: {}\nadvertisements: accepted {}, rejected {}\n{}",
+        "pin dir: {}\nanycast addresses: {}\nroute export: {export}\nadvertisements: accepted {}, \
+         rejected {}\n{}",
         status.pin_dir,
         status.addresses,
         status.agent.accepted,

@@ -14,10 +14,7 @@
 //!   from the first scrape on; `member_expires_in_seconds` exists for learned members only.
 pub mod http;
 
-use std::{
-    collections::BTreeMap,
-    net::{IpAddr, Ipv4Addr},
-};
+use std::{collections::BTreeMap, net::IpAddr};
 
 use prometheus_client::{
     collector::Collector,
@@ -62,7 +59,7 @@ pub struct Snapshot {
     stats: Stats,
     show: Show,
     /// Exported route metric by address (empty when export is off).
-    exported: BTreeMap<Ipv4Addr, u32>,
+    exported: BTreeMap<IpAddr, u32>,
     agent: AgentCounters,
 }
 
@@ -227,10 +224,7 @@ impl Snapshot {
         let exported = (shown.iter()).map(|s| {
             (
                 label(s.address),
-                i64::from(match s.address {
-                    IpAddr::V4(v4) => self.exported.contains_key(&v4),
-                    IpAddr::V6(_) => false,
-                }),
+                i64::from(self.exported.contains_key(&s.address)),
             )
         });
         let help = "1 while the address's host route is exported (export on, and a member)";
@@ -238,7 +232,7 @@ impl Snapshot {
         let metric = self
             .exported
             .iter()
-            .map(|(a, m)| (label(IpAddr::V4(*a)), i64::from(*m)));
+            .map(|(a, m)| (label(*a), i64::from(*m)));
         let help = "Metric of the address's exported host route";
         gauges(e, "address_route_metric", help, None, metric)
     }
