@@ -83,6 +83,12 @@ fn main() -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&sites)?);
         return Ok(());
     }
+    // `bench e2e`: only the end-to-end forwarding rate, printed, no report.
+    if std::env::args().nth(1).as_deref() == Some("e2e") {
+        let e2e = anycast_tests::bench::e2e::run(E2E_PACKETS)?;
+        println!("{}", serde_json::to_string_pretty(&e2e)?);
+        return Ok(());
+    }
     // `bench upgrade`: only the upgrade under load, printed, no report.
     if std::env::args().nth(1).as_deref() == Some("upgrade") {
         let upgrade = anycast_tests::bench::upgrade::run()?;
