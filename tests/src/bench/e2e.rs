@@ -6,10 +6,14 @@
 //! its template (IPv4 or IPv6 UDP), gives the frame its flow's ports (and, for the scale case,
 //! its destination) and sends it with XDP_TX, so it arrives on the router's `r0` like a frame
 //! from a real client. The generator thread is pinned to [`pipeline::GENERATOR_CPU`]; `r0`
-//! runs threaded NAPI, its kthread pinned to [`pipeline::ROUTER_CPU`], and the members' NAPI
-//! runs in softirq where the router hands them frames (the router's CPU too). The stage that
-//! limited a case is read from the veth rings: frames the generator offered that `r0`'s ring
-//! had no room for mean the router was slower (see [`pipeline::StageFigures`]).
+//! runs threaded NAPI, its kthread pinned to [`pipeline::ROUTER_CPU`], so the router's whole
+//! receive processing (XDP, or the kernel's forwarding) is on that CPU alone; the members'
+//! threaded NAPI (their sink, and the return of each page to the generator's page pool, which
+//! on the router's CPU contended with the generator for the pool's lock) is on the generator's
+//! CPU, ahead of it. All of them run SCHED_FIFO, so other work on the shared machine does not
+//! take their CPUs. The stage that limited a case is read from the veth rings: frames the
+//! generator offered that `r0`'s ring had no room for mean the router was slower (see
+//! [`pipeline::StageFigures`]); the router's kthread CPU time per packet is reported too.
 //!
 //! Phase 1, in interleaved rounds (each case the same number of frames; median of rounds):
 //! - `xdp_anycast`, `xdp6_anycast`: the product (`anycast-ctl attach r0 r1 r2 r3 --mode native`,
@@ -30,7 +34,8 @@
 //! in the connection table before the rounds, by traffic).
 //!
 //! Packets are counted where they arrive: rx packets of `m1..m3` (`ip -j -s link`, before and
-//! after). Each member runs `bench_sink`, an XDP program that drops IPv4 and IPv6 (passing ARP
+//! after), over the injection's duration (what is still in the rings then is at most 4 x 256
+//! frames). Each member runs `bench_sink`, an XDP program that drops IPv4 and IPv6 (passing ARP
 //! and ICMPv6, so neighbours resolve), so the members' cost is small and the same in every case.
 
 use std::time::{Duration, Instant};
@@ -58,7 +63,7 @@ use crate::{
 pub const ROUNDS: usize = 5;
 /// Frames per live-frames batch: the kernel's largest (TEST_XDP_MAX_BATCH), so the generator's
 /// per-batch cost is spread thin; `r0`'s ring (256) drops what the router cannot take.
-pub const BATCH: u32 = 256;
+pub const BATCH: u32 = 64;
 /// Frames per TEST_RUN call; the deadline is checked between calls.
 const CHUNK: u64 = 200_000;
 /// Upper bound of one case: warm-up, injection and the wait for the count to settle.
@@ -105,13 +110,12 @@ struct Sample {
     injected: u64,
     delivered: u64,
     injection: Duration,
-    elapsed: Duration,
     stages: StageFigures,
 }
 
 impl Sample {
     fn pps(&self) -> f64 {
-        self.delivered as f64 / self.elapsed.as_secs_f64()
+        self.delivered as f64 / self.injection.as_secs_f64()
     }
 
     fn json(&self) -> Value {
@@ -119,14 +123,15 @@ impl Sample {
             "injected": self.injected,
             "delivered": self.delivered,
             "injection_s": self.injection.as_secs_f64(),
-            "elapsed_s": self.elapsed.as_secs_f64(),
             "pps": self.pps(),
             "offered_pps": self.injected as f64 / self.injection.as_secs_f64(),
             "router_ring_drops": self.stages.router_ring_drops,
             "member_ring_drops": self.stages.member_ring_drops,
             "router_thread_busy": self.stages.router_busy,
+            "router_cpu_ns_per_packet": self.stages.router_ns_per_packet(self.injected),
             "generator_thread_busy": self.stages.generator_busy,
             "cpu_busy": self.stages.cpu_busy,
+            "cpu_steal": self.stages.cpu_steal,
             "limiting_stage": self.stages.limiting_stage(self.injected),
         })
     }
@@ -198,7 +203,16 @@ impl Bench {
         let router_threads = pipeline::threaded_napi(r, ROUTER_CLIENT_IFACE)?;
         for &pid in &router_threads {
             pipeline::pin(pid, pipeline::ROUTER_CPU)?;
-            pipeline::realtime(pid)?;
+            pipeline::realtime(pid, pipeline::STAGE_PRIORITY)?;
+        }
+        // The members' receive processing (the sink, and the return of each page to the
+        // generator's page pool) on the generator's CPU, ahead of the generator, so that it
+        // is not the router's cost and never waits behind the generator.
+        for m in &topo.members {
+            for pid in pipeline::threaded_napi(&m.ns, &m.iface)? {
+                pipeline::pin(pid, pipeline::GENERATOR_CPU)?;
+                pipeline::realtime(pid, pipeline::STAGE_PRIORITY + 1)?;
+            }
         }
         let c0 = topo.client.ifindex(CLIENT_IFACE)?;
         Ok(Bench {
@@ -486,9 +500,8 @@ impl Bench {
             self.bench
                 .inject(client, self.c0, &case.frame, self.packets, deadline)?;
         let injection = start.elapsed();
-        let (after, last_growth) = settle(&counted, &before, injected, start, deadline)?;
-        let elapsed = last_growth.map_or(injection, |t| t.max(injection));
         let usage_after = stages.usage()?;
+        let (after, _) = settle(&counted, &before, injected, start, deadline)?;
         let delivered = after
             .iter()
             .zip(&before)
@@ -498,8 +511,7 @@ impl Bench {
             injected,
             delivered,
             injection,
-            elapsed,
-            stages: StageFigures::new(&usage, &usage_after, elapsed, generator_cpu, injection),
+            stages: StageFigures::new(&usage, &usage_after, injection, generator_cpu),
         })
     }
 }
@@ -508,7 +520,7 @@ fn print_sample(sample: &Result<Sample>) {
     if let Ok(s) = sample {
         eprintln!(
             "  {:.0} pps ({:.0} offered), {} of {} delivered; drops at r0 {}, at members {}; \
-             router thread {:.0} %, CPUs {:?}: {}",
+             router thread {:.0} %, CPUs {:?} (stolen {:?}): {}",
             s.pps(),
             s.injected as f64 / s.injection.as_secs_f64(),
             s.delivered,
@@ -521,9 +533,20 @@ fn print_sample(sample: &Result<Sample>) {
                 .iter()
                 .map(|b| (b * 100.0).round())
                 .collect::<Vec<_>>(),
+            s.stages
+                .cpu_steal
+                .iter()
+                .map(|b| (b * 100.0).round())
+                .collect::<Vec<_>>(),
             s.stages.limiting_stage(s.injected),
         );
     }
+}
+
+fn median_of(values: impl Iterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = values.collect();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
 /// The median sample of a case (by rate), and its figures.
@@ -543,6 +566,9 @@ fn summary(samples: &[Sample]) -> Value {
         "limiting_stage": median.stages.limiting_stage(median.injected),
         "limiting_stage_per_round": stages,
         "router_thread_busy": median.stages.router_busy,
+        "router_cpu_ns_per_packet": median_of(
+            samples.iter().map(|s| s.stages.router_ns_per_packet(s.injected)),
+        ),
         "delivered_fraction": delivered as f64 / injected as f64,
         "samples": samples.iter().map(Sample::json).collect::<Vec<_>>(),
     })
@@ -553,11 +579,41 @@ fn report(b: &Bench, phase1: Vec<(Case, Vec<Sample>)>, phase2: Vec<(Case, Vec<Sa
     for (case, samples) in phase1.iter().chain(&phase2) {
         cases.insert(case.name.to_string(), summary(samples));
     }
-    let pps = |name: &str| cases[name]["pps"].as_f64().unwrap_or(0.0);
-    let ratio = |a: &str, b: &str| pps(a) / pps(b);
-    let stage = |name: &str| cases[name]["limiting_stage"].clone();
-    let limiting: serde_json::Map<String, Value> =
-        cases.keys().map(|k| (k.clone(), stage(k))).collect();
+    let figure = |name: &str, key: &str| cases[name][key].as_f64().unwrap_or(0.0);
+    // Rates: higher is better; the router's CPU time per packet: lower is better.
+    let ratio = |a: &str, b: &str| figure(a, "pps") / figure(b, "pps");
+    let cpu_ratio = |a: &str, b: &str| {
+        figure(b, "router_cpu_ns_per_packet") / figure(a, "router_cpu_ns_per_packet")
+    };
+    let pairs = [
+        ("xdp_vs_kernel_ecmp", "xdp_anycast", "kernel_ecmp"),
+        ("xdp_vs_plain_redirect", "xdp_anycast", "plain_redirect"),
+        (
+            "xdp_vs_redirect_one_member",
+            "xdp_anycast",
+            "redirect_one_member",
+        ),
+        ("xdp6_vs_kernel_ecmp6", "xdp6_anycast", "kernel_ecmp6"),
+        ("xdp6_vs_plain_redirect6", "xdp6_anycast", "plain_redirect6"),
+        (
+            "scale_65536_spread_vs_1",
+            "spread_65536_addresses",
+            "one_address_65536_flows",
+        ),
+        ("flows_1m_vs_1k", "flows_1048576", "flows_1024"),
+    ];
+    let ratios: serde_json::Map<String, Value> = pairs
+        .iter()
+        .map(|(key, a, b)| (key.to_string(), json!(ratio(a, b))))
+        .collect();
+    let cpu_ratios: serde_json::Map<String, Value> = pairs
+        .iter()
+        .map(|(key, a, b)| (key.to_string(), json!(cpu_ratio(a, b))))
+        .collect();
+    let limiting: serde_json::Map<String, Value> = cases
+        .iter()
+        .map(|(k, v)| (k.clone(), v["limiting_stage"].clone()))
+        .collect();
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let packets = b.packets;
     let method = format!(
@@ -565,30 +621,38 @@ fn report(b: &Bench, phase1: Vec<(Case, Vec<Sample>)>, phase2: Vec<(Case, Vec<Sa
          {cores}-core VM shared with other work. Pipelined: the generator, bench_gen run by \
          BPF_PROG_TEST_RUN with live frames (batch {BATCH}) with ingress c0 in the client \
          namespace, its thread pinned to CPU {g}; each frame leaves c0 by XDP_TX into r0, whose \
-         threaded NAPI kthread (napi/r0-N) is pinned to CPU {r}; the members' NAPI runs in \
-         softirq on the CPU that hands them frames. The generator restores the template's \
-         headers (live frames recycle pages as the router left them) and sets the flow's \
-         ports: 60-byte IPv4/UDP 192.0.2.10 -> 198.51.100.53:{DST_PORT}, or 62-byte IPv6/UDP \
-         2001:db8:c0::10 -> 2001:db8:53::53, 1,024 flows. Counted: rx packets of m1..m3 (ip -j \
-         -s link, before/after), each member running bench_sink (drops IPv4 and non-ICMPv6 \
-         IPv6). Rate = packets counted / time from the start of injection until the count \
-         stopped growing. {packets} packets per case per round after a {WARM_UP}-packet \
-         warm-up, {ROUNDS} interleaved rounds, median. limiting_stage: 'router' when more than \
-         1 % of the offered frames found r0's ring full (c0's tx_queue_0_xdp_xmit_errors), \
-         'members' when the router's frames found the members' rings full, else 'generator' \
-         (the router took all that was offered). kernel_ecmp(6): no XDP on the router, an ECMP \
-         route over the 3 members, fib_multipath_hash_policy=1 for IPv4 and IPv6. \
-         plain_redirect(6): bench_spread natively on r0, a devmap redirect to r1..r3 by \
-         (ports ^ ports >> 16) % {SPREAD_PORTS}, no other logic, no rewrite. \
-         redirect_one_member: bench_redirect, every frame to r1. xdp_anycast / xdp6_anycast: \
-         anycast-ctl attach r0 r1 r2 r3 --mode native, member add of each member. Scale: \
-         attach --flows {FLOW_TABLE}, `anycast-ctl load` of {SCALE_ADDRESSES} addresses \
-         198.18.0.0/16 each with member m1; spread_65536_addresses: frame n to 198.18.0.0 + \
-         (n mod 65536), 65,536 flows; one_address_65536_flows: to 198.18.0.0, 65,536 flows by \
-         port; flows_1048576 / flows_1024: to 198.18.0.0, the 1,048,576 flows put into the \
-         connection table by one pass of traffic before the rounds.",
+         threaded NAPI kthread (napi/r0-N) is pinned to CPU {r}: the router's whole receive \
+         processing (XDP, or the kernel's forwarding) runs there. The members' threaded NAPI \
+         (bench_sink, and the return of each page to the generator's page pool) runs on CPU \
+         {g}, ahead of the generator. All these threads run SCHED_FIFO (priority {p}, members \
+         {p1}) so that the machine's other work does not take their CPU. The generator restores \
+         the template's headers (live frames recycle pages as the router left them) and sets \
+         the flow's ports, nothing else: 60-byte IPv4/UDP 192.0.2.10 -> 198.51.100.53:{DST_PORT} \
+         or 62-byte IPv6/UDP 2001:db8:c0::10 -> 2001:db8:53::53, 1,024 flows. Counted: rx \
+         packets of m1..m3 (ip -j -s link, before/after), each member running bench_sink (drops \
+         IPv4 and non-ICMPv6 IPv6). pps = packets counted / injection time (frames still in \
+         the rings when it ends, at most 4 x 256, are counted too). {packets} packets per case \
+         per round after a {WARM_UP}-packet warm-up, {ROUNDS} interleaved rounds, median. \
+         limiting_stage: 'router' when more than 1 % of the offered frames found r0's ring full \
+         (c0's tx_queue_0_xdp_xmit_errors), 'members' when the router's frames found the \
+         members' rings full, else 'generator' (the router took all that was offered). \
+         router_cpu_ns_per_packet: the r0 kthread's run time (/proc/PID/schedstat) over the \
+         frames r0 received, a second measurement of the router stage alone (ratios in \
+         ratios_router_cpu). kernel_ecmp(6): no XDP on the router, an ECMP route over the 3 \
+         members, fib_multipath_hash_policy=1 for IPv4 and IPv6. plain_redirect(6): \
+         bench_spread natively on r0, a devmap redirect to r1..r3 by (ports ^ ports >> 16) % \
+         {SPREAD_PORTS}, no other logic, no rewrite. redirect_one_member: bench_redirect, every \
+         frame to r1. xdp_anycast / xdp6_anycast: anycast-ctl attach r0 r1 r2 r3 --mode native, \
+         member add of each member. Scale: attach --flows {FLOW_TABLE}, `anycast-ctl load` of \
+         {SCALE_ADDRESSES} addresses 198.18.0.0/16 each with member m1; \
+         spread_65536_addresses: frame n to 198.18.0.0 + (n mod 65536), 65,536 flows; \
+         one_address_65536_flows: to 198.18.0.0, 65,536 flows by port; flows_1048576 / \
+         flows_1024: to 198.18.0.0, the 1,048,576 flows put into the connection table by one \
+         pass of traffic before the rounds.",
         g = pipeline::GENERATOR_CPU,
         r = pipeline::ROUTER_CPU,
+        p = pipeline::STAGE_PRIORITY,
+        p1 = pipeline::STAGE_PRIORITY + 1,
     );
     json!({
         "method": method,
@@ -596,15 +660,8 @@ fn report(b: &Bench, phase1: Vec<(Case, Vec<Sample>)>, phase2: Vec<(Case, Vec<Sa
         "rounds": ROUNDS,
         "cases": cases,
         "limiting_stage": limiting,
-        "ratios": {
-            "xdp_vs_kernel_ecmp": ratio("xdp_anycast", "kernel_ecmp"),
-            "xdp_vs_plain_redirect": ratio("xdp_anycast", "plain_redirect"),
-            "xdp_vs_redirect_one_member": ratio("xdp_anycast", "redirect_one_member"),
-            "xdp6_vs_kernel_ecmp6": ratio("xdp6_anycast", "kernel_ecmp6"),
-            "xdp6_vs_plain_redirect6": ratio("xdp6_anycast", "plain_redirect6"),
-            "scale_65536_spread_vs_1": ratio("spread_65536_addresses", "one_address_65536_flows"),
-            "flows_1m_vs_1k": ratio("flows_1048576", "flows_1024"),
-        },
+        "ratios": ratios,
+        "ratios_router_cpu": cpu_ratios,
         "targets": {
             "xdp_vs_kernel_ecmp": 5.0,
             "xdp_vs_plain_redirect": 0.9,
@@ -735,7 +792,7 @@ impl BenchObject {
         let generator = self.program(programs::BENCH_GEN)?;
         client.in_ns(|| {
             pipeline::pin(0, pipeline::GENERATOR_CPU)?;
-            pipeline::realtime(0)?;
+            pipeline::realtime(0, pipeline::STAGE_PRIORITY)?;
             let cpu = pipeline::thread_cpu_time();
             let mut done = 0;
             while done < packets {

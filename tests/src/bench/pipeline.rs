@@ -99,10 +99,10 @@ pub fn pin(pid: u32, cpu: usize) -> Result<()> {
 /// leaves ordinary tasks 5 % of each second); below the kernel's own RT threads (50, 99).
 pub const STAGE_PRIORITY: i32 = 10;
 
-/// Runs thread `pid` (0: the calling thread) under SCHED_FIFO at [`STAGE_PRIORITY`].
-pub fn realtime(pid: u32) -> Result<()> {
+/// Runs thread `pid` (0: the calling thread) under SCHED_FIFO at `priority`.
+pub fn realtime(pid: u32, priority: i32) -> Result<()> {
     let param = libc::sched_param {
-        sched_priority: STAGE_PRIORITY,
+        sched_priority: priority,
     };
     // SAFETY: a valid sched_param, read by the call.
     let rc = unsafe { libc::sched_setscheduler(pid as libc::pid_t, libc::SCHED_FIFO, &param) };
@@ -124,8 +124,9 @@ pub fn thread_cpu_time() -> Duration {
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
-/// Busy and total jiffies of each CPU (`/proc/stat`; busy is all but idle, iowait and steal).
-fn cpu_jiffies() -> Result<Vec<(u64, u64)>> {
+/// Busy (user, nice, system, irq, softirq), stolen and total jiffies of each CPU
+/// (`/proc/stat`).
+fn cpu_jiffies() -> Result<Vec<[u64; 3]>> {
     let stat = std::fs::read_to_string("/proc/stat").context("read /proc/stat")?;
     Ok(stat
         .lines()
@@ -136,9 +137,9 @@ fn cpu_jiffies() -> Result<Vec<(u64, u64)>> {
                 .skip(1)
                 .filter_map(|f| f.parse().ok())
                 .collect();
-            let total: u64 = v.iter().take(8).sum();
-            let idle = v.get(3).unwrap_or(&0) + v.get(4).unwrap_or(&0) + v.get(7).unwrap_or(&0);
-            (total.saturating_sub(idle), total)
+            let field = |i: usize| v.get(i).copied().unwrap_or(0);
+            let busy = field(0) + field(1) + field(2) + field(5) + field(6);
+            [busy, field(7), (0..8).map(field).sum()]
         })
         .collect())
 }
@@ -176,7 +177,7 @@ pub fn link_stats(ns: &Netns, dev: &str) -> Result<serde_json::Value> {
 
 /// What the stages used, at one instant.
 pub struct Usage {
-    cpus: Vec<(u64, u64)>,
+    cpus: Vec<[u64; 3]>,
     router_threads: Duration,
     /// XDP frames the generator's veth could not hand to the router (its ring was full).
     router_ring_drops: u64,
@@ -223,8 +224,12 @@ impl Stages<'_> {
 pub struct StageFigures {
     /// Each CPU's busy fraction during the run (all processes: the machine is shared).
     pub cpu_busy: Vec<f64>,
-    /// The router's NAPI kthreads' run time over the run's wall time.
+    /// Each CPU's fraction stolen by the hypervisor during the run.
+    pub cpu_steal: Vec<f64>,
+    /// The router's NAPI kthreads' run time over the injection's wall time.
     pub router_busy: f64,
+    /// The router's NAPI kthreads' run time during the run.
+    pub router_time: Duration,
     /// The generator thread's CPU time over its injection time.
     pub generator_busy: f64,
     pub router_ring_drops: u64,
@@ -235,27 +240,26 @@ impl StageFigures {
     pub fn new(
         before: &Usage,
         after: &Usage,
-        wall: Duration,
-        generator_cpu: Duration,
         injection: Duration,
+        generator_cpu: Duration,
     ) -> Self {
-        let cpu_busy = before
-            .cpus
-            .iter()
-            .zip(&after.cpus)
-            .map(|(b, a)| {
-                let total = a.1.saturating_sub(b.1);
-                if total == 0 {
-                    0.0
-                } else {
-                    a.0.saturating_sub(b.0) as f64 / total as f64
-                }
-            })
-            .collect();
+        let fraction = |field: usize| -> Vec<f64> {
+            before
+                .cpus
+                .iter()
+                .zip(&after.cpus)
+                .map(|(b, a)| {
+                    let total = a[2].saturating_sub(b[2]).max(1);
+                    a[field].saturating_sub(b[field]) as f64 / total as f64
+                })
+                .collect()
+        };
         StageFigures {
-            cpu_busy,
+            cpu_busy: fraction(0),
+            cpu_steal: fraction(1),
             router_busy: (after.router_threads.saturating_sub(before.router_threads)).as_secs_f64()
-                / wall.as_secs_f64(),
+                / injection.as_secs_f64(),
+            router_time: after.router_threads.saturating_sub(before.router_threads),
             generator_busy: generator_cpu.as_secs_f64() / injection.as_secs_f64(),
             router_ring_drops: after.router_ring_drops - before.router_ring_drops,
             member_ring_drops: after.member_ring_drops - before.member_ring_drops,
@@ -265,6 +269,13 @@ impl StageFigures {
     /// The stage that set the rate: `router` if the generator offered frames the router's
     /// ring had no room for (more than 1 % of them), `members` if the router's frames found
     /// the members' rings full, else `generator` (the router took everything offered).
+    /// The router's CPU time per frame it received (`injected` less those its ring dropped),
+    /// in ns: a measurement of the router stage alone, whatever the others did.
+    pub fn router_ns_per_packet(&self, injected: u64) -> f64 {
+        let received = injected.saturating_sub(self.router_ring_drops).max(1);
+        self.router_time.as_nanos() as f64 / received as f64
+    }
+
     pub fn limiting_stage(&self, injected: u64) -> &'static str {
         let threshold = injected / 100;
         if self.router_ring_drops > threshold {
