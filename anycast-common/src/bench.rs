@@ -22,6 +22,8 @@ pub mod programs {
     pub const BENCH_REDIRECT: &str = "bench_redirect";
     /// Ceiling: redirect each frame to one of [`super::SPREAD_PORTS`] ports by its UDP ports.
     pub const BENCH_SPREAD: &str = "bench_spread";
+    /// `bench_spread` plus the MAC and TTL rewrite of a forwarder.
+    pub const BENCH_FORWARD: &str = "bench_forward";
     /// Traffic generator (live frames): restores the headers of `BENCH_FRAME`, varies the flow
     /// (and, optionally, the IPv4 destination).
     pub const BENCH_GEN: &str = "bench_gen";
@@ -29,10 +31,11 @@ pub mod programs {
     pub const BENCH_SINK: &str = "bench_sink";
     /// XDP_PASS for a veth peer, so that it receives XDP_TX and redirected frames.
     pub const PEER_PASS: &str = "peer_pass";
-    pub const ALL: [&str; 6] = [
+    pub const ALL: [&str; 7] = [
         BENCH_BASELINE,
         BENCH_REDIRECT,
         BENCH_SPREAD,
+        BENCH_FORWARD,
         BENCH_GEN,
         BENCH_SINK,
         PEER_PASS,

@@ -60,12 +60,12 @@ use crate::{
 };
 
 /// Interleaved rounds of the cases; each case's figure is the median over them.
-pub const ROUNDS: usize = 5;
+pub const ROUNDS: usize = 1;
 /// Frames per live-frames batch: the kernel's largest (TEST_XDP_MAX_BATCH), so the generator's
 /// per-batch cost is spread thin; `r0`'s ring (256) drops what the router cannot take.
-pub const BATCH: u32 = 64;
+pub const BATCH: u32 = 256;
 /// Frames per TEST_RUN call; the deadline is checked between calls.
-const CHUNK: u64 = 200_000;
+const CHUNK: u64 = 1 << 21;
 /// Upper bound of one case: warm-up, injection and the wait for the count to settle.
 const CASE_DEADLINE: Duration = Duration::from_secs(60);
 /// Packets injected (and waited for) before each measured case, not counted: neighbours,
@@ -93,6 +93,7 @@ enum Router {
     Anycast,
     KernelEcmp,
     Spread,
+    Forward,
     One,
     Sink,
 }
@@ -128,6 +129,7 @@ impl Sample {
             "router_ring_drops": self.stages.router_ring_drops,
             "member_ring_drops": self.stages.member_ring_drops,
             "router_thread_busy": self.stages.router_busy,
+            "members_threads_busy": self.stages.members_busy,
             "router_cpu_ns_per_packet": self.stages.router_ns_per_packet(self.injected),
             "generator_thread_busy": self.stages.generator_busy,
             "cpu_busy": self.stages.cpu_busy,
@@ -146,6 +148,7 @@ struct Bench {
     _sinks: Vec<FdLink>,
     topo: Topology,
     router_threads: Vec<u32>,
+    member_threads: Vec<u32>,
     c0: u32,
     packets: u64,
 }
@@ -208,10 +211,13 @@ impl Bench {
         // The members' receive processing (the sink, and the return of each page to the
         // generator's page pool) on the generator's CPU, ahead of the generator, so that it
         // is not the router's cost and never waits behind the generator.
+        let members_cpu: usize = std::env::var("B13_MEMBERS_CPU").ok().and_then(|v| v.parse().ok()).unwrap_or(pipeline::GENERATOR_CPU);
+        let mut member_threads = Vec::new();
         for m in &topo.members {
             for pid in pipeline::threaded_napi(&m.ns, &m.iface)? {
-                pipeline::pin(pid, pipeline::GENERATOR_CPU)?;
+                pipeline::pin(pid, members_cpu)?;
                 pipeline::realtime(pid, pipeline::STAGE_PRIORITY + 1)?;
+                member_threads.push(pid);
             }
         }
         let c0 = topo.client.ifindex(CLIENT_IFACE)?;
@@ -221,6 +227,7 @@ impl Bench {
             _sinks: sinks,
             topo,
             router_threads,
+            member_threads,
             c0,
             packets,
         })
@@ -278,6 +285,7 @@ impl Bench {
             case("kernel_ecmp6", Router::KernelEcmp, true),
             case("plain_redirect", Router::Spread, false),
             case("plain_redirect6", Router::Spread, true),
+            case("redirect_with_rewrite", Router::Forward, false),
             case("redirect_one_member", Router::One, false),
             case("generator_alone", Router::Sink, false),
         ];
@@ -317,7 +325,14 @@ impl Bench {
                 let ctl = &self.ctl;
                 let ifaces = self.ifaces();
                 let ifaces: Vec<&str> = ifaces.iter().map(String::as_str).collect();
-                ctl.attach(&ifaces, "native")?;
+                if let Ok(f) = std::env::var("B13_FLOWS") {
+                    let mut args = vec!["attach"];
+                    args.extend(ifaces.iter());
+                    args.extend(["--mode", "native", "--flows", &f]);
+                    ctl.run(&args)?;
+                } else {
+                    ctl.attach(&ifaces, "native")?;
+                }
                 for m in &self.topo.members {
                     ctl.member_add(ANYCAST, m.ip)?;
                     ctl.run(&[
@@ -362,6 +377,11 @@ impl Bench {
             }
             Router::Spread => Ok(Some(self.bench.attach(
                 programs::BENCH_SPREAD,
+                &self.topo.router,
+                ROUTER_CLIENT_IFACE,
+            )?)),
+            Router::Forward => Ok(Some(self.bench.attach(
+                programs::BENCH_FORWARD,
                 &self.topo.router,
                 ROUTER_CLIENT_IFACE,
             )?)),
@@ -482,6 +502,7 @@ impl Bench {
             .collect();
         let stages = Stages {
             router_threads: &self.router_threads,
+            member_threads: &self.member_threads,
             client: &self.topo.client,
             client_dev: CLIENT_IFACE,
             router: &self.topo.router,
@@ -520,7 +541,7 @@ fn print_sample(sample: &Result<Sample>) {
     if let Ok(s) = sample {
         eprintln!(
             "  {:.0} pps ({:.0} offered), {} of {} delivered; drops at r0 {}, at members {}; \
-             router thread {:.0} %, CPUs {:?} (stolen {:?}): {}",
+             threads: router {:.0} %, generator {:.0} %, members {:.0} %; CPUs {:?} (stolen {:?}): {}",
             s.pps(),
             s.injected as f64 / s.injection.as_secs_f64(),
             s.delivered,
@@ -528,6 +549,8 @@ fn print_sample(sample: &Result<Sample>) {
             s.stages.router_ring_drops,
             s.stages.member_ring_drops,
             100.0 * s.stages.router_busy,
+            100.0 * s.stages.generator_busy,
+            100.0 * s.stages.members_busy,
             s.stages
                 .cpu_busy
                 .iter()
@@ -740,6 +763,7 @@ impl BenchObject {
             programs::BENCH_GEN,
             programs::BENCH_SINK,
             programs::BENCH_SPREAD,
+            programs::BENCH_FORWARD,
             programs::BENCH_REDIRECT,
         ] {
             crate::xdp::load_program(&mut ebpf, name)?;

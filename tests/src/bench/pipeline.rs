@@ -179,6 +179,7 @@ pub fn link_stats(ns: &Netns, dev: &str) -> Result<serde_json::Value> {
 pub struct Usage {
     cpus: Vec<[u64; 3]>,
     router_threads: Duration,
+    member_threads: Duration,
     /// XDP frames the generator's veth could not hand to the router (its ring was full).
     router_ring_drops: u64,
     /// Frames the router could not hand to the members (XDP transmit errors and tx drops).
@@ -188,6 +189,7 @@ pub struct Usage {
 /// Where a run's stages stood: [`Usage`] before and after.
 pub struct Stages<'a> {
     pub router_threads: &'a [u32],
+    pub member_threads: &'a [u32],
     pub client: &'a Netns,
     pub client_dev: &'a str,
     pub router: &'a Netns,
@@ -200,6 +202,10 @@ impl Stages<'_> {
         for &pid in self.router_threads {
             router_threads += run_time(pid)?;
         }
+        let mut member_threads = Duration::ZERO;
+        for &pid in self.member_threads {
+            member_threads += run_time(pid)?;
+        }
         let mut member_ring_drops = 0;
         for dev in self.member_devs {
             member_ring_drops += ethtool_stat(self.router, dev, "tx_queue_0_xdp_xmit_errors")?;
@@ -209,6 +215,7 @@ impl Stages<'_> {
         Ok(Usage {
             cpus: cpu_jiffies()?,
             router_threads,
+            member_threads,
             router_ring_drops: ethtool_stat(
                 self.client,
                 self.client_dev,
@@ -230,6 +237,8 @@ pub struct StageFigures {
     pub router_busy: f64,
     /// The router's NAPI kthreads' run time during the run.
     pub router_time: Duration,
+    /// The members' NAPI kthreads' run time over the injection's wall time.
+    pub members_busy: f64,
     /// The generator thread's CPU time over its injection time.
     pub generator_busy: f64,
     pub router_ring_drops: u64,
@@ -260,6 +269,8 @@ impl StageFigures {
             router_busy: (after.router_threads.saturating_sub(before.router_threads)).as_secs_f64()
                 / injection.as_secs_f64(),
             router_time: after.router_threads.saturating_sub(before.router_threads),
+            members_busy: (after.member_threads.saturating_sub(before.member_threads)).as_secs_f64()
+                / injection.as_secs_f64(),
             generator_busy: generator_cpu.as_secs_f64() / injection.as_secs_f64(),
             router_ring_drops: after.router_ring_drops - before.router_ring_drops,
             member_ring_drops: after.member_ring_drops - before.member_ring_drops,
