@@ -60,11 +60,14 @@ use crate::{
 };
 
 /// Interleaved rounds of the cases; each case's figure is the median over them.
-pub const ROUNDS: usize = 1;
+pub const ROUNDS: usize = 5;
 /// Frames per live-frames batch: the kernel's largest (TEST_XDP_MAX_BATCH), so the generator's
-/// per-batch cost is spread thin; `r0`'s ring (256) drops what the router cannot take.
+/// per-batch cost is spread thin (its page pool holds a batch); `r0`'s ring (256) drops what
+/// the router cannot take.
 pub const BATCH: u32 = 256;
-/// Frames per TEST_RUN call; the deadline is checked between calls.
+/// Frames per TEST_RUN call; the deadline is checked between calls. Each call sets up and tears
+/// down a page pool, which stalls the generator for milliseconds, long enough for the router
+/// to run dry: so one call per injection.
 const CHUNK: u64 = 1 << 21;
 /// Upper bound of one case: warm-up, injection and the wait for the count to settle.
 const CASE_DEADLINE: Duration = Duration::from_secs(60);
@@ -211,11 +214,10 @@ impl Bench {
         // The members' receive processing (the sink, and the return of each page to the
         // generator's page pool) on the generator's CPU, ahead of the generator, so that it
         // is not the router's cost and never waits behind the generator.
-        let members_cpu: usize = std::env::var("B13_MEMBERS_CPU").ok().and_then(|v| v.parse().ok()).unwrap_or(pipeline::GENERATOR_CPU);
         let mut member_threads = Vec::new();
         for m in &topo.members {
             for pid in pipeline::threaded_napi(&m.ns, &m.iface)? {
-                pipeline::pin(pid, members_cpu)?;
+                pipeline::pin(pid, pipeline::GENERATOR_CPU)?;
                 pipeline::realtime(pid, pipeline::STAGE_PRIORITY + 1)?;
                 member_threads.push(pid);
             }
@@ -325,14 +327,7 @@ impl Bench {
                 let ctl = &self.ctl;
                 let ifaces = self.ifaces();
                 let ifaces: Vec<&str> = ifaces.iter().map(String::as_str).collect();
-                if let Ok(f) = std::env::var("B13_FLOWS") {
-                    let mut args = vec!["attach"];
-                    args.extend(ifaces.iter());
-                    args.extend(["--mode", "native", "--flows", &f]);
-                    ctl.run(&args)?;
-                } else {
-                    ctl.attach(&ifaces, "native")?;
-                }
+                ctl.attach(&ifaces, "native")?;
                 for m in &self.topo.members {
                     ctl.member_add(ANYCAST, m.ip)?;
                     ctl.run(&[
@@ -589,6 +584,8 @@ fn summary(samples: &[Sample]) -> Value {
         "limiting_stage": median.stages.limiting_stage(median.injected),
         "limiting_stage_per_round": stages,
         "router_thread_busy": median.stages.router_busy,
+        "generator_thread_busy": median.stages.generator_busy,
+        "members_threads_busy": median.stages.members_busy,
         "router_cpu_ns_per_packet": median_of(
             samples.iter().map(|s| s.stages.router_ns_per_packet(s.injected)),
         ),
@@ -656,9 +653,11 @@ fn report(b: &Bench, phase1: Vec<(Case, Vec<Sample>)>, phase2: Vec<(Case, Vec<Sa
          IPv4 and non-ICMPv6 IPv6). pps = packets counted / injection time (frames still in \
          the rings when it ends, at most 4 x 256, are counted too). {packets} packets per case \
          per round after a {WARM_UP}-packet warm-up, {ROUNDS} interleaved rounds, median. \
-         limiting_stage: 'router' when more than 1 % of the offered frames found r0's ring full \
-         (c0's tx_queue_0_xdp_xmit_errors), 'members' when the router's frames found the \
-         members' rings full, else 'generator' (the router took all that was offered). \
+         limiting_stage: if r0's ring had room for all but 1 % of the offered frames \
+         (c0's tx_queue_0_xdp_xmit_errors) the router kept up: 'generator' ('members' if the \
+         members' rings were full); otherwise the CPU the pipeline's threads kept busier \
+         (run time over the injection, /proc/PID/schedstat and the generator's thread CPU \
+         time): 'router' (CPU {r}) or 'generator_and_members' (CPU {g}). \
          router_cpu_ns_per_packet: the r0 kthread's run time (/proc/PID/schedstat) over the \
          frames r0 received, a second measurement of the router stage alone (ratios in \
          ratios_router_cpu). kernel_ecmp(6): no XDP on the router, an ECMP route over the 3 \

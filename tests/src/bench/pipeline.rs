@@ -269,7 +269,8 @@ impl StageFigures {
             router_busy: (after.router_threads.saturating_sub(before.router_threads)).as_secs_f64()
                 / injection.as_secs_f64(),
             router_time: after.router_threads.saturating_sub(before.router_threads),
-            members_busy: (after.member_threads.saturating_sub(before.member_threads)).as_secs_f64()
+            members_busy: (after.member_threads.saturating_sub(before.member_threads))
+                .as_secs_f64()
                 / injection.as_secs_f64(),
             generator_busy: generator_cpu.as_secs_f64() / injection.as_secs_f64(),
             router_ring_drops: after.router_ring_drops - before.router_ring_drops,
@@ -277,9 +278,6 @@ impl StageFigures {
         }
     }
 
-    /// The stage that set the rate: `router` if the generator offered frames the router's
-    /// ring had no room for (more than 1 % of them), `members` if the router's frames found
-    /// the members' rings full, else `generator` (the router took everything offered).
     /// The router's CPU time per frame it received (`injected` less those its ring dropped),
     /// in ns: a measurement of the router stage alone, whatever the others did.
     pub fn router_ns_per_packet(&self, injected: u64) -> f64 {
@@ -287,14 +285,27 @@ impl StageFigures {
         self.router_time.as_nanos() as f64 / received as f64
     }
 
+    /// The stage that set the rate. If the router's ring had room for all but 1 % of what the
+    /// generator offered, the router kept up: `generator` (or `members`, if the router's
+    /// frames found the members' rings full). Otherwise the CPU the pipeline's threads kept
+    /// the busier: `router` (CPU 1, the router's kthread) or `generator_and_members` (CPU 0,
+    /// the generator and the members' sinks).
     pub fn limiting_stage(&self, injected: u64) -> &'static str {
         let threshold = injected / 100;
-        if self.router_ring_drops > threshold {
+        if self.router_ring_drops <= threshold {
+            return if self.member_ring_drops > threshold {
+                "members"
+            } else {
+                "generator"
+            };
+        }
+        // The router's ring overflowed: the router was slower than the generator at least at
+        // times. Which CPU was the busier with the pipeline's threads says which stage set the
+        // rate: the router's, or the generator's with the members' sinks.
+        if self.router_busy >= self.generator_busy + self.members_busy {
             "router"
-        } else if self.member_ring_drops > threshold {
-            "members"
         } else {
-            "generator"
+            "generator_and_members"
         }
     }
 }
