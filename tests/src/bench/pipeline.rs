@@ -115,6 +115,34 @@ pub fn realtime(pid: u32, priority: i32) -> Result<()> {
     Ok(())
 }
 
+/// Runs the calling thread, until dropped, on one CPU under SCHED_FIFO: what it times is then
+/// not preempted by other work on a shared machine. Dropping restores the ordinary policy and
+/// every CPU.
+pub struct Quiet(());
+
+impl Quiet {
+    pub fn new(cpu: usize) -> Result<Self> {
+        pin(0, cpu)?;
+        realtime(0, STAGE_PRIORITY)?;
+        Ok(Quiet(()))
+    }
+}
+
+impl Drop for Quiet {
+    fn drop(&mut self) {
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: a valid sched_param and a cpu_set_t filled with every CPU, read by the calls.
+        unsafe {
+            libc::sched_setscheduler(0, libc::SCHED_OTHER, &param);
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            for cpu in 0..libc::CPU_SETSIZE as usize {
+                libc::CPU_SET(cpu, &mut set);
+            }
+            libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set);
+        }
+    }
+}
+
 /// CPU time the calling thread has used.
 pub fn thread_cpu_time() -> Duration {
     // SAFETY: clock_gettime writes a timespec, which is plain data.
