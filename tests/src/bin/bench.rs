@@ -412,7 +412,10 @@ fn measure<'a>(
             let d = bed
                 .time(case.program, 0, &case.frame, REPEAT)
                 .with_context(|| case.name)?;
-            samples.entry(case.name).or_default().push(ns);
+            samples
+                .entry(case.name)
+                .or_default()
+                .push(d.as_nanos() as f64);
         }
     }
     Ok(samples
