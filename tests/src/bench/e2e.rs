@@ -11,9 +11,10 @@
 //! threaded NAPI (their sink, and the return of each page to the generator's page pool, which
 //! on the router's CPU contended with the generator for the pool's lock) is on the generator's
 //! CPU, ahead of it. All of them run SCHED_FIFO, so other work on the shared machine does not
-//! take their CPUs. The stage that limited a case is read from the veth rings: frames the
-//! generator offered that `r0`'s ring had no room for mean the router was slower (see
-//! [`pipeline::StageFigures`]); the router's kthread CPU time per packet is reported too.
+//! take their CPUs. The stage that limited a case is read from the veth ring and the threads'
+//! CPU time (see [`pipeline::StageFigures::limiting_stage`]); on two CPUs it is mostly the
+//! generator's CPU, which carries the members' sinks too. So each case also reports the router
+//! kthread's CPU time per packet, the router stage alone, and the headline ratios are of it.
 //!
 //! Phase 1, in interleaved rounds (each case the same number of frames; median of rounds):
 //! - `xdp_anycast`, `xdp6_anycast`: the product (`anycast-ctl attach r0 r1 r2 r3 --mode native`,
@@ -23,6 +24,8 @@
 //! - `plain_redirect`, `plain_redirect6`: `bench_spread`, a devmap redirect with no logic that
 //!   spreads flows over the same three members by a trivial hash of the ports: the ceiling of
 //!   any XDP program that spreads;
+//! - `redirect_with_rewrite`: `bench_forward`, `plain_redirect` plus the MAC and TTL rewrite a
+//!   forwarder must make, for reference;
 //! - `redirect_one_member`: `bench_redirect`, every frame to `r1` (keeps the redirect's bulking
 //!   whole), for reference;
 //! - `generator_alone`: `bench_sink` on `r0`, counted there: the generator's own rate.
@@ -36,7 +39,8 @@
 //! Packets are counted where they arrive: rx packets of `m1..m3` (`ip -j -s link`, before and
 //! after), over the injection's duration (what is still in the rings then is at most 4 x 256
 //! frames). Each member runs `bench_sink`, an XDP program that drops IPv4 and IPv6 (passing ARP
-//! and ICMPv6, so neighbours resolve), so the members' cost is small and the same in every case.
+//! and ICMPv6, so neighbours resolve), so the members' cost is small. It is not the same in
+//! every case: the kernel's forwarding hands the members skbs, which veth converts for XDP.
 
 use std::time::{Duration, Instant};
 
@@ -664,7 +668,8 @@ fn report(b: &Bench, phase1: Vec<(Case, Vec<Sample>)>, phase2: Vec<(Case, Vec<Sa
          pipeline's rates. kernel_ecmp(6): no XDP on the router, an ECMP route over the 3 \
          members, fib_multipath_hash_policy=1 for IPv4 and IPv6. plain_redirect(6): \
          bench_spread natively on r0, a devmap redirect to r1..r3 by (ports ^ ports >> 16) % \
-         {SPREAD_PORTS}, no other logic, no rewrite. redirect_one_member: bench_redirect, every \
+         {SPREAD_PORTS}, no other logic, no rewrite. redirect_with_rewrite: bench_forward, the same \
+         plus the MAC swap and TTL decrement. redirect_one_member: bench_redirect, every \
          frame to r1. xdp_anycast / xdp6_anycast: anycast-ctl attach r0 r1 r2 r3 --mode native, \
          member add of each member. Scale: attach --flows {FLOW_TABLE}, `anycast-ctl load` of \
          {SCALE_ADDRESSES} addresses 198.18.0.0/16 each with member m1; \
