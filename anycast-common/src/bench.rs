@@ -4,7 +4,7 @@
 
 /// Map names of the benchmark object.
 pub mod names {
-    /// Devmap: the one egress port of `bench_redirect` (index 0).
+    /// Devmap: the egress ports of `bench_redirect` (index 0) and `bench_spread` (0..3).
     pub const BENCH_PORT: &str = "BENCH_PORT";
     /// Per-CPU frame counter of `bench_gen`.
     pub const BENCH_SEQ: &str = "BENCH_SEQ";
@@ -20,15 +20,22 @@ pub mod programs {
     pub const BENCH_BASELINE: &str = "bench_baseline";
     /// Ceiling: redirect every frame to one port.
     pub const BENCH_REDIRECT: &str = "bench_redirect";
-    /// Traffic generator (live frames): writes `BENCH_FRAME`, varies the source port.
+    /// Ceiling: redirect each frame to one of [`super::SPREAD_PORTS`] ports by its UDP ports.
+    pub const BENCH_SPREAD: &str = "bench_spread";
+    /// `bench_spread` plus the MAC and TTL rewrite of a forwarder.
+    pub const BENCH_FORWARD: &str = "bench_forward";
+    /// Traffic generator (live frames): restores the headers of `BENCH_FRAME`, varies the flow
+    /// (and, optionally, the IPv4 destination).
     pub const BENCH_GEN: &str = "bench_gen";
-    /// Sink: drops IPv4, passes everything else.
+    /// Sink: drops IPv4 and IPv6 other than ICMPv6, passes everything else.
     pub const BENCH_SINK: &str = "bench_sink";
     /// XDP_PASS for a veth peer, so that it receives XDP_TX and redirected frames.
     pub const PEER_PASS: &str = "peer_pass";
-    pub const ALL: [&str; 5] = [
+    pub const ALL: [&str; 7] = [
         BENCH_BASELINE,
         BENCH_REDIRECT,
+        BENCH_SPREAD,
+        BENCH_FORWARD,
         BENCH_GEN,
         BENCH_SINK,
         PEER_PASS,
@@ -38,32 +45,54 @@ pub mod programs {
 /// Capacity of [`BenchFrame`].
 pub const BENCH_FRAME_BYTES: usize = 64;
 
-/// The frame `bench_gen` writes over the start of every frame it generates: an Ethernet/IPv4
-/// (IHL 5)/UDP frame, IP checksum included, UDP checksum 0. Set by the benchmark.
+/// Ports of `bench_spread` (BENCH_PORT indexes 0..SPREAD_PORTS).
+pub const SPREAD_PORTS: u32 = 3;
+
+/// Capacity of BENCH_PORT.
+pub const BENCH_PORTS: u32 = 4;
+
+/// What `bench_gen` writes over the start of every frame it generates: the headers of an
+/// Ethernet/IPv4 (IHL 5)/UDP or Ethernet/IPv6/UDP frame (IPv4 checksum included), then the
+/// flow's ports and, if `spread_mask` is set, the IPv4 destination. Set by the benchmark.
+///
+/// Frame `n` of a CPU is flow `i = n & flows_mask`: source port `1024 + i % 1024`, destination
+/// port the template's plus `i / 1024`; and, for IPv4, destination address the template's
+/// plus `n & spread_mask` (its low 16 bits must be 0 in the template), checksum patched.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BenchFrame {
-    /// Bytes of `bytes` to write, at most [`BENCH_FRAME_BYTES`].
+    /// Bytes of `bytes` to write, at most [`BENCH_FRAME_BYTES`]: the headers through UDP's.
     pub len: u32,
+    /// Offset of the UDP header (34 for IPv4, 54 for IPv6).
+    pub l4: u32,
+    /// Flows minus one (a power of two minus one).
+    pub flows_mask: u32,
+    /// IPv4 destinations minus one (a power of two minus one, at most 0xffff); 0: one.
+    pub spread_mask: u32,
     pub bytes: [u8; BENCH_FRAME_BYTES],
 }
 
 impl BenchFrame {
-    /// The template of `frame`, or `None` if it is longer than [`BENCH_FRAME_BYTES`].
-    pub fn new(frame: &[u8]) -> Option<Self> {
-        if frame.len() > BENCH_FRAME_BYTES {
+    /// The template of `frame`'s first `len` bytes with its UDP header at `l4`, one flow, one
+    /// destination; `None` if `len` exceeds the frame or [`BENCH_FRAME_BYTES`], or the UDP
+    /// header does not fit in it.
+    pub fn new(frame: &[u8], len: usize, l4: usize) -> Option<Self> {
+        if len > BENCH_FRAME_BYTES || len > frame.len() || l4 + 8 > len {
             return None;
         }
         let mut bytes = [0; BENCH_FRAME_BYTES];
-        bytes[..frame.len()].copy_from_slice(frame);
+        bytes[..len].copy_from_slice(&frame[..len]);
         Some(Self {
-            len: frame.len() as u32,
+            len: len as u32,
+            l4: l4 as u32,
+            flows_mask: 0,
+            spread_mask: 0,
             bytes,
         })
     }
 }
 
-const _: () = assert!(core::mem::size_of::<BenchFrame>() == 4 + BENCH_FRAME_BYTES);
+const _: () = assert!(core::mem::size_of::<BenchFrame>() == 16 + BENCH_FRAME_BYTES);
 
 // SAFETY: #[repr(C)], Copy, integers and a byte array only, no padding (size asserted above).
 #[cfg(feature = "user")]

@@ -8,8 +8,10 @@
 use core::ffi::c_void;
 
 use anycast_common::{
-    bench::{BENCH_FRAME_BYTES, BenchFrame},
-    proto::{ETH_HLEN, ETH_P_IP, XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX},
+    bench::{BENCH_FRAME_BYTES, BENCH_PORTS, BenchFrame, SPREAD_PORTS},
+    proto::{
+        ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMPV6, XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX,
+    },
 };
 use aya_ebpf::{
     helpers::bpf_xdp_store_bytes,
@@ -23,11 +25,12 @@ use aya_ebpf::{
 #[path = "../packet.rs"]
 mod packet;
 
-use packet::{EthHdr, Ports, copy_mac};
+use packet::{EthHdr, Ipv4Hdr, Ipv6Hdr, Ports, copy_mac};
 
-/// The one egress port of `bench_redirect` (index 0), set by the benchmark.
+/// The egress ports of `bench_redirect` (index 0) and `bench_spread` (0..SPREAD_PORTS), set
+/// by the benchmark.
 #[map]
-pub static BENCH_PORT: DevMap = DevMap::with_max_entries(1, 0);
+pub static BENCH_PORT: DevMap = DevMap::with_max_entries(BENCH_PORTS, 0);
 
 /// Per-CPU frame counter of `bench_gen`.
 #[map]
@@ -51,31 +54,87 @@ pub fn bench_baseline(ctx: XdpContext) -> u32 {
     }
 }
 
-/// The ceiling of any XDP forwarder on a topology: redirect every frame to one port, no logic.
+/// A ceiling for an XDP forwarder with one member: redirect every frame to one port, no logic.
 #[xdp]
 pub fn bench_redirect(_ctx: XdpContext) -> u32 {
     BENCH_PORT.redirect(0, 0).unwrap_or(XDP_ABORTED)
 }
 
-/// Traffic generator for BPF_PROG_TEST_RUN with live frames: writes the IPv4/UDP template of
-/// `BENCH_FRAME` (IHL 5) over the start of each frame, gives it the next of 1,024 source ports,
-/// so the frames form many flows, and sends it out of the interface it was injected on.
+/// The ceiling of an XDP forwarder that spreads flows over `SPREAD_PORTS` members: the port
+/// by a trivial hash of the UDP ports (IPv4 with IHL 5, or IPv6 without extension headers), no
+/// other logic, no rewrite. Unlike `bench_redirect`, this breaks up the redirect's bulking
+/// the way any spreading forwarder does.
+#[xdp]
+pub fn bench_spread(ctx: XdpContext) -> u32 {
+    spread(&ctx, false)
+}
+
+/// `bench_spread` plus the least rewrite a forwarder must make: the Ethernet addresses
+/// (swapped) and the TTL or hop limit (decremented, the IPv4 checksum patched). The difference
+/// to `bench_spread` is the cost of writing the frame.
+#[xdp]
+pub fn bench_forward(ctx: XdpContext) -> u32 {
+    spread(&ctx, true)
+}
+
+#[inline(always)]
+fn spread(ctx: &XdpContext, rewrite: bool) -> u32 {
+    let Some(eth) = packet::header::<EthHdr>(ctx, 0) else {
+        return XDP_ABORTED;
+    };
+    let v6 = eth.ethertype() == ETH_P_IPV6;
+    let l4 = if v6 { ETH_HLEN + 40 } else { ETH_HLEN + 20 };
+    let Some(ports) = packet::header::<Ports>(ctx, l4) else {
+        return XDP_ABORTED;
+    };
+    let h = u32::from_ne_bytes(ports.bytes);
+    if rewrite {
+        let dst = eth.dst;
+        copy_mac(&mut eth.dst, &eth.src);
+        copy_mac(&mut eth.src, &dst);
+        if v6 {
+            if let Some(ip) = packet::header::<Ipv6Hdr>(ctx, ETH_HLEN) {
+                ip.hop_limit = ip.hop_limit.wrapping_sub(1);
+            }
+        } else if let Some(ip) = packet::header::<Ipv4Hdr>(ctx, ETH_HLEN) {
+            ip.ttl = ip.ttl.wrapping_sub(1);
+            // The TTL is the high byte of its checksum word: add 0x0100 back (RFC 1624).
+            let mut sum = u16::from_be_bytes(ip.check) as u32 + 0x0100;
+            sum = (sum & 0xffff) + (sum >> 16);
+            ip.check = (sum as u16).to_be_bytes();
+        }
+    }
+    BENCH_PORT
+        .redirect((h ^ (h >> 16)) % SPREAD_PORTS, 0)
+        .unwrap_or(XDP_ABORTED)
+}
+
+/// Traffic generator for BPF_PROG_TEST_RUN with live frames: restores the headers of
+/// `BENCH_FRAME` over the start of each frame, gives it its flow's ports (and destination, see
+/// `BenchFrame`), and sends it out of the interface it was injected on.
 ///
-/// The whole template is written, not just the port: live frames recycle their pages without
-/// resetting them, so a frame starts as whatever the router or a member left in its page (a
-/// member's MAC, TTL - 1). Frames shorter than the template are aborted.
+/// The headers are restored on every frame, not just the ports: live frames recycle their
+/// pages without resetting them, so a frame starts as whatever the router or a member left in
+/// its page (a member's MAC, TTL - 1). The payload is not rewritten. Frames shorter than the
+/// template are aborted.
 #[xdp]
 pub fn bench_gen(ctx: XdpContext) -> u32 {
     generate(&ctx).unwrap_or(XDP_ABORTED)
 }
 
-/// Members' sink: drops IPv4 at the earliest point and passes everything else (ARP, so the
-/// router still resolves the member), so a member's cost per packet is small and the same
-/// whatever the router did to the frame.
+/// Members' sink: drops IPv4, and IPv6 other than ICMPv6, at the earliest point and passes
+/// everything else (ARP and neighbour discovery, so the router still resolves the member), so a
+/// member's cost per packet is small and the same whatever the router did to the frame.
 #[xdp]
 pub fn bench_sink(ctx: XdpContext) -> u32 {
     match packet::header::<EthHdr>(&ctx, 0) {
         Some(eth) if eth.ethertype() == ETH_P_IP => XDP_DROP,
+        Some(eth) if eth.ethertype() == ETH_P_IPV6 => {
+            match packet::header::<Ipv6Hdr>(&ctx, ETH_HLEN) {
+                Some(ip) if ip.next_hdr == IPPROTO_ICMPV6 => XDP_PASS,
+                _ => XDP_DROP,
+            }
+        }
         _ => XDP_PASS,
     }
 }
@@ -111,11 +170,28 @@ fn generate(ctx: &XdpContext) -> Option<u32> {
         *seq = n.wrapping_add(1);
         n
     };
-    let ports = packet::header::<Ports>(ctx, ETH_HLEN + 20)?;
-    let sport = 1024 + (n & 1023) as u16;
+    let flow = n & template.flows_mask;
+    // Bounded for the verifier (a variable packet offset needs a known range).
+    let l4 = (template.l4 & (BENCH_FRAME_BYTES as u32 - 1)) as usize;
+    let ports = packet::header::<Ports>(ctx, l4)?;
+    let sport = 1024 + (flow & 1023) as u16;
+    let dport =
+        u16::from_be_bytes([ports.bytes[2], ports.bytes[3]]).wrapping_add((flow >> 10) as u16);
     let [a, b] = sport.to_be_bytes();
-    ports.bytes[0] = a;
-    ports.bytes[1] = b;
+    let [c, d] = dport.to_be_bytes();
+    ports.bytes = [a, b, c, d];
+    let spread = n & template.spread_mask & 0xffff;
+    if spread != 0 {
+        // The template's destination ends in 0.0: add `spread` to it, and to the checksum's
+        // one's-complement sum (RFC 1624, eqn. 3, with m = 0).
+        let ip = packet::header::<Ipv4Hdr>(ctx, ETH_HLEN)?;
+        let [e, f] = (spread as u16).to_be_bytes();
+        ip.dst[2] = e;
+        ip.dst[3] = f;
+        let mut sum = !u16::from_be_bytes(ip.check) as u32 + spread;
+        sum = (sum & 0xffff) + (sum >> 16);
+        ip.check = (!(sum as u16)).to_be_bytes();
+    }
     Some(XDP_TX)
 }
 

@@ -10,6 +10,7 @@ pub mod export;
 pub mod failover;
 pub mod membership;
 pub mod metrics;
+pub mod pipeline;
 pub mod sites;
 pub mod upgrade;
 
