@@ -19,6 +19,7 @@ extern crate std;
 pub mod advert;
 pub mod bench;
 pub mod counters;
+pub mod direct;
 pub mod flow;
 pub mod identity;
 pub mod maps;

@@ -18,6 +18,7 @@
 
 mod arp;
 mod check;
+mod direct;
 mod flows;
 mod forward;
 mod ipv4;

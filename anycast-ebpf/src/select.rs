@@ -143,8 +143,9 @@ pub fn choose<K: Family>(
 
 /// The member that new flows with `hash` go to, and its position: the set's single member, or
 /// the one the live set's Maglev table gives `hash`; the fallback if that one is out of service.
+/// Direct mode places its clients with it too (`direct`).
 #[inline(always)]
-fn new_flow<K: Family>(addr: &Addr, hash: u32) -> Option<(MemberRef, u32)> {
+pub fn new_flow<K: Family>(addr: &Addr, hash: u32) -> Option<(MemberRef, u32)> {
     let set: &MemberSet = addr.set;
     let position = if set.single != 0 {
         set.single - 1

@@ -12,7 +12,7 @@ use crate::{
     dataplane::Maps,
     export::{self, Pending},
     mac::MacAddr,
-    members,
+    members::{self, mode::Mode},
 };
 
 #[derive(Debug, Subcommand)]
@@ -25,6 +25,17 @@ pub enum Command {
     Set(SetArgs),
     /// Stop MEMBER_IP serving ANYCAST_IP.
     Del(DelArgs),
+    /// Set how clients on a member's link reach ANYCAST_IP (an address already in the maps,
+    /// static or learned): proxy or direct.
+    Mode(ModeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ModeArgs {
+    #[arg(value_parser = anycast_ip)]
+    pub anycast_ip: IpAddr,
+    #[arg(value_enum)]
+    pub mode: Mode,
 }
 
 #[derive(Debug, clap::Args)]
@@ -47,6 +58,11 @@ pub struct AddArgs {
     /// address's current size].
     #[arg(long, value_parser = table_size)]
     pub table_size: Option<u32>,
+    /// How clients on a member's link reach the address: proxy (the router answers ARP and
+    /// forwards) or direct (ARP answered with one member's MAC per client; IPv4 only)
+    /// [default: proxy for a new address, else its current mode].
+    #[arg(long, value_enum)]
+    pub mode: Option<Mode>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -87,6 +103,7 @@ pub async fn run(router: &Router, command: Command) -> Result<String> {
         Command::Add(args) => add(router, args).await,
         Command::Set(args) => set(router, args).await,
         Command::Del(args) => del(router, args).await,
+        Command::Mode(args) => mode(router, args),
     }
 }
 
@@ -98,7 +115,11 @@ async fn add(router: &Router, args: AddArgs) -> Result<String> {
         mac,
         weight: WeightArgs { preference, weight },
         table_size,
+        mode,
     } = args;
+    if let Some(mode) = mode {
+        members::mode::check(anycast_ip, mode)?;
+    }
     let Router { pin, nl } = router;
     // Resolving the member may wait for ARP: do it before taking the writers' lock, then make
     // sure the maps are still the live ones.
@@ -120,9 +141,24 @@ async fn add(router: &Router, args: AddArgs) -> Result<String> {
     let mut export = Pending::new();
     export.note(&maps, [anycast_ip])?;
     maps.defer_settles();
-    let done = members::add(&mut maps, anycast_ip, &placement, info, table_size)?;
+    let done = maps.transaction(|maps| {
+        let done = members::add(maps, anycast_ip, &placement, info, table_size)?;
+        if let Some(mode) = mode {
+            members::mode::set(maps, anycast_ip, mode)?;
+        }
+        Ok(done)
+    })?;
     export::sync_and_settle(&mut maps, nl, &mut export).await?;
     Ok(added(anycast_ip, member_ip, &done))
+}
+
+fn mode(router: &Router, args: ModeArgs) -> Result<String> {
+    let ModeArgs { anycast_ip, mode } = args;
+    members::mode::check(anycast_ip, mode)?;
+    let _lock = router.pin.lock(false)?;
+    let mut maps = Maps::open(&router.pin)?;
+    members::mode::set(&mut maps, anycast_ip, mode)?;
+    Ok(format!("{anycast_ip}: mode {}\n", mode.name()))
 }
 
 /// The line `member add` prints.

@@ -106,6 +106,7 @@ fn add_in(
     maps.member_stats
         .set(counter, zeroed::<MemberStats>()?, 0)
         .map_err(|e| Error::map("MEMBER_STATS", e))?;
+    crate::repoint::forget_counter(maps, counter);
     maps.set_info(member_key(address, p.member), info)?;
     let mut new = old;
     new.members[position] = MemberRef { host, counter };
@@ -208,7 +209,11 @@ fn check_mac(
 /// a constant number of map operations, whatever the number of addresses. Returns
 /// [`Edge::LastMemberGone`] when this was the address's last member.
 pub fn del(maps: &mut Maps, address: IpAddr, member: IpAddr) -> Result<Option<Edge>> {
-    maps.transaction(|maps| del_in(maps, address, member))
+    let leaving = crate::repoint::leaving(maps, address, member);
+    let edge = maps.transaction(|maps| del_in(maps, address, member))?;
+    // Direct mode: the member's clients learn where to go now (best effort, after the fact).
+    crate::repoint::after_removal(maps, leaving);
+    Ok(edge)
 }
 
 fn del_in(maps: &mut Maps, address: IpAddr, member: IpAddr) -> Result<Option<Edge>> {
