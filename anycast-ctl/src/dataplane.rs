@@ -13,15 +13,14 @@ use std::net::IpAddr;
 use anycast_common::{
     AddrBucket, AddrBucket6, AddrEntry, AddrStats, FLOW_SETS, FLOW_WAYS, Host, IFACE_PROBES, Iface,
     IfaceSlot, Ip6Key, MemberInfo, MemberKey, MemberSet, MemberStats, Probe, Requester,
-    RequesterKey, addr_probe, any_ip,
-    any_key, iface_probe, ip_key, ip6_key, member_set_index, names, programs,
+    RequesterKey, addr_probe, any_ip, any_key, iface_probe, ip_key, ip6_key, member_set_index,
+    names, programs,
 };
 use aya::{
     Ebpf, EbpfLoader,
     maps::{
         Array, ArrayOfMaps, HashMap, Map, MapData, MapInfo, PerCpuArray, PerCpuHashMap,
-        PerCpuValues, Stack,
-        xdp::DevMapHash,
+        PerCpuValues, Stack, xdp::DevMapHash,
     },
     programs::Xdp,
 };

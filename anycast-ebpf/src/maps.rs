@@ -4,8 +4,8 @@
 use anycast_common::{
     ADDR_BUCKETS, ADDR6_BUCKETS, AGENT_COUNTERS, ALLOC_KINDS, AddrBucket, AddrBucket6, AddrEntry,
     AddrStats, EXPORT_FIELDS, FLOW_SETS, FLOW_WAYS, FlowEntry, FragKey, FragKey6, Host,
-    IFACE_SLOTS, Iface, Ip6Key, MAX_ADDRS, MAX_FRAGS, MAX_HOSTS, MAX_IFACES, MAX_MEMBER_COUNTERS,
-    MAX_DIRECT_STATS, MAX_REQUESTERS, MemberInfo, MemberKey, MemberRef, MemberSet, MemberStats,
+    IFACE_SLOTS, Iface, Ip6Key, MAX_ADDRS, MAX_DIRECT_STATS, MAX_FRAGS, MAX_HOSTS, MAX_IFACES,
+    MAX_MEMBER_COUNTERS, MAX_REQUESTERS, MemberInfo, MemberKey, MemberRef, MemberSet, MemberStats,
     Probe, Requester, RequesterKey, SlotState, Stat, TABLE_SLOTS, addr_probe, iface_probe,
     member_set_index,
 };

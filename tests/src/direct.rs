@@ -194,16 +194,18 @@ impl Senders {
             .collect::<Result<Vec<_>>>()?;
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
-        let handle = thread::Builder::new().name("senders".into()).spawn(move || {
-            let deadline = Instant::now() + LIFETIME;
-            while !flag.load(Ordering::Relaxed) && Instant::now() < deadline {
-                for s in &sockets {
-                    // An unresolved neighbour drops a datagram or two: as on a wire.
-                    let _ = s.send_to(b"direct", (ANYCAST, PORT));
+        let handle = thread::Builder::new()
+            .name("senders".into())
+            .spawn(move || {
+                let deadline = Instant::now() + LIFETIME;
+                while !flag.load(Ordering::Relaxed) && Instant::now() < deadline {
+                    for s in &sockets {
+                        // An unresolved neighbour drops a datagram or two: as on a wire.
+                        let _ = s.send_to(b"direct", (ANYCAST, PORT));
+                    }
+                    thread::sleep(GAP);
                 }
-                thread::sleep(GAP);
-            }
-        })?;
+            })?;
         Ok(Self {
             stop,
             handle: Some(handle),

@@ -61,7 +61,10 @@ fn lan_clients_go_straight_to_members_and_move_only_when_theirs_dies() {
     let c = lab.counters();
     println!("router counters: {c}");
     assert_eq!(c["forwarded_packets"], 0, "the router carried data: {c}");
-    assert!(c["direct_arp_replies"].as_u64().unwrap() >= CLIENTS as u64, "{c}");
+    assert!(
+        c["direct_arp_replies"].as_u64().unwrap() >= CLIENTS as u64,
+        "{c}"
+    );
 
     // kill -9 of member 0's announcer: its clients move within hold + interval + 50 ms.
     let dead = 0;
@@ -79,7 +82,10 @@ fn lan_clients_go_straight_to_members_and_move_only_when_theirs_dies() {
         let at = first_elsewhere(&arrivals, *client, dead, killed).unwrap();
         let took = at - killed;
         println!("client {client} of the dead member reached another member after {took:?}");
-        assert!(took <= bound, "client {client} took {took:?} (bound {bound:?})");
+        assert!(
+            took <= bound,
+            "client {client} took {took:?} (bound {bound:?})"
+        );
     }
     // No client of a surviving member moved, nor was repointed.
     let after = homes(&arrivals, killed);

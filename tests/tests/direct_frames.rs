@@ -66,10 +66,7 @@ fn direct_mode_arp_reply_bytes() {
     let req = request(CLIENT_MAC, CLIENT, ANYCAST);
 
     // Proxy mode (the default): the router's own MAC.
-    assert_eq!(
-        mode::get(&bed.maps, ANYCAST.into()).unwrap(),
-        Mode::Proxy
-    );
+    assert_eq!(mode::get(&bed.maps, ANYCAST.into()).unwrap(), Mode::Proxy);
     assert_eq!(
         bed.run(PROGRAM, 0, &req).unwrap(),
         (XDP_TX, reply(p0, p0, ANYCAST))
@@ -101,10 +98,7 @@ fn direct_mode_arp_reply_bytes() {
     bed.add_member(ANYCAST, member(3).0, 0, member(3).1)
         .unwrap();
     bed.del_member(ANYCAST, member(3).0).unwrap();
-    assert_eq!(
-        mode::get(&bed.maps, ANYCAST.into()).unwrap(),
-        Mode::Direct
-    );
+    assert_eq!(mode::get(&bed.maps, ANYCAST.into()).unwrap(), Mode::Direct);
 
     // Probes, replies and gratuitous ARP are still never answered.
     let probe = request(CLIENT_MAC, Ipv4Addr::UNSPECIFIED, ANYCAST);
@@ -155,7 +149,8 @@ fn clients_spread_by_weight_and_only_the_leavers_clients_are_repointed() {
     }
     mode::set(&mut bed.maps, ANYCAST.into(), Mode::Direct).unwrap();
     let before = placements(&bed, 200);
-    let count = |p: &BTreeMap<u8, [u8; 6]>, i: u8| p.values().filter(|m| **m == member(i).1).count();
+    let count =
+        |p: &BTreeMap<u8, [u8; 6]>, i: u8| p.values().filter(|m| **m == member(i).1).count();
     let spread: Vec<usize> = (1..=3).map(|i| count(&before, i)).collect();
     println!("200 clients over 3 members: {spread:?}");
     assert!(spread.iter().all(|&n| n >= 40), "{spread:?}");
@@ -167,7 +162,11 @@ fn clients_spread_by_weight_and_only_the_leavers_clients_are_repointed() {
     println!("weights 100/100/300: {w:?}");
     assert!(w[2] > w[0] + w[1] - 40 && w[2] >= 90, "{w:?}");
     bed.set_weight(ANYCAST, member(3).0, 100, 100).unwrap();
-    assert_eq!(placements(&bed, 200), before, "placement is a function of the set");
+    assert_eq!(
+        placements(&bed, 200),
+        before,
+        "placement is a function of the set"
+    );
 
     // Member 2 goes: exactly its clients are repointed, each to the member the dataplane now
     // gives it, and recorded there.
@@ -198,7 +197,10 @@ fn clients_spread_by_weight_and_only_the_leavers_clients_are_repointed() {
     );
     for i in 0..200u8 {
         if before[&i] != member(2).1 {
-            assert_eq!(after[&i], before[&i], "client {i} of a surviving member moved");
+            assert_eq!(
+                after[&i], before[&i],
+                "client {i} of a surviving member moved"
+            );
         } else {
             assert_ne!(after[&i], member(2).1);
         }

@@ -45,6 +45,9 @@ pub struct File {
     pub export_hold_down_ms: Option<u64>,
     /// Where to serve Prometheus metrics (`"127.0.0.1:9446"`); none by default.
     pub metrics_listen: Option<SocketAddr>,
+    /// Direct mode: also send the gratuitous form of each repoint (default true; see
+    /// `crate::repoint`).
+    pub repoint_gratuitous: Option<bool>,
 }
 
 impl File {
@@ -80,6 +83,8 @@ pub struct Config {
     pub export_hold_down: Duration,
     /// Where `/metrics` is served, if anywhere.
     pub metrics_listen: Option<SocketAddr>,
+    /// Direct mode: repoints also send the gratuitous form of the ARP reply.
+    pub repoint_gratuitous: bool,
 }
 
 /// Command-line values; `None`/empty means "not given".
@@ -185,6 +190,7 @@ impl Config {
             max_hold_ms: file.max_hold_ms.unwrap_or(DEFAULT_MAX_HOLD_MS),
             export_hold_down: Duration::from_millis(file.export_hold_down_ms.unwrap_or(0)),
             metrics_listen: cli.metrics_listen.or(file.metrics_listen),
+            repoint_gratuitous: file.repoint_gratuitous.unwrap_or(true),
             replay_window: Duration::from_millis(
                 file.replay_window_ms.unwrap_or(MAX_CLOCK_SKEW_MS),
             ),

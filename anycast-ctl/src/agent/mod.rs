@@ -110,6 +110,7 @@ pub struct Agent {
 /// advertisement socket and the single-agent lock; only then is the dataplane attached.
 pub async fn run(pin: PinDir, source: config::Source) -> Result<()> {
     let (config, keys) = source.load()?;
+    crate::repoint::set_gratuitous(config.repoint_gratuitous);
     let nl = Netlink::new()?;
     let mut ifindexes = Vec::new();
     for name in &config.devs {
@@ -270,6 +271,8 @@ impl Agent {
         self.config.max_hold_ms = config.max_hold_ms;
         self.config.export_hold_down = config.export_hold_down;
         self.export.set_hold_down(config.export_hold_down);
+        self.config.repoint_gratuitous = config.repoint_gratuitous;
+        crate::repoint::set_gratuitous(config.repoint_gratuitous);
         // Members of addresses the new prefixes no longer allow go now, not at their expiry.
         let outside: Vec<MemberKey> = (self.learned.keys())
             .filter(|k| !self.config.allows(any_ip(k.anycast)))
