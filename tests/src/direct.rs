@@ -11,7 +11,7 @@ use std::{
     net::{Ipv4Addr, SocketAddr, UdpSocket},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     thread::{self, JoinHandle},
     time::{Duration, Instant},
@@ -119,6 +119,11 @@ impl DirectLab {
             .unwrap_or_default()
     }
 
+    /// What the agent logged so far.
+    pub fn agent_log(&self) -> String {
+        self._agent.log()
+    }
+
     /// Makes every client forget the anycast address's MAC (each ARPs again on its next send).
     pub fn flush_clients(&self) -> Result<()> {
         for c in &self.clients {
@@ -167,6 +172,11 @@ impl Arrivals {
     pub fn snapshot(&self) -> Vec<(Ipv4Addr, Instant)> {
         self.got.lock().expect("arrivals").clone()
     }
+
+    /// Forgets everything received so far.
+    pub fn clear(&self) {
+        self.got.lock().expect("arrivals").clear();
+    }
 }
 
 impl Drop for Arrivals {
@@ -181,6 +191,7 @@ impl Drop for Arrivals {
 /// Every client sending one datagram every [`GAP`] (one thread for all), until dropped.
 pub struct Senders {
     stop: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
     handle: Option<JoinHandle<()>>,
 }
 
@@ -193,7 +204,8 @@ impl Senders {
             })
             .collect::<Result<Vec<_>>>()?;
         let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
+        let sent = Arc::new(AtomicU64::new(0));
+        let (flag, count) = (stop.clone(), sent.clone());
         let handle = thread::Builder::new()
             .name("senders".into())
             .spawn(move || {
@@ -201,15 +213,23 @@ impl Senders {
                 while !flag.load(Ordering::Relaxed) && Instant::now() < deadline {
                     for s in &sockets {
                         // An unresolved neighbour drops a datagram or two: as on a wire.
-                        let _ = s.send_to(b"direct", (ANYCAST, PORT));
+                        if s.send_to(b"direct", (ANYCAST, PORT)).is_ok() {
+                            count.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                     thread::sleep(GAP);
                 }
             })?;
         Ok(Self {
             stop,
+            sent,
             handle: Some(handle),
         })
+    }
+
+    /// Datagrams sent so far.
+    pub fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
     }
 }
 
