@@ -23,6 +23,7 @@ pub mod direct;
 pub mod flow;
 pub mod identity;
 pub mod maps;
+pub mod multicast;
 pub mod proto;
 
 pub use counters::{AGENT_COUNTERS, AgentCounter, PassReason, Stat};

@@ -99,10 +99,13 @@ pub mod names {
     pub const DIRECT_REPLIES: &str = "DIRECT_REPLIES";
     /// [`crate::direct::stat_key`] -> clients repointed (written by user space).
     pub const REPOINTS: &str = "REPOINTS";
+    /// Member LAN ifindex -> [`super::McastLan`]: in multicast mode, another router forwards
+    /// onto that LAN, and this one relays to it (written by the agent's router election).
+    pub const MCAST_LANS: &str = "MCAST_LANS";
     /// The maps pinned under the pin directory: every map of the object.
-    pub const PINNED: [&str; 29] = ALL;
+    pub const PINNED: [&str; 30] = ALL;
     /// Every map of the dataplane object.
-    pub const ALL: [&str; 29] = [
+    pub const ALL: [&str; 30] = [
         ADDRS,
         ADDRS6,
         MEMBER_SETS,
@@ -132,6 +135,7 @@ pub mod names {
         REQUESTERS,
         DIRECT_REPLIES,
         REPOINTS,
+        MCAST_LANS,
     ];
 }
 
@@ -260,6 +264,10 @@ pub const ADDR_MODE_PROXY: u32 = 0;
 /// `AddrBucket::mode`: the router answers a client's ARP with the MAC of a member on the
 /// client's link, chosen per client (`crate::direct`); the client then sends to it directly.
 pub const ADDR_MODE_DIRECT: u32 = 1;
+/// `AddrBucket::mode`: the router sends each datagram once onto its members' LAN, to the
+/// address's link-level group ([`crate::multicast::group_mac`]), which every member joins: every
+/// member gets every datagram (RFC 1546's second way).
+pub const ADDR_MODE_MULTICAST: u32 = 2;
 
 /// One bucket of the `ADDRS` index. `ip == 0` marks an empty bucket.
 #[repr(C)]
@@ -734,6 +742,16 @@ pub const MAX_REQUESTERS: u32 = 65_536;
 /// Entries of `DIRECT_REPLIES` and `REPOINTS` each (addresses and members in direct mode).
 pub const MAX_DIRECT_STATS: u32 = 65_536;
 
+/// Value of `MCAST_LANS`: the router that forwards multicast-mode datagrams onto a member LAN
+/// in this router's stead.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct McastLan {
+    /// Its MAC on that LAN: this router relays the datagrams there, unicast.
+    pub relay_mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
 /// Key of `REQUESTERS`: one client of one direct-mode address.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -760,6 +778,7 @@ pub struct Requester {
 
 const _: () = {
     assert!(core::mem::size_of::<RequesterKey>() == 8);
+    assert!(core::mem::size_of::<McastLan>() == 8);
     assert!(core::mem::size_of::<Requester>() == 24);
     assert!(core::mem::size_of::<MemberRef>() == 8);
     assert!(core::mem::size_of::<AddrBucket>() == 16);
@@ -802,6 +821,7 @@ mod pod {
     unsafe impl aya::Pod for MemberInfo {}
     unsafe impl aya::Pod for SlotState {}
     unsafe impl aya::Pod for RequesterKey {}
+    unsafe impl aya::Pod for McastLan {}
     unsafe impl aya::Pod for Requester {}
 }
 

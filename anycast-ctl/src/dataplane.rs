@@ -236,6 +236,8 @@ pub struct Maps {
     pub requesters: HashMap<MapData, RequesterKey, Requester>,
     pub direct_replies: PerCpuHashMap<MapData, u32, u64>,
     pub repoints: HashMap<MapData, u32, u64>,
+    /// Multicast mode: member LANs where another router forwards (the agent's election).
+    pub mcast_lans: HashMap<MapData, u32, anycast_common::McastLan>,
     /// `SLOT_STATE`, mapped: members out of service, retiring flags.
     pub slot_state: crate::mapped::SlotStates,
     /// A one-word table, made on first use, that [`Maps::grace_period`] stores at
@@ -287,6 +289,7 @@ impl Maps {
             requesters: open(pin, names::REQUESTERS)?,
             direct_replies: open(pin, names::DIRECT_REPLIES)?,
             repoints: open(pin, names::REPOINTS)?,
+            mcast_lans: open(pin, names::MCAST_LANS)?,
             slot_state: open_slot_state(pin)?,
             grace: None,
             deferred: None,

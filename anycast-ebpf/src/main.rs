@@ -24,6 +24,7 @@ mod forward;
 mod ipv4;
 mod ipv6;
 mod maps;
+mod multicast;
 mod ndp;
 mod packet;
 mod select;

@@ -5,9 +5,9 @@ use anycast_common::{
     ADDR_BUCKETS, ADDR6_BUCKETS, AGENT_COUNTERS, ALLOC_KINDS, AddrBucket, AddrBucket6, AddrEntry,
     AddrStats, EXPORT_FIELDS, FLOW_SETS, FLOW_WAYS, FlowEntry, FragKey, FragKey6, Host,
     IFACE_SLOTS, Iface, Ip6Key, MAX_ADDRS, MAX_DIRECT_STATS, MAX_FRAGS, MAX_HOSTS, MAX_IFACES,
-    MAX_MEMBER_COUNTERS, MAX_REQUESTERS, MemberInfo, MemberKey, MemberRef, MemberSet, MemberStats,
-    Probe, Requester, RequesterKey, SlotState, Stat, TABLE_SLOTS, addr_probe, iface_probe,
-    member_set_index,
+    MAX_MEMBER_COUNTERS, MAX_REQUESTERS, McastLan, MemberInfo, MemberKey, MemberRef, MemberSet,
+    MemberStats, Probe, Requester, RequesterKey, SlotState, Stat, TABLE_SLOTS, addr_probe,
+    iface_probe, member_set_index,
 };
 use aya_ebpf::{
     Global,
@@ -102,6 +102,11 @@ pub static REQUESTERS: LruHashMap<RequesterKey, Requester> = LruHashMap::pinned(
 #[map]
 pub static DIRECT_REPLIES: PerCpuHashMap<u32, u64> =
     PerCpuHashMap::pinned(MAX_DIRECT_STATS, BPF_F_NO_PREALLOC);
+
+/// Member LAN ifindex -> the router to relay multicast-mode datagrams to (`multicast`);
+/// written by the agent's router election, absent when this router forwards onto the LAN.
+#[map]
+pub static MCAST_LANS: HashMap<u32, McastLan> = HashMap::pinned(MAX_IFACES, 0);
 
 // User-space-only maps: declared here so that every map of the dataplane is created, pinned
 // and removed together; the program never reads them.

@@ -25,8 +25,8 @@ pub enum Command {
     Set(SetArgs),
     /// Stop MEMBER_IP serving ANYCAST_IP.
     Del(DelArgs),
-    /// Set how clients on a member's link reach ANYCAST_IP (an address already in the maps,
-    /// static or learned): proxy or direct.
+    /// Set how datagrams to ANYCAST_IP reach its members (an address already in the maps,
+    /// static or learned): proxy, direct or multicast.
     Mode(ModeArgs),
 }
 
@@ -58,9 +58,10 @@ pub struct AddArgs {
     /// address's current size].
     #[arg(long, value_parser = table_size)]
     pub table_size: Option<u32>,
-    /// How clients on a member's link reach the address: proxy (the router answers ARP and
-    /// forwards) or direct (ARP answered with one member's MAC per client; IPv4 only)
-    /// [default: proxy for a new address, else its current mode].
+    /// How datagrams reach the members: proxy (the router answers ARP and forwards each to one
+    /// member), direct (ARP answered with one member's MAC per client) or multicast (each
+    /// datagram to every member, on the address's group MAC); direct and multicast are IPv4
+    /// only [default: proxy for a new address, else its current mode].
     #[arg(long, value_enum)]
     pub mode: Option<Mode>,
 }

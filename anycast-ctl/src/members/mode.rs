@@ -1,8 +1,8 @@
-//! An anycast address's delivery mode (`AddrBucket::mode`): how clients on a member's link
-//! reach it. Set by the operator alone; kept by every other change of the address.
+//! An anycast address's delivery mode (`AddrBucket::mode`): how its datagrams reach its
+//! members (proxy, direct ARP, link-level multicast). Set by the operator alone; kept by every other change of the address.
 use std::net::IpAddr;
 
-use anycast_common::{ADDR_MODE_DIRECT, ADDR_MODE_PROXY};
+use anycast_common::{ADDR_MODE_DIRECT, ADDR_MODE_MULTICAST, ADDR_MODE_PROXY};
 use serde::Serialize;
 
 use crate::{
@@ -20,12 +20,16 @@ pub enum Mode {
     /// The router answers a client's ARP with the MAC of one member on the client's link,
     /// chosen per client; the client's datagrams then go to it directly, and move when it goes.
     Direct,
+    /// The router sends each datagram once onto the members' LAN, to the address's link-level
+    /// group MAC, which every member joins: every member gets every datagram.
+    Multicast,
 }
 
 impl Mode {
     pub fn from_raw(raw: u32) -> Self {
         match raw {
             ADDR_MODE_DIRECT => Mode::Direct,
+            ADDR_MODE_MULTICAST => Mode::Multicast,
             _ => Mode::Proxy,
         }
     }
@@ -34,6 +38,7 @@ impl Mode {
         match self {
             Mode::Proxy => ADDR_MODE_PROXY,
             Mode::Direct => ADDR_MODE_DIRECT,
+            Mode::Multicast => ADDR_MODE_MULTICAST,
         }
     }
 
@@ -41,15 +46,18 @@ impl Mode {
         match self {
             Mode::Proxy => "proxy",
             Mode::Direct => "direct",
+            Mode::Multicast => "multicast",
         }
     }
 }
 
-/// Whether `mode` can serve `address`: direct mode is ARP's, so IPv4 only.
+/// Whether `mode` can serve `address`: direct mode is ARP's, and multicast mode's group
+/// MAC is defined for IPv4 addresses; both are IPv4 only.
 pub fn check(address: IpAddr, mode: Mode) -> Result<()> {
-    if mode == Mode::Direct && address.is_ipv6() {
+    if mode != Mode::Proxy && address.is_ipv6() {
         return Err(Error::Usage(format!(
-            "{address}: direct mode answers ARP and is for IPv4 addresses only"
+            "{address}: {} mode is for IPv4 addresses only",
+            mode.name()
         )));
     }
     Ok(())
