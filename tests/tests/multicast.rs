@@ -3,7 +3,7 @@
 //! address (R1) to put group frames on the LAN; R2 relays to it. 1,000 UDP datagrams from the
 //! client, spread over both routers by the upstream's ECMP, reach every member exactly once; a
 //! host on the LAN that does not serve the address delivers nothing to its sockets; a member
-//! that leaves gets nothing more.
+//! that leaves gets nothing more; when R1's agent dies, R2 takes over.
 use std::{collections::BTreeSet, net::Ipv4Addr, time::Duration};
 
 use anycast_ctl::{dataplane::Maps, pin::PinDir};
@@ -214,5 +214,9 @@ fn every_member_gets_each_datagram_once_through_one_forwarder() {
     let counts: Vec<usize> = sinks.into_iter().map(|s| s.stop().len()).collect();
     println!("after member 3 left: {counts:?} of {}", sent.len());
     assert_eq!(counts, [sent.len(), sent.len(), 0]);
-    drop(agents);
+
+    // R1's agent dies (-9): after three hello intervals R2 forwards onto the LAN itself.
+    agents[0].kill();
+    let took_over = wait_until(Duration::from_secs(3), || relays(&ctls[1]).is_empty());
+    assert!(took_over, "R2 still relays: {:?}", relays(&ctls[1]));
 }
