@@ -260,4 +260,46 @@ mod tests {
             crate::cli::Command::Member(Command::Del(..))
         ));
     }
+
+    #[test]
+    fn parses_modes() {
+        let add = parse(&["member", "add", "198.51.100.53", "203.0.113.2"]).unwrap();
+        assert!(matches!(
+            add.command,
+            crate::cli::Command::Member(Command::Add(AddArgs { mode: None, .. }))
+        ));
+        for (word, want) in [
+            ("proxy", Mode::Proxy),
+            ("direct", Mode::Direct),
+            ("multicast", Mode::Multicast),
+        ] {
+            let args = [
+                "member",
+                "add",
+                "198.51.100.53",
+                "203.0.113.2",
+                "--mode",
+                word,
+            ];
+            match parse(&args).unwrap().command {
+                crate::cli::Command::Member(Command::Add(AddArgs { mode, .. })) => {
+                    assert_eq!(mode, Some(want))
+                }
+                other => panic!("{other:?}"),
+            }
+            match parse(&["member", "mode", "198.51.100.53", word])
+                .unwrap()
+                .command
+            {
+                crate::cli::Command::Member(Command::Mode(ModeArgs { mode, .. })) => {
+                    assert_eq!(mode, want)
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(parse(&["member", "mode", "198.51.100.53", "anycast"]).is_err());
+        let v6 = "2001:db8::53".parse().unwrap();
+        assert!(members::mode::check(v6, Mode::Direct).is_err());
+        assert!(members::mode::check(v6, Mode::Proxy).is_ok());
+    }
 }
