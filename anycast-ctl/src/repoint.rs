@@ -12,6 +12,8 @@
 //!   [`set_gratuitous`] turned it off) a gratuitous-form reply (target = the anycast address),
 //!   which Linux applies even within `locktime` (1 s) of its last update of the entry; both are
 //!   sent [`REPEATS`] times, [`REPEAT_INTERVAL`] apart, against loss.
+//! - Cost: one walk of `REQUESTERS` per removal (empty unless direct mode answered someone),
+//!   and, with clients to tell, 20 ms of the writer's time for the repeats.
 //! - Repointing is best effort after the removal is done: a failure is logged, never undoes or
 //!   fails the removal. `REPOINTS` counts clients repointed, per address and per member they
 //!   were repointed to.
