@@ -210,10 +210,21 @@ fn check_mac(
 /// [`Edge::LastMemberGone`] when this was the address's last member.
 pub fn del(maps: &mut Maps, address: IpAddr, member: IpAddr) -> Result<Option<Edge>> {
     let leaving = crate::repoint::leaving(maps, address, member);
-    let edge = maps.transaction(|maps| del_in(maps, address, member))?;
-    // Direct mode: the member's clients learn where to go now (best effort, after the fact).
-    crate::repoint::after_removal(maps, leaving);
-    Ok(edge)
+    // Direct mode: the member's clients learn where to go right after the flip (best effort),
+    // before the grace period that readies the address's spare, which waits meanwhile.
+    let defer = leaving.is_some() && maps.deferred.is_none();
+    if defer {
+        maps.defer_settles();
+    }
+    let edge = maps.transaction(|maps| del_in(maps, address, member));
+    if edge.is_ok() {
+        crate::repoint::after_removal(maps, leaving);
+    }
+    if defer && let Err(e) = maps.settle_deferred() {
+        // The slot stays retiring: its next change settles it first.
+        tracing::warn!(error = %e, %address, "waiting for a grace period");
+    }
+    edge
 }
 
 fn del_in(maps: &mut Maps, address: IpAddr, member: IpAddr) -> Result<Option<Edge>> {
