@@ -6,8 +6,9 @@
 //!   no other client is sent anything, so clients of surviving members never move.
 //! - Each gets the member the dataplane would give its next ARP request
 //!   ([`anycast_common::direct`]): [`place`] reads the live set and Maglev table after the
-//!   removal's flip and applies the same fallback as `select::new_flow`. With no member on the
-//!   client's link, the client is pointed at the router (proxy mode for it) and forgotten.
+//!   removal's flip, as `select::table_pick` does. When that member is out of service or not
+//!   on the client's link, the client is pointed at the router (proxy mode for it, as the
+//!   dataplane would answer) and forgotten.
 //! - The news is an ARP reply unicast to the client from the interface it asked on, and (unless
 //!   [`set_gratuitous`] turned it off) a gratuitous-form reply (target = the anycast address),
 //!   which Linux applies even within `locktime` (1 s) of its last update of the entry; both are
@@ -25,10 +26,9 @@ use std::{
 };
 
 use anycast_common::{
-    MAX_MEMBERS, MemberRef, MemberSet, NO_HOST, Requester, RequesterKey,
+    MemberRef, MemberSet, NO_HOST, Requester, RequesterKey,
     direct::{StatOf, arp_reply, requester_hash, stat_key},
-    fallback_score, ip_key, ip_octets, member_identity, names, pick_index, position_bit,
-    table_position, table_word_of,
+    ip_key, ip_octets, names, pick_index, position_bit, table_position, table_word_of,
 };
 use aya::maps::{Array, Map, MapData};
 
@@ -170,7 +170,7 @@ pub fn plan(maps: &mut Maps, gone: &Leaving) -> Result<Vec<Repoint>> {
             }
             None => {
                 let _ = maps.requesters.remove(&key);
-                if placed.is_none() {
+                if set.members().next().is_none() {
                     // No member left at all: nobody to point the client at.
                     continue;
                 }
@@ -197,8 +197,9 @@ fn count(maps: &mut Maps, of: StatOf) {
     let _ = maps.repoints.insert(key, n + 1, 0);
 }
 
-/// The member a new flow (or a direct-mode client) with `hash` gets from the live set `set` of
-/// `entry` with positions `down` out of service, and its position: `select::new_flow`'s choice.
+/// The member the live set `set` of `entry` (positions `down` out of service) gives a
+/// direct-mode client with `hash`, and its position: the single member or the Maglev table's
+/// (`select::table_pick` in the dataplane); `None` if that one is out of service.
 pub fn place(
     maps: &Maps,
     (entry, set, down): (&AddrSlot, &MemberSet, u64),
@@ -222,38 +223,11 @@ pub fn place(
             .map_err(|e| Error::map(names::TABLES, e))?;
         table_position(packed, shift)
     };
-    let serves = |p: u32| {
-        set.members
-            .get(p as usize)
-            .is_some_and(|m| m.host != NO_HOST && down & position_bit(p) == 0)
-    };
-    if serves(position) {
-        return Ok(Some((set.members[position as usize], position)));
-    }
-    // The fallback: among the eligible members in service (else the standby ones), the highest
-    // `fallback_score`, ties to the higher identity.
-    let eligible = set.eligible & !down;
-    let pool = if eligible != 0 {
-        eligible
-    } else {
-        set.standby & !down
-    };
-    let mut best: Option<((u32, u32), MemberRef, u32)> = None;
-    for (position, m) in set.members.iter().enumerate().take(MAX_MEMBERS) {
-        let position = position as u32;
-        if pool & position_bit(position) == 0 || m.host == NO_HOST {
-            continue;
-        }
-        let Ok(host) = maps.hosts.get(&m.host, 0) else {
-            continue;
-        };
-        let id = member_identity(host.ip);
-        let score = (fallback_score(hash, id), id);
-        if best.is_none_or(|(b, _, _)| score > b) {
-            best = Some((score, *m, position));
-        }
-    }
-    Ok(best.map(|(_, m, p)| (m, p)))
+    Ok(set
+        .members
+        .get(position as usize)
+        .filter(|m| m.host != NO_HOST && down & position_bit(position) == 0)
+        .map(|m| (*m, position)))
 }
 
 /// Sends every repoint [`REPEATS`] times, [`REPEAT_INTERVAL`] apart (blocking meanwhile).
