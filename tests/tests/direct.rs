@@ -8,7 +8,6 @@ use std::{
 };
 
 use anycast_tests::{
-    ANYCAST,
     daemon::Daemon,
     direct::{Arrivals, DirectLab, Senders, first_elsewhere, homes},
     wait_until,
@@ -102,5 +101,9 @@ fn lan_clients_go_straight_to_members_and_move_only_when_theirs_dies() {
         .map(|m| m["repoints"].as_u64().unwrap())
         .sum();
     assert_eq!(to_survivors, theirs.len() as u64, "{c}");
-    let _ = ANYCAST;
+    let log = lab.agent_log();
+    assert!(
+        !log.contains("WARN") && !log.contains("ERROR"),
+        "agent:\n{log}"
+    );
 }

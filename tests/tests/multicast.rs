@@ -219,4 +219,9 @@ fn every_member_gets_each_datagram_once_through_one_forwarder() {
     agents[0].kill();
     let took_over = wait_until(Duration::from_secs(3), || relays(&ctls[1]).is_empty());
     assert!(took_over, "R2 still relays: {:?}", relays(&ctls[1]));
+    let log = agents[1].log();
+    assert!(
+        !log.contains("WARN") && !log.contains("ERROR"),
+        "R2's agent:\n{log}"
+    );
 }

@@ -146,10 +146,8 @@ impl Routers {
                     };
                     maps.mcast_lans.insert(lan.ifindex, entry, 0)
                 }
-                None => match maps.mcast_lans.remove(&lan.ifindex) {
-                    Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-                    other => other,
-                },
+                None if maps.mcast_lans.get(&lan.ifindex, 0).is_err() => Ok(()),
+                None => maps.mcast_lans.remove(&lan.ifindex),
             };
             match done {
                 Ok(()) => {
