@@ -36,6 +36,11 @@ pub const LINK_ADDR_KIND: u8 = 2;
 /// Value length of a link-layer address entry (an Ethernet MAC).
 pub const LINK_ADDR_LEN: u8 = 6;
 
+/// Header flag: the sender is an anycast router saying hello on the link (multicast mode's
+/// forwarder election, anycast-ctl's `agent::routers`); such a message carries no membership.
+/// A receiver that does not know the flag ignores it, and finds nothing to apply.
+pub const FLAG_ROUTER: u8 = 0x01;
+
 /// The first two bytes of every advertisement: "AC".
 pub const MAGIC: [u8; 2] = *b"AC";
 /// The version this module speaks.
@@ -287,7 +292,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
         self.buffer.as_ref()[field::VERSION]
     }
 
-    /// The flags (none defined in version 1; receivers ignore them).
+    /// The flags ([`FLAG_ROUTER`]; receivers ignore those they do not know).
     pub fn flags(&self) -> u8 {
         self.buffer.as_ref()[field::FLAGS]
     }

@@ -19,9 +19,11 @@ extern crate std;
 pub mod advert;
 pub mod bench;
 pub mod counters;
+pub mod direct;
 pub mod flow;
 pub mod identity;
 pub mod maps;
+pub mod multicast;
 pub mod proto;
 
 pub use counters::{AGENT_COUNTERS, AgentCounter, PassReason, Stat};

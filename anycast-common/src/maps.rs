@@ -91,10 +91,21 @@ pub mod names {
     pub const MEMBER_SLOTS: &str = "MEMBER_SLOTS";
     /// Route export settings, indexed by `EXPORT_*` (user space only; see `anycast-ctl export`).
     pub const EXPORT: &str = "EXPORT";
+    /// LRU: [`super::RequesterKey`] -> [`super::Requester`]: which member each client of a
+    /// direct-mode address was given in an ARP reply (see `crate::direct`).
+    pub const REQUESTERS: &str = "REQUESTERS";
+    /// [`crate::direct::stat_key`] -> ARP replies given in direct mode (written by the
+    /// dataplane).
+    pub const DIRECT_REPLIES: &str = "DIRECT_REPLIES";
+    /// [`crate::direct::stat_key`] -> clients repointed (written by user space).
+    pub const REPOINTS: &str = "REPOINTS";
+    /// Member LAN ifindex -> [`super::McastLan`]: in multicast mode, another router forwards
+    /// onto that LAN, and this one relays to it (written by the agent's router election).
+    pub const MCAST_LANS: &str = "MCAST_LANS";
     /// The maps pinned under the pin directory: every map of the object.
-    pub const PINNED: [&str; 26] = ALL;
+    pub const PINNED: [&str; 30] = ALL;
     /// Every map of the dataplane object.
-    pub const ALL: [&str; 26] = [
+    pub const ALL: [&str; 30] = [
         ADDRS,
         ADDRS6,
         MEMBER_SETS,
@@ -121,6 +132,10 @@ pub mod names {
         MEMBER_SLOTS,
         EXPORT,
         SLOT_STATE,
+        REQUESTERS,
+        DIRECT_REPLIES,
+        REPOINTS,
+        MCAST_LANS,
     ];
 }
 
@@ -246,6 +261,17 @@ pub struct MemberRef {
     pub counter: u32,
 }
 
+/// `AddrBucket::mode`: the router answers ARP with its own MAC and forwards every datagram to
+/// a member chosen per flow (the default).
+pub const ADDR_MODE_PROXY: u32 = 0;
+/// `AddrBucket::mode`: the router answers a client's ARP with the MAC of a member on the
+/// client's link, chosen per client (`crate::direct`); the client then sends to it directly.
+pub const ADDR_MODE_DIRECT: u32 = 1;
+/// `AddrBucket::mode`: the router sends each datagram once onto its members' LAN, to the
+/// address's link-level group ([`crate::multicast::group_mac`]), which every member joins: every
+/// member gets every datagram (RFC 1546's second way).
+pub const ADDR_MODE_MULTICAST: u32 = 2;
+
 /// One bucket of the `ADDRS` index. `ip == 0` marks an empty bucket.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -256,7 +282,9 @@ pub struct AddrBucket {
     pub slot: u32,
     /// Which of the address's two member sets is live (0 or 1).
     pub version: u32,
-    pub _pad: u32,
+    /// `ADDR_MODE_*`: how clients on a member's link reach the address. Kept by every rewrite
+    /// of the bucket; changed only by the operator (`member add --mode`, `member mode`).
+    pub mode: u32,
 }
 
 /// One bucket of the `ADDRS6` index: [`AddrBucket`] with an IPv6 key. `ip == [0; 4]` (`::`)
@@ -292,6 +320,11 @@ pub trait AddrEntry: Copy + Default {
     fn version(&self) -> &u32;
     /// This bucket with the other member set live.
     fn flipped(&self) -> Self;
+    /// The address's `ADDR_MODE_*` (IPv6 addresses are always proxied: direct mode is ARP's).
+    #[inline(always)]
+    fn mode(&self) -> u32 {
+        ADDR_MODE_PROXY
+    }
 }
 
 impl AddrEntry for AddrBucket {
@@ -318,8 +351,12 @@ impl AddrEntry for AddrBucket {
             ip,
             slot,
             version,
-            _pad: 0,
+            mode: ADDR_MODE_PROXY,
         }
+    }
+    #[inline(always)]
+    fn mode(&self) -> u32 {
+        self.mode
     }
     fn key(&self) -> u32 {
         self.ip
@@ -703,7 +740,50 @@ pub struct MemberInfo {
     pub _pad: u32,
 }
 
+/// Clients of direct-mode addresses remembered (`REQUESTERS`; the least recently answered go
+/// first).
+pub const MAX_REQUESTERS: u32 = 65_536;
+/// Entries of `DIRECT_REPLIES` and `REPOINTS` each (addresses and members in direct mode).
+pub const MAX_DIRECT_STATS: u32 = 65_536;
+
+/// Value of `MCAST_LANS`: the router that forwards multicast-mode datagrams onto a member LAN
+/// in this router's stead.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct McastLan {
+    /// Its MAC on that LAN: this router relays the datagrams there, unicast.
+    pub relay_mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
+/// Key of `REQUESTERS`: one client of one direct-mode address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RequesterKey {
+    /// The address's slot.
+    pub slot: u32,
+    /// The client's IPv4 address ([`crate::ip_key`]).
+    pub ip: u32,
+}
+
+/// Value of `REQUESTERS`: the member a client was given, and where to reach the client.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Requester {
+    pub member: MemberRef,
+    /// The member's position in the set it was chosen from.
+    pub position: u32,
+    /// The interface the client's request came in on (the member's too).
+    pub ifindex: u32,
+    /// The client's MAC (the request's sender hardware address).
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
 const _: () = {
+    assert!(core::mem::size_of::<RequesterKey>() == 8);
+    assert!(core::mem::size_of::<McastLan>() == 8);
+    assert!(core::mem::size_of::<Requester>() == 24);
     assert!(core::mem::size_of::<MemberRef>() == 8);
     assert!(core::mem::size_of::<AddrBucket>() == 16);
     assert!(core::mem::size_of::<MemberSet>() == 32 + 8 * MAX_MEMBERS);
@@ -744,6 +824,9 @@ mod pod {
     unsafe impl aya::Pod for FlowEntry {}
     unsafe impl aya::Pod for MemberInfo {}
     unsafe impl aya::Pod for SlotState {}
+    unsafe impl aya::Pod for RequesterKey {}
+    unsafe impl aya::Pod for McastLan {}
+    unsafe impl aya::Pod for Requester {}
 }
 
 #[cfg(test)]

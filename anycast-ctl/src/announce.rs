@@ -5,7 +5,9 @@
 //! rtnetlink unless it is already there (IPv6 as a /128 with `nodad`), and, for IPv4, sets
 //! arp_ignore=1 / arp_announce=2 on the advertising interface so the host never answers ARP for
 //! it (the router does; IPv6 needs no such setting: Linux answers a Neighbor Solicitation only
-//! for addresses of the receiving interface). Then it sends advertisements every interval, one
+//! for addresses of the receiving interface). It joins, on the advertising interface, the
+//! link-level group of each IPv4 address (`anycast_common::multicast`: what a router sends an
+//! address in multicast mode to), and leaves them when it stops. Then it sends advertisements every interval, one
 //! per family ([`channel`]): IPv4 multicast on the interface or unicast to `--to`, with TTL
 //! 255; IPv6 multicast to a link-local group out of the interface, with hop limit 255. Each
 //! advertisement carries the interface's MAC (read again for every message), so the router
@@ -127,10 +129,19 @@ pub async fn run(opts: Options) -> Result<()> {
     let lo = nl.link_by_name("lo").await?.index;
     let _identity = identity(&opts, &channels)?;
     let added = add_to_lo(&nl, lo, &opts.anycast).await?;
+    // Multicast mode: the router may send the addresses' datagrams to their link-level groups.
+    let groups = match crate::mcast::join_anycast_groups(dev, &opts.anycast) {
+        Ok(groups) => groups,
+        Err(e) => {
+            remove_from_lo(&nl, lo, &added).await;
+            return Err(e);
+        }
+    };
     let advertised = match health::watch(opts.checks.clone(), opts.anycast.clone(), lo) {
         Ok(health) => advertise(&opts, (&nl, health), dev, &channels, hold_ms, key.as_ref()).await,
         Err(e) => Err(e),
     };
+    crate::mcast::leave_groups(dev, &groups);
     remove_from_lo(&nl, lo, &added).await;
     advertised
 }

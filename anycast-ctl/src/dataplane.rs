@@ -12,14 +12,15 @@ use std::net::IpAddr;
 
 use anycast_common::{
     AddrBucket, AddrBucket6, AddrEntry, AddrStats, FLOW_SETS, FLOW_WAYS, Host, IFACE_PROBES, Iface,
-    IfaceSlot, Ip6Key, MemberInfo, MemberKey, MemberSet, MemberStats, Probe, addr_probe, any_ip,
-    any_key, iface_probe, ip_key, ip6_key, member_set_index, names, programs,
+    IfaceSlot, Ip6Key, MemberInfo, MemberKey, MemberSet, MemberStats, Probe, Requester,
+    RequesterKey, addr_probe, any_ip, any_key, iface_probe, ip_key, ip6_key, member_set_index,
+    names, programs,
 };
 use aya::{
     Ebpf, EbpfLoader,
     maps::{
-        Array, ArrayOfMaps, HashMap, Map, MapData, MapInfo, PerCpuArray, PerCpuValues, Stack,
-        xdp::DevMapHash,
+        Array, ArrayOfMaps, HashMap, Map, MapData, MapInfo, PerCpuArray, PerCpuHashMap,
+        PerCpuValues, Stack, xdp::DevMapHash,
     },
     programs::Xdp,
 };
@@ -230,6 +231,13 @@ pub struct Maps {
     pub host_refs: Array<MapData, u32>,
     pub member_slots: Array<MapData, u32>,
     pub export: Array<MapData, u32>,
+    /// Direct mode: the clients given each member (an LRU written by the dataplane), its ARP
+    /// replies and user space's repoints (see [`crate::repoint`]).
+    pub requesters: HashMap<MapData, RequesterKey, Requester>,
+    pub direct_replies: PerCpuHashMap<MapData, u32, u64>,
+    pub repoints: HashMap<MapData, u32, u64>,
+    /// Multicast mode: member LANs where another router forwards (the agent's election).
+    pub mcast_lans: HashMap<MapData, u32, anycast_common::McastLan>,
     /// `SLOT_STATE`, mapped: members out of service, retiring flags.
     pub slot_state: crate::mapped::SlotStates,
     /// A one-word table, made on first use, that [`Maps::grace_period`] stores at
@@ -278,6 +286,10 @@ impl Maps {
             host_refs: open(pin, names::HOST_REFS)?,
             member_slots: open(pin, names::MEMBER_SLOTS)?,
             export: open(pin, names::EXPORT)?,
+            requesters: open(pin, names::REQUESTERS)?,
+            direct_replies: open(pin, names::DIRECT_REPLIES)?,
+            repoints: open(pin, names::REPOINTS)?,
+            mcast_lans: open(pin, names::MCAST_LANS)?,
             slot_state: open_slot_state(pin)?,
             grace: None,
             deferred: None,

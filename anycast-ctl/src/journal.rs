@@ -130,13 +130,19 @@ impl Maps {
         }
     }
 
-    /// Writes bucket `index` of the index of `ip`'s family: `ip` at `entry`.
+    /// Writes bucket `index` of the index of `ip`'s family: `ip` at `entry`, in the mode the
+    /// bucket already has for `ip` (proxy for a new address).
     pub fn set_addr(&mut self, ip: IpAddr, index: u32, entry: AddrSlot) -> Result<()> {
         match ip {
             IpAddr::V4(v4) => {
-                self.record(|m| Undo::Addr(index, m.addrs.get(&index, 0).unwrap_or_default()));
+                let old = self.addrs.get(&index, 0).unwrap_or_default();
+                self.record(|_| Undo::Addr(index, old));
                 self.slot_state.set_retiring(entry.slot, true);
-                let bucket = AddrBucket::new(ip_key(v4.octets()), entry.slot, entry.version);
+                let key = ip_key(v4.octets());
+                let bucket = AddrBucket {
+                    mode: if old.ip == key { old.mode } else { 0 },
+                    ..AddrBucket::new(key, entry.slot, entry.version)
+                };
                 self.addrs
                     .set(index, bucket, 0)
                     .map_err(|e| Error::map("ADDRS", e))
@@ -150,6 +156,19 @@ impl Maps {
                     .map_err(|e| Error::map("ADDRS6", e))
             }
         }
+    }
+
+    /// Sets the `ADDR_MODE_*` of the IPv4 address in bucket `index` (one aligned 32-bit
+    /// field: the dataplane sees the old mode or the new one).
+    pub fn set_addr_mode(&mut self, index: u32, mode: u32) -> Result<()> {
+        let old = self
+            .addrs
+            .get(&index, 0)
+            .map_err(|e| Error::map("ADDRS", e))?;
+        self.record(|_| Undo::Addr(index, old));
+        self.addrs
+            .set(index, AddrBucket { mode, ..old }, 0)
+            .map_err(|e| Error::map("ADDRS", e))
     }
 
     pub fn set_member_set(&mut self, index: u32, set: &MemberSet) -> Result<()> {

@@ -8,6 +8,7 @@
 //! - [`alloc`], [`journal`]: index allocators and transactions over the maps, for `members`.
 //! - [`load`]: many memberships from a file, all checked first, then applied as one transaction.
 //! - [`upgrade`]: replacing the program on every attached interface, keeping the pinned maps.
+//! - [`repoint`]: direct mode: telling the clients of a member that went where to go instead.
 //! - [`report`]: reading addresses, members and counters back out of the maps.
 //! - [`metrics`]: the same figures for Prometheus, and the small HTTP server of `/metrics`.
 //! - [`net`]: rtnetlink look-ups: links, routes, neighbours.
@@ -48,6 +49,7 @@ pub mod net;
 pub mod pin;
 pub mod policy;
 pub mod progress;
+pub mod repoint;
 pub mod report;
 pub mod sys;
 pub mod textfile;

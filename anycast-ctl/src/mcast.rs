@@ -1,5 +1,6 @@
 //! Solicited-node groups: the multicast MACs the attached interfaces must accept so that
-//! neighbour solicitations for IPv6 anycast addresses reach the dataplane at all.
+//! neighbour solicitations for IPv6 anycast addresses reach the dataplane at all. And on the
+//! member's side, the link-level groups of multicast mode ([`join_anycast_groups`]).
 //!
 //! A NIC drops multicast frames whose group it was not told to accept, before XDP runs. For
 //! each IPv6 anycast address with members, every attached interface joins the address's
@@ -86,6 +87,34 @@ pub fn leave_all(maps: &Maps, ifindex: u32) -> Result<()> {
         member_of(ifindex, group, false)?;
     }
     Ok(())
+}
+
+/// Joins, on the member's interface `ifindex`, the multicast-mode group of each IPv4 address
+/// in `addresses` (`anycast_common::multicast::group_mac`); returns the groups joined. On an
+/// error it leaves them again.
+pub fn join_anycast_groups(ifindex: u32, addresses: &[IpAddr]) -> Result<Vec<[u8; 6]>> {
+    let mut joined = Vec::new();
+    for address in addresses {
+        let IpAddr::V4(v4) = address else {
+            continue;
+        };
+        let group = anycast_common::multicast::group_mac(v4.octets());
+        if let Err(e) = member_of(ifindex, group, true) {
+            leave_groups(ifindex, &joined);
+            return Err(e);
+        }
+        joined.push(group);
+    }
+    Ok(joined)
+}
+
+/// Leaves groups joined by [`join_anycast_groups`] (best effort: a failure is logged).
+pub fn leave_groups(ifindex: u32, groups: &[[u8; 6]]) {
+    for group in groups {
+        if let Err(e) = member_of(ifindex, *group, false) {
+            tracing::warn!(error = %e, "leaving a multicast group");
+        }
+    }
 }
 
 /// SIOCADDMULTI (`join`) or SIOCDELMULTI on `ifindex`. Leaving a group not joined, or an

@@ -45,6 +45,8 @@ pub struct ShownMember {
 #[derive(Debug, Serialize)]
 pub struct AddressInfo {
     pub address: IpAddr,
+    /// How clients on a member's link reach it: `proxy` or `direct` (`member add --mode`).
+    pub mode: crate::members::mode::Mode,
     /// Slots of the address's Maglev table (0: no table, because at most one member takes
     /// new flows).
     pub table_size: u32,
@@ -73,7 +75,8 @@ pub fn show(maps: &Maps, ifname: &dyn Fn(u32) -> String) -> Result<Show> {
     for (done, (address, entry)) in all.into_iter().enumerate() {
         progress.set(done);
         let set = maps.member_set(&entry)?;
-        addresses.push(reader.address_info(address, &set, ifname)?);
+        let mode = addr_mode(maps, address)?;
+        addresses.push(reader.address_info((address, mode), &set, ifname)?);
     }
     Ok(Show {
         export: crate::export::settings(maps)?,
@@ -89,7 +92,8 @@ pub fn stats_and_show(maps: &Maps) -> Result<(Stats, Show)> {
     for (address, entry) in maps.addresses()? {
         let set = maps.member_set(&entry)?;
         counters.push(reader.address_counters(address, &entry, &set)?);
-        infos.push(reader.address_info(address, &set, &|_| String::new())?);
+        let mode = addr_mode(maps, address)?;
+        infos.push(reader.address_info((address, mode), &set, &|_| String::new())?);
     }
     let stats = Stats {
         addresses: counters,
@@ -100,6 +104,22 @@ pub fn stats_and_show(maps: &Maps) -> Result<(Stats, Show)> {
         addresses: infos,
     };
     Ok((stats, show))
+}
+
+/// The raw `ADDR_MODE_*` of an address.
+fn addr_mode(maps: &Maps, address: IpAddr) -> Result<u32> {
+    Ok(crate::members::mode::get(maps, address)?.raw())
+}
+
+/// A direct-mode counter of `maps`: (`DIRECT_REPLIES` summed over CPUs, `REPOINTS`); 0 when
+/// absent.
+fn direct_counts(maps: &Maps, of: anycast_common::direct::StatOf) -> (u64, u64) {
+    let key = anycast_common::direct::stat_key(of);
+    let replies = maps
+        .direct_replies
+        .get(&key, 0)
+        .map_or(0, |v| v.iter().sum());
+    (replies, maps.repoints.get(&key, 0).unwrap_or(0))
 }
 
 /// Reads addresses' figures, each host record once.
@@ -131,7 +151,7 @@ impl<'m> Reader<'m> {
     /// One address of `show`.
     fn address_info(
         &mut self,
-        address: IpAddr,
+        (address, mode): (IpAddr, u32),
         set: &MemberSet,
         ifname: &dyn Fn(u32) -> String,
     ) -> Result<AddressInfo> {
@@ -166,6 +186,7 @@ impl<'m> Reader<'m> {
         }
         Ok(AddressInfo {
             address,
+            mode: crate::members::mode::Mode::from_raw(mode),
             table_size: set.table_size,
             members,
             exported_metric: None,
@@ -194,6 +215,10 @@ pub struct MemberCounters {
     pub address: IpAddr,
     pub packets: u64,
     pub bytes: u64,
+    /// Direct mode: ARP replies that gave clients this member.
+    pub direct_arp_replies: u64,
+    /// Direct mode: clients repointed to this member when theirs went.
+    pub repoints: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -207,6 +232,10 @@ pub struct AddressCounters {
     pub arp_replies: u64,
     /// Neighbour advertisements sent for an IPv6 address (0 for an IPv4 one).
     pub nd_replies: u64,
+    /// Direct mode: ARP replies (of `arp_replies`) that named a member's MAC.
+    pub direct_arp_replies: u64,
+    /// Direct mode: clients repointed when their member went.
+    pub repoints: u64,
     /// Packets passed to the kernel, by reason.
     pub passed: BTreeMap<&'static str, u64>,
     pub members: Vec<MemberCounters>,
@@ -260,6 +289,7 @@ impl Reader<'_> {
                 *a += b;
             }
         });
+        let direct = direct_counts(self.maps, anycast_common::direct::StatOf::Addr(entry.slot));
         Ok(AddressCounters {
             address,
             rx_packets: total.rx_packets,
@@ -276,6 +306,8 @@ impl Reader<'_> {
             } else {
                 0
             },
+            direct_arp_replies: direct.0,
+            repoints: direct.1,
             passed: PassReason::ALL
                 .iter()
                 .map(|r| (r.name(), total.passed[r.index()]))
@@ -296,10 +328,14 @@ impl Reader<'_> {
                 t.packets += v.packets;
                 t.bytes += v.bytes;
             });
+            let direct =
+                direct_counts(self.maps, anycast_common::direct::StatOf::Member(m.counter));
             members.push(MemberCounters {
                 address: any_ip(host.ip),
                 packets: c.packets,
                 bytes: c.bytes,
+                direct_arp_replies: direct.0,
+                repoints: direct.1,
             });
         }
         Ok(members)

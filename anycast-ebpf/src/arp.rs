@@ -6,17 +6,21 @@
 //! unicast to another host): those are counted as refused. Every other ARP frame passes
 //! untouched.
 //!
+//! For an address in direct mode the reply names a member's MAC instead of the router's
+//! (`direct`); the Ethernet source stays the router's, so switches never learn a member's MAC
+//! on the router's port.
+//!
 //! Invariant: ARP never changes the dataplane's state. Anyone on a link can send any ARP, so
 //! member MACs are never learned here (that would let a host without the key take a member's
 //! traffic); user space alone writes `HOSTS`.
 use anycast_common::{
-    Stat,
+    ADDR_MODE_DIRECT, Stat,
     proto::{ARPHRD_ETHER, ARPOP_REPLY, ARPOP_REQUEST, ETH_HLEN, ETH_P_IP, XDP_PASS, XDP_TX},
 };
 use aya_ebpf::programs::XdpContext;
 
 use crate::{
-    check, maps,
+    check, direct, maps,
     packet::{self, ArpHdr, EthHdr, copy_mac},
     stats,
 };
@@ -54,12 +58,22 @@ pub fn handle(ctx: &XdpContext, eth: &mut EthHdr) -> Result<u32, u32> {
 
     let requester = arp.sha;
     let requester_ip = arp.spa;
+    let mut answer = iface.mac;
+    if addr.mode == ADDR_MODE_DIRECT {
+        let ask = direct::Ask {
+            anycast: target,
+            requester: u32::from_ne_bytes(requester_ip),
+            mac: requester,
+            ingress,
+        };
+        direct::member_mac(&addr, &ask, &mut answer);
+    }
     copy_mac(&mut eth.dst, &requester);
     copy_mac(&mut eth.src, &iface.mac);
     arp.op = ARPOP_REPLY.to_be_bytes();
     copy_mac(&mut arp.tha, &requester);
     arp.tpa = requester_ip;
-    copy_mac(&mut arp.sha, &iface.mac);
+    copy_mac(&mut arp.sha, &answer);
     arp.spa = target.to_ne_bytes();
     counters.arp_replies += 1;
     Ok(XDP_TX)

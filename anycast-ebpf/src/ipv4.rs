@@ -4,18 +4,19 @@
 //! In order: the headers are checked for length (`Stat::Malformed`), the destination is looked
 //! up (`Stat::NotAnycast`) and the receiving interface (`Stat::IfaceUnknown`); from there the
 //! frame is counted against its address, and `check` decides whether the router may forward it
-//! at all. Then `select` picks the member, and `forward` rewrites the frame and gives the
+//! at all. Then `select` picks the member (for an address in multicast mode, only the LAN:
+//! `multicast` sends the datagram to all of them), and `forward` rewrites the frame and gives the
 //! verdict. Every pass is counted with its reason.
 use core::mem::size_of;
 
 use anycast_common::{
-    PassReason, Stat,
+    ADDR_MODE_MULTICAST, PassReason, Stat,
     proto::{ETH_HLEN, IPPROTO_TCP, IPPROTO_UDP, XDP_PASS},
 };
 use aya_ebpf::programs::XdpContext;
 
 use crate::{
-    check, forward, maps,
+    check, forward, maps, multicast,
     packet::{self, EthHdr, Ipv4Hdr, Ports, TcpHead},
     select, stats,
 };
@@ -68,9 +69,12 @@ pub fn handle(ctx: &XdpContext, eth: &mut EthHdr) -> Result<u32, u32> {
     let action = forward::verdict(ctx, host.ifindex)
         .ok_or_else(|| stats::pass(counters, PassReason::EgressNotAttached))?;
     forward::rewrite(eth, ip, host);
-
     counters.fwd_packets += 1;
     counters.fwd_bytes += frame_len;
+    if addr.mode == ADDR_MODE_MULTICAST {
+        multicast::retarget(eth, host.ifindex, ip.dst);
+        return Ok(action);
+    }
     stats::member(member.counter, frame_len);
     Ok(action)
 }

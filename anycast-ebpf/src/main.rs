@@ -18,11 +18,13 @@
 
 mod arp;
 mod check;
+mod direct;
 mod flows;
 mod forward;
 mod ipv4;
 mod ipv6;
 mod maps;
+mod multicast;
 mod ndp;
 mod packet;
 mod select;

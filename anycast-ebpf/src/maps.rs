@@ -4,16 +4,17 @@
 use anycast_common::{
     ADDR_BUCKETS, ADDR6_BUCKETS, AGENT_COUNTERS, ALLOC_KINDS, AddrBucket, AddrBucket6, AddrEntry,
     AddrStats, EXPORT_FIELDS, FLOW_SETS, FLOW_WAYS, FlowEntry, FragKey, FragKey6, Host,
-    IFACE_SLOTS, Iface, Ip6Key, MAX_ADDRS, MAX_FRAGS, MAX_HOSTS, MAX_IFACES, MAX_MEMBER_COUNTERS,
-    MemberInfo, MemberKey, MemberRef, MemberSet, MemberStats, Probe, SlotState, Stat, TABLE_SLOTS,
-    addr_probe, iface_probe, member_set_index,
+    IFACE_SLOTS, Iface, Ip6Key, MAX_ADDRS, MAX_DIRECT_STATS, MAX_FRAGS, MAX_HOSTS, MAX_IFACES,
+    MAX_MEMBER_COUNTERS, MAX_REQUESTERS, McastLan, MemberInfo, MemberKey, MemberRef, MemberSet,
+    MemberStats, Probe, Requester, RequesterKey, SlotState, Stat, TABLE_SLOTS, addr_probe,
+    iface_probe, member_set_index,
 };
 use aya_ebpf::{
     Global,
     bindings::{BPF_F_INNER_MAP, BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
     btf_maps::{Array as BtfArray, ArrayOfMaps},
     macros::{btf_map, map},
-    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, Stack},
+    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, Stack},
 };
 
 /// IPv4 anycast address -> slot and live member set: an open-addressed array (see
@@ -92,6 +93,21 @@ pub static FLOWS: Array<FlowEntry> = Array::pinned(FLOW_SETS * FLOW_WAYS, 0);
 #[unsafe(no_mangle)]
 pub static FLOW_SETS_MASK: Global<u32> = Global::new(FLOW_SETS - 1);
 
+/// Clients of direct-mode addresses -> the member each was given (`direct`); user space reads
+/// it to repoint the clients of a member that goes.
+#[map]
+pub static REQUESTERS: LruHashMap<RequesterKey, Requester> = LruHashMap::pinned(MAX_REQUESTERS, 0);
+
+/// `anycast_common::direct::stat_key` -> ARP replies given in direct mode (per CPU).
+#[map]
+pub static DIRECT_REPLIES: PerCpuHashMap<u32, u64> =
+    PerCpuHashMap::pinned(MAX_DIRECT_STATS, BPF_F_NO_PREALLOC);
+
+/// Member LAN ifindex -> the router to relay multicast-mode datagrams to (`multicast`);
+/// written by the agent's router election, absent when this router forwards onto the LAN.
+#[map]
+pub static MCAST_LANS: HashMap<u32, McastLan> = HashMap::pinned(MAX_IFACES, 0);
+
 // User-space-only maps: declared here so that every map of the dataplane is created, pinned
 // and removed together; the program never reads them.
 
@@ -139,6 +155,10 @@ pub static HOST_REFS: Array<u32> = Array::pinned(MAX_HOSTS, 0);
 #[map]
 pub static MEMBER_SLOTS: Array<u32> = Array::pinned(MAX_MEMBER_COUNTERS, 0);
 
+/// `anycast_common::direct::stat_key` -> clients repointed (user space's counter).
+#[map]
+pub static REPOINTS: HashMap<u32, u64> = HashMap::pinned(MAX_DIRECT_STATS, BPF_F_NO_PREALLOC);
+
 /// Route export settings (on, table, protocol), indexed by `EXPORT_*`: pinned so that every
 /// writer (CLI, agent) exports alike.
 #[map]
@@ -152,6 +172,8 @@ pub struct Addr<'a> {
     pub set_index: u32,
     pub set: &'a MemberSet,
     pub down: u64,
+    /// `ADDR_MODE_*`.
+    pub mode: u32,
 }
 
 impl Addr<'_> {
@@ -195,6 +217,7 @@ fn lookup<'a, B: AddrEntry + 'a>(index: &'a Array<B>, key: &B::Key) -> Option<Ad
         set_index,
         set,
         down,
+        mode: entry.mode(),
     })
 }
 

@@ -141,10 +141,21 @@ pub fn choose<K: Family>(
     Some(member)
 }
 
-/// The member that new flows with `hash` go to, and its position: the set's single member, or
-/// the one the live set's Maglev table gives `hash`; the fallback if that one is out of service.
+/// The member that new flows with `hash` go to, and its position: [`table_pick`]'s, or the
+/// fallback if that one is out of service.
 #[inline(always)]
 fn new_flow<K: Family>(addr: &Addr, hash: u32) -> Option<(MemberRef, u32)> {
+    if let Some(picked) = table_pick(addr, hash) {
+        return Some(picked);
+    }
+    fallback::<K>(addr, hash)
+}
+
+/// The set's single member, or the one the live set's Maglev table gives `hash`, with its
+/// position; `None` if that one is out of service. Direct mode places its clients with it
+/// (`direct`).
+#[inline(always)]
+pub fn table_pick(addr: &Addr, hash: u32) -> Option<(MemberRef, u32)> {
     let set: &MemberSet = addr.set;
     let position = if set.single != 0 {
         set.single - 1
@@ -162,7 +173,7 @@ fn new_flow<K: Family>(addr: &Addr, hash: u32) -> Option<(MemberRef, u32)> {
     {
         return Some((*member, position));
     }
-    fallback::<K>(addr, hash)
+    None
 }
 
 /// The fallback for a flow whose member is out of service: among the eligible members in

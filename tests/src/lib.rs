@@ -14,6 +14,7 @@ pub mod capture;
 pub mod cmd;
 pub mod ctl;
 pub mod daemon;
+pub mod direct;
 pub mod frames;
 pub mod lab;
 pub mod netns;

@@ -46,6 +46,7 @@ use crate::netns::Netns;
 
 pub use shared_lan::{
     LAN_CLIENT_IP, LanMember, LanRouter, ROUTER_LAN, ROUTER_UPLINK, SharedLan, UPSTREAM_LAN_IP,
+    lan_client_ip,
 };
 
 /// The anycast address the members serve.

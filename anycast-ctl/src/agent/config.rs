@@ -14,6 +14,11 @@ use serde::Deserialize;
 
 use crate::{Error, Result, advert_auth::Keys, attach::Mode};
 
+/// Default `router_hello_ms`.
+pub const DEFAULT_ROUTER_HELLO_MS: u64 = 1_000;
+/// Largest `router_hello_ms`.
+pub const MAX_ROUTER_HELLO_MS: u64 = 60_000;
+
 /// Default `max_hold_ms`: one minute, twenty times the announcer's default hold.
 pub const DEFAULT_MAX_HOLD_MS: u32 = 60_000;
 
@@ -45,6 +50,11 @@ pub struct File {
     pub export_hold_down_ms: Option<u64>,
     /// Where to serve Prometheus metrics (`"127.0.0.1:9446"`); none by default.
     pub metrics_listen: Option<SocketAddr>,
+    /// Direct mode: also send the gratuitous form of each repoint (default true; see
+    /// `crate::repoint`).
+    pub repoint_gratuitous: Option<bool>,
+    /// Multicast mode: router hello interval in ms (default 1000; 0 = off: always forward).
+    pub router_hello_ms: Option<u64>,
 }
 
 impl File {
@@ -80,6 +90,11 @@ pub struct Config {
     pub export_hold_down: Duration,
     /// Where `/metrics` is served, if anywhere.
     pub metrics_listen: Option<SocketAddr>,
+    /// Direct mode: repoints also send the gratuitous form of the ARP reply.
+    pub repoint_gratuitous: bool,
+    /// Multicast mode: how often the agent says hello to the other routers on its links
+    /// (zero: never, and it always forwards itself). See `agent::routers`.
+    pub router_hello: Duration,
 }
 
 /// Command-line values; `None`/empty means "not given".
@@ -115,6 +130,10 @@ pub struct Overrides {
     /// Serve Prometheus metrics at /metrics on ADDR:PORT [config: metrics_listen].
     #[arg(long, value_name = "ADDR:PORT")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Multicast mode: router hello interval in ms, 0 = off [default: 1000; config:
+    /// router_hello_ms].
+    #[arg(long, value_name = "MS")]
+    pub router_hello_ms: Option<u64>,
 }
 
 /// Where the configuration comes from; read again on SIGHUP.
@@ -185,6 +204,12 @@ impl Config {
             max_hold_ms: file.max_hold_ms.unwrap_or(DEFAULT_MAX_HOLD_MS),
             export_hold_down: Duration::from_millis(file.export_hold_down_ms.unwrap_or(0)),
             metrics_listen: cli.metrics_listen.or(file.metrics_listen),
+            repoint_gratuitous: file.repoint_gratuitous.unwrap_or(true),
+            router_hello: Duration::from_millis(
+                cli.router_hello_ms
+                    .or(file.router_hello_ms)
+                    .unwrap_or(DEFAULT_ROUTER_HELLO_MS),
+            ),
             replay_window: Duration::from_millis(
                 file.replay_window_ms.unwrap_or(MAX_CLOCK_SKEW_MS),
             ),
@@ -199,6 +224,12 @@ impl Config {
             return Err(Error::Usage(
                 "max_hold_ms = 0: it must be at least 1".into(),
             ));
+        }
+        let hello = self.router_hello.as_millis() as u64;
+        if hello > MAX_ROUTER_HELLO_MS || (hello > 0 && hello < 10) {
+            return Err(Error::Usage(format!(
+                "router_hello_ms = {hello}: it must be 0 (off) or 10..={MAX_ROUTER_HELLO_MS}"
+            )));
         }
         let hold_down = self.export_hold_down.as_millis() as u64;
         if hold_down > MAX_EXPORT_HOLD_DOWN_MS {

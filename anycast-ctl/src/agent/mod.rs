@@ -19,6 +19,7 @@
 pub mod config;
 pub mod deadlines;
 pub mod listen;
+pub mod routers;
 pub mod validate;
 
 use std::{
@@ -101,6 +102,8 @@ pub struct Agent {
     /// Addresses whose exported route may be out of date, with the route each had, and the
     /// routes held down (see [`crate::export`]); synced after each event.
     export: crate::export::Pending,
+    /// Multicast mode's forwarder election on the agent's interfaces.
+    routers: routers::Routers,
 }
 
 /// Runs the agent until SIGINT or SIGTERM; SIGHUP reloads the configuration and keys.
@@ -110,6 +113,7 @@ pub struct Agent {
 /// advertisement socket and the single-agent lock; only then is the dataplane attached.
 pub async fn run(pin: PinDir, source: config::Source) -> Result<()> {
     let (config, keys) = source.load()?;
+    crate::repoint::set_gratuitous(config.repoint_gratuitous);
     let nl = Netlink::new()?;
     let mut ifindexes = Vec::new();
     for name in &config.devs {
@@ -161,6 +165,12 @@ impl Agent {
         let mut sigterm = signal(SignalKind::terminate(), "SIGTERM handler")?;
         let mut sighup = signal(SignalKind::hangup(), "SIGHUP handler")?;
         let mut flush = tokio::time::interval(COUNTER_FLUSH);
+        // Router hellos (multicast mode's election); a day when they are off.
+        let hello_every = match self.routers.interval() {
+            d if d.is_zero() => Duration::from_secs(86_400),
+            d => d,
+        };
+        let mut hello = tokio::time::interval(hello_every);
         let mut buf = vec![0u8; 2048];
         tracing::info!(devs = ?self.config.devs, port = self.config.port, group = %self.config.group, group6 = %self.config.group6, ipv6 = v6.is_some(), "agent running");
         loop {
@@ -178,6 +188,10 @@ impl Agent {
                 }
                 _ = sleep_until(self.deadlines.next()) => {}
                 _ = flush.tick() => self.flush(),
+                _ = hello.tick() => {
+                    self.routers.hello();
+                    self.routers.elect(&mut self.maps, Instant::now());
+                }
                 Some(event) = links.next() => self.link_event(event),
                 _ = sighup.recv() => {
                     self.reload();
@@ -193,6 +207,7 @@ impl Agent {
             self.sync_export().await;
         }
         self.flush();
+        self.routers.clear(&mut self.maps);
         if self.config.detach_on_exit {
             attach::detach(&self.pin, &self.nl, &self.config.devs).await?;
             tracing::info!("dataplane detached");
@@ -270,6 +285,8 @@ impl Agent {
         self.config.max_hold_ms = config.max_hold_ms;
         self.config.export_hold_down = config.export_hold_down;
         self.export.set_hold_down(config.export_hold_down);
+        self.config.repoint_gratuitous = config.repoint_gratuitous;
+        crate::repoint::set_gratuitous(config.repoint_gratuitous);
         // Members of addresses the new prefixes no longer allow go now, not at their expiry.
         let outside: Vec<MemberKey> = (self.learned.keys())
             .filter(|k| !self.config.allows(any_ip(k.anycast)))
@@ -347,6 +364,12 @@ impl Agent {
         let maps = Maps::open(&pin)?;
         let window = config.replay_window.as_millis() as u64;
         let hold_down = config.export_hold_down;
+        let signing = keys.as_ref().map(|k| {
+            let (id, secret) = k.signing();
+            (id, secret.to_vec())
+        });
+        let hello = (config.router_hello, config.group, config.port);
+        let routers = routers::Routers::new(&nl, &devs, hello, signing).await?;
         let mut agent = Agent {
             validator: Validator::new(keys, devs.keys().copied().collect(), window),
             dir_lock: pin.dir_lock()?,
@@ -366,6 +389,7 @@ impl Agent {
             agent_lock: None,
             unplaceable: HashMap::new(),
             export: crate::export::Pending::with_hold_down(hold_down),
+            routers,
         };
         agent.adopt()?;
         // Members adopted on an interface that is down now go at once, as on a link event.
@@ -441,6 +465,15 @@ impl Agent {
             Err(reject) => return self.reject(reject, rx.src),
         };
         self.counters[AgentCounter::Accepted.index() as usize] += 1;
+        if routers::is_hello(datagram) {
+            if let IpAddr::V4(sender) = repr.sender {
+                self.routers
+                    .heard(rx.ifindex, sender, repr.link_addr, Instant::now());
+                self.routers.elect(&mut self.maps, Instant::now());
+            }
+            self.seqs.insert(repr.sender, repr.seq);
+            return;
+        }
         // A sequence number is written with any change it brings; a plain refresh's waits for
         // the next flush.
         if self.apply(&repr, rx.ifindex, now).await {

@@ -12,7 +12,7 @@ use crate::{
     dataplane::Maps,
     export::{self, Pending},
     mac::MacAddr,
-    members,
+    members::{self, mode::Mode},
 };
 
 #[derive(Debug, Subcommand)]
@@ -25,6 +25,17 @@ pub enum Command {
     Set(SetArgs),
     /// Stop MEMBER_IP serving ANYCAST_IP.
     Del(DelArgs),
+    /// Set how datagrams to ANYCAST_IP reach its members (an address already in the maps,
+    /// static or learned): proxy, direct or multicast.
+    Mode(ModeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ModeArgs {
+    #[arg(value_parser = anycast_ip)]
+    pub anycast_ip: IpAddr,
+    #[arg(value_enum)]
+    pub mode: Mode,
 }
 
 #[derive(Debug, clap::Args)]
@@ -47,6 +58,12 @@ pub struct AddArgs {
     /// address's current size].
     #[arg(long, value_parser = table_size)]
     pub table_size: Option<u32>,
+    /// How datagrams reach the members: proxy (the router answers ARP and forwards each to one
+    /// member), direct (ARP answered with one member's MAC per client) or multicast (each
+    /// datagram to every member, on the address's group MAC); direct and multicast are IPv4
+    /// only [default: proxy for a new address, else its current mode].
+    #[arg(long, value_enum)]
+    pub mode: Option<Mode>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -87,6 +104,7 @@ pub async fn run(router: &Router, command: Command) -> Result<String> {
         Command::Add(args) => add(router, args).await,
         Command::Set(args) => set(router, args).await,
         Command::Del(args) => del(router, args).await,
+        Command::Mode(args) => mode(router, args),
     }
 }
 
@@ -98,7 +116,11 @@ async fn add(router: &Router, args: AddArgs) -> Result<String> {
         mac,
         weight: WeightArgs { preference, weight },
         table_size,
+        mode,
     } = args;
+    if let Some(mode) = mode {
+        members::mode::check(anycast_ip, mode)?;
+    }
     let Router { pin, nl } = router;
     // Resolving the member may wait for ARP: do it before taking the writers' lock, then make
     // sure the maps are still the live ones.
@@ -120,9 +142,24 @@ async fn add(router: &Router, args: AddArgs) -> Result<String> {
     let mut export = Pending::new();
     export.note(&maps, [anycast_ip])?;
     maps.defer_settles();
-    let done = members::add(&mut maps, anycast_ip, &placement, info, table_size)?;
+    let done = maps.transaction(|maps| {
+        let done = members::add(maps, anycast_ip, &placement, info, table_size)?;
+        if let Some(mode) = mode {
+            members::mode::set(maps, anycast_ip, mode)?;
+        }
+        Ok(done)
+    })?;
     export::sync_and_settle(&mut maps, nl, &mut export).await?;
     Ok(added(anycast_ip, member_ip, &done))
+}
+
+fn mode(router: &Router, args: ModeArgs) -> Result<String> {
+    let ModeArgs { anycast_ip, mode } = args;
+    members::mode::check(anycast_ip, mode)?;
+    let _lock = router.pin.lock(false)?;
+    let mut maps = Maps::open(&router.pin)?;
+    members::mode::set(&mut maps, anycast_ip, mode)?;
+    Ok(format!("{anycast_ip}: mode {}\n", mode.name()))
 }
 
 /// The line `member add` prints.
@@ -222,5 +259,47 @@ mod tests {
                 .command,
             crate::cli::Command::Member(Command::Del(..))
         ));
+    }
+
+    #[test]
+    fn parses_modes() {
+        let add = parse(&["member", "add", "198.51.100.53", "203.0.113.2"]).unwrap();
+        assert!(matches!(
+            add.command,
+            crate::cli::Command::Member(Command::Add(AddArgs { mode: None, .. }))
+        ));
+        for (word, want) in [
+            ("proxy", Mode::Proxy),
+            ("direct", Mode::Direct),
+            ("multicast", Mode::Multicast),
+        ] {
+            let args = [
+                "member",
+                "add",
+                "198.51.100.53",
+                "203.0.113.2",
+                "--mode",
+                word,
+            ];
+            match parse(&args).unwrap().command {
+                crate::cli::Command::Member(Command::Add(AddArgs { mode, .. })) => {
+                    assert_eq!(mode, Some(want))
+                }
+                other => panic!("{other:?}"),
+            }
+            match parse(&["member", "mode", "198.51.100.53", word])
+                .unwrap()
+                .command
+            {
+                crate::cli::Command::Member(Command::Mode(ModeArgs { mode, .. })) => {
+                    assert_eq!(mode, want)
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(parse(&["member", "mode", "198.51.100.53", "anycast"]).is_err());
+        let v6 = "2001:db8::53".parse().unwrap();
+        assert!(members::mode::check(v6, Mode::Direct).is_err());
+        assert!(members::mode::check(v6, Mode::Proxy).is_ok());
     }
 }

@@ -18,7 +18,7 @@ pub struct Args {
     pub json: bool,
 }
 
-const HEADERS: [&str; 9] = [
+const HEADERS: [&str; 10] = [
     "ANYCAST",
     "MEMBER",
     "INTERFACE",
@@ -28,6 +28,7 @@ const HEADERS: [&str; 9] = [
     "EXPIRES IN",
     "PREF/WEIGHT",
     "NEW FLOWS",
+    "MODE",
 ];
 
 pub async fn run(router: &Router, args: Args) -> Result<String> {
@@ -65,6 +66,12 @@ fn rows(show: &Show) -> Vec<Vec<String>> {
                 "-".into(),
                 String::new(),
                 String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+                a.mode.name().into(),
             ]);
         }
         rows.extend(a.members.iter().map(|m| member_row(a, m)));
@@ -88,6 +95,7 @@ fn member_row(a: &AddressInfo, m: &ShownMember) -> Vec<String> {
         m.expires_in_ms.map_or("never".into(), seconds),
         format!("{}/{}", m.preference, m.weight),
         format!("{:.1}%", m.share * 100.0),
+        a.mode.name().into(),
     ]
 }
 

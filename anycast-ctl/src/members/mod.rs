@@ -7,10 +7,13 @@
 //!   [`follow_neighbour`]. The CLI (`member`, `load`) and the agent both go through it, under
 //!   the pin-directory lock, after checking that their maps are the live ones.
 //!
+//! - [`mode`] is the address's delivery mode (proxy or direct ARP), set by the operator.
+//!
 //! Each change reports an [`Edge`] when an address gains its first member or loses its last:
 //! what a route export follows.
 
 mod locate;
+pub mod mode;
 mod write;
 
 use std::{net::IpAddr, time::Duration};

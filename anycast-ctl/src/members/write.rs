@@ -106,6 +106,7 @@ fn add_in(
     maps.member_stats
         .set(counter, zeroed::<MemberStats>()?, 0)
         .map_err(|e| Error::map("MEMBER_STATS", e))?;
+    crate::repoint::forget_counter(maps, counter);
     maps.set_info(member_key(address, p.member), info)?;
     let mut new = old;
     new.members[position] = MemberRef { host, counter };
@@ -208,7 +209,22 @@ fn check_mac(
 /// a constant number of map operations, whatever the number of addresses. Returns
 /// [`Edge::LastMemberGone`] when this was the address's last member.
 pub fn del(maps: &mut Maps, address: IpAddr, member: IpAddr) -> Result<Option<Edge>> {
-    maps.transaction(|maps| del_in(maps, address, member))
+    let leaving = crate::repoint::leaving(maps, address, member);
+    // Direct mode: the member's clients learn where to go right after the flip (best effort),
+    // before the grace period that readies the address's spare, which waits meanwhile.
+    let defer = leaving.is_some() && maps.deferred.is_none();
+    if defer {
+        maps.defer_settles();
+    }
+    let edge = maps.transaction(|maps| del_in(maps, address, member));
+    if edge.is_ok() {
+        crate::repoint::after_removal(maps, leaving);
+    }
+    if defer && let Err(e) = maps.settle_deferred() {
+        // The slot stays retiring: its next change settles it first.
+        tracing::warn!(error = %e, %address, "waiting for a grace period");
+    }
+    edge
 }
 
 fn del_in(maps: &mut Maps, address: IpAddr, member: IpAddr) -> Result<Option<Edge>> {

@@ -2,9 +2,10 @@
 //! harness they build on: end-to-end forwarding against Linux ECMP (`e2e`), membership by
 //! advertisement (`membership`), failover: table swaps, link down and hard failure
 //! (`failover`), the control plane at 65,536 addresses (`control`), route export (`export`),
-//! site failover through BIRD (`sites`), the Prometheus scrape at 65,536 addresses (`metrics`)
-//! and upgrade under load (`upgrade`).
+//! site failover through BIRD (`sites`), the Prometheus scrape at 65,536 addresses (`metrics`),
+//! upgrade under load (`upgrade`) and direct ARP mode's repoint (`direct`).
 pub mod control;
+pub mod direct;
 pub mod e2e;
 pub mod export;
 pub mod failover;

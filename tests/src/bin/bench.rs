@@ -7,9 +7,10 @@
 //!
 //! `bench --dataplane-only` measures only the TEST_RUN cases (about a minute) and prints them,
 //! without the scale, membership and end-to-end phases and without writing the report.
-//! `bench control`, `bench export`, `bench failover`, `bench sites`, `bench metrics` and
-//! `bench upgrade` run only the control-plane, the route-export, the membership-and-failover,
-//! the site-failover, the metrics-scrape or the upgrade-under-load part, print it, and write no
+//! `bench control`, `bench export`, `bench failover`, `bench sites`, `bench metrics`,
+//! `bench direct` and `bench upgrade` run only the control-plane, the route-export, the
+//! membership-and-failover, the site-failover, the metrics-scrape, the direct-ARP-mode or the
+//! upgrade-under-load part, print it, and write no
 //! report; `bench e2e` likewise for the end-to-end forwarding rate (about a minute).
 //! `bench ipv6` measures only the IPv6 TEST_RUN cases (the forward and the neighbour
 //! advertisement against the baseline, and the forward at 65,536 IPv6 addresses) and prints
@@ -95,6 +96,12 @@ fn main() -> Result<()> {
         let e2e = anycast_tests::bench::e2e::run(E2E_PACKETS)?;
         println!("{}", serde_json::to_string_pretty(&e2e)?);
         merge_end_to_end(&e2e)?;
+        return Ok(());
+    }
+    // `bench direct`: only direct ARP mode's repoint and router load, printed, no report.
+    if std::env::args().nth(1).as_deref() == Some("direct") {
+        let direct = anycast_tests::bench::direct::run()?;
+        println!("{}", serde_json::to_string_pretty(&direct)?);
         return Ok(());
     }
     // `bench upgrade`: only the upgrade under load, printed, no report.
@@ -250,6 +257,9 @@ fn main() -> Result<()> {
     println!("\n== upgrade under load (anycast-ctl binary, namespaces)");
     let upgrade = anycast_tests::bench::upgrade::run()?;
 
+    println!("\n== direct ARP mode: repoint and router load (namespaces)");
+    let direct = anycast_tests::bench::direct::run()?;
+
     println!("\n== end-to-end forwarding rate (live frames, namespaces)");
     let end_to_end = anycast_tests::bench::e2e::run(E2E_PACKETS)?;
 
@@ -273,6 +283,7 @@ fn main() -> Result<()> {
         "site_failover": site_failover,
         "metrics": metrics,
         "upgrade": upgrade,
+        "direct": direct,
         "end_to_end": end_to_end,
         "ratios": {
             "forward_vs_baseline": forward_vs_baseline,

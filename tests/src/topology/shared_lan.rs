@@ -48,6 +48,10 @@ pub const ROUTER_LAN: &str = "lan0";
 pub const UPSTREAM_LAN_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
 /// The address of [`SharedLan::lan_client`].
 pub const LAN_CLIENT_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 100);
+/// The address of client `i` of [`SharedLan::lan_clients`].
+pub fn lan_client_ip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(203, 0, 113, 100 + i as u8)
+}
 /// Routing table on U that [`SharedLan::steer`] fills.
 const STEER_TABLE: &str = "100";
 
@@ -234,6 +238,23 @@ impl SharedLan {
         configure(&ns, "lc0", &format!("{LAN_CLIENT_IP}/24"))?;
         ns.ip(&["route", "add", "198.51.100.0/24", "dev", "lc0"])?;
         Ok(ns)
+    }
+
+    /// `n` clients on the member LAN (1..=100), each in a namespace of its own: `lc0`
+    /// 203.0.113.(100+i)/24 (i from 0) on bridge port `p-lc<i>`, on-link to the anycast prefix
+    /// like [`SharedLan::lan_client`]. Dropping one removes it.
+    pub fn lan_clients(&self, n: usize) -> Result<Vec<Netns>> {
+        ensure!((1..=100).contains(&n), "clients must be 1..=100");
+        (0..n)
+            .map(|i| {
+                let ns = Netns::new("lc")?;
+                base_sysctls(&ns)?;
+                bridge_port(&self.lan, &format!("p-lc{i}"), &ns, "lc0")?;
+                configure(&ns, "lc0", &format!("{}/24", lan_client_ip(i)))?;
+                ns.ip(&["route", "add", "198.51.100.0/24", "dev", "lc0"])?;
+                Ok(ns)
+            })
+            .collect()
     }
 
     /// The members' unicast addresses, in member order.

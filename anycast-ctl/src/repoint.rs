@@ -1,0 +1,303 @@
+//! Direct mode's repoint: when a member goes (leave, expiry, link down, delete: every removal
+//! goes through `members::del`), its clients are told at once where to go instead, rather than
+//! sending into the void until their ARP caches time out (RFC 1546's minute).
+//!
+//! - The clients are the ones the dataplane recorded in `REQUESTERS` as given that member;
+//!   no other client is sent anything, so clients of surviving members never move.
+//! - Each gets the member the dataplane would give its next ARP request
+//!   ([`anycast_common::direct`]): [`place`] reads the live set and Maglev table after the
+//!   removal's flip, as `select::table_pick` does. When that member is out of service or not
+//!   on the client's link, the client is pointed at the router (proxy mode for it, as the
+//!   dataplane would answer) and forgotten.
+//! - The news is an ARP reply unicast to the client from the interface it asked on, and (unless
+//!   [`set_gratuitous`] turned it off) a gratuitous-form reply (target = the anycast address),
+//!   which Linux applies even within `locktime` (1 s) of its last update of the entry; both are
+//!   sent [`REPEATS`] times, [`REPEAT_INTERVAL`] apart, against loss.
+//! - Cost: one walk of `REQUESTERS` per removal (empty unless direct mode answered someone),
+//!   and, with clients to tell, 20 ms of the writer's time for the repeats.
+//! - Repointing is best effort after the removal is done: a failure is logged, never undoes or
+//!   fails the removal. `REPOINTS` counts clients repointed, per address and per member they
+//!   were repointed to.
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    sync::atomic::{AtomicBool, Ordering},
+    time::Duration,
+};
+
+use anycast_common::{
+    MemberRef, MemberSet, NO_HOST, Requester, RequesterKey,
+    direct::{StatOf, arp_reply, requester_hash, stat_key},
+    ip_key, ip_octets, names, pick_index, position_bit, table_position, table_word_of,
+};
+use aya::maps::{Array, Map, MapData};
+
+use crate::{
+    Error, Result,
+    dataplane::{AddrSlot, Bucket, Maps},
+};
+
+/// Rounds of frames sent to each repointed client.
+pub const REPEATS: u32 = 3;
+/// Time between two rounds.
+pub const REPEAT_INTERVAL: Duration = Duration::from_millis(10);
+
+static GRATUITOUS: AtomicBool = AtomicBool::new(true);
+
+/// Whether repoints also send the gratuitous form of the reply (default on; the agent's
+/// `repoint_gratuitous`).
+pub fn set_gratuitous(on: bool) {
+    GRATUITOUS.store(on, Ordering::Relaxed);
+}
+
+/// A member about to be removed, as its repoint needs it: found before the removal (which
+/// frees its indexes), used after.
+#[derive(Clone, Copy, Debug)]
+pub struct Leaving {
+    anycast: Ipv4Addr,
+    slot: u32,
+    member: MemberRef,
+}
+
+/// The member `member` of `address` as [`after_removal`] needs it, if it is an IPv4 member in
+/// place (direct mode is ARP's: IPv6 addresses have no clients to repoint).
+pub fn leaving(maps: &Maps, address: IpAddr, member: IpAddr) -> Option<Leaving> {
+    let IpAddr::V4(anycast) = address else {
+        return None;
+    };
+    let Ok(Bucket::Found { entry, .. }) = maps.bucket(address) else {
+        return None;
+    };
+    let host = maps
+        .host_ids
+        .get(&anycast_common::any_key(member), 0)
+        .ok()?;
+    let set = maps.member_set(&entry).ok()?;
+    let member = *set.members().find(|m| m.host == host)?;
+    Some(Leaving {
+        anycast,
+        slot: entry.slot,
+        member,
+    })
+}
+
+/// One client to tell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Repoint {
+    pub ifindex: u32,
+    /// The router's MAC on `ifindex` (the Ethernet source).
+    pub router_mac: [u8; 6],
+    pub client_mac: [u8; 6],
+    pub client_ip: Ipv4Addr,
+    /// Where the client is to send: a member's MAC, or the router's.
+    pub to_mac: [u8; 6],
+    pub anycast: Ipv4Addr,
+}
+
+/// After `gone` was removed: repoints its clients (see the module doc). Never fails.
+pub fn after_removal(maps: &mut Maps, gone: Option<Leaving>) {
+    let Some(gone) = gone else {
+        return;
+    };
+    forget_counter(maps, gone.member.counter);
+    match plan(maps, &gone) {
+        Ok(repoints) if repoints.is_empty() => {}
+        Ok(repoints) => {
+            if let Err(e) = send(&repoints) {
+                tracing::warn!(error = %e, anycast = %gone.anycast, "sending repoints");
+            }
+            tracing::info!(anycast = %gone.anycast, clients = repoints.len(), "clients repointed");
+        }
+        Err(e) => tracing::warn!(error = %e, anycast = %gone.anycast, "planning repoints"),
+    }
+}
+
+/// Drops the direct-mode counters of a member counter index (freed, or handed to a new member).
+pub fn forget_counter(maps: &mut Maps, counter: u32) {
+    let key = stat_key(StatOf::Member(counter));
+    let _ = maps.direct_replies.remove(&key);
+    let _ = maps.repoints.remove(&key);
+}
+
+/// The clients of `gone` and where each goes now; records the new choices in `REQUESTERS` and
+/// counts them in `REPOINTS`.
+pub fn plan(maps: &mut Maps, gone: &Leaving) -> Result<Vec<Repoint>> {
+    let clients: Vec<(RequesterKey, Requester)> = maps
+        .requesters
+        .iter()
+        .filter_map(|r| r.ok())
+        .filter(|(k, v)| k.slot == gone.slot && v.member == gone.member)
+        .collect();
+    if clients.is_empty() {
+        return Ok(Vec::new());
+    }
+    let Bucket::Found { entry, .. } = maps.bucket(gone.anycast.into())? else {
+        return Ok(Vec::new());
+    };
+    let set = maps.member_set(&entry)?;
+    let down = maps.slot_state.down(entry.slot);
+    let anycast = ip_key(gone.anycast.octets());
+    let mut out = Vec::new();
+    for (key, client) in clients {
+        let Some(iface) = maps.iface(client.ifindex)? else {
+            let _ = maps.requesters.remove(&key);
+            continue;
+        };
+        let hash = requester_hash(key.ip, anycast);
+        let placed = place(maps, (&entry, &set, down), hash)?;
+        let direct = match placed {
+            Some((member, position)) => {
+                let host: anycast_common::Host = (maps.hosts)
+                    .get(&member.host, 0)
+                    .map_err(|e| Error::map(names::HOSTS, e))?;
+                (host.mac_known() && host.ifindex == client.ifindex)
+                    .then_some((member, position, host.mac))
+            }
+            None => None,
+        };
+        let to_mac = match direct {
+            Some((member, position, mac)) => {
+                let moved = Requester {
+                    member,
+                    position,
+                    ..client
+                };
+                (maps.requesters)
+                    .insert(key, moved, 0)
+                    .map_err(|e| Error::map(names::REQUESTERS, e))?;
+                count(maps, StatOf::Member(member.counter));
+                mac
+            }
+            None => {
+                let _ = maps.requesters.remove(&key);
+                if set.members().next().is_none() {
+                    // No member left at all: nobody to point the client at.
+                    continue;
+                }
+                iface.mac
+            }
+        };
+        count(maps, StatOf::Addr(gone.slot));
+        out.push(Repoint {
+            ifindex: client.ifindex,
+            router_mac: iface.mac,
+            client_mac: client.mac,
+            client_ip: Ipv4Addr::from(ip_octets(key.ip)),
+            to_mac,
+            anycast: gone.anycast,
+        });
+    }
+    Ok(out)
+}
+
+/// Adds one to a `REPOINTS` counter (user space alone writes it, under the writers' lock).
+fn count(maps: &mut Maps, of: StatOf) {
+    let key = stat_key(of);
+    let n = maps.repoints.get(&key, 0).unwrap_or(0);
+    let _ = maps.repoints.insert(key, n + 1, 0);
+}
+
+/// The member the live set `set` of `entry` (positions `down` out of service) gives a
+/// direct-mode client with `hash`, and its position: the single member or the Maglev table's
+/// (`select::table_pick` in the dataplane); `None` if that one is out of service.
+pub fn place(
+    maps: &Maps,
+    (entry, set, down): (&AddrSlot, &MemberSet, u64),
+    hash: u32,
+) -> Result<Option<(MemberRef, u32)>> {
+    let position = if set.single != 0 {
+        set.single - 1
+    } else if set.table_size == 0 {
+        return Ok(None);
+    } else {
+        let index = anycast_common::member_set_index(entry.slot, entry.version);
+        let table = maps
+            .tables
+            .get(&index, 0)
+            .map_err(|e| Error::map(names::TABLES, e))?;
+        let table: Array<MapData, u64> =
+            Array::try_from(Map::Array(table)).map_err(|e| Error::map(names::TABLES, e))?;
+        let (word, shift) = table_word_of(pick_index(hash, set.table_size));
+        let packed = table
+            .get(&word, 0)
+            .map_err(|e| Error::map(names::TABLES, e))?;
+        table_position(packed, shift)
+    };
+    Ok(set
+        .members
+        .get(position as usize)
+        .filter(|m| m.host != NO_HOST && down & position_bit(position) == 0)
+        .map(|m| (*m, position)))
+}
+
+/// Sends every repoint [`REPEATS`] times, [`REPEAT_INTERVAL`] apart (blocking meanwhile).
+pub fn send(repoints: &[Repoint]) -> Result<()> {
+    let socket = packet_socket()?;
+    let gratuitous = GRATUITOUS.load(Ordering::Relaxed);
+    let mut failed = None;
+    for round in 0..REPEATS {
+        if round > 0 {
+            std::thread::sleep(REPEAT_INTERVAL);
+        }
+        for r in repoints {
+            for garp in [false, true] {
+                if garp && !gratuitous {
+                    continue;
+                }
+                let frame = arp_reply(
+                    r.router_mac,
+                    (r.client_mac, r.client_ip.octets()),
+                    (r.to_mac, r.anycast.octets()),
+                    garp,
+                );
+                if let Err(e) = send_frame(&socket, r.ifindex, &frame) {
+                    failed = Some(e);
+                }
+            }
+        }
+    }
+    match failed {
+        Some(e) => Err(Error::io("sending an ARP reply", e)),
+        None => Ok(()),
+    }
+}
+
+/// A send-only AF_PACKET socket (protocol 0: it receives nothing).
+fn packet_socket() -> Result<OwnedFd> {
+    // SAFETY: plain socket(2); the result is checked and owned below.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(Error::io(
+            "opening an AF_PACKET socket",
+            std::io::Error::last_os_error(),
+        ));
+    }
+    // SAFETY: `fd` is a fresh descriptor nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Sends one whole Ethernet frame out of `ifindex`.
+fn send_frame(socket: &OwnedFd, ifindex: u32, frame: &[u8]) -> std::io::Result<()> {
+    // SAFETY: sockaddr_ll is plain data; zero is a valid initial value.
+    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    addr.sll_family = libc::AF_PACKET as u16;
+    addr.sll_protocol = u16::from_ne_bytes([frame[12], frame[13]]);
+    addr.sll_ifindex = ifindex as i32;
+    addr.sll_halen = 6;
+    addr.sll_addr[..6].copy_from_slice(&frame[..6]);
+    // SAFETY: `frame` and `addr` are valid for the lengths passed, for the whole call.
+    let sent = unsafe {
+        libc::sendto(
+            socket.as_raw_fd(),
+            frame.as_ptr().cast(),
+            frame.len(),
+            0,
+            (&addr as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    };
+    if sent != frame.len() as isize {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
