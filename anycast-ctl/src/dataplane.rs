@@ -230,14 +230,14 @@ pub struct Maps {
     pub host_refs: Array<MapData, u32>,
     pub member_slots: Array<MapData, u32>,
     pub export: Array<MapData, u32>,
-    /// `SLOT_STATE`, mapped: members out of service, retiring flags.
+    /// `SLOT_STATE`, mapped: members out of service, times of the last flips.
     pub slot_state: crate::mapped::SlotStates,
     /// A one-word table, made on first use, that [`Maps::grace_period`] stores at
     /// `GRACE_INDEX`.
     pub grace: Option<MapData>,
-    /// Between [`Maps::defer_settles`] and [`Maps::settle_deferred`]: the slots flipped whose
-    /// settling waits (see `members::write`).
-    pub deferred: Option<Vec<u32>>,
+    /// Grace periods [`Maps::settle`] waited for through these handles (a rewrite that came
+    /// within `journal::REUSE_AFTER` of a flip); the paths that must not wait are tested on it.
+    pub waits: u64,
     /// The undo log of the open transaction, if any (see [`crate::journal`]).
     pub journal: Option<Vec<crate::journal::Undo>>,
     /// Device and inode of the `ADDRS` pin these handles were opened from.
@@ -280,7 +280,7 @@ impl Maps {
             export: open(pin, names::EXPORT)?,
             slot_state: open_slot_state(pin)?,
             grace: None,
-            deferred: None,
+            waits: 0,
             journal: None,
         })
     }

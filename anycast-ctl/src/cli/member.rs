@@ -119,9 +119,8 @@ async fn add(router: &Router, args: AddArgs) -> Result<String> {
     // Any change may move the route's metric, not only the first member: sync every time.
     let mut export = Pending::new();
     export.note(&maps, [anycast_ip])?;
-    maps.defer_settles();
     let done = members::add(&mut maps, anycast_ip, &placement, info, table_size)?;
-    export::sync_and_settle(&mut maps, nl, &mut export).await?;
+    export::sync(&maps, nl, &mut export).await?;
     Ok(added(anycast_ip, member_ip, &done))
 }
 
@@ -154,7 +153,6 @@ async fn set(router: &Router, args: SetArgs) -> Result<String> {
     let mut maps = Maps::open(&router.pin)?;
     let mut export = Pending::new();
     export.note(&maps, [anycast_ip])?;
-    maps.defer_settles();
     members::set_weight(
         &mut maps,
         (anycast_ip, member_ip),
@@ -162,7 +160,7 @@ async fn set(router: &Router, args: SetArgs) -> Result<String> {
         weight,
         table_size,
     )?;
-    export::sync_and_settle(&mut maps, &router.nl, &mut export).await?;
+    export::sync(&maps, &router.nl, &mut export).await?;
     Ok(format!(
         "member {member_ip} of {anycast_ip}: preference {preference}, weight {weight}\n"
     ))
@@ -177,9 +175,8 @@ async fn del(router: &Router, args: DelArgs) -> Result<String> {
     let mut maps = Maps::open(&router.pin)?;
     let mut export = Pending::new();
     export.note(&maps, [anycast_ip])?;
-    maps.defer_settles();
     members::del(&mut maps, anycast_ip, member_ip)?;
-    export::sync_and_settle(&mut maps, &router.nl, &mut export).await?;
+    export::sync(&maps, &router.nl, &mut export).await?;
     Ok(format!("deleted member {member_ip} of {anycast_ip}\n"))
 }
 

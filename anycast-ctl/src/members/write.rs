@@ -8,15 +8,16 @@
 //! - Removal ([`del`], and through it leave, expiry and link down) first takes the member out of
 //!   service with one atomic store into `SLOT_STATE` (the dataplane then sends it nothing and
 //!   gives its flows to the fallback), and only then rebuilds the set and table.
-//! - Table swaps never wait for an RCU grace period before the flip. Why two tables per address,
-//!   written in place through mmap: replacing an inner map of `TABLES` (the old way) waits for
-//!   a grace period on every swap and took a syscall per word to fill; a batched update of
-//!   `TABLES` still waits. Double buffering reuses the member sets' flip (one store makes set
-//!   and table live together), and mmap fills a table with one copy. The price is the rule that
-//!   a spare is rewritten only after a grace period since the flip that retired it
-//!   (`SlotState::retiring`); [`update`] waits for it right after its own flip, so the next
-//!   change of the address finds its spare ready. A table of a new size gets a new map, put in
-//!   place while it is still the spare (once per address and size).
+//! - Table swaps never wait for an RCU grace period, before or after the flip. Why two tables
+//!   per address, written in place through mmap: replacing an inner map of `TABLES` (the old
+//!   way) waits for a grace period on every swap and took a syscall per word to fill; a batched
+//!   update of `TABLES` still waits. Double buffering reuses the member sets' flip (one store
+//!   makes set and table live together), and mmap fills a table with one copy. The price is
+//!   the rule that a spare is rewritten only after a grace period since the flip that retired
+//!   it (`SlotState::retired_at`): [`update`] checks it before writing ([`Maps::settle`]), and
+//!   waits only when the address flipped less than `journal::REUSE_AFTER` ago. A table of a
+//!   new size gets a new map, put in place while it is still the spare (once per address and
+//!   size).
 //! - A counter slot is zeroed before it is handed to a new (address, member) pair; an address
 //!   slot likewise. Indexes come from [`crate::alloc`], so [`add`] and [`del`] cost a constant
 //!   number of map operations whatever the number of addresses.
@@ -312,7 +313,7 @@ pub fn renew(
 /// Moves the address in bucket `index` from member set `old` to `new` (their positions differ by
 /// at most one member), choosing where new flows go from `new` and `MEMBER_INFO` (see
 /// [`choose`]). The spare set and its table are written once the last flip has settled (a
-/// grace period, normally waited for right after that flip, not here), then one flip makes
+/// grace period since it, waited for here only if that flip was recent), then one flip makes
 /// both live. Positions that become members are in service before the flip; positions that
 /// become holes are cleared from `SlotState::down` after it.
 fn update(
@@ -357,10 +358,9 @@ fn update(
     if down & !now != 0 {
         maps.set_down(slot, down & now);
     }
-    // The retired set and table may still have readers: wait for them now, after the flip
-    // (or once the writer is done, if it deferred that), so that the next change of this
-    // address finds its spare ready.
-    maps.settle_after_flip(slot)
+    // The retired set and table may still have readers: the flip's time is on record, and
+    // the next change of this address settles it (see `Maps::settle`). Nothing waits here.
+    Ok(())
 }
 
 /// The positions of `set` that hold a member.
