@@ -174,6 +174,8 @@ pub fn build(backends: &[Backend], size: u32) -> Result<Vec<u8>, MaglevError> {
 #[derive(Default)]
 pub struct Builder {
     endgame: Endgame,
+    /// Entries per backend (by index into the caller's slice) of the last build.
+    counts: Vec<u32>,
 }
 
 impl Builder {
@@ -184,7 +186,29 @@ impl Builder {
         size: u32,
         table: &mut Vec<u8>,
     ) -> Result<(), MaglevError> {
+        let identity: [u8; MAX_BACKENDS] = std::array::from_fn(|i| i as u8);
+        self.build_labelled(
+            backends,
+            &identity[..backends.len().min(MAX_BACKENDS)],
+            size,
+            table,
+        )
+    }
+
+    /// [`Builder::build_into`], with `labels[i]` (below [`MAX_BACKENDS`]) in the entries of
+    /// backend `i` instead of `i`: the same table with its entries renamed, in one pass.
+    pub fn build_labelled(
+        &mut self,
+        backends: &[Backend],
+        labels: &[u8],
+        size: u32,
+        table: &mut Vec<u8>,
+    ) -> Result<(), MaglevError> {
         let (order, n) = canonical_order(backends, size)?;
+        assert!(
+            labels.len() == n && labels.iter().all(|&l| usize::from(l) < MAX_BACKENDS),
+            "one label below {MAX_BACKENDS} per backend"
+        );
         let order = &order[..n];
         let mut weights = [0u32; MAX_BACKENDS];
         for (w, &i) in weights.iter_mut().zip(order) {
@@ -192,17 +216,32 @@ impl Builder {
         }
         let mut quota = [0u32; MAX_BACKENDS];
         quotas(&weights[..n], size, &mut quota[..n]);
+        self.counts.clear();
+        self.counts.resize(n, 0);
         let mut turns = [Turn::default(); MAX_BACKENDS];
         let mut t = 0;
-        for (&caller, &quota) in order.iter().zip(&quota).filter(|&(_, &q)| q > 0) {
-            turns[t] = Turn::new(caller, backends[usize::from(caller)].id, quota, size);
-            t += 1;
+        for (&caller, &quota) in order.iter().zip(&quota) {
+            self.counts[usize::from(caller)] = quota;
+            if quota > 0 {
+                let (label, id) = (
+                    labels[usize::from(caller)],
+                    backends[usize::from(caller)].id,
+                );
+                turns[t] = Turn::new(label, id, quota, size);
+                t += 1;
+            }
         }
         table.clear();
         table.resize(size as usize, EMPTY);
         fill(table, &mut turns[..t], &mut self.endgame, size);
         debug_assert!(!table.contains(&EMPTY));
         Ok(())
+    }
+
+    /// Entries per backend (by index into the slice given) of the last successful build:
+    /// each backend's quota, which it owns exactly.
+    pub fn counts(&self) -> &[u32] {
+        &self.counts
     }
 }
 
@@ -250,7 +289,7 @@ fn canonical_order(
 /// A backend with slots to claim (only those take turns) and where its permutation is.
 #[derive(Clone, Copy, Default)]
 struct Turn {
-    caller: u8, // index into `backends`, what the table stores
+    caller: u8, // what the table stores: the backend's index into `backends`, or its label
     quota: u32,
     acc: u32, // running sum of `quota`: a turn each time it reaches `max_quota`
     offset: u32,
@@ -657,6 +696,23 @@ mod tests {
                 "{n} equal"
             );
         }
+    }
+
+    /// Labels rename the entries and nothing else; counts are the entries per backend.
+    #[test]
+    fn labels_rename_entries_and_counts_count_them() {
+        let mut backends = equal(7);
+        backends[3].weight = 0;
+        backends[5].weight = 3;
+        let plain = build(&backends, M).unwrap();
+        let labels = [9u8, 3, 60, 0, 1, 42, 7];
+        let (mut builder, mut table) = (Builder::default(), Vec::new());
+        builder
+            .build_labelled(&backends, &labels, M, &mut table)
+            .unwrap();
+        let renamed: Vec<u8> = plain.iter().map(|&e| labels[usize::from(e)]).collect();
+        assert_eq!(table, renamed);
+        assert_eq!(builder.counts(), &counts(&plain, 7)[..]);
     }
 
     #[test]

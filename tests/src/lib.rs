@@ -13,6 +13,7 @@ pub mod bird;
 pub mod cmd;
 pub mod ctl;
 pub mod daemon;
+pub mod failover;
 pub mod frames;
 pub mod lab;
 pub mod netns;

@@ -335,16 +335,13 @@ fn update(
     let slot = entry.slot;
     maps.settle(slot)?;
     let spare = member_set_index(slot, entry.version ^ 1);
+    let mut slots = None;
     match choice.pick {
         Pick::Nobody => {}
         Pick::Single(position) => new.single = position as u32 + 1,
-        Pick::Table(words, slots) => {
+        Pick::Table(words, counts) => {
             maps.write_table(spare, &words)?;
-            for (position, m) in new.positions().iter().enumerate() {
-                if m.host != NO_HOST {
-                    maps.set_word(Words::MemberSlots, m.counter, slots[position])?;
-                }
-            }
+            slots = Some(counts);
             new.table_size = size;
         }
     }
@@ -357,6 +354,15 @@ fn update(
     let down = maps.slot_state.down(slot);
     if down & !now != 0 {
         maps.set_down(slot, down & now);
+    }
+    // Each member's count of slots (for `show` and the metrics), after the flip: it is not on
+    // the way to the new table, and only the counts that changed are written.
+    if let Some(slots) = slots {
+        for (position, m) in new.positions().iter().enumerate() {
+            if m.host != NO_HOST && maps.word(Words::MemberSlots, m.counter)? != slots[position] {
+                maps.set_word(Words::MemberSlots, m.counter, slots[position])?;
+            }
+        }
     }
     // The retired set and table may still have readers: the flip's time is on record, and
     // the next change of this address settles it (see `Maps::settle`). Nothing waits here.
@@ -458,22 +464,28 @@ fn backend_id(ip: IpAddr) -> u32 {
     }
 }
 
-/// Builds the Maglev table of `backends` (at member `positions`), packed into words.
+/// Builds the Maglev table of `backends` (at member `positions`), packed into words. The
+/// builder and its table are kept per thread, so a rebuild allocates only the packed words;
+/// the table names positions directly, and each position's count of slots is its quota.
 fn build_table(backends: &[maglev::Backend], positions: &[usize], size: u32) -> Result<Pick> {
-    let table =
-        maglev::build(backends, size).map_err(|e| Error::Usage(format!("Maglev table: {e}")))?;
-    let mut slots = Box::new([0u32; MAX_MEMBERS]);
-    let mut words = Vec::with_capacity(table_words(size) as usize);
-    for chunk in table.chunks(TABLE_ENTRIES_PER_WORD as usize) {
-        let mut word = [0u8; 8];
-        for (byte, backend) in word.iter_mut().zip(chunk) {
-            let position = positions[*backend as usize];
-            slots[position] += 1;
-            *byte = position as u8;
-        }
-        words.push(pack_positions(&word));
+    thread_local! {
+        static BUILDER: std::cell::RefCell<(maglev::Builder, Vec<u8>)> = Default::default();
     }
-    Ok(Pick::Table(words, slots))
+    let labels: Vec<u8> = positions.iter().map(|&p| p as u8).collect();
+    BUILDER.with_borrow_mut(|(builder, table)| {
+        builder
+            .build_labelled(backends, &labels, size, table)
+            .map_err(|e| Error::Usage(format!("Maglev table: {e}")))?;
+        let mut slots = Box::new([0u32; MAX_MEMBERS]);
+        for (&count, &at) in builder.counts().iter().zip(positions) {
+            slots[at] = count;
+        }
+        let words = (table.chunks(TABLE_ENTRIES_PER_WORD as usize))
+            .map(pack_positions)
+            .collect::<Vec<u64>>();
+        debug_assert_eq!(words.len(), table_words(size) as usize);
+        Ok(Pick::Table(words, slots))
+    })
 }
 
 /// Makes `set` the live member set of the address in bucket `index`: writes the spare set, then

@@ -519,6 +519,11 @@ pub(crate) fn wait_live(
 /// the address's live member set and its position's `SLOT_STATE` down bit is clear (a leave,
 /// expiry, link down or delete sets that bit first, with one store, before the rebuild).
 pub(crate) fn in_set(maps: &Maps, member: Ipv4Addr) -> Result<bool> {
+    in_set_of(maps, ANYCAST, member)
+}
+
+/// [`in_set`] for any anycast address.
+pub(crate) fn in_set_of(maps: &Maps, anycast: Ipv4Addr, member: Ipv4Addr) -> Result<bool> {
     let host = match maps
         .host_ids
         .get(&anycast_common::any_key(member.into()), 0)
@@ -527,7 +532,7 @@ pub(crate) fn in_set(maps: &Maps, member: Ipv4Addr) -> Result<bool> {
         Err(aya::maps::MapError::KeyNotFound) => return Ok(false),
         Err(e) => return Err(e).context("reading HOST_IDS"),
     };
-    let Bucket::Found { entry, .. } = maps.bucket(ANYCAST.into())? else {
+    let Bucket::Found { entry, .. } = maps.bucket(anycast.into())? else {
         return Ok(false);
     };
     let set = maps.member_set(&entry)?;
@@ -539,28 +544,40 @@ pub(crate) fn in_set(maps: &Maps, member: Ipv4Addr) -> Result<bool> {
 /// A member host's advertisement sender: its own sequence and a socket in its namespace.
 pub(crate) struct Sender {
     pub(crate) ip: Ipv4Addr,
+    /// The anycast address it advertises.
+    anycast: Ipv4Addr,
     seq: u64,
     socket: UdpSocket,
 }
 
 impl Sender {
+    /// The member host itself, advertising [`ANYCAST`].
     pub(crate) fn new(member: &Member) -> Result<Self> {
-        let ip = member.ip;
-        let socket = member.ns.in_ns(|| -> Result<UdpSocket> {
+        Self::on(&member.ns, member.ip, ANYCAST)
+    }
+
+    /// A sender from `ip` (an address of the namespace `ns`) advertising `anycast`.
+    pub(crate) fn on(ns: &crate::Netns, ip: Ipv4Addr, anycast: Ipv4Addr) -> Result<Self> {
+        let socket = ns.in_ns(|| -> Result<UdpSocket> {
             let socket = UdpSocket::bind(SocketAddrV4::new(ip, 0))?;
             socket.set_multicast_ttl_v4(u32::from(REQUIRED_TTL))?;
             socket.set_multicast_loop_v4(false)?;
             Ok(socket)
         })?;
-        Ok(Self { ip, seq: 0, socket })
+        Ok(Self {
+            ip,
+            anycast,
+            seq: 0,
+            socket,
+        })
     }
 
-    /// The next signed advertisement for [`ANYCAST`] (`hold_ms` 0: a leave).
+    /// The next signed advertisement for its anycast address (`hold_ms` 0: a leave).
     pub(crate) fn message(&mut self, timestamp_ms: u64, hold_ms: u32) -> Result<Vec<u8>> {
         self.seq += 1;
         let mut repr = Repr::new(self.ip, self.seq, timestamp_ms, KEY_ID);
         repr.push(Membership {
-            anycast: ANYCAST.into(),
+            anycast: self.anycast.into(),
             hold_ms,
             preference: 100,
             weight: 100,

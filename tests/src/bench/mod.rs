@@ -4,6 +4,7 @@
 //! (`failover`), the control plane at 65,536 addresses (`control`), route export (`export`),
 //! site failover through BIRD (`sites`), the Prometheus scrape at 65,536 addresses (`metrics`)
 //! and upgrade under load (`upgrade`).
+pub mod agent_load;
 pub mod control;
 pub mod e2e;
 pub mod export;
