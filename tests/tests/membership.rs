@@ -703,3 +703,12 @@ fn survivors_connections_stay_up_through_every_kind_of_failover() {
         assert!(out.removal_ms < 1_000.0, "{out:?}");
     }
 }
+
+/// Refreshes that change nothing cost the agent no writers' lock and no map write: 2,000
+/// signed refreshes of a learned member through an in-process agent leave its lock count,
+/// the member's `MEMBER_INFO` and its `SENDER_SEQ` as they were (they reach the maps at the
+/// next flush, every 200 ms).
+#[test]
+fn refreshes_that_change_nothing_take_no_lock_and_write_no_map() {
+    anycast_tests::bench::membership::refreshes_write_nothing(2_000).unwrap();
+}

@@ -101,6 +101,8 @@ pub struct Agent {
     /// Addresses whose exported route may be out of date, with the route each had, and the
     /// routes held down (see [`crate::export`]); synced after each event.
     export: crate::export::Pending,
+    /// Times the writers' lock was taken ([`Agent::locks_taken`]).
+    locks: u64,
 }
 
 /// Runs the agent until SIGINT or SIGTERM; SIGHUP reloads the configuration and keys.
@@ -290,6 +292,7 @@ impl Agent {
     /// detach and re-attach under the agent, it adopts the new state (its learned members
     /// come back with their next advertisements); with nothing attached any more, it stops.
     fn lock_live(&mut self) -> Result<crate::pin::DirLockGuard> {
+        self.locks += 1;
         let guard = self.dir_lock.lock()?;
         // One fstatat of the `ADDRS` pin in the locked directory: a detach and re-attach (or a
         // deleted pin) replaces it, whatever else is left in the directory.
@@ -366,6 +369,7 @@ impl Agent {
             agent_lock: None,
             unplaceable: HashMap::new(),
             export: crate::export::Pending::with_hold_down(hold_down),
+            locks: 0,
         };
         agent.adopt()?;
         // Members adopted on an interface that is down now go at once, as on a link event.
@@ -849,6 +853,13 @@ impl Agent {
 
     pub fn counters(&self) -> &[u64] {
         &self.counters
+    }
+
+    /// How many times the agent took the writers' lock: every map write of the agent but its
+    /// counters (`AGENT_STATS`, every [`COUNTER_FLUSH`]) is under it, so a refresh that
+    /// changes nothing must leave this unchanged (tested).
+    pub fn locks_taken(&self) -> u64 {
+        self.locks
     }
 }
 

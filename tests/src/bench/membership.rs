@@ -94,7 +94,7 @@ pub fn run() -> Result<Value> {
     // One sequence for the whole run: the daemon adopts what the in-process agent accepted.
     let mut sender = Sender::new(member)?;
 
-    let rate = adverts_per_second(&topo, &ctl, key.path(), &mut sender)?;
+    let rate = adverts_per_second(&topo, &ctl, key.path(), &mut sender, ADVERTS)?;
 
     let maps = Maps::open(&PinDir::new(ctl.pin_dir()))?;
     ensure!(
@@ -267,17 +267,31 @@ struct Rate {
     parts: Parts,
 }
 
-/// Runs [`Agent::handle`] over pre-signed refreshes on a thread in the router namespace.
+/// `refreshes` refreshes of one learned member through an in-process [`Agent`] (the bench's
+/// first part, shorter), failing unless they took no writers' lock and changed no map a
+/// refresh could write (`MEMBER_INFO`, `SENDER_SEQ`): the check behind the agent's cost at
+/// 100,000 advertisements per second.
+pub fn refreshes_write_nothing(refreshes: usize) -> Result<()> {
+    crate::require_root();
+    let (topo, ctl) = super::attached(1)?;
+    let key = KeyFile::new(topo.router.name(), KEY_ID, &SECRET)?;
+    let mut sender = Sender::new(&topo.members[0])?;
+    adverts_per_second(&topo, &ctl, key.path(), &mut sender, refreshes + 1).map(|_| ())
+}
+
+/// Runs [`Agent::handle`] over `count` pre-signed refreshes on a thread in the router
+/// namespace.
 fn adverts_per_second(
     topo: &Topology,
     ctl: &Ctl,
     key_file: &Path,
     sender: &mut Sender,
+    count: usize,
 ) -> Result<Rate> {
     let member = &topo.members[0];
     let ifindex = topo.router.ifindex(&member.router_iface)?;
     let now = now_ms();
-    let messages = (0..ADVERTS)
+    let messages = (0..count)
         .map(|_| sender.message(now, REFRESH_HOLD_MS))
         .collect::<Result<Vec<_>>>()?;
     let leave = sender.message(now, 0)?;
@@ -324,11 +338,11 @@ fn adverts_per_second(
     let accepted = counters[AgentCounter::Accepted.index() as usize];
     let rejected: u64 = counters[1..AGENT_COUNTERS as usize].iter().sum();
     ensure!(
-        accepted == ADVERTS as u64 && rejected == 0,
-        "the agent accepted {accepted} of {ADVERTS} advertisements (counters {counters:?}): \
+        accepted == count as u64 && rejected == 0,
+        "the agent accepted {accepted} of {count} advertisements (counters {counters:?}): \
          a rate of rejections would measure the wrong thing"
     );
-    let n = ADVERTS - 1;
+    let n = count - 1;
     let mut chunks = timed.chunk_rates.clone();
     chunks.sort_by(f64::total_cmp);
     Ok(Rate {
@@ -375,6 +389,16 @@ async fn handle_all(
         "the first advertisement did not make {member} a member: counters {:?}",
         agent.counters()
     );
+    // What a refresh could write, before and after: it must write none of it.
+    let key = anycast_ctl::members::member_key(ANYCAST.into(), member.into());
+    let sender_key = anycast_common::any_key(member.into());
+    let written = |maps: &Maps| -> Result<_> {
+        Ok((
+            maps.member_info.get(&key, 0)?,
+            maps.sender_seq.get(&sender_key, 0).ok(),
+        ))
+    };
+    let (before, locks) = (written(&watch)?, agent.locks_taken());
     let mut chunk_rates = Vec::new();
     let start = Instant::now();
     for chunk in messages[1..].chunks(CHUNK) {
@@ -385,6 +409,14 @@ async fn handle_all(
         chunk_rates.push(chunk.len() as f64 / chunk_start.elapsed().as_secs_f64());
     }
     let elapsed = start.elapsed();
+    ensure!(
+        agent.locks_taken() == locks && written(&watch)? == before,
+        "{} refreshes that changed nothing took {} writers' locks or wrote MEMBER_INFO or \
+         SENDER_SEQ ({before:?} -> {:?})",
+        messages.len() - 1,
+        agent.locks_taken() - locks,
+        written(&watch)?
+    );
     let counters = agent.counters().to_vec();
     ensure!(
         in_set(&watch, member)?,
