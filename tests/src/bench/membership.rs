@@ -55,9 +55,9 @@ const REFRESH_HOLD_MS: u32 = 3_000;
 const CHUNK: usize = 20_000;
 /// Leave trials against the daemon.
 const LEAVE_TRIALS: usize = 1_000;
-/// Pause after a join before the timed event: the agent waits for a grace period right after
-/// each flip (`members::update`), and an event arriving meanwhile waits for it (measured
-/// separately, see the README).
+/// Pause after a join before the timed event, so that the join's own work is done and the
+/// event is timed alone. (The agent used to wait for a grace period right after each flip,
+/// and an event arriving meanwhile waited too; nothing waits after a flip any more.)
 pub(crate) const SETTLE: Duration = Duration::from_millis(30);
 /// Hold of the joins before each leave: only the leave can explain a removal.
 pub(crate) const JOIN_HOLD_MS: u32 = 30_000;
@@ -475,7 +475,7 @@ fn leave_trials(maps: &Maps, sender: &mut Sender) -> Result<Vec<f64>> {
     let mut out = Vec::with_capacity(LEAVE_TRIALS);
     for trial in 0..LEAVE_TRIALS {
         sender.join_until_live(maps, JOIN_HOLD_MS)?;
-        // Let the join's own grace-period wait end, then vary the phase.
+        // Let the join's own work end, then vary the phase.
         std::thread::sleep(SETTLE + Duration::from_micros((trial as u64 * 700) % 5_000));
         let leave = sender.message(now_ms(), 0)?;
         let sent = Instant::now();

@@ -9,6 +9,7 @@ pub mod control;
 pub mod e2e;
 pub mod export;
 pub mod failover;
+pub mod jitter;
 pub mod membership;
 pub mod metrics;
 pub mod sites;
