@@ -203,27 +203,17 @@ impl Scene {
         Ok(scene)
     }
 
-    /// Makes the victim fail; the moment it did.
-    fn fail(&mut self, kind: Kind) -> Result<Instant> {
+    /// What makes the victim fail, as a task another thread can run (the scene itself holds
+    /// the maps, which stay on this one).
+    fn failure(&self, kind: Kind) -> Failure<'_> {
         let victim = &self.topo.members[VICTIM];
-        Ok(match kind {
-            Kind::Leave => {
-                let at = Instant::now();
-                self.announcers[VICTIM].signal(libc::SIGTERM);
-                at
-            }
-            Kind::Kill => {
-                let at = Instant::now();
-                self.announcers[VICTIM].signal(libc::SIGKILL);
-                at
-            }
-            Kind::LinkDown => self.topo.router.set_link(&victim.router_iface, false)?,
-            Kind::Del => {
-                let at = Instant::now();
-                self.ctl.member_del(ANYCAST, victim.ip)?;
-                at
-            }
-        })
+        let pid = self.announcers.get(VICTIM).map_or(0, Daemon::pid);
+        match kind {
+            Kind::Leave => Failure::Signal(pid, libc::SIGTERM),
+            Kind::Kill => Failure::Signal(pid, libc::SIGKILL),
+            Kind::LinkDown => Failure::LinkDown(&self.topo.router, &victim.router_iface),
+            Kind::Del => Failure::Del(&self.ctl, victim.ip),
+        }
     }
 
     /// Polls the maps until the victim is out of service; when it was seen so.
@@ -242,9 +232,37 @@ impl Scene {
     }
 }
 
+/// One way to make the victim fail.
+enum Failure<'a> {
+    Signal(i32, libc::c_int),
+    LinkDown(&'a crate::Netns, &'a str),
+    Del(&'a Ctl, std::net::Ipv4Addr),
+}
+
+impl Failure<'_> {
+    /// Makes it happen; the moment it did.
+    fn run(&self) -> Result<Instant> {
+        Ok(match *self {
+            Failure::Signal(pid, signal) => {
+                ensure!(pid > 0, "no announcer to signal");
+                let at = Instant::now();
+                // SAFETY: kill(2) on the pid of a child this process spawned and still owns.
+                unsafe { libc::kill(pid, signal) };
+                at
+            }
+            Failure::LinkDown(router, iface) => router.set_link(iface, false)?,
+            Failure::Del(ctl, member) => {
+                let at = Instant::now();
+                ctl.member_del(ANYCAST, member)?;
+                at
+            }
+        })
+    }
+}
+
 /// Runs one failover of `kind` under the stream and the connections.
 pub fn run(kind: Kind) -> Result<Outcome> {
-    let mut scene = Scene::new(kind)?;
+    let scene = Scene::new(kind)?;
     let topo = &scene.topo;
     let sinks = (topo.members.iter())
         .map(|m| UdpSink::start(&m.ns, ANYCAST, UDP_PORT))
@@ -263,8 +281,17 @@ pub fn run(kind: Kind) -> Result<Outcome> {
     let mut times: Result<(Instant, Instant)> = Err(anyhow::anyhow!("no failover ran"));
     let (_, broke) = rounds_while(&mut conns, 1, || {
         times = (|| {
-            let failed = scene.fail(kind)?;
-            let removed = scene.removed(failed)?;
+            // The failure on a thread of its own (a `member del` is a process that runs to
+            // its end), the maps watched from here meanwhile.
+            let start = Instant::now();
+            let failure = scene.failure(kind);
+            let (failed, removed) = std::thread::scope(|s| {
+                let failing = s.spawn(|| failure.run());
+                let removed = scene.removed(start);
+                let failed = failing.join().expect("failure thread panicked");
+                (failed, removed)
+            });
+            let (failed, removed) = (failed?, removed?);
             std::thread::sleep(AFTER);
             Ok((failed, removed))
         })();

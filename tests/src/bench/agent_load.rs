@@ -87,7 +87,10 @@ pub fn run() -> Result<Value> {
             .map(|i| Sender::on(&member.ns, nth(MEMBER_BASE, i), nth(ANYCAST_BASE, i)))
             .collect::<Result<Vec<_>>>()?;
         join_all(&maps, &mut senders)?;
-        load(&maps, &mut senders, agent.pid())
+        let drops = udp_receive_errors(&topo.router)?;
+        let mut f = load(&maps, &mut senders, agent.pid())?;
+        f.receive_buffer_drops = udp_receive_errors(&topo.router)? - drops;
+        Ok(f)
     })();
     ensure!(
         agent.running(),
@@ -113,6 +116,10 @@ pub fn run() -> Result<Value> {
         "sent / accepted",
         format!("{} / {}", f.sent, f.accepted)
     );
+    println!(
+        "{:<52} {:>12}",
+        "dropped by the kernel (socket buffer full)", f.receive_buffer_drops
+    );
     println!("{:<52} {:>12.1}", "agent CPU, % of one core", f.cpu_percent);
     println!(
         "{:<52} {:>12.2}",
@@ -126,6 +133,7 @@ pub fn run() -> Result<Value> {
             "offered_per_second": offered,
             "sent": f.sent,
             "accepted": f.accepted,
+            "receive_buffer_drops": f.receive_buffer_drops,
             "seconds": f.seconds,
             "cpu_seconds": f.cpu_seconds,
             "members": HOSTS,
@@ -195,6 +203,8 @@ fn join_all(maps: &Maps, senders: &mut [Sender]) -> Result<()> {
 }
 
 struct Figures {
+    /// UDP datagrams the kernel dropped in the router namespace for a full socket buffer.
+    receive_buffer_drops: u64,
     sent: u64,
     accepted: u64,
     seconds: f64,
@@ -242,6 +252,7 @@ fn load(maps: &Maps, senders: &mut [Sender], pid: i32) -> Result<Figures> {
     std::thread::sleep(Duration::from_millis(300));
     let accepted = accepted(maps)? - accepted_before;
     Ok(Figures {
+        receive_buffer_drops: 0,
         sent,
         accepted,
         seconds: sending.as_secs_f64(),
@@ -250,6 +261,24 @@ fn load(maps: &Maps, senders: &mut [Sender], pid: i32) -> Result<Figures> {
         cpu_us_per_advert: cpu * 1e6 / accepted.max(1) as f64,
         accepted_per_second: accepted as f64 / sending.as_secs_f64(),
     })
+}
+
+/// `Udp: RcvbufErrors` of `/proc/net/snmp` in `ns`.
+fn udp_receive_errors(ns: &crate::Netns) -> Result<u64> {
+    let snmp = ns.run(&["cat", "/proc/net/snmp"])?;
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let (names, values) = (udp.next(), udp.next());
+    let (Some(names), Some(values)) = (names, values) else {
+        anyhow::bail!("no Udp lines in /proc/net/snmp");
+    };
+    let at = (names.split_whitespace())
+        .position(|n| n == "RcvbufErrors")
+        .context("no RcvbufErrors in /proc/net/snmp")?;
+    Ok(values
+        .split_whitespace()
+        .nth(at)
+        .context("short Udp line")?
+        .parse()?)
 }
 
 /// The agent's accepted-advertisement counter, as it last flushed it.
