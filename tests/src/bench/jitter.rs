@@ -158,6 +158,7 @@ fn arrivals(socket: &UdpSocket, from: Ipv4Addr) -> Result<Vec<f64>> {
 fn recv_stamped(socket: &UdpSocket) -> Result<Option<(Ipv4Addr, f64)>> {
     let mut buf = [0u8; 2048];
     let mut control = [0u64; 16];
+    // SAFETY: an all-zero sockaddr_in is a valid value.
     let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
