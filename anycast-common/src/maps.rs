@@ -19,7 +19,7 @@
 //!   together. User space writes the spare table in place (tables are mmapable arrays) and
 //!   flips; no update of `TABLES` (which waits for an RCU grace period) is on that path. A
 //!   spare is written only after a grace period has passed since the flip that retired it
-//!   (`SlotState::retiring`), so no packet ever reads a table or set while it is rewritten.
+//!   (`SlotState::retired_at`), so no packet ever reads a table or set while it is rewritten.
 //! - `SLOT_STATE` (mmapable) holds each address's `SlotState::down`: members out of service
 //!   by position. One aligned 64-bit store by user space takes a member out at once (leave,
 //!   expiry, link down, delete); its flows go to the fallback ([`crate::fallback_score`]) until
@@ -499,10 +499,10 @@ pub struct SlotState {
     /// Member positions out of service ([`position_bit`]): the dataplane sends them nothing
     /// and gives their flows to the fallback. Written with one atomic store.
     pub down: u64,
-    /// 1 from a flip of the address's version until a grace period has passed (user space
-    /// only): the spare set and table may still have readers and must not be rewritten yet.
-    pub retiring: u32,
-    pub _pad: u32,
+    /// User space only: when the address's version last flipped (`CLOCK_MONOTONIC`, ns), 0
+    /// once a grace period is known to have passed since. Until then the spare set and table
+    /// may still have readers and must not be rewritten.
+    pub retired_at: u64,
 }
 
 impl Default for MemberSet {

@@ -238,14 +238,14 @@ pub struct Maps {
     pub repoints: HashMap<MapData, u32, u64>,
     /// Multicast mode: member LANs where another router forwards (the agent's election).
     pub mcast_lans: HashMap<MapData, u32, anycast_common::McastLan>,
-    /// `SLOT_STATE`, mapped: members out of service, retiring flags.
+    /// `SLOT_STATE`, mapped: members out of service, times of the last flips.
     pub slot_state: crate::mapped::SlotStates,
     /// A one-word table, made on first use, that [`Maps::grace_period`] stores at
     /// `GRACE_INDEX`.
     pub grace: Option<MapData>,
-    /// Between [`Maps::defer_settles`] and [`Maps::settle_deferred`]: the slots flipped whose
-    /// settling waits (see `members::write`).
-    pub deferred: Option<Vec<u32>>,
+    /// Grace periods [`Maps::settle`] waited for through these handles (a rewrite that came
+    /// within `journal::REUSE_AFTER` of a flip); the paths that must not wait are tested on it.
+    pub waits: u64,
     /// The undo log of the open transaction, if any (see [`crate::journal`]).
     pub journal: Option<Vec<crate::journal::Undo>>,
     /// Device and inode of the `ADDRS` pin these handles were opened from.
@@ -292,7 +292,7 @@ impl Maps {
             mcast_lans: open(pin, names::MCAST_LANS)?,
             slot_state: open_slot_state(pin)?,
             grace: None,
-            deferred: None,
+            waits: 0,
             journal: None,
         })
     }

@@ -240,15 +240,6 @@ async fn sync_routes(maps: &Maps, nl: &Netlink, pending: &mut Pending) -> Result
     Ok(())
 }
 
-/// [`sync`], then the grace period the writer's flips left due ([`Maps::settle_deferred`], for a
-/// writer that called [`Maps::defer_settles`] before changing the maps): the route changes as
-/// soon as the maps have, not one grace period later. Both run whatever the other's result.
-pub async fn sync_and_settle(maps: &mut Maps, nl: &Netlink, pending: &mut Pending) -> Result<()> {
-    let synced = sync(maps, nl, pending).await;
-    let settled = maps.settle_deferred();
-    synced.and(settled)
-}
-
 /// Moves `address`'s route from the metric `before` to `wanted`: the new route first (so the
 /// address is never without one while it has members), then the old one by its metric.
 async fn move_route(

@@ -10,10 +10,18 @@
 //! - A Maglev table swapped into a `TABLES` slot that was empty stays there after an undo: no
 //!   restored member set refers to it. A table written in place is a spare: an undo that flips
 //!   back makes the other one, untouched, live again.
-//! - Every write of an `ADDRS` or `ADDRS6` bucket marks its slot retiring first
-//!   (`SlotState::retiring`), and only [`Maps::settle`] clears it, after a grace period: an undo
-//!   that flips back is covered too.
-use std::net::IpAddr;
+//! - Every write of an `ADDRS` or `ADDRS6` bucket (a flip, or an undo that flips back) stamps
+//!   its slot's `SlotState::retired_at` before and after the write, and only [`Maps::settle`]
+//!   clears it, once a grace period has passed since: waited for if the stamp is younger than
+//!   [`REUSE_AFTER`], taken as passed if older. Nothing waits right after a flip, so a leave,
+//!   a `member add` or `del` and the route export that follows never wait behind a grace
+//!   period; only a rewrite of the same address's spare within [`REUSE_AFTER`] of its last
+//!   flip does, before it writes anything.
+//! - Why a time bound is safe: a reader of the retired set and table is one run of the XDP
+//!   program, which started before the flip, runs with preemption off and ends within
+//!   microseconds (the verifier bounds it); [`REUSE_AFTER`] is five orders of magnitude more,
+//!   and the kernel would report an RCU stall long before a reader could outlive it.
+use std::{net::IpAddr, time::Duration};
 
 use anycast_common::{
     AddrBucket, AddrBucket6, AddrEntry, Host, Ip6Key, MemberInfo, MemberKey, MemberSet, ip_key,
@@ -24,7 +32,15 @@ use aya::maps::{Array, MapData};
 use crate::{
     Error, Result,
     dataplane::{AddrSlot, Maps},
+    mapped::monotonic_ns,
 };
+
+/// How long after a flip the spare it retired may be rewritten without waiting for a grace
+/// period (see the module docs).
+pub const REUSE_AFTER: Duration = Duration::from_secs(1);
+
+/// The `SlotState::retired_at` of a writer older than this one: 1 meant "not settled".
+const LEGACY_RETIRING: u64 = 1;
 
 /// The `u32` arrays user space keeps for itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -92,14 +108,18 @@ impl Maps {
 
     fn revert(&mut self, undo: Undo) -> Result<()> {
         match undo {
-            Undo::Addr(index, old) => self
-                .addrs
-                .set(index, old, 0)
-                .map_err(|e| Error::map("ADDRS", e)),
-            Undo::Addr6(index, old) => self
-                .addrs6
-                .set(index, old, 0)
-                .map_err(|e| Error::map("ADDRS6", e)),
+            Undo::Addr(index, old) => {
+                self.slot_state.set_retired_at(old.slot, monotonic_ns());
+                let undone = self.addrs.set(index, old, 0);
+                self.slot_state.set_retired_at(old.slot, monotonic_ns());
+                undone.map_err(|e| Error::map("ADDRS", e))
+            }
+            Undo::Addr6(index, old) => {
+                self.slot_state.set_retired_at(old.slot, monotonic_ns());
+                let undone = self.addrs6.set(index, old, 0);
+                self.slot_state.set_retired_at(old.slot, monotonic_ns());
+                undone.map_err(|e| Error::map("ADDRS6", e))
+            }
             Undo::MemberSet(index, old) => self.set_member_set(index, &old),
             Undo::AddrKey(key) => self
                 .addr_keys
@@ -137,23 +157,23 @@ impl Maps {
             IpAddr::V4(v4) => {
                 let old = self.addrs.get(&index, 0).unwrap_or_default();
                 self.record(|_| Undo::Addr(index, old));
-                self.slot_state.set_retiring(entry.slot, true);
+                self.slot_state.set_retired_at(entry.slot, monotonic_ns());
                 let key = ip_key(v4.octets());
                 let bucket = AddrBucket {
                     mode: if old.ip == key { old.mode } else { 0 },
                     ..AddrBucket::new(key, entry.slot, entry.version)
                 };
-                self.addrs
-                    .set(index, bucket, 0)
-                    .map_err(|e| Error::map("ADDRS", e))
+                let written = self.addrs.set(index, bucket, 0);
+                self.slot_state.set_retired_at(entry.slot, monotonic_ns());
+                written.map_err(|e| Error::map("ADDRS", e))
             }
             IpAddr::V6(v6) => {
                 self.record(|m| Undo::Addr6(index, m.addrs6.get(&index, 0).unwrap_or_default()));
-                self.slot_state.set_retiring(entry.slot, true);
+                self.slot_state.set_retired_at(entry.slot, monotonic_ns());
                 let bucket = AddrBucket6::new(ip6_key(v6.octets()), entry.slot, entry.version);
-                self.addrs6
-                    .set(index, bucket, 0)
-                    .map_err(|e| Error::map("ADDRS6", e))
+                let written = self.addrs6.set(index, bucket, 0);
+                self.slot_state.set_retired_at(entry.slot, monotonic_ns());
+                written.map_err(|e| Error::map("ADDRS6", e))
             }
         }
     }
@@ -258,43 +278,18 @@ impl Maps {
     }
 
     /// Makes the spare member set and table of address `slot` safe to rewrite: waits for a
-    /// grace period if its version was flipped since the last one.
+    /// grace period only if its version flipped less than [`REUSE_AFTER`] ago.
     pub fn settle(&mut self, slot: u32) -> Result<()> {
-        if self.slot_state.retiring(slot) {
-            self.grace_period()?;
-            self.slot_state.set_retiring(slot, false);
-        }
-        Ok(())
-    }
-
-    /// After a flip of `slot`: [`Maps::settle`] now, or later if settles are deferred.
-    pub fn settle_after_flip(&mut self, slot: u32) -> Result<()> {
-        match &mut self.deferred {
-            Some(slots) => {
-                slots.push(slot);
-                Ok(())
-            }
-            None => self.settle(slot),
-        }
-    }
-
-    /// Defers the waits that follow flips until [`Maps::settle_deferred`], so that a writer can
-    /// do what the flips make due (a route) first, and many flips share one grace period.
-    pub fn defer_settles(&mut self) {
-        self.deferred.get_or_insert_with(Vec::new);
-    }
-
-    /// Settles the slots flipped since [`Maps::defer_settles`] with one grace period. On an
-    /// error they stay retiring: the next change of each settles it first.
-    pub fn settle_deferred(&mut self) -> Result<()> {
-        let slots = self.deferred.take().unwrap_or_default();
-        if !slots.iter().any(|&slot| self.slot_state.retiring(slot)) {
+        let at = self.slot_state.retired_at(slot);
+        if at == 0 {
             return Ok(());
         }
-        self.grace_period()?;
-        for slot in slots {
-            self.slot_state.set_retiring(slot, false);
+        let recent = monotonic_ns().saturating_sub(at) < REUSE_AFTER.as_nanos() as u64;
+        if recent || at == LEGACY_RETIRING {
+            self.grace_period()?;
+            self.waits += 1;
         }
+        self.slot_state.set_retired_at(slot, 0);
         Ok(())
     }
 

@@ -15,6 +15,18 @@ use std::{
     sync::atomic::{AtomicU64, Ordering},
 };
 
+/// `CLOCK_MONOTONIC` in ns (never 0 after boot), the clock of `SlotState::retired_at`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into memory we own; CLOCK_MONOTONIC exists on
+    // every Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64).max(2)
+}
+
 use anycast_common::{MAX_ADDRS, SlotState};
 
 /// A shared read-write mapping of an mmapable array map's values.
@@ -80,7 +92,7 @@ impl Drop for Mapped {
 // SAFETY: the mapping is shared memory accessed through atomics or `&mut self`.
 unsafe impl Send for Mapped {}
 
-/// `SLOT_STATE`: per address slot, the members out of service and the retiring flag.
+/// `SLOT_STATE`: per address slot, the members out of service and the time of the last flip.
 pub struct SlotStates(Mapped);
 
 const WORDS_PER_SLOT: usize = size_of::<SlotState>() / 8;
@@ -107,13 +119,13 @@ impl SlotStates {
         self.word(slot, 0).store(down, Ordering::Release);
     }
 
-    /// Whether a flip of `slot`'s version may still have readers of the spare.
-    pub fn retiring(&self, slot: u32) -> bool {
-        self.word(slot, 1).load(Ordering::Acquire) != 0
+    /// `SlotState::retired_at` of `slot`: when its version last flipped (`CLOCK_MONOTONIC`
+    /// ns), 0 if a grace period has passed since.
+    pub fn retired_at(&self, slot: u32) -> u64 {
+        self.word(slot, 1).load(Ordering::Acquire)
     }
 
-    pub fn set_retiring(&self, slot: u32, retiring: bool) {
-        self.word(slot, 1)
-            .store(u64::from(retiring), Ordering::Release);
+    pub fn set_retired_at(&self, slot: u32, ns: u64) {
+        self.word(slot, 1).store(ns, Ordering::Release);
     }
 }

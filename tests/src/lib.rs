@@ -15,6 +15,7 @@ pub mod cmd;
 pub mod ctl;
 pub mod daemon;
 pub mod direct;
+pub mod failover;
 pub mod frames;
 pub mod lab;
 pub mod netns;

@@ -57,6 +57,9 @@ pub struct Sent {
     pub seq: u64,
 }
 
+/// A datagram sent, and when (just before the send).
+pub type SentAt = (Sent, Instant);
+
 /// A UDP receiver bound in a namespace, recording until stopped.
 #[derive(Debug)]
 pub struct UdpSink {
@@ -706,7 +709,7 @@ impl Drop for UdpStream {
 pub struct SpreadStream {
     stop: Arc<AtomicBool>,
     count: Arc<AtomicUsize>,
-    handle: Option<JoinHandle<Result<Vec<Sent>>>>,
+    handle: Option<JoinHandle<Result<Vec<SentAt>>>>,
 }
 
 impl SpreadStream {
@@ -744,7 +747,13 @@ impl SpreadStream {
     }
 
     /// Stops sending and returns what was sent; an error if a send failed or a bound was hit.
-    pub fn stop(mut self) -> Result<Vec<Sent>> {
+    pub fn stop(self) -> Result<Vec<Sent>> {
+        Ok(self.stop_stamped()?.into_iter().map(|(s, _)| s).collect())
+    }
+
+    /// [`SpreadStream::stop`], with when each datagram was sent (taken just before the send,
+    /// so the dataplane saw it later).
+    pub fn stop_stamped(mut self) -> Result<Vec<SentAt>> {
         self.stop.store(true, Ordering::Relaxed);
         self.handle
             .take()
@@ -769,7 +778,7 @@ fn stream(
     gap: Duration,
     stop: &AtomicBool,
     count: &AtomicUsize,
-) -> Result<Vec<Sent>> {
+) -> Result<Vec<SentAt>> {
     let deadline = Instant::now() + TRAFFIC_DEADLINE;
     let mut sent = Vec::new();
     for (src_port, socket) in sockets.iter().cycle() {
@@ -782,13 +791,17 @@ fn stream(
             sent.len()
         );
         let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+        let at = Instant::now();
         socket
             .send_to(&seq.to_be_bytes(), dst)
             .with_context(|| format!("send from port {src_port}"))?;
-        sent.push(Sent {
-            src_port: *src_port,
-            seq,
-        });
+        sent.push((
+            Sent {
+                src_port: *src_port,
+                seq,
+            },
+            at,
+        ));
         count.fetch_add(1, Ordering::Relaxed);
         thread::sleep(gap);
     }

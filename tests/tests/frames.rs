@@ -952,3 +952,57 @@ fn member_taken_down_gets_nothing_and_its_flows_fall_back_by_identity() {
         );
     }
 }
+
+/// No change waits for an RCU grace period after its flip: a `member add`, `set` or `del`
+/// returns with nothing waited for, and a rewrite of the same address's spare waits only when
+/// it comes within `journal::REUSE_AFTER` of the flip that retired it (then before writing
+/// anything). Counted through `Maps::waits`; the flip's stamp is in `SlotState::retired_at`.
+#[test]
+fn changes_wait_for_a_grace_period_only_when_the_spare_was_live_just_before() {
+    use anycast_ctl::{dataplane::Bucket, journal::REUSE_AFTER, mapped::monotonic_ns};
+    let mut bed = bed();
+    let slot = |bed: &Bed| match bed.maps.bucket(ANYCAST_A.into()).unwrap() {
+        Bucket::Found { entry, .. } => entry.slot,
+        _ => panic!("{ANYCAST_A} not installed"),
+    };
+    let slot = slot(&bed);
+    let age = |bed: &Bed| monotonic_ns() - bed.maps.slot_state.retired_at(slot);
+    // As if the last flip were long past: nothing to wait for.
+    let long_ago = || monotonic_ns() - 2 * REUSE_AFTER.as_nanos() as u64;
+    bed.maps.slot_state.set_retired_at(slot, long_ago());
+    let waits = bed.maps.waits;
+    bed.add_member(ANYCAST_A, M3, 0, M3_MAC).unwrap();
+    assert_eq!(bed.maps.waits, waits, "an add after a quiet second waited");
+    assert!(
+        age(&bed) < REUSE_AFTER.as_nanos() as u64,
+        "the flip is not stamped"
+    );
+
+    // The same address again at once: its spare was live a moment ago, so this one waits.
+    bed.set_weight(ANYCAST_A, M3, anycast_ctl::members::DEFAULT_PREFERENCE, 50)
+        .unwrap();
+    assert_eq!(
+        bed.maps.waits,
+        waits + 1,
+        "a rewrite right after a flip did not wait"
+    );
+
+    // A removal long after the last flip: the down store, the rebuild and the flip, no wait.
+    bed.maps.slot_state.set_retired_at(slot, long_ago());
+    bed.del_member(ANYCAST_A, M3).unwrap();
+    assert_eq!(
+        bed.maps.waits,
+        waits + 1,
+        "a del after a quiet second waited"
+    );
+    assert_ne!(bed.maps.slot_state.retired_at(slot), 0);
+
+    // A stamp left by an older writer (1: "not settled") is waited for, never trusted.
+    bed.maps.slot_state.set_retired_at(slot, 1);
+    bed.add_member(ANYCAST_A, M3, 0, M3_MAC).unwrap();
+    assert_eq!(
+        bed.maps.waits,
+        waits + 2,
+        "a legacy retiring flag was not waited for"
+    );
+}

@@ -104,6 +104,8 @@ pub struct Agent {
     export: crate::export::Pending,
     /// Multicast mode's forwarder election on the agent's interfaces.
     routers: routers::Routers,
+    /// Times the writers' lock was taken ([`Agent::locks_taken`]).
+    locks: u64,
 }
 
 /// Runs the agent until SIGINT or SIGTERM; SIGHUP reloads the configuration and keys.
@@ -307,6 +309,7 @@ impl Agent {
     /// detach and re-attach under the agent, it adopts the new state (its learned members
     /// come back with their next advertisements); with nothing attached any more, it stops.
     fn lock_live(&mut self) -> Result<crate::pin::DirLockGuard> {
+        self.locks += 1;
         let guard = self.dir_lock.lock()?;
         // One fstatat of the `ADDRS` pin in the locked directory: a detach and re-attach (or a
         // deleted pin) replaces it, whatever else is left in the directory.
@@ -390,6 +393,7 @@ impl Agent {
             unplaceable: HashMap::new(),
             export: crate::export::Pending::with_hold_down(hold_down),
             routers,
+            locks: 0,
         };
         agent.adopt()?;
         // Members adopted on an interface that is down now go at once, as on a link event.
@@ -882,6 +886,13 @@ impl Agent {
 
     pub fn counters(&self) -> &[u64] {
         &self.counters
+    }
+
+    /// How many times the agent took the writers' lock: every map write of the agent but its
+    /// counters (`AGENT_STATS`, every [`COUNTER_FLUSH`]) is under it, so a refresh that
+    /// changes nothing must leave this unchanged (tested).
+    pub fn locks_taken(&self) -> u64 {
+        self.locks
     }
 }
 

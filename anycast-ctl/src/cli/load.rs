@@ -20,10 +20,8 @@ pub async fn run(router: &Router, args: Args) -> Result<String> {
     maps.ensure_live(&router.pin)?;
     let mut export = crate::export::Pending::new();
     export.note(&maps, list.iter().map(|m| m.anycast))?;
-    // One grace period for all the flips, after the routes.
-    maps.defer_settles();
     let done = crate::load::apply(&mut maps, &list, &placements)?;
-    crate::export::sync_and_settle(&mut maps, &router.nl, &mut export).await?;
+    crate::export::sync(&maps, &router.nl, &mut export).await?;
     Ok(format!(
         "loaded {} memberships ({} added, {} updated)\n",
         list.len(),

@@ -141,7 +141,6 @@ async fn add(router: &Router, args: AddArgs) -> Result<String> {
     // Any change may move the route's metric, not only the first member: sync every time.
     let mut export = Pending::new();
     export.note(&maps, [anycast_ip])?;
-    maps.defer_settles();
     let done = maps.transaction(|maps| {
         let done = members::add(maps, anycast_ip, &placement, info, table_size)?;
         if let Some(mode) = mode {
@@ -149,7 +148,7 @@ async fn add(router: &Router, args: AddArgs) -> Result<String> {
         }
         Ok(done)
     })?;
-    export::sync_and_settle(&mut maps, nl, &mut export).await?;
+    export::sync(&maps, nl, &mut export).await?;
     Ok(added(anycast_ip, member_ip, &done))
 }
 
@@ -191,7 +190,6 @@ async fn set(router: &Router, args: SetArgs) -> Result<String> {
     let mut maps = Maps::open(&router.pin)?;
     let mut export = Pending::new();
     export.note(&maps, [anycast_ip])?;
-    maps.defer_settles();
     members::set_weight(
         &mut maps,
         (anycast_ip, member_ip),
@@ -199,7 +197,7 @@ async fn set(router: &Router, args: SetArgs) -> Result<String> {
         weight,
         table_size,
     )?;
-    export::sync_and_settle(&mut maps, &router.nl, &mut export).await?;
+    export::sync(&maps, &router.nl, &mut export).await?;
     Ok(format!(
         "member {member_ip} of {anycast_ip}: preference {preference}, weight {weight}\n"
     ))
@@ -214,9 +212,8 @@ async fn del(router: &Router, args: DelArgs) -> Result<String> {
     let mut maps = Maps::open(&router.pin)?;
     let mut export = Pending::new();
     export.note(&maps, [anycast_ip])?;
-    maps.defer_settles();
     members::del(&mut maps, anycast_ip, member_ip)?;
-    export::sync_and_settle(&mut maps, &router.nl, &mut export).await?;
+    export::sync(&maps, &router.nl, &mut export).await?;
     Ok(format!("deleted member {member_ip} of {anycast_ip}\n"))
 }
 

@@ -8,15 +8,16 @@
 //! - Removal ([`del`], and through it leave, expiry and link down) first takes the member out of
 //!   service with one atomic store into `SLOT_STATE` (the dataplane then sends it nothing and
 //!   gives its flows to the fallback), and only then rebuilds the set and table.
-//! - Table swaps never wait for an RCU grace period before the flip. Why two tables per address,
-//!   written in place through mmap: replacing an inner map of `TABLES` (the old way) waits for
-//!   a grace period on every swap and took a syscall per word to fill; a batched update of
-//!   `TABLES` still waits. Double buffering reuses the member sets' flip (one store makes set
-//!   and table live together), and mmap fills a table with one copy. The price is the rule that
-//!   a spare is rewritten only after a grace period since the flip that retired it
-//!   (`SlotState::retiring`); [`update`] waits for it right after its own flip, so the next
-//!   change of the address finds its spare ready. A table of a new size gets a new map, put in
-//!   place while it is still the spare (once per address and size).
+//! - Table swaps never wait for an RCU grace period, before or after the flip. Why two tables
+//!   per address, written in place through mmap: replacing an inner map of `TABLES` (the old
+//!   way) waits for a grace period on every swap and took a syscall per word to fill; a batched
+//!   update of `TABLES` still waits. Double buffering reuses the member sets' flip (one store
+//!   makes set and table live together), and mmap fills a table with one copy. The price is
+//!   the rule that a spare is rewritten only after a grace period since the flip that retired
+//!   it (`SlotState::retired_at`): [`update`] checks it before writing ([`Maps::settle`]), and
+//!   waits only when the address flipped less than `journal::REUSE_AFTER` ago. A table of a
+//!   new size gets a new map, put in place while it is still the spare (once per address and
+//!   size).
 //! - A counter slot is zeroed before it is handed to a new (address, member) pair; an address
 //!   slot likewise. Indexes come from [`crate::alloc`], so [`add`] and [`del`] cost a constant
 //!   number of map operations whatever the number of addresses.
@@ -210,19 +211,10 @@ fn check_mac(
 /// [`Edge::LastMemberGone`] when this was the address's last member.
 pub fn del(maps: &mut Maps, address: IpAddr, member: IpAddr) -> Result<Option<Edge>> {
     let leaving = crate::repoint::leaving(maps, address, member);
-    // Direct mode: the member's clients learn where to go right after the flip (best effort),
-    // before the grace period that readies the address's spare, which waits meanwhile.
-    let defer = leaving.is_some() && maps.deferred.is_none();
-    if defer {
-        maps.defer_settles();
-    }
+    // Direct mode: the member's clients learn where to go right after the flip (best effort).
     let edge = maps.transaction(|maps| del_in(maps, address, member));
     if edge.is_ok() {
         crate::repoint::after_removal(maps, leaving);
-    }
-    if defer && let Err(e) = maps.settle_deferred() {
-        // The slot stays retiring: its next change settles it first.
-        tracing::warn!(error = %e, %address, "waiting for a grace period");
     }
     edge
 }
@@ -328,7 +320,7 @@ pub fn renew(
 /// Moves the address in bucket `index` from member set `old` to `new` (their positions differ by
 /// at most one member), choosing where new flows go from `new` and `MEMBER_INFO` (see
 /// [`choose`]). The spare set and its table are written once the last flip has settled (a
-/// grace period, normally waited for right after that flip, not here), then one flip makes
+/// grace period since it, waited for here only if that flip was recent), then one flip makes
 /// both live. Positions that become members are in service before the flip; positions that
 /// become holes are cleared from `SlotState::down` after it.
 fn update(
@@ -350,16 +342,13 @@ fn update(
     let slot = entry.slot;
     maps.settle(slot)?;
     let spare = member_set_index(slot, entry.version ^ 1);
+    let mut slots = None;
     match choice.pick {
         Pick::Nobody => {}
         Pick::Single(position) => new.single = position as u32 + 1,
-        Pick::Table(words, slots) => {
+        Pick::Table(words, counts) => {
             maps.write_table(spare, &words)?;
-            for (position, m) in new.positions().iter().enumerate() {
-                if m.host != NO_HOST {
-                    maps.set_word(Words::MemberSlots, m.counter, slots[position])?;
-                }
-            }
+            slots = Some(counts);
             new.table_size = size;
         }
     }
@@ -373,10 +362,18 @@ fn update(
     if down & !now != 0 {
         maps.set_down(slot, down & now);
     }
-    // The retired set and table may still have readers: wait for them now, after the flip
-    // (or once the writer is done, if it deferred that), so that the next change of this
-    // address finds its spare ready.
-    maps.settle_after_flip(slot)
+    // Each member's count of slots (for `show` and the metrics), after the flip: it is not on
+    // the way to the new table, and only the counts that changed are written.
+    if let Some(slots) = slots {
+        for (position, m) in new.positions().iter().enumerate() {
+            if m.host != NO_HOST && maps.word(Words::MemberSlots, m.counter)? != slots[position] {
+                maps.set_word(Words::MemberSlots, m.counter, slots[position])?;
+            }
+        }
+    }
+    // The retired set and table may still have readers: the flip's time is on record, and
+    // the next change of this address settles it (see `Maps::settle`). Nothing waits here.
+    Ok(())
 }
 
 /// The positions of `set` that hold a member.
@@ -474,22 +471,28 @@ fn backend_id(ip: IpAddr) -> u32 {
     }
 }
 
-/// Builds the Maglev table of `backends` (at member `positions`), packed into words.
+/// Builds the Maglev table of `backends` (at member `positions`), packed into words. The
+/// builder and its table are kept per thread, so a rebuild allocates only the packed words;
+/// the table names positions directly, and each position's count of slots is its quota.
 fn build_table(backends: &[maglev::Backend], positions: &[usize], size: u32) -> Result<Pick> {
-    let table =
-        maglev::build(backends, size).map_err(|e| Error::Usage(format!("Maglev table: {e}")))?;
-    let mut slots = Box::new([0u32; MAX_MEMBERS]);
-    let mut words = Vec::with_capacity(table_words(size) as usize);
-    for chunk in table.chunks(TABLE_ENTRIES_PER_WORD as usize) {
-        let mut word = [0u8; 8];
-        for (byte, backend) in word.iter_mut().zip(chunk) {
-            let position = positions[*backend as usize];
-            slots[position] += 1;
-            *byte = position as u8;
-        }
-        words.push(pack_positions(&word));
+    thread_local! {
+        static BUILDER: std::cell::RefCell<(maglev::Builder, Vec<u8>)> = Default::default();
     }
-    Ok(Pick::Table(words, slots))
+    let labels: Vec<u8> = positions.iter().map(|&p| p as u8).collect();
+    BUILDER.with_borrow_mut(|(builder, table)| {
+        builder
+            .build_labelled(backends, &labels, size, table)
+            .map_err(|e| Error::Usage(format!("Maglev table: {e}")))?;
+        let mut slots = Box::new([0u32; MAX_MEMBERS]);
+        for (&count, &at) in builder.counts().iter().zip(positions) {
+            slots[at] = count;
+        }
+        let words = (table.chunks(TABLE_ENTRIES_PER_WORD as usize))
+            .map(pack_positions)
+            .collect::<Vec<u64>>();
+        debug_assert_eq!(words.len(), table_words(size) as usize);
+        Ok(Pick::Table(words, slots))
+    })
 }
 
 /// Makes `set` the live member set of the address in bucket `index`: writes the spare set, then

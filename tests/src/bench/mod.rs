@@ -3,12 +3,15 @@
 //! advertisement (`membership`), failover: table swaps, link down and hard failure
 //! (`failover`), the control plane at 65,536 addresses (`control`), route export (`export`),
 //! site failover through BIRD (`sites`), the Prometheus scrape at 65,536 addresses (`metrics`),
-//! upgrade under load (`upgrade`) and direct ARP mode's repoint (`direct`).
+//! upgrade under load (`upgrade`), direct ARP mode's repoint (`direct`), the agent under
+//! 100,000 advertisements a second (`agent_load`) and announce's jitter (`jitter`).
+pub mod agent_load;
 pub mod control;
 pub mod direct;
 pub mod e2e;
 pub mod export;
 pub mod failover;
+pub mod jitter;
 pub mod membership;
 pub mod metrics;
 pub mod pipeline;

@@ -77,12 +77,25 @@ fn main() -> Result<()> {
         return Ok(());
     }
     // `bench failover`: only membership by advertisement (the leave) and failover, printed,
-    // no report.
+    // and put in place of those two sections of the report (which is made if missing).
     if std::env::args().nth(1).as_deref() == Some("failover") {
         let membership = anycast_tests::bench::membership::run()?;
         let failover = anycast_tests::bench::failover::run()?;
         let both = json!({"membership": membership, "failover": failover});
         println!("{}", serde_json::to_string_pretty(&both)?);
+        let path = target_dir().join("bench").join("report.json");
+        let mut report: serde_json::Value = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|text| serde_json::from_str(&text).ok())
+            .unwrap_or_else(|| json!({}));
+        report["membership"] = both["membership"].clone();
+        report["failover"] = both["failover"].clone();
+        std::fs::create_dir_all(path.parent().expect("a report directory"))?;
+        std::fs::write(&path, serde_json::to_string_pretty(&report)? + "\n")?;
+        println!(
+            "\nreport (membership and failover sections): {}",
+            path.display()
+        );
         return Ok(());
     }
     // `bench sites`: only site failover through BIRD, printed, no report.
@@ -308,6 +321,7 @@ fn main() -> Result<()> {
             "table_swap_ms": 1,
             "link_down_p99_ms": 5,
             "hard_failure_fast_max_ms": 35,
+            "datagrams_after_removal": 0,
             "xdp_vs_kernel_ecmp": 5.0,
             "xdp_vs_plain_redirect": 0.9,
             "xdp6_vs_kernel_ecmp6": 5.0,
