@@ -32,7 +32,10 @@ impl Daemon {
             .arg("--")
             .arg(crate::ctl::binary())
             .args(args)
-            .env("ANYCAST_LOG", "info")
+            .env(
+                "ANYCAST_LOG",
+                std::env::var("ANYCAST_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

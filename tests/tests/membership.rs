@@ -285,6 +285,26 @@ fn link_down_removes_the_member_within_100ms() {
     );
 }
 
+/// Another writer holding the writers' lock for longer than the hold time (an `upgrade`
+/// verifying its program, a bulk `load`) keeps the agent from its sockets; the refreshes that
+/// waited there are read before any member is judged, so none expires.
+#[test]
+fn a_writer_holding_the_lock_past_the_hold_time_expires_no_member() {
+    let lab = Lab::new();
+    let _a: Vec<Daemon> = (0..3).map(|i| lab.announce(i, None)).collect();
+    let all = lab.topo.member_ips();
+    lab.wait_learned(&all, Duration::from_secs(3));
+    let dir = std::fs::File::open(lab.ctl.pin_dir()).expect("pin directory");
+    dir.lock().expect("taking the writers' lock");
+    // The agent's next counter flush waits for the lock, well past HOLD_MS.
+    std::thread::sleep(Duration::from_millis(3 * HOLD_MS));
+    dir.unlock().expect("releasing the writers' lock");
+    std::thread::sleep(Duration::from_millis(2 * INTERVAL_MS));
+    assert_eq!(lab.learned(), all);
+    let log = lab.agent.as_ref().map(Daemon::log).unwrap_or_default();
+    assert!(!log.contains("expired"), "a member expired:\n{log}");
+}
+
 #[test]
 fn killed_agent_loses_nothing_and_a_new_agent_takes_over() {
     let mut lab = Lab::new();

@@ -12,6 +12,7 @@ use anycast_tests::{
     ANYCAST, Ctl, Topology,
     bench::upgrade::{lab, program_ids_of, under_load},
     cmd,
+    daemon::Daemon,
     lab::AgentLab,
     traffic::{UDP_PORT, udp_round},
     wait_until,
@@ -221,7 +222,13 @@ fn an_agent_restarted_after_an_upgrade_adopts_the_learned_members() {
     // Upgrade under the running agent: it keeps learning on the same maps.
     lab.ctl.run(&["upgrade"]).unwrap();
     assert_ne!(one_program(&lab.ctl), old);
-    assert_eq!(lab.learned(), all);
+    assert_eq!(
+        lab.learned(),
+        all,
+        "agent log:\n{}\nstatus: {:?}",
+        lab.agent.as_ref().map(Daemon::log).unwrap_or_default(),
+        lab.ctl.run(&["status", "--json"])
+    );
     let accepted = lab.ctl.status().agent.accepted;
     assert!(wait_until(Duration::from_secs(2), || {
         lab.ctl.status().agent.accepted > accepted

@@ -7,7 +7,9 @@
 //! `Agent::apply_one`, which hands IPv4 and IPv6 ones alike to the members API.
 //! A learned member expires when its hold time passes without a refresh (each member on its own
 //! deadline, [`deadlines`]), leaves at once on a hold time of 0, and is removed at once when its
-//! interface loses its link. Static members (`member add`) are never touched.
+//! interface loses its link. Static members (`member add`) are never touched. No member is
+//! judged by its deadline right after the agent was kept from its sockets (a turn that waited
+//! for the writers' lock, say): the refreshes that waited meanwhile are read first.
 //!
 //! A refresh that changes nothing but the deadline touches no map and takes no lock: it moves
 //! the member's deadline in memory. Its state survives it all the same: memberships, their
@@ -53,6 +55,10 @@ use validate::{Reject, Validator};
 pub const COUNTER_FLUSH: Duration = Duration::from_millis(200);
 /// Most advertisements handled before the agent looks at its deadlines again.
 const DRAIN_BATCH: usize = 64;
+/// A turn of the event loop longer than this (a writer holding the writers' lock, a slow
+/// netlink answer) may have left refreshes waiting in the sockets: the deadlines are judged
+/// only after the next turn has read them.
+const LONG_TURN: Duration = Duration::from_millis(5);
 /// How long a member that could not be located is left alone.
 const UNPLACEABLE_BACKOFF: Duration = Duration::from_secs(1);
 
@@ -176,6 +182,7 @@ impl Agent {
         let mut buf = vec![0u8; 2048];
         tracing::info!(devs = ?self.config.devs, port = self.config.port, group = %self.config.group, group6 = %self.config.group6, ipv6 = v6.is_some(), "agent running");
         loop {
+            let turn = Instant::now();
             tokio::select! {
                 // Advertisements first: a refresh waiting in the socket must be seen before the
                 // expiry tick judges its member.
@@ -202,7 +209,11 @@ impl Agent {
                 _ = sigint.recv() => break,
                 _ = sigterm.recv() => break,
             }
-            self.expire(Instant::now());
+            // After a long turn, the select (biased towards the sockets) reads what waited
+            // first, and an overdue deadline fires at once after it.
+            if turn.elapsed() < LONG_TURN {
+                self.expire(Instant::now());
+            }
             if let Some(e) = self.fatal.take() {
                 return Err(e);
             }
