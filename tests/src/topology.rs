@@ -273,6 +273,8 @@ impl Topology {
 /// `r0`, and IPv6 forwarding on the router.
 fn client_link_ipv6(client: &Netns, router: &Netns, mode: ClientMode) -> Result<()> {
     for (ns, iface) in [(client, CLIENT_IFACE), (router, ROUTER_CLIENT_IFACE)] {
+        // No DAD on the link-local either (see `member_ipv6`).
+        ns.sysctl(&format!("net.ipv6.conf.{iface}.accept_dad"), "0")?;
         ns.sysctl(&format!("net.ipv6.conf.{iface}.disable_ipv6"), "0")?;
         ns.sysctl(&format!("net.ipv6.conf.{iface}.accept_ra"), "0")?;
         ns.sysctl(&format!("net.ipv6.conf.{iface}.router_solicitations"), "0")?;
@@ -304,6 +306,12 @@ fn client_link_ipv6(client: &Netns, router: &Netns, mode: ClientMode) -> Result<
 /// IPv6 on member `m`'s link to `router`: on the router's `r<i>`, and the member's `m<i>` and
 /// `lo`, with [`member_ip6`] and [`member_gateway6`] as /64s (nodad, usable at once).
 pub(crate) fn member_ipv6(router: &Netns, m: &Member) -> Result<()> {
+    // Without DAD the link-local address is usable at once: a neighbour solicitation is sent
+    // from it, and while it is tentative the kernel sends none (the first reply of a member
+    // to the router then waits a RetransTimer, 1 s).
+    for (ns, iface) in [(&m.ns, m.iface.as_str()), (router, m.router_iface.as_str())] {
+        ns.sysctl(&format!("net.ipv6.conf.{iface}.accept_dad"), "0")?;
+    }
     for iface in ["lo", m.iface.as_str()] {
         m.ns.sysctl(&format!("net.ipv6.conf.{iface}.disable_ipv6"), "0")?;
     }
