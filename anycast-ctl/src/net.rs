@@ -151,12 +151,17 @@ impl Netlink {
 
     /// The first IPv4 address of interface `index`.
     pub async fn first_ipv4(&self, index: u32) -> Result<Option<Ipv4Addr>> {
+        Ok(self.first_ipv4_net(index).await?.map(|(ip, _)| ip))
+    }
+
+    /// [`Self::first_ipv4`] with its prefix length.
+    pub async fn first_ipv4_net(&self, index: u32) -> Result<Option<(Ipv4Addr, u8)>> {
         Ok(self
             .addresses(index)
             .await?
             .iter()
-            .find_map(|(ip, _)| match ip {
-                IpAddr::V4(v4) => Some(*v4),
+            .find_map(|(ip, msg)| match ip {
+                IpAddr::V4(v4) => Some((*v4, msg.header.prefix_len)),
                 IpAddr::V6(_) => None,
             }))
     }

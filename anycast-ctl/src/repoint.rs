@@ -15,6 +15,12 @@
 //!   sent [`REPEATS`] times, [`REPEAT_INTERVAL`] apart, against loss.
 //! - Cost: one walk of `REQUESTERS` per removal (empty unless direct mode answered someone),
 //!   and, with clients to tell, 20 ms of the writer's time for the repeats.
+//! - Only a client inside an IPv4 subnet of the interface it asked on (not the subnet's network
+//!   or broadcast address, not the router's own address) is told anything: ARP requests are
+//!   unauthenticated, so a record naming any other address is a forgery (or a host that cannot
+//!   use the answer), and telling it would let one forged request buy [`REPEATS`] x 2 frames
+//!   from the router at every removal, with the writer blocked meanwhile. Such records are
+//!   dropped. (An interface with no IPv4 address limits nothing.)
 //! - Repointing is best effort after the removal is done: a failure is logged, never undoes or
 //!   fails the removal. `REPOINTS` counts clients repointed, per address and per member they
 //!   were repointed to.
@@ -137,12 +143,22 @@ pub fn plan(maps: &mut Maps, gone: &Leaving) -> Result<Vec<Repoint>> {
     let set = maps.member_set(&entry)?;
     let down = maps.slot_state.down(entry.slot);
     let anycast = ip_key(gone.anycast.octets());
+    let nets = ipv4_nets();
     let mut out = Vec::new();
     for (key, client) in clients {
         let Some(iface) = maps.iface(client.ifindex)? else {
             let _ = maps.requesters.remove(&key);
             continue;
         };
+        let ip = Ipv4Addr::from(ip_octets(key.ip));
+        let theirs: Vec<(Ipv4Addr, u8)> = (nets.iter())
+            .filter(|(ifindex, ..)| *ifindex == client.ifindex)
+            .map(|&(_, a, p)| (a, p))
+            .collect();
+        if !on_link(ip, &theirs) {
+            let _ = maps.requesters.remove(&key);
+            continue;
+        }
         let hash = requester_hash(key.ip, anycast);
         let placed = place(maps, (&entry, &set, down), hash)?;
         let direct = match placed {
@@ -188,6 +204,57 @@ pub fn plan(maps: &mut Maps, gone: &Leaving) -> Result<Vec<Repoint>> {
         });
     }
     Ok(out)
+}
+
+/// Whether a client at `ip` can be on a link whose IPv4 addresses are `nets` (address, prefix
+/// length): inside one of their subnets, not its network or broadcast address (below /31) and
+/// not the address itself. True when the link has no IPv4 address (nothing to check against).
+pub fn on_link(ip: Ipv4Addr, nets: &[(Ipv4Addr, u8)]) -> bool {
+    nets.is_empty()
+        || nets.iter().all(|&(own, _)| own != ip)
+            && nets.iter().any(|&(own, prefix)| {
+                let Ok(net) = ipnet::Ipv4Net::new(own, prefix) else {
+                    return false;
+                };
+                net.contains(&ip)
+                    && (prefix >= 31 || (ip != net.network() && ip != net.broadcast()))
+            })
+}
+
+/// Every IPv4 address of this namespace's interfaces: (ifindex, address, prefix length).
+/// Empty if they cannot be read (then no client is refused).
+fn ipv4_nets() -> Vec<(u32, Ipv4Addr, u8)> {
+    let mut out = Vec::new();
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list we free below with freeifaddrs.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "reading interface addresses");
+        return out;
+    }
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: `cur` is a node of the list getifaddrs returned, alive until freeifaddrs;
+        // an AF_INET address and netmask are sockaddr_in, and the name a C string.
+        unsafe {
+            let ifa = &*cur;
+            cur = ifa.ifa_next;
+            if ifa.ifa_addr.is_null()
+                || ifa.ifa_netmask.is_null()
+                || i32::from((*ifa.ifa_addr).sa_family) != libc::AF_INET
+            {
+                continue;
+            }
+            let addr = &*ifa.ifa_addr.cast::<libc::sockaddr_in>();
+            let mask = &*ifa.ifa_netmask.cast::<libc::sockaddr_in>();
+            let ifindex = libc::if_nametoindex(ifa.ifa_name);
+            let prefix = u32::from_be(mask.sin_addr.s_addr).leading_ones() as u8;
+            let ip = Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr));
+            out.push((ifindex, ip, prefix));
+        }
+    }
+    // SAFETY: the list getifaddrs allocated, freed once, not used after.
+    unsafe { libc::freeifaddrs(head) };
+    out
 }
 
 /// Adds one to a `REPOINTS` counter (user space alone writes it, under the writers' lock).
@@ -300,4 +367,31 @@ fn send_frame(socket: &OwnedFd, ifindex: u32, frame: &[u8]) -> std::io::Result<(
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_clients_that_can_be_on_the_link_are_told() {
+        let lan = [(Ipv4Addr::new(203, 0, 113, 2), 24)];
+        assert!(on_link(Ipv4Addr::new(203, 0, 113, 100), &lan));
+        for forged in [
+            Ipv4Addr::new(192, 0, 2, 7),     // another subnet
+            Ipv4Addr::new(203, 0, 113, 0),   // the network address
+            Ipv4Addr::new(203, 0, 113, 255), // its broadcast
+            Ipv4Addr::new(203, 0, 113, 2),   // the router itself
+            Ipv4Addr::BROADCAST,
+        ] {
+            assert!(!on_link(forged, &lan), "{forged}");
+        }
+        // A /31's two addresses are both hosts; a link without IPv4 limits nothing.
+        let p2p = [(Ipv4Addr::new(198, 18, 0, 0), 31)];
+        assert!(on_link(Ipv4Addr::new(198, 18, 0, 1), &p2p));
+        assert!(on_link(Ipv4Addr::new(192, 0, 2, 7), &[]));
+        // Any of the link's subnets will do.
+        let two = [lan[0], (Ipv4Addr::new(198, 18, 1, 1), 24)];
+        assert!(on_link(Ipv4Addr::new(198, 18, 1, 9), &two));
+    }
 }

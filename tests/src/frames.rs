@@ -373,6 +373,13 @@ impl Bed {
         })
     }
 
+    /// Gives port `port` the IPv4 address `cidr` (e.g. `198.18.0.1/23`), in the bed's namespace.
+    pub fn add_address(&self, port: usize, cidr: &str) -> Result<()> {
+        let dev = &self.ports[port].name;
+        crate::cmd::run("ip", &["-n", &self.ns, "addr", "add", cidr, "dev", dev])?;
+        Ok(())
+    }
+
     /// The pin directory of the bed's maps.
     pub fn pin(&self) -> &PinDir {
         &self.pin

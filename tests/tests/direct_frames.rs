@@ -148,6 +148,8 @@ fn clients_spread_by_weight_and_only_the_leavers_clients_are_repointed() {
             .unwrap();
     }
     mode::set(&mut bed.maps, ANYCAST.into(), Mode::Direct).unwrap();
+    // The clients' subnet on p0 (repoint tells only clients that can be on the link).
+    bed.add_address(0, "198.18.0.1/23").unwrap();
     let before = placements(&bed, 200);
     let count =
         |p: &BTreeMap<u8, [u8; 6]>, i: u8| p.values().filter(|m| **m == member(i).1).count();
@@ -207,4 +209,60 @@ fn clients_spread_by_weight_and_only_the_leavers_clients_are_repointed() {
     }
     // Nobody is left on the member that went, so planning again finds no client.
     assert!(repoint::plan(&mut bed.maps, &leaving).unwrap().is_empty());
+}
+
+/// ARP requests are unauthenticated: requests in the names of addresses no client on the link
+/// can have are answered (one reply to the asker, as any) but never buy repoint frames, and
+/// their records are dropped at the removal, while the genuine clients are repointed.
+#[test]
+fn forged_requesters_off_the_link_are_not_repointed() {
+    let mut bed = Bed::new().expect("TEST_RUN bed");
+    for i in 1..=2 {
+        bed.add_member(ANYCAST, member(i).0, 0, member(i).1)
+            .unwrap();
+    }
+    mode::set(&mut bed.maps, ANYCAST.into(), Mode::Direct).unwrap();
+    bed.add_address(0, "198.18.0.1/23").unwrap();
+    let attacker = [0x02, 0xba, 0, 0, 0, 0x66];
+    let mut forged: Vec<Ipv4Addr> = (1..=40).map(|i| Ipv4Addr::new(192, 0, 2, i)).collect();
+    forged.extend([
+        Ipv4Addr::new(198, 18, 0, 0),   // the subnet's network address
+        Ipv4Addr::new(198, 18, 1, 255), // its broadcast
+        Ipv4Addr::new(198, 18, 0, 1),   // the router itself
+        Ipv4Addr::BROADCAST,
+    ]);
+    let genuine: Vec<(Ipv4Addr, [u8; 6])> = (0..40).map(client).collect();
+    let mut given = BTreeMap::new();
+    for &ip in &forged {
+        given.insert(ip, answer(&bed, (ip, attacker)));
+    }
+    for &c in &genuine {
+        given.insert(c.0, answer(&bed, c));
+    }
+    let on_two =
+        |ips: &mut dyn Iterator<Item = Ipv4Addr>| ips.filter(|ip| given[ip] == member(2).1).count();
+    let forged_on_two = on_two(&mut forged.iter().copied());
+    let genuine_on_two = on_two(&mut genuine.iter().map(|c| c.0));
+    assert!(forged_on_two > 0 && genuine_on_two > 0, "{given:?}");
+
+    bed.del_member(ANYCAST, member(2).0).unwrap();
+    let c = counters(&bed, ANYCAST);
+    assert_eq!(
+        c.repoints, genuine_on_two as u64,
+        "only genuine clients repointed"
+    );
+    let slot = slot(&bed, ANYCAST);
+    for &ip in &forged {
+        let key = RequesterKey {
+            slot,
+            ip: ip_key(ip.octets()),
+        };
+        match bed.maps.requesters.get(&key, 0) {
+            Ok(rec) => {
+                assert_eq!(given[&ip], member(1).1, "{ip} was repointed");
+                assert_eq!(rec.mac, attacker);
+            }
+            Err(_) => assert_eq!(given[&ip], member(2).1, "{ip}'s record lost"),
+        }
+    }
 }

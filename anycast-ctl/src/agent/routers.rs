@@ -11,6 +11,10 @@
 //!   routers heard there within [`HOLD_HELLOS`] hello intervals forwards. Every other router
 //!   relays its multicast-mode datagrams for that LAN to the forwarder's MAC (`MCAST_LANS`),
 //!   so each datagram reaches the LAN once, whichever router it came to.
+//! - A hello counts only from inside the LAN's IPv4 subnet and with a MAC other than this
+//!   router's own there: a genuine hello copied from another LAN (its signature, TTL and
+//!   sequence number all still good where that router was never heard) would otherwise make
+//!   this router relay to a MAC that is not on the LAN.
 //! - A router that hears no other router (or runs no agent) forwards itself: the dataplane's
 //!   default is an absent `MCAST_LANS` entry. The agent is `MCAST_LANS`'s only writer.
 use std::{
@@ -34,6 +38,7 @@ pub const HOLD_HELLOS: u32 = 3;
 struct Lan {
     ifindex: u32,
     addr: Ipv4Addr,
+    prefix: u8,
     mac: [u8; 6],
     socket: Socket,
 }
@@ -68,7 +73,7 @@ impl Routers {
         let mut lans = Vec::new();
         if !interval.is_zero() {
             for (&ifindex, name) in devs {
-                let Some(addr) = nl.first_ipv4(ifindex).await? else {
+                let Some((addr, prefix)) = nl.first_ipv4_net(ifindex).await? else {
                     continue;
                 };
                 let mac = nl.link_by_index(ifindex).await?.mac;
@@ -77,6 +82,7 @@ impl Routers {
                 lans.push(Lan {
                     ifindex,
                     addr,
+                    prefix,
                     mac,
                     socket,
                 });
@@ -120,6 +126,13 @@ impl Routers {
             return;
         };
         if self.lans.iter().any(|l| l.addr == sender) {
+            return;
+        }
+        let Some(lan) = self.lans.iter().find(|l| l.ifindex == ifindex) else {
+            return;
+        };
+        if !plausible(lan, sender, mac) {
+            tracing::debug!(%sender, ifindex, "router hello from off the LAN ignored");
             return;
         }
         let until = now + self.interval * HOLD_HELLOS;
@@ -172,6 +185,13 @@ impl Routers {
     }
 }
 
+/// Whether a hello from `sender` with `mac` can come from a router on `lan`: the sender inside
+/// the LAN's subnet, the MAC not this router's own.
+fn plausible(lan: &Lan, sender: Ipv4Addr, mac: [u8; 6]) -> bool {
+    ipnet::Ipv4Net::new(lan.addr, lan.prefix).is_ok_and(|net| net.contains(&sender))
+        && mac != lan.mac
+}
+
 /// A signed router hello from `lan`.
 fn hello_message(lan: &Lan, seq: u64, key: Option<&(u32, Vec<u8>)>) -> Result<Vec<u8>> {
     let mut repr = Repr::new(lan.addr, seq, now_ms(), key.map_or(0, |k| k.0));
@@ -191,4 +211,41 @@ fn hello_message(lan: &Lan, seq: u64, key: Option<&(u32, Vec<u8>)>) -> Result<Ve
 /// Whether an accepted advertisement is a router hello.
 pub fn is_hello(datagram: &[u8]) -> bool {
     Packet::new_checked(datagram).is_ok_and(|p| p.flags() & FLAG_ROUTER != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hellos_count_only_from_the_lan() {
+        let lan = Lan {
+            ifindex: 3,
+            addr: Ipv4Addr::new(203, 0, 113, 3),
+            prefix: 24,
+            mac: [2, 0, 0, 0, 0, 3],
+            socket: Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap(),
+        };
+        let other = [2, 0, 0, 0, 0, 2];
+        assert!(plausible(&lan, Ipv4Addr::new(203, 0, 113, 2), other));
+        // A hello copied from another LAN, or naming this router's own MAC.
+        assert!(!plausible(&lan, Ipv4Addr::new(192, 0, 2, 1), other));
+        assert!(!plausible(&lan, Ipv4Addr::new(203, 0, 113, 2), lan.mac));
+
+        let mut routers = Routers {
+            lans: vec![lan],
+            heard: HashMap::new(),
+            interval: Duration::from_millis(100),
+            group: SocketAddrV4::new(Ipv4Addr::new(239, 255, 15, 46), 5400),
+            key: None,
+            seq: 0,
+            written: HashMap::new(),
+        };
+        let now = Instant::now();
+        routers.heard(3, Ipv4Addr::new(192, 0, 2, 1), Some(other), now);
+        routers.heard(4, Ipv4Addr::new(203, 0, 113, 1), Some(other), now);
+        assert!(routers.heard.is_empty(), "{:?}", routers.heard);
+        routers.heard(3, Ipv4Addr::new(203, 0, 113, 2), Some(other), now);
+        assert_eq!(routers.heard.len(), 1);
+    }
 }
