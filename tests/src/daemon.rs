@@ -15,6 +15,26 @@ use anyhow::{Context, Result, bail};
 
 use crate::netns::Netns;
 
+/// `anycast-ctl agent`'s command line on the pin directory `pin`: `--dev` for each of `devs`,
+/// `--anycast-prefix` for each of `prefixes`, then `rest` (its key file, say). Written once
+/// for every test and bench that starts an agent.
+pub fn agent_args<'a>(
+    pin: &'a str,
+    devs: &[&'a str],
+    prefixes: &[&'a str],
+    rest: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec!["--pin-dir", pin, "agent"];
+    for dev in devs {
+        args.extend(["--dev", dev]);
+    }
+    for prefix in prefixes {
+        args.extend(["--anycast-prefix", prefix]);
+    }
+    args.extend_from_slice(rest);
+    args
+}
+
 pub struct Daemon {
     name: String,
     child: Option<Child>,

@@ -52,17 +52,12 @@ impl DirectLab {
         let ctl = Ctl::new(&r.ns);
         ctl.attach(&[ROUTER_UPLINK, ROUTER_LAN], "native")?;
         let pin = ctl.pin_dir().display().to_string();
-        let args = [
-            "--pin-dir",
+        let args = crate::daemon::agent_args(
             &pin,
-            "agent",
-            "--dev",
-            ROUTER_LAN,
-            "--anycast-prefix",
-            "198.51.100.0/24",
-            "--key-file",
-            key.arg(),
-        ];
+            &[ROUTER_LAN],
+            &["198.51.100.0/24"],
+            &["--key-file", key.arg()],
+        );
         let agent = Daemon::spawn(&r.ns, "agent", &args)?;
         let clients = net.lan_clients(clients)?;
         Ok(Self {

@@ -135,21 +135,12 @@ impl Scene {
         let agent = Daemon::spawn(
             &topo.router,
             "agent",
-            &[
-                "--pin-dir",
+            &crate::daemon::agent_args(
                 &pin,
-                "agent",
-                "--dev",
-                "r1",
-                "--dev",
-                "r2",
-                "--dev",
-                "r3",
-                "--anycast-prefix",
-                "198.51.100.0/24",
-                "--key-file",
-                key.arg(),
-            ],
+                &["r1", "r2", "r3"],
+                &["198.51.100.0/24"],
+                &["--key-file", key.arg()],
+            ),
         )?;
         let maps = Maps::open(&PinDir::new(ctl.pin_dir()))?;
         let mut announcers = Vec::new();

@@ -39,6 +39,15 @@ impl AgentLab {
 
     /// The same with `stack` on the client's link (and IPv6 towards the members if it has it).
     pub fn with_stack(stack: ClientStack) -> Self {
+        Self::build(stack, None)
+    }
+
+    /// The IPv4 lab with the dataplane attached in native mode (on veth peers made ready).
+    pub fn native() -> Self {
+        Self::build(ClientStack::Ipv4, Some("native"))
+    }
+
+    fn build(stack: ClientStack, mode: Option<&str>) -> Self {
         let topo = Topology::new(TopologyOptions {
             client_stack: stack,
             ..Default::default()
@@ -56,8 +65,15 @@ impl AgentLab {
         let ctl = Ctl::new(&topo.router);
         let ifaces = topo.router_ifaces();
         let ifaces: Vec<&str> = ifaces.iter().map(String::as_str).collect();
-        ctl.run(&[&["attach"], &ifaces[..]].concat())
-            .expect("attach");
+        match mode {
+            Some(mode) => {
+                ctl.attach(&ifaces, mode).expect("attach");
+            }
+            None => {
+                ctl.run(&[&["attach"], &ifaces[..]].concat())
+                    .expect("attach");
+            }
+        }
         let key_file = std::env::temp_dir().join(format!(
             "anycast-lab-key-{}-{}",
             std::process::id(),
@@ -84,21 +100,12 @@ impl AgentLab {
     pub fn start_agent(&mut self) {
         let pin = self.ctl.pin_dir().display().to_string();
         let key = self.key_file.display().to_string();
-        let mut args = vec![
-            "--pin-dir",
+        let mut args = crate::daemon::agent_args(
             &pin,
-            "agent",
-            "--dev",
-            "r1",
-            "--dev",
-            "r2",
-            "--dev",
-            "r3",
-            "--anycast-prefix",
-            "198.51.100.0/24",
-            "--key-file",
-            &key,
-        ];
+            &["r1", "r2", "r3"],
+            &["198.51.100.0/24"],
+            &["--key-file", &key],
+        );
         if self.topo.options.client_stack.has_ipv6() {
             args.extend(["--anycast-prefix", ANYCAST6_PREFIX]);
         }
@@ -127,9 +134,20 @@ impl AgentLab {
         hold_ms: u64,
         extra: &[&str],
     ) -> Daemon {
+        self.announce_timed(member, addresses, (INTERVAL_MS, hold_ms), extra)
+    }
+
+    /// The same with these timers (ms).
+    pub fn announce_timed(
+        &self,
+        member: usize,
+        addresses: &[&str],
+        (interval_ms, hold_ms): (u64, u64),
+        extra: &[&str],
+    ) -> Daemon {
         let m = &self.topo.members[member];
         let key = self.key_file.display().to_string();
-        let interval = format!("{INTERVAL_MS}ms");
+        let interval = format!("{interval_ms}ms");
         let hold = format!("{hold_ms}ms");
         let mut args = vec!["announce"];
         args.extend_from_slice(addresses);
@@ -205,5 +223,6 @@ impl Default for AgentLab {
 impl Drop for AgentLab {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.key_file);
+        let _ = std::fs::remove_file(self.key_file.with_extension("agent.toml"));
     }
 }

@@ -335,20 +335,17 @@ impl Site {
         }
         let pin = self.ctl.pin_dir().display().to_string();
         let key = key.display().to_string();
-        let mut args = vec![
-            "--pin-dir",
-            &pin,
-            "agent",
-            "--anycast-prefix",
-            "198.51.100.0/24",
-        ];
-        args.extend(["--key-file", &key]);
-        if self.ipv6 {
-            args.extend(["--anycast-prefix", "2001:db8:53::/48"]);
-        }
-        for m in &self.members {
-            args.extend(["--dev", &m.router_iface]);
-        }
+        let devs: Vec<&str> = self
+            .members
+            .iter()
+            .map(|m| m.router_iface.as_str())
+            .collect();
+        let prefixes = if self.ipv6 {
+            &["198.51.100.0/24", "2001:db8:53::/48"][..]
+        } else {
+            &["198.51.100.0/24"][..]
+        };
+        let mut args = crate::daemon::agent_args(&pin, &devs, prefixes, &["--key-file", &key]);
         let config = self.config.as_ref().map(|p| p.display().to_string());
         if let Some(path) = &config {
             args.extend(["--config", path]);

@@ -262,23 +262,12 @@ impl Lab {
             key_file.display().to_string(),
             self.ctl.pin_dir().display().to_string(),
         );
-        let args = [
-            "--pin-dir",
+        let args = anycast_tests::daemon::agent_args(
             &pin,
-            "agent",
-            "--dev",
-            "r1",
-            "--dev",
-            "r2",
-            "--dev",
-            "r3",
-            "--anycast-prefix",
-            "198.51.100.0/24",
-            "--anycast-prefix",
-            "2001:db8:53::/48",
-            "--key-file",
-            &key,
-        ];
+            &["r1", "r2", "r3"],
+            &["198.51.100.0/24", "2001:db8:53::/48"],
+            &["--key-file", &key],
+        );
         Daemon::spawn(&self.topo.router, "agent", &args).expect("agent")
     }
 

@@ -2,8 +2,6 @@
 //! `anycast-ctl agent` on the router, real multicast advertisements and real traffic.
 use std::{
     net::{Ipv4Addr, SocketAddrV4, UdpSocket},
-    os::unix::fs::PermissionsExt,
-    path::PathBuf,
     sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
@@ -13,152 +11,10 @@ use anycast_ctl::advert_auth;
 use anycast_tests::{
     ANYCAST, Ctl, Topology, TopologyOptions,
     daemon::Daemon,
+    lab::{AgentLab, HOLD_MS, INTERVAL_MS, SECRET_HEX},
     traffic::{TCP_PORT, UDP_PORT, tcp_round, udp_round},
     wait_until,
 };
-
-const SECRET_HEX: &str = "5f1c2b3a4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8";
-const INTERVAL_MS: u64 = 200;
-const HOLD_MS: u64 = 600;
-
-/// A topology with the dataplane on r0..r3 and the agent on r1..r3, plus a key file.
-struct Lab {
-    topo: Topology,
-    ctl: Ctl,
-    agent: Option<Daemon>,
-    key_file: PathBuf,
-}
-
-impl Lab {
-    fn new() -> Self {
-        let topo = Topology::new(TopologyOptions::default()).expect("topology");
-        // Members start without the anycast address: `announce` adds it (and removes it).
-        for m in &topo.members {
-            m.ns.ip(&["addr", "del", "198.51.100.53/32", "dev", "lo"])
-                .expect("clearing lo");
-        }
-        let ctl = Ctl::new(&topo.router);
-        let ifaces = topo.router_ifaces();
-        let ifaces: Vec<&str> = ifaces.iter().map(String::as_str).collect();
-        ctl.attach(&ifaces, "native").expect("attach");
-        let key_file = std::env::temp_dir().join(format!(
-            "anycast-key-{}-{}",
-            std::process::id(),
-            topo.router.name()
-        ));
-        std::fs::write(
-            &key_file,
-            format!("[[key]]\nid = 1\nsecret = \"{SECRET_HEX}\"\n"),
-        )
-        .unwrap();
-        std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let mut lab = Lab {
-            topo,
-            ctl,
-            agent: None,
-            key_file,
-        };
-        lab.start_agent();
-        lab
-    }
-
-    fn start_agent(&mut self) {
-        let pin = self.ctl.pin_dir().display().to_string();
-        let key = self.key_file.display().to_string();
-        let agent = Daemon::spawn(
-            &self.topo.router,
-            "agent",
-            &[
-                "--pin-dir",
-                &pin,
-                "agent",
-                "--dev",
-                "r1",
-                "--dev",
-                "r2",
-                "--dev",
-                "r3",
-                "--anycast-prefix",
-                "198.51.100.0/24",
-                "--key-file",
-                &key,
-            ],
-        )
-        .expect("agent");
-        self.agent = Some(agent);
-        // The agent is ready once it has counted anything or once it has run a moment.
-        std::thread::sleep(Duration::from_millis(300));
-        assert!(
-            self.agent.as_mut().unwrap().running(),
-            "agent exited: {}",
-            self.agent.as_ref().unwrap().log()
-        );
-    }
-
-    /// Starts `announce` on a member with the test interval and `hold_ms` (default HOLD_MS).
-    fn announce(&self, member: usize, hold_ms: Option<u64>) -> Daemon {
-        self.announce_with(member, (INTERVAL_MS, hold_ms.unwrap_or(HOLD_MS)), &[])
-    }
-
-    /// Starts `announce` on a member with these timers (ms) and extra arguments.
-    fn announce_with(
-        &self,
-        member: usize,
-        (interval_ms, hold_ms): (u64, u64),
-        extra: &[&str],
-    ) -> Daemon {
-        let m = &self.topo.members[member];
-        let key = self.key_file.display().to_string();
-        let interval = format!("{interval_ms}ms");
-        let hold = format!("{hold_ms}ms");
-        let mut args = vec![
-            "announce",
-            "198.51.100.53",
-            "--dev",
-            &m.iface,
-            "--interval",
-            &interval,
-            "--hold",
-            &hold,
-            "--key-file",
-            &key,
-        ];
-        args.extend_from_slice(extra);
-        Daemon::spawn(&m.ns, &format!("announce m{}", member + 1), &args).expect("announce")
-    }
-
-    fn learned(&self) -> Vec<Ipv4Addr> {
-        let show = self.ctl.show();
-        let mut v: Vec<Ipv4Addr> = show
-            .members_of(ANYCAST)
-            .iter()
-            .filter(|m| m.source == "learned")
-            .filter_map(|m| m.ipv4())
-            .collect();
-        v.sort();
-        v
-    }
-
-    fn wait_learned(&self, want: &[Ipv4Addr], timeout: Duration) -> Duration {
-        let start = Instant::now();
-        let mut want = want.to_vec();
-        want.sort();
-        assert!(
-            wait_until(timeout, || self.learned() == want),
-            "learned {:?}, wanted {want:?}; agent log:\n{}",
-            self.learned(),
-            self.agent.as_ref().map(Daemon::log).unwrap_or_default()
-        );
-        start.elapsed()
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.key_file);
-        let _ = std::fs::remove_file(self.key_file.with_extension("agent.toml"));
-    }
-}
 
 fn ip(member: usize) -> Ipv4Addr {
     anycast_tests::topology::member_ip(member + 1)
@@ -166,8 +22,8 @@ fn ip(member: usize) -> Ipv4Addr {
 
 #[test]
 fn members_announce_and_traffic_spreads() {
-    let lab = Lab::new();
-    let _a: Vec<Daemon> = (0..3).map(|i| lab.announce(i, None)).collect();
+    let lab = AgentLab::native();
+    let _a: Vec<Daemon> = (0..3).map(|i| lab.announce(i, &[])).collect();
     let took = lab.wait_learned(&[ip(0), ip(1), ip(2)], Duration::from_secs(3));
     assert!(
         took <= Duration::from_millis(INTERVAL_MS + 1500),
@@ -201,8 +57,8 @@ fn members_announce_and_traffic_spreads() {
 
 #[test]
 fn killed_announcer_expires_after_hold_and_graceful_stop_is_immediate() {
-    let lab = Lab::new();
-    let mut a: Vec<Daemon> = (0..3).map(|i| lab.announce(i, None)).collect();
+    let lab = AgentLab::native();
+    let mut a: Vec<Daemon> = (0..3).map(|i| lab.announce(i, &[])).collect();
     lab.wait_learned(&[ip(0), ip(1), ip(2)], Duration::from_secs(3));
 
     // kill -9: no leave is sent; the member must go within hold + one interval.
@@ -253,7 +109,7 @@ fn killed_announcer_expires_after_hold_and_graceful_stop_is_immediate() {
 
     // A member that comes back is learned again and gets new flows.
     // (m1 no longer has the anycast address, so only m2 and m3 can listen.)
-    let _again = lab.announce(1, None);
+    let _again = lab.announce(1, &[]);
     lab.wait_learned(&[ip(1), ip(2)], Duration::from_secs(3));
     let udp = udp_round(
         &lab.topo.client,
@@ -270,9 +126,11 @@ fn killed_announcer_expires_after_hold_and_graceful_stop_is_immediate() {
 
 #[test]
 fn link_down_removes_the_member_within_100ms() {
-    let lab = Lab::new();
+    let lab = AgentLab::native();
     // A long hold, so that only the link event can explain a fast removal.
-    let _a: Vec<Daemon> = (0..3).map(|i| lab.announce(i, Some(30_000))).collect();
+    let _a: Vec<Daemon> = (0..3)
+        .map(|i| lab.announce_held(i, &["198.51.100.53"], 30_000, &[]))
+        .collect();
     lab.wait_learned(&[ip(0), ip(1), ip(2)], Duration::from_secs(3));
     let m3 = &lab.topo.members[2];
     let start = Instant::now();
@@ -290,8 +148,8 @@ fn link_down_removes_the_member_within_100ms() {
 /// waited there are read before any member is judged, so none expires.
 #[test]
 fn a_writer_holding_the_lock_past_the_hold_time_expires_no_member() {
-    let lab = Lab::new();
-    let _a: Vec<Daemon> = (0..3).map(|i| lab.announce(i, None)).collect();
+    let lab = AgentLab::native();
+    let _a: Vec<Daemon> = (0..3).map(|i| lab.announce(i, &[])).collect();
     let all = lab.topo.member_ips();
     lab.wait_learned(&all, Duration::from_secs(3));
     let dir = std::fs::File::open(lab.ctl.pin_dir()).expect("pin directory");
@@ -307,8 +165,10 @@ fn a_writer_holding_the_lock_past_the_hold_time_expires_no_member() {
 
 #[test]
 fn killed_agent_loses_nothing_and_a_new_agent_takes_over() {
-    let mut lab = Lab::new();
-    let _a: Vec<Daemon> = (0..3).map(|i| lab.announce(i, Some(2_000))).collect();
+    let mut lab = AgentLab::native();
+    let _a: Vec<Daemon> = (0..3)
+        .map(|i| lab.announce_held(i, &["198.51.100.53"], 2_000, &[]))
+        .collect();
     lab.wait_learned(&[ip(0), ip(1), ip(2)], Duration::from_secs(3));
 
     // Traffic flows while the agent is killed and stays dead for a while.
@@ -376,8 +236,8 @@ fn killed_agent_loses_nothing_and_a_new_agent_takes_over() {
 
 #[test]
 fn forged_replayed_and_malformed_advertisements_are_rejected_and_counted() {
-    let lab = Lab::new();
-    let _a: Vec<Daemon> = (0..2).map(|i| lab.announce(i, None)).collect();
+    let lab = AgentLab::native();
+    let _a: Vec<Daemon> = (0..2).map(|i| lab.announce(i, &[])).collect();
     lab.wait_learned(&[ip(0), ip(1)], Duration::from_secs(3));
 
     let m3 = &lab.topo.members[2];
@@ -540,7 +400,7 @@ fn hex(s: &str) -> Vec<u8> {
 
 #[test]
 fn unicast_announce_static_members_and_a_clean_agent_exit() {
-    let mut lab = Lab::new();
+    let mut lab = AgentLab::native();
     // m1 advertises unicast to its router (point-to-point style) instead of multicast.
     let m1 = &lab.topo.members[0];
     let key = lab.key_file.display().to_string();
@@ -570,7 +430,7 @@ fn unicast_announce_static_members_and_a_clean_agent_exit() {
         .run(&["member", "add", "198.51.100.53", &ip(2).to_string()])
         .unwrap();
     // m3 also announces itself: the operator's static entry must not change.
-    let _a3 = lab.announce(2, None);
+    let _a3 = lab.announce(2, &[]);
     std::thread::sleep(Duration::from_millis(HOLD_MS * 2));
     let show = lab.ctl.show();
     let members = show.members_of(ANYCAST);
@@ -638,14 +498,14 @@ fn commands_without_privileges_fail_clearly() {
 /// leave explains the removal; the member that passes its check again comes back.
 #[test]
 fn failing_health_check_or_address_gone_from_lo_sends_a_leave() {
-    let lab = Lab::new();
+    let lab = AgentLab::native();
     let flag = std::env::temp_dir().join(format!("anycast-health-{}", std::process::id()));
     std::fs::write(&flag, "").unwrap();
     let check = format!("test -e {}", flag.display());
     let extra = ["--check-cmd", &check, "--check-interval", "20ms"];
     let _a = [
-        lab.announce_with(0, (INTERVAL_MS, 10_000), &extra),
-        lab.announce_with(1, (INTERVAL_MS, 10_000), &[]),
+        lab.announce_timed(0, &["198.51.100.53"], (INTERVAL_MS, 10_000), &extra),
+        lab.announce_timed(1, &["198.51.100.53"], (INTERVAL_MS, 10_000), &[]),
     ];
     lab.wait_learned(&[ip(0), ip(1)], Duration::from_secs(3));
 
@@ -675,9 +535,9 @@ fn failing_health_check_or_address_gone_from_lo_sends_a_leave() {
 /// announcer no datagram reaches the member, and none is lost.
 #[test]
 fn hard_failure_with_fast_timers_stops_traffic_within_40ms() {
-    let lab = Lab::new();
+    let lab = AgentLab::native();
     let a: Vec<Daemon> = (0..3)
-        .map(|i| lab.announce_with(i, (10, 30), &[]))
+        .map(|i| lab.announce_timed(i, &["198.51.100.53"], (10, 30), &[]))
         .collect();
     lab.wait_learned(&[ip(0), ip(1), ip(2)], Duration::from_secs(3));
     a[1].signal(libc::SIGKILL);

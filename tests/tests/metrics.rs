@@ -286,20 +286,18 @@ fn agent_serves_learned_members_and_its_counters() {
     let mut agent = Daemon::spawn(
         &topo.router,
         "agent",
-        &[
-            "--pin-dir",
+        &anycast_tests::daemon::agent_args(
             &pin,
-            "agent",
-            "--dev",
-            "r1",
-            "--mode",
-            "native",
-            "--anycast-prefix",
-            "198.51.100.0/24",
-            "--insecure-no-auth",
-            "--metrics-listen",
-            METRICS,
-        ],
+            &["r1"],
+            &["198.51.100.0/24"],
+            &[
+                "--mode",
+                "native",
+                "--insecure-no-auth",
+                "--metrics-listen",
+                METRICS,
+            ],
+        ),
     )
     .expect("agent");
     let m1 = &topo.members[0];

@@ -43,19 +43,12 @@ fn every_member_gets_each_datagram_once_through_one_forwarder() {
         ctl.attach(&[ROUTER_UPLINK, ROUTER_LAN], "native")
             .expect("attach");
         let pin = ctl.pin_dir().display().to_string();
-        let args = [
-            "--pin-dir",
+        let args = anycast_tests::daemon::agent_args(
             &pin,
-            "agent",
-            "--dev",
-            ROUTER_LAN,
-            "--anycast-prefix",
-            "198.51.100.0/24",
-            "--key-file",
-            key.arg(),
-            "--router-hello-ms",
-            "100",
-        ];
+            &[ROUTER_LAN],
+            &["198.51.100.0/24"],
+            &["--key-file", key.arg(), "--router-hello-ms", "100"],
+        );
         agents.push(Daemon::spawn(&r.ns, &format!("agent R{}", r.index), &args).expect("agent"));
         ctls.push(ctl);
     }

@@ -244,17 +244,12 @@ impl Lab {
             ctl.attach(&[ROUTER_UPLINK, ROUTER_LAN], "native")
                 .expect("attach");
             let pin = ctl.pin_dir().display().to_string();
-            let args = [
-                "--pin-dir",
+            let args = anycast_tests::daemon::agent_args(
                 &pin,
-                "agent",
-                "--dev",
-                ROUTER_LAN,
-                "--anycast-prefix",
-                "198.51.100.0/24",
-                "--key-file",
-                key.arg(),
-            ];
+                &[ROUTER_LAN],
+                &["198.51.100.0/24"],
+                &["--key-file", key.arg()],
+            );
             let name = format!("agent R{}", r.index);
             agents.push(Daemon::spawn(&r.ns, &name, &args).expect("agent"));
             ctls.push(ctl);

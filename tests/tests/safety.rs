@@ -413,19 +413,12 @@ fn sighup_reloads_keys_without_losing_members() {
     let key_1 = TempFile::new("key-1", &key_text(&[(1, SECRET_1)]), 0o600);
     let key_2 = TempFile::new("key-2", &key_text(&[(2, SECRET_2)]), 0o600);
     let pin = ctl.pin_dir().display().to_string();
-    let args = [
-        "--pin-dir",
+    let args = anycast_tests::daemon::agent_args(
         &pin,
-        "agent",
-        "--dev",
-        "r1",
-        "--dev",
-        "r2",
-        "--anycast-prefix",
-        "198.51.100.0/24",
-        "--key-file",
-        keys.path(),
-    ];
+        &["r1", "r2"],
+        &["198.51.100.0/24"],
+        &["--key-file", keys.path()],
+    );
     let mut agent = Daemon::spawn(&topo.router, "agent", &args).expect("agent");
     let _m1 = announce(&topo, 0, &key_1);
     let _m2 = announce(&topo, 1, &key_2);

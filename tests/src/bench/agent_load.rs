@@ -69,17 +69,12 @@ pub fn run() -> Result<Value> {
     let mut agent = Daemon::spawn(
         &topo.router,
         "agent",
-        &[
-            "--pin-dir",
+        &crate::daemon::agent_args(
             &pin,
-            "agent",
-            "--dev",
-            &member.router_iface,
-            "--anycast-prefix",
-            ANYCAST_PREFIX,
-            "--key-file",
-            key.arg(),
-        ],
+            &[&member.router_iface],
+            &[ANYCAST_PREFIX],
+            &["--key-file", key.arg()],
+        ),
     )?;
     let maps = Maps::open(&PinDir::new(ctl.pin_dir()))?;
     let measured = (|| -> Result<Figures> {

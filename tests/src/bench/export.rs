@@ -3,9 +3,10 @@
 //! topology with the dataplane attached natively. Every change is made by the real
 //! `anycast-ctl` binary as an operator on the router runs it, process start included:
 //!
-//! 1. `route_install_p99_ms`, `route_withdraw_p99_ms`: with export on and one address
-//!    (198.51.100.10) otherwise without members, `member add` / `member del` of its only member,
-//!    alternating, 100 of each. Each is timed from the spawn of the process to the arrival of
+//! 1. `route_install_p99_ms`, `route_withdraw_p99_ms`: with export on, `member add` then
+//!    `member del` of the only member of each of 100 addresses (198.51.100.10..=109), each
+//!    address's del at least 1.1 s after its add (past `journal::REUSE_AFTER`; changes back to
+//!    back wait a grace period: a detail, `route_change_right_after_the_last_ms`). Each is timed from the spawn of the process to the arrival of
 //!    the kernel's RTM_NEWROUTE / RTM_DELROUTE notification for that route in table 201
 //!    (proto 201), read from an rtnetlink socket subscribed to RTMGRP_IPV4_ROUTE in the router
 //!    namespace before the spawn (no polling). The time to the process's exit is a detail.
@@ -54,8 +55,13 @@ const BIRD_POLL: Duration = Duration::from_millis(10);
 const BIRD_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a trial waits for its notification before it fails.
 const TIMEOUT: Duration = Duration::from_secs(5);
-/// The address of the latency trials (outside the bulk addresses' 198.18.0.0/15).
+/// The address of the back-to-back trials (outside the bulk addresses' 198.18.0.0/15); the
+/// latency trials use it and the next [`TRIALS`] - 1 (198.51.100.10..=109).
 const ADDRESS: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
+/// Between an address's two changes in the latency trials: more than `journal::REUSE_AFTER`.
+const SPACING: Duration = Duration::from_millis(1_100);
+/// Add-and-del pairs of [`back_to_back`].
+const BACK_TO_BACK: usize = 10;
 
 /// What [`run`] measured, in ms.
 struct Figures {
@@ -63,6 +69,8 @@ struct Figures {
     withdraw: Summary,
     add_exit: Summary,
     del_exit: Summary,
+    /// ms to the notification of a change right after the same address's last one.
+    back_to_back: Summary,
     bulk: Bulk,
 }
 
@@ -71,7 +79,8 @@ pub fn run() -> Result<Value> {
     crate::require_root();
     let (topo, ctl) = super::attached(1)?;
     ctl.run(&["export", "on"])?;
-    let (install, withdraw, add_exit, del_exit) = latency(&topo, &ctl, TRIALS, false)?;
+    let (install, withdraw, add_exit, del_exit) = latency(&topo, &ctl, &trial_addresses(), false)?;
+    let back_to_back = Summary::of(&back_to_back(&topo, &ctl)?);
     ensure!(
         count_routes(&topo)? == 0,
         "routes left in table {TABLE} after the trials"
@@ -82,6 +91,7 @@ pub fn run() -> Result<Value> {
         withdraw: Summary::of(&withdraw),
         add_exit: Summary::of(&add_exit),
         del_exit: Summary::of(&del_exit),
+        back_to_back,
         bulk,
     };
     print(&f);
@@ -90,18 +100,27 @@ pub fn run() -> Result<Value> {
 
 type Samples = Vec<f64>;
 
+/// The addresses of the latency trials: [`ADDRESS`] and the next [`TRIALS`] - 1.
+fn trial_addresses() -> Vec<Ipv4Addr> {
+    (0..TRIALS as u32)
+        .map(|i| Ipv4Addr::from(u32::from(ADDRESS) + i))
+        .collect()
+}
+
 /// The install and withdraw trials: ms to the notification and to the process's exit of each
-/// `member add` and `member del`.
-/// `trials` of each; `del_first` when the member is already there (it is left as it was).
+/// `member add` and `member del`, one trial of each per address of `addresses`: all the first
+/// changes, then all the second ones, each at least [`SPACING`] after the same address's first
+/// (a change within `journal::REUSE_AFTER` of the address's last one waits a grace period
+/// first: [`back_to_back`] measures that case). `del_first` when every address already has the
+/// member (it is left as it was).
 fn latency(
     topo: &Topology,
     ctl: &Ctl,
-    trials: usize,
+    addresses: &[Ipv4Addr],
     del_first: bool,
 ) -> Result<(Samples, Samples, Samples, Samples)> {
     let pin = ctl.pin_dir().to_str().context("UTF-8 pin dir")?;
     let member = topo.members[0].ip.to_string();
-    let address = ADDRESS.to_string();
     topo.router.in_ns(|| {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -111,17 +130,29 @@ fn latency(
             let mut events = net::events(libc::RTMGRP_IPV4_ROUTE as u32)?;
             let (mut install, mut withdraw) = (Vec::new(), Vec::new());
             let (mut add_exit, mut del_exit) = (Vec::new(), Vec::new());
-            let add = ["member", "add", &address, &member];
-            let del = ["member", "del", &address, &member];
-            for i in 0..2 * trials {
-                if (i % 2 == 0) != del_first {
-                    let (seen, exit) = trial(&mut events, pin, &add, true).await?;
-                    install.push(seen);
-                    add_exit.push(exit);
-                } else {
-                    let (seen, exit) = trial(&mut events, pin, &del, false).await?;
-                    withdraw.push(seen);
-                    del_exit.push(exit);
+            let mut first = Vec::with_capacity(addresses.len());
+            for pass in 0..2 {
+                let adding = (pass == 0) != del_first;
+                for (i, address) in addresses.iter().enumerate() {
+                    if pass == 1 {
+                        tokio::time::sleep_until(tokio::time::Instant::from_std(
+                            first[i] + SPACING,
+                        ))
+                        .await;
+                    } else {
+                        first.push(Instant::now());
+                    }
+                    let a = address.to_string();
+                    let verb = if adding { "add" } else { "del" };
+                    let args = ["member", verb, &a, &member];
+                    let (seen, exit) = trial(&mut events, pin, &args, *address, adding).await?;
+                    if adding {
+                        install.push(seen);
+                        add_exit.push(exit);
+                    } else {
+                        withdraw.push(seen);
+                        del_exit.push(exit);
+                    }
                 }
             }
             Ok((install, withdraw, add_exit, del_exit))
@@ -129,12 +160,38 @@ fn latency(
     })
 }
 
+/// `member add` then `member del` of [`ADDRESS`]'s only member right after each other,
+/// [`BACK_TO_BACK`] times: ms to each notification, every change within
+/// `journal::REUSE_AFTER` of the last.
+fn back_to_back(topo: &Topology, ctl: &Ctl) -> Result<Samples> {
+    let pin = ctl.pin_dir().to_str().context("UTF-8 pin dir")?;
+    let member = topo.members[0].ip.to_string();
+    let address = ADDRESS.to_string();
+    topo.router.in_ns(|| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async {
+            let mut events = net::events(libc::RTMGRP_IPV4_ROUTE as u32)?;
+            let mut seen = Vec::new();
+            for i in 0..2 * BACK_TO_BACK {
+                let adding = i % 2 == 0;
+                let verb = if adding { "add" } else { "del" };
+                let args = ["member", verb, &address, &member];
+                seen.push(trial(&mut events, pin, &args, ADDRESS, adding).await?.0);
+            }
+            Ok(seen)
+        })
+    })
+}
+
 /// Spawns `anycast-ctl --pin-dir PIN args...` and waits for the notification that the route of
-/// [`ADDRESS`] was added (`added`) or deleted: the ms from spawn to its arrival, and to exit.
+/// `address` was added (`added`) or deleted: the ms from spawn to its arrival, and to exit.
 async fn trial(
     events: &mut (impl Stream<Item = Event> + Unpin),
     pin: &str,
     args: &[&str],
+    address: Ipv4Addr,
     added: bool,
 ) -> Result<(f64, f64)> {
     let start = Instant::now();
@@ -149,7 +206,7 @@ async fn trial(
         .context("spawning anycast-ctl")?;
     let seen = tokio::time::timeout(TIMEOUT, async {
         while let Some(event) = events.next().await {
-            if is_our_route(&event, added) {
+            if is_our_route(&event, address, added) {
                 return Some(start.elapsed());
             }
         }
@@ -176,9 +233,9 @@ async fn trial(
     Ok((ms(seen), ms(exit)))
 }
 
-/// Whether `event` is the RTM_NEWROUTE (`added`) or RTM_DELROUTE of [`ADDRESS`]/32 in our
+/// Whether `event` is the RTM_NEWROUTE (`added`) or RTM_DELROUTE of `address`/32 in our
 /// table with our protocol.
-fn is_our_route(event: &Event, added: bool) -> bool {
+fn is_our_route(event: &Event, address: Ipv4Addr, added: bool) -> bool {
     let route = match (&event.payload, added) {
         (NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(r)), true)
         | (NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelRoute(r)), false) => r,
@@ -196,7 +253,7 @@ fn is_our_route(event: &Event, added: bool) -> bool {
     table == TABLE
         && u8::from(route.header.protocol) == PROTO
         && route.header.destination_prefix_length == 32
-        && dst == Some(ADDRESS)
+        && dst == Some(address)
 }
 
 /// What [`bulk`] measured, in ms.
@@ -217,13 +274,15 @@ fn bulk(topo: &Topology, ctl: &Ctl) -> Result<Bulk> {
     operator(topo, ctl, &["export", "off"])?;
     let dir = tempdir()?;
     let file = dir.join("export-memberships.toml");
-    // The trial address keeps its slot after its last member left, so it is one of the
-    // 65,536: the dataplane holds no more.
+    // The trial addresses keep their slots after their last member left, so they are among
+    // the 65,536: the dataplane holds no more.
     let member = topo.members[0].ip;
-    let mut text = control::load_file(addresses - 1, member);
-    text.push_str(&format!(
-        "[[member]]\nanycast = \"{ADDRESS}\"\nmember = \"{member}\"\n"
-    ));
+    let mut text = control::load_file(addresses - TRIALS as u32, member);
+    for address in trial_addresses() {
+        text.push_str(&format!(
+            "[[member]]\nanycast = \"{address}\"\nmember = \"{member}\"\n"
+        ));
+    }
     std::fs::write(&file, text)?;
     operator(
         topo,
@@ -248,7 +307,8 @@ fn bulk(topo: &Topology, ctl: &Ctl) -> Result<Bulk> {
         "{n} routes in table {TABLE} after `export on` ({})",
         out.trim()
     );
-    let (at_scale_install, at_scale_withdraw, _, _) = latency(topo, ctl, SCALE_TRIALS, true)?;
+    let scale_addresses = &trial_addresses()[..SCALE_TRIALS];
+    let (at_scale_install, at_scale_withdraw, _, _) = latency(topo, ctl, scale_addresses, true)?;
     let (withdraw, _) = operator(topo, ctl, &["export", "off"])?;
     let n = count_routes(topo)?;
     ensure!(
@@ -334,6 +394,11 @@ fn print(f: &Figures) {
         ("member add -> process exit", &f.add_exit, None),
         ("member del -> process exit", &f.del_exit, None),
         (
+            "add/del right after the last change (10 each)",
+            &f.back_to_back,
+            None,
+        ),
+        (
             "member add -> RTM_NEWROUTE, 65,535 others (21)",
             &f.bulk.at_scale_install,
             None,
@@ -389,8 +454,9 @@ fn report(f: &Figures) -> Value {
             "max": s.max,
             "target_p99_below": TARGET_P99_MS,
             "method": format!(
-                "{what}, {TRIALS} trials alternating add and del, export on (table {TABLE}, \
-                 proto {PROTO}), one address (198.51.100.10) with one member; the real \
+                "{what}, {TRIALS} trials, one on each of 198.51.100.10..=109 (A's only \
+                 member; each address's del at least 1.1 s after its add, past \
+                 journal::REUSE_AFTER), export on (table {TABLE}, proto {PROTO}); the real \
                  anycast-ctl binary spawned in the router namespace, timed from spawn to the \
                  arrival of the kernel's route notification for ADDR/32 in table {TABLE} on an \
                  rtnetlink socket subscribed to RTMGRP_IPV4_ROUTE in that namespace before the \
@@ -422,6 +488,16 @@ fn report(f: &Figures) -> Value {
             &f.bulk.at_scale_withdraw,
             "`anycast-ctl member del A M` (A's only member) until RTM_DELROUTE",
         ),
+        "route_change_right_after_the_last_ms": {
+            "p50": f.back_to_back.p50,
+            "p99": f.back_to_back.p99,
+            "method": format!(
+                "member add and del of 198.51.100.10's only member back to back, {BACK_TO_BACK} \
+                 of each, to the route notification as route_install_p99_ms: each change comes \
+                 within journal::REUSE_AFTER (1 s) of the address's last flip, so it waits \
+                 for an RCU grace period before it writes"
+            ),
+        },
         "route_install_at_scale_p99_ms": at_scale(&f.bulk.at_scale_install, "member add", "RTM_NEWROUTE"),
         "route_withdraw_at_scale_p99_ms": at_scale(&f.bulk.at_scale_withdraw, "member del", "RTM_DELROUTE"),
         "routes_65536_install_ms": {

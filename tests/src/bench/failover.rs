@@ -73,17 +73,12 @@ pub fn run() -> Result<Value> {
     let mut agent = Daemon::spawn(
         &topo.router,
         "agent",
-        &[
-            "--pin-dir",
+        &crate::daemon::agent_args(
             &pin,
-            "agent",
-            "--dev",
-            &member.router_iface,
-            "--anycast-prefix",
-            PREFIX,
-            "--key-file",
-            key.arg(),
-        ],
+            &[&member.router_iface],
+            &[PREFIX],
+            &["--key-file", key.arg()],
+        ),
     )?;
     let announce = |(interval, hold): (u64, u64)| {
         Daemon::spawn(

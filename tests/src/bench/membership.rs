@@ -107,17 +107,12 @@ pub fn run() -> Result<Value> {
     let mut agent = Daemon::spawn(
         &topo.router,
         "agent",
-        &[
-            "--pin-dir",
+        &crate::daemon::agent_args(
             &pin,
-            "agent",
-            "--dev",
-            &member.router_iface,
-            "--anycast-prefix",
-            PREFIX,
-            "--key-file",
-            &key_arg,
-        ],
+            &[&member.router_iface],
+            &[PREFIX],
+            &["--key-file", &key_arg],
+        ),
     )?;
     let daemon_result = (|| -> Result<(Vec<f64>, Vec<f64>)> {
         let leave = leave_trials(&maps, &mut sender)?;
