@@ -35,6 +35,7 @@ pub mod cli;
 pub mod dataplane;
 pub mod error;
 pub mod export;
+pub mod frame;
 pub mod health;
 pub mod identity;
 pub mod journal;

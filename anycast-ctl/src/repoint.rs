@@ -26,7 +26,6 @@
 //!   were repointed to.
 use std::{
     net::{IpAddr, Ipv4Addr},
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
     sync::atomic::{AtomicBool, Ordering},
     time::Duration,
 };
@@ -299,7 +298,7 @@ pub fn place(
 
 /// Sends every repoint [`REPEATS`] times, [`REPEAT_INTERVAL`] apart (blocking meanwhile).
 pub fn send(repoints: &[Repoint]) -> Result<()> {
-    let socket = packet_socket()?;
+    let socket = crate::frame::socket().map_err(|e| Error::io("opening an AF_PACKET socket", e))?;
     let gratuitous = GRATUITOUS.load(Ordering::Relaxed);
     let mut failed = None;
     for round in 0..REPEATS {
@@ -317,7 +316,7 @@ pub fn send(repoints: &[Repoint]) -> Result<()> {
                     (r.to_mac, r.anycast.octets()),
                     garp,
                 );
-                if let Err(e) = send_frame(&socket, r.ifindex, &frame) {
+                if let Err(e) = crate::frame::send(&socket, r.ifindex, &frame) {
                     failed = Some(e);
                 }
             }
@@ -327,46 +326,6 @@ pub fn send(repoints: &[Repoint]) -> Result<()> {
         Some(e) => Err(Error::io("sending an ARP reply", e)),
         None => Ok(()),
     }
-}
-
-/// A send-only AF_PACKET socket (protocol 0: it receives nothing).
-fn packet_socket() -> Result<OwnedFd> {
-    // SAFETY: plain socket(2); the result is checked and owned below.
-    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(Error::io(
-            "opening an AF_PACKET socket",
-            std::io::Error::last_os_error(),
-        ));
-    }
-    // SAFETY: `fd` is a fresh descriptor nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// Sends one whole Ethernet frame out of `ifindex`.
-fn send_frame(socket: &OwnedFd, ifindex: u32, frame: &[u8]) -> std::io::Result<()> {
-    // SAFETY: sockaddr_ll is plain data; zero is a valid initial value.
-    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    addr.sll_family = libc::AF_PACKET as u16;
-    addr.sll_protocol = u16::from_ne_bytes([frame[12], frame[13]]);
-    addr.sll_ifindex = ifindex as i32;
-    addr.sll_halen = 6;
-    addr.sll_addr[..6].copy_from_slice(&frame[..6]);
-    // SAFETY: `frame` and `addr` are valid for the lengths passed, for the whole call.
-    let sent = unsafe {
-        libc::sendto(
-            socket.as_raw_fd(),
-            frame.as_ptr().cast(),
-            frame.len(),
-            0,
-            (&addr as *const libc::sockaddr_ll).cast(),
-            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-        )
-    };
-    if sent != frame.len() as isize {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 #[cfg(test)]

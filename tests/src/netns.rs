@@ -286,39 +286,8 @@ pub fn format_mac(mac: [u8; 6]) -> String {
 
 /// Sends one frame out of interface `ifindex` of the calling thread's namespace.
 fn send_raw(ifindex: u32, frame: &[u8]) -> Result<()> {
-    if frame.len() < 14 {
-        bail!("a frame of {} bytes has no Ethernet header", frame.len());
-    }
-    // Protocol 0: the socket sends only and receives nothing.
-    // SAFETY: plain socket(2); the result is checked and owned below.
-    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        bail!("AF_PACKET socket: {}", std::io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a fresh descriptor nothing else owns.
-    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    // SAFETY: sockaddr_ll is plain data; zero is a valid initial value.
-    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    addr.sll_family = libc::AF_PACKET as u16;
-    addr.sll_protocol = u16::from_ne_bytes([frame[12], frame[13]]);
-    addr.sll_ifindex = ifindex as i32;
-    addr.sll_halen = 6;
-    addr.sll_addr[..6].copy_from_slice(&frame[..6]);
-    // SAFETY: `frame` and `addr` are valid for the lengths passed, for the whole call.
-    let sent = unsafe {
-        libc::sendto(
-            fd.as_raw_fd(),
-            frame.as_ptr().cast(),
-            frame.len(),
-            0,
-            (&addr as *const libc::sockaddr_ll).cast(),
-            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-        )
-    };
-    if sent != frame.len() as isize {
-        bail!("sendto: {}", std::io::Error::last_os_error());
-    }
-    Ok(())
+    let socket = anycast_ctl::frame::socket().context("AF_PACKET socket")?;
+    anycast_ctl::frame::send(&socket, ifindex, frame).context("sendto")
 }
 
 /// Moves the calling thread into the namespace `file` refers to; panics on failure.
