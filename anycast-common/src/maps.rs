@@ -67,7 +67,7 @@ pub mod names {
     pub const TABLES: &str = "TABLES";
     /// Mmapable array of [`super::SlotState`] indexed by address slot: members out of service.
     pub const SLOT_STATE: &str = "SLOT_STATE";
-    /// The connection table: [`super::FlowEntry`], 4-way set-associative.
+    /// The connection table: [`super::FlowSet`]s of 4 ways, indexed by the flow hash.
     pub const FLOWS: &str = "FLOWS";
     /// [`super::MemberKey`] -> [`super::MemberInfo`]: where a membership came from (user space).
     pub const MEMBER_INFO: &str = "MEMBER_INFO";
@@ -149,7 +149,7 @@ pub mod programs {
 /// Version of the pinned state's layout (map set, key and value layouts, their meaning),
 /// recorded in the `LAYOUT` map. A binary refuses pins of another version instead of reusing
 /// maps by name. Bump it with every change to a pinned map.
-pub const LAYOUT_VERSION: u32 = 6;
+pub const LAYOUT_VERSION: u32 = 7;
 
 /// `EXPORT` index: 1 when route export is on, 0 when off.
 pub const EXPORT_ENABLED: u32 = 0;
@@ -239,7 +239,7 @@ pub fn pack_positions(positions: &[u8]) -> u64 {
 }
 /// Ways per set of the connection table.
 pub const FLOW_WAYS: u32 = 4;
-/// Default sets of the connection table: 262,144 x 4 = 1,048,576 flows.
+/// Default sets of the connection table: 262,144 x 4 = 1,048,576 flows in 16 MiB.
 pub const FLOW_SETS: u32 = 1 << 18;
 /// Name of the loader-set global holding the connection table's set mask.
 pub const FLOW_SETS_MASK: &str = "FLOW_SETS_MASK";
@@ -539,20 +539,62 @@ impl MemberSet {
     }
 }
 
-/// One entry of the connection table: a flow and the member it is on.
+/// One way of a connection-table set: a flow and the member it is on, in 16 bytes so that a
+/// whole set is one cache line.
+///
+/// The flow is keyed by its client, its ports, its protocol and the anycast address's slot
+/// (which stands for the destination: a slot is one address of one family), which is exact for
+/// IPv4. An IPv6 client is keyed by its [`crate::compress6`]: two IPv6 clients of one address
+/// whose folds and ports agree share an entry, which costs at most a flow's affinity, never a
+/// wrong or dead destination (the member is checked against the live set before use).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowEntry {
+    /// The client's address (IPv4), or its `compress6` (IPv6).
     pub src: u32,
-    pub dst: u32,
-    /// TCP/UDP ports as on the wire (0 for other protocols).
+    /// TCP/UDP ports as on the wire (0 for other protocols and later fragments).
     pub ports: u32,
-    pub proto: u32,
-    /// The member, checked against the live member set before use.
-    pub member: MemberRef,
-    /// Its position in the member set.
-    pub position: u32,
-    pub _pad: u32,
+    /// [`flow_key`] of the address slot and IP protocol; [`FLOW_UNUSED`] for a free way.
+    pub key: u32,
+    /// [`flow_member`] of the member's counter index and position in its member set.
+    pub member: u32,
+}
+
+/// `FlowEntry::key` of a free or forgotten way (no slot is that large).
+pub const FLOW_UNUSED: u32 = u32::MAX;
+
+/// `FlowEntry::key`: the address slot (below [`MAX_ADDRS`], so under 2^24) and IP protocol.
+#[inline(always)]
+pub const fn flow_key(slot: u32, proto: u8) -> u32 {
+    slot << 8 | proto as u32
+}
+
+/// `FlowEntry::member`: a member's `MemberRef::counter` (unique among live memberships, below
+/// [`MAX_MEMBER_COUNTERS`]) and its position (below [`MAX_MEMBERS`]).
+#[inline(always)]
+pub const fn flow_member(counter: u32, position: u32) -> u32 {
+    counter << 8 | position
+}
+
+/// The position of a [`flow_member`].
+#[inline(always)]
+pub const fn flow_member_position(member: u32) -> u32 {
+    member & 0xff
+}
+
+/// The counter index of a [`flow_member`].
+#[inline(always)]
+pub const fn flow_member_counter(member: u32) -> u32 {
+    member >> 8
+}
+
+/// A set of the connection table: [`FLOW_WAYS`] ways in recency order (way 0 the most recent),
+/// one array element and one 64-byte cache line (the array is mmapable, so its elements start
+/// page-aligned).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowSet {
+    pub ways: [FlowEntry; FLOW_WAYS as usize],
 }
 
 /// `Host::flags`: the MAC is known and may be used.
@@ -712,12 +754,6 @@ pub struct MemberKey {
     pub member: crate::Ip6Key,
 }
 
-/// `FlowEntry::proto` bit of an IPv6 flow, whose `src` and `dst` are [`crate::compress6`]s: no IPv4
-/// flow ever matches an IPv6 one. Two IPv6 flows whose folds and ports agree share an entry;
-/// as with the table's races, that costs at most a flow's affinity, never a wrong or dead
-/// destination (the entry's member is checked against the live set).
-pub const FLOW_IPV6: u32 = 1 << 8;
-
 /// `MemberInfo::source`: added by an operator (`member add`); never expires.
 pub const SOURCE_STATIC: u32 = 0;
 /// `MemberInfo::source`: learned from advertisements; expires after `hold_ms`.
@@ -800,7 +836,9 @@ const _: () = {
     assert!(core::mem::size_of::<MemberStats>() == 16);
     assert!(core::mem::size_of::<FragKey>() == 12);
     assert!(core::mem::size_of::<MemberKey>() == 32);
-    assert!(core::mem::size_of::<FlowEntry>() == 32);
+    assert!(core::mem::size_of::<FlowEntry>() == 16);
+    assert!(core::mem::size_of::<FlowSet>() == 64);
+    assert!(MAX_ADDRS < 1 << 24 && MAX_MEMBER_COUNTERS < 1 << 24 && MAX_MEMBERS <= 1 << 8);
     assert!(MAX_MEMBERS <= u8::MAX as usize);
     assert!(core::mem::size_of::<MemberInfo>() == 24);
 };
@@ -822,6 +860,7 @@ mod pod {
     unsafe impl aya::Pod for FragKey {}
     unsafe impl aya::Pod for MemberKey {}
     unsafe impl aya::Pod for FlowEntry {}
+    unsafe impl aya::Pod for FlowSet {}
     unsafe impl aya::Pod for MemberInfo {}
     unsafe impl aya::Pod for SlotState {}
     unsafe impl aya::Pod for RequesterKey {}

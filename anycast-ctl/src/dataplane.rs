@@ -110,7 +110,7 @@ fn incompatible(pin: &PinDir, what: String) -> Error {
 }
 
 /// Compares each pinned map's key size, value size and capacity with the object's; returns
-/// the connection table's size (the one capacity that may differ).
+/// the connection table's size in flows (its capacity, in sets, is the one that may differ).
 fn check_sizes(pin: &PinDir) -> Result<u32> {
     let object = aya_obj::Object::parse(EBPF_OBJECT)
         .map_err(|e| Error::Usage(format!("parsing the embedded eBPF object: {e}")))?;
@@ -124,7 +124,7 @@ fn check_sizes(pin: &PinDir) -> Result<u32> {
         let want = (def.key_size(), def.value_size(), def.max_entries());
         let mut have = (info.key_size(), info.value_size(), info.max_entries());
         if name == names::FLOWS {
-            flows = have.2;
+            flows = have.2.saturating_mul(FLOW_WAYS);
             have.2 = want.2;
         }
         if have != want {
@@ -163,7 +163,7 @@ pub fn load(pin: &PinDir, flows: Option<u32>) -> Result<Ebpf> {
     let ebpf = EbpfLoader::new()
         .default_map_pin_directory(pin.path())
         .map_pin_path(names::TABLES, tables.as_path())
-        .map_max_entries(names::FLOWS, flows)
+        .map_max_entries(names::FLOWS, flows / FLOW_WAYS)
         .override_global(anycast_common::FLOW_SETS_MASK, &mask, true)
         .load(EBPF_OBJECT)
         .map_err(|e| match &e {

@@ -1,65 +1,92 @@
 //! The connection table: keeps each flow on its member while the Maglev table changes.
 //!
-//! An array of 4-way sets (`FLOWS`), indexed by the flow hash: array lookups are inlined by the
-//! verifier, where a BPF LRU hash lookup costs as much as the whole forward path. Within a set
-//! the ways are kept in recency order (a hit rotates its entry to the front; an insert replaces
-//! the flow's own entry or evicts the last way), so each set is an exact LRU holding at most one
-//! entry per flow. An entry names its member by position and is used only if that position
-//! still holds the same `MemberRef` and is in service: flows of a removed or out-of-service
+//! An array of 4-way sets (`FLOWS`), indexed by the flow hash, each set one 64-byte element
+//! and so one cache line: a packet of a known flow costs one line of the table, which is what
+//! a million live flows make a DRAM access. Array lookups are inlined by the verifier, where a
+//! BPF LRU hash lookup costs as much as the whole forward path. Within a set the ways are kept
+//! in recency order (a hit rotates its entry to the front; an insert replaces the flow's own
+//! entry or evicts the last way), so each set is an exact LRU holding at most one entry per
+//! flow. An entry names its member by counter index and position and is used only if that
+//! position still holds that member and is in service: flows of a removed or out-of-service
 //! member fall back to the Maglev table (their stale entries are dropped when met), flows of a
-//! draining member (weight 0, still in the set) stay. A member added later in a removed member's position may inherit the counter
-//! slot, and so the removed member's remaining entries: those flows had to move anyway.
+//! draining member (weight 0, still in the set) stay. A member added later in a removed
+//! member's position may inherit the counter index, and so the removed member's remaining
+//! entries: those flows had to move anyway.
 //!
 //! The table is shared by all CPUs. Two CPUs updating one set at the same instant can tear an
-//! entry; the position check then rejects it (or, at worst, it names another live member), so a
+//! entry; the member check then rejects it (or, at worst, it names another live member), so a
 //! race costs at most one flow's affinity, never a wrong or dead destination.
-use anycast_common::{FLOW_WAYS, FlowEntry, MemberRef};
+use anycast_common::{
+    FLOW_UNUSED, FLOW_WAYS, FlowEntry, FlowSet, MemberRef, flow_key, flow_member,
+    flow_member_counter, flow_member_position,
+};
 
 use crate::maps::{Addr, FLOW_SETS_MASK, FLOWS};
 
 /// A flow as the table keys it.
 #[derive(Clone, Copy)]
 pub struct Flow {
+    /// The client (IPv4), or its `compress6` (IPv6).
     pub src: u32,
-    pub dst: u32,
     pub ports: u32,
-    pub proto: u32,
+    /// `flow_key` of the address slot and the IP protocol.
+    pub key: u32,
 }
 
-/// `FlowEntry::proto` of an unused or forgotten entry (no IP protocol number is this large).
-const INVALID: u32 = u32::MAX;
+impl Flow {
+    #[inline(always)]
+    pub fn new(src: u32, ports: u32, proto: u8, addr: &Addr) -> Self {
+        Self {
+            src,
+            ports,
+            key: flow_key(addr.slot, proto),
+        }
+    }
 
+    /// The IP protocol (of the upper layer, for IPv6).
+    #[inline(always)]
+    pub fn proto(&self) -> u8 {
+        self.key as u8
+    }
+}
+
+const WAYS: usize = FLOW_WAYS as usize;
+
+/// The set `hash` falls in.
 #[inline(always)]
-fn set_base(hash: u32) -> u32 {
-    (hash & FLOW_SETS_MASK.load()) * FLOW_WAYS
+fn set_of<'a>(hash: u32) -> Option<&'a mut FlowSet> {
+    let set = FLOWS.get_ptr_mut(hash & FLOW_SETS_MASK.load())?;
+    // SAFETY: an array element is always valid memory; see the module doc for races.
+    Some(unsafe { &mut *set })
 }
 
 #[inline(always)]
 fn matches(e: &FlowEntry, f: &Flow) -> bool {
-    e.src == f.src && e.dst == f.dst && e.ports == f.ports && e.proto == f.proto
+    e.src == f.src && e.ports == f.ports && e.key == f.key
 }
 
 /// The member `flow` is on, if it is known and that member still serves `addr`. An entry whose
 /// member is gone is dropped on the way, so a set never holds a stale copy of a live flow.
 #[inline(always)]
 pub fn lookup(hash: u32, flow: &Flow, addr: &Addr) -> Option<(MemberRef, u32)> {
-    let base = set_base(hash);
-    for way in 0..FLOW_WAYS {
-        let entry = FLOWS.get_ptr_mut(base + way)?;
-        // SAFETY: an array element is always valid memory; see the module doc for races.
-        let e = unsafe { &mut *entry };
+    let set = set_of(hash)?;
+    for way in 0..WAYS {
+        let e = &mut set.ways[way];
         if !matches(e, flow) {
             continue;
         }
-        if !addr.serves(e.position, &e.member) {
-            e.proto = INVALID;
-            continue;
-        }
-        let found = (e.member, e.position);
+        let position = flow_member_position(e.member);
+        let member = match addr.set.members.get(position as usize) {
+            Some(m) if m.counter == flow_member_counter(e.member) && addr.serves(position, m) => *m,
+            _ => {
+                e.key = FLOW_UNUSED;
+                continue;
+            }
+        };
         if way != 0 {
-            to_front(base, way);
+            to_front(set, way);
         }
-        return Some(found);
+        return Some((member, position));
     }
     None
 }
@@ -68,68 +95,49 @@ pub fn lookup(hash: u32, flow: &Flow, addr: &Addr) -> Option<(MemberRef, u32)> {
 /// has one, else evicting the least recently used way.
 #[inline(always)]
 pub fn insert(hash: u32, flow: &Flow, member: MemberRef, position: u32) {
-    let base = set_base(hash);
-    let mut way = FLOW_WAYS - 1;
-    for w in 0..FLOW_WAYS {
-        if let Some(entry) = FLOWS.get_ptr(base + w) {
-            // SAFETY: a valid array element.
-            if matches(unsafe { &*entry }, flow) {
-                way = w;
-                break;
-            }
+    let Some(set) = set_of(hash) else {
+        return;
+    };
+    let mut way = WAYS - 1;
+    for w in 0..WAYS {
+        if matches(&set.ways[w], flow) {
+            way = w;
+            break;
         }
     }
-    to_front(base, way);
-    if let Some(first) = FLOWS.get_ptr_mut(base) {
-        // SAFETY: a valid array element.
-        unsafe {
-            *first = FlowEntry {
-                src: flow.src,
-                dst: flow.dst,
-                ports: flow.ports,
-                proto: flow.proto,
-                member,
-                position,
-                _pad: 0,
-            }
-        };
-    }
+    to_front(set, way);
+    set.ways[0] = FlowEntry {
+        src: flow.src,
+        ports: flow.ports,
+        key: flow.key,
+        member: flow_member(member.counter, position),
+    };
 }
 
 /// Forgets `flow` (TCP RST: the next connection with these ports is new).
 #[inline(always)]
 pub fn forget(hash: u32, flow: &Flow) {
-    let base = set_base(hash);
-    for way in 0..FLOW_WAYS {
-        if let Some(entry) = FLOWS.get_ptr_mut(base + way) {
-            // SAFETY: a valid array element.
-            let e = unsafe { &mut *entry };
-            if matches(e, flow) {
-                e.proto = INVALID;
-            }
+    let Some(set) = set_of(hash) else {
+        return;
+    };
+    for e in set.ways.iter_mut() {
+        if matches(e, flow) {
+            e.key = FLOW_UNUSED;
         }
     }
 }
 
-/// Moves way `way` of the set at `base` to the front, shifting the ways before it down by one
-/// (so the set stays in recency order; way 0 is then overwritten or is the moved entry).
+/// Moves way `way` to the front, shifting the ways before it down by one (so the set stays in
+/// recency order; way 0 is then overwritten or is the moved entry).
 #[inline(always)]
-fn to_front(base: u32, way: u32) {
-    let Some(moved) = FLOWS.get_ptr(base + way) else {
+fn to_front(set: &mut FlowSet, way: usize) {
+    let Some(&moved) = set.ways.get(way) else {
         return;
     };
-    // SAFETY: a valid array element, copied out before the shift overwrites it.
-    let moved = unsafe { *moved };
     let mut w = way;
-    while w > 0 {
-        if let (Some(dst), Some(src)) = (FLOWS.get_ptr_mut(base + w), FLOWS.get_ptr(base + w - 1)) {
-            // SAFETY: distinct valid array elements.
-            unsafe { *dst = *src };
-        }
+    while w > 0 && w < WAYS {
+        set.ways[w] = set.ways[w - 1];
         w -= 1;
     }
-    if let Some(front) = FLOWS.get_ptr_mut(base) {
-        // SAFETY: a valid array element.
-        unsafe { *front = moved };
-    }
+    set.ways[0] = moved;
 }

@@ -17,7 +17,7 @@
 use core::mem::size_of;
 
 use anycast_common::{
-    FLOW_IPV6, FragKey6, PassReason, Stat, compress6, flow_hash, ip6_key,
+    FragKey6, PassReason, Stat, compress6, flow_hash, ip6_key,
     proto::{
         ETH_HLEN, IPPROTO_DSTOPTS, IPPROTO_FRAGMENT, IPPROTO_HOPOPTS, IPPROTO_ICMPV6,
         IPPROTO_ROUTING, IPPROTO_TCP, IPPROTO_UDP, IPV6_HLEN, ND_NEIGHBOR_SOLICIT, XDP_PASS,
@@ -96,12 +96,8 @@ pub fn handle(ctx: &XdpContext, eth: &mut EthHdr) -> Result<u32, u32> {
     if ip.hop_limit <= 1 {
         return Err(stats::pass(counters, PassReason::TtlExceeded));
     }
-    let flow = Flow {
-        src: compress6(src),
-        dst: compress6(dst),
-        ports,
-        proto: upper.proto as u32 | FLOW_IPV6,
-    };
+    let src_fold = compress6(src);
+    let flow = Flow::new(src_fold, ports, upper.proto, &addr);
     let datagram = Datagram {
         frag_key: FragKey6 {
             src,
@@ -111,7 +107,7 @@ pub fn handle(ctx: &XdpContext, eth: &mut EthHdr) -> Result<u32, u32> {
         later_fragment: upper.later_fragment,
         first_fragment: upper.first_fragment,
         // flow_hash6 of the addresses, from the compressions already made.
-        hash: flow_hash(flow.src, flow.dst, ports, upper.proto),
+        hash: flow_hash(src_fold, compress6(dst), ports, upper.proto),
         flow,
         tcp_flags,
     };

@@ -3,7 +3,7 @@
 //! chooses, so they outlive any process and are shared by every attached interface.
 use anycast_common::{
     ADDR_BUCKETS, ADDR6_BUCKETS, AGENT_COUNTERS, ALLOC_KINDS, AddrBucket, AddrBucket6, AddrEntry,
-    AddrStats, EXPORT_FIELDS, FLOW_SETS, FLOW_WAYS, FlowEntry, FragKey, FragKey6, Host,
+    AddrStats, EXPORT_FIELDS, FLOW_SETS, FlowSet, FragKey, FragKey6, Host,
     IFACE_SLOTS, Iface, Ip6Key, MAX_ADDRS, MAX_DIRECT_STATS, MAX_FRAGS, MAX_HOSTS, MAX_IFACES,
     MAX_MEMBER_COUNTERS, MAX_REQUESTERS, McastLan, MemberInfo, MemberKey, MemberRef, MemberSet,
     MemberStats, Probe, Requester, RequesterKey, SlotState, Stat, TABLE_SLOTS, addr_probe,
@@ -83,11 +83,12 @@ pub static TABLES: ArrayOfMaps<Table, { TABLE_SLOTS as usize }> = ArrayOfMaps::n
 #[map]
 pub static SLOT_STATE: Array<SlotState> = Array::pinned(MAX_ADDRS, BPF_F_MMAPABLE);
 
-/// The connection table: flows and their members, 4-way set-associative, LRU within a set.
-/// Shared by all CPUs, so a flow keeps its member whichever CPU sees its packets. User space
-/// may size it at load time (`FLOW_SETS_MASK` follows).
+/// The connection table: flows and their members, a 4-way set per element, LRU within a set.
+/// Shared by all CPUs, so a flow keeps its member whichever CPU sees its packets. Mmapable only
+/// so that its elements start page-aligned (each set is then one cache line); user space never
+/// maps it. User space may size it at load time (`FLOW_SETS_MASK` follows).
 #[map]
-pub static FLOWS: Array<FlowEntry> = Array::pinned(FLOW_SETS * FLOW_WAYS, 0);
+pub static FLOWS: Array<FlowSet> = Array::pinned(FLOW_SETS, BPF_F_MMAPABLE);
 
 /// Sets of `FLOWS` minus one (a power of two minus one), set by the loader.
 #[unsafe(no_mangle)]

@@ -72,12 +72,7 @@ pub struct Datagram<K> {
 
 #[inline(always)]
 pub fn member(ip: &Ipv4Hdr, ports: u32, tcp_flags: u8, addr: &Addr) -> Option<MemberRef> {
-    let flow = Flow {
-        src: ip.src(),
-        dst: ip.dst(),
-        ports,
-        proto: ip.proto as u32,
-    };
+    let flow = Flow::new(ip.src(), ports, ip.proto, addr);
     let datagram = Datagram {
         frag_key: FragKey {
             src: ip.src(),
@@ -88,7 +83,7 @@ pub fn member(ip: &Ipv4Hdr, ports: u32, tcp_flags: u8, addr: &Addr) -> Option<Me
         },
         later_fragment: ip.frag_offset() != 0,
         first_fragment: ip.more_fragments() && ip.frag_offset() == 0,
-        hash: flow_hash(flow.src, flow.dst, ports, ip.proto),
+        hash: flow_hash(ip.src(), ip.dst(), ports, ip.proto),
         flow,
         tcp_flags,
     };
@@ -117,7 +112,7 @@ pub fn choose<K: Family>(
     }
 
     let (flow, hash, tcp_flags) = (d.flow, d.hash, d.tcp_flags);
-    let tcp = flow.proto & 0xff == IPPROTO_TCP as u32;
+    let tcp = flow.proto() == IPPROTO_TCP;
     let new_connection = tcp && tcp_flags & TCP_SYN != 0 && tcp_flags & TCP_ACK == 0;
     let known = if new_connection {
         None
