@@ -10,8 +10,10 @@ pub mod names {
     pub const BENCH_SEQ: &str = "BENCH_SEQ";
     /// The [`super::BenchFrame`] `bench_gen` writes (index 0).
     pub const BENCH_FRAME: &str = "BENCH_FRAME";
+    /// [`super::COLD_LINES`] cache lines, one read per frame by `bench_spread_cold`.
+    pub const BENCH_COLD: &str = "BENCH_COLD";
     /// Every map of the benchmark object.
-    pub const ALL: [&str; 3] = [BENCH_PORT, BENCH_SEQ, BENCH_FRAME];
+    pub const ALL: [&str; 4] = [BENCH_PORT, BENCH_SEQ, BENCH_FRAME, BENCH_COLD];
 }
 
 /// Programs of the benchmark object.
@@ -24,6 +26,9 @@ pub mod programs {
     pub const BENCH_SPREAD: &str = "bench_spread";
     /// `bench_spread` plus the MAC and TTL rewrite of a forwarder.
     pub const BENCH_FORWARD: &str = "bench_forward";
+    /// `bench_spread` plus one read of a cache line chosen by the flow (`BENCH_COLD`): what
+    /// one line of per-flow state costs, by itself, once the flows outgrow the caches.
+    pub const BENCH_SPREAD_COLD: &str = "bench_spread_cold";
     /// Traffic generator (live frames): restores the headers of `BENCH_FRAME`, varies the flow
     /// (and, optionally, the IPv4 destination).
     pub const BENCH_GEN: &str = "bench_gen";
@@ -31,11 +36,12 @@ pub mod programs {
     pub const BENCH_SINK: &str = "bench_sink";
     /// XDP_PASS for a veth peer, so that it receives XDP_TX and redirected frames.
     pub const PEER_PASS: &str = "peer_pass";
-    pub const ALL: [&str; 7] = [
+    pub const ALL: [&str; 8] = [
         BENCH_BASELINE,
         BENCH_REDIRECT,
         BENCH_SPREAD,
         BENCH_FORWARD,
+        BENCH_SPREAD_COLD,
         BENCH_GEN,
         BENCH_SINK,
         PEER_PASS,
@@ -47,6 +53,10 @@ pub const BENCH_FRAME_BYTES: usize = 64;
 
 /// Ports of `bench_spread` (BENCH_PORT indexes 0..SPREAD_PORTS).
 pub const SPREAD_PORTS: u32 = 3;
+
+/// Cache lines of BENCH_COLD (64 MiB, as many as the connection table's sets for 4,194,304
+/// flows): a power of two.
+pub const COLD_LINES: u32 = 1 << 20;
 
 /// Capacity of BENCH_PORT.
 pub const BENCH_PORTS: u32 = 4;

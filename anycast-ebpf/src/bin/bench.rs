@@ -8,12 +8,13 @@
 use core::ffi::c_void;
 
 use anycast_common::{
-    bench::{BENCH_FRAME_BYTES, BENCH_PORTS, BenchFrame, SPREAD_PORTS},
+    bench::{BENCH_FRAME_BYTES, BENCH_PORTS, BenchFrame, COLD_LINES, SPREAD_PORTS},
     proto::{
         ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMPV6, XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX,
     },
 };
 use aya_ebpf::{
+    bindings::BPF_F_MMAPABLE,
     helpers::bpf_xdp_store_bytes,
     macros::{map, xdp},
     maps::{Array, DevMap, PerCpuArray},
@@ -39,6 +40,11 @@ pub static BENCH_SEQ: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 /// The frame `bench_gen` writes (index 0), set by the benchmark.
 #[map]
 pub static BENCH_FRAME: Array<BenchFrame> = Array::with_max_entries(1, 0);
+
+/// The cache lines `bench_spread_cold` reads, one per flow; mmapable so that each element is
+/// one whole line (the elements start page-aligned).
+#[map]
+pub static BENCH_COLD: Array<[u64; 8]> = Array::with_max_entries(COLD_LINES, BPF_F_MMAPABLE);
 
 /// Baseline: the least an L2 forwarder does. Swap the MACs and send the frame back.
 #[xdp]
@@ -75,6 +81,25 @@ pub fn bench_spread(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn bench_forward(ctx: XdpContext) -> u32 {
     spread(&ctx, true)
+}
+
+/// `bench_spread` plus one read of the cache line of `BENCH_COLD` the frame's ports pick (by a
+/// multiplicative hash, so consecutive flows land far apart): with many more flows than the
+/// caches hold, one DRAM access (and TLB miss) per frame, the least any per-flow state costs.
+#[xdp]
+pub fn bench_spread_cold(ctx: XdpContext) -> u32 {
+    let Some(ports) = packet::header::<Ports>(&ctx, ETH_HLEN + 20) else {
+        return XDP_ABORTED;
+    };
+    let h = u32::from_ne_bytes(ports.bytes).wrapping_mul(0x9e37_79b1);
+    let Some(line) = BENCH_COLD.get(h >> (32 - COLD_LINES.trailing_zeros())) else {
+        return XDP_ABORTED;
+    };
+    // SAFETY: an array element is valid memory; volatile so that the read is made.
+    if unsafe { core::ptr::read_volatile(&line[0]) } != 0 {
+        return XDP_PASS;
+    }
+    spread(&ctx, false)
 }
 
 #[inline(always)]

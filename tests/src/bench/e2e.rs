@@ -101,6 +101,8 @@ enum Router {
     KernelEcmp,
     Spread,
     Forward,
+    /// The spreading ceiling plus one per-flow cache line read (`bench_spread_cold`).
+    Cold,
     One,
     Sink,
 }
@@ -278,6 +280,7 @@ impl Bench {
     /// The comparison: the dataplane, Linux ECMP and the redirect ceilings, both families.
     fn phase1(&mut self) -> Result<Vec<(Case, Vec<Sample>)>> {
         let (f4, t4) = self.frame4(ANYCAST, FEW_FLOWS, 1)?;
+        let (f4_many, t4_many) = self.frame4(ANYCAST, MANY_FLOWS, 1)?;
         let (f6, t6) = self.frame6()?;
         let case = |name, router, v6: bool| Case {
             name,
@@ -293,6 +296,13 @@ impl Bench {
             case("plain_redirect", Router::Spread, false),
             case("plain_redirect6", Router::Spread, true),
             case("redirect_with_rewrite", Router::Forward, false),
+            case("cold_line_1024_flows", Router::Cold, false),
+            Case {
+                name: "cold_line_1048576_flows",
+                router: Router::Cold,
+                template: t4_many,
+                frame: f4_many,
+            },
             case("redirect_one_member", Router::One, false),
             case("generator_alone", Router::Sink, false),
         ];
@@ -382,6 +392,11 @@ impl Bench {
             )?)),
             Router::Forward => Ok(Some(self.bench.attach(
                 programs::BENCH_FORWARD,
+                &self.topo.router,
+                ROUTER_CLIENT_IFACE,
+            )?)),
+            Router::Cold => Ok(Some(self.bench.attach(
+                programs::BENCH_SPREAD_COLD,
                 &self.topo.router,
                 ROUTER_CLIENT_IFACE,
             )?)),
@@ -626,6 +641,11 @@ fn report(b: &Bench, phase1: Vec<(Case, Vec<Sample>)>, phase2: Vec<(Case, Vec<Sa
             "one_address_65536_flows",
         ),
         ("flows_1m_vs_1k", "flows_1048576", "flows_1024"),
+        (
+            "cold_line_1m_vs_1k",
+            "cold_line_1048576_flows",
+            "cold_line_1024_flows",
+        ),
     ];
     let ratios: serde_json::Map<String, Value> = pairs
         .iter()
@@ -670,7 +690,12 @@ fn report(b: &Bench, phase1: Vec<(Case, Vec<Sample>)>, phase2: Vec<(Case, Vec<Sa
          members, fib_multipath_hash_policy=1 for IPv4 and IPv6. plain_redirect(6): \
          bench_spread natively on r0, a devmap redirect to r1..r3 by (ports ^ ports >> 16) % \
          {SPREAD_PORTS}, no other logic, no rewrite. redirect_with_rewrite: bench_forward, the same \
-         plus the MAC swap and TTL decrement. redirect_one_member: bench_redirect, every \
+         plus the MAC swap and TTL decrement. cold_line_1024_flows / cold_line_1048576_flows: \
+         bench_spread_cold, bench_spread plus one read per frame of the 64-byte line of a \
+         64 MiB array that the frame's ports pick, 1,024 or 1,048,576 flows: \
+         cold_line_1m_vs_1k is what one cache line of per-flow state costs by itself on this \
+         machine once the flows outgrow the caches, the floor of flows_1m_vs_1k for any \
+         connection table. redirect_one_member: bench_redirect, every \
          frame to r1. xdp_anycast / xdp6_anycast: anycast-ctl attach r0 r1 r2 r3 --mode native, \
          member add of each member. Scale: attach --flows {FLOW_TABLE}, `anycast-ctl load` of \
          {SCALE_ADDRESSES} addresses 198.18.0.0/16 each with member m1; \
@@ -772,6 +797,7 @@ impl BenchObject {
             programs::BENCH_SINK,
             programs::BENCH_SPREAD,
             programs::BENCH_FORWARD,
+            programs::BENCH_SPREAD_COLD,
             programs::BENCH_REDIRECT,
         ] {
             crate::xdp::load_program(&mut ebpf, name)?;
