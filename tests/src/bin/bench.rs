@@ -310,6 +310,7 @@ fn main() -> Result<()> {
             "xdp6_vs_plain_redirect6": end_to_end["ratios"]["xdp6_vs_plain_redirect6"],
             "scale_65536_spread_vs_1": end_to_end["ratios"]["scale_65536_spread_vs_1"],
             "flows_1m_vs_1k": end_to_end["ratios"]["flows_1m_vs_1k"],
+            "cold_line_1m_vs_1k": end_to_end["ratios"]["cold_line_1m_vs_1k"],
         },
         "limiting_stage": end_to_end["limiting_stage"],
         "targets": {
