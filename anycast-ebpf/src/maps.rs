@@ -3,11 +3,11 @@
 //! chooses, so they outlive any process and are shared by every attached interface.
 use anycast_common::{
     ADDR_BUCKETS, ADDR6_BUCKETS, AGENT_COUNTERS, ALLOC_KINDS, AddrBucket, AddrBucket6, AddrEntry,
-    AddrStats, EXPORT_FIELDS, FLOW_SETS, FlowSet, FragKey, FragKey6, Host,
-    IFACE_SLOTS, Iface, Ip6Key, MAX_ADDRS, MAX_DIRECT_STATS, MAX_FRAGS, MAX_HOSTS, MAX_IFACES,
-    MAX_MEMBER_COUNTERS, MAX_REQUESTERS, McastLan, MemberInfo, MemberKey, MemberRef, MemberSet,
-    MemberStats, Probe, Requester, RequesterKey, SlotState, Stat, TABLE_SLOTS, addr_probe,
-    iface_probe, member_set_index,
+    AddrStats, EXPORT_FIELDS, FLOW_SETS, FlowSet, FragKey, FragKey6, Host, IFACE_SLOTS, Iface,
+    Ip6Key, MAX_ADDRS, MAX_DIRECT_STATS, MAX_FRAGS, MAX_HOSTS, MAX_IFACES, MAX_MEMBER_COUNTERS,
+    MAX_REQUESTERS, McastLan, MemberInfo, MemberKey, MemberRef, MemberSet, MemberStats, Probe,
+    Requester, RequesterKey, SlotState, Stat, TABLE_SLOTS, addr_probe, iface_probe,
+    member_set_index,
 };
 use aya_ebpf::{
     Global,
