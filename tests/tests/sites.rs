@@ -6,7 +6,8 @@
 //! client stream. Topology: [`anycast_tests::sites`].
 //!
 //! Timing is asserted only as loose bounds; the real failover figures are in `cargo xtask
-//! bench` (`site_failover_fast_ms`, `site_failover_default_ms`).
+//! bench` (`site_failover_fast_ms`, `site_failover_default_ms`, and for IPv6
+//! `site_failover_fast6_ms`, `site_failover_default6_ms`).
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
     time::{Duration, Instant},
