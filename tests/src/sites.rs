@@ -18,18 +18,20 @@
 //! subnet via U.
 //!
 //! [`Sites::enable_ipv6`] adds IPv6 for the IPv6 tests: `2001:db8:18:1::/64` on A's link to U
-//! (A `::1`, U `::2`), `2001:db8:18:2::/64` on B's, the member links as in
-//! [`crate::topology`], IPv6 on the site routers' `lo` (the exported `/128` routes point at
+//! (A `::1`, U `::2`), `2001:db8:18:2::/64` on B's (and their link-local addresses, for
+//! OSPFv3), the client's link as in [`crate::topology`] (client `2001:db8:192::10`, U `::1`),
+//! the member links likewise, each member serving [`ANYCAST6`] on `lo`, IPv6 forwarding on U
+//! and the site routers, IPv6 on the site routers' `lo` (the exported `/128` routes point at
 //! it); the agents then also learn `2001:db8:53::/48` and the members announce
 //! [`ANYCAST6`] beside [`ANYCAST`] (dual-stack). BGP carries IPv6 as a second address family
-//! of the IPv4 sessions.
+//! of the IPv4 sessions; OSPF runs OSPFv3 beside OSPFv2.
 //!
 //! Invariants: as in [`crate::topology`] (veths made inside their namespaces, GRO on and TX
 //! checksum offload off on every veth, rp_filter off, IPv6 off unless enabled). Dropping
 //! [`Sites`] kills the announcers, agents and BIRDs first, then removes the pin directories,
 //! then the namespaces.
 use std::{
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::PathBuf,
     time::Duration,
 };
@@ -40,7 +42,7 @@ use crate::{
     ANYCAST, Ctl, Netns,
     bird::{self, Bird},
     daemon::{Daemon, KeyFile},
-    topology::{self, Member},
+    topology::{self, ClientMode, Member},
 };
 
 /// U's address towards site A, and site A's towards U.
@@ -187,11 +189,22 @@ impl Sites {
         Ok(())
     }
 
+    /// The network dual-stack ([`Sites::enable_ipv6`]) with BIRD (`routing`) started after.
+    pub fn dual_stack(routing: Routing) -> Result<Self> {
+        let mut sites = Sites::new(None)?;
+        sites.enable_ipv6()?;
+        sites.routing = routing;
+        sites.start_birds()?;
+        Ok(sites)
+    }
+
     /// Turns IPv6 on (see the module doc) and restarts both agents to learn IPv6 too. Call it
-    /// before BIRD starts ([`Sites::new`] with no routing, then [`Sites::start_birds`]): BIRD
-    /// takes a session's IPv6 next hop from the link's addresses when the session comes up.
+    /// before BIRD starts ([`Sites::dual_stack`]): BIRD takes a session's IPv6 next hop from
+    /// the link's addresses when the session comes up.
     pub fn enable_ipv6(&mut self) -> Result<()> {
         let key = self.key.path().to_path_buf();
+        topology::client_link_ipv6(&self.client, &self.upstream, "uc", ClientMode::Routed)?;
+        let client_net = format!("{}/64", topology::CLIENT_IP6);
         for (site, u_iface) in [(&mut self.a, "ua"), (&mut self.b, "ub")] {
             let mine = site.address6();
             let u = Ipv6Addr::new(0x2001, 0xdb8, 0x18, mine.segments()[3], 0, 0, 0, 2);
@@ -202,8 +215,11 @@ impl Sites {
                 }
                 ns.ip(&["addr", "add", &format!("{ip}/64"), "dev", iface, "nodad"])?;
             }
+            site.router.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+            (site.router).ip(&["-6", "route", "add", &client_net, "via", &u.to_string()])?;
             for m in &site.members {
                 topology::member_ipv6(&site.router, m)?;
+                topology::member_serves_ipv6(m)?;
             }
             site.ipv6 = true;
             site.start_agent(&key, None)?;
@@ -213,19 +229,12 @@ impl Sites {
 
     /// U's route to the IPv6 anycast address, as `ip -6 route` prints it (empty if none).
     pub fn upstream_route6(&self) -> String {
-        let net = format!("{ANYCAST6}/128");
-        self.upstream
-            .ip(&["-6", "route", "show", &net])
-            .unwrap_or_default()
+        self.upstream_route_to(ANYCAST6.into())
     }
 
     /// The sites U's IPv6 route goes through (A, B, both or none).
     pub fn upstream_via6(&self) -> (bool, bool) {
-        let route = self.upstream_route6();
-        (
-            route.contains(&format!("via {} ", self.a.address6())),
-            route.contains(&format!("via {} ", self.b.address6())),
-        )
+        self.upstream_via_to(ANYCAST6.into())
     }
 
     /// What U's BIRD knows of the IPv6 anycast route (`birdc show route all`; BIRD's error
@@ -244,33 +253,52 @@ impl Sites {
 
     /// U's route to the anycast address, as `ip route` prints it (empty if none).
     pub fn upstream_route(&self) -> String {
-        self.upstream
-            .ip(&["route", "show", &format!("{ANYCAST}/32")])
-            .unwrap_or_default()
+        self.upstream_route_to(ANYCAST.into())
     }
 
     /// The sites U's route goes through (A, B, both or none).
     pub fn upstream_via(&self) -> (bool, bool) {
-        let route = self.upstream_route();
-        (
-            route.contains(&format!("via {SITE_A} ")),
-            route.contains(&format!("via {SITE_B} ")),
-        )
+        self.upstream_via_to(ANYCAST.into())
     }
 
     /// Waits up to `timeout` for U's route to go through exactly the sites `via` names.
     pub fn wait_via(&self, via: (bool, bool), timeout: Duration) -> Result<()> {
-        if crate::wait_until(timeout, || self.upstream_via() == via) {
+        self.wait_via_to(ANYCAST.into(), via, timeout)
+    }
+
+    /// U's host route to `anycast` ([`ANYCAST`] or [`ANYCAST6`]), as `ip route` prints it
+    /// (empty if none).
+    pub fn upstream_route_to(&self, anycast: IpAddr) -> String {
+        let (family, net) = match anycast {
+            IpAddr::V4(_) => ("-4", format!("{anycast}/32")),
+            IpAddr::V6(_) => ("-6", format!("{anycast}/128")),
+        };
+        (self.upstream.ip(&[family, "route", "show", &net])).unwrap_or_default()
+    }
+
+    /// The sites U's route to `anycast` goes through (A, B, both or none), by its next hops'
+    /// interfaces (`ua`, `ub`): the same for BGP's next hops and OSPFv3's link-local ones.
+    pub fn upstream_via_to(&self, anycast: IpAddr) -> (bool, bool) {
+        let route = self.upstream_route_to(anycast);
+        let words: Vec<&str> = route.split_whitespace().collect();
+        let through = |iface| words.windows(2).any(|w| w == ["dev", iface]);
+        (through("ua"), through("ub"))
+    }
+
+    /// Waits up to `timeout` for U's route to `anycast` to go through exactly the sites `via`
+    /// names.
+    pub fn wait_via_to(&self, anycast: IpAddr, via: (bool, bool), timeout: Duration) -> Result<()> {
+        if crate::wait_until(timeout, || self.upstream_via_to(anycast) == via) {
             return Ok(());
         }
         anyhow::bail!(
             "U's route {:?} is not via (A, B) = {via:?} after {timeout:?}; A exports {:?}, B \
              exports {:?}; U's BIRD:\n{}",
-            self.upstream_route(),
-            self.a.exported(),
-            self.b.exported(),
+            self.upstream_route_to(anycast),
+            self.a.exported_to(anycast),
+            self.b.exported_to(anycast),
             self.upstream_bird.as_ref().map_or(String::new(), |b| b
-                .birdc(&self.upstream, &["show", "route"]))
+                .birdc(&self.upstream, &["show", "route", "all"]))
         )
     }
 }
@@ -421,6 +449,15 @@ impl Site {
     pub fn exported6(&self) -> String {
         let args = ["-6", "route", "show", "table", "201", "proto", "201"];
         self.router.ip(&args).unwrap_or_default().trim().to_string()
+    }
+
+    /// The routes of `anycast`'s family in table 201: [`Site::exported`] or
+    /// [`Site::exported6`].
+    pub fn exported_to(&self, anycast: IpAddr) -> String {
+        match anycast {
+            IpAddr::V4(_) => self.exported(),
+            IpAddr::V6(_) => self.exported6(),
+        }
     }
 
     /// The site's IPv6 address towards U: `2001:db8:18:<1 for A, 2 for B>::1`.

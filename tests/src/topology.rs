@@ -177,7 +177,7 @@ impl Topology {
 
         veth(&client, CLIENT_IFACE, &router, ROUTER_CLIENT_IFACE)?;
         if options.client_stack.has_ipv6() {
-            client_link_ipv6(&client, &router, options.client_mode)?;
+            client_link_ipv6(&client, &router, ROUTER_CLIENT_IFACE, options.client_mode)?;
         }
         if options.client_stack.has_ipv4() {
             configure(&client, CLIENT_IFACE, "192.0.2.10/24")?;
@@ -209,12 +209,7 @@ impl Topology {
         }
         if options.client_stack.has_ipv6() {
             topology.enable_member_ipv6()?;
-            for m in &topology.members {
-                let gateway = member_gateway6(m.index).to_string();
-                m.ns.ip(&["-6", "route", "add", "default", "via", &gateway])?;
-                let anycast = format!("{ANYCAST6}/128");
-                m.ns.ip(&["addr", "add", &anycast, "dev", "lo", "nodad"])?;
-            }
+            topology.members.iter().try_for_each(member_serves_ipv6)?;
         }
         Ok(topology)
     }
@@ -268,11 +263,16 @@ impl Topology {
     }
 }
 
-/// IPv6 on the client's link: the client's and `r0`'s addresses (nodad), no router
-/// solicitations or advertisements, the route to [`ANYCAST6_PREFIX`] on-link or through
-/// `r0`, and IPv6 forwarding on the router.
-fn client_link_ipv6(client: &Netns, router: &Netns, mode: ClientMode) -> Result<()> {
-    for (ns, iface) in [(client, CLIENT_IFACE), (router, ROUTER_CLIENT_IFACE)] {
+/// IPv6 on the client's link: the client's and the router's addresses (nodad) on `c0` and
+/// `router_iface` (`r0` here), no router solicitations or advertisements, the route to
+/// [`ANYCAST6_PREFIX`] on-link or through the router, and IPv6 forwarding on the router.
+pub(crate) fn client_link_ipv6(
+    client: &Netns,
+    router: &Netns,
+    router_iface: &str,
+    mode: ClientMode,
+) -> Result<()> {
+    for (ns, iface) in [(client, CLIENT_IFACE), (router, router_iface)] {
         // No DAD on the link-local either (see `member_ipv6`).
         ns.sysctl(&format!("net.ipv6.conf.{iface}.accept_dad"), "0")?;
         ns.sysctl(&format!("net.ipv6.conf.{iface}.disable_ipv6"), "0")?;
@@ -284,9 +284,9 @@ fn client_link_ipv6(client: &Netns, router: &Netns, mode: ClientMode) -> Result<
     let own = format!("{CLIENT_IP6}/64");
     client.ip(&["addr", "add", &own, "dev", CLIENT_IFACE, "nodad"])?;
     let gateway = format!("{ROUTER_CLIENT_IP6}/64");
-    router.ip(&["addr", "add", &gateway, "dev", ROUTER_CLIENT_IFACE, "nodad"])?;
+    router.ip(&["addr", "add", &gateway, "dev", router_iface, "nodad"])?;
     client.ip(&["link", "set", CLIENT_IFACE, "up"])?;
-    router.ip(&["link", "set", ROUTER_CLIENT_IFACE, "up"])?;
+    router.ip(&["link", "set", router_iface, "up"])?;
     let gateway = ROUTER_CLIENT_IP6.to_string();
     let via = match mode {
         ClientMode::OnLink => ["-6", "route", "add", ANYCAST6_PREFIX, "dev", CLIENT_IFACE],
@@ -323,6 +323,16 @@ pub(crate) fn member_ipv6(router: &Netns, m: &Member) -> Result<()> {
     m.ns.ip(&["addr", "add", &own, "dev", &m.iface, "nodad"])?;
     let gateway = format!("{}/64", member_gateway6(m.index));
     router.ip(&["addr", "add", &gateway, "dev", &m.router_iface, "nodad"])?;
+    Ok(())
+}
+
+/// Member `m` (its link's IPv6 on, [`member_ipv6`]) serves [`ANYCAST6`]: the address on
+/// `lo` and its default IPv6 route through the router.
+pub(crate) fn member_serves_ipv6(m: &Member) -> Result<()> {
+    let gateway = member_gateway6(m.index).to_string();
+    m.ns.ip(&["-6", "route", "add", "default", "via", &gateway])?;
+    let anycast = format!("{ANYCAST6}/128");
+    m.ns.ip(&["addr", "add", &anycast, "dev", "lo", "nodad"])?;
     Ok(())
 }
 

@@ -1,19 +1,21 @@
 //! Anycast across two sites (RFC 1546's internetwork service, RFC 4786's health-coupled
 //! routes): each site router's agent exports 198.51.100.53/32 while the site has a live
 //! member, BIRD tells the upstream router U (BGP with BFD, one test over OSPF), and the client
-//! behind U reaches whichever site U prefers. One test does the same for 2001:db8:53::53/128
-//! (dual-stack members, IPv6 over the BGP sessions). Topology: [`anycast_tests::sites`].
+//! behind U reaches whichever site U prefers. Two tests do the same for 2001:db8:53::53/128
+//! (dual-stack members and client): over the BGP sessions, and over OSPFv3 with an IPv6
+//! client stream. Topology: [`anycast_tests::sites`].
 //!
 //! Timing is asserted only as loose bounds; the real failover figures are in `cargo xtask
-//! bench` (`site_failover_fast_ms`, `site_failover_default_ms`).
+//! bench` (`site_failover_fast_ms`, `site_failover_default_ms`, and for IPv6
+//! `site_failover_fast6_ms`, `site_failover_default6_ms`).
 use std::{
-    net::SocketAddrV4,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     time::{Duration, Instant},
 };
 
 use anycast_tests::{
     ANYCAST,
-    sites::{ANYCAST6, Announce, Routing, Site, Sites},
+    sites::{ANYCAST6, Announce, Routing, SITE_A, SITE_B, Site, Sites},
     traffic::{self, UDP_PORT, UdpSink, UdpStream},
     wait_until,
 };
@@ -27,10 +29,10 @@ const B: (bool, bool) = (false, true);
 const BOTH: (bool, bool) = (true, true);
 const NONE: (bool, bool) = (false, false);
 
-/// A UDP sink on every member of a site.
-fn sinks(site: &Site) -> Vec<UdpSink> {
+/// A UDP sink for `anycast` on every member of a site.
+fn sinks(site: &Site, anycast: impl Into<IpAddr> + Copy) -> Vec<UdpSink> {
     (site.members.iter())
-        .map(|m| UdpSink::start(&m.ns, ANYCAST, UDP_PORT).expect("sink"))
+        .map(|m| UdpSink::start(&m.ns, anycast, UDP_PORT).expect("sink"))
         .collect()
 }
 
@@ -59,8 +61,8 @@ fn route(metric: u32) -> String {
     format!("{ANYCAST} dev lo metric {metric}")
 }
 
-fn stream(sites: &Sites, port: u16) -> UdpStream {
-    let dst = SocketAddrV4::new(ANYCAST, UDP_PORT);
+fn stream(sites: &Sites, anycast: IpAddr, port: u16) -> UdpStream {
+    let dst = SocketAddr::new(anycast, UDP_PORT);
     UdpStream::start(&sites.client, dst, port, Duration::from_millis(2)).expect("stream")
 }
 
@@ -75,9 +77,9 @@ fn both_sites_are_exported_and_the_clients_flows_reach_members_at_each() {
     wait_exported(&sites.b, &route(100), CHANGE);
     // Equal metrics: U holds one ECMP route through both sites.
     sites.wait_via(BOTH, CONVERGE).expect("U via both sites");
-    let mut all = sinks(&sites.a);
+    let mut all = sinks(&sites.a, ANYCAST);
     let at_a = all.len();
-    all.extend(sinks(&sites.b));
+    all.extend(sinks(&sites.b, ANYCAST));
     let sent = traffic::send_udp(&sites.client, ANYCAST, UDP_PORT, 41000..41064, 4).expect("send");
     let got = traffic::wait_for_datagrams(&all, sent.len(), traffic::DELIVERY_TIMEOUT);
     let b = all.split_off(at_a);
@@ -106,18 +108,21 @@ fn preferred_a(routing: Routing) -> Sites {
     sites
 }
 
-/// Kills every announcer at A while the client streams; returns (ms from the kill to A's
-/// withdrawal, ms from the kill to the send time of the first datagram that reached B).
-fn fail_a(sites: &mut Sites) -> (f64, f64) {
-    let (a, b) = (sinks(&sites.a), sinks(&sites.b));
-    let stream = stream(sites, 42000);
+/// Kills every announcer at A while the client streams to `anycast` (either family); returns
+/// (ms from the kill to A's withdrawal, ms from the kill to the send time of the first
+/// datagram that reached B).
+fn fail_a(sites: &mut Sites, anycast: IpAddr) -> (f64, f64) {
+    let (a, b) = (sinks(&sites.a, anycast), sinks(&sites.b, anycast));
+    let stream = stream(sites, anycast, 42000);
     std::thread::sleep(Duration::from_millis(300));
     let killed = Instant::now();
     sites.a.kill_announcers();
-    let gone = wait_until(Duration::from_secs(3), || sites.a.exported().is_empty());
+    let gone = wait_until(Duration::from_secs(3), || {
+        sites.a.exported_to(anycast).is_empty()
+    });
     let withdrawn = killed.elapsed();
-    assert!(gone, "A still exports {:?}", sites.a.exported());
-    sites.wait_via(B, CHANGE).expect("U via B");
+    assert!(gone, "A still exports {:?}", sites.a.exported_to(anycast));
+    sites.wait_via_to(anycast, B, CHANGE).expect("U via B");
     let at_b = wait_until(CHANGE, || b.iter().any(|s| s.received() > 0));
     std::thread::sleep(Duration::from_millis(100));
     let sent = stream.stop().expect("stream");
@@ -136,7 +141,7 @@ fn fail_a(sites: &mut Sites) -> (f64, f64) {
 #[test]
 fn every_announcer_at_a_dies_u_moves_to_b_and_back_when_they_return() {
     let mut sites = preferred_a(Routing::Bgp);
-    let (withdrawn_ms, gap_ms) = fail_a(&mut sites);
+    let (withdrawn_ms, gap_ms) = fail_a(&mut sites, ANYCAST.into());
     let fast = Announce::FAST;
     // The last advertisement came at most one interval before the kill; the agent checks
     // every 10 ms; the poll above takes a few ms per look.
@@ -157,7 +162,7 @@ fn every_announcer_at_a_dies_u_moves_to_b_and_back_when_they_return() {
         .expect("announce");
     wait_exported(&sites.a, &route(50), CHANGE);
     sites.wait_via(A, CHANGE).expect("U via A again");
-    let a = sinks(&sites.a);
+    let a = sinks(&sites.a, ANYCAST);
     let sent = traffic::send_udp(&sites.client, ANYCAST, UDP_PORT, 43000..43016, 4).expect("send");
     let got = traffic::wait_for_datagrams(&a, sent.len(), traffic::DELIVERY_TIMEOUT);
     assert_eq!(got, sent.len(), "datagrams at A after its return");
@@ -177,7 +182,7 @@ fn site_router_fails(fail: impl FnOnce(&mut Sites)) -> Sites {
         took < Duration::from_secs(1),
         "U converged in {took:?} (BFD 3 x 100 ms)"
     );
-    let b = sinks(&sites.b);
+    let b = sinks(&sites.b, ANYCAST);
     let sent = traffic::send_udp(&sites.client, ANYCAST, UDP_PORT, 44000..44016, 4).expect("send");
     let got = traffic::wait_for_datagrams(&b, sent.len(), traffic::DELIVERY_TIMEOUT);
     assert_eq!(got, sent.len(), "datagrams at B");
@@ -237,7 +242,7 @@ fn a_drained_or_standby_site_is_exported_worse_and_taken_when_the_other_goes() {
     sites.b.kill_announcers();
     wait_exported(&sites.b, "", CHANGE);
     sites.wait_via(A, CHANGE).expect("U falls back to A");
-    let a = sinks(&sites.a);
+    let a = sinks(&sites.a, ANYCAST);
     let sent = traffic::send_udp(&sites.client, ANYCAST, UDP_PORT, 45000..45016, 4).expect("send");
     let got = traffic::wait_for_datagrams(&a, sent.len(), traffic::DELIVERY_TIMEOUT);
     assert_eq!(got, sent.len(), "datagrams at standby site A");
@@ -246,7 +251,7 @@ fn a_drained_or_standby_site_is_exported_worse_and_taken_when_the_other_goes() {
 #[test]
 fn over_ospf_u_prefers_the_better_site_and_fails_over() {
     let mut sites = preferred_a(Routing::Ospf);
-    let (withdrawn_ms, gap_ms) = fail_a(&mut sites);
+    let (withdrawn_ms, gap_ms) = fail_a(&mut sites, ANYCAST.into());
     eprintln!(
         "OSPF: A withdrew after {withdrawn_ms:.0} ms; first datagram at B after {gap_ms:.0} ms"
     );
@@ -325,7 +330,7 @@ fn with_no_bird_running_export_and_forwarding_still_work() {
         .upstream
         .ip(&["route", "add", &format!("{ANYCAST}/32"), "via", &via])
         .expect("route");
-    let a = sinks(&sites.a);
+    let a = sinks(&sites.a, ANYCAST);
     let sent = traffic::send_udp(&sites.client, ANYCAST, UDP_PORT, 46000..46016, 4).expect("send");
     let got = traffic::wait_for_datagrams(&a, sent.len(), traffic::DELIVERY_TIMEOUT);
     assert_eq!(got, sent.len(), "datagrams at A");
@@ -360,25 +365,16 @@ fn route6(metric: u32) -> String {
 
 /// Waits for U's IPv6 route to go through exactly the sites `via` names, or panics.
 fn wait_via6(sites: &Sites, via: (bool, bool), timeout: Duration) {
-    let ok = wait_until(timeout, || sites.upstream_via6() == via);
-    assert!(
-        ok,
-        "U's IPv6 route {:?} is not via (A, B) = {via:?}; A exports {:?}, B {:?}; U's BIRD:\n{}",
-        sites.upstream_route6(),
-        sites.a.exported6(),
-        sites.b.exported6(),
-        sites.upstream_bird6()
-    );
+    let result = sites.wait_via_to(ANYCAST6.into(), via, timeout);
+    result.expect("U's IPv6 route");
 }
 
-#[test]
-fn ipv6_both_sites_export_the_128_u_prefers_the_lower_med_and_moves_when_a_dies() {
-    let mut sites = Sites::new(None).expect("sites");
-    sites.enable_ipv6().expect("IPv6");
-    sites.start_birds().expect("BIRD");
+/// Dual-stack sites over `routing`, A preferred (50) and B the fallback (100), both /128s
+/// exported and U's IPv6 route via A.
+fn preferred_a6(routing: Routing) -> Sites {
+    let mut sites = Sites::dual_stack(routing).expect("sites");
     let key = sites.key.path().to_path_buf();
     let fast = Announce::FAST;
-    // Dual-stack members: A preferred (50), B the fallback (100).
     sites
         .a
         .announce_all(&key, fast.preference(50))
@@ -387,6 +383,14 @@ fn ipv6_both_sites_export_the_128_u_prefers_the_lower_med_and_moves_when_a_dies(
     wait_exported6(&sites.a, &route6(50), CHANGE);
     wait_exported6(&sites.b, &route6(100), CHANGE);
     wait_via6(&sites, A, CONVERGE);
+    sites
+}
+
+#[test]
+fn ipv6_both_sites_export_the_128_u_prefers_the_lower_med_and_moves_when_a_dies() {
+    let mut sites = preferred_a6(Routing::Bgp);
+    let key = sites.key.path().to_path_buf();
+    let fast = Announce::FAST;
     // U's BIRD has both paths (B's session may come up later), each with its site's metric
     // as MED, and takes A's.
     let both = wait_until(CONVERGE, || {
@@ -415,5 +419,50 @@ fn ipv6_both_sites_export_the_128_u_prefers_the_lower_med_and_moves_when_a_dies(
         .announce_all(&key, fast.preference(50))
         .expect("announce");
     wait_exported6(&sites.a, &route6(50), CHANGE);
+    wait_via6(&sites, A, CHANGE);
+}
+
+/// The metric of the external route to the IPv6 anycast address that U's OSPFv3 holds from
+/// the site router with id `site` (its LSA), if any.
+fn ospf6_external(sites: &Sites, site: Ipv4Addr) -> Option<u32> {
+    let bird = sites.upstream_bird.as_ref().expect("U's BIRD");
+    // ospf2: the second (unnamed) OSPF protocol of upstream-ospf.conf, the OSPFv3 one.
+    let state = bird.birdc(&sites.upstream, &["show", "ospf", "state", "ospf2"]);
+    let block = (state.split("\n\trouter ")).find(|b| b.starts_with(&format!("{site}\n")))?;
+    let external = format!("external {ANYCAST6}/128 metric ");
+    let line = block
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(&external))?;
+    line.parse().ok()
+}
+
+#[test]
+fn over_ospfv3_u_prefers_the_better_ipv6_site_and_fails_over() {
+    let mut sites = preferred_a6(Routing::Ospf);
+    // U learns the /128 from both sites, each with its metric as the external cost.
+    let both = wait_until(CONVERGE, || {
+        ospf6_external(&sites, SITE_A) == Some(50) && ospf6_external(&sites, SITE_B) == Some(100)
+    });
+    let bird = sites.upstream_bird6();
+    assert!(both, "U's OSPFv3 lacks a site's /128; U's BIRD:\n{bird}");
+    assert!(
+        bird.contains(&format!("[{SITE_A}]")),
+        "U's best is not A's:\n{bird}"
+    );
+    let (withdrawn_ms, gap_ms) = fail_a(&mut sites, ANYCAST6.into());
+    eprintln!(
+        "OSPFv3: A withdrew after {withdrawn_ms:.0} ms; first datagram at B after {gap_ms:.0} ms"
+    );
+    assert!(gap_ms < 5_000.0, "gap {gap_ms:.0} ms");
+    assert_eq!(
+        ospf6_external(&sites, SITE_A),
+        None,
+        "A's LSA outlived its route"
+    );
+    let key = sites.key.path().to_path_buf();
+    sites
+        .a
+        .announce_all(&key, Announce::FAST.preference(50))
+        .expect("announce");
     wait_via6(&sites, A, CHANGE);
 }
