@@ -10,7 +10,7 @@ pub mod names {
     pub const BENCH_SEQ: &str = "BENCH_SEQ";
     /// The [`super::BenchFrame`] `bench_gen` writes (index 0).
     pub const BENCH_FRAME: &str = "BENCH_FRAME";
-    /// [`super::COLD_LINES`] cache lines, one read per frame by `bench_spread_cold`.
+    /// [`super::COLD_LINES`] cache lines, one read per frame by `bench_cold`.
     pub const BENCH_COLD: &str = "BENCH_COLD";
     /// Every map of the benchmark object.
     pub const ALL: [&str; 4] = [BENCH_PORT, BENCH_SEQ, BENCH_FRAME, BENCH_COLD];
@@ -28,7 +28,7 @@ pub mod programs {
     pub const BENCH_FORWARD: &str = "bench_forward";
     /// `bench_spread` plus one read of a cache line chosen by the flow (`BENCH_COLD`): what
     /// one line of per-flow state costs, by itself, once the flows outgrow the caches.
-    pub const BENCH_SPREAD_COLD: &str = "bench_spread_cold";
+    pub const BENCH_COLD: &str = "bench_cold";
     /// Traffic generator (live frames): restores the headers of `BENCH_FRAME`, varies the flow
     /// (and, optionally, the IPv4 destination).
     pub const BENCH_GEN: &str = "bench_gen";
@@ -41,7 +41,7 @@ pub mod programs {
         BENCH_REDIRECT,
         BENCH_SPREAD,
         BENCH_FORWARD,
-        BENCH_SPREAD_COLD,
+        BENCH_COLD,
         BENCH_GEN,
         BENCH_SINK,
         PEER_PASS,

@@ -41,7 +41,7 @@ pub static BENCH_SEQ: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 pub static BENCH_FRAME: Array<BenchFrame> = Array::with_max_entries(1, 0);
 
-/// The cache lines `bench_spread_cold` reads, one per flow; mmapable so that each element is
+/// The cache lines `bench_cold` reads, one per flow; mmapable so that each element is
 /// one whole line (the elements start page-aligned).
 #[map]
 pub static BENCH_COLD: Array<[u64; 8]> = Array::with_max_entries(COLD_LINES, BPF_F_MMAPABLE);
@@ -87,7 +87,7 @@ pub fn bench_forward(ctx: XdpContext) -> u32 {
 /// multiplicative hash, so consecutive flows land far apart): with many more flows than the
 /// caches hold, one DRAM access (and TLB miss) per frame, the least any per-flow state costs.
 #[xdp]
-pub fn bench_spread_cold(ctx: XdpContext) -> u32 {
+pub fn bench_cold(ctx: XdpContext) -> u32 {
     let Some(ports) = packet::header::<Ports>(&ctx, ETH_HLEN + 20) else {
         return XDP_ABORTED;
     };

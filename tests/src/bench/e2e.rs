@@ -101,7 +101,7 @@ enum Router {
     KernelEcmp,
     Spread,
     Forward,
-    /// The spreading ceiling plus one per-flow cache line read (`bench_spread_cold`).
+    /// The spreading ceiling plus one per-flow cache line read (`bench_cold`).
     Cold,
     One,
     Sink,
@@ -396,7 +396,7 @@ impl Bench {
                 ROUTER_CLIENT_IFACE,
             )?)),
             Router::Cold => Ok(Some(self.bench.attach(
-                programs::BENCH_SPREAD_COLD,
+                programs::BENCH_COLD,
                 &self.topo.router,
                 ROUTER_CLIENT_IFACE,
             )?)),
@@ -691,7 +691,7 @@ fn report(b: &Bench, phase1: Vec<(Case, Vec<Sample>)>, phase2: Vec<(Case, Vec<Sa
          bench_spread natively on r0, a devmap redirect to r1..r3 by (ports ^ ports >> 16) % \
          {SPREAD_PORTS}, no other logic, no rewrite. redirect_with_rewrite: bench_forward, the same \
          plus the MAC swap and TTL decrement. cold_line_1024_flows / cold_line_1048576_flows: \
-         bench_spread_cold, bench_spread plus one read per frame of the 64-byte line of a \
+         bench_cold, bench_spread plus one read per frame of the 64-byte line of a \
          64 MiB array that the frame's ports pick, 1,024 or 1,048,576 flows: \
          cold_line_1m_vs_1k is what one cache line of per-flow state costs by itself on this \
          machine once the flows outgrow the caches, the floor of flows_1m_vs_1k for any \
@@ -797,7 +797,7 @@ impl BenchObject {
             programs::BENCH_SINK,
             programs::BENCH_SPREAD,
             programs::BENCH_FORWARD,
-            programs::BENCH_SPREAD_COLD,
+            programs::BENCH_COLD,
             programs::BENCH_REDIRECT,
         ] {
             crate::xdp::load_program(&mut ebpf, name)?;
