@@ -554,7 +554,9 @@ pub struct FlowEntry {
     pub src: u32,
     /// TCP/UDP ports as on the wire (0 for other protocols and later fragments).
     pub ports: u32,
-    /// [`flow_key`] of the address slot and IP protocol; [`FLOW_UNUSED`] for a free way.
+    /// [`flow_key`] of the address slot and IP protocol; [`FLOW_UNUSED`] for a forgotten way
+    /// (a never-used way is all zeros, which no flow matches: no IPv4 source is 0.0.0.0 and no
+    /// IPv6 upper-layer protocol is 0, and its member is checked anyway).
     pub key: u32,
     /// [`flow_member`] of the member's counter index and position in its member set.
     pub member: u32,
