@@ -34,14 +34,14 @@
 //!   permutations are correlated; Maglev accepts it for the exact balance). That is also why `M`
 //!   must be at least [`MIN_SIZE_FACTOR`] times the number of backends.
 //!
-//! A build at `M` = 65,537 with 64 members takes well under the paper's ~1.8 ms (about 0.75 ms
-//! here, against 0.9 ms for the plain walk): offsets and skips are computed once, walks step
-//! with an add and a conditional subtract (no `%`), the middle of the fill looks at eight
-//! positions per branch, the last 256 slots are computed rather than walked to (a walk there
-//! takes hundreds of probes), and [`Builder`] keeps its buffers between builds. Every one of
-//! these gives the slot the plain walk gives: a unit test checks the tables byte for byte
-//! against it. What is left is about one unpredictable branch per claim in the middle of the
-//! fill (where a walk ends after a few probes), ~11 ns each on this machine.
+//! A build at `M` = 65,537 with 64 members takes well under the paper's ~1.8 ms (about 0.50 ms
+//! here, against 0.9 ms for the plain walk): offsets and skips are computed once, free slots
+//! are a bitset (in L1, and doubled so that a probe needs no `% M`), walks look at 2, 4 and
+//! then 8 positions per branch as the table fills (so that the branch ending a walk is mostly
+//! predicted), the last 128 slots are computed rather than walked to (a walk there takes
+//! hundreds of probes), and [`Builder`] keeps its buffers between builds. Every one of these
+//! gives the slot the plain walk gives: a unit test checks the tables byte for byte against
+//! it. What is left is ~50 instructions per claim and ~7 per probe.
 
 use std::time::Instant;
 
@@ -55,6 +55,10 @@ pub const MAX_BACKENDS: usize = anycast_common::MAX_MEMBERS;
 
 /// The table must have at least this many slots per backend (the paper's `M >> N`).
 pub const MIN_SIZE_FACTOR: u32 = 100;
+
+/// The largest table [`build`] makes (the builder's probes go up to `2 * size`, in a `u32`);
+/// far above the dataplane's `anycast_common::MAX_TABLE_SIZE`.
+pub const MAX_SIZE: u32 = 1 << 31;
 
 /// Marks a free slot while building; never left in a built table.
 const EMPTY: u8 = u8::MAX;
@@ -85,6 +89,8 @@ pub enum MaglevError {
         backends: usize,
         min: u64,
     },
+    #[error("table size {0} is above {MAX_SIZE}")]
+    TooLarge(u32),
     #[error("no backends")]
     NoBackends,
     #[error("every backend has weight 0")]
@@ -161,8 +167,8 @@ fn quotas(weights: &[u32], m: u32, q: &mut [u32]) {
 ///
 /// Backends with weight 0 get no entries (drain). The result depends on the set of backends, not
 /// their order (see the module docs). Errors: more than [`MAX_BACKENDS`] backends, none, `size`
-/// not prime, `size` below [`MIN_SIZE_FACTOR`] × `backends.len()`, an id given twice, or no
-/// backend with weight > 0.
+/// not prime or above [`MAX_SIZE`], `size` below [`MIN_SIZE_FACTOR`] × `backends.len()`, an id
+/// given twice, or no backend with weight > 0.
 pub fn build(backends: &[Backend], size: u32) -> Result<Vec<u8>, MaglevError> {
     let mut table = Vec::new();
     Builder::default().build_into(backends, size, &mut table)?;
@@ -173,6 +179,8 @@ pub fn build(backends: &[Backend], size: u32) -> Result<Vec<u8>, MaglevError> {
 /// the buffers have grown to the table size.
 #[derive(Default)]
 pub struct Builder {
+    /// Free slots while a table is built.
+    free: FreeSlots,
     endgame: Endgame,
     /// Entries per backend (by index into the caller's slice) of the last build.
     counts: Vec<u32>,
@@ -233,7 +241,13 @@ impl Builder {
         }
         table.clear();
         table.resize(size as usize, EMPTY);
-        fill(table, &mut turns[..t], &mut self.endgame, size);
+        fill(
+            table,
+            &mut turns[..t],
+            &mut self.free,
+            &mut self.endgame,
+            size,
+        );
         debug_assert!(!table.contains(&EMPTY));
         Ok(())
     }
@@ -260,6 +274,9 @@ fn canonical_order(
     }
     if !is_prime(size) {
         return Err(MaglevError::NotPrime(size));
+    }
+    if size > MAX_SIZE {
+        return Err(MaglevError::TooLarge(size));
     }
     let min = u64::from(MIN_SIZE_FACTOR) * n as u64;
     if u64::from(size) < min {
@@ -293,19 +310,19 @@ struct Turn {
     quota: u32,
     acc: u32, // running sum of `quota`: a turn each time it reaches `max_quota`
     offset: u32,
-    next: u32, // next slot of the permutation
+    next: u32, // next slot of the permutation, always below `size`
     skip: u32,
-    back: u32, // size - skip: `next + skip` wraps exactly when `next >= back`
-    /// `i * skip mod size` for `i` in `0..=GROUP`, and `size` minus each (as `back`).
+    /// `i * skip mod size` for `i` in `0..=GROUP` (each below `size`).
     stride: [u32; GROUP + 1],
-    stride_back: [u32; GROUP + 1],
 }
 
 impl Turn {
     fn new(caller: u8, id: u32, quota: u32, size: u32) -> Self {
         let (offset, skip) = permutation(id, size);
-        let stride: [u32; GROUP + 1] =
-            std::array::from_fn(|i| (i as u64 * u64::from(skip) % u64::from(size)) as u32);
+        let mut stride = [0; GROUP + 1];
+        for i in 1..=GROUP {
+            stride[i] = reduce(stride[i - 1] + skip, size); // 512 `%`s took ~4% of a build
+        }
         Self {
             caller,
             quota,
@@ -313,101 +330,178 @@ impl Turn {
             offset,
             next: offset,
             skip,
-            back: size - skip,
             stride,
-            stride_back: stride.map(|s| size - s),
         }
     }
 }
 
-/// How a claim finds its slot, by the free slots left: walking `GROUP` positions at a time
-/// while from a half to a tenth of the table is free (where a one-slot walk would end on an
-/// unpredictable branch after a few probes), one position at a time otherwise, and computed
-/// ([`Endgame`]) for the last `ENDGAME` slots (where walks are longest). All three give the
-/// same slot; they differ only in speed.
-const GROUP: usize = 8;
-const ENDGAME: u32 = 256;
+/// Which slots are still free, one bit each (set = free), twice over: bits `s` and `size + s`
+/// both stand for slot `s`, so a probe at `p + stride` (both below `size`) needs no reduction
+/// modulo `size`. That is 16 KiB at `M` = 65,537, so probes stay in L1, where the 64 KiB
+/// `u8` table would not; the table is only written, once per slot, when the slot is claimed.
+#[derive(Default)]
+struct FreeSlots {
+    size: u32,
+    words: Vec<u64>,
+}
 
-/// Fills `table` (all [`EMPTY`]) by turns.
+impl FreeSlots {
+    /// All of `0..size` free (`size` at most [`MAX_SIZE`], so `2 * size` fits a `u32`).
+    fn reset(&mut self, size: u32) {
+        assert!(size <= MAX_SIZE);
+        self.size = size;
+        self.words.clear();
+        self.words
+            .resize((2 * size as usize).div_ceil(64), u64::MAX);
+    }
+
+    /// 1 if slot `q mod size` is free, else 0; `q < 2 * size`.
+    #[inline(always)]
+    fn bit(&self, q: u32) -> u32 {
+        let w = (q / 64) as usize;
+        debug_assert!(w < self.words.len());
+        // SAFETY: `words` has 2 * size bits and every caller passes `p + stride` with both
+        // terms below `size` (`Turn::next`, `Turn::stride` and `reduce` keep them there). The
+        // bounds check this skips costs ~15% of a build: it is in every probe.
+        let word = unsafe { *self.words.get_unchecked(w) };
+        (word >> (q % 64)) as u32 & 1
+    }
+
+    #[inline(always)]
+    fn take(&mut self, slot: u32) {
+        for q in [slot, slot + self.size] {
+            self.words[(q / 64) as usize] &= !(1 << (q % 64));
+        }
+    }
+
+    /// The free slots, in increasing order.
+    fn iter(&self) -> impl Iterator<Item = u32> + '_ {
+        (self.words.iter().enumerate())
+            .flat_map(|(w, &word)| {
+                let mut word = word;
+                std::iter::from_fn(move || {
+                    (word != 0).then(|| {
+                        let bit = word.trailing_zeros();
+                        word &= word - 1;
+                        w as u32 * 64 + bit
+                    })
+                })
+            })
+            .take_while(|&s| s < self.size)
+    }
+}
+
+/// The most positions a walk looks at per branch, and how many slots are computed rather
+/// than walked to ([`Endgame`]).
+const GROUP: usize = 8;
+const ENDGAME: u32 = 128;
+
+/// Fills `table` by turns.
 ///
 /// After `max_quota` rounds backend i has had exactly floor(max_quota * q_i / max_quota) = q_i
 /// turns, so the quotas (which sum to `size`) fill the table exactly. Each turn finds a free
 /// slot because fewer than `size` slots are taken and the permutation visits all of them.
-fn fill(table: &mut [u8], turns: &mut [Turn], end: &mut Endgame, size: u32) {
+///
+/// A claim's walk looks at 2, 4 and then 8 positions per branch as the table fills (while
+/// more than 2/3, 1/3 and then [`ENDGAME`] slots are free): enough that a walk rarely needs a
+/// second group, so the branch is mostly predicted, and few enough that the probes past the
+/// first free position stay cheap. The phases run one after the other (each loop knows its
+/// group size) and all give the slot a one-position walk gives.
+fn fill(table: &mut [u8], turns: &mut [Turn], bits: &mut FreeSlots, end: &mut Endgame, size: u32) {
     let max_quota = turns.iter().map(|t| t.quota).max().unwrap_or(0);
-    let grouped = (size / 10)..=(size / 2);
+    bits.reset(size);
+    let mut seq = Sequence {
+        turns,
+        k: 0,
+        max_quota,
+    };
     let mut free = size;
-    end.started = false;
-    for _ in 0..max_quota {
-        for k in 0..turns.len() {
-            let t = &mut turns[k];
+    free = walk_phase::<2>(table, &mut seq, bits, size, free, size / 3 * 2);
+    free = walk_phase::<4>(table, &mut seq, bits, size, free, size / 3);
+    free = walk_phase::<GROUP>(table, &mut seq, bits, size, free, ENDGAME);
+    end.start(bits, seq.turns, size);
+    for _ in 0..free {
+        let k = seq.next_claimer();
+        table[end.claim(k, size) as usize] = seq.turns[k].caller;
+    }
+}
+
+/// The order of the turns: round after round, backend after backend.
+struct Sequence<'a> {
+    turns: &'a mut [Turn],
+    /// The backend whose turn is next.
+    k: usize,
+    max_quota: u32,
+}
+
+impl Sequence<'_> {
+    /// The next backend whose turn claims a slot (passing those whose turn it is not).
+    #[inline(always)]
+    fn next_claimer(&mut self) -> usize {
+        loop {
+            let k = self.k;
+            self.k = if k + 1 == self.turns.len() { 0 } else { k + 1 };
+            let t = &mut self.turns[k];
             // `acc += quota; if acc >= max_quota { acc -= max_quota; claim }`, rearranged so that
             // nothing exceeds `max_quota` (no overflow even for sizes near u32::MAX).
-            if t.acc < max_quota - t.quota {
+            if t.acc < self.max_quota - t.quota {
                 t.acc += t.quota;
                 continue;
             }
-            t.acc -= max_quota - t.quota;
-            if free <= ENDGAME {
-                if !end.started {
-                    end.start(table, turns);
-                }
-                let slot = end.claim(k, size);
-                table[slot as usize] = turns[k].caller;
-            } else if grouped.contains(&free) {
-                t.next = walk_group(table, t);
-            } else {
-                t.next = walk(table, t.caller, t.next, t.skip, t.back);
-            }
-            free -= 1;
+            t.acc -= self.max_quota - t.quota;
+            return k;
         }
     }
 }
 
-/// `(p + stride) mod size` for `p < size`, given `back = size - stride`, without a branch.
-#[inline(always)]
-fn add_mod(p: u32, stride: u32, back: u32) -> u32 {
-    std::hint::select_unpredictable(p >= back, p.wrapping_sub(back), p.wrapping_add(stride))
+/// Claims slots by walks of `G` positions per branch until `stop` slots are free (or none
+/// was to begin with); returns the number free.
+fn walk_phase<const G: usize>(
+    table: &mut [u8],
+    seq: &mut Sequence,
+    bits: &mut FreeSlots,
+    size: u32,
+    mut free: u32,
+    stop: u32,
+) -> u32 {
+    while free > stop {
+        let k = seq.next_claimer();
+        let t = &mut seq.turns[k];
+        let (slot, next) = walk_group::<G>(bits, t, size);
+        t.next = next;
+        bits.take(slot);
+        table[slot as usize] = t.caller;
+        free -= 1;
+    }
+    free
 }
 
-/// [`walk`], looking at `GROUP` positions at a time (one branch per group): the first free
-/// among them is the one a walk would take.
+/// `q mod size` for `q < 2 * size`, without a branch.
 #[inline(always)]
-fn walk_group(table: &mut [u8], t: &Turn) -> u32 {
+fn reduce(q: u32, size: u32) -> u32 {
+    std::hint::select_unpredictable(q >= size, q.wrapping_sub(size), q)
+}
+
+/// The first free slot of `t`'s permutation from `t.next` on, and the permutation's position
+/// after it, looking at `G` positions per branch: the first free among them is the one a
+/// one-position walk would take.
+#[inline(always)]
+fn walk_group<const G: usize>(bits: &FreeSlots, t: &Turn, size: u32) -> (u32, u32) {
+    const { assert!(G <= GROUP) };
     let mut p = t.next;
     loop {
         let mut free = 0u32;
-        for i in 0..GROUP {
-            let q = add_mod(p, t.stride[i], t.stride_back[i]);
-            free |= u32::from(table[q as usize] == EMPTY) << i;
+        for i in 0..G {
+            free |= bits.bit(p + t.stride[i]) << i;
         }
         if free != 0 {
             let i = free.trailing_zeros() as usize;
-            let slot = add_mod(p, t.stride[i], t.stride_back[i]);
-            table[slot as usize] = t.caller;
-            return add_mod(p, t.stride[i + 1], t.stride_back[i + 1]);
+            return (
+                reduce(p + t.stride[i], size),
+                reduce(p + t.stride[i + 1], size),
+            );
         }
-        p = add_mod(p, t.stride[GROUP], t.stride_back[GROUP]);
-    }
-}
-
-/// Gives `caller` the first free slot of its permutation from `next` on; returns the
-/// permutation's position after that slot.
-#[inline(always)]
-fn walk(table: &mut [u8], caller: u8, mut next: u32, skip: u32, back: u32) -> u32 {
-    loop {
-        let slot = next as usize;
-        // next = (next + skip) % size, without `%` and without overflow.
-        next = if next >= back {
-            next - back
-        } else {
-            next + skip
-        };
-        let e = &mut table[slot];
-        if *e == EMPTY {
-            *e = caller;
-            return next;
-        }
+        p = reduce(p + t.stride[G], size);
     }
 }
 
@@ -419,7 +513,6 @@ fn walk(table: &mut [u8], caller: u8, mut next: u32, skip: u32, back: u32) -> u3
 /// free slot (one row per turn), so a claim is one pass over the free slots.
 #[derive(Default)]
 struct Endgame {
-    started: bool,
     free: Vec<u32>,
     /// `steps[k * stride + i]`: the step of `free[i]` in turn `k`'s permutation.
     steps: Vec<u32>,
@@ -429,32 +522,17 @@ struct Endgame {
 }
 
 impl Endgame {
-    fn start(&mut self, table: &[u8], turns: &[Turn]) {
+    fn start(&mut self, bits: &FreeSlots, turns: &[Turn], size: u32) {
         self.free.clear();
-        // Eight slots at a time: a word with no EMPTY byte (nearly all) is skipped whole. `!w`
-        // has a zero byte exactly where `w` has an EMPTY one (the classic has-zero-byte test).
-        const ONES: u64 = u64::from_le_bytes([1; 8]);
-        let has_empty = |w: u64| (!w).wrapping_sub(ONES) & w & (ONES << 7) != 0;
-        for (c, chunk) in table.chunks(8).enumerate() {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            if has_empty(u64::from_le_bytes(word)) || chunk.len() < 8 {
-                for (i, &e) in chunk.iter().enumerate() {
-                    if e == EMPTY {
-                        self.free.push((c * 8 + i) as u32);
-                    }
-                }
-            }
-        }
+        self.free.extend(bits.iter());
         self.stride = self.free.len();
         self.steps.clear();
         self.at.clear();
         for t in turns {
-            let step = Steps::new(t, table.len() as u32);
+            let step = Steps::new(t, size);
             self.at.push(step.of(t.next));
             self.steps.extend(self.free.iter().map(|&s| step.of(s)));
         }
-        self.started = true;
     }
 
     /// Claims turn `k`'s next slot.
@@ -887,6 +965,10 @@ mod tests {
         assert_eq!(build(&equal(3), 65_536), Err(MaglevError::NotPrime(65_536)));
         assert_eq!(build(&equal(3), 1), Err(MaglevError::NotPrime(1)));
         assert_eq!(build(&equal(3), 0), Err(MaglevError::NotPrime(0)));
+        assert_eq!(
+            build(&equal(3), 4_294_967_291),
+            Err(MaglevError::TooLarge(4_294_967_291))
+        );
         assert_eq!(build(&equal(65), M), Err(MaglevError::TooManyBackends(65)));
         assert_eq!(
             build(&equal(3), 293),
