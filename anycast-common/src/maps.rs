@@ -562,7 +562,7 @@ pub struct FlowEntry {
     pub member: u32,
 }
 
-/// `FlowEntry::key` of a free or forgotten way (no slot is that large).
+/// `FlowEntry::key` of a forgotten way (no slot is that large).
 pub const FLOW_UNUSED: u32 = u32::MAX;
 
 /// `FlowEntry::key`: the address slot (below [`MAX_ADDRS`], so under 2^24) and IP protocol.
@@ -840,7 +840,7 @@ const _: () = {
     assert!(core::mem::size_of::<MemberKey>() == 32);
     assert!(core::mem::size_of::<FlowEntry>() == 16);
     assert!(core::mem::size_of::<FlowSet>() == 64);
-    assert!(MAX_ADDRS < 1 << 24 && MAX_MEMBER_COUNTERS < 1 << 24 && MAX_MEMBERS <= 1 << 8);
+    assert!(MAX_ADDRS < 1 << 24 && MAX_MEMBER_COUNTERS < 1 << 24);
     assert!(MAX_MEMBERS <= u8::MAX as usize);
     assert!(core::mem::size_of::<MemberInfo>() == 24);
 };

@@ -78,12 +78,10 @@ pub fn lookup(hash: u32, flow: &Flow, addr: &Addr) -> Option<(MemberRef, u32)> {
             continue;
         }
         let position = flow_member_position(e.member);
-        let member = match addr.set.members.get(position as usize) {
-            Some(m) if m.counter == flow_member_counter(e.member) && addr.serves(position, m) => *m,
-            _ => {
-                e.key = FLOW_UNUSED;
-                continue;
-            }
+        let counter = flow_member_counter(e.member);
+        let Some(&member) = addr.serving(position).filter(|m| m.counter == counter) else {
+            e.key = FLOW_UNUSED;
+            continue;
         };
         if way != 0 {
             to_front(set, way);

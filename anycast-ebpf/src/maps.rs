@@ -178,12 +178,19 @@ pub struct Addr<'a> {
 }
 
 impl Addr<'_> {
-    /// Whether the member at `position` may be sent to: in the set and in service.
+    /// The member at `position`, if there is one and it is in service.
+    #[inline(always)]
+    pub fn serving(&self, position: u32) -> Option<&MemberRef> {
+        self.set.members.get(position as usize).filter(|m| {
+            m.host != anycast_common::NO_HOST
+                && self.down & anycast_common::position_bit(position) == 0
+        })
+    }
+
+    /// Whether `member` may be sent to at `position`: it is there and in service.
     #[inline(always)]
     pub fn serves(&self, position: u32, member: &MemberRef) -> bool {
-        self.set.members.get(position as usize) == Some(member)
-            && member.host != anycast_common::NO_HOST
-            && self.down & anycast_common::position_bit(position) == 0
+        self.serving(position) == Some(member)
     }
 }
 

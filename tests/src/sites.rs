@@ -227,16 +227,6 @@ impl Sites {
         Ok(())
     }
 
-    /// U's route to the IPv6 anycast address, as `ip -6 route` prints it (empty if none).
-    pub fn upstream_route6(&self) -> String {
-        self.upstream_route_to(ANYCAST6.into())
-    }
-
-    /// The sites U's IPv6 route goes through (A, B, both or none).
-    pub fn upstream_via6(&self) -> (bool, bool) {
-        self.upstream_via_to(ANYCAST6.into())
-    }
-
     /// What U's BIRD knows of the IPv6 anycast route (`birdc show route all`; BIRD's error
     /// message when it has none).
     pub fn upstream_bird6(&self) -> String {
