@@ -271,6 +271,13 @@ pub const ADDR_MODE_DIRECT: u32 = 1;
 /// address's link-level group ([`crate::multicast::group_mac`]), which every member joins: every
 /// member gets every datagram (RFC 1546's second way).
 pub const ADDR_MODE_MULTICAST: u32 = 2;
+/// The bits of `AddrBucket::mode` that hold its `ADDR_MODE_*`; the bits above are flags.
+pub const ADDR_MODE_MASK: u32 = 0xff;
+/// `AddrBucket::mode` (and `AddrBucket6::mode`) flag: only TCP connections are kept in the
+/// connection table; UDP and other datagrams are placed by the live Maglev table alone, so
+/// they stay on their member while the member set does not change (`member track tcp`).
+/// Clear (the default): every flow is tracked.
+pub const ADDR_TRACK_TCP_ONLY: u32 = 1 << 8;
 
 /// One bucket of the `ADDRS` index. `ip == 0` marks an empty bucket.
 #[repr(C)]
@@ -282,8 +289,9 @@ pub struct AddrBucket {
     pub slot: u32,
     /// Which of the address's two member sets is live (0 or 1).
     pub version: u32,
-    /// `ADDR_MODE_*`: how clients on a member's link reach the address. Kept by every rewrite
-    /// of the bucket; changed only by the operator (`member add --mode`, `member mode`).
+    /// `ADDR_MODE_*` (the low byte: how clients on a member's link reach the address) and
+    /// `ADDR_TRACK_*` flags above it. Kept by every rewrite of the bucket; changed only by the
+    /// operator (`member add --mode/--track`, `member mode`, `member track`).
     pub mode: u32,
 }
 
@@ -296,7 +304,10 @@ pub struct AddrBucket6 {
     pub ip: crate::Ip6Key,
     pub slot: u32,
     pub version: u32,
-    pub _pad: [u32; 2],
+    /// `ADDR_TRACK_*` flags (IPv6 addresses are always proxied: no `ADDR_MODE_*`), kept as
+    /// [`AddrBucket::mode`] is.
+    pub mode: u32,
+    pub _pad: u32,
 }
 
 /// A bucket of an address index (`ADDRS`, `ADDRS6`): what [`addr_probe`] needs of it.
@@ -325,6 +336,9 @@ pub trait AddrEntry: Copy + Default {
     fn mode(&self) -> u32 {
         ADDR_MODE_PROXY
     }
+    /// [`ADDR_TRACK_TCP_ONLY`] if only TCP connections of the address go in the connection
+    /// table, else 0 (a mask, not a `bool`: the dataplane uses it without a branch).
+    fn tcp_only(&self) -> u32;
 }
 
 impl AddrEntry for AddrBucket {
@@ -356,7 +370,11 @@ impl AddrEntry for AddrBucket {
     }
     #[inline(always)]
     fn mode(&self) -> u32 {
-        self.mode
+        self.mode & ADDR_MODE_MASK
+    }
+    #[inline(always)]
+    fn tcp_only(&self) -> u32 {
+        self.mode & ADDR_TRACK_TCP_ONLY
     }
     fn key(&self) -> u32 {
         self.ip
@@ -407,8 +425,13 @@ impl AddrEntry for AddrBucket6 {
             ip,
             slot,
             version,
-            _pad: [0; 2],
+            mode: 0,
+            _pad: 0,
         }
+    }
+    #[inline(always)]
+    fn tcp_only(&self) -> u32 {
+        self.mode & ADDR_TRACK_TCP_ONLY
     }
     fn key(&self) -> crate::Ip6Key {
         self.ip

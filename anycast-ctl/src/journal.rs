@@ -168,9 +168,14 @@ impl Maps {
                 written.map_err(|e| Error::map("ADDRS", e))
             }
             IpAddr::V6(v6) => {
-                self.record(|m| Undo::Addr6(index, m.addrs6.get(&index, 0).unwrap_or_default()));
+                let old = self.addrs6.get(&index, 0).unwrap_or_default();
+                self.record(|_| Undo::Addr6(index, old));
                 self.slot_state.set_retired_at(entry.slot, monotonic_ns());
-                let bucket = AddrBucket6::new(ip6_key(v6.octets()), entry.slot, entry.version);
+                let key = ip6_key(v6.octets());
+                let bucket = AddrBucket6 {
+                    mode: if old.ip == key { old.mode } else { 0 },
+                    ..AddrBucket6::new(key, entry.slot, entry.version)
+                };
                 let written = self.addrs6.set(index, bucket, 0);
                 self.slot_state.set_retired_at(entry.slot, monotonic_ns());
                 written.map_err(|e| Error::map("ADDRS6", e))
@@ -178,17 +183,24 @@ impl Maps {
         }
     }
 
-    /// Sets the `ADDR_MODE_*` of the IPv4 address in bucket `index` (one aligned 32-bit
-    /// field: the dataplane sees the old mode or the new one).
-    pub fn set_addr_mode(&mut self, index: u32, mode: u32) -> Result<()> {
-        let old = self
-            .addrs
-            .get(&index, 0)
-            .map_err(|e| Error::map("ADDRS", e))?;
-        self.record(|_| Undo::Addr(index, old));
-        self.addrs
-            .set(index, AddrBucket { mode, ..old }, 0)
-            .map_err(|e| Error::map("ADDRS", e))
+    /// Sets the mode word (`ADDR_MODE_*` and `ADDR_TRACK_*` flags) of the address of `ip`'s
+    /// family in bucket `index` (one aligned 32-bit field: the dataplane sees the old word or
+    /// the new one).
+    pub fn set_addr_mode(&mut self, ip: IpAddr, index: u32, mode: u32) -> Result<()> {
+        match ip {
+            IpAddr::V4(_) => {
+                let old = (self.addrs.get(&index, 0)).map_err(|e| Error::map("ADDRS", e))?;
+                self.record(|_| Undo::Addr(index, old));
+                (self.addrs.set(index, AddrBucket { mode, ..old }, 0))
+                    .map_err(|e| Error::map("ADDRS", e))
+            }
+            IpAddr::V6(_) => {
+                let old = (self.addrs6.get(&index, 0)).map_err(|e| Error::map("ADDRS6", e))?;
+                self.record(|_| Undo::Addr6(index, old));
+                (self.addrs6.set(index, AddrBucket6 { mode, ..old }, 0))
+                    .map_err(|e| Error::map("ADDRS6", e))
+            }
+        }
     }
 
     pub fn set_member_set(&mut self, index: u32, set: &MemberSet) -> Result<()> {

@@ -47,6 +47,8 @@ pub struct AddressInfo {
     pub address: IpAddr,
     /// How clients on a member's link reach it: `proxy` or `direct` (`member add --mode`).
     pub mode: crate::members::mode::Mode,
+    /// Which flows the connection table keeps: `all` or `tcp` (`member add --track`).
+    pub track: crate::members::mode::Track,
     /// Slots of the address's Maglev table (0: no table, because at most one member takes
     /// new flows).
     pub table_size: u32,
@@ -106,9 +108,9 @@ pub fn stats_and_show(maps: &Maps) -> Result<(Stats, Show)> {
     Ok((stats, show))
 }
 
-/// The raw `ADDR_MODE_*` of an address.
+/// The mode word (`ADDR_MODE_*` and `ADDR_TRACK_*`) of an address.
 fn addr_mode(maps: &Maps, address: IpAddr) -> Result<u32> {
-    Ok(crate::members::mode::get(maps, address)?.raw())
+    crate::members::mode::word(maps, address)
 }
 
 /// A direct-mode counter of `maps`: (`DIRECT_REPLIES` summed over CPUs, `REPOINTS`); 0 when
@@ -186,7 +188,8 @@ impl<'m> Reader<'m> {
         }
         Ok(AddressInfo {
             address,
-            mode: crate::members::mode::Mode::from_raw(mode),
+            mode: crate::members::mode::Mode::from_raw(mode & anycast_common::ADDR_MODE_MASK),
+            track: crate::members::mode::Track::from_word(mode),
             table_size: set.table_size,
             members,
             exported_metric: None,

@@ -17,8 +17,8 @@
 //! entry; the member check then rejects it (or, at worst, it names another live member), so a
 //! race costs at most one flow's affinity, never a wrong or dead destination.
 use anycast_common::{
-    FLOW_UNUSED, FLOW_WAYS, FlowEntry, FlowSet, MemberRef, flow_key, flow_member,
-    flow_member_counter, flow_member_position,
+    ADDR_TRACK_TCP_ONLY, FLOW_UNUSED, FLOW_WAYS, FlowEntry, FlowSet, MemberRef, flow_key,
+    flow_member, flow_member_counter, flow_member_position,
 };
 
 use crate::maps::{Addr, FLOW_SETS_MASK, FLOWS};
@@ -54,10 +54,27 @@ const WAYS: usize = FLOW_WAYS as usize;
 // `to_front` spells out the rotations of four ways.
 const _: () = assert!(WAYS == 4);
 
-/// The set `hash` falls in.
+/// Where a flow's set is: the set its hash falls in, or none for a datagram the address does
+/// not track (`ADDR_TRACK_TCP_ONLY`), by an index beyond the table. No branch on the
+/// address's setting: a branch would make the verifier walk member choice once per outcome,
+/// which the program, near the verifier's limit, cannot afford.
+#[derive(Clone, Copy)]
+pub struct Index(u32);
+
+impl Index {
+    /// `untracked` is `ADDR_TRACK_TCP_ONLY` or 0.
+    #[inline(always)]
+    pub fn new(hash: u32, untracked: u32) -> Self {
+        const SHIFT: u32 = 31 - ADDR_TRACK_TCP_ONLY.trailing_zeros();
+        // The table has fewer than 2^31 sets: bit 31 makes the index miss every one.
+        Self((hash & FLOW_SETS_MASK.load()) | (untracked << SHIFT))
+    }
+}
+
+/// The set at `index`, if the flow has one.
 #[inline(always)]
-fn set_of<'a>(hash: u32) -> Option<&'a mut FlowSet> {
-    let set = FLOWS.get_ptr_mut(hash & FLOW_SETS_MASK.load())?;
+fn set_of<'a>(index: Index) -> Option<&'a mut FlowSet> {
+    let set = FLOWS.get_ptr_mut(index.0)?;
     // SAFETY: an array element is always valid memory; see the module doc for races.
     Some(unsafe { &mut *set })
 }
@@ -70,8 +87,8 @@ fn matches(e: &FlowEntry, f: &Flow) -> bool {
 /// The member `flow` is on, if it is known and that member still serves `addr`. An entry whose
 /// member is gone is dropped on the way, so a set never holds a stale copy of a live flow.
 #[inline(always)]
-pub fn lookup(hash: u32, flow: &Flow, addr: &Addr) -> Option<(MemberRef, u32)> {
-    let set = set_of(hash)?;
+pub fn lookup(index: Index, flow: &Flow, addr: &Addr) -> Option<(MemberRef, u32)> {
+    let set = set_of(index)?;
     for way in 0..WAYS {
         let e = &mut set.ways[way];
         if !matches(e, flow) {
@@ -94,8 +111,8 @@ pub fn lookup(hash: u32, flow: &Flow, addr: &Addr) -> Option<(MemberRef, u32)> {
 /// Records `flow` on `member` at the front of its set: in place of the flow's own entry if it
 /// has one, else evicting the least recently used way.
 #[inline(always)]
-pub fn insert(hash: u32, flow: &Flow, member: MemberRef, position: u32) {
-    let Some(set) = set_of(hash) else {
+pub fn insert(index: Index, flow: &Flow, member: MemberRef, position: u32) {
+    let Some(set) = set_of(index) else {
         return;
     };
     let mut way = WAYS - 1;
@@ -116,8 +133,8 @@ pub fn insert(hash: u32, flow: &Flow, member: MemberRef, position: u32) {
 
 /// Forgets `flow` (TCP RST: the next connection with these ports is new).
 #[inline(always)]
-pub fn forget(hash: u32, flow: &Flow) {
-    let Some(set) = set_of(hash) else {
+pub fn forget(index: Index, flow: &Flow) {
+    let Some(set) = set_of(index) else {
         return;
     };
     for e in set.ways.iter_mut() {

@@ -175,6 +175,8 @@ pub struct Addr<'a> {
     pub down: u64,
     /// `ADDR_MODE_*`.
     pub mode: u32,
+    /// `ADDR_TRACK_TCP_ONLY` if only TCP connections go in the connection table, else 0.
+    pub tcp_only: u32,
 }
 
 impl Addr<'_> {
@@ -226,6 +228,7 @@ fn lookup<'a, B: AddrEntry + 'a>(index: &'a Array<B>, key: &B::Key) -> Option<Ad
         set,
         down,
         mode: entry.mode(),
+        tcp_only: entry.tcp_only(),
     })
 }
 

@@ -5,7 +5,9 @@
 //!    its 3-tuple and counted.
 //! 2. A flow in the connection table (`flows`) stays on its member while that member is in the
 //!    set, whatever the Maglev table says now. A TCP SYN without ACK starts a new connection and
-//!    skips this step; a TCP RST ends one.
+//!    skips this step; a TCP RST ends one. An address that tracks TCP only
+//!    (`ADDR_TRACK_TCP_ONLY`) skips this step, and the next one's record, for everything else:
+//!    its UDP datagrams cost no connection-table line.
 //! 3. Otherwise the address's only member taking new flows (`MemberSet::single`), if it has
 //!    one, or else the flow hash indexes the live set's Maglev table (`TABLES`), which names a
 //!    member position; the choice is recorded in the connection table.
@@ -114,21 +116,24 @@ pub fn choose<K: Family>(
     let (flow, hash, tcp_flags) = (d.flow, d.hash, d.tcp_flags);
     let tcp = flow.proto() == IPPROTO_TCP;
     let new_connection = tcp && tcp_flags & TCP_SYN != 0 && tcp_flags & TCP_ACK == 0;
+    // An untracked datagram has no set: the lookup and the insert find none (`flows::Index`).
+    let untracked = if tcp { 0 } else { addr.tcp_only };
+    let index = flows::Index::new(hash, untracked);
     let known = if new_connection {
         None
     } else {
-        flows::lookup(hash, &flow, addr)
+        flows::lookup(index, &flow, addr)
     };
     let member = match known {
         Some((member, _)) => member,
         None => {
             let (member, position) = new_flow::<K>(addr, hash)?;
-            flows::insert(hash, &flow, member, position);
+            flows::insert(index, &flow, member, position);
             member
         }
     };
     if tcp && tcp_flags & TCP_RST != 0 {
-        flows::forget(hash, &flow);
+        flows::forget(index, &flow);
     }
     if d.first_fragment {
         let _ = frags.insert(&frag_key, &member, 0);

@@ -12,7 +12,9 @@ use std::{
     time::Duration,
 };
 
-use anycast_common::{HOST_MAC_KNOWN, Host, Iface, MODE_NATIVE, any_key, bench, programs};
+use anycast_common::{
+    FLOW_UNUSED, FlowSet, HOST_MAC_KNOWN, Host, Iface, MODE_NATIVE, any_key, bench, names, programs,
+};
 use anycast_ctl::{
     dataplane::{self, Maps},
     members::{self, Placement},
@@ -21,6 +23,7 @@ use anycast_ctl::{
 use anyhow::{Context, Result, bail};
 use aya::{
     Ebpf,
+    maps::{Array, Map, MapData},
     programs::{TestRun, TestRunOptions, Xdp},
 };
 
@@ -460,6 +463,17 @@ impl Bed {
     pub fn host(&self, member: impl Into<IpAddr>) -> Result<Host> {
         let index = self.maps.host_ids.get(&any_key(member.into()), 0)?;
         Ok(self.maps.hosts.get(&index, 0)?)
+    }
+
+    /// Live connection-table entries of IP protocol `proto`, of any address.
+    pub fn tracked_flows(&self, proto: u8) -> usize {
+        let flows: Array<MapData, FlowSet> = MapData::from_pin(self.pin.map(names::FLOWS))
+            .map(Map::Array)
+            .and_then(Array::try_from)
+            .expect("the pinned connection table");
+        (flows.iter().flat_map(|set| set.expect("a set").ways))
+            .filter(|e| e.key != FLOW_UNUSED && e.key != 0 && e.key as u8 == proto)
+            .count()
     }
 
     /// The live member set of `anycast` by position: each position's member, `None` for a hole.

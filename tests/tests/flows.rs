@@ -328,3 +328,60 @@ fn crowded_sets_keep_flows_where_they_are() {
         "established flows moved"
     );
 }
+
+#[test]
+fn an_address_tracking_tcp_only_places_udp_by_the_table_alone() {
+    use anycast_ctl::members::mode::{Track, set_track};
+    let mut bed = bed(3);
+    set_track(&mut bed.maps, VIP.into(), Track::Tcp).unwrap();
+    let flows = udp_flows(&bed);
+    let before = placement(&bed, &flows);
+    assert!(before.values().all(Option::is_some), "UDP not forwarded");
+    assert_eq!(
+        bed.tracked_flows(IPPROTO_UDP),
+        0,
+        "UDP flows in the connection table"
+    );
+    let syns: Vec<(u16, Vec<u8>)> = (60000..60000 + FLOWS)
+        .map(|p| (p, tcp(&bed, p, TCP_SYN)))
+        .collect();
+    let established = placement(&bed, &syns);
+    assert_eq!(
+        bed.tracked_flows(IPPROTO_TCP),
+        FLOWS as usize,
+        "TCP is still tracked"
+    );
+
+    // A fourth member: the UDP flows follow the new table (as new flows on a router that has
+    // had four members all along), while the TCP connections stay.
+    let (m4, m4_mac) = member(3);
+    bed.add_member(VIP, m4, 1, m4_mac).unwrap();
+    let after = placement(&bed, &flows);
+    let fresh = bed_of_four_placement();
+    assert_eq!(
+        after, fresh,
+        "untracked UDP does not follow the Maglev table"
+    );
+    let share = count(&after, m4_mac) as f64 / FLOWS as f64;
+    assert!((0.15..0.35).contains(&share), "new member got {share:.2}");
+    let acks: Vec<(u16, Vec<u8>)> = (60000..60000 + FLOWS)
+        .map(|p| (p, tcp(&bed, p, TCP_ACK)))
+        .collect();
+    assert_eq!(placement(&bed, &acks), established, "TCP connections moved");
+
+    // Back to tracking everything: UDP flows get entries again.
+    set_track(&mut bed.maps, VIP.into(), Track::All).unwrap();
+    placement(&bed, &flows);
+    assert_eq!(bed.tracked_flows(IPPROTO_UDP), FLOWS as usize);
+    assert_eq!(
+        anycast_ctl::members::mode::get(&bed.maps, VIP.into()).unwrap(),
+        anycast_ctl::members::mode::Mode::Proxy,
+        "the track setting changed the mode"
+    );
+}
+
+/// Where the UDP flows of `udp_flows` go on a fresh router with members 0..4: the table's choice.
+fn bed_of_four_placement() -> HashMap<u16, Option<[u8; 6]>> {
+    let bed = bed(4);
+    placement(&bed, &udp_flows(&bed))
+}

@@ -519,3 +519,47 @@ fn ipv6_member_taken_down_gets_nothing_and_its_flows_fall_back_by_identity() {
         );
     }
 }
+
+#[test]
+fn an_ipv6_address_tracking_tcp_only_keeps_udp_out_of_the_connection_table() {
+    use anycast_ctl::members::mode::{Track, set_track};
+    const M3: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x203, 3, 0, 0, 0, 2);
+    const M3_MAC: [u8; 6] = [0x02, 0x33, 0, 0, 0, 0x0a];
+    let mut bed = bed();
+    set_track(&mut bed.maps, A6.into(), Track::Tcp).unwrap();
+    let frame =
+        |bed: &Bed, ip: Ipv6| ethernet(bed.ports[0].mac, CLIENT_MAC, ETH_P_IPV6, &ip.bytes());
+    let sports = 32000..32400u16;
+    let udp = |bed: &Bed, s| member_of(bed, &frame(bed, Ipv6::udp(CLIENT6, A6, s, 53, b"x")));
+    let before: Vec<[u8; 6]> = sports.clone().map(|s| udp(&bed, s)).collect();
+    assert_eq!(
+        bed.tracked_flows(IPPROTO_UDP),
+        0,
+        "UDP flows in the connection table"
+    );
+    for s in sports.clone() {
+        member_of(&bed, &frame(&bed, Ipv6::tcp_syn(CLIENT6, A6, s, 443)));
+    }
+    assert_eq!(
+        bed.tracked_flows(IPPROTO_TCP),
+        sports.len(),
+        "TCP not tracked"
+    );
+    // A third member takes about a third of the UDP flows at once: nothing holds them.
+    bed.add_member(A6, M3, 1, M3_MAC).unwrap();
+    let after: Vec<[u8; 6]> = sports.clone().map(|s| udp(&bed, s)).collect();
+    let to_m3 = after.iter().filter(|m| **m == M3_MAC).count() as f64 / sports.len() as f64;
+    assert!(
+        (0.2..0.46).contains(&to_m3),
+        "{to_m3:.2} of the UDP flows moved to {M3}"
+    );
+    // Where the table sends them: new flows on a router that has had the three all along.
+    let mut fresh = self::bed();
+    fresh.add_member(A6, M3, 1, M3_MAC).unwrap();
+    let table: Vec<[u8; 6]> = sports.clone().map(|s| udp(&fresh, s)).collect();
+    assert_eq!(
+        after, table,
+        "untracked UDP does not follow the Maglev table"
+    );
+    assert_ne!(before, after);
+}

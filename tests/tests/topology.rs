@@ -438,3 +438,51 @@ impl Drop for ScratchDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// `member track ANYCAST tcp`: UDP is placed by the Maglev table alone (each datagram still
+/// reaches one member, flows still stick while the set is unchanged) and TCP connections are
+/// still kept; `show` reports the setting, and an unknown address is refused, nothing changed.
+#[test]
+fn an_address_tracking_tcp_only_still_delivers_each_datagram_once() {
+    let s = Session::start(ClientMode::OnLink);
+    let out = s.ctl.run(&["member", "track", "198.51.100.53", "tcp"]);
+    assert_eq!(out.unwrap(), "198.51.100.53: track tcp\n");
+    let shown = s.ctl.json(&["show"]);
+    assert_eq!(shown["addresses"][0]["track"], "tcp", "{shown}");
+    assert_eq!(shown["addresses"][0]["mode"], "proxy", "{shown}");
+    let table = s.ctl.run(&["show"]).unwrap();
+    assert!(
+        table.lines().next().unwrap().ends_with("MODE   TRACK"),
+        "{table}"
+    );
+    assert!(
+        table.lines().nth(1).unwrap().ends_with("proxy  tcp"),
+        "{table}"
+    );
+
+    s.warm_up();
+    let run = s.udp(31000..31300, 10);
+    run.assert_each_sent_once();
+    run.assert_flows_stick();
+    assert!(
+        run.counts().iter().all(|&n| n * 100 >= 3000 * 15),
+        "{:?}",
+        run.counts()
+    );
+    let tcp = s.tcp(20, 3);
+    tcp.assert_all_ok();
+    tcp.assert_each_connection_on_one_server();
+
+    let err = s.ctl.run_fail(&["member", "track", "198.51.100.99", "tcp"]);
+    assert!(
+        err.contains("198.51.100.99") && err.lines().count() == 1,
+        "{err}"
+    );
+    let err = s.ctl.run_fail(&["member", "track", "198.51.100.53", "udp"]);
+    assert!(err.contains("udp"), "{err}");
+    assert_eq!(s.ctl.json(&["show"])["addresses"][0]["track"], "tcp");
+    s.ctl
+        .run(&["member", "track", "198.51.100.53", "all"])
+        .unwrap();
+    assert_eq!(s.ctl.json(&["show"])["addresses"][0]["track"], "all");
+}

@@ -12,7 +12,10 @@ use crate::{
     dataplane::Maps,
     export::{self, Pending},
     mac::MacAddr,
-    members::{self, mode::Mode},
+    members::{
+        self,
+        mode::{Mode, Track},
+    },
 };
 
 #[derive(Debug, Subcommand)]
@@ -28,6 +31,17 @@ pub enum Command {
     /// Set how datagrams to ANYCAST_IP reach its members (an address already in the maps,
     /// static or learned): proxy, direct or multicast.
     Mode(ModeArgs),
+    /// Set which flows of ANYCAST_IP the connection table keeps (an address already in the
+    /// maps, static or learned): all, or tcp (UDP placed by the Maglev table alone).
+    Track(TrackArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TrackArgs {
+    #[arg(value_parser = anycast_ip)]
+    pub anycast_ip: IpAddr,
+    #[arg(value_enum)]
+    pub track: Track,
 }
 
 #[derive(Debug, clap::Args)]
@@ -64,6 +78,13 @@ pub struct AddArgs {
     /// only [default: proxy for a new address, else its current mode].
     #[arg(long, value_enum)]
     pub mode: Option<Mode>,
+    /// Which flows the connection table keeps: all (TCP connections and UDP flows stay on
+    /// their member through member-set changes) or tcp (UDP datagrams are placed by the Maglev
+    /// table alone: no connection-table lookup or memory per UDP flow, and a member-set change
+    /// moves some UDP flows; for stateless services like DNS) [default: all for a new address,
+    /// else its current setting].
+    #[arg(long, value_enum)]
+    pub track: Option<Track>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -105,6 +126,7 @@ pub async fn run(router: &Router, command: Command) -> Result<String> {
         Command::Set(args) => set(router, args).await,
         Command::Del(args) => del(router, args).await,
         Command::Mode(args) => mode(router, args),
+        Command::Track(args) => track(router, args),
     }
 }
 
@@ -117,6 +139,7 @@ async fn add(router: &Router, args: AddArgs) -> Result<String> {
         weight: WeightArgs { preference, weight },
         table_size,
         mode,
+        track,
     } = args;
     if let Some(mode) = mode {
         members::mode::check(anycast_ip, mode)?;
@@ -146,6 +169,9 @@ async fn add(router: &Router, args: AddArgs) -> Result<String> {
         if let Some(mode) = mode {
             members::mode::set(maps, anycast_ip, mode)?;
         }
+        if let Some(track) = track {
+            members::mode::set_track(maps, anycast_ip, track)?;
+        }
         Ok(done)
     })?;
     export::sync(&maps, nl, &mut export).await?;
@@ -159,6 +185,14 @@ fn mode(router: &Router, args: ModeArgs) -> Result<String> {
     let mut maps = Maps::open(&router.pin)?;
     members::mode::set(&mut maps, anycast_ip, mode)?;
     Ok(format!("{anycast_ip}: mode {}\n", mode.name()))
+}
+
+fn track(router: &Router, args: TrackArgs) -> Result<String> {
+    let TrackArgs { anycast_ip, track } = args;
+    let _lock = router.pin.lock(false)?;
+    let mut maps = Maps::open(&router.pin)?;
+    members::mode::set_track(&mut maps, anycast_ip, track)?;
+    Ok(format!("{anycast_ip}: track {}\n", track.name()))
 }
 
 /// The line `member add` prints.
@@ -256,6 +290,35 @@ mod tests {
                 .command,
             crate::cli::Command::Member(Command::Del(..))
         ));
+    }
+
+    #[test]
+    fn parses_track() {
+        let add = ["member", "add", "198.51.100.53", "203.0.113.2"];
+        assert!(matches!(
+            parse(&add).unwrap().command,
+            crate::cli::Command::Member(Command::Add(AddArgs { track: None, .. }))
+        ));
+        for (word, want) in [("all", Track::All), ("tcp", Track::Tcp)] {
+            let args = [&add[..], &["--track", word]].concat();
+            match parse(&args).unwrap().command {
+                crate::cli::Command::Member(Command::Add(AddArgs { track, .. })) => {
+                    assert_eq!(track, Some(want))
+                }
+                other => panic!("{other:?}"),
+            }
+            match parse(&["member", "track", "2001:db8:53::53", word])
+                .unwrap()
+                .command
+            {
+                crate::cli::Command::Member(Command::Track(TrackArgs { track, .. })) => {
+                    assert_eq!(track, want)
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(parse(&["member", "track", "198.51.100.53", "udp"]).is_err());
+        assert!(parse(&["member", "track", "198.51.100.53"]).is_err());
     }
 
     #[test]

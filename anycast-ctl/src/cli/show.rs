@@ -18,7 +18,7 @@ pub struct Args {
     pub json: bool,
 }
 
-const HEADERS: [&str; 10] = [
+const HEADERS: [&str; 11] = [
     "ANYCAST",
     "MEMBER",
     "INTERFACE",
@@ -29,6 +29,7 @@ const HEADERS: [&str; 10] = [
     "PREF/WEIGHT",
     "NEW FLOWS",
     "MODE",
+    "TRACK",
 ];
 
 pub async fn run(router: &Router, args: Args) -> Result<String> {
@@ -72,6 +73,7 @@ fn rows(show: &Show) -> Vec<Vec<String>> {
                 String::new(),
                 String::new(),
                 a.mode.name().into(),
+                a.track.name().into(),
             ]);
         }
         rows.extend(a.members.iter().map(|m| member_row(a, m)));
@@ -96,6 +98,7 @@ fn member_row(a: &AddressInfo, m: &ShownMember) -> Vec<String> {
         format!("{}/{}", m.preference, m.weight),
         format!("{:.1}%", m.share * 100.0),
         a.mode.name().into(),
+        a.track.name().into(),
     ]
 }
 

@@ -1,8 +1,12 @@
-//! An anycast address's delivery mode (`AddrBucket::mode`): how its datagrams reach its
-//! members (proxy, direct ARP, link-level multicast). Set by the operator alone; kept by every other change of the address.
+//! An anycast address's options in its bucket's mode word (`AddrBucket::mode`): the delivery
+//! mode, how its datagrams reach its members (proxy, direct ARP, link-level multicast), and
+//! which flows the connection table keeps (`Track`). Set by the operator alone; kept by every
+//! other change of the address.
 use std::net::IpAddr;
 
-use anycast_common::{ADDR_MODE_DIRECT, ADDR_MODE_MULTICAST, ADDR_MODE_PROXY};
+use anycast_common::{
+    ADDR_MODE_DIRECT, ADDR_MODE_MASK, ADDR_MODE_MULTICAST, ADDR_MODE_PROXY, ADDR_TRACK_TCP_ONLY,
+};
 use serde::Serialize;
 
 use crate::{
@@ -63,26 +67,81 @@ pub fn check(address: IpAddr, mode: Mode) -> Result<()> {
     Ok(())
 }
 
-/// The mode of `address` (proxy for an address not in the maps).
-pub fn get(maps: &Maps, address: IpAddr) -> Result<Mode> {
-    let (IpAddr::V4(_), Bucket::Found { index, .. }) = (address, maps.bucket(address)?) else {
-        return Ok(Mode::Proxy);
-    };
-    let bucket = maps
-        .addrs
-        .get(&index, 0)
-        .map_err(|e| Error::map("ADDRS", e))?;
-    Ok(Mode::from_raw(bucket.mode))
+/// `member add --track`, `member track`: which flows of an address the connection table keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Track {
+    /// Every flow: TCP connections and UDP flows stay on their member through member-set
+    /// changes (the default).
+    All,
+    /// TCP connections only: UDP datagrams are placed by the Maglev table alone (no
+    /// connection-table memory or lookup per datagram), so a member-set change moves some UDP
+    /// flows of surviving members. For stateless services such as DNS.
+    Tcp,
 }
 
-/// Sets the mode of an address already in the maps (one field of its bucket).
+impl Track {
+    pub fn from_word(word: u32) -> Self {
+        match word & ADDR_TRACK_TCP_ONLY {
+            0 => Track::All,
+            _ => Track::Tcp,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Track::All => "all",
+            Track::Tcp => "tcp",
+        }
+    }
+
+    fn apply(self, word: u32) -> u32 {
+        match self {
+            Track::All => word & !ADDR_TRACK_TCP_ONLY,
+            Track::Tcp => word | ADDR_TRACK_TCP_ONLY,
+        }
+    }
+}
+
+/// The mode word of `address`'s bucket (0, the defaults, for an address not in the maps).
+pub fn word(maps: &Maps, address: IpAddr) -> Result<u32> {
+    let Bucket::Found { index, .. } = maps.bucket(address)? else {
+        return Ok(0);
+    };
+    Ok(match address {
+        IpAddr::V4(_) => {
+            (maps.addrs.get(&index, 0))
+                .map_err(|e| Error::map("ADDRS", e))?
+                .mode
+        }
+        IpAddr::V6(_) => {
+            (maps.addrs6.get(&index, 0))
+                .map_err(|e| Error::map("ADDRS6", e))?
+                .mode
+        }
+    })
+}
+
+/// The mode of `address` (proxy for an address not in the maps).
+pub fn get(maps: &Maps, address: IpAddr) -> Result<Mode> {
+    Ok(Mode::from_raw(word(maps, address)? & ADDR_MODE_MASK))
+}
+
+/// Sets the mode of an address already in the maps (the low byte of its bucket's mode word).
 pub fn set(maps: &mut Maps, address: IpAddr, mode: Mode) -> Result<()> {
     check(address, mode)?;
+    update(maps, address, |word| (word & !ADDR_MODE_MASK) | mode.raw())
+}
+
+/// Sets which flows of an address already in the maps the connection table keeps.
+pub fn set_track(maps: &mut Maps, address: IpAddr, track: Track) -> Result<()> {
+    update(maps, address, |word| track.apply(word))
+}
+
+fn update(maps: &mut Maps, address: IpAddr, change: impl FnOnce(u32) -> u32) -> Result<()> {
     let Bucket::Found { index, .. } = maps.bucket(address)? else {
         return Err(Error::NoSuchAddress { address });
     };
-    if address.is_ipv6() {
-        return Ok(());
-    }
-    maps.set_addr_mode(index, mode.raw())
+    let word = word(maps, address)?;
+    maps.set_addr_mode(address, index, change(word))
 }

@@ -98,6 +98,9 @@ const FEW_FLOWS: u32 = 1 << 10;
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Router {
     Anycast,
+    /// The dataplane with both addresses tracking TCP only (`member track ADDR tcp`): UDP
+    /// placed by the Maglev table alone, no connection-table line per datagram.
+    AnycastTrackTcp,
     KernelEcmp,
     Spread,
     Forward,
@@ -291,6 +294,8 @@ impl Bench {
         let cases = vec![
             case("xdp_anycast", Router::Anycast, false),
             case("xdp6_anycast", Router::Anycast, true),
+            case("xdp_anycast_track_tcp", Router::AnycastTrackTcp, false),
+            case("xdp6_anycast_track_tcp", Router::AnycastTrackTcp, true),
             case("kernel_ecmp", Router::KernelEcmp, false),
             case("kernel_ecmp6", Router::KernelEcmp, true),
             case("plain_redirect", Router::Spread, false),
@@ -338,7 +343,7 @@ impl Bench {
         );
         let r = &self.topo.router;
         match router {
-            Router::Anycast => {
+            Router::Anycast | Router::AnycastTrackTcp => {
                 let ctl = &self.ctl;
                 let ifaces = self.ifaces();
                 let ifaces: Vec<&str> = ifaces.iter().map(String::as_str).collect();
@@ -351,6 +356,11 @@ impl Bench {
                         &ANYCAST6.to_string(),
                         &member_ip6(m.index).to_string(),
                     ])?;
+                }
+                if router == Router::AnycastTrackTcp {
+                    for address in [ANYCAST.to_string(), ANYCAST6.to_string()] {
+                        ctl.run(&["member", "track", &address, "tcp"])?;
+                    }
                 }
                 Ok(None)
             }
@@ -416,7 +426,7 @@ impl Bench {
     fn unset_router(&self, router: Router, link: Option<FdLink>) -> Result<()> {
         drop(link);
         match router {
-            Router::Anycast => {
+            Router::Anycast | Router::AnycastTrackTcp => {
                 let ifaces = self.ifaces();
                 let ifaces: Vec<&str> = ifaces.iter().map(String::as_str).collect();
                 self.ctl.detach(&ifaces)?;
@@ -636,6 +646,26 @@ fn report(b: &Bench, phase1: Vec<(Case, Vec<Sample>)>, phase2: Vec<(Case, Vec<Sa
         ("xdp6_vs_kernel_ecmp6", "xdp6_anycast", "kernel_ecmp6"),
         ("xdp6_vs_plain_redirect6", "xdp6_anycast", "plain_redirect6"),
         (
+            "xdp_track_tcp_vs_kernel_ecmp",
+            "xdp_anycast_track_tcp",
+            "kernel_ecmp",
+        ),
+        (
+            "xdp_track_tcp_vs_plain_redirect",
+            "xdp_anycast_track_tcp",
+            "plain_redirect",
+        ),
+        (
+            "xdp6_track_tcp_vs_kernel_ecmp6",
+            "xdp6_anycast_track_tcp",
+            "kernel_ecmp6",
+        ),
+        (
+            "xdp6_track_tcp_vs_plain_redirect6",
+            "xdp6_anycast_track_tcp",
+            "plain_redirect6",
+        ),
+        (
             "scale_65536_spread_vs_1",
             "spread_65536_addresses",
             "one_address_65536_flows",
@@ -697,7 +727,10 @@ fn report(b: &Bench, phase1: Vec<(Case, Vec<Sample>)>, phase2: Vec<(Case, Vec<Sa
          machine once the flows outgrow the caches, the floor of flows_1m_vs_1k for any \
          connection table. redirect_one_member: bench_redirect, every \
          frame to r1. xdp_anycast / xdp6_anycast: anycast-ctl attach r0 r1 r2 r3 --mode native, \
-         member add of each member. Scale: attach --flows {FLOW_TABLE}, `anycast-ctl load` of \
+         member add of each member (every flow tracked, the default); \
+         xdp_anycast_track_tcp / xdp6_anycast_track_tcp: the same with `member track ADDR tcp` \
+         for both addresses (UDP placed by the Maglev table alone, no connection-table line per \
+         datagram: the setting for stateless services such as DNS). Scale: attach --flows {FLOW_TABLE}, `anycast-ctl load` of \
          {SCALE_ADDRESSES} addresses 198.18.0.0/16 each with member m1; \
          spread_65536_addresses: frame n to 198.18.0.0 + (n mod 65536), 65,536 flows; \
          one_address_65536_flows: to 198.18.0.0, 65,536 flows by port; flows_1048576 / \

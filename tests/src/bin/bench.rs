@@ -311,6 +311,8 @@ fn main() -> Result<()> {
             "scale_65536_spread_vs_1": end_to_end["ratios"]["scale_65536_spread_vs_1"],
             "flows_1m_vs_1k": end_to_end["ratios"]["flows_1m_vs_1k"],
             "cold_line_1m_vs_1k": end_to_end["ratios"]["cold_line_1m_vs_1k"],
+            "xdp_track_tcp_vs_kernel_ecmp": end_to_end["ratios"]["xdp_track_tcp_vs_kernel_ecmp"],
+            "xdp_track_tcp_vs_plain_redirect": end_to_end["ratios"]["xdp_track_tcp_vs_plain_redirect"],
         },
         "limiting_stage": end_to_end["limiting_stage"],
         "targets": {
@@ -379,13 +381,16 @@ fn merge_end_to_end(e2e: &serde_json::Value) -> Result<()> {
 }
 
 /// The end-to-end ratios the report carries at its top level.
-const E2E_KEYS: [&str; 6] = [
+const E2E_KEYS: [&str; 9] = [
     "xdp_vs_kernel_ecmp",
     "xdp_vs_plain_redirect",
     "xdp6_vs_kernel_ecmp6",
     "xdp6_vs_plain_redirect6",
     "scale_65536_spread_vs_1",
     "flows_1m_vs_1k",
+    "cold_line_1m_vs_1k",
+    "xdp_track_tcp_vs_kernel_ecmp",
+    "xdp_track_tcp_vs_plain_redirect",
 ];
 
 /// The TEST_RUN table and the ratios to the baseline.
