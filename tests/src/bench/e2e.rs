@@ -472,21 +472,35 @@ impl Bench {
         std::fs::remove_dir_all(&dir)?;
         loaded?;
         let first = super::control::address(0);
-        let case = |name, flows, spread| -> Result<Case> {
+        let case = |name, flows, spread, router| -> Result<Case> {
             let (frame, template) = self.frame4(first, flows, spread)?;
             Ok(Case {
                 name,
-                router: Router::Anycast,
+                router,
                 template,
                 frame,
             })
         };
+        let any = Router::Anycast;
         let cases = vec![
-            case("spread_65536_addresses", SCALE_ADDRESSES, SCALE_ADDRESSES)?,
-            case("one_address_65536_flows", SCALE_ADDRESSES, 1)?,
-            case("flows_1048576", MANY_FLOWS, 1)?,
-            case("flows_1024", FEW_FLOWS, 1)?,
+            case(
+                "spread_65536_addresses",
+                SCALE_ADDRESSES,
+                SCALE_ADDRESSES,
+                any,
+            )?,
+            case("one_address_65536_flows", SCALE_ADDRESSES, 1, any)?,
+            case("flows_1048576", MANY_FLOWS, 1, any)?,
+            case("flows_1024", FEW_FLOWS, 1, any)?,
+            // The same million flows with the address tracking TCP only: no table line.
+            case(
+                "flows_1048576_track_tcp",
+                MANY_FLOWS,
+                1,
+                Router::AnycastTrackTcp,
+            )?,
         ];
+        let track = |ctl: &Ctl, setting| ctl.run(&["member", "track", &first.to_string(), setting]);
         // Every flow of the 1M case into the connection table first, by traffic.
         eprintln!("filling the connection table with {MANY_FLOWS} flows ...");
         self.measure(&cases[2], u64::from(MANY_FLOWS))?;
@@ -494,7 +508,14 @@ impl Bench {
         for round in 1..=ROUNDS {
             for (case, samples) in cases.iter().zip(&mut samples) {
                 eprintln!("round {round}/{ROUNDS}: {} ...", case.name);
+                let tcp_only = case.router == Router::AnycastTrackTcp;
+                if tcp_only {
+                    track(&self.ctl, "tcp")?;
+                }
                 let sample = self.measure(case, WARM_UP);
+                if tcp_only {
+                    track(&self.ctl, "all")?;
+                }
                 print_sample(&sample);
                 samples.push(sample?);
             }
@@ -672,6 +693,11 @@ fn report(b: &Bench, phase1: Vec<(Case, Vec<Sample>)>, phase2: Vec<(Case, Vec<Sa
         ),
         ("flows_1m_vs_1k", "flows_1048576", "flows_1024"),
         (
+            "flows_1m_track_tcp_vs_1k",
+            "flows_1048576_track_tcp",
+            "flows_1024",
+        ),
+        (
             "cold_line_1m_vs_1k",
             "cold_line_1048576_flows",
             "cold_line_1024_flows",
@@ -735,7 +761,9 @@ fn report(b: &Bench, phase1: Vec<(Case, Vec<Sample>)>, phase2: Vec<(Case, Vec<Sa
          spread_65536_addresses: frame n to 198.18.0.0 + (n mod 65536), 65,536 flows; \
          one_address_65536_flows: to 198.18.0.0, 65,536 flows by port; flows_1048576 / \
          flows_1024: to 198.18.0.0, the 1,048,576 flows put into the connection table by one \
-         pass of traffic before the rounds.",
+         pass of traffic before the rounds; flows_1048576_track_tcp: the same million flows \
+         after `member track 198.18.0.0 tcp` (set back to all after each round): UDP placed \
+         by the Maglev table alone.",
         g = pipeline::GENERATOR_CPU,
         r = pipeline::ROUTER_CPU,
         p = pipeline::STAGE_PRIORITY,

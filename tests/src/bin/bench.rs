@@ -229,6 +229,7 @@ fn main() -> Result<()> {
         return Ok(());
     }
     ns.insert("udp_forward_1_address", ns["udp_forward"]);
+    let track_tcp = track_tcp(&mut bed, [&cases[0], &cases[1], &cases[6]])?;
 
     let scaled = scale(&mut bed, &ns, [&cases[0], &cases[1], &cases[6], &cases[7]])?;
     let scale = scaled["scale_65536_vs_1"];
@@ -288,6 +289,7 @@ fn main() -> Result<()> {
                 "scale_65536_vs_1": scale,
             },
             "ipv6": ipv6,
+            "track_tcp": track_tcp,
         },
         "membership": membership,
         "failover": failover,
@@ -304,6 +306,8 @@ fn main() -> Result<()> {
             "forward6_vs_baseline": ipv6["forward6_vs_baseline"],
             "scale6_65536_vs_1": ipv6["scale6_65536_vs_1"],
             "nd_reply_ns": ipv6["nd_reply_ns"],
+            "forward_track_tcp_vs_baseline": track_tcp["forward_track_tcp_vs_baseline"],
+            "forward6_track_tcp_vs_baseline": track_tcp["forward6_track_tcp_vs_baseline"],
             "xdp_vs_kernel_ecmp": end_to_end["ratios"]["xdp_vs_kernel_ecmp"],
             "xdp_vs_plain_redirect": end_to_end["ratios"]["xdp_vs_plain_redirect"],
             "xdp6_vs_kernel_ecmp6": end_to_end["ratios"]["xdp6_vs_kernel_ecmp6"],
@@ -313,6 +317,7 @@ fn main() -> Result<()> {
             "cold_line_1m_vs_1k": end_to_end["ratios"]["cold_line_1m_vs_1k"],
             "xdp_track_tcp_vs_kernel_ecmp": end_to_end["ratios"]["xdp_track_tcp_vs_kernel_ecmp"],
             "xdp_track_tcp_vs_plain_redirect": end_to_end["ratios"]["xdp_track_tcp_vs_plain_redirect"],
+            "flows_1m_track_tcp_vs_1k": end_to_end["ratios"]["flows_1m_track_tcp_vs_1k"],
         },
         "limiting_stage": end_to_end["limiting_stage"],
         "targets": {
@@ -381,7 +386,7 @@ fn merge_end_to_end(e2e: &serde_json::Value) -> Result<()> {
 }
 
 /// The end-to-end ratios the report carries at its top level.
-const E2E_KEYS: [&str; 9] = [
+const E2E_KEYS: [&str; 10] = [
     "xdp_vs_kernel_ecmp",
     "xdp_vs_plain_redirect",
     "xdp6_vs_kernel_ecmp6",
@@ -391,6 +396,7 @@ const E2E_KEYS: [&str; 9] = [
     "cold_line_1m_vs_1k",
     "xdp_track_tcp_vs_kernel_ecmp",
     "xdp_track_tcp_vs_plain_redirect",
+    "flows_1m_track_tcp_vs_1k",
 ];
 
 /// The TEST_RUN table and the ratios to the baseline.
@@ -411,6 +417,32 @@ fn print_dataplane(ns: &BTreeMap<&'static str, f64>) {
         "new_connection_vs_baseline   {:.3}  (connection table miss: Maglev + insert)",
         ns["tcp_syn_new_connection"] / base
     );
+}
+
+/// The UDP forwards again with both addresses set to `member track ADDR tcp` (UDP placed by
+/// the Maglev table alone; `cases`: baseline, udp_forward, udp6_forward), normalised by the
+/// baseline of the same rounds; the addresses are set back to `all` afterwards.
+fn track_tcp(bed: &mut Bed, cases: [&Case; 3]) -> Result<serde_json::Value> {
+    use anycast_ctl::members::mode::{Track, set_track};
+    for address in [IpAddr::from(ANYCAST), ANYCAST6.into()] {
+        set_track(&mut bed.maps, address, Track::Tcp)?;
+    }
+    let ns = measure(bed, cases);
+    for address in [IpAddr::from(ANYCAST), ANYCAST6.into()] {
+        set_track(&mut bed.maps, address, Track::All)?;
+    }
+    let ns = ns?;
+    let base = ns["baseline_swap_macs_tx"];
+    Ok(json!({
+        "method": "BPF_PROG_TEST_RUN as above, after `member track ADDR tcp` for both addresses: \
+                   udp_forward and udp6_forward touch no connection-table line; own rounds, \
+                   ratios to the baseline of those rounds",
+        "baseline_ns": base,
+        "udp_forward_ns": ns["udp_forward"],
+        "udp6_forward_ns": ns["udp6_forward"],
+        "forward_track_tcp_vs_baseline": ns["udp_forward"] / base,
+        "forward6_track_tcp_vs_baseline": ns["udp6_forward"] / base,
+    }))
 }
 
 /// Installs 65,535 more anycast addresses of each family (every slot), then measures the
