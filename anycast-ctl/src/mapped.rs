@@ -1,5 +1,5 @@
-//! Arrays written in place through `mmap` (BPF_F_MMAPABLE): `SLOT_STATE` and the Maglev tables.
-//! The one corner with `mmap`.
+//! Arrays written in place through `mmap` (BPF_F_MMAPABLE): `SLOT_STATE`, the Maglev tables and
+//! the connection table's keys. The one corner with `mmap`.
 //!
 //! Invariants:
 //! - A mapping covers exactly the map's value area (its size rounded up to a page, as the
@@ -12,7 +12,7 @@ use std::{
     io,
     os::fd::{AsRawFd, BorrowedFd},
     ptr::NonNull,
-    sync::atomic::{AtomicU64, Ordering},
+    sync::atomic::{AtomicU32, AtomicU64, Ordering},
 };
 
 /// `CLOCK_MONOTONIC` in ns (never 0 after boot), the clock of `SlotState::retired_at`.
@@ -80,6 +80,37 @@ impl Mapped {
         std::sync::atomic::fence(Ordering::Release);
         Ok(())
     }
+}
+
+/// Forgets, in place, every entry of the connection table `FLOWS` (`fd`, `sets` sets) whose
+/// `FlowEntry::key` satisfies `forget`; returns how many. Each key is one atomic 32-bit store
+/// (a dataplane write racing with it on the same entry at worst tears that entry, which the
+/// member check rejects).
+pub fn forget_flows(
+    fd: BorrowedFd<'_>,
+    sets: u32,
+    forget: impl Fn(u32) -> bool,
+) -> io::Result<u64> {
+    use anycast_common::{FLOW_UNUSED, FlowEntry, FlowSet};
+    let flows = Mapped::new(fd, sets as usize * size_of::<FlowSet>())?;
+    // SAFETY: as in `Mapped::words`; AtomicU32 has the layout of u32.
+    let words = unsafe {
+        std::slice::from_raw_parts(flows.ptr.as_ptr().cast::<AtomicU32>(), flows.bytes / 4)
+    };
+    let (stride, key) = (
+        size_of::<FlowEntry>() / 4,
+        std::mem::offset_of!(FlowEntry, key) / 4,
+    );
+    let mut forgotten = 0;
+    for entry in words.chunks_exact(stride) {
+        let k = entry[key].load(Ordering::Relaxed);
+        // 0 is a way never used (all zeros), FLOW_UNUSED one forgotten already.
+        if k != 0 && k != FLOW_UNUSED && forget(k) {
+            entry[key].store(FLOW_UNUSED, Ordering::Relaxed);
+            forgotten += 1;
+        }
+    }
+    Ok(forgotten)
 }
 
 impl Drop for Mapped {

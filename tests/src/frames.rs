@@ -270,6 +270,17 @@ pub fn arp_frame(
 /// Outcome counters that changed, by name, with how much.
 pub type Changed = Vec<(String, u64)>;
 
+/// Live entries of IP protocol `proto` in the connection table pinned under `pin_dir`.
+pub fn tracked_flows(pin_dir: &std::path::Path, proto: u8) -> usize {
+    let flows: Array<MapData, FlowSet> = MapData::from_pin(pin_dir.join(names::FLOWS))
+        .map(Map::Array)
+        .and_then(Array::try_from)
+        .expect("the pinned connection table");
+    (flows.iter().flat_map(|set| set.expect("a set").ways))
+        .filter(|e| e.key != FLOW_UNUSED && e.key != 0 && e.key as u8 == proto)
+        .count()
+}
+
 /// One interface of the bed.
 #[derive(Clone, Debug)]
 pub struct Port {
@@ -467,13 +478,7 @@ impl Bed {
 
     /// Live connection-table entries of IP protocol `proto`, of any address.
     pub fn tracked_flows(&self, proto: u8) -> usize {
-        let flows: Array<MapData, FlowSet> = MapData::from_pin(self.pin.map(names::FLOWS))
-            .map(Map::Array)
-            .and_then(Array::try_from)
-            .expect("the pinned connection table");
-        (flows.iter().flat_map(|set| set.expect("a set").ways))
-            .filter(|e| e.key != FLOW_UNUSED && e.key != 0 && e.key as u8 == proto)
-            .count()
+        tracked_flows(self.pin.path(), proto)
     }
 
     /// The live member set of `anycast` by position: each position's member, `None` for a hole.

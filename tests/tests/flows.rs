@@ -331,12 +331,22 @@ fn crowded_sets_keep_flows_where_they_are() {
 
 #[test]
 fn an_address_tracking_tcp_only_places_udp_by_the_table_alone() {
-    use anycast_ctl::members::mode::{Track, set_track};
+    use anycast_ctl::members::mode::{self, Mode, Track, forget_untracked, set_track};
     let mut bed = bed(3);
-    set_track(&mut bed.maps, VIP.into(), Track::Tcp).unwrap();
+    // Flows recorded while everything is tracked are forgotten when the address turns to TCP
+    // only: kept, they would pull their flows back after a later `track all`.
     let flows = udp_flows(&bed);
     let before = placement(&bed, &flows);
     assert!(before.values().all(Option::is_some), "UDP not forwarded");
+    assert_eq!(bed.tracked_flows(IPPROTO_UDP), FLOWS as usize);
+    set_track(&mut bed.maps, VIP.into(), Track::Tcp).unwrap();
+    let forgotten = forget_untracked(&bed.maps, bed.pin(), VIP.into()).unwrap();
+    assert_eq!(forgotten, u64::from(FLOWS));
+    assert_eq!(
+        placement(&bed, &flows),
+        before,
+        "the table moved flows by itself"
+    );
     assert_eq!(
         bed.tracked_flows(IPPROTO_UDP),
         0,
@@ -352,8 +362,9 @@ fn an_address_tracking_tcp_only_places_udp_by_the_table_alone() {
         "TCP is still tracked"
     );
 
-    // A fourth member: the UDP flows follow the new table (as new flows on a router that has
-    // had four members all along), while the TCP connections stay.
+    // A fourth member (the address's sets flip): the UDP flows follow the new table (as new
+    // flows on a router that has had four members all along), still untracked, while the TCP
+    // connections stay.
     let (m4, m4_mac) = member(3);
     bed.add_member(VIP, m4, 1, m4_mac).unwrap();
     let after = placement(&bed, &flows);
@@ -362,6 +373,11 @@ fn an_address_tracking_tcp_only_places_udp_by_the_table_alone() {
         after, fresh,
         "untracked UDP does not follow the Maglev table"
     );
+    assert_eq!(
+        bed.tracked_flows(IPPROTO_UDP),
+        0,
+        "the flip lost the setting"
+    );
     let share = count(&after, m4_mac) as f64 / FLOWS as f64;
     assert!((0.15..0.35).contains(&share), "new member got {share:.2}");
     let acks: Vec<(u16, Vec<u8>)> = (60000..60000 + FLOWS)
@@ -369,14 +385,26 @@ fn an_address_tracking_tcp_only_places_udp_by_the_table_alone() {
         .collect();
     assert_eq!(placement(&bed, &acks), established, "TCP connections moved");
 
-    // Back to tracking everything: UDP flows get entries again.
+    // Back to tracking everything: the flows stay where the table has them (none goes back
+    // to its member of before), and are recorded again.
     set_track(&mut bed.maps, VIP.into(), Track::All).unwrap();
-    placement(&bed, &flows);
-    assert_eq!(bed.tracked_flows(IPPROTO_UDP), FLOWS as usize);
     assert_eq!(
-        anycast_ctl::members::mode::get(&bed.maps, VIP.into()).unwrap(),
-        anycast_ctl::members::mode::Mode::Proxy,
-        "the track setting changed the mode"
+        placement(&bed, &flows),
+        fresh,
+        "flows went back to old members"
+    );
+    assert_eq!(bed.tracked_flows(IPPROTO_UDP), FLOWS as usize);
+
+    // The mode and the setting are kept by each other's changes.
+    mode::set(&mut bed.maps, VIP.into(), Mode::Direct).unwrap();
+    set_track(&mut bed.maps, VIP.into(), Track::Tcp).unwrap();
+    assert_eq!(mode::get(&bed.maps, VIP.into()).unwrap(), Mode::Direct);
+    mode::set(&mut bed.maps, VIP.into(), Mode::Multicast).unwrap();
+    let word = mode::word(&bed.maps, VIP.into()).unwrap();
+    assert_eq!(
+        Track::from_word(word),
+        Track::Tcp,
+        "member mode lost the setting"
     );
 }
 

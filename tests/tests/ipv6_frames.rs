@@ -548,6 +548,11 @@ fn an_ipv6_address_tracking_tcp_only_keeps_udp_out_of_the_connection_table() {
     // A third member takes about a third of the UDP flows at once: nothing holds them.
     bed.add_member(A6, M3, 1, M3_MAC).unwrap();
     let after: Vec<[u8; 6]> = sports.clone().map(|s| udp(&bed, s)).collect();
+    assert_eq!(
+        bed.tracked_flows(IPPROTO_UDP),
+        0,
+        "the flip lost the setting"
+    );
     let to_m3 = after.iter().filter(|m| **m == M3_MAC).count() as f64 / sports.len() as f64;
     assert!(
         (0.2..0.46).contains(&to_m3),

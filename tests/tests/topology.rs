@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anycast_tests::ctl::{Show, Stats};
+use anycast_tests::frames::{IPPROTO_TCP, IPPROTO_UDP};
 use anycast_tests::netns::format_mac;
 use anycast_tests::topology::{CLIENT_IFACE, ROUTER_CLIENT_IFACE, member_ip};
 use anycast_tests::traffic::{TCP_PORT, TcpRun, UDP_PORT, UdpRun, send_udp, tcp_round, udp_round};
@@ -439,7 +440,7 @@ impl Drop for ScratchDir {
     }
 }
 
-/// `member track ANYCAST tcp`: UDP is placed by the Maglev table alone (each datagram still
+/// `member track ANYCAST tcp`: UDP gets no connection-table entry (each datagram still
 /// reaches one member, flows still stick while the set is unchanged) and TCP connections are
 /// still kept; `show` reports the setting, and an unknown address is refused, nothing changed.
 #[test]
@@ -469,9 +470,12 @@ fn an_address_tracking_tcp_only_still_delivers_each_datagram_once() {
         "{:?}",
         run.counts()
     );
+    let tracked = |proto| anycast_tests::frames::tracked_flows(s.ctl.pin_dir(), proto);
+    assert_eq!(tracked(IPPROTO_UDP), 0, "UDP flows in the connection table");
     let tcp = s.tcp(20, 3);
     tcp.assert_all_ok();
     tcp.assert_each_connection_on_one_server();
+    assert!(tracked(IPPROTO_TCP) > 0, "TCP connections not tracked");
 
     let err = s.ctl.run_fail(&["member", "track", "198.51.100.99", "tcp"]);
     assert!(

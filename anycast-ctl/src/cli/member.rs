@@ -174,6 +174,9 @@ async fn add(router: &Router, args: AddArgs) -> Result<String> {
         }
         Ok(done)
     })?;
+    if track == Some(Track::Tcp) {
+        members::mode::forget_untracked(&maps, pin, anycast_ip)?;
+    }
     export::sync(&maps, nl, &mut export).await?;
     Ok(added(anycast_ip, member_ip, &done))
 }
@@ -192,6 +195,9 @@ fn track(router: &Router, args: TrackArgs) -> Result<String> {
     let _lock = router.pin.lock(false)?;
     let mut maps = Maps::open(&router.pin)?;
     members::mode::set_track(&mut maps, anycast_ip, track)?;
+    if track == Track::Tcp {
+        members::mode::forget_untracked(&maps, &router.pin, anycast_ip)?;
+    }
     Ok(format!("{anycast_ip}: track {}\n", track.name()))
 }
 

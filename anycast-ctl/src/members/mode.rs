@@ -12,6 +12,7 @@ use serde::Serialize;
 use crate::{
     Error, Result,
     dataplane::{Bucket, Maps},
+    pin::PinDir,
 };
 
 /// `member add --mode`, `member mode`.
@@ -136,6 +137,27 @@ pub fn set(maps: &mut Maps, address: IpAddr, mode: Mode) -> Result<()> {
 /// Sets which flows of an address already in the maps the connection table keeps.
 pub fn set_track(maps: &mut Maps, address: IpAddr, track: Track) -> Result<()> {
     update(maps, address, |word| track.apply(word))
+}
+
+/// After `member track ADDR tcp`: forgets the address's connection-table entries other than
+/// TCP's; returns how many. None of them is read while the address tracks TCP only, and kept,
+/// they would send their flows back to their old members after a later `member track ADDR
+/// all`. Not part of a transaction: an entry only holds a flow's affinity.
+pub fn forget_untracked(maps: &Maps, pin: &PinDir, address: IpAddr) -> Result<u64> {
+    use std::os::fd::AsFd;
+    let Bucket::Found { entry, .. } = maps.bucket(address)? else {
+        return Err(Error::NoSuchAddress { address });
+    };
+    let name = anycast_common::names::FLOWS;
+    let sets = aya::maps::MapInfo::from_pin(pin.map(name))
+        .map_err(|e| Error::map(name, e))?
+        .max_entries();
+    let data = aya::maps::MapData::from_pin(pin.map(name)).map_err(|e| Error::map(name, e))?;
+    let tcp = u32::from(anycast_common::proto::IPPROTO_TCP);
+    crate::mapped::forget_flows(data.fd().as_fd(), sets, |key| {
+        key >> 8 == entry.slot && key & 0xff != tcp
+    })
+    .map_err(|e| Error::io("forgetting connection-table entries", e))
 }
 
 fn update(maps: &mut Maps, address: IpAddr, change: impl FnOnce(u32) -> u32) -> Result<()> {

@@ -317,6 +317,8 @@ fn main() -> Result<()> {
             "cold_line_1m_vs_1k": end_to_end["ratios"]["cold_line_1m_vs_1k"],
             "xdp_track_tcp_vs_kernel_ecmp": end_to_end["ratios"]["xdp_track_tcp_vs_kernel_ecmp"],
             "xdp_track_tcp_vs_plain_redirect": end_to_end["ratios"]["xdp_track_tcp_vs_plain_redirect"],
+            "xdp6_track_tcp_vs_kernel_ecmp6": end_to_end["ratios"]["xdp6_track_tcp_vs_kernel_ecmp6"],
+            "xdp6_track_tcp_vs_plain_redirect6": end_to_end["ratios"]["xdp6_track_tcp_vs_plain_redirect6"],
             "flows_1m_track_tcp_vs_1k": end_to_end["ratios"]["flows_1m_track_tcp_vs_1k"],
         },
         "limiting_stage": end_to_end["limiting_stage"],
@@ -386,7 +388,7 @@ fn merge_end_to_end(e2e: &serde_json::Value) -> Result<()> {
 }
 
 /// The end-to-end ratios the report carries at its top level.
-const E2E_KEYS: [&str; 10] = [
+const E2E_KEYS: [&str; 12] = [
     "xdp_vs_kernel_ecmp",
     "xdp_vs_plain_redirect",
     "xdp6_vs_kernel_ecmp6",
@@ -396,6 +398,8 @@ const E2E_KEYS: [&str; 10] = [
     "cold_line_1m_vs_1k",
     "xdp_track_tcp_vs_kernel_ecmp",
     "xdp_track_tcp_vs_plain_redirect",
+    "xdp6_track_tcp_vs_kernel_ecmp6",
+    "xdp6_track_tcp_vs_plain_redirect6",
     "flows_1m_track_tcp_vs_1k",
 ];
 
