@@ -98,6 +98,16 @@ impl AgentLab {
 
     /// Starts the agent on r1..r3 (after a previous one was killed, too).
     pub fn start_agent(&mut self) {
+        self.start_agent_with(&[]);
+    }
+
+    /// Stops the agent and starts it again with `extra` arguments (a `--config`, say).
+    pub fn restart_agent_with(&mut self, extra: &[&str]) {
+        drop(self.agent.take());
+        self.start_agent_with(extra);
+    }
+
+    fn start_agent_with(&mut self, extra: &[&str]) {
         let pin = self.ctl.pin_dir().display().to_string();
         let key = self.key_file.display().to_string();
         let mut args = crate::daemon::agent_args(
@@ -109,6 +119,7 @@ impl AgentLab {
         if self.topo.options.client_stack.has_ipv6() {
             args.extend(["--anycast-prefix", ANYCAST6_PREFIX]);
         }
+        args.extend(extra.iter().copied());
         let mut agent = Daemon::spawn(&self.topo.router, "agent", &args).expect("agent");
         std::thread::sleep(Duration::from_millis(300));
         assert!(agent.running(), "agent exited: {}", agent.log());

@@ -592,3 +592,44 @@ fn survivors_connections_stay_up_through_every_kind_of_failover() {
 fn refreshes_that_change_nothing_take_no_lock_and_write_no_map() {
     anycast_tests::bench::membership::refreshes_write_nothing(2_000).unwrap();
 }
+
+/// `track_tcp` in the agent's configuration: a learned address in those prefixes tracks TCP
+/// only from its first member on (no UDP entry in the connection table); one outside does not.
+#[test]
+fn agent_track_tcp_applies_to_learned_addresses_in_its_prefixes() {
+    let mut lab = AgentLab::new();
+    let config = std::env::temp_dir().join(format!("anycast-track-{}.toml", std::process::id()));
+    std::fs::write(&config, "track_tcp = [\"198.51.100.53/32\"]\n").unwrap();
+    let path = config.display().to_string();
+    lab.restart_agent_with(&["--config", &path]);
+    let _a = lab.announce_addresses(0, &["198.51.100.53", "198.51.100.54"], &[]);
+    lab.wait_learned(&[ip(0)], Duration::from_secs(3));
+    let other = Ipv4Addr::new(198, 51, 100, 54);
+    lab.wait_learned_of(other, &[ip(0).into()], Duration::from_secs(3));
+    std::fs::remove_file(&config).unwrap();
+    let shown = lab.ctl.json(&["show"]);
+    let track = |address: &str| {
+        let all = shown["addresses"].as_array().unwrap();
+        let a = all.iter().find(|a| a["address"] == address).unwrap();
+        a["track"].as_str().unwrap().to_string()
+    };
+    assert_eq!(track("198.51.100.53"), "tcp", "{shown}");
+    assert_eq!(track("198.51.100.54"), "all", "{shown}");
+
+    let members = [&lab.topo.members[0].ns];
+    let udp = udp_round(
+        &lab.topo.client,
+        &members,
+        ANYCAST,
+        UDP_PORT,
+        43000..43050,
+        4,
+    )
+    .unwrap();
+    udp.assert_each_sent_once();
+    let tracked = anycast_tests::frames::tracked_flows(lab.ctl.pin_dir(), 17);
+    assert_eq!(
+        tracked, 0,
+        "UDP flows of a track_tcp address in the connection table"
+    );
+}

@@ -55,6 +55,9 @@ pub struct File {
     pub repoint_gratuitous: Option<bool>,
     /// Multicast mode: router hello interval in ms (default 1000; 0 = off: always forward).
     pub router_hello_ms: Option<u64>,
+    /// Learned addresses in these prefixes track TCP only (`member track ADDR tcp`), set when
+    /// an address gets its first member.
+    pub track_tcp: Option<Vec<IpNet>>,
 }
 
 impl File {
@@ -95,6 +98,9 @@ pub struct Config {
     /// Multicast mode: how often the agent says hello to the other routers on its links
     /// (zero: never, and it always forwards itself). See `agent::routers`.
     pub router_hello: Duration,
+    /// Learned addresses in these prefixes track TCP only (UDP placed by the Maglev table
+    /// alone), set when an address gets its first member.
+    pub track_tcp: Vec<IpNet>,
 }
 
 /// Command-line values; `None`/empty means "not given".
@@ -213,6 +219,7 @@ impl Config {
             replay_window: Duration::from_millis(
                 file.replay_window_ms.unwrap_or(MAX_CLOCK_SKEW_MS),
             ),
+            track_tcp: file.track_tcp.unwrap_or_default(),
         };
         config.check()?;
         Ok(config)
@@ -351,6 +358,18 @@ mod tests {
         }
         let bad_mode: File = toml::from_str("mode = \"turbo\"").unwrap();
         assert!(Config::merge(bad_mode, cli()).is_err());
+        assert!(toml::from_str::<File>("track_tcp = [\"198.51.100.300/32\"]").is_err());
+        assert!(toml::from_str::<File>("track_tcp = \"198.51.100.53/32\"").is_err());
+        let track: File =
+            toml::from_str("track_tcp = [\"198.51.100.53/32\", \"2001:db8::/32\"]").unwrap();
+        let track = Config::merge(track, cli()).unwrap().track_tcp;
+        assert_eq!(track.len(), 2);
+        assert!(
+            Config::merge(File::default(), cli())
+                .unwrap()
+                .track_tcp
+                .is_empty()
+        );
     }
 
     /// Regression: `replay_window_ms = 0` (every advertisement stale) and `port = 0` were

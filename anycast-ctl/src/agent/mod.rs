@@ -712,9 +712,25 @@ impl Agent {
                 self.export.note(&self.maps, [anycast])?;
                 let done = members::add(&mut self.maps, anycast, &placement, info, None)?;
                 tracing::info!(anycast = %anycast, member = %sender, edge = ?done.edge, "member learned");
+                if done.edge == Some(members::Edge::FirstMember) {
+                    self.apply_track(anycast)?;
+                }
             }
         }
         Ok(true)
+    }
+
+    /// `track_tcp` of the configuration, for an address that just got its first member:
+    /// within those prefixes it tracks TCP only (its UDP entries forgotten).
+    fn apply_track(&mut self, anycast: IpAddr) -> Result<()> {
+        use members::mode::{self, Track};
+        if !self.config.track_tcp.iter().any(|p| p.contains(&anycast)) {
+            return Ok(());
+        }
+        mode::set_track(&mut self.maps, anycast, Track::Tcp)?;
+        mode::forget_untracked(&self.maps, &self.pin, anycast)?;
+        tracing::info!(anycast = %anycast, "tracks TCP only (track_tcp)");
+        Ok(())
     }
 
     /// Removes learned members whose deadline has passed; entries of refreshed members are
