@@ -9,10 +9,11 @@
 //! mac = "02:00:5e:10:00:01"   # optional, as `member add --mac`
 //! preference = 100            # optional
 //! weight = 100                # optional
+//! track = "tcp"               # optional, as `member add --track` (one value per address)
 //! ```
 //!
 //! Invariants: everything is checked before anything is written: every value, no membership
-//! twice, at most one MAC per member, and every member located through rtnetlink as
+//! twice, at most one MAC per member and one `track` per address, and every member located through rtnetlink as
 //! `member add` does (each distinct member once). Then [`apply`] writes all memberships as one
 //! transaction (under the writers' lock, which the caller holds), so an error means nothing
 //! changed.
@@ -28,7 +29,7 @@ use crate::{
     Error, Result,
     dataplane::Maps,
     mac::MacAddr,
-    members::{self, Added, Placement},
+    members::{self, Added, Placement, mode::Track},
     net::Netlink,
     progress::Progress,
 };
@@ -49,6 +50,7 @@ struct Entry {
     mac: Option<String>,
     preference: Option<u16>,
     weight: Option<u16>,
+    track: Option<String>,
 }
 
 /// One checked membership of a file.
@@ -60,6 +62,8 @@ pub struct Membership {
     pub mac: Option<MacAddr>,
     pub preference: u16,
     pub weight: u16,
+    /// The address's `member track` setting, if the entry gives one.
+    pub track: Option<Track>,
 }
 
 /// Where a member is sent, found once per distinct (member, dev, mac).
@@ -83,6 +87,7 @@ pub fn parse(name: &str, text: &str) -> Result<Vec<Membership>> {
     let mut seen = HashSet::new();
     let mut macs: HashMap<IpAddr, MacAddr> = HashMap::new();
     let mut per_address: HashMap<IpAddr, usize> = HashMap::new();
+    let mut tracks: HashMap<IpAddr, Track> = HashMap::new();
     let mut out = Vec::with_capacity(file.member.len());
     for (i, entry) in file.member.into_iter().enumerate() {
         let what = |reason: String| bad(name, format!("[[member]] #{}: {reason}", i + 1));
@@ -99,6 +104,16 @@ pub fn parse(name: &str, text: &str) -> Result<Vec<Membership>> {
             return Err(what(format!(
                 "{} is given the MAC {mac} and {other} (a MAC belongs to the host)",
                 m.member
+            )));
+        }
+        if let Some(track) = m.track
+            && let Some(other) = tracks.insert(m.anycast, track).filter(|o| *o != track)
+        {
+            return Err(what(format!(
+                "{} is given track {} and {} (one setting per address)",
+                m.anycast,
+                track.name(),
+                other.name()
             )));
         }
         let n = per_address.entry(m.anycast).or_default();
@@ -122,6 +137,12 @@ fn check(e: Entry) -> std::result::Result<Membership, String> {
     let anycast = crate::cli::args::anycast_ip(&e.anycast).map_err(|r| format!("anycast: {r}"))?;
     let member = crate::cli::args::unicast_ip(&e.member).map_err(|r| format!("member: {r}"))?;
     members::check_family(anycast, member).map_err(|e| e.to_string())?;
+    let track = match e.track.as_deref() {
+        None => None,
+        Some("all") => Some(Track::All),
+        Some("tcp") => Some(Track::Tcp),
+        Some(other) => return Err(format!("track {other:?} is neither all nor tcp")),
+    };
     Ok(Membership {
         anycast,
         member,
@@ -129,6 +150,7 @@ fn check(e: Entry) -> std::result::Result<Membership, String> {
         mac,
         preference: e.preference.unwrap_or(members::DEFAULT_PREFERENCE),
         weight: e.weight.unwrap_or(members::DEFAULT_WEIGHT),
+        track,
     })
 }
 
@@ -194,9 +216,22 @@ pub fn apply(
                 Added::New => loaded.added += 1,
                 Added::Updated => loaded.updated += 1,
             }
+            if let Some(track) = m.track {
+                members::mode::set_track(maps, m.anycast, track)?;
+            }
         }
         Ok(loaded)
     })
+}
+
+/// The addresses `list` sets to track TCP only, once each: after [`apply`], their UDP entries
+/// are forgotten (`members::mode::forget_untracked`).
+pub fn tcp_only(list: &[Membership]) -> Vec<IpAddr> {
+    let set: HashSet<IpAddr> = (list.iter())
+        .filter(|m| m.track == Some(Track::Tcp))
+        .map(|m| m.anycast)
+        .collect();
+    set.into_iter().collect()
 }
 
 #[cfg(test)]
@@ -215,6 +250,7 @@ dev = "r2"
 mac = "02:00:00:00:00:06"
 preference = 50
 weight = 10
+track = "tcp"
 "#;
 
     #[test]
@@ -226,6 +262,8 @@ weight = 10
         assert_eq!(list[1].dev.as_deref(), Some("r2"));
         assert_eq!(list[1].mac, Some(MacAddr([2, 0, 0, 0, 0, 6])));
         assert_eq!((list[1].preference, list[1].weight), (50, 10));
+        assert_eq!((list[0].track, list[1].track), (None, Some(Track::Tcp)));
+        assert_eq!(tcp_only(&list), vec![list[0].anycast]);
         assert!(parse("f", "").unwrap().is_empty());
     }
 
@@ -267,6 +305,17 @@ weight = 10
                     )
                 ),
                 "belongs to the host",
+            ),
+            (
+                one("anycast = \"198.51.100.1\"\nmember = \"203.0.113.2\"\ntrack = \"udp\""),
+                "neither all nor tcp",
+            ),
+            (
+                format!(
+                    "{GOOD}{}",
+                    one("anycast = \"198.51.100.53\"\nmember = \"203.0.113.10\"\ntrack = \"all\"")
+                ),
+                "one setting per address",
             ),
         ] {
             let e = parse("f", &text).unwrap_err().to_string();

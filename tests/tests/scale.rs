@@ -97,7 +97,10 @@ fn load_applies_every_membership_and_traffic_reaches_them() {
             entry(
                 OTHER,
                 m3,
-                &format!("dev = \"{}\"", topo.members[2].router_iface),
+                &format!(
+                    "dev = \"{}\"\ntrack = \"tcp\"",
+                    topo.members[2].router_iface
+                ),
             ),
         ]
         .concat(),
@@ -119,6 +122,13 @@ fn load_applies_every_membership_and_traffic_reaches_them() {
     let other = show.members_of(OTHER);
     assert_eq!(other.len(), 1);
     assert_eq!(other[0].interface, topo.members[2].router_iface);
+    let shown = ctl.json(&["show"]);
+    let track = |address: std::net::Ipv4Addr| {
+        let all = shown["addresses"].as_array().unwrap();
+        let a = all.iter().find(|a| a["address"] == address.to_string());
+        a.unwrap()["track"].as_str().unwrap().to_string()
+    };
+    assert_eq!((track(ANYCAST), track(OTHER)), ("all".into(), "tcp".into()));
 
     // The standby m3 gets nothing; m1 and m2 share the new flows.
     let members = topo.member_namespaces();
