@@ -70,10 +70,13 @@ pub struct Membership {
 type Where = (IpAddr, Option<String>, Option<MacAddr>);
 
 /// What [`apply`] did.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Loaded {
     pub added: usize,
     pub updated: usize,
+    /// Addresses that were in the maps, tracking everything, and now track TCP only: their
+    /// UDP entries are to be forgotten (`members::mode::forget_untracked`).
+    pub turned_tcp_only: Vec<IpAddr>,
 }
 
 /// Parses and checks a file's text; `name` names it in errors.
@@ -206,8 +209,23 @@ pub fn apply(
 ) -> Result<Loaded> {
     let now = members::now_ms();
     let mut progress = Progress::new("memberships", list.len());
+    // Addresses already in the maps that now turn from tracking everything to TCP only.
+    let mut turned = HashSet::new();
+    for m in list.iter().filter(|m| m.track == Some(Track::Tcp)) {
+        let word = members::mode::word(maps, m.anycast)?;
+        let exists = matches!(
+            maps.bucket(m.anycast)?,
+            crate::dataplane::Bucket::Found { .. }
+        );
+        if exists && Track::from_word(word) == Track::All {
+            turned.insert(m.anycast);
+        }
+    }
     maps.transaction(|maps| {
-        let mut loaded = Loaded::default();
+        let mut loaded = Loaded {
+            turned_tcp_only: turned.iter().copied().collect(),
+            ..Loaded::default()
+        };
         for (done, m) in list.iter().enumerate() {
             progress.set(done);
             let p = &placements[&(m.member, m.dev.clone(), m.mac)];
@@ -222,16 +240,6 @@ pub fn apply(
         }
         Ok(loaded)
     })
-}
-
-/// The addresses `list` sets to track TCP only, once each: after [`apply`], their UDP entries
-/// are forgotten (`members::mode::forget_untracked`).
-pub fn tcp_only(list: &[Membership]) -> Vec<IpAddr> {
-    let set: HashSet<IpAddr> = (list.iter())
-        .filter(|m| m.track == Some(Track::Tcp))
-        .map(|m| m.anycast)
-        .collect();
-    set.into_iter().collect()
 }
 
 #[cfg(test)]
@@ -263,7 +271,6 @@ track = "tcp"
         assert_eq!(list[1].mac, Some(MacAddr([2, 0, 0, 0, 0, 6])));
         assert_eq!((list[1].preference, list[1].weight), (50, 10));
         assert_eq!((list[0].track, list[1].track), (None, Some(Track::Tcp)));
-        assert_eq!(tcp_only(&list), vec![list[0].anycast]);
         assert!(parse("f", "").unwrap().is_empty());
     }
 

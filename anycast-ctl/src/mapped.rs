@@ -83,9 +83,10 @@ impl Mapped {
 }
 
 /// Forgets, in place, every entry of the connection table `FLOWS` (`fd`, `sets` sets) whose
-/// `FlowEntry::key` satisfies `forget`; returns how many. Each key is one atomic 32-bit store
-/// (a dataplane write racing with it on the same entry at worst tears that entry, which the
-/// member check rejects).
+/// `FlowEntry::key` satisfies `forget`; returns how many. Each key is one atomic 32-bit store.
+/// A dataplane write racing with it on the same set may tear an entry (the member check
+/// rejects it) or, rotating the set, copy the entry back before the store lands: that flow
+/// then keeps its entry, which costs at most its affinity.
 pub fn forget_flows(
     fd: BorrowedFd<'_>,
     sets: u32,

@@ -339,8 +339,11 @@ fn an_address_tracking_tcp_only_places_udp_by_the_table_alone() {
     let before = placement(&bed, &flows);
     assert!(before.values().all(Option::is_some), "UDP not forwarded");
     assert_eq!(bed.tracked_flows(IPPROTO_UDP), FLOWS as usize);
-    set_track(&mut bed.maps, VIP.into(), Track::Tcp).unwrap();
-    let forgotten = forget_untracked(&bed.maps, bed.pin(), VIP.into()).unwrap();
+    assert_eq!(
+        set_track(&mut bed.maps, VIP.into(), Track::Tcp).unwrap(),
+        Track::All
+    );
+    let forgotten = forget_untracked(&bed.maps, bed.pin(), &[VIP.into()]).unwrap();
     assert_eq!(forgotten, u64::from(FLOWS));
     assert_eq!(
         placement(&bed, &flows),

@@ -300,6 +300,7 @@ impl Agent {
         self.export.set_hold_down(config.export_hold_down);
         self.config.repoint_gratuitous = config.repoint_gratuitous;
         crate::repoint::set_gratuitous(config.repoint_gratuitous);
+        self.config.track_tcp = config.track_tcp;
         // Members of addresses the new prefixes no longer allow go now, not at their expiry.
         let outside: Vec<MemberKey> = (self.learned.keys())
             .filter(|k| !self.config.allows(any_ip(k.anycast)))
@@ -713,7 +714,7 @@ impl Agent {
                 let done = members::add(&mut self.maps, anycast, &placement, info, None)?;
                 tracing::info!(anycast = %anycast, member = %sender, edge = ?done.edge, "member learned");
                 if done.edge == Some(members::Edge::FirstMember) {
-                    self.apply_track(anycast)?;
+                    self.apply_track(anycast);
                 }
             }
         }
@@ -721,16 +722,22 @@ impl Agent {
     }
 
     /// `track_tcp` of the configuration, for an address that just got its first member:
-    /// within those prefixes it tracks TCP only (its UDP entries forgotten).
-    fn apply_track(&mut self, anycast: IpAddr) -> Result<()> {
+    /// within those prefixes it tracks TCP only (its UDP entries forgotten if it tracked
+    /// everything before). A failure is logged: the membership itself is in place.
+    fn apply_track(&mut self, anycast: IpAddr) {
         use members::mode::{self, Track};
         if !self.config.track_tcp.iter().any(|p| p.contains(&anycast)) {
-            return Ok(());
+            return;
         }
-        mode::set_track(&mut self.maps, anycast, Track::Tcp)?;
-        mode::forget_untracked(&self.maps, &self.pin, anycast)?;
+        match mode::set_track(&mut self.maps, anycast, Track::Tcp) {
+            Ok(Track::All) => mode::forget_untracked_or_warn(&self.maps, &self.pin, &[anycast]),
+            Ok(Track::Tcp) => {}
+            Err(e) => {
+                tracing::warn!(anycast = %anycast, error = %e, "track_tcp not applied");
+                return;
+            }
+        }
         tracing::info!(anycast = %anycast, "tracks TCP only (track_tcp)");
-        Ok(())
     }
 
     /// Removes learned members whose deadline has passed; entries of refreshed members are

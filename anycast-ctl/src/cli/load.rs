@@ -21,10 +21,8 @@ pub async fn run(router: &Router, args: Args) -> Result<String> {
     let mut export = crate::export::Pending::new();
     export.note(&maps, list.iter().map(|m| m.anycast))?;
     let done = crate::load::apply(&mut maps, &list, &placements)?;
-    for address in crate::load::tcp_only(&list) {
-        crate::members::mode::forget_untracked(&maps, &router.pin, address)?;
-    }
     crate::export::sync(&maps, &router.nl, &mut export).await?;
+    crate::members::mode::forget_untracked_or_warn(&maps, &router.pin, &done.turned_tcp_only);
     Ok(format!(
         "loaded {} memberships ({} added, {} updated)\n",
         list.len(),

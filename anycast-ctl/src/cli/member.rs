@@ -164,20 +164,25 @@ async fn add(router: &Router, args: AddArgs) -> Result<String> {
     // Any change may move the route's metric, not only the first member: sync every time.
     let mut export = Pending::new();
     export.note(&maps, [anycast_ip])?;
-    let done = maps.transaction(|maps| {
+    let existed = matches!(
+        maps.bucket(anycast_ip)?,
+        crate::dataplane::Bucket::Found { .. }
+    );
+    let (done, was) = maps.transaction(|maps| {
         let done = members::add(maps, anycast_ip, &placement, info, table_size)?;
         if let Some(mode) = mode {
             members::mode::set(maps, anycast_ip, mode)?;
         }
-        if let Some(track) = track {
-            members::mode::set_track(maps, anycast_ip, track)?;
-        }
-        Ok(done)
+        let was = match track {
+            Some(track) => Some(members::mode::set_track(maps, anycast_ip, track)?),
+            None => None,
+        };
+        Ok((done, was))
     })?;
-    if track == Some(Track::Tcp) {
-        members::mode::forget_untracked(&maps, pin, anycast_ip)?;
-    }
     export::sync(&maps, nl, &mut export).await?;
+    if existed && track == Some(Track::Tcp) && was == Some(Track::All) {
+        members::mode::forget_untracked_or_warn(&maps, pin, &[anycast_ip]);
+    }
     Ok(added(anycast_ip, member_ip, &done))
 }
 
@@ -194,9 +199,9 @@ fn track(router: &Router, args: TrackArgs) -> Result<String> {
     let TrackArgs { anycast_ip, track } = args;
     let _lock = router.pin.lock(false)?;
     let mut maps = Maps::open(&router.pin)?;
-    members::mode::set_track(&mut maps, anycast_ip, track)?;
-    if track == Track::Tcp {
-        members::mode::forget_untracked(&maps, &router.pin, anycast_ip)?;
+    let was = members::mode::set_track(&mut maps, anycast_ip, track)?;
+    if (was, track) == (Track::All, Track::Tcp) {
+        members::mode::forget_untracked_or_warn(&maps, &router.pin, &[anycast_ip]);
     }
     Ok(format!("{anycast_ip}: track {}\n", track.name()))
 }

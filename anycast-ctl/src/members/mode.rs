@@ -134,20 +134,32 @@ pub fn set(maps: &mut Maps, address: IpAddr, mode: Mode) -> Result<()> {
     update(maps, address, |word| (word & !ADDR_MODE_MASK) | mode.raw())
 }
 
-/// Sets which flows of an address already in the maps the connection table keeps.
-pub fn set_track(maps: &mut Maps, address: IpAddr, track: Track) -> Result<()> {
-    update(maps, address, |word| track.apply(word))
+/// Sets which flows of an address already in the maps the connection table keeps; returns
+/// the setting it had.
+pub fn set_track(maps: &mut Maps, address: IpAddr, track: Track) -> Result<Track> {
+    let old = Track::from_word(word(maps, address)?);
+    update(maps, address, |word| track.apply(word))?;
+    Ok(old)
 }
 
-/// After `member track ADDR tcp`: forgets the address's connection-table entries other than
-/// TCP's; returns how many. None of them is read while the address tracks TCP only, and kept,
-/// they would send their flows back to their old members after a later `member track ADDR
-/// all`. Not part of a transaction: an entry only holds a flow's affinity.
-pub fn forget_untracked(maps: &Maps, pin: &PinDir, address: IpAddr) -> Result<u64> {
+/// After `member track ADDR tcp` of addresses that tracked everything: forgets their
+/// connection-table entries other than TCP's, in one pass over the table; returns how many.
+/// None of them is read while an address tracks TCP only, and kept, they would send their
+/// flows back to their old members after a later `member track ADDR all`. An address new to
+/// the maps has none (slots are never reused), so callers skip those. Not part of a
+/// transaction: an entry only holds a flow's affinity.
+pub fn forget_untracked(maps: &Maps, pin: &PinDir, addresses: &[IpAddr]) -> Result<u64> {
     use std::os::fd::AsFd;
-    let Bucket::Found { entry, .. } = maps.bucket(address)? else {
-        return Err(Error::NoSuchAddress { address });
-    };
+    let mut slots = std::collections::HashSet::new();
+    for &address in addresses {
+        let Bucket::Found { entry, .. } = maps.bucket(address)? else {
+            return Err(Error::NoSuchAddress { address });
+        };
+        slots.insert(entry.slot);
+    }
+    if slots.is_empty() {
+        return Ok(0);
+    }
     let name = anycast_common::names::FLOWS;
     let sets = aya::maps::MapInfo::from_pin(pin.map(name))
         .map_err(|e| Error::map(name, e))?
@@ -155,9 +167,18 @@ pub fn forget_untracked(maps: &Maps, pin: &PinDir, address: IpAddr) -> Result<u6
     let data = aya::maps::MapData::from_pin(pin.map(name)).map_err(|e| Error::map(name, e))?;
     let tcp = u32::from(anycast_common::proto::IPPROTO_TCP);
     crate::mapped::forget_flows(data.fd().as_fd(), sets, |key| {
-        key >> 8 == entry.slot && key & 0xff != tcp
+        key & 0xff != tcp && slots.contains(&(key >> 8))
     })
     .map_err(|e| Error::io("forgetting connection-table entries", e))
+}
+
+/// [`forget_untracked`] as the last step of a command whose changes are already written: a
+/// failure is a warning (the setting holds; old entries cost at most some flows' affinity).
+pub fn forget_untracked_or_warn(maps: &Maps, pin: &PinDir, addresses: &[IpAddr]) {
+    if let Err(e) = forget_untracked(maps, pin, addresses) {
+        tracing::warn!(error = %e, "UDP entries of the addresses now tracking TCP only stay until evicted");
+        eprintln!("anycast-ctl: warning: {e}: old UDP entries stay until evicted");
+    }
 }
 
 fn update(maps: &mut Maps, address: IpAddr, change: impl FnOnce(u32) -> u32) -> Result<()> {
