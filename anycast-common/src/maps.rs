@@ -339,6 +339,8 @@ pub trait AddrEntry: Copy + Default {
     /// [`ADDR_TRACK_TCP_ONLY`] if only TCP connections of the address go in the connection
     /// table, else 0 (a mask, not a `bool`: the dataplane uses it without a branch).
     fn tcp_only(&self) -> u32;
+    /// The whole mode word: `ADDR_MODE_*` (IPv4) and `ADDR_TRACK_*` flags.
+    fn mode_word(&self) -> u32;
 }
 
 impl AddrEntry for AddrBucket {
@@ -375,6 +377,9 @@ impl AddrEntry for AddrBucket {
     #[inline(always)]
     fn tcp_only(&self) -> u32 {
         self.mode & ADDR_TRACK_TCP_ONLY
+    }
+    fn mode_word(&self) -> u32 {
+        self.mode
     }
     fn key(&self) -> u32 {
         self.ip
@@ -432,6 +437,9 @@ impl AddrEntry for AddrBucket6 {
     #[inline(always)]
     fn tcp_only(&self) -> u32 {
         self.mode & ADDR_TRACK_TCP_ONLY
+    }
+    fn mode_word(&self) -> u32 {
+        self.mode
     }
     fn key(&self) -> crate::Ip6Key {
         self.ip

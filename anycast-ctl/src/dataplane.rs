@@ -378,29 +378,38 @@ pub fn buckets_of(ip: IpAddr) -> u32 {
     }
 }
 
-/// Probes one address index with the dataplane's probe.
+/// Probes one address index with the dataplane's probe; with the found bucket's mode word
+/// (`ADDR_MODE_*` and `ADDR_TRACK_*`; 0 when not found).
 fn probe<B: AddrEntry + aya::Pod>(
     index: &Array<MapData, B>,
     name: &'static str,
     key: &B::Key,
-) -> Result<Bucket> {
+) -> Result<(Bucket, u32)> {
     let found = addr_probe::<B, B, _>(key, |i| index.get(&i, 0).map_err(|e| Error::map(name, e)))?;
     Ok(match found {
-        Probe::Found { index, entry } => Probe::Found {
-            index,
-            entry: AddrSlot {
-                slot: entry.slot(),
-                version: *entry.version(),
+        Probe::Found { index, entry } => (
+            Probe::Found {
+                index,
+                entry: AddrSlot {
+                    slot: entry.slot(),
+                    version: *entry.version(),
+                },
             },
-        },
-        Probe::Free { index } => Probe::Free { index },
-        Probe::Full => Probe::Full,
+            entry.mode_word(),
+        ),
+        Probe::Free { index } => (Probe::Free { index }, 0),
+        Probe::Full => (Probe::Full, 0),
     })
 }
 
 impl Maps {
     /// Probes the index of `ip`'s family (`ADDRS`, `ADDRS6`) exactly as the dataplane does.
     pub fn bucket(&self, ip: IpAddr) -> Result<Bucket> {
+        Ok(self.bucket_and_word(ip)?.0)
+    }
+
+    /// [`Maps::bucket`] and the found bucket's mode word, from the same reads.
+    pub fn bucket_and_word(&self, ip: IpAddr) -> Result<(Bucket, u32)> {
         match ip {
             IpAddr::V4(v4) => probe(&self.addrs, names::ADDRS, &ip_key(v4.octets())),
             IpAddr::V6(v6) => probe(&self.addrs6, names::ADDRS6, &ip6_key(v6.octets())),
@@ -460,14 +469,20 @@ impl Maps {
 
     /// Every anycast address with its entry, sorted by address (IPv4 first).
     pub fn addresses(&self) -> Result<Vec<(IpAddr, AddrSlot)>> {
+        let all = self.addresses_and_words()?;
+        Ok(all.into_iter().map(|(ip, entry, _)| (ip, entry)).collect())
+    }
+
+    /// [`Maps::addresses`] with each bucket's mode word, from the same reads.
+    pub fn addresses_and_words(&self) -> Result<Vec<(IpAddr, AddrSlot, u32)>> {
         let mut out = Vec::new();
         for key in self.addr_keys.keys() {
             let ip = any_ip(key.map_err(|e| Error::map(names::ADDR_KEYS, e))?);
-            if let Bucket::Found { entry, .. } = self.bucket(ip)? {
-                out.push((ip, entry));
+            if let (Bucket::Found { entry, .. }, word) = self.bucket_and_word(ip)? {
+                out.push((ip, entry, word));
             }
         }
-        out.sort_by_key(|(a, _)| *a);
+        out.sort_by_key(|(a, ..)| *a);
         Ok(out)
     }
 }

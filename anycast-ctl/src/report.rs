@@ -71,13 +71,12 @@ pub struct Show {
 /// Shows its progress on a terminal.
 pub fn show(maps: &Maps, ifname: &dyn Fn(u32) -> String) -> Result<Show> {
     let mut reader = Reader::new(maps);
-    let all = maps.addresses()?;
+    let all = maps.addresses_and_words()?;
     let mut progress = Progress::new("addresses", all.len());
     let mut addresses = Vec::new();
-    for (done, (address, entry)) in all.into_iter().enumerate() {
+    for (done, (address, entry, mode)) in all.into_iter().enumerate() {
         progress.set(done);
         let set = maps.member_set(&entry)?;
-        let mode = addr_mode(maps, address)?;
         addresses.push(reader.address_info((address, mode), &set, ifname)?);
     }
     Ok(Show {
@@ -91,10 +90,9 @@ pub fn show(maps: &Maps, ifname: &dyn Fn(u32) -> String) -> Result<Show> {
 pub fn stats_and_show(maps: &Maps) -> Result<(Stats, Show)> {
     let mut reader = Reader::new(maps);
     let (mut counters, mut infos) = (Vec::new(), Vec::new());
-    for (address, entry) in maps.addresses()? {
+    for (address, entry, mode) in maps.addresses_and_words()? {
         let set = maps.member_set(&entry)?;
         counters.push(reader.address_counters(address, &entry, &set)?);
-        let mode = addr_mode(maps, address)?;
         infos.push(reader.address_info((address, mode), &set, &|_| String::new())?);
     }
     let stats = Stats {
@@ -108,26 +106,26 @@ pub fn stats_and_show(maps: &Maps) -> Result<(Stats, Show)> {
     Ok((stats, show))
 }
 
-/// The mode word (`ADDR_MODE_*` and `ADDR_TRACK_*`) of an address.
-fn addr_mode(maps: &Maps, address: IpAddr) -> Result<u32> {
-    crate::members::mode::word(maps, address)
-}
-
-/// A direct-mode counter of `maps`: (`DIRECT_REPLIES` summed over CPUs, `REPOINTS`); 0 when
-/// absent.
-fn direct_counts(maps: &Maps, of: anycast_common::direct::StatOf) -> (u64, u64) {
-    let key = anycast_common::direct::stat_key(of);
-    let replies = maps
-        .direct_replies
-        .get(&key, 0)
-        .map_or(0, |v| v.iter().sum());
-    (replies, maps.repoints.get(&key, 0).unwrap_or(0))
+/// The direct-mode counters of `maps` by key: (`DIRECT_REPLIES` summed over CPUs,
+/// `REPOINTS`). Both maps hold entries for direct-mode addresses and members only, so they
+/// are read whole, once, rather than looked up (and mostly missed) per address and member.
+fn direct_counts(maps: &Maps) -> HashMap<u32, (u64, u64)> {
+    let mut counts: HashMap<u32, (u64, u64)> = HashMap::new();
+    for (key, per_cpu) in maps.direct_replies.iter().flatten() {
+        counts.entry(key).or_default().0 = per_cpu.iter().sum();
+    }
+    for (key, repoints) in maps.repoints.iter().flatten() {
+        counts.entry(key).or_default().1 = repoints;
+    }
+    counts
 }
 
 /// Reads addresses' figures, each host record once.
 struct Reader<'m> {
     maps: &'m Maps,
     hosts: HashMap<u32, Host>,
+    /// [`direct_counts`], read when the reader is made.
+    direct: HashMap<u32, (u64, u64)>,
     now: u64,
 }
 
@@ -136,8 +134,15 @@ impl<'m> Reader<'m> {
         Reader {
             maps,
             hosts: HashMap::new(),
+            direct: direct_counts(maps),
             now: crate::members::now_ms(),
         }
+    }
+
+    /// A direct-mode counter pair (0 when absent).
+    fn direct(&self, of: anycast_common::direct::StatOf) -> (u64, u64) {
+        let key = anycast_common::direct::stat_key(of);
+        self.direct.get(&key).copied().unwrap_or_default()
     }
 
     fn host(&mut self, id: u32) -> Result<Host> {
@@ -292,7 +297,7 @@ impl Reader<'_> {
                 *a += b;
             }
         });
-        let direct = direct_counts(self.maps, anycast_common::direct::StatOf::Addr(entry.slot));
+        let direct = self.direct(anycast_common::direct::StatOf::Addr(entry.slot));
         Ok(AddressCounters {
             address,
             rx_packets: total.rx_packets,
@@ -331,8 +336,7 @@ impl Reader<'_> {
                 t.packets += v.packets;
                 t.bytes += v.bytes;
             });
-            let direct =
-                direct_counts(self.maps, anycast_common::direct::StatOf::Member(m.counter));
+            let direct = self.direct(anycast_common::direct::StatOf::Member(m.counter));
             members.push(MemberCounters {
                 address: any_ip(host.ip),
                 packets: c.packets,

@@ -106,21 +106,7 @@ impl Track {
 
 /// The mode word of `address`'s bucket (0, the defaults, for an address not in the maps).
 pub fn word(maps: &Maps, address: IpAddr) -> Result<u32> {
-    let Bucket::Found { index, .. } = maps.bucket(address)? else {
-        return Ok(0);
-    };
-    Ok(match address {
-        IpAddr::V4(_) => {
-            (maps.addrs.get(&index, 0))
-                .map_err(|e| Error::map("ADDRS", e))?
-                .mode
-        }
-        IpAddr::V6(_) => {
-            (maps.addrs6.get(&index, 0))
-                .map_err(|e| Error::map("ADDRS6", e))?
-                .mode
-        }
-    })
+    Ok(maps.bucket_and_word(address)?.1)
 }
 
 /// The mode of `address` (proxy for an address not in the maps).
