@@ -703,6 +703,13 @@ pub enum Probe<T> {
     Full,
 }
 
+impl<T> Probe<T> {
+    /// Whether the key is there.
+    pub fn is_found(&self) -> bool {
+        matches!(self, Probe::Found { .. })
+    }
+}
+
 /// Where an interface is, or would go, in `IFACES`.
 pub type IfaceSlot<T> = Probe<T>;
 

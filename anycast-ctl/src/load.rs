@@ -142,9 +142,9 @@ fn check(e: Entry) -> std::result::Result<Membership, String> {
     members::check_family(anycast, member).map_err(|e| e.to_string())?;
     let track = match e.track.as_deref() {
         None => None,
-        Some("all") => Some(Track::All),
-        Some("tcp") => Some(Track::Tcp),
-        Some(other) => return Err(format!("track {other:?} is neither all nor tcp")),
+        Some(word) => {
+            Some(Track::parse(word).ok_or(format!("track {word:?} is neither all nor tcp"))?)
+        }
     };
     Ok(Membership {
         anycast,
@@ -211,13 +211,10 @@ pub fn apply(
     let mut progress = Progress::new("memberships", list.len());
     // Addresses already in the maps that now turn from tracking everything to TCP only.
     let mut turned = HashSet::new();
-    for m in list.iter().filter(|m| m.track == Some(Track::Tcp)) {
-        let word = members::mode::word(maps, m.anycast)?;
-        let exists = matches!(
-            maps.bucket(m.anycast)?,
-            crate::dataplane::Bucket::Found { .. }
-        );
-        if exists && Track::from_word(word) == Track::All {
+    for m in list.iter() {
+        let Some(now) = m.track else { continue };
+        let (bucket, word) = maps.bucket_and_word(m.anycast)?;
+        if members::mode::leaves_entries(bucket.is_found(), Track::from_word(word), now) {
             turned.insert(m.anycast);
         }
     }

@@ -193,7 +193,7 @@ impl<'m> Reader<'m> {
         }
         Ok(AddressInfo {
             address,
-            mode: crate::members::mode::Mode::from_raw(mode & anycast_common::ADDR_MODE_MASK),
+            mode: crate::members::mode::Mode::from_word(mode),
             track: crate::members::mode::Track::from_word(mode),
             table_size: set.table_size,
             members,

@@ -711,27 +711,31 @@ impl Agent {
             }
             (_, Some(placement)) => {
                 self.export.note(&self.maps, [anycast])?;
+                let existed = self.maps.bucket(anycast)?.is_found();
                 let done = members::add(&mut self.maps, anycast, &placement, info, None)?;
                 tracing::info!(anycast = %anycast, member = %sender, edge = ?done.edge, "member learned");
                 if done.edge == Some(members::Edge::FirstMember) {
-                    self.apply_track(anycast);
+                    self.apply_track(anycast, existed);
                 }
             }
         }
         Ok(true)
     }
 
-    /// `track_tcp` of the configuration, for an address that just got its first member:
-    /// within those prefixes it tracks TCP only (its UDP entries forgotten if it tracked
-    /// everything before). A failure is logged: the membership itself is in place.
-    fn apply_track(&mut self, anycast: IpAddr) {
+    /// `track_tcp` of the configuration, for an address that just got its first member
+    /// (`existed`: it was in the maps before): within those prefixes it tracks TCP only (its
+    /// UDP entries forgotten if it tracked everything before). A failure is logged: the
+    /// membership itself is in place.
+    fn apply_track(&mut self, anycast: IpAddr, existed: bool) {
         use members::mode::{self, Track};
         if !self.config.track_tcp.iter().any(|p| p.contains(&anycast)) {
             return;
         }
         match mode::set_track(&mut self.maps, anycast, Track::Tcp) {
-            Ok(Track::All) => mode::forget_untracked_or_warn(&self.maps, &self.pin, &[anycast]),
-            Ok(Track::Tcp) => {}
+            Ok(was) if mode::leaves_entries(existed, was, Track::Tcp) => {
+                mode::forget_untracked_or_warn(&self.maps, &self.pin, &[anycast]);
+            }
+            Ok(_) => {}
             Err(e) => {
                 tracing::warn!(anycast = %anycast, error = %e, "track_tcp not applied");
                 return;

@@ -164,10 +164,7 @@ async fn add(router: &Router, args: AddArgs) -> Result<String> {
     // Any change may move the route's metric, not only the first member: sync every time.
     let mut export = Pending::new();
     export.note(&maps, [anycast_ip])?;
-    let existed = matches!(
-        maps.bucket(anycast_ip)?,
-        crate::dataplane::Bucket::Found { .. }
-    );
+    let existed = maps.bucket(anycast_ip)?.is_found();
     let (done, was) = maps.transaction(|maps| {
         let done = members::add(maps, anycast_ip, &placement, info, table_size)?;
         if let Some(mode) = mode {
@@ -180,7 +177,9 @@ async fn add(router: &Router, args: AddArgs) -> Result<String> {
         Ok((done, was))
     })?;
     export::sync(&maps, nl, &mut export).await?;
-    if existed && track == Some(Track::Tcp) && was == Some(Track::All) {
+    if let (Some(was), Some(now)) = (was, track)
+        && members::mode::leaves_entries(existed, was, now)
+    {
         members::mode::forget_untracked_or_warn(&maps, pin, &[anycast_ip]);
     }
     Ok(added(anycast_ip, member_ip, &done))
@@ -200,7 +199,7 @@ fn track(router: &Router, args: TrackArgs) -> Result<String> {
     let _lock = router.pin.lock(false)?;
     let mut maps = Maps::open(&router.pin)?;
     let was = members::mode::set_track(&mut maps, anycast_ip, track)?;
-    if (was, track) == (Track::All, Track::Tcp) {
+    if members::mode::leaves_entries(true, was, track) {
         members::mode::forget_untracked_or_warn(&maps, &router.pin, &[anycast_ip]);
     }
     Ok(format!("{anycast_ip}: track {}\n", track.name()))

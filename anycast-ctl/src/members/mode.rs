@@ -31,8 +31,9 @@ pub enum Mode {
 }
 
 impl Mode {
-    pub fn from_raw(raw: u32) -> Self {
-        match raw {
+    /// The mode of a bucket's mode word (its `ADDR_MODE_*` byte).
+    pub fn from_word(word: u32) -> Self {
+        match word & ADDR_MODE_MASK {
             ADDR_MODE_DIRECT => Mode::Direct,
             ADDR_MODE_MULTICAST => Mode::Multicast,
             _ => Mode::Proxy,
@@ -96,6 +97,11 @@ impl Track {
         }
     }
 
+    /// `all` or `tcp`, as the command line spells them.
+    pub fn parse(word: &str) -> Option<Self> {
+        <Self as clap::ValueEnum>::from_str(word, false).ok()
+    }
+
     fn apply(self, word: u32) -> u32 {
         match self {
             Track::All => word & !ADDR_TRACK_TCP_ONLY,
@@ -111,29 +117,35 @@ pub fn word(maps: &Maps, address: IpAddr) -> Result<u32> {
 
 /// The mode of `address` (proxy for an address not in the maps).
 pub fn get(maps: &Maps, address: IpAddr) -> Result<Mode> {
-    Ok(Mode::from_raw(word(maps, address)? & ADDR_MODE_MASK))
+    Ok(Mode::from_word(word(maps, address)?))
 }
 
 /// Sets the mode of an address already in the maps (the low byte of its bucket's mode word).
 pub fn set(maps: &mut Maps, address: IpAddr, mode: Mode) -> Result<()> {
     check(address, mode)?;
-    update(maps, address, |word| (word & !ADDR_MODE_MASK) | mode.raw())
+    update(maps, address, |word| (word & !ADDR_MODE_MASK) | mode.raw()).map(|_| ())
 }
 
 /// Sets which flows of an address already in the maps the connection table keeps; returns
 /// the setting it had.
 pub fn set_track(maps: &mut Maps, address: IpAddr, track: Track) -> Result<Track> {
-    let old = Track::from_word(word(maps, address)?);
-    update(maps, address, |word| track.apply(word))?;
-    Ok(old)
+    Ok(Track::from_word(update(maps, address, |word| {
+        track.apply(word)
+    })?))
 }
 
-/// After `member track ADDR tcp` of addresses that tracked everything: forgets their
-/// connection-table entries other than TCP's, in one pass over the table; returns how many.
-/// None of them is read while an address tracks TCP only, and kept, they would send their
-/// flows back to their old members after a later `member track ADDR all`. An address new to
-/// the maps has none (slots are never reused), so callers skip those. Not part of a
-/// transaction: an entry only holds a flow's affinity.
+/// Whether a change of `track` from `was` to `now` leaves connection-table entries for
+/// [`forget_untracked`]: only when an address that was in the maps before (`existed`; a new
+/// one has no entries, slots are never reused) turns from tracking everything to TCP only.
+pub fn leaves_entries(existed: bool, was: Track, now: Track) -> bool {
+    existed && (was, now) == (Track::All, Track::Tcp)
+}
+
+/// After `member track ADDR tcp` of addresses that tracked everything ([`leaves_entries`]):
+/// forgets their connection-table entries other than TCP's, in one pass over the table;
+/// returns how many. None of them is read while an address tracks TCP only, and kept, they
+/// would send their flows back to their old members after a later `member track ADDR all`.
+/// Not part of a transaction: an entry only holds a flow's affinity.
 pub fn forget_untracked(maps: &Maps, pin: &PinDir, addresses: &[IpAddr]) -> Result<u64> {
     use std::os::fd::AsFd;
     let mut slots = std::collections::HashSet::new();
@@ -163,14 +175,14 @@ pub fn forget_untracked(maps: &Maps, pin: &PinDir, addresses: &[IpAddr]) -> Resu
 pub fn forget_untracked_or_warn(maps: &Maps, pin: &PinDir, addresses: &[IpAddr]) {
     if let Err(e) = forget_untracked(maps, pin, addresses) {
         tracing::warn!(error = %e, "UDP entries of the addresses now tracking TCP only stay until evicted");
-        eprintln!("anycast-ctl: warning: {e}: old UDP entries stay until evicted");
     }
 }
 
-fn update(maps: &mut Maps, address: IpAddr, change: impl FnOnce(u32) -> u32) -> Result<()> {
-    let Bucket::Found { index, .. } = maps.bucket(address)? else {
+/// Rewrites the mode word of an address already in the maps; returns the word it had.
+fn update(maps: &mut Maps, address: IpAddr, change: impl FnOnce(u32) -> u32) -> Result<u32> {
+    let (Bucket::Found { index, .. }, word) = maps.bucket_and_word(address)? else {
         return Err(Error::NoSuchAddress { address });
     };
-    let word = word(maps, address)?;
-    maps.set_addr_mode(address, index, change(word))
+    maps.set_addr_mode(address, index, change(word))?;
+    Ok(word)
 }
