@@ -10,7 +10,7 @@ pub mod names {
     pub const BENCH_SEQ: &str = "BENCH_SEQ";
     /// The [`super::BenchFrame`] `bench_gen` writes (index 0).
     pub const BENCH_FRAME: &str = "BENCH_FRAME";
-    /// [`super::COLD_LINES`] cache lines, one read per frame by `bench_cold`.
+    /// [`super::COLD_LINES`] cache lines, one read per frame by `bench_cold` and `bench_packed`.
     pub const BENCH_COLD: &str = "BENCH_COLD";
     /// Every map of the benchmark object.
     pub const ALL: [&str; 4] = [BENCH_PORT, BENCH_SEQ, BENCH_FRAME, BENCH_COLD];
@@ -29,6 +29,10 @@ pub mod programs {
     /// `bench_spread` plus one read of a cache line chosen by the flow (`BENCH_COLD`): what
     /// one line of per-flow state costs, by itself, once the flows outgrow the caches.
     pub const BENCH_COLD: &str = "bench_cold";
+    /// `bench_cold` with the line picked by the flow's own index, so that the flows' lines are
+    /// consecutive: as many lines as `bench_cold` reads, in 64 times fewer pages. Against
+    /// `bench_cold` at the same flows, what the TLB misses of per-flow state cost.
+    pub const BENCH_PACKED: &str = "bench_packed";
     /// Traffic generator (live frames): restores the headers of `BENCH_FRAME`, varies the flow
     /// (and, optionally, the IPv4 destination).
     pub const BENCH_GEN: &str = "bench_gen";
@@ -36,12 +40,13 @@ pub mod programs {
     pub const BENCH_SINK: &str = "bench_sink";
     /// XDP_PASS for a veth peer, so that it receives XDP_TX and redirected frames.
     pub const PEER_PASS: &str = "peer_pass";
-    pub const ALL: [&str; 8] = [
+    pub const ALL: [&str; 9] = [
         BENCH_BASELINE,
         BENCH_REDIRECT,
         BENCH_SPREAD,
         BENCH_FORWARD,
         BENCH_COLD,
+        BENCH_PACKED,
         BENCH_GEN,
         BENCH_SINK,
         PEER_PASS,

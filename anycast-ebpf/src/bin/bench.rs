@@ -92,14 +92,34 @@ pub fn bench_cold(ctx: XdpContext) -> u32 {
         return XDP_ABORTED;
     };
     let h = u32::from_ne_bytes(ports.bytes).wrapping_mul(0x9e37_79b1);
-    let Some(line) = BENCH_COLD.get(h >> (32 - COLD_LINES.trailing_zeros())) else {
+    read_line_then_spread(&ctx, h >> (32 - COLD_LINES.trailing_zeros()))
+}
+
+/// `bench_cold` with the line of the flow's own index (`BenchFrame`: source port
+/// `1024 + i % 1024`, destination port the template's plus `i / 1024`), so that the lines of
+/// 1,024 flows are consecutive: 16 pages, where `bench_cold` spreads the same number of lines
+/// over 1,024 pages. The difference is what the TLB misses cost.
+#[xdp]
+pub fn bench_packed(ctx: XdpContext) -> u32 {
+    let Some(ports) = packet::header::<Ports>(&ctx, ETH_HLEN + 20) else {
+        return XDP_ABORTED;
+    };
+    let src = u32::from(u16::from_be_bytes([ports.bytes[0], ports.bytes[1]]));
+    let dst = u32::from(u16::from_be_bytes([ports.bytes[2], ports.bytes[3]]));
+    read_line_then_spread(&ctx, (src % 1024) | (dst << 10))
+}
+
+/// Reads line `index` of `BENCH_COLD` (masked to its size), then `bench_spread`.
+#[inline(always)]
+fn read_line_then_spread(ctx: &XdpContext, index: u32) -> u32 {
+    let Some(line) = BENCH_COLD.get(index & (COLD_LINES - 1)) else {
         return XDP_ABORTED;
     };
     // SAFETY: an array element is valid memory; volatile so that the read is made.
     if unsafe { core::ptr::read_volatile(&line[0]) } != 0 {
         return XDP_PASS;
     }
-    spread(&ctx, false)
+    spread(ctx, false)
 }
 
 #[inline(always)]

@@ -106,6 +106,8 @@ enum Router {
     Forward,
     /// The spreading ceiling plus one per-flow cache line read (`bench_cold`).
     Cold,
+    /// `Cold` with the flows' lines consecutive, in 64 times fewer pages (`bench_packed`).
+    Packed,
     One,
     Sink,
 }
@@ -308,6 +310,7 @@ impl Bench {
                 template: t4_many,
                 frame: f4_many,
             },
+            case("packed_line_1024_flows", Router::Packed, false),
             case("redirect_one_member", Router::One, false),
             case("generator_alone", Router::Sink, false),
         ];
@@ -407,6 +410,11 @@ impl Bench {
             )?)),
             Router::Cold => Ok(Some(self.bench.attach(
                 programs::BENCH_COLD,
+                &self.topo.router,
+                ROUTER_CLIENT_IFACE,
+            )?)),
+            Router::Packed => Ok(Some(self.bench.attach(
+                programs::BENCH_PACKED,
                 &self.topo.router,
                 ROUTER_CLIENT_IFACE,
             )?)),
@@ -702,6 +710,11 @@ fn report(b: &Bench, phase1: Vec<(Case, Vec<Sample>)>, phase2: Vec<(Case, Vec<Sa
             "cold_line_1048576_flows",
             "cold_line_1024_flows",
         ),
+        (
+            "cold_line_1k_vs_packed",
+            "cold_line_1024_flows",
+            "packed_line_1024_flows",
+        ),
     ];
     let ratios: serde_json::Map<String, Value> = pairs
         .iter()
@@ -751,7 +764,12 @@ fn report(b: &Bench, phase1: Vec<(Case, Vec<Sample>)>, phase2: Vec<(Case, Vec<Sa
          64 MiB array that the frame's ports pick, 1,024 or 1,048,576 flows: \
          cold_line_1m_vs_1k is what one cache line of per-flow state costs by itself on this \
          machine once the flows outgrow the caches, the floor of flows_1m_vs_1k for any \
-         connection table. redirect_one_member: bench_redirect, every \
+         connection table. packed_line_1024_flows: bench_packed, the same read of 1,024 \
+         lines, but consecutive ones (the flow's own index): 16 pages where bench_cold's \
+         1,024 lines are on 1,024 pages, so cold_line_1k_vs_packed is what the TLB misses \
+         cost (BPF maps are vmalloc'd in 4 KiB pages): what per-flow or per-address state \
+         costs beyond its cache lines once it spans more pages than the TLB holds. \
+         redirect_one_member: bench_redirect, every \
          frame to r1. xdp_anycast / xdp6_anycast: anycast-ctl attach r0 r1 r2 r3 --mode native, \
          member add of each member (every flow tracked, the default); \
          xdp_anycast_track_tcp / xdp6_anycast_track_tcp: the same with `member track ADDR tcp` \
@@ -859,6 +877,7 @@ impl BenchObject {
             programs::BENCH_SPREAD,
             programs::BENCH_FORWARD,
             programs::BENCH_COLD,
+            programs::BENCH_PACKED,
             programs::BENCH_REDIRECT,
         ] {
             crate::xdp::load_program(&mut ebpf, name)?;

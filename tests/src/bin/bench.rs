@@ -388,7 +388,7 @@ fn merge_end_to_end(e2e: &serde_json::Value) -> Result<()> {
 }
 
 /// The end-to-end ratios the report carries at its top level.
-const E2E_KEYS: [&str; 12] = [
+const E2E_KEYS: [&str; 13] = [
     "xdp_vs_kernel_ecmp",
     "xdp_vs_plain_redirect",
     "xdp6_vs_kernel_ecmp6",
@@ -396,6 +396,7 @@ const E2E_KEYS: [&str; 12] = [
     "scale_65536_spread_vs_1",
     "flows_1m_vs_1k",
     "cold_line_1m_vs_1k",
+    "cold_line_1k_vs_packed",
     "xdp_track_tcp_vs_kernel_ecmp",
     "xdp_track_tcp_vs_plain_redirect",
     "xdp6_track_tcp_vs_kernel_ecmp6",
