@@ -644,9 +644,12 @@ fn member_add_does_not_write_into_maps_replaced_while_it_resolved() {
     ctl.attach(&["r0", "r1"], "native").expect("attach");
     let m = &topo.members[0];
     let member = m.ip.to_string();
-    // m1 answers no ARP for a while, so the add waits in MAC resolution (up to 3 s) while the
-    // dataplane is replaced. On a loaded machine the detach and attach may outlast that wait:
-    // then the add times out, which proves nothing, and the round is run again (at most 3).
+    // m1 answers no ARP until the detach is done, so the add waits in MAC resolution (up to
+    // 3 s) with the old maps open while they are removed. Its answer then comes during the
+    // attach or before it: either way the add finds its maps gone or replaced when it takes
+    // the writers' lock, however long the attach's verification takes. On a loaded machine
+    // the detach alone may outlast the wait: then the add times out, which proves nothing,
+    // and the round is run again (at most 3).
     let mut verdict = None;
     for _ in 0..3 {
         m.ns.ip(&["link", "set", &m.iface, "arp", "off"]).unwrap();
@@ -654,8 +657,8 @@ fn member_add_does_not_write_into_maps_replaced_while_it_resolved() {
             let add = scope.spawn(|| ctl.outcome(&["member", "add", "198.51.100.53", &member]));
             std::thread::sleep(Duration::from_millis(300));
             ctl.detach(&["r0", "r1"]).expect("detach");
-            ctl.attach(&["r0", "r1"], "native").expect("attach again");
             m.ns.ip(&["link", "set", &m.iface, "arp", "on"]).unwrap();
+            ctl.attach(&["r0", "r1"], "native").expect("attach again");
             add.join().unwrap()
         });
         match outcome.ok() {
