@@ -711,10 +711,12 @@ impl Agent {
             }
             (_, Some(placement)) => {
                 self.export.note(&self.maps, [anycast])?;
-                let existed = self.maps.bucket(anycast)?.is_found();
+                // Probed only where `track_tcp` may apply: most learned members are not.
+                let tracks_tcp = self.config.track_tcp.iter().any(|p| p.contains(&anycast));
+                let existed = tracks_tcp && self.maps.bucket(anycast)?.is_found();
                 let done = members::add(&mut self.maps, anycast, &placement, info, None)?;
                 tracing::info!(anycast = %anycast, member = %sender, edge = ?done.edge, "member learned");
-                if done.edge == Some(members::Edge::FirstMember) {
+                if tracks_tcp && done.edge == Some(members::Edge::FirstMember) {
                     self.apply_track(anycast, existed);
                 }
             }
@@ -722,15 +724,12 @@ impl Agent {
         Ok(true)
     }
 
-    /// `track_tcp` of the configuration, for an address that just got its first member
-    /// (`existed`: it was in the maps before): within those prefixes it tracks TCP only (its
-    /// UDP entries forgotten if it tracked everything before). A failure is logged: the
+    /// `track_tcp` of the configuration, for an address in its prefixes that just got its
+    /// first member (`existed`: it was in the maps before): it tracks TCP only (its UDP
+    /// entries forgotten if it tracked everything before). A failure is logged: the
     /// membership itself is in place.
     fn apply_track(&mut self, anycast: IpAddr, existed: bool) {
         use members::mode::{self, Track};
-        if !self.config.track_tcp.iter().any(|p| p.contains(&anycast)) {
-            return;
-        }
         match mode::set_track(&mut self.maps, anycast, Track::Tcp) {
             Ok(was) if mode::leaves_entries(existed, was, Track::Tcp) => {
                 mode::forget_untracked_or_warn(&self.maps, &self.pin, &[anycast]);
