@@ -14,7 +14,10 @@
 //!   from the first scrape on; `member_expires_in_seconds` exists for learned members only.
 pub mod http;
 
-use std::{collections::BTreeMap, net::IpAddr};
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr},
+};
 
 use prometheus_client::{
     collector::Collector,
@@ -112,8 +115,35 @@ struct Ip(IpAddr);
 impl EncodeLabelValue for Ip {
     fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
         use std::fmt::Write;
-        write!(encoder, "{}", self.0)
+        match self.0 {
+            IpAddr::V4(v4) => encoder.write_str(dotted(v4, &mut [0; 15])),
+            IpAddr::V6(v6) => write!(encoder, "{v6}"),
+        }
     }
+}
+
+/// `ip` in dotted decimal, as `Display` writes it, in `buf`. An address is in up to ~20
+/// series of a scrape, and `Display` (the formatting machinery, octet by octet) took half of
+/// the encoding time at 65,536 addresses.
+fn dotted(ip: Ipv4Addr, buf: &mut [u8; 15]) -> &str {
+    let mut n = 0;
+    for (i, octet) in ip.octets().into_iter().enumerate() {
+        if i > 0 {
+            buf[n] = b'.';
+            n += 1;
+        }
+        if octet >= 100 {
+            buf[n] = b'0' + octet / 100;
+            n += 1;
+        }
+        if octet >= 10 {
+            buf[n] = b'0' + octet / 10 % 10;
+            n += 1;
+        }
+        buf[n] = b'0' + octet % 10;
+        n += 1;
+    }
+    std::str::from_utf8(&buf[..n]).expect("ASCII digits and dots")
 }
 
 type Labels2 = [(&'static str, Ip); 2];
@@ -327,4 +357,29 @@ pub fn serve_in_thread(listener: std::net::TcpListener, pin: PinDir) -> Result<(
         })
         .map_err(|e| crate::Error::io("starting the metrics thread", e))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dotted_writes_what_display_writes() {
+        let mut buf = [0; 15];
+        for octet in 0..=255u8 {
+            for position in 0..4 {
+                let mut octets = [192, 0, 2, 7];
+                octets[position] = octet;
+                let ip = Ipv4Addr::from(octets);
+                assert_eq!(dotted(ip, &mut buf), ip.to_string());
+            }
+        }
+        for ip in [
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::BROADCAST,
+            Ipv4Addr::new(198, 18, 255, 1),
+        ] {
+            assert_eq!(dotted(ip, &mut buf), ip.to_string());
+        }
+    }
 }
