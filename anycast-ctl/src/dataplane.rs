@@ -475,9 +475,13 @@ impl Maps {
 
     /// [`Maps::addresses`] with each bucket's mode word, from the same reads.
     pub fn addresses_and_words(&self) -> Result<Vec<(IpAddr, AddrSlot, u32)>> {
+        use aya::maps::IterableMap;
+        // One batch read rather than a syscall per key (see `crate::batch`).
+        let keys: Vec<(Ip6Key, u32)> = crate::batch::hash(self.addr_keys.map())
+            .map_err(|e| Error::io(format!("reading {}", names::ADDR_KEYS), e))?;
         let mut out = Vec::new();
-        for key in self.addr_keys.keys() {
-            let ip = any_ip(key.map_err(|e| Error::map(names::ADDR_KEYS, e))?);
+        for (key, _) in keys {
+            let ip = any_ip(key);
             if let (Bucket::Found { entry, .. }, word) = self.bucket_and_word(ip)? {
                 out.push((ip, entry, word));
             }
@@ -506,7 +510,7 @@ fn open<T: TryFrom<Map, Error = aya::maps::MapError>>(
 }
 
 /// Sums a per-CPU value.
-pub fn sum<T: aya::Pod + Default>(values: &PerCpuValues<T>, add: impl Fn(&mut T, &T)) -> T {
+pub fn sum<T: aya::Pod + Default>(values: &[T], add: impl Fn(&mut T, &T)) -> T {
     let mut total = T::default();
     for v in values.iter() {
         add(&mut total, v);

@@ -20,6 +20,7 @@
 //! - [`advert_auth`]: keys and HMAC of advertisements (wire format: `anycast_common::advert`).
 //! - [`sys`]: raw socket calls for advertisements.
 //! - [`mapped`]: arrays written in place through mmap (`SLOT_STATE`, Maglev tables).
+//! - [`batch`]: bulk reads of maps, many elements per syscall, for `report`.
 //! - [`textfile`]: bounded reads of the operator's files.
 //! - [`progress`]: the progress line of long operations, on a terminal only.
 //! - [`cli`]: the command line, one module per verb.
@@ -31,6 +32,7 @@ pub mod agent;
 pub mod alloc;
 pub mod announce;
 pub mod attach;
+pub mod batch;
 pub mod cli;
 pub mod dataplane;
 pub mod error;

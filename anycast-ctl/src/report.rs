@@ -8,12 +8,13 @@ use std::{
 };
 
 use anycast_common::{
-    AddrStats, AgentCounter, Host, MemberSet, MemberStats, PassReason, Stat, any_ip,
+    AddrStats, AgentCounter, Host, MemberInfo, MemberKey, MemberSet, MemberStats, PassReason, Stat,
+    any_ip, names,
 };
 use serde::Serialize;
 
 use crate::{
-    Error, Result,
+    Error, Result, batch,
     dataplane::{Maps, sum},
     journal::Words,
     mac::MacAddr,
@@ -70,13 +71,13 @@ pub struct Show {
 /// all new flows for an address's single member), and host records are read once each.
 /// Shows its progress on a terminal.
 pub fn show(maps: &Maps, ifname: &dyn Fn(u32) -> String) -> Result<Show> {
-    let mut reader = Reader::new(maps);
     let all = maps.addresses_and_words()?;
+    let mut reader = Reader::for_all(maps, all.len())?;
     let mut progress = Progress::new("addresses", all.len());
     let mut addresses = Vec::new();
     for (done, (address, entry, mode)) in all.into_iter().enumerate() {
         progress.set(done);
-        let set = maps.member_set(&entry)?;
+        let set = reader.member_set(&entry)?;
         addresses.push(reader.address_info((address, mode), &set, ifname)?);
     }
     Ok(Show {
@@ -88,10 +89,11 @@ pub fn show(maps: &Maps, ifname: &dyn Fn(u32) -> String) -> Result<Show> {
 /// [`stats`] of every address and [`show`] (with empty interface names) from one reading of
 /// the addresses and their member sets, as a scrape needs both.
 pub fn stats_and_show(maps: &Maps) -> Result<(Stats, Show)> {
-    let mut reader = Reader::new(maps);
+    let all = maps.addresses_and_words()?;
+    let mut reader = Reader::for_all(maps, all.len())?;
     let (mut counters, mut infos) = (Vec::new(), Vec::new());
-    for (address, entry, mode) in maps.addresses_and_words()? {
-        let set = maps.member_set(&entry)?;
+    for (address, entry, mode) in all {
+        let set = reader.member_set(&entry)?;
         counters.push(reader.address_counters(address, &entry, &set)?);
         infos.push(reader.address_info((address, mode), &set, &|_| String::new())?);
     }
@@ -120,22 +122,146 @@ fn direct_counts(maps: &Maps) -> HashMap<u32, (u64, u64)> {
     counts
 }
 
-/// Reads addresses' figures, each host record once.
+/// Reads addresses' figures, each host record once: one lookup per figure, or, for a report
+/// of many addresses, everything at once from a [`Bulk`] read.
 struct Reader<'m> {
     maps: &'m Maps,
     hosts: HashMap<u32, Host>,
     /// [`direct_counts`], read when the reader is made.
     direct: HashMap<u32, (u64, u64)>,
+    bulk: Option<Bulk>,
     now: u64,
 }
 
+/// Reports of at least this many addresses read member sets and counters in bulk: below,
+/// lookups cost less than reading every slot and counter handed out.
+pub const BULK_FROM: usize = 64;
+
+/// The member sets and counters of every slot and member counter handed out, read with a
+/// few batch syscalls ([`crate::batch`]) instead of several lookups per address.
+struct Bulk {
+    /// By slot, one value per CPU each.
+    addr_stats: Vec<AddrStats>,
+    /// By member counter, one value per CPU each.
+    member_stats: Vec<MemberStats>,
+    /// By member counter.
+    member_slots: Vec<u32>,
+    member_info: HashMap<MemberKey, MemberInfo>,
+    cpus: usize,
+}
+
+impl Bulk {
+    fn read(maps: &Maps) -> Result<Self> {
+        use aya::maps::IterableMap;
+        let slots = maps.word(Words::Alloc, anycast_common::ALLOC_ADDR_SLOTS)?;
+        let counters = maps.word(Words::Alloc, anycast_common::ALLOC_COUNTERS)?;
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| Error::io("counting CPUs", e))?;
+        let reading = |name: &'static str| move |e| Error::io(format!("reading {name}"), e);
+        Ok(Self {
+            addr_stats: batch::per_cpu_array(maps.addr_stats.map(), slots, cpus)
+                .map_err(reading(names::ADDR_STATS))?,
+            member_stats: batch::per_cpu_array(maps.member_stats.map(), counters, cpus)
+                .map_err(reading(names::MEMBER_STATS))?,
+            member_slots: batch::array(maps.member_slots.map(), counters)
+                .map_err(reading(names::MEMBER_SLOTS))?,
+            member_info: batch::hash(maps.member_info.map())
+                .map_err(reading(names::MEMBER_INFO))?
+                .into_iter()
+                .collect(),
+            cpus,
+        })
+    }
+
+    /// Element `index`'s values, one per CPU, of a per-CPU array read in bulk.
+    fn per_cpu<'a, T>(&self, values: &'a [T], index: u32) -> Option<&'a [T]> {
+        let start = index as usize * self.cpus;
+        values.get(start..start + self.cpus)
+    }
+}
+
 impl<'m> Reader<'m> {
-    fn new(maps: &'m Maps) -> Self {
+    fn new(maps: &'m Maps, bulk: Option<Bulk>) -> Self {
         Reader {
             maps,
             hosts: HashMap::new(),
             direct: direct_counts(maps),
+            bulk,
             now: crate::members::now_ms(),
+        }
+    }
+
+    /// A reader for a report of `addresses` addresses (all there are).
+    fn for_all(maps: &'m Maps, addresses: usize) -> Result<Self> {
+        let bulk = (addresses >= BULK_FROM)
+            .then(|| Bulk::read(maps))
+            .transpose()?;
+        Ok(Self::new(maps, bulk))
+    }
+
+    /// The live member set of an address (a lookup: the live half of `MEMBER_SETS` is
+    /// scattered, and these are large).
+    fn member_set(&self, entry: &crate::dataplane::AddrSlot) -> Result<MemberSet> {
+        self.maps.member_set(entry)
+    }
+
+    /// A slot's address counters, summed over the CPUs.
+    fn addr_stats(&self, slot: u32) -> Result<AddrStats> {
+        let add = |t: &mut AddrStats, v: &AddrStats| {
+            t.rx_packets += v.rx_packets;
+            t.rx_bytes += v.rx_bytes;
+            t.fwd_packets += v.fwd_packets;
+            t.fwd_bytes += v.fwd_bytes;
+            t.arp_replies += v.arp_replies;
+            for (a, b) in t.passed.iter_mut().zip(v.passed) {
+                *a += b;
+            }
+        };
+        if let Some(values) = self
+            .bulk
+            .as_ref()
+            .and_then(|b| b.per_cpu(&b.addr_stats, slot))
+        {
+            return Ok(sum(values, add));
+        }
+        let per_cpu = (self.maps.addr_stats)
+            .get(&slot, 0)
+            .map_err(|e| Error::map(names::ADDR_STATS, e))?;
+        Ok(sum(&per_cpu, add))
+    }
+
+    /// A member counter's figures, summed over the CPUs.
+    fn member_stats(&self, counter: u32) -> Result<MemberStats> {
+        let add = |t: &mut MemberStats, v: &MemberStats| {
+            t.packets += v.packets;
+            t.bytes += v.bytes;
+        };
+        if let Some(values) = (self.bulk.as_ref()).and_then(|b| b.per_cpu(&b.member_stats, counter))
+        {
+            return Ok(sum(values, add));
+        }
+        let per_cpu = (self.maps.member_stats)
+            .get(&counter, 0)
+            .map_err(|e| Error::map(names::MEMBER_STATS, e))?;
+        Ok(sum(&per_cpu, add))
+    }
+
+    /// A membership's info (the default if it has none).
+    fn member_info(&self, key: &MemberKey) -> MemberInfo {
+        match &self.bulk {
+            Some(bulk) => bulk.member_info.get(key).copied().unwrap_or_default(),
+            None => self.maps.member_info.get(key, 0).unwrap_or_default(),
+        }
+    }
+
+    /// A member counter's slots in its address's Maglev table.
+    fn member_slots(&self, counter: u32) -> Result<u32> {
+        match self
+            .bulk
+            .as_ref()
+            .and_then(|b| b.member_slots.get(counter as usize))
+        {
+            Some(slots) => Ok(*slots),
+            None => self.maps.word(Words::MemberSlots, counter),
         }
     }
 
@@ -162,7 +288,7 @@ impl<'m> Reader<'m> {
         set: &MemberSet,
         ifname: &dyn Fn(u32) -> String,
     ) -> Result<AddressInfo> {
-        let (maps, now) = (self.maps, self.now);
+        let now = self.now;
         let mut members = Vec::new();
         for (position, m) in set.positions().iter().enumerate() {
             if m.host == anycast_common::NO_HOST {
@@ -170,10 +296,7 @@ impl<'m> Reader<'m> {
             }
             let host = self.host(m.host)?;
             let member = any_ip(host.ip);
-            let info = maps
-                .member_info
-                .get(&crate::members::member_key(address, member), 0)
-                .unwrap_or_default();
+            let info = self.member_info(&crate::members::member_key(address, member));
             let learned = info.source == anycast_common::SOURCE_LEARNED;
             members.push(ShownMember {
                 source: if learned { "learned" } else { "static" },
@@ -188,7 +311,7 @@ impl<'m> Reader<'m> {
                 mac: MacAddr(host.mac).to_string(),
                 mac_known: host.mac_known(),
                 static_mac: host.flags & anycast_common::HOST_MAC_STATIC != 0,
-                share: share(maps, set, position, m.counter)?,
+                share: self.share(set, position, m.counter)?,
             });
         }
         Ok(AddressInfo {
@@ -200,22 +323,22 @@ impl<'m> Reader<'m> {
             exported_metric: None,
         })
     }
-}
 
-/// The fraction of the address's new flows that the member at `position` receives.
-fn share(maps: &Maps, set: &MemberSet, position: usize, counter: u32) -> Result<f64> {
-    if set.single != 0 {
-        return Ok(if set.single as usize == position + 1 {
-            1.0
-        } else {
-            0.0
-        });
+    /// The fraction of the address's new flows that the member at `position` receives.
+    fn share(&self, set: &MemberSet, position: usize, counter: u32) -> Result<f64> {
+        if set.single != 0 {
+            return Ok(if set.single as usize == position + 1 {
+                1.0
+            } else {
+                0.0
+            });
+        }
+        if set.table_size == 0 {
+            return Ok(0.0);
+        }
+        let slots = self.member_slots(counter)?;
+        Ok(f64::from(slots) / f64::from(set.table_size))
     }
-    if set.table_size == 0 {
-        return Ok(0.0);
-    }
-    let slots = maps.word(Words::MemberSlots, counter)?;
-    Ok(f64::from(slots) / f64::from(set.table_size))
 }
 
 #[derive(Debug, Serialize)]
@@ -258,13 +381,17 @@ pub struct Stats {
 
 /// Counters of every address, or only of `only`.
 pub fn stats(maps: &Maps, only: Option<IpAddr>) -> Result<Stats> {
-    let mut reader = Reader::new(maps);
+    let all = maps.addresses()?;
+    let mut reader = match only {
+        Some(_) => Reader::new(maps, None),
+        None => Reader::for_all(maps, all.len())?,
+    };
     let mut addresses = Vec::new();
-    for (address, entry) in maps.addresses()? {
+    for (address, entry) in all {
         if only.is_some_and(|o| o != address) {
             continue;
         }
-        let set = maps.member_set(&entry)?;
+        let set = reader.member_set(&entry)?;
         addresses.push(reader.address_counters(address, &entry, &set)?);
     }
     if let Some(address) = only
@@ -284,19 +411,7 @@ impl Reader<'_> {
         entry: &crate::dataplane::AddrSlot,
         set: &MemberSet,
     ) -> Result<AddressCounters> {
-        let per_cpu = (self.maps.addr_stats)
-            .get(&entry.slot, 0)
-            .map_err(|e| Error::map("ADDR_STATS", e))?;
-        let total = sum(&per_cpu, |t: &mut AddrStats, v| {
-            t.rx_packets += v.rx_packets;
-            t.rx_bytes += v.rx_bytes;
-            t.fwd_packets += v.fwd_packets;
-            t.fwd_bytes += v.fwd_bytes;
-            t.arp_replies += v.arp_replies;
-            for (a, b) in t.passed.iter_mut().zip(v.passed) {
-                *a += b;
-            }
-        });
+        let total = self.addr_stats(entry.slot)?;
         let direct = self.direct(anycast_common::direct::StatOf::Addr(entry.slot));
         Ok(AddressCounters {
             address,
@@ -329,13 +444,7 @@ impl Reader<'_> {
         let mut members = Vec::new();
         for m in set.members() {
             let host = self.host(m.host)?;
-            let per_cpu = (self.maps.member_stats)
-                .get(&m.counter, 0)
-                .map_err(|e| Error::map("MEMBER_STATS", e))?;
-            let c = sum(&per_cpu, |t: &mut MemberStats, v| {
-                t.packets += v.packets;
-                t.bytes += v.bytes;
-            });
+            let c = self.member_stats(m.counter)?;
             let direct = self.direct(anycast_common::direct::StatOf::Member(m.counter));
             members.push(MemberCounters {
                 address: any_ip(host.ip),

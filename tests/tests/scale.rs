@@ -145,6 +145,71 @@ fn load_applies_every_membership_and_traffic_reaches_them() {
     assert!(out.contains("(0 added, 4 updated)"), "{out}");
 }
 
+/// The entry of `address` in a `show --json` or `stats --json`, without the fields that
+/// change with time alone.
+fn entry_of(report: &Value, address: Ipv4Addr) -> Value {
+    let all = report["addresses"].as_array().unwrap();
+    let mut entry = (all.iter())
+        .find(|a| a["address"] == address.to_string())
+        .unwrap_or_else(|| panic!("{address} is not in {report}"))
+        .clone();
+    for m in entry["members"].as_array_mut().unwrap() {
+        let m = m.as_object_mut().unwrap();
+        m.remove("age_ms");
+        m.remove("expires_in_ms");
+    }
+    entry
+}
+
+#[test]
+fn reports_of_many_addresses_read_in_bulk_say_what_lookups_say() {
+    let (topo, ctl) = lab(3);
+    let [m1, m2, m3] = [0, 1, 2].map(|i| topo.members[i].ip);
+    let file = TempFile::new(
+        &[
+            entry(ANYCAST, m1, ""),
+            entry(ANYCAST, m2, "weight = 300"),
+            entry(ANYCAST, m3, "preference = 200"),
+            entry(OTHER, m3, ""),
+        ]
+        .concat(),
+    );
+    ctl.run(&["load", file.arg()]).unwrap();
+    let members = topo.member_namespaces();
+    let udp = udp_round(&topo.client, &members, ANYCAST, UDP_PORT, 42000..42060, 2).unwrap();
+    udp.assert_each_sent_once();
+    // Two addresses: `show` and `stats` look every figure up.
+    let (show, stats) = (ctl.json(&["show"]), ctl.json(&["stats"]));
+
+    // Enough more addresses that both read their counters and member records in bulk.
+    let more: String = (0..report::BULK_FROM as u32)
+        .map(|i| entry(Ipv4Addr::from(0xc612_0100 + i), m1, ""))
+        .collect();
+    ctl.run(&["load", TempFile::new(&more).arg()]).unwrap();
+    let (bulk_show, bulk_stats) = (ctl.json(&["show"]), ctl.json(&["stats"]));
+    let addresses = bulk_stats["addresses"].as_array().unwrap().len();
+    assert_eq!(addresses, report::BULK_FROM + 2);
+    for address in [ANYCAST, OTHER] {
+        assert_eq!(entry_of(&bulk_show, address), entry_of(&show, address));
+        assert_eq!(entry_of(&bulk_stats, address), entry_of(&stats, address));
+    }
+    let forwarded = |a: Ipv4Addr| entry_of(&bulk_stats, a)["forwarded_packets"].as_u64();
+    assert_eq!((forwarded(ANYCAST), forwarded(OTHER)), (Some(120), Some(0)));
+    let shares: Vec<f64> = (entry_of(&bulk_show, ANYCAST)["members"].as_array().unwrap())
+        .iter()
+        .map(|m| m["share"].as_f64().unwrap())
+        .collect();
+    assert!(
+        shares[1] > 2.5 * shares[0]
+            && shares[2] == 0.0
+            && (shares.iter().sum::<f64>() - 1.0).abs() < 1e-9,
+        "{shares:?}"
+    );
+    // The per-address `stats` (lookups) agrees with the bulk read of everything.
+    let one = ctl.json(&["stats", &ANYCAST.to_string()]);
+    assert_eq!(entry_of(&one, ANYCAST), entry_of(&bulk_stats, ANYCAST));
+}
+
 #[test]
 fn load_and_show_show_progress_on_a_terminal() {
     let (topo, ctl) = lab(2);
