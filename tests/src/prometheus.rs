@@ -115,23 +115,36 @@ pub struct Reply {
 /// `GET path` (HTTP/1.0, so no chunked reply) from `addr` (in the caller's namespace), with
 /// `Accept: accept` and `Connection: close`; 10 s at most.
 pub fn http_get(addr: &str, path: &str, accept: &str) -> Result<Reply> {
-    raw_request(
-        addr,
-        format!(
-            "GET {path} HTTP/1.0\r\nHost: {addr}\r\nAccept: {accept}\r\nConnection: close\r\n\r\n"
-        )
-        .as_bytes(),
-    )
+    Ok(http_get_timed(addr, path, accept)?.0)
 }
 
 /// Sends `request` as it is and reads the whole response (the server closes the connection).
 pub fn raw_request(addr: &str, request: &[u8]) -> Result<Reply> {
+    Ok(timed_request(addr, request)?.0)
+}
+
+/// [`http_get`], and the time from the connect to the last byte of the response (before the
+/// response is parsed).
+pub fn http_get_timed(addr: &str, path: &str, accept: &str) -> Result<(Reply, Duration)> {
+    let request = format!(
+        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nAccept: {accept}\r\nConnection: close\r\n\r\n"
+    );
+    timed_request(addr, request.as_bytes())
+}
+
+fn timed_request(addr: &str, request: &[u8]) -> Result<(Reply, Duration)> {
+    let start = std::time::Instant::now();
     let mut stream = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     stream.set_write_timeout(Some(Duration::from_secs(10)))?;
     stream.write_all(request)?;
     let mut bytes = Vec::new();
     stream.read_to_end(&mut bytes)?;
+    let took = start.elapsed();
+    Ok((parse_reply(bytes)?, took))
+}
+
+fn parse_reply(bytes: Vec<u8>) -> Result<Reply> {
     let text = String::from_utf8(bytes).context("response is not UTF-8")?;
     let Some((head, body)) = text.split_once("\r\n\r\n") else {
         bail!("no end of headers in {text:?}");

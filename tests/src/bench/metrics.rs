@@ -2,7 +2,6 @@
 //! addresses are installed by `load` (one member each) on the two-member topology, the real
 //! `anycast-ctl metrics` serves them in the router namespace, and each figure is the wall time
 //! of one `GET /metrics` as Prometheus sends it (OpenMetrics), from connect to the last byte.
-use std::time::Instant;
 
 use anyhow::{Context, Result, ensure};
 use serde_json::{Value, json};
@@ -10,7 +9,7 @@ use serde_json::{Value, json};
 use super::control::{ADDRESSES, load_file, median, ms, operator, tempdir};
 use crate::{
     daemon::Daemon,
-    prometheus::{OPENMETRICS_ACCEPT, http_get},
+    prometheus::{OPENMETRICS_ACCEPT, http_get, http_get_timed},
 };
 
 const LISTEN: &str = "127.0.0.1:9446";
@@ -44,9 +43,10 @@ pub fn run() -> Result<Value> {
     ensure!(ready, "the metrics server did not answer: {}", server.log());
     let (mut times, mut body) = (Vec::new(), String::new());
     for _ in 0..RUNS {
-        let start = Instant::now();
-        let reply = get()?;
-        times.push(ms(start.elapsed()));
+        let (reply, took) = topo
+            .router
+            .in_ns(|| http_get_timed(LISTEN, "/metrics", OPENMETRICS_ACCEPT))?;
+        times.push(ms(took));
         ensure!(
             reply.status == 200,
             "scrape: {} {}",
