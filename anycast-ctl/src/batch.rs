@@ -6,6 +6,9 @@
 //! Invariants:
 //! - the elements are those lookups would return, in index order for an array, and a
 //!   per-CPU element is its `cpus` values in a row (as [`aya::maps::PerCpuValues`] holds them);
+//! - the maps come typed (aya checked their key and value sizes when they were opened), so
+//!   every buffer is the size the kernel writes; arrays are read in chunks, so a read's memory
+//!   does not grow with the number of elements times the number of CPUs;
 //! - like lookups, a read is not an atomic snapshot: the dataplane counts on while it runs;
 //! - the buffers handed to the kernel are sized for the `count` it is given (the only
 //!   `unsafe` here is that syscall and the reading back of `Pod` values from bytes).
@@ -15,44 +18,54 @@ use std::{
     os::fd::{AsFd, AsRawFd},
 };
 
-use aya::{Pod, maps::MapData};
+use aya::{
+    Pod,
+    maps::{Array, HashMap, IterableMap, MapData, PerCpuArray},
+};
 use aya_obj::generated::{bpf_attr, bpf_cmd};
 
 /// Entries a hash map read asks for per syscall (the kernel copies them bucket by bucket and
 /// needs room for the fullest bucket, which holds a handful).
 const HASH_CHUNK: usize = 4096;
 
-/// Elements `0..len` of the array `map` (`len` at most its `max_entries`).
-pub fn array<T: Pod>(map: &MapData, len: u32) -> io::Result<Vec<T>> {
-    let n = len as usize;
-    let mut keys = vec![0u32; n];
-    let mut values = vec![0u8; n * size_of::<T>()];
-    let (filled, _) = lookup(map, None, &mut keys, &mut values, size_of::<T>())?;
-    check_filled(filled, n)?;
-    Ok(decode(&values))
+/// Elements an array read asks for per syscall: the buffer stays small (a per-CPU element is
+/// one value per possible CPU, and there may be hundreds).
+const ARRAY_CHUNK: u32 = 1024;
+
+/// Elements `0..len` of `array` (`len` at most its `max_entries`).
+pub fn array<T: Pod>(array: &Array<MapData, T>, len: u32) -> io::Result<Vec<T>> {
+    let mut out = Vec::with_capacity(len as usize);
+    chunks(array.map(), len, size_of::<T>(), |values| {
+        out.extend(decode::<T>(values))
+    })?;
+    Ok(out)
 }
 
-/// Elements `0..len` of the per-CPU array `map`: element `i` on CPU `c` is at `i * cpus + c`.
-pub fn per_cpu_array<T: Pod>(map: &MapData, len: u32, cpus: usize) -> io::Result<Vec<T>> {
+/// Elements `0..len` of the per-CPU `array`, one call of `each` per element with its values
+/// on the `cpus` possible CPUs (as [`aya::maps::PerCpuValues`] holds them).
+pub fn per_cpu_array<T: Pod>(
+    array: &PerCpuArray<MapData, T>,
+    len: u32,
+    cpus: usize,
+    mut each: impl FnMut(&[T]),
+) -> io::Result<()> {
     // The kernel pads each CPU's value to 8 bytes; these values need no padding.
     const { assert!(size_of::<T>().is_multiple_of(8)) };
-    let n = len as usize;
-    let mut keys = vec![0u32; n];
-    let mut values = vec![0u8; n * cpus * size_of::<T>()];
-    let (filled, _) = lookup(map, None, &mut keys, &mut values, cpus * size_of::<T>())?;
-    check_filled(filled, n)?;
-    Ok(decode(&values))
+    chunks(array.map(), len, cpus * size_of::<T>(), |values| {
+        let values = decode::<T>(values);
+        values.chunks_exact(cpus).for_each(&mut each);
+    })
 }
 
 /// Every entry of the hash map `map`.
-pub fn hash<K: Pod, V: Pod>(map: &MapData) -> io::Result<Vec<(K, V)>> {
+pub fn hash<K: Pod, V: Pod>(map: &HashMap<MapData, K, V>) -> io::Result<Vec<(K, V)>> {
     let mut keys = vec![0u8; HASH_CHUNK * size_of::<K>()];
     let mut values = vec![0u8; HASH_CHUNK * size_of::<V>()];
     let mut out = Vec::new();
     let mut token = None;
     loop {
-        let (filled, next) = lookup_raw(
-            map,
+        let (filled, next) = lookup(
+            map.map(),
             token,
             (&mut keys, size_of::<K>()),
             (&mut values, size_of::<V>()),
@@ -68,6 +81,29 @@ pub fn hash<K: Pod, V: Pod>(map: &MapData) -> io::Result<Vec<(K, V)>> {
     }
 }
 
+/// Reads elements `0..len` of an array map whose values are `value_size` bytes, in chunks of
+/// [`ARRAY_CHUNK`], handing each chunk's values to `each`.
+fn chunks(
+    map: &MapData,
+    len: u32,
+    value_size: usize,
+    mut each: impl FnMut(&[u8]),
+) -> io::Result<()> {
+    let chunk = len.min(ARRAY_CHUNK) as usize;
+    let mut keys = vec![0u8; chunk * 4];
+    let mut values = vec![0u8; chunk * value_size];
+    let (mut done, mut token) = (0, None);
+    while done < len {
+        let count = (len - done).min(ARRAY_CHUNK) as usize;
+        let (filled, next) = lookup(map, token, (&mut keys, 4), (&mut values, value_size), count)?;
+        check_filled(filled, count)?;
+        each(&values[..count * value_size]);
+        done += count as u32;
+        token = next;
+    }
+    Ok(())
+}
+
 fn check_filled(filled: usize, wanted: usize) -> io::Result<()> {
     if filled == wanted {
         return Ok(());
@@ -77,23 +113,9 @@ fn check_filled(filled: usize, wanted: usize) -> io::Result<()> {
     )))
 }
 
-/// [`lookup_raw`] with `u32` keys (an array's indexes).
-fn lookup(
-    map: &MapData,
-    token: Option<u32>,
-    keys: &mut [u32],
-    values: &mut [u8],
-    value_size: usize,
-) -> io::Result<(usize, Option<u32>)> {
-    let count = keys.len();
-    // SAFETY: a `[u32]` is `count * 4` initialised bytes, and any bytes are valid `u32`s.
-    let keys = unsafe { std::slice::from_raw_parts_mut(keys.as_mut_ptr().cast::<u8>(), count * 4) };
-    lookup_raw(map, token, (keys, 4), (values, value_size), count)
-}
-
 /// One `BPF_MAP_LOOKUP_BATCH` of up to `count` entries from where `token` says (the start
 /// if `None`): how many came, and the token to go on with (`None` once the map has ended).
-fn lookup_raw(
+fn lookup(
     map: &MapData,
     token: Option<u32>,
     (keys, key_size): (&mut [u8], usize),

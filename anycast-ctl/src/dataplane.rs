@@ -475,9 +475,8 @@ impl Maps {
 
     /// [`Maps::addresses`] with each bucket's mode word, from the same reads.
     pub fn addresses_and_words(&self) -> Result<Vec<(IpAddr, AddrSlot, u32)>> {
-        use aya::maps::IterableMap;
         // One batch read rather than a syscall per key (see `crate::batch`).
-        let keys: Vec<(Ip6Key, u32)> = crate::batch::hash(self.addr_keys.map())
+        let keys: Vec<(Ip6Key, u32)> = crate::batch::hash(&self.addr_keys)
             .map_err(|e| Error::io(format!("reading {}", names::ADDR_KEYS), e))?;
         let mut out = Vec::new();
         for (key, _) in keys {

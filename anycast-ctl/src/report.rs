@@ -72,7 +72,14 @@ pub struct Show {
 /// Shows its progress on a terminal.
 pub fn show(maps: &Maps, ifname: &dyn Fn(u32) -> String) -> Result<Show> {
     let all = maps.addresses_and_words()?;
-    let mut reader = Reader::for_all(maps, all.len())?;
+    let mut reader = Reader::for_all(
+        maps,
+        all.len(),
+        Parts {
+            counters: false,
+            records: true,
+        },
+    )?;
     let mut progress = Progress::new("addresses", all.len());
     let mut addresses = Vec::new();
     for (done, (address, entry, mode)) in all.into_iter().enumerate() {
@@ -90,7 +97,11 @@ pub fn show(maps: &Maps, ifname: &dyn Fn(u32) -> String) -> Result<Show> {
 /// the addresses and their member sets, as a scrape needs both.
 pub fn stats_and_show(maps: &Maps) -> Result<(Stats, Show)> {
     let all = maps.addresses_and_words()?;
-    let mut reader = Reader::for_all(maps, all.len())?;
+    let parts = Parts {
+        counters: true,
+        records: true,
+    };
+    let mut reader = Reader::for_all(maps, all.len(), parts)?;
     let (mut counters, mut infos) = (Vec::new(), Vec::new());
     for (address, entry, mode) in all {
         let set = reader.member_set(&entry)?;
@@ -133,50 +144,76 @@ struct Reader<'m> {
     now: u64,
 }
 
-/// Reports of at least this many addresses read member sets and counters in bulk: below,
+/// Reports of at least this many addresses read counters and member records in bulk: below,
 /// lookups cost less than reading every slot and counter handed out.
 pub const BULK_FROM: usize = 64;
 
-/// The member sets and counters of every slot and member counter handed out, read with a
-/// few batch syscalls ([`crate::batch`]) instead of several lookups per address.
+/// What a report of every address reads in bulk.
+#[derive(Clone, Copy)]
+struct Parts {
+    /// Address and member counters (`stats`).
+    counters: bool,
+    /// `MEMBER_INFO` and `MEMBER_SLOTS` (`show`).
+    records: bool,
+}
+
+/// The counters and member records of every slot and member counter handed out, read with a
+/// few batch syscalls ([`crate::batch`]) instead of several lookups per address. A part not
+/// read, or a figure beyond what was read (a slot or counter handed out since), is looked up.
+#[derive(Default)]
 struct Bulk {
-    /// By slot, one value per CPU each.
+    /// By slot, summed over the CPUs.
     addr_stats: Vec<AddrStats>,
-    /// By member counter, one value per CPU each.
+    /// By member counter, summed over the CPUs.
     member_stats: Vec<MemberStats>,
     /// By member counter.
     member_slots: Vec<u32>,
     member_info: HashMap<MemberKey, MemberInfo>,
-    cpus: usize,
 }
 
 impl Bulk {
-    fn read(maps: &Maps) -> Result<Self> {
-        use aya::maps::IterableMap;
+    fn read(maps: &Maps, parts: Parts) -> Result<Self> {
         let slots = maps.word(Words::Alloc, anycast_common::ALLOC_ADDR_SLOTS)?;
         let counters = maps.word(Words::Alloc, anycast_common::ALLOC_COUNTERS)?;
-        let cpus = aya::util::nr_cpus().map_err(|(_, e)| Error::io("counting CPUs", e))?;
         let reading = |name: &'static str| move |e| Error::io(format!("reading {name}"), e);
-        Ok(Self {
-            addr_stats: batch::per_cpu_array(maps.addr_stats.map(), slots, cpus)
-                .map_err(reading(names::ADDR_STATS))?,
-            member_stats: batch::per_cpu_array(maps.member_stats.map(), counters, cpus)
-                .map_err(reading(names::MEMBER_STATS))?,
-            member_slots: batch::array(maps.member_slots.map(), counters)
-                .map_err(reading(names::MEMBER_SLOTS))?,
-            member_info: batch::hash(maps.member_info.map())
-                .map_err(reading(names::MEMBER_INFO))?
-                .into_iter()
-                .collect(),
-            cpus,
-        })
+        let mut bulk = Bulk::default();
+        if parts.counters {
+            let cpus = aya::util::nr_cpus().map_err(|(_, e)| Error::io("counting CPUs", e))?;
+            batch::per_cpu_array(&maps.addr_stats, slots, cpus, |v| {
+                bulk.addr_stats.push(sum(v, add_addr_stats))
+            })
+            .map_err(reading(names::ADDR_STATS))?;
+            batch::per_cpu_array(&maps.member_stats, counters, cpus, |v| {
+                bulk.member_stats.push(sum(v, add_member_stats))
+            })
+            .map_err(reading(names::MEMBER_STATS))?;
+        }
+        if parts.records {
+            bulk.member_slots =
+                batch::array(&maps.member_slots, counters).map_err(reading(names::MEMBER_SLOTS))?;
+            bulk.member_info = (batch::hash(&maps.member_info)
+                .map_err(reading(names::MEMBER_INFO))?)
+            .into_iter()
+            .collect();
+        }
+        Ok(bulk)
     }
+}
 
-    /// Element `index`'s values, one per CPU, of a per-CPU array read in bulk.
-    fn per_cpu<'a, T>(&self, values: &'a [T], index: u32) -> Option<&'a [T]> {
-        let start = index as usize * self.cpus;
-        values.get(start..start + self.cpus)
+fn add_addr_stats(t: &mut AddrStats, v: &AddrStats) {
+    t.rx_packets += v.rx_packets;
+    t.rx_bytes += v.rx_bytes;
+    t.fwd_packets += v.fwd_packets;
+    t.fwd_bytes += v.fwd_bytes;
+    t.arp_replies += v.arp_replies;
+    for (a, b) in t.passed.iter_mut().zip(v.passed) {
+        *a += b;
     }
+}
+
+fn add_member_stats(t: &mut MemberStats, v: &MemberStats) {
+    t.packets += v.packets;
+    t.bytes += v.bytes;
 }
 
 impl<'m> Reader<'m> {
@@ -190,10 +227,10 @@ impl<'m> Reader<'m> {
         }
     }
 
-    /// A reader for a report of `addresses` addresses (all there are).
-    fn for_all(maps: &'m Maps, addresses: usize) -> Result<Self> {
+    /// A reader for a report of `addresses` addresses (all there are) that needs `parts`.
+    fn for_all(maps: &'m Maps, addresses: usize, parts: Parts) -> Result<Self> {
         let bulk = (addresses >= BULK_FROM)
-            .then(|| Bulk::read(maps))
+            .then(|| Bulk::read(maps, parts))
             .transpose()?;
         Ok(Self::new(maps, bulk))
     }
@@ -206,51 +243,38 @@ impl<'m> Reader<'m> {
 
     /// A slot's address counters, summed over the CPUs.
     fn addr_stats(&self, slot: u32) -> Result<AddrStats> {
-        let add = |t: &mut AddrStats, v: &AddrStats| {
-            t.rx_packets += v.rx_packets;
-            t.rx_bytes += v.rx_bytes;
-            t.fwd_packets += v.fwd_packets;
-            t.fwd_bytes += v.fwd_bytes;
-            t.arp_replies += v.arp_replies;
-            for (a, b) in t.passed.iter_mut().zip(v.passed) {
-                *a += b;
-            }
-        };
-        if let Some(values) = self
+        if let Some(stats) = self
             .bulk
             .as_ref()
-            .and_then(|b| b.per_cpu(&b.addr_stats, slot))
+            .and_then(|b| b.addr_stats.get(slot as usize))
         {
-            return Ok(sum(values, add));
+            return Ok(*stats);
         }
         let per_cpu = (self.maps.addr_stats)
             .get(&slot, 0)
             .map_err(|e| Error::map(names::ADDR_STATS, e))?;
-        Ok(sum(&per_cpu, add))
+        Ok(sum(&per_cpu, add_addr_stats))
     }
 
     /// A member counter's figures, summed over the CPUs.
     fn member_stats(&self, counter: u32) -> Result<MemberStats> {
-        let add = |t: &mut MemberStats, v: &MemberStats| {
-            t.packets += v.packets;
-            t.bytes += v.bytes;
-        };
-        if let Some(values) = (self.bulk.as_ref()).and_then(|b| b.per_cpu(&b.member_stats, counter))
-        {
-            return Ok(sum(values, add));
+        let bulk = self.bulk.as_ref();
+        if let Some(stats) = bulk.and_then(|b| b.member_stats.get(counter as usize)) {
+            return Ok(*stats);
         }
         let per_cpu = (self.maps.member_stats)
             .get(&counter, 0)
             .map_err(|e| Error::map(names::MEMBER_STATS, e))?;
-        Ok(sum(&per_cpu, add))
+        Ok(sum(&per_cpu, add_member_stats))
     }
 
-    /// A membership's info (the default if it has none).
+    /// A membership's info (the default if it has none). Every membership has one, so one
+    /// missing from the bulk read came since: it is looked up.
     fn member_info(&self, key: &MemberKey) -> MemberInfo {
-        match &self.bulk {
-            Some(bulk) => bulk.member_info.get(key).copied().unwrap_or_default(),
-            None => self.maps.member_info.get(key, 0).unwrap_or_default(),
-        }
+        let bulk = self.bulk.as_ref().and_then(|b| b.member_info.get(key));
+        (bulk.copied())
+            .or_else(|| self.maps.member_info.get(key, 0).ok())
+            .unwrap_or_default()
     }
 
     /// A member counter's slots in its address's Maglev table.
@@ -384,7 +408,14 @@ pub fn stats(maps: &Maps, only: Option<IpAddr>) -> Result<Stats> {
     let all = maps.addresses()?;
     let mut reader = match only {
         Some(_) => Reader::new(maps, None),
-        None => Reader::for_all(maps, all.len())?,
+        None => Reader::for_all(
+            maps,
+            all.len(),
+            Parts {
+                counters: true,
+                records: false,
+            },
+        )?,
     };
     let mut addresses = Vec::new();
     for (address, entry) in all {

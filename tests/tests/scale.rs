@@ -178,8 +178,9 @@ fn reports_of_many_addresses_read_in_bulk_say_what_lookups_say() {
     let members = topo.member_namespaces();
     let udp = udp_round(&topo.client, &members, ANYCAST, UDP_PORT, 42000..42060, 2).unwrap();
     udp.assert_each_sent_once();
-    // Two addresses: `show` and `stats` look every figure up.
+    // Two addresses: `show` and `stats` look every figure up (one batch read: the keys).
     let (show, stats) = (ctl.json(&["show"]), ctl.json(&["stats"]));
+    assert_eq!(batch_reads(&topo, &ctl, &["stats"]), 1);
 
     // Enough more addresses that both read their counters and member records in bulk.
     let more: String = (0..report::BULK_FROM as u32)
@@ -189,6 +190,10 @@ fn reports_of_many_addresses_read_in_bulk_say_what_lookups_say() {
     let (bulk_show, bulk_stats) = (ctl.json(&["show"]), ctl.json(&["stats"]));
     let addresses = bulk_stats["addresses"].as_array().unwrap().len();
     assert_eq!(addresses, report::BULK_FROM + 2);
+    // The keys, then the address and member counters (`stats`), or the member records
+    // (`show`).
+    assert_eq!(batch_reads(&topo, &ctl, &["stats"]), 3);
+    assert_eq!(batch_reads(&topo, &ctl, &["show"]), 3);
     for address in [ANYCAST, OTHER] {
         assert_eq!(entry_of(&bulk_show, address), entry_of(&show, address));
         assert_eq!(entry_of(&bulk_stats, address), entry_of(&stats, address));
@@ -331,6 +336,23 @@ fn many_add_del_cycles_reuse_indexes_and_zero_reused_counters() {
 
 /// bpf(2) calls made by `anycast-ctl args...` in the router namespace (counted by strace).
 fn bpf_calls(topo: &Topology, ctl: &Ctl, args: &[&str]) -> usize {
+    bpf_trace(topo, ctl, args)
+        .lines()
+        .filter(|l| l.contains("bpf("))
+        .count()
+}
+
+/// `BPF_MAP_LOOKUP_BATCH` calls made by `anycast-ctl args...` in the router namespace.
+fn batch_reads(topo: &Topology, ctl: &Ctl, args: &[&str]) -> usize {
+    let trace = bpf_trace(topo, ctl, args);
+    trace
+        .lines()
+        .filter(|l| l.contains("BPF_MAP_LOOKUP_BATCH"))
+        .count()
+}
+
+/// strace's record of the bpf(2) calls of `anycast-ctl args...` in the router namespace.
+fn bpf_trace(topo: &Topology, ctl: &Ctl, args: &[&str]) -> String {
     let trace = TempFile::new("");
     let bin = anycast_tests::ctl::binary().to_str().unwrap();
     let mut full = vec![
@@ -354,8 +376,7 @@ fn bpf_calls(topo: &Topology, ctl: &Ctl, args: &[&str]) -> usize {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let text = std::fs::read_to_string(&trace.0).unwrap();
-    text.lines().filter(|l| l.contains("bpf(")).count()
+    std::fs::read_to_string(&trace.0).unwrap()
 }
 
 /// Add and del of a member, and their bpf calls: (add, del).
