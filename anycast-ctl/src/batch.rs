@@ -1,11 +1,12 @@
 //! Bulk reads of maps with `BPF_MAP_LOOKUP_BATCH`: a range of an array, or a whole hash map,
 //! in one or a few syscalls where lookups cost one each (a scrape of 65,536 addresses made
-//! ~400,000 of them, and they were 40 % of its time). [`crate::report`] reads every
-//! address's member set and counters this way when it reports them all.
+//! ~400,000 of them, and they were 40 % of its time). [`crate::report`] reads the
+//! counters and member records of every address this way when it reports them all.
 //!
 //! Invariants:
 //! - the elements are those lookups would return, in index order for an array, and a
-//!   per-CPU element is its `cpus` values in a row (as [`aya::maps::PerCpuValues`] holds them);
+//!   per-CPU element is its values on the possible CPUs in a row (as
+//!   [`aya::maps::PerCpuValues`] holds them);
 //! - the maps come typed (aya checked their key and value sizes when they were opened), so
 //!   every buffer is the size the kernel writes; arrays are read in chunks, so a read's memory
 //!   does not grow with the number of elements times the number of CPUs;
@@ -42,15 +43,16 @@ pub fn array<T: Pod>(array: &Array<MapData, T>, len: u32) -> io::Result<Vec<T>> 
 }
 
 /// Elements `0..len` of the per-CPU `array`, one call of `each` per element with its values
-/// on the `cpus` possible CPUs (as [`aya::maps::PerCpuValues`] holds them).
+/// on the possible CPUs (as [`aya::maps::PerCpuValues`] holds them).
 pub fn per_cpu_array<T: Pod>(
     array: &PerCpuArray<MapData, T>,
     len: u32,
-    cpus: usize,
     mut each: impl FnMut(&[T]),
 ) -> io::Result<()> {
     // The kernel pads each CPU's value to 8 bytes; these values need no padding.
     const { assert!(size_of::<T>().is_multiple_of(8)) };
+    // The CPUs the kernel writes a value for (what aya's per-CPU lookups size theirs by).
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
     chunks(array.map(), len, cpus * size_of::<T>(), |values| {
         let values = decode::<T>(values);
         values.chunks_exact(cpus).for_each(&mut each);

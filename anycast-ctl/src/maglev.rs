@@ -34,14 +34,16 @@
 //!   permutations are correlated; Maglev accepts it for the exact balance). That is also why `M`
 //!   must be at least [`MIN_SIZE_FACTOR`] times the number of backends.
 //!
-//! A build at `M` = 65,537 with 64 members takes well under the paper's ~1.8 ms (about 0.50 ms
-//! here, against 0.9 ms for the plain walk): offsets and skips are computed once, free slots
+//! A build at `M` = 65,537 with 64 members takes under the paper's ~1.8 ms (0.73 ms on a Xeon
+//! VM, 1.27 ms on an AMD EPYC one, about half the plain walk's time): offsets and skips are computed once, free slots
 //! are a bitset (in L1, and doubled so that a probe needs no `% M`), walks look at 2, 4 and
 //! then 8 positions per branch as the table fills (so that the branch ending a walk is mostly
 //! predicted), the last 128 slots are computed rather than walked to (a walk there takes
 //! hundreds of probes), and [`Builder`] keeps its buffers between builds. Every one of these
 //! gives the slot the plain walk gives: a unit test checks the tables byte for byte against
-//! it. What is left is ~50 instructions per claim and ~7 per probe.
+//! it. What is left, measured on the EPYC: ~9 ns per claim (its bookkeeping and one probe)
+//! and ~1 ns per further probe, with ~410,000 probes and a mispredicted walk end for most of
+//! the 65,537 claims; the three phases take ~250, ~300 and ~680 µs, the last 128 slots ~25.
 
 use std::time::Instant;
 

@@ -178,12 +178,11 @@ impl Bulk {
         let reading = |name: &'static str| move |e| Error::io(format!("reading {name}"), e);
         let mut bulk = Bulk::default();
         if parts.counters {
-            let cpus = aya::util::nr_cpus().map_err(|(_, e)| Error::io("counting CPUs", e))?;
-            batch::per_cpu_array(&maps.addr_stats, slots, cpus, |v| {
+            batch::per_cpu_array(&maps.addr_stats, slots, |v| {
                 bulk.addr_stats.push(sum(v, add_addr_stats))
             })
             .map_err(reading(names::ADDR_STATS))?;
-            batch::per_cpu_array(&maps.member_stats, counters, cpus, |v| {
+            batch::per_cpu_array(&maps.member_stats, counters, |v| {
                 bulk.member_stats.push(sum(v, add_member_stats))
             })
             .map_err(reading(names::MEMBER_STATS))?;
