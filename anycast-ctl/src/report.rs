@@ -84,7 +84,7 @@ pub fn show(maps: &Maps, ifname: &dyn Fn(u32) -> String) -> Result<Show> {
     let mut addresses = Vec::new();
     for (done, (address, entry, mode)) in all.into_iter().enumerate() {
         progress.set(done);
-        let set = reader.member_set(&entry)?;
+        let set = maps.member_set(&entry)?;
         addresses.push(reader.address_info((address, mode), &set, ifname)?);
     }
     Ok(Show {
@@ -104,7 +104,7 @@ pub fn stats_and_show(maps: &Maps) -> Result<(Stats, Show)> {
     let mut reader = Reader::for_all(maps, all.len(), parts)?;
     let (mut counters, mut infos) = (Vec::new(), Vec::new());
     for (address, entry, mode) in all {
-        let set = reader.member_set(&entry)?;
+        let set = maps.member_set(&entry)?;
         counters.push(reader.address_counters(address, &entry, &set)?);
         infos.push(reader.address_info((address, mode), &set, &|_| String::new())?);
     }
@@ -140,7 +140,8 @@ struct Reader<'m> {
     hosts: HashMap<u32, Host>,
     /// [`direct_counts`], read when the reader is made.
     direct: HashMap<u32, (u64, u64)>,
-    bulk: Option<Bulk>,
+    /// Empty unless the report is of [`BULK_FROM`] addresses or more.
+    bulk: Bulk,
     now: u64,
 }
 
@@ -160,6 +161,8 @@ struct Parts {
 /// The counters and member records of every slot and member counter handed out, read with a
 /// few batch syscalls ([`crate::batch`]) instead of several lookups per address. A part not
 /// read, or a figure beyond what was read (a slot or counter handed out since), is looked up.
+/// Member sets are always looked up: the live halves of `MEMBER_SETS` are scattered, and a
+/// batch read of these large values costs as much per element as a lookup.
 #[derive(Default)]
 struct Bulk {
     /// By slot, summed over the CPUs.
@@ -216,7 +219,7 @@ fn add_member_stats(t: &mut MemberStats, v: &MemberStats) {
 }
 
 impl<'m> Reader<'m> {
-    fn new(maps: &'m Maps, bulk: Option<Bulk>) -> Self {
+    fn new(maps: &'m Maps, bulk: Bulk) -> Self {
         Reader {
             maps,
             hosts: HashMap::new(),
@@ -228,25 +231,17 @@ impl<'m> Reader<'m> {
 
     /// A reader for a report of `addresses` addresses (all there are) that needs `parts`.
     fn for_all(maps: &'m Maps, addresses: usize, parts: Parts) -> Result<Self> {
-        let bulk = (addresses >= BULK_FROM)
-            .then(|| Bulk::read(maps, parts))
-            .transpose()?;
+        let bulk = if addresses >= BULK_FROM {
+            Bulk::read(maps, parts)?
+        } else {
+            Bulk::default()
+        };
         Ok(Self::new(maps, bulk))
-    }
-
-    /// The live member set of an address (a lookup: the live half of `MEMBER_SETS` is
-    /// scattered, and these are large).
-    fn member_set(&self, entry: &crate::dataplane::AddrSlot) -> Result<MemberSet> {
-        self.maps.member_set(entry)
     }
 
     /// A slot's address counters, summed over the CPUs.
     fn addr_stats(&self, slot: u32) -> Result<AddrStats> {
-        if let Some(stats) = self
-            .bulk
-            .as_ref()
-            .and_then(|b| b.addr_stats.get(slot as usize))
-        {
+        if let Some(stats) = self.bulk.addr_stats.get(slot as usize) {
             return Ok(*stats);
         }
         let per_cpu = (self.maps.addr_stats)
@@ -257,8 +252,7 @@ impl<'m> Reader<'m> {
 
     /// A member counter's figures, summed over the CPUs.
     fn member_stats(&self, counter: u32) -> Result<MemberStats> {
-        let bulk = self.bulk.as_ref();
-        if let Some(stats) = bulk.and_then(|b| b.member_stats.get(counter as usize)) {
+        if let Some(stats) = self.bulk.member_stats.get(counter as usize) {
             return Ok(*stats);
         }
         let per_cpu = (self.maps.member_stats)
@@ -270,19 +264,14 @@ impl<'m> Reader<'m> {
     /// A membership's info (the default if it has none). Every membership has one, so one
     /// missing from the bulk read came since: it is looked up.
     fn member_info(&self, key: &MemberKey) -> MemberInfo {
-        let bulk = self.bulk.as_ref().and_then(|b| b.member_info.get(key));
-        (bulk.copied())
+        (self.bulk.member_info.get(key).copied())
             .or_else(|| self.maps.member_info.get(key, 0).ok())
             .unwrap_or_default()
     }
 
     /// A member counter's slots in its address's Maglev table.
     fn member_slots(&self, counter: u32) -> Result<u32> {
-        match self
-            .bulk
-            .as_ref()
-            .and_then(|b| b.member_slots.get(counter as usize))
-        {
+        match self.bulk.member_slots.get(counter as usize) {
             Some(slots) => Ok(*slots),
             None => self.maps.word(Words::MemberSlots, counter),
         }
@@ -406,7 +395,7 @@ pub struct Stats {
 pub fn stats(maps: &Maps, only: Option<IpAddr>) -> Result<Stats> {
     let all = maps.addresses()?;
     let mut reader = match only {
-        Some(_) => Reader::new(maps, None),
+        Some(_) => Reader::new(maps, Bulk::default()),
         None => Reader::for_all(
             maps,
             all.len(),
@@ -421,7 +410,7 @@ pub fn stats(maps: &Maps, only: Option<IpAddr>) -> Result<Stats> {
         if only.is_some_and(|o| o != address) {
             continue;
         }
-        let set = reader.member_set(&entry)?;
+        let set = maps.member_set(&entry)?;
         addresses.push(reader.address_counters(address, &entry, &set)?);
     }
     if let Some(address) = only

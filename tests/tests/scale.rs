@@ -58,14 +58,22 @@ fn entry(anycast: Ipv4Addr, member: Ipv4Addr, extra: &str) -> String {
 /// `show --json` without the fields that change with time alone.
 fn state(ctl: &Ctl) -> Value {
     let mut show = ctl.json(&["show"]);
-    for a in show["addresses"].as_array_mut().unwrap() {
-        for m in a["members"].as_array_mut().unwrap() {
-            let m = m.as_object_mut().unwrap();
-            m.remove("age_ms");
-            m.remove("expires_in_ms");
-        }
-    }
+    show["addresses"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .for_each(timeless);
     show
+}
+
+/// An address of `show --json` or `stats --json` without the fields that change with time
+/// alone.
+fn timeless(address: &mut Value) {
+    for m in address["members"].as_array_mut().unwrap() {
+        let m = m.as_object_mut().unwrap();
+        m.remove("age_ms");
+        m.remove("expires_in_ms");
+    }
 }
 
 /// Stdout of a successful run whose stderr (a pipe) holds no progress line: progress is for
@@ -153,11 +161,7 @@ fn entry_of(report: &Value, address: Ipv4Addr) -> Value {
         .find(|a| a["address"] == address.to_string())
         .unwrap_or_else(|| panic!("{address} is not in {report}"))
         .clone();
-    for m in entry["members"].as_array_mut().unwrap() {
-        let m = m.as_object_mut().unwrap();
-        m.remove("age_ms");
-        m.remove("expires_in_ms");
-    }
+    timeless(&mut entry);
     entry
 }
 
