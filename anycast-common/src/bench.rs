@@ -8,12 +8,14 @@ pub mod names {
     pub const BENCH_PORT: &str = "BENCH_PORT";
     /// Per-CPU frame counter of `bench_gen`.
     pub const BENCH_SEQ: &str = "BENCH_SEQ";
-    /// The [`super::BenchFrame`] `bench_gen` writes (index 0).
+    /// The [`super::BenchFrame`] `bench_gen` and `bench_replay` write (index 0).
     pub const BENCH_FRAME: &str = "BENCH_FRAME";
+    /// Program array: the program `bench_replay` tail-calls (index 0).
+    pub const BENCH_TARGET: &str = "BENCH_TARGET";
     /// [`super::COLD_LINES`] cache lines, one read per frame by `bench_cold` and `bench_packed`.
     pub const BENCH_COLD: &str = "BENCH_COLD";
     /// Every map of the benchmark object.
-    pub const ALL: [&str; 4] = [BENCH_PORT, BENCH_SEQ, BENCH_FRAME, BENCH_COLD];
+    pub const ALL: [&str; 5] = [BENCH_PORT, BENCH_SEQ, BENCH_FRAME, BENCH_TARGET, BENCH_COLD];
 }
 
 /// Programs of the benchmark object.
@@ -36,11 +38,15 @@ pub mod programs {
     /// Traffic generator (live frames): restores the headers of `BENCH_FRAME`, varies the flow
     /// (and, optionally, the IPv4 destination).
     pub const BENCH_GEN: &str = "bench_gen";
+    /// TEST_RUN harness: restores `BENCH_FRAME` over the frame, then tail-calls
+    /// `BENCH_TARGET[0]`, so that every repeat runs on the frame the benchmark gave (TEST_RUN
+    /// does not reset the frame between repeats).
+    pub const BENCH_REPLAY: &str = "bench_replay";
     /// Sink: drops IPv4 and IPv6 other than ICMPv6, passes everything else.
     pub const BENCH_SINK: &str = "bench_sink";
     /// XDP_PASS for a veth peer, so that it receives XDP_TX and redirected frames.
     pub const PEER_PASS: &str = "peer_pass";
-    pub const ALL: [&str; 9] = [
+    pub const ALL: [&str; 10] = [
         BENCH_BASELINE,
         BENCH_REDIRECT,
         BENCH_SPREAD,
@@ -48,13 +54,15 @@ pub mod programs {
         BENCH_COLD,
         BENCH_PACKED,
         BENCH_GEN,
+        BENCH_REPLAY,
         BENCH_SINK,
         PEER_PASS,
     ];
 }
 
-/// Capacity of [`BenchFrame`].
-pub const BENCH_FRAME_BYTES: usize = 64;
+/// Capacity of [`BenchFrame`]: the headers of a generated frame, or a whole frame to replay
+/// (a neighbour solicitation with its option is 86 bytes).
+pub const BENCH_FRAME_BYTES: usize = 128;
 
 /// Ports of `bench_spread` (BENCH_PORT indexes 0..SPREAD_PORTS).
 pub const SPREAD_PORTS: u32 = 3;
@@ -66,7 +74,8 @@ pub const COLD_LINES: u32 = 1 << 20;
 /// Capacity of BENCH_PORT.
 pub const BENCH_PORTS: u32 = 4;
 
-/// What `bench_gen` writes over the start of every frame it generates: the headers of an
+/// What `bench_gen` writes over the start of every frame it generates (and `bench_replay`
+/// over every frame it replays, [`BenchFrame::replay`]): the headers of an
 /// Ethernet/IPv4 (IHL 5)/UDP or Ethernet/IPv6/UDP frame (IPv4 checksum included), then the
 /// flow's ports and, if `spread_mask` is set, the IPv4 destination. Set by the benchmark.
 ///
@@ -100,6 +109,23 @@ impl BenchFrame {
         Some(Self {
             len: len as u32,
             l4: l4 as u32,
+            flows_mask: 0,
+            spread_mask: 0,
+            bytes,
+        })
+    }
+
+    /// The whole of `frame`, for `bench_replay` (which reads only `len` and `bytes`); `None` if
+    /// it exceeds [`BENCH_FRAME_BYTES`].
+    pub fn replay(frame: &[u8]) -> Option<Self> {
+        if frame.len() > BENCH_FRAME_BYTES {
+            return None;
+        }
+        let mut bytes = [0; BENCH_FRAME_BYTES];
+        bytes[..frame.len()].copy_from_slice(frame);
+        Some(Self {
+            len: frame.len() as u32,
+            l4: 0,
             flows_mask: 0,
             spread_mask: 0,
             bytes,

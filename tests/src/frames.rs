@@ -23,7 +23,7 @@ use anycast_ctl::{
 use anyhow::{Context, Result, bail};
 use aya::{
     Ebpf,
-    maps::{Array, Map, MapData},
+    maps::{Array, Map, MapData, ProgramArray},
     programs::{TestRun, TestRunOptions, Xdp},
 };
 
@@ -520,6 +520,18 @@ impl Bed {
         out
     }
 
+    /// The outcome counters that changed since `before` (an [`Bed::outcomes`]), with how much.
+    pub fn changed_since(&self, before: &BTreeMap<String, u64>) -> Changed {
+        self.outcomes()
+            .into_iter()
+            .filter(|(k, v)| before.get(k) != Some(v))
+            .map(|(k, v)| {
+                let was = before.get(&k).copied().unwrap_or(0);
+                (k, v - was)
+            })
+            .collect()
+    }
+
     /// Runs `frame` through `program` on port `ingress`: the verdict, the output frame, and
     /// the outcome counters that changed, with how much.
     pub fn run_counted(
@@ -530,15 +542,7 @@ impl Bed {
     ) -> Result<(u32, Vec<u8>, Changed)> {
         let before = self.outcomes();
         let (verdict, out) = self.run(program, ingress, frame)?;
-        let changed = self
-            .outcomes()
-            .into_iter()
-            .filter(|(k, v)| before.get(k) != Some(v))
-            .map(|(k, v)| {
-                let was = before.get(&k).copied().unwrap_or(0);
-                (k, v - was)
-            })
-            .collect();
+        let changed = self.changed_since(&before);
         Ok((verdict, out, changed))
     }
 
@@ -562,6 +566,18 @@ impl Bed {
     /// Runs `program` once on `frame` arriving on port `ingress`: the verdict and the frame
     /// as the program left it.
     pub fn run(&self, program: &str, ingress: usize, frame: &[u8]) -> Result<(u32, Vec<u8>)> {
+        self.run_repeated(program, ingress, frame, 1)
+    }
+
+    /// Runs `program` `repeat` times on `frame` arriving on port `ingress`, as TEST_RUN does:
+    /// each repeat on the frame the previous one left. The last verdict and frame.
+    pub fn run_repeated(
+        &self,
+        program: &str,
+        ingress: usize,
+        frame: &[u8],
+        repeat: u32,
+    ) -> Result<(u32, Vec<u8>)> {
         let mut out = vec![0u8; frame.len() + 256];
         let ctx = xdp_md(frame.len(), self.ports[ingress].ifindex);
         let mut ctx_out = [0u8; 24];
@@ -571,31 +587,74 @@ impl Bed {
             data_out: Some(&mut out),
             ctx_in: Some(&ctx),
             ctx_out: Some(&mut ctx_out),
-            repeat: 1,
+            repeat,
             ..Default::default()
         })?;
         out.truncate(r.data_size_out as usize);
         Ok((r.return_value, out))
     }
 
-    /// Runs `program` `repeat` times on `frame` in the kernel; the mean time per run.
+    /// Runs `program` `repeat` times in the kernel on `frame` arriving on port `ingress`, each
+    /// run on `frame` as given: `bench_replay` restores it and tail-calls `program` (TEST_RUN
+    /// runs every repeat on what the previous one left, so a forward would meet its own
+    /// output). The mean time per run, the replay's included, and the last run's verdict and
+    /// frame.
     pub fn time(
-        &self,
+        &mut self,
         program: &str,
         ingress: usize,
         frame: &[u8],
         repeat: u32,
-    ) -> Result<Duration> {
+    ) -> Result<Timed> {
+        let template = bench::BenchFrame::replay(frame).context("frame too long to replay")?;
+        let target = self
+            .ebpf
+            .program(program)
+            .or_else(|| self.bench.program(program))
+            .with_context(|| format!("program {program}"))?;
+        let target: &Xdp = target.try_into()?;
+        let target = target.fd()?.try_clone()?;
+        let mut targets = ProgramArray::try_from(
+            self.bench
+                .map_mut(bench::names::BENCH_TARGET)
+                .context("map BENCH_TARGET")?,
+        )?;
+        targets.set(0, &target, 0).context("BENCH_TARGET[0]")?;
+        let mut frames: Array<_, bench::BenchFrame> = Array::try_from(
+            self.bench
+                .map_mut(bench::names::BENCH_FRAME)
+                .context("map BENCH_FRAME")?,
+        )?;
+        frames.set(0, template, 0).context("BENCH_FRAME[0]")?;
+        let mut out = vec![0u8; frame.len() + 256];
         let ctx = xdp_md(frame.len(), self.ports[ingress].ifindex);
-        let prog = self.program(program)?;
-        let r = prog.test_run(TestRunOptions {
-            data_in: Some(frame),
-            ctx_in: Some(&ctx),
-            repeat,
-            ..Default::default()
-        })?;
-        Ok(r.duration)
+        let r = self
+            .program(bench::programs::BENCH_REPLAY)?
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ctx_in: Some(&ctx),
+                repeat,
+                ..Default::default()
+            })?;
+        out.truncate(r.data_size_out as usize);
+        Ok(Timed {
+            per_run: r.duration,
+            verdict: r.return_value,
+            frame: out,
+        })
     }
+}
+
+/// What [`Bed::time`] measured.
+#[derive(Debug)]
+pub struct Timed {
+    /// The mean time per run.
+    pub per_run: Duration,
+    /// The last run's verdict.
+    pub verdict: u32,
+    /// The frame as the last run left it.
+    pub frame: Vec<u8>,
 }
 
 impl Drop for Bed {

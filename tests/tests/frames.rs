@@ -763,6 +763,42 @@ fn baseline_program_swaps_macs() {
     assert_eq!(out[12..], frame[12..]);
 }
 
+/// TEST_RUN runs each repeat on the frame the previous one left: a forward's second repeat
+/// meets the forwarded frame (a member's MAC) and passes it. So the benchmark times every
+/// program through `bench_replay`, which restores the frame first: then every repeat forwards
+/// the frame as given, and the last one leaves exactly what one run does.
+#[test]
+fn timed_repeats_each_forward_the_frame_as_given() {
+    let mut bed = bed();
+    let frame = to_router(&bed, &Ipv4::udp(CLIENT, ANYCAST_A, 40000, 53, b"x"));
+    let (verdict, once) = bed.run(ANYCAST, 0, &frame).unwrap();
+    assert_eq!(verdict, XDP_REDIRECT);
+
+    let before = bed.outcomes();
+    let (verdict, _) = bed.run_repeated(ANYCAST, 0, &frame, 3).unwrap();
+    assert_eq!(verdict, XDP_PASS, "plain repeats meet their own output");
+    assert_eq!(
+        bed.changed_since(&before),
+        [
+            (format!("{ANYCAST_A}/forwarded"), 1),
+            (format!("{ANYCAST_A}/passed.not_for_router"), 2)
+        ]
+    );
+
+    let before = bed.outcomes();
+    let timed = bed.time(ANYCAST, 0, &frame, 1_000).unwrap();
+    assert_eq!(timed.verdict, XDP_REDIRECT);
+    assert_eq!(
+        timed.frame, once,
+        "the last repeat forwards the frame as given"
+    );
+    assert_eq!(
+        bed.changed_since(&before),
+        [(format!("{ANYCAST_A}/forwarded"), 1_000)]
+    );
+    assert!(timed.per_run > std::time::Duration::ZERO);
+}
+
 #[test]
 fn object_names_match_user_space() {
     let objects = [
