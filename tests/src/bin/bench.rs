@@ -18,7 +18,8 @@
 //! report; `bench e2e` likewise for the end-to-end forwarding rate (about a minute).
 //! `bench ipv6` measures only the IPv6 TEST_RUN cases (the forward and the neighbour
 //! advertisement against the baseline, and the forward at 65,536 IPv6 addresses) and prints
-//! them.
+//! them; `bench dataplane` every TEST_RUN figure (the cases, `--track tcp` and the scale
+//! cases), printed.
 // The report is one `json!` literal, deeper than the macro's default recursion limit.
 #![recursion_limit = "256"]
 use std::{
@@ -251,6 +252,14 @@ fn main() -> Result<()> {
     }
     ns.insert("udp_forward_1_address", ns["udp_forward"]);
     let track_tcp = track_tcp(&mut bed, [&cases[0], &cases[1], &cases[6]])?;
+    // `bench dataplane`: every TEST_RUN figure (the cases, `--track tcp`, scale), printed.
+    if std::env::args().nth(1).as_deref() == Some("dataplane") {
+        let scaled = scale(&mut bed, &ns, [&cases[0], &cases[1], &cases[6], &cases[7]])?;
+        print_dataplane(&ns);
+        let scaled = serde_json::to_string_pretty(&scaled)?;
+        println!("{}\n{scaled}", serde_json::to_string_pretty(&track_tcp)?);
+        return Ok(());
+    }
 
     let scaled = scale(&mut bed, &ns, [&cases[0], &cases[1], &cases[6], &cases[7]])?;
     let scale = scaled["scale_65536_vs_1"];
