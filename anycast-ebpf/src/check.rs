@@ -11,20 +11,22 @@ use crate::packet::{self, ArpHdr, EthHdr, Ipv4Hdr};
 
 const BROADCAST: [u8; 6] = [0xff; 6];
 
-/// Whether two MACs are equal (a byte loop: `==` on arrays may become a `bcmp` call, which BPF
-/// cannot make).
+/// Whether two MACs are equal (see [`same`]).
 #[inline(always)]
 pub fn same_mac(a: &[u8; 6], b: &[u8; 6]) -> bool {
     same(a, b)
 }
 
-/// Whether two byte arrays are equal (see [`same_mac`]).
+/// Whether two byte arrays are equal, compared in `packet::pieces` (`==` on arrays may become
+/// a `bcmp` call, which BPF cannot make).
 #[inline(always)]
 pub fn same<const N: usize>(a: &[u8; N], b: &[u8; N]) -> bool {
+    let (x, y) = (a.as_ptr(), b.as_ptr());
     let mut diff = 0;
-    for (x, y) in a.iter().zip(b) {
-        diff |= x ^ y;
-    }
+    // SAFETY: `pieces` stays inside both arrays.
+    packet::pieces::<N>(|at, width| unsafe {
+        diff |= packet::load(x.add(at), width) ^ packet::load(y.add(at), width);
+    });
     diff == 0
 }
 
@@ -35,24 +37,16 @@ pub fn for_router(eth: &EthHdr, own: &[u8; 6]) -> bool {
 }
 
 /// Whether the IPv4 header, options included (`l4_offset` is where it ends), sums to the
-/// one's-complement zero. The options are read in 4-byte words, at most ten of them.
+/// one's-complement zero. The header is summed in native-endian 4-byte words (RFC 1071: the
+/// sum may be taken in wider words and in either byte order, and all-ones is the same in
+/// both), the options at most ten of them.
 #[inline(always)]
 pub fn checksum_ok(ctx: &aya_ebpf::programs::XdpContext, ip: &Ipv4Hdr, l4_offset: usize) -> bool {
-    let fixed = [
-        [ip.version_ihl, ip.tos],
-        ip.tot_len,
-        ip.id,
-        ip.frag_off,
-        [ip.ttl, ip.proto],
-        ip.check,
-        [ip.src[0], ip.src[1]],
-        [ip.src[2], ip.src[3]],
-        [ip.dst[0], ip.dst[1]],
-        [ip.dst[2], ip.dst[3]],
-    ];
-    let mut sum: u32 = 0;
-    for word in fixed {
-        sum += u16::from_be_bytes(word) as u32;
+    let fixed = (ip as *const Ipv4Hdr).cast::<u8>();
+    let mut sum: u64 = 0;
+    for at in (0..core::mem::size_of::<Ipv4Hdr>()).step_by(4) {
+        // SAFETY: inside the header, which `packet::header` checked against the frame's end.
+        sum += unsafe { packet::load(fixed.add(at), 4) };
     }
     let mut offset = ETH_HLEN + core::mem::size_of::<Ipv4Hdr>();
     for _ in 0..10 {
@@ -62,10 +56,11 @@ pub fn checksum_ok(ctx: &aya_ebpf::programs::XdpContext, ip: &Ipv4Hdr, l4_offset
         let Some(word) = packet::header::<[u8; 4]>(ctx, offset) else {
             return false;
         };
-        sum += u16::from_be_bytes([word[0], word[1]]) as u32;
-        sum += u16::from_be_bytes([word[2], word[3]]) as u32;
+        sum += u32::from_ne_bytes(*word) as u64;
         offset += 4;
     }
+    sum = (sum & 0xffff_ffff) + (sum >> 32);
+    sum = (sum & 0xffff) + (sum >> 16);
     sum = (sum & 0xffff) + (sum >> 16);
     sum = (sum & 0xffff) + (sum >> 16);
     sum == 0xffff

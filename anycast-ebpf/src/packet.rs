@@ -31,20 +31,75 @@ pub fn header<'a, T>(ctx: &XdpContext, offset: usize) -> Option<&'a mut T> {
     Some(unsafe { &mut *((start + offset) as *mut T) })
 }
 
-/// Copies a MAC address byte by byte. A plain `dst = *src` between packet and map memory
-/// compiles to a call into an out-of-line `memmove` subprogram, several times slower.
+/// Copies a MAC address (see [`copy`]).
 #[inline(always)]
 pub fn copy_mac(dst: &mut [u8; 6], src: &[u8; 6]) {
     copy(dst, src);
 }
 
-/// Copies `N` bytes one by one (see [`copy_mac`]).
+/// Copies `N` bytes in as few loads and stores as [`pieces`] allows: a MAC is a 4-byte and a
+/// 2-byte copy, an IPv6 address two 8-byte ones. `dst = *src` between packet and map memory
+/// would instead compile to a call into an out-of-line `memmove` subprogram, several times
+/// slower.
 #[inline(always)]
 pub fn copy<const N: usize>(dst: &mut [u8; N], src: &[u8; N]) {
-    for (d, s) in dst.iter_mut().zip(src) {
-        // SAFETY: `d` is a valid, exclusive reference; volatile only keeps LLVM from turning
-        // this loop back into a memmove call.
-        unsafe { core::ptr::write_volatile(d, *s) };
+    let (d, s) = (dst.as_mut_ptr(), src.as_ptr());
+    // SAFETY: `pieces` stays inside the two arrays, which are valid and distinct (`dst` is
+    // exclusive).
+    pieces::<N>(|at, width| unsafe { store(d.add(at), width, load(s.add(at), width)) });
+}
+
+/// Calls `f(offset, width)` for the pieces `N` bytes split into: 8-byte ones while they fit,
+/// then at most one each of 4, 2 and 1 bytes. With `N` a constant this unrolls into straight
+/// code; the eBPF build allows misaligned accesses (`anycast-ctl/build.rs`), so each piece is
+/// one load or store at any offset.
+#[inline(always)]
+pub fn pieces<const N: usize>(mut f: impl FnMut(usize, usize)) {
+    let mut at = 0;
+    while at + 8 <= N {
+        f(at, 8);
+        at += 8;
+    }
+    for width in [4, 2, 1] {
+        if at + width <= N {
+            f(at, width);
+            at += width;
+        }
+    }
+}
+
+/// The native-endian word of `width` bytes (8, 4, 2 or 1) at `p`, widened.
+///
+/// # Safety
+/// `p .. p + width` must be readable.
+#[inline(always)]
+pub unsafe fn load(p: *const u8, width: usize) -> u64 {
+    // SAFETY: readable (the caller's promise); unaligned reads need no alignment and any bit
+    // pattern is a valid integer.
+    unsafe {
+        match width {
+            8 => (p as *const u64).read_unaligned(),
+            4 => (p as *const u32).read_unaligned() as u64,
+            2 => (p as *const u16).read_unaligned() as u64,
+            _ => *p as u64,
+        }
+    }
+}
+
+/// Stores the low `width` bytes (8, 4, 2 or 1) of `v` at `p`, as [`load`] reads them.
+///
+/// # Safety
+/// `p .. p + width` must be writable and not otherwise referenced.
+#[inline(always)]
+unsafe fn store(p: *mut u8, width: usize, v: u64) {
+    // SAFETY: as promised by the caller; unaligned writes need no alignment.
+    unsafe {
+        match width {
+            8 => (p as *mut u64).write_unaligned(v),
+            4 => (p as *mut u32).write_unaligned(v as u32),
+            2 => (p as *mut u16).write_unaligned(v as u16),
+            _ => *p = v as u8,
+        }
     }
 }
 
