@@ -44,6 +44,8 @@ const MAX_NS_LEN: usize = 128;
 const MAX_OPTIONS: usize = 13;
 /// ICMPv6 bytes of the advertisement: the message and the target link-layer option.
 const NA_LEN: usize = size_of::<NdMsg>() + size_of::<NdLinkOpt>();
+// They end the frame, contiguous: the checksum is summed over them in place.
+const _: () = assert!(core::mem::offset_of!(NaFrame, na) + NA_LEN == size_of::<NaFrame>());
 
 /// The all-nodes address ff02::1 and its MAC.
 const ALL_NODES: [u8; 16] = [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
@@ -171,6 +173,10 @@ fn answerable(eth: &EthHdr, ip: &Ipv6Hdr, target: &[u8; 16], own: &[u8; 6]) -> b
 /// of the pseudo-header (source, destination, length, next header) and the message is 0xffff.
 /// The message is read in 8-byte words, at most [`MAX_NS_LEN`] bytes (`len` is a multiple of
 /// 8, checked by the option walk).
+///
+/// Every sum here is of native-endian 4-byte words: RFC 1071 lets the one's-complement sum be
+/// taken in wider words and in either byte order, the result coming out in the same order, so
+/// the folded sum is compared (all-ones reads the same both ways) or stored as it is.
 #[inline(always)]
 fn checksum_ok(ctx: &XdpContext, ip: &Ipv6Hdr, len: usize) -> bool {
     let mut sum = pseudo_header(&ip.src, &ip.dst, len as u32);
@@ -188,26 +194,34 @@ fn checksum_ok(ctx: &XdpContext, ip: &Ipv6Hdr, len: usize) -> bool {
     fold(sum) == 0xffff
 }
 
-/// The one's-complement sum (unfolded) of the ICMPv6 pseudo-header.
+/// The one's-complement sum (unfolded, native order) of the ICMPv6 pseudo-header.
 #[inline(always)]
-fn pseudo_header(src: &[u8; 16], dst: &[u8; 16], len: u32) -> u32 {
-    add_words(src) + add_words(dst) + (len >> 16) + (len & 0xffff) + IPPROTO_ICMPV6 as u32
+fn pseudo_header(src: &[u8; 16], dst: &[u8; 16], len: u32) -> u64 {
+    let length = u32::from_ne_bytes(len.to_be_bytes());
+    let next_header = u32::from_ne_bytes([0, 0, 0, IPPROTO_ICMPV6]);
+    add_words(src) + add_words(dst) + length as u64 + next_header as u64
 }
 
-/// The sum of the big-endian 16-bit words of `bytes`.
+/// The sum of the native-endian 4-byte words of `bytes` (`N` a multiple of 4).
 #[inline(always)]
-fn add_words<const N: usize>(bytes: &[u8; N]) -> u32 {
+fn add_words<const N: usize>(bytes: &[u8; N]) -> u64 {
+    const { assert!(N % 4 == 0) };
+    let p = bytes.as_ptr();
     let mut sum = 0;
-    let mut i = 0;
-    while i + 1 < N {
-        sum += u16::from_be_bytes([bytes[i], bytes[i + 1]]) as u32;
-        i += 2;
+    let mut at = 0;
+    while at < N {
+        // SAFETY: `at + 4 <= N`: inside the array.
+        sum += unsafe { packet::load(p.add(at), 4) };
+        at += 4;
     }
     sum
 }
 
+/// Folds a sum of at most 2^32 words to 16 bits, end-around carries included.
 #[inline(always)]
-fn fold(mut sum: u32) -> u16 {
+fn fold(mut sum: u64) -> u16 {
+    sum = (sum & 0xffff_ffff) + (sum >> 32);
+    sum = (sum & 0xffff) + (sum >> 16);
     sum = (sum & 0xffff) + (sum >> 16);
     sum = (sum & 0xffff) + (sum >> 16);
     sum as u16
@@ -239,11 +253,13 @@ fn advertise(f: &mut NaFrame, s: &Solicitation, own_mac: &[u8; 6]) {
     f.opt.opt_type = ND_OPT_TARGET_LL;
     f.opt.len = 1;
     copy_mac(&mut f.opt.mac, own_mac);
-    let sum = pseudo_header(&f.ip.src, &f.ip.dst, NA_LEN as u32)
-        + u16::from_be_bytes([f.na.icmp_type, f.na.code]) as u32
-        + add_words(&f.na.flags)
-        + add_words(&f.na.target)
-        + u16::from_be_bytes([f.opt.opt_type, f.opt.len]) as u32
-        + add_words(&f.opt.mac);
-    f.na.checksum = (!fold(sum)).to_be_bytes();
+    // SAFETY: the advertisement and its option are the frame's last NA_LEN bytes, in it.
+    let message = unsafe {
+        &*(f as *const NaFrame)
+            .cast::<u8>()
+            .add(core::mem::offset_of!(NaFrame, na))
+            .cast::<[u8; NA_LEN]>()
+    };
+    let sum = pseudo_header(&f.ip.src, &f.ip.dst, NA_LEN as u32) + add_words(message);
+    f.na.checksum = (!fold(sum)).to_ne_bytes();
 }
