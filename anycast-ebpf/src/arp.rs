@@ -58,7 +58,8 @@ pub fn handle(ctx: &XdpContext, eth: &mut EthHdr) -> Result<u32, u32> {
 
     let requester = arp.sha;
     let requester_ip = arp.spa;
-    let mut answer = iface.mac;
+    // Written through a pointer by `direct`: aligned (see `packet::Aligned`).
+    let mut answer = packet::Aligned(iface.mac);
     if addr.mode == ADDR_MODE_DIRECT {
         let ask = direct::Ask {
             anycast: target,
@@ -66,14 +67,14 @@ pub fn handle(ctx: &XdpContext, eth: &mut EthHdr) -> Result<u32, u32> {
             mac: requester,
             ingress,
         };
-        direct::member_mac(&addr, &ask, &mut answer);
+        direct::member_mac(&addr, &ask, &mut answer.0);
     }
     copy_mac(&mut eth.dst, &requester);
     copy_mac(&mut eth.src, &iface.mac);
     arp.op = ARPOP_REPLY.to_be_bytes();
     copy_mac(&mut arp.tha, &requester);
     arp.tpa = requester_ip;
-    copy_mac(&mut arp.sha, &answer);
+    copy_mac(&mut arp.sha, &answer.0);
     arp.spa = target.to_ne_bytes();
     counters.arp_replies += 1;
     Ok(XDP_TX)

@@ -49,10 +49,17 @@ pub fn copy<const N: usize>(dst: &mut [u8; N], src: &[u8; N]) {
     pieces::<N>(|at, width| unsafe { store(d.add(at), width, load(s.add(at), width)) });
 }
 
+/// A value on an 8-byte boundary: a byte buffer on the stack that wide accesses write through
+/// a pointer must be aligned (the verifier refuses misaligned stack accesses on every
+/// architecture), where a `[u8; N]` alone may be placed at any offset.
+#[repr(C, align(8))]
+pub struct Aligned<T>(pub T);
+
 /// Calls `f(offset, width)` for the pieces `N` bytes split into: 8-byte ones while they fit,
 /// then at most one each of 4, 2 and 1 bytes. With `N` a constant this unrolls into straight
 /// code; the eBPF build allows misaligned accesses (`anycast-ctl/build.rs`), so each piece is
-/// one load or store at any offset.
+/// one load or store at any offset of packet or map memory (stack memory must be aligned:
+/// [`Aligned`]).
 #[inline(always)]
 pub fn pieces<const N: usize>(mut f: impl FnMut(usize, usize)) {
     let mut at = 0;
