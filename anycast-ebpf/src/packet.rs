@@ -2,7 +2,8 @@
 //!
 //! Invariant: every header type here is `#[repr(C)]` of byte arrays only (alignment 1), so a
 //! header may sit at any offset; [`header`] is the only place that turns a packet offset into a
-//! reference, and only after checking it against `data_end`.
+//! reference, and only after checking it against `data_end`. Byte arrays are copied and
+//! compared in the widest pieces that fit ([`copy`], [`pieces`], [`load`]).
 use core::mem::size_of;
 
 use anycast_common::proto::{ETH_HLEN, XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX};
