@@ -30,6 +30,16 @@ use aya::{
 /// EtherTypes, IP protocols, TCP flags, ARP fields and verdicts, as the dataplane names them.
 pub use anycast_common::proto::*;
 
+/// Deterministic bytes for tests over varied inputs: SHA-256 of `label` and `n`, so a failing
+/// case is named by its `n` and comes out the same on every run.
+pub fn varied(label: &str, n: u32) -> [u8; 32] {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(label.as_bytes());
+    h.update(n.to_le_bytes());
+    h.finalize().into()
+}
+
 /// RFC 1071 Internet checksum.
 pub fn checksum(bytes: &[u8]) -> u16 {
     let mut sum: u32 = 0;

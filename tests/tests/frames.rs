@@ -661,6 +661,51 @@ fn bad_ip_checksum_is_not_forwarded() {
     }
 }
 
+/// The header checksum over varied headers: sources, ids, TTLs and 0 to 10 words of option
+/// bytes (words of 0xffff among them, for the carries), each forwarded exactly as built here
+/// with the TTL one lower and a checksum computed from scratch; and each again with one bit
+/// flipped in a field only the checksum guards (the id, the checksum, an option byte), passed.
+#[test]
+fn varied_headers_are_forwarded_or_passed_by_their_checksum() {
+    let bed = bed();
+    let counter = format!("{ANYCAST_A}/passed.bad_checksum");
+    for n in 0..110u32 {
+        let (r, o) = (varied("ipv4 header", n), varied("ipv4 options", n));
+        let src = Ipv4Addr::new(198, 18 | (r[0] & 1), r[1], r[2].max(1));
+        let mut ip = Ipv4::udp(
+            src,
+            ANYCAST_A,
+            u16::from_be_bytes([r[3], r[4]]),
+            53,
+            &r[5..9],
+        );
+        ip.id = u16::from_be_bytes([r[9], r[10]]);
+        ip.ttl = r[11].max(2);
+        ip.frag = if r[12] & 1 == 0 { 0x4000 } else { 0 };
+        let words = (n % 11) as usize;
+        ip.options = [&r[13..29], &o[..24]].concat()[..4 * words].to_vec();
+        if n % 4 == 0 {
+            ip.options.fill(0xff);
+            ip.id = 0xffff;
+        }
+        let frame = to_router(&bed, &ip);
+        let (verdict, out) = bed.run(ANYCAST, 0, &frame).unwrap();
+        assert_eq!(verdict, XDP_REDIRECT, "case {n}: {ip:?}");
+        let mut want = ip.clone();
+        want.ttl -= 1;
+        assert_eq!(out[14..], want.bytes(), "case {n}: forwarded datagram");
+
+        let covered = [
+            &[4usize, 5, 10, 11][..],
+            &(20..20 + 4 * words).collect::<Vec<_>>(),
+        ]
+        .concat();
+        let mut bad = frame.clone();
+        bad[14 + covered[r[30] as usize % covered.len()]] ^= 1 << (r[31] % 8);
+        bed.assert_passed_as(&format!("case {n}, one bit flipped"), 0, &bad, &counter);
+    }
+}
+
 #[test]
 fn impossible_source_is_not_forwarded() {
     let bed = bed();

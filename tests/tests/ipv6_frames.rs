@@ -201,6 +201,68 @@ fn solicitations_that_fail_validation_or_are_not_ours_pass_counted() {
     bed.assert_passed_as("group source MAC", 0, &group_src, "global/nd_refused");
 }
 
+/// The ICMPv6 checksums over varied solicitations: sources across 2001:db8:c0::/48 (words of
+/// 0xffff among them, for the carries) and an unknown option of varied bytes, each answered
+/// with the advertisement built here (its checksum computed independently over a pseudo-header
+/// that varies with it); each again with one bit flipped in the option or the checksum,
+/// passed as invalid.
+#[test]
+fn varied_solicitations_are_answered_or_passed_by_their_checksum() {
+    let bed = bed();
+    let p0 = bed.ports[0].mac;
+    let (group, group_mac) = solicited_node(A6);
+    let replied = format!("{A6}/nd_replies");
+    for n in 0..100u32 {
+        let r = varied("neighbour solicitation", n);
+        let mut words = [0u16; 8];
+        words[..3].copy_from_slice(&[0x2001, 0xdb8, 0xc0]);
+        for (i, w) in words.iter_mut().enumerate().skip(3) {
+            *w = if n % 4 == 0 {
+                0xffff
+            } else {
+                u16::from_be_bytes([r[2 * i], r[2 * i + 1]])
+            };
+        }
+        let src = Ipv6Addr::from(words);
+        let option = [14, 1, r[0], r[1], r[16], r[17], r[18], r[19]];
+        let mut ip = Ipv6::new(
+            src,
+            group,
+            IPPROTO_ICMPV6,
+            ns_message(src, group, A6, Some(CLIENT_MAC), &option),
+        );
+        ip.hop_limit = 255;
+        let frame = ethernet(group_mac, CLIENT_MAC, ETH_P_IPV6, &ip.bytes());
+        let want = na_frame(p0, (CLIENT_MAC, src), A6, R_S_O);
+        expect(
+            &bed,
+            &format!("case {n} from {src}"),
+            &frame,
+            XDP_TX,
+            &want,
+            &replied,
+        );
+
+        // The checksum (bytes 56, 57) or the option's six data bytes (the frame's last six).
+        let covered = [
+            56,
+            57,
+            frame.len() - 6,
+            frame.len() - 5,
+            frame.len() - 3,
+            frame.len() - 1,
+        ];
+        let mut bad = frame.clone();
+        bad[covered[r[20] as usize % covered.len()]] ^= 1 << (r[21] % 8);
+        bed.assert_passed_as(
+            &format!("case {n}, one bit flipped"),
+            0,
+            &bad,
+            "global/nd_invalid",
+        );
+    }
+}
+
 /// The member `frame` goes to, asked of the dataplane (which member is the hash's business).
 fn member_of(bed: &Bed, frame: &[u8]) -> [u8; 6] {
     let (verdict, out) = bed.run(ANYCAST, 0, frame).unwrap();
