@@ -37,18 +37,16 @@ pub fn for_router(eth: &EthHdr, own: &[u8; 6]) -> bool {
 }
 
 /// Whether the IPv4 header, options included (`l4_offset` is where it ends), sums to the
-/// one's-complement zero. The header is summed in native-endian 4-byte words (RFC 1071: the
-/// sum may be taken in wider words and in either byte order, and all-ones is the same in
-/// both), the options at most ten of them.
+/// one's-complement zero (`packet::add_words`; all-ones reads the same in both byte orders).
+/// The options are read in 4-byte words, at most ten of them.
 #[inline(always)]
 pub fn checksum_ok(ctx: &aya_ebpf::programs::XdpContext, ip: &Ipv4Hdr, l4_offset: usize) -> bool {
-    let fixed = (ip as *const Ipv4Hdr).cast::<u8>();
-    let mut sum: u64 = 0;
-    for at in (0..core::mem::size_of::<Ipv4Hdr>()).step_by(4) {
-        // SAFETY: inside the header, which `packet::header` checked against the frame's end.
-        sum += unsafe { packet::load(fixed.add(at), 4) };
-    }
-    let mut offset = ETH_HLEN + core::mem::size_of::<Ipv4Hdr>();
+    const FIXED: usize = core::mem::size_of::<Ipv4Hdr>();
+    // SAFETY: the header is FIXED bytes of alignment 1, which `packet::header` checked against
+    // the frame's end.
+    let fixed = unsafe { &*(ip as *const Ipv4Hdr).cast::<[u8; FIXED]>() };
+    let mut sum = packet::add_words(fixed);
+    let mut offset = ETH_HLEN + FIXED;
     for _ in 0..10 {
         if offset >= l4_offset {
             break;
@@ -56,14 +54,10 @@ pub fn checksum_ok(ctx: &aya_ebpf::programs::XdpContext, ip: &Ipv4Hdr, l4_offset
         let Some(word) = packet::header::<[u8; 4]>(ctx, offset) else {
             return false;
         };
-        sum += u32::from_ne_bytes(*word) as u64;
+        sum += packet::add_words(word);
         offset += 4;
     }
-    sum = (sum & 0xffff_ffff) + (sum >> 32);
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum == 0xffff
+    packet::fold(sum) == 0xffff
 }
 
 /// Whether the source could have sent the datagram: not in 0.0.0.0/8, 127.0.0.0/8,

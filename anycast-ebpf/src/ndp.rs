@@ -33,7 +33,7 @@ use aya_ebpf::{helpers::bpf_xdp_adjust_tail, programs::XdpContext};
 
 use crate::{
     check, maps,
-    packet::{self, EthHdr, Ipv6Hdr, NaFrame, NdLinkOpt, NdMsg, copy, copy_mac},
+    packet::{self, EthHdr, Ipv6Hdr, NaFrame, NdLinkOpt, NdMsg, add_words, copy, copy_mac, fold},
     stats,
 };
 
@@ -173,10 +173,8 @@ fn answerable(eth: &EthHdr, ip: &Ipv6Hdr, target: &[u8; 16], own: &[u8; 6]) -> b
 /// of the pseudo-header (source, destination, length, next header) and the message is 0xffff.
 /// The message is read in 8-byte words, at most [`MAX_NS_LEN`] bytes (`len` is a multiple of
 /// 8, checked by the option walk).
-///
-/// Every sum here is of native-endian 4-byte words: RFC 1071 lets the one's-complement sum be
-/// taken in wider words and in either byte order, the result coming out in the same order, so
-/// the folded sum is compared (all-ones reads the same both ways) or stored as it is.
+/// Sums are in native order ([`add_words`]): the folded sum is compared (all-ones reads the
+/// same both ways) or stored as it is.
 #[inline(always)]
 fn checksum_ok(ctx: &XdpContext, ip: &Ipv6Hdr, len: usize) -> bool {
     let mut sum = pseudo_header(&ip.src, &ip.dst, len as u32);
@@ -200,31 +198,6 @@ fn pseudo_header(src: &[u8; 16], dst: &[u8; 16], len: u32) -> u64 {
     let length = u32::from_ne_bytes(len.to_be_bytes());
     let next_header = u32::from_ne_bytes([0, 0, 0, IPPROTO_ICMPV6]);
     add_words(src) + add_words(dst) + length as u64 + next_header as u64
-}
-
-/// The sum of the native-endian 4-byte words of `bytes` (`N` a multiple of 4).
-#[inline(always)]
-fn add_words<const N: usize>(bytes: &[u8; N]) -> u64 {
-    const { assert!(N % 4 == 0) };
-    let p = bytes.as_ptr();
-    let mut sum = 0;
-    let mut at = 0;
-    while at < N {
-        // SAFETY: `at + 4 <= N`: inside the array.
-        sum += unsafe { packet::load(p.add(at), 4) };
-        at += 4;
-    }
-    sum
-}
-
-/// Folds a sum of at most 2^32 words to 16 bits, end-around carries included.
-#[inline(always)]
-fn fold(mut sum: u64) -> u16 {
-    sum = (sum & 0xffff_ffff) + (sum >> 32);
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum as u16
 }
 
 /// Writes the advertisement over the (resized) frame.

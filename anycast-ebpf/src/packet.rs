@@ -111,6 +111,34 @@ unsafe fn store(p: *mut u8, width: usize, v: u64) {
     }
 }
 
+/// The one's-complement sum, unfolded, of `bytes` (`N` a multiple of 4) in native-endian
+/// 4-byte words: RFC 1071 lets the sum be taken in wider words and in either byte order, the
+/// folded result ([`fold`]) coming out in the same order. Every checksum of the dataplane
+/// (IPv4 header, ICMPv6) is summed with it.
+#[inline(always)]
+pub fn add_words<const N: usize>(bytes: &[u8; N]) -> u64 {
+    const { assert!(N % 4 == 0) };
+    let p = bytes.as_ptr();
+    let mut sum = 0;
+    let mut at = 0;
+    while at < N {
+        // SAFETY: `at + 4 <= N`: inside the array.
+        sum += unsafe { load(p.add(at), 4) };
+        at += 4;
+    }
+    sum
+}
+
+/// Folds a sum of at most 2^32 words to 16 bits, end-around carries included.
+#[inline(always)]
+pub fn fold(mut sum: u64) -> u16 {
+    sum = (sum & 0xffff_ffff) + (sum >> 32);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum as u16
+}
+
 #[repr(C)]
 pub struct EthHdr {
     pub dst: [u8; 6],

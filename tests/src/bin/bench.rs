@@ -307,13 +307,14 @@ fn main() -> Result<()> {
     println!("\n== end-to-end forwarding rate (live frames, namespaces)");
     let end_to_end = anycast_tests::bench::e2e::run(E2E_PACKETS)?;
 
+    let program = program_ns(&ns);
     let mut report = json!({
         "machine": machine(),
         "dataplane": {
             "method": format!("BPF_PROG_TEST_RUN, {REPEAT} repeats, median of {ROUNDS} interleaved rounds; kernel-measured ns per run (integer ns), the measuring thread on CPU 1 under SCHED_FIFO. Every case, the baseline included, runs through bench_replay, which restores the frame and tail-calls the program, so that each repeat sees the frame as given (TEST_RUN runs a repeat on what the previous one left); replay_then_pass is the replay's own cost (restore, tail call, XDP_PASS); each case's last verdict is checked"),
             "replay_ns": ns["replay_then_pass"],
             "ns_per_packet": ns,
-            "program_ns": program_ns(&ns),
+            "program_ns": program,
             "ratios": {
                 "forward_vs_baseline": forward_vs_baseline,
                 "established_vs_baseline": established_vs_baseline,
@@ -338,8 +339,8 @@ fn main() -> Result<()> {
             "forward6_vs_baseline": ipv6["forward6_vs_baseline"],
             "scale6_65536_vs_1": ipv6["scale6_65536_vs_1"],
             "nd_reply_ns": ipv6["nd_reply_ns"],
-            "forward_program_ns": program_ns(&ns)["udp_forward"],
-            "forward6_program_ns": program_ns(&ns)["udp6_forward"],
+            "forward_program_ns": program["udp_forward"],
+            "forward6_program_ns": program["udp6_forward"],
             "forward_track_tcp_vs_baseline": track_tcp["forward_track_tcp_vs_baseline"],
             "forward6_track_tcp_vs_baseline": track_tcp["forward6_track_tcp_vs_baseline"],
         },
