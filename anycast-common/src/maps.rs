@@ -24,6 +24,9 @@
 //!   by position. One aligned 64-bit store by user space takes a member out at once (leave,
 //!   expiry, link down, delete); its flows go to the fallback ([`crate::fallback_score`]) until
 //!   the rebuilt set and table follow, which leave the position a hole and clear its bit.
+//! - `SLOT_STATE` also holds the [`SetHead`] of both member sets of the slot, written with the
+//!   set (the spare's, before the flip), so that member choice reads one line per address
+//!   (the slot's), not the 544-byte set, unless the table names a member or the fallback runs.
 //! - The dataplane finds the receiving interface in `IFACES`, an open-addressed array too, probed
 //!   by [`iface_probe`] alone (the dataplane and user space share it). An interface sits within
 //!   [`IFACE_PROBES`] slots of [`iface_home`]; removal empties a slot, so a lookup probes the
@@ -149,7 +152,7 @@ pub mod programs {
 /// Version of the pinned state's layout (map set, key and value layouts, their meaning),
 /// recorded in the `LAYOUT` map. A binary refuses pins of another version instead of reusing
 /// maps by name. Bump it with every change to a pinned map.
-pub const LAYOUT_VERSION: u32 = 8;
+pub const LAYOUT_VERSION: u32 = 9;
 
 /// `EXPORT` index: 1 when route export is on, 0 when off.
 pub const EXPORT_ENABLED: u32 = 0;
@@ -492,6 +495,13 @@ pub const fn member_set_index(slot: u32, version: u32) -> u32 {
     slot * 2 + (version & 1)
 }
 
+/// The address slot and version of a `MEMBER_SETS` index (the inverse of
+/// [`member_set_index`]).
+#[inline(always)]
+pub const fn member_set_of(index: u32) -> (u32, u32) {
+    (index / 2, index & 1)
+}
+
 /// The members of one anycast address, by position. A member keeps its position for life
 /// (removal leaves a hole, `host == NO_HOST`), because the Maglev table and the connection
 /// table name members by position.
@@ -523,7 +533,11 @@ pub const fn position_bit(position: u32) -> u64 {
     1u64 << (position & 63)
 }
 
-/// One address slot's entry of `SLOT_STATE`, written in place by user space (mmap).
+/// One address slot's entry of `SLOT_STATE`, written in place by user space (mmap): one
+/// 64-byte cache line (the array is mmapable, so its elements start page-aligned), which holds
+/// everything the dataplane reads of an address for a datagram to a single-member address,
+/// and all but the table word and the member for the others. A `MemberSet` is 544 bytes, so
+/// reading its head there would cost a line, and over many addresses a page, of its own.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SlotState {
@@ -534,6 +548,74 @@ pub struct SlotState {
     /// once a grace period is known to have passed since. Until then the spare set and table
     /// may still have readers and must not be rewritten.
     pub retired_at: u64,
+    /// [`SetHead::of`] the member set of each version: written with that set, before the flip
+    /// that makes it live, so the live head always matches the live set.
+    pub heads: [SetHead; 2],
+    pub _reserved: [u64; 2],
+}
+
+/// What member choice reads of a member set for every datagram, copied into the slot's
+/// [`SlotState`]: [`MemberSet::single`], [`MemberSet::table_size`] and the single member.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SetHead {
+    pub single: u32,
+    pub table_size: u32,
+    /// `members[single - 1]` when `single != 0` (read only then), else zero.
+    pub single_member: MemberRef,
+}
+
+impl SetHead {
+    pub fn of(set: &MemberSet) -> Self {
+        let single_member = match set.single {
+            // Never read (no position is -1); zero, as in a slot never written.
+            0 => MemberRef::default(),
+            s => set
+                .members
+                .get(s as usize - 1)
+                .copied()
+                .unwrap_or(MemberRef {
+                    host: NO_HOST,
+                    counter: 0,
+                }),
+        };
+        Self {
+            single: set.single,
+            table_size: set.table_size,
+            single_member,
+        }
+    }
+
+    /// The head as the two native-endian words it occupies in [`SlotState::heads`].
+    pub fn words(&self) -> [u64; 2] {
+        let pair = |a: u32, b: u32| {
+            let mut word = [0u8; 8];
+            word[..4].copy_from_slice(&a.to_ne_bytes());
+            word[4..].copy_from_slice(&b.to_ne_bytes());
+            u64::from_ne_bytes(word)
+        };
+        [
+            pair(self.single, self.table_size),
+            pair(self.single_member.host, self.single_member.counter),
+        ]
+    }
+
+    /// The head stored as `words` (the inverse of [`SetHead::words`]).
+    pub fn from_words(words: [u64; 2]) -> Self {
+        let halves = |w: u64| {
+            let bytes = w.to_ne_bytes();
+            let half =
+                |i: usize| u32::from_ne_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+            (half(0), half(4))
+        };
+        let (single, table_size) = halves(words[0]);
+        let (host, counter) = halves(words[1]);
+        Self {
+            single,
+            table_size,
+            single_member: MemberRef { host, counter },
+        }
+    }
 }
 
 impl Default for MemberSet {
@@ -864,7 +946,8 @@ const _: () = {
     assert!(core::mem::size_of::<AddrBucket>() == 16);
     assert!(core::mem::size_of::<MemberSet>() == 32 + 8 * MAX_MEMBERS);
     assert!(MAX_MEMBERS <= 64);
-    assert!(core::mem::size_of::<SlotState>() == 16);
+    assert!(core::mem::size_of::<SlotState>() == 64);
+    assert!(core::mem::size_of::<SetHead>() == 16);
     assert!(core::mem::size_of::<AddrBucket6>() == 32);
     assert!(ADDR6_BUCKETS.is_power_of_two());
     assert!(core::mem::size_of::<FragKey6>() == 36);

@@ -13,8 +13,8 @@ use std::net::IpAddr;
 use anycast_common::{
     AddrBucket, AddrBucket6, AddrEntry, AddrStats, FLOW_SETS, FLOW_WAYS, Host, IFACE_PROBES, Iface,
     IfaceSlot, Ip6Key, MemberInfo, MemberKey, MemberSet, MemberStats, Probe, Requester,
-    RequesterKey, addr_probe, any_ip, any_key, iface_probe, ip_key, ip6_key, member_set_index,
-    names, programs,
+    RequesterKey, SetHead, addr_probe, any_ip, any_key, iface_probe, ip_key, ip6_key,
+    member_set_index, member_set_of, names, programs,
 };
 use aya::{
     Ebpf, EbpfLoader,
@@ -457,6 +457,17 @@ impl Maps {
                 .set(index, Iface::default(), 0)
                 .map_err(|e| Error::map(names::IFACES, e))?;
         }
+        Ok(())
+    }
+
+    /// Writes member set `index` and its head in `SLOT_STATE`, unjournaled (every command
+    /// writes through the journal: [`Maps::set_member_set`]). Only a spare may be written.
+    pub fn store_member_set(&mut self, index: u32, set: &MemberSet) -> Result<()> {
+        self.member_sets
+            .set(index, set, 0)
+            .map_err(|e| Error::map(names::MEMBER_SETS, e))?;
+        let (slot, version) = member_set_of(index);
+        self.slot_state.set_head(slot, version, &SetHead::of(set));
         Ok(())
     }
 

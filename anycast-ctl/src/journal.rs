@@ -210,9 +210,7 @@ impl Maps {
                 Box::new(m.member_sets.get(&index, 0).unwrap_or_default()),
             )
         });
-        self.member_sets
-            .set(index, set, 0)
-            .map_err(|e| Error::map("MEMBER_SETS", e))
+        self.store_member_set(index, set)
     }
 
     /// Adds a new key to `ADDR_KEYS`.

@@ -27,7 +27,7 @@ pub fn monotonic_ns() -> u64 {
     (ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64).max(2)
 }
 
-use anycast_common::{MAX_ADDRS, SlotState};
+use anycast_common::{MAX_ADDRS, SetHead, SlotState};
 
 /// A shared read-write mapping of an mmapable array map's values.
 pub struct Mapped {
@@ -128,6 +128,8 @@ unsafe impl Send for Mapped {}
 pub struct SlotStates(Mapped);
 
 const WORDS_PER_SLOT: usize = size_of::<SlotState>() / 8;
+/// The word of `SlotState::heads` in a slot's entry.
+const HEADS: usize = core::mem::offset_of!(SlotState, heads) / 8;
 
 impl SlotStates {
     pub fn new(fd: BorrowedFd<'_>) -> io::Result<Self> {
@@ -159,5 +161,20 @@ impl SlotStates {
 
     pub fn set_retired_at(&self, slot: u32, ns: u64) {
         self.word(slot, 1).store(ns, Ordering::Release);
+    }
+
+    /// `SlotState::heads[version]` of `slot`.
+    pub fn head(&self, slot: u32, version: u32) -> SetHead {
+        let at = HEADS + 2 * (version as usize & 1);
+        SetHead::from_words([0, 1].map(|i| self.word(slot, at + i).load(Ordering::Acquire)))
+    }
+
+    /// Stores `SlotState::heads[version]` of `slot`: the spare version's (two stores nothing
+    /// reads until the flip that makes that set live).
+    pub fn set_head(&self, slot: u32, version: u32, head: &SetHead) {
+        let at = HEADS + 2 * (version as usize & 1);
+        for (i, word) in head.words().into_iter().enumerate() {
+            self.word(slot, at + i).store(word, Ordering::Release);
+        }
     }
 }

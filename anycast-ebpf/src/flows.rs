@@ -96,7 +96,7 @@ pub fn lookup(index: Index, flow: &Flow, addr: &Addr) -> Option<(MemberRef, u32)
         }
         let position = flow_member_position(e.member);
         let counter = flow_member_counter(e.member);
-        let Some(&member) = addr.serving(position).filter(|m| m.counter == counter) else {
+        let Some(member) = addr.serving_fast(position).filter(|m| m.counter == counter) else {
             e.key = FLOW_UNUSED;
             continue;
         };

@@ -6,7 +6,7 @@ use anycast_common::{
     AddrStats, EXPORT_FIELDS, FLOW_SETS, FlowSet, FragKey, FragKey6, Host, IFACE_SLOTS, Iface,
     Ip6Key, MAX_ADDRS, MAX_DIRECT_STATS, MAX_FRAGS, MAX_HOSTS, MAX_IFACES, MAX_MEMBER_COUNTERS,
     MAX_REQUESTERS, McastLan, MemberInfo, MemberKey, MemberRef, MemberSet, MemberStats, Probe,
-    Requester, RequesterKey, SlotState, Stat, TABLE_SLOTS, addr_probe, iface_probe,
+    Requester, RequesterKey, SetHead, SlotState, Stat, TABLE_SLOTS, addr_probe, iface_probe,
     member_set_index,
 };
 use aya_ebpf::{
@@ -171,7 +171,11 @@ pub struct Addr<'a> {
     pub slot: u32,
     /// `member_set_index` of the live set, also the index of its table in `TABLES`.
     pub set_index: u32,
+    /// The live set, read only for a member the table or the connection table names other
+    /// than the single one, and by the fallback: `head` has what every datagram needs.
     pub set: &'a MemberSet,
+    /// The live set's head, from the slot's `SlotState` line.
+    pub head: SetHead,
     pub down: u64,
     /// `ADDR_MODE_*`.
     pub mode: u32,
@@ -182,17 +186,36 @@ pub struct Addr<'a> {
 impl Addr<'_> {
     /// The member at `position`, if there is one and it is in service.
     #[inline(always)]
-    pub fn serving(&self, position: u32) -> Option<&MemberRef> {
-        self.set.members.get(position as usize).filter(|m| {
-            m.host != anycast_common::NO_HOST
-                && self.down & anycast_common::position_bit(position) == 0
-        })
+    pub fn serving(&self, position: u32) -> Option<MemberRef> {
+        // One value for the bound check and the access: LLVM may otherwise check one copy of
+        // `position` and index with another it recomputes, whose bound the verifier never saw.
+        let position = core::hint::black_box(position);
+        let member = *self.set.members.get(position as usize)?;
+        self.in_service(position, member)
+    }
+
+    /// [`Addr::serving`], from the head if `position` is the single member's: for every
+    /// datagram of a tracked flow of a single-member address, the set is not read.
+    #[inline(always)]
+    pub fn serving_fast(&self, position: u32) -> Option<MemberRef> {
+        if position + 1 == self.head.single {
+            return self.in_service(position, self.head.single_member);
+        }
+        self.serving(position)
+    }
+
+    /// `member`, if it is a member (not a hole) and `position` is in service.
+    #[inline(always)]
+    pub fn in_service(&self, position: u32, member: MemberRef) -> Option<MemberRef> {
+        (member.host != anycast_common::NO_HOST
+            && self.down & anycast_common::position_bit(position) == 0)
+            .then_some(member)
     }
 
     /// Whether `member` may be sent to at `position`: it is there and in service.
     #[inline(always)]
     pub fn serves(&self, position: u32, member: &MemberRef) -> bool {
-        self.serving(position) == Some(member)
+        self.serving(position) == Some(*member)
     }
 }
 
@@ -222,10 +245,14 @@ fn lookup<'a, B: AddrEntry + 'a>(index: &'a Array<B>, key: &B::Key) -> Option<Ad
     let state = SLOT_STATE.get(entry.slot())?;
     // SAFETY: a plain aligned u64 read; user space stores it with one atomic write.
     let down = unsafe { core::ptr::read_volatile(&state.down) };
+    // The live version's head is not written while it is live (it is the spare's until the
+    // flip, and written only then).
+    let head = state.heads[(version & 1) as usize];
     Some(Addr {
         slot: entry.slot(),
         set_index,
         set,
+        head,
         down,
         mode: entry.mode(),
         tcp_only: entry.tcp_only(),

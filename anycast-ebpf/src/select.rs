@@ -11,6 +11,10 @@
 //! 3. Otherwise the address's only member taking new flows (`MemberSet::single`), if it has
 //!    one, or else the flow hash indexes the live set's Maglev table (`TABLES`), which names a
 //!    member position; the choice is recorded in the connection table.
+//!
+//!    Steps 2 and 3 read the set's `SetHead` in the slot's `SlotState` line, not the set:
+//!    a single-member address's datagrams never touch its `MemberSet`, and others read only
+//!    the line of the member the table or the connection table names.
 //! 4. A member out of service (`SlotState::down`: left, expired, link down or deleted, while
 //!    its rebuilt set and table follow) is never chosen in any step: its flows go to the
 //!    fallback, the eligible member in service with the highest `fallback_score` for the flow
@@ -23,8 +27,8 @@
 //! [`choose`]; only the fragment table, the flow key and the hash differ ([`member`] for IPv4,
 //! `ipv6` for IPv6).
 use anycast_common::{
-    FragKey, FragKey6, Ip6Key, MAX_MEMBERS, MemberRef, MemberSet, NO_HOST, Stat, fallback_score,
-    flow_hash, fold6, pick_index, position_bit,
+    FragKey, FragKey6, Ip6Key, MAX_MEMBERS, MemberRef, NO_HOST, Stat, fallback_score, flow_hash,
+    fold6, pick_index, position_bit,
     proto::{IPPROTO_TCP, TCP_ACK, TCP_RST, TCP_SYN},
     table_position, table_word_of,
 };
@@ -156,24 +160,20 @@ fn new_flow<K: Family>(addr: &Addr, hash: u32) -> Option<(MemberRef, u32)> {
 /// (`direct`).
 #[inline(always)]
 pub fn table_pick(addr: &Addr, hash: u32) -> Option<(MemberRef, u32)> {
-    let set: &MemberSet = addr.set;
-    let position = if set.single != 0 {
-        set.single - 1
-    } else {
-        if set.table_size == 0 {
-            return None;
-        }
-        let index = pick_index(hash, set.table_size);
-        let (word, shift) = table_word_of(index);
-        let packed = TABLES.get_value(addr.set_index, &word)?;
-        table_position(*packed, shift)
-    };
-    if let Some(member) = set.members.get(position as usize)
-        && addr.serves(position, member)
-    {
-        return Some((*member, position));
+    let head = &addr.head;
+    if head.single != 0 {
+        // From the head: the set is not read.
+        let position = head.single - 1;
+        return Some((addr.in_service(position, head.single_member)?, position));
     }
-    None
+    if head.table_size == 0 {
+        return None;
+    }
+    let index = pick_index(hash, head.table_size);
+    let (word, shift) = table_word_of(index);
+    let packed = TABLES.get_value(addr.set_index, &word)?;
+    let position = table_position(*packed, shift);
+    Some((addr.serving(position)?, position))
 }
 
 /// The fallback for a flow whose member is out of service: among the eligible members in

@@ -1087,3 +1087,84 @@ fn changes_wait_for_a_grace_period_only_when_the_spare_was_live_just_before() {
         "a legacy retiring flag was not waited for"
     );
 }
+
+/// Every member set's head in its slot's `SlotState` line is the one the set gives
+/// (`SetHead::of`), for the live set and the spare, through adds, weights, deletes and an
+/// address emptied and filled again; and the dataplane takes a single-member address's member
+/// from the head alone (a head naming another member steers the flow there, the true head
+/// steers it back).
+#[test]
+fn set_heads_follow_their_sets_and_place_single_member_flows() {
+    use anycast_common::{MemberRef, SetHead, member_set_index};
+    use anycast_ctl::{dataplane::Bucket, members::DEFAULT_PREFERENCE};
+    let mut bed = bed();
+    let entry = |bed: &Bed, a: Ipv4Addr| match bed.maps.bucket(a.into()) {
+        Ok(Bucket::Found { entry, .. }) => entry,
+        _ => panic!("{a} not installed"),
+    };
+    let live_head = |bed: &Bed, a: Ipv4Addr| {
+        let e = entry(bed, a);
+        bed.maps.slot_state.head(e.slot, e.version)
+    };
+    let check = |bed: &Bed, label: &str| {
+        for a in [ANYCAST_A, ANYCAST_B, ANYCAST_EMPTY] {
+            let e = entry(bed, a);
+            for version in 0..2 {
+                let index = member_set_index(e.slot, version);
+                let set = bed.maps.member_sets.get(&index, 0).unwrap();
+                let head = bed.maps.slot_state.head(e.slot, version);
+                assert_eq!(head, SetHead::of(&set), "{label}: {a}, version {version}");
+            }
+        }
+    };
+    check(&bed, "the bed");
+    assert_ne!(live_head(&bed, ANYCAST_A).table_size, 0, "A has a table");
+    assert_eq!(live_head(&bed, ANYCAST_B).single, 1, "B has one member");
+    assert_eq!(
+        live_head(&bed, ANYCAST_EMPTY),
+        SetHead::of(&Default::default())
+    );
+
+    bed.set_weight(ANYCAST_A, M2, DEFAULT_PREFERENCE, 0)
+        .unwrap();
+    check(&bed, "M2 drained");
+    assert_ne!(
+        live_head(&bed, ANYCAST_A).single,
+        0,
+        "A's new flows go to M1 alone"
+    );
+    bed.del_member(ANYCAST_A, M1).unwrap();
+    check(&bed, "M1 deleted");
+    bed.add_member(ANYCAST_A, M1, 1, M1_MAC).unwrap();
+    bed.set_weight(ANYCAST_A, M2, DEFAULT_PREFERENCE, 1)
+        .unwrap();
+    check(&bed, "M1 back, M2 weighted");
+    assert_ne!(
+        live_head(&bed, ANYCAST_A).table_size,
+        0,
+        "A has a table again"
+    );
+    bed.del_member(ANYCAST_B, M3).unwrap();
+    check(&bed, "B emptied");
+    bed.add_member(ANYCAST_B, M3, 0, M3_MAC).unwrap();
+    check(&bed, "B filled again");
+
+    let b = entry(&bed, ANYCAST_B);
+    let true_head = live_head(&bed, ANYCAST_B);
+    let frame = to_router(&bed, &Ipv4::udp(CLIENT, ANYCAST_B, 4000, 53, b"x"));
+    let to = |bed: &Bed| member_mac(&bed.run(ANYCAST, 0, &frame).unwrap().1);
+    assert_eq!(to(&bed), M3_MAC);
+    // A head naming M1 (as A's member, on p1) while B's set still names M3.
+    let m1 = bed.host(M1).unwrap();
+    let m1_host = bed.maps.host_ids.get(&m1.ip, 0).unwrap();
+    let a_set = bed.maps.member_set(&entry(&bed, ANYCAST_A)).unwrap();
+    let m1_ref: MemberRef = *a_set.members().find(|m| m.host == m1_host).unwrap();
+    let forged = SetHead {
+        single_member: m1_ref,
+        ..true_head
+    };
+    bed.maps.slot_state.set_head(b.slot, b.version, &forged);
+    assert_eq!(to(&bed), M1_MAC, "the flow follows the head");
+    bed.maps.slot_state.set_head(b.slot, b.version, &true_head);
+    assert_eq!(to(&bed), M3_MAC, "the true head takes the flow back");
+}

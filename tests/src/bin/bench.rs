@@ -599,9 +599,7 @@ fn fill_addresses(bed: &mut Bed, anchor: IpAddr, addresses: &[IpAddr]) -> Result
         let Bucket::Free { index } = bed.maps.bucket(ip)? else {
             anyhow::bail!("no bucket for address {ip}");
         };
-        bed.maps
-            .member_sets
-            .set(member_set_index(slot, 0), set, 0)?;
+        bed.maps.store_member_set(member_set_index(slot, 0), &set)?;
         bed.maps
             .set_addr(ip, index, AddrSlot { slot, version: 0 })?;
         bed.maps.addr_keys.insert(any_key(ip), slot, 0)?;
