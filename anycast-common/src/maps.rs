@@ -25,8 +25,9 @@
 //!   expiry, link down, delete); its flows go to the fallback ([`crate::fallback_score`]) until
 //!   the rebuilt set and table follow, which leave the position a hole and clear its bit.
 //! - `SLOT_STATE` also holds the [`SetHead`] of both member sets of the slot, written with the
-//!   set (the spare's, before the flip), so that member choice reads one line per address
-//!   (the slot's), not the 544-byte set, unless the table names a member or the fallback runs.
+//!   set (the spare's, before the flip), so that member choice reads the slot's line, not the
+//!   544-byte set, for the single member; the set is read for a member the table or the
+//!   connection table names at another position, for later fragments and by the fallback.
 //! - The dataplane finds the receiving interface in `IFACES`, an open-addressed array too, probed
 //!   by [`iface_probe`] alone (the dataplane and user space share it). An interface sits within
 //!   [`IFACE_PROBES`] slots of [`iface_home`]; removal empties a slot, so a lookup probes the
@@ -68,7 +69,8 @@ pub mod names {
     /// Array of maps: [`super::member_set_index`] -> the Maglev lookup table (packed member
     /// positions) of that member set.
     pub const TABLES: &str = "TABLES";
-    /// Mmapable array of [`super::SlotState`] indexed by address slot: members out of service.
+    /// Mmapable array of [`super::SlotState`] indexed by address slot: members out of service
+    /// and the heads of the slot's two member sets.
     pub const SLOT_STATE: &str = "SLOT_STATE";
     /// The connection table: [`super::FlowSet`]s of 4 ways, indexed by the flow hash.
     pub const FLOWS: &str = "FLOWS";
@@ -534,10 +536,10 @@ pub const fn position_bit(position: u32) -> u64 {
 }
 
 /// One address slot's entry of `SLOT_STATE`, written in place by user space (mmap): one
-/// 64-byte cache line (the array is mmapable, so its elements start page-aligned), which holds
-/// everything the dataplane reads of an address for a datagram to a single-member address,
-/// and all but the table word and the member for the others. A `MemberSet` is 544 bytes, so
-/// reading its head there would cost a line, and over many addresses a page, of its own.
+/// 64-byte cache line (the array is mmapable, so its elements start page-aligned) with what
+/// member choice reads of the address besides its bucket: the down bits and the live set's
+/// head. A `MemberSet` is 544 bytes, so reading its head there would cost a line, and over
+/// many addresses a page, of its own.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SlotState {
@@ -1163,5 +1165,54 @@ mod tests {
         for n in names::ALL.iter().chain(programs::ALL.iter()) {
             assert!(n.len() < 16, "{n} is too long for BPF_OBJ_NAME_LEN");
         }
+    }
+
+    #[test]
+    fn set_head_names_the_single_member_and_round_trips_through_its_words() {
+        let mut set = MemberSet::default();
+        assert_eq!(SetHead::of(&set), SetHead::default());
+        set.members[0] = MemberRef {
+            host: 7,
+            counter: 70,
+        };
+        set.members[5] = MemberRef {
+            host: 9,
+            counter: 0x000f_ffff,
+        };
+        set.single = 6;
+        set.table_size = 0;
+        let head = SetHead::of(&set);
+        assert_eq!((head.single, head.table_size), (6, 0));
+        assert_eq!(head.single_member, set.members[5]);
+        set.single = 0;
+        set.table_size = DEFAULT_TABLE_SIZE;
+        let head = SetHead::of(&set);
+        assert_eq!(head.table_size, DEFAULT_TABLE_SIZE);
+        assert_eq!(head.single_member, MemberRef::default());
+        // A single beyond the positions names no member.
+        set.single = MAX_MEMBERS as u32 + 1;
+        assert_eq!(SetHead::of(&set).single_member.host, NO_HOST);
+
+        let head = SetHead {
+            single: 64,
+            table_size: MAX_TABLE_SIZE,
+            single_member: MemberRef {
+                host: NO_HOST - 1,
+                counter: 0x0102_0304,
+            },
+        };
+        assert_eq!(SetHead::from_words(head.words()), head);
+        // The words are the struct's own bytes, as the dataplane reads them.
+        let words = head.words();
+        let mut bytes = [0u8; 16];
+        bytes[..8].copy_from_slice(&words[0].to_ne_bytes());
+        bytes[8..].copy_from_slice(&words[1].to_ne_bytes());
+        let mut fields = [0u8; 16];
+        fields[..4].copy_from_slice(&head.single.to_ne_bytes());
+        fields[4..8].copy_from_slice(&head.table_size.to_ne_bytes());
+        fields[8..12].copy_from_slice(&head.single_member.host.to_ne_bytes());
+        fields[12..].copy_from_slice(&head.single_member.counter.to_ne_bytes());
+        assert_eq!(bytes, fields);
+        assert_eq!(core::mem::offset_of!(SlotState, heads) % 8, 0);
     }
 }

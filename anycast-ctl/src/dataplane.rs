@@ -238,7 +238,7 @@ pub struct Maps {
     pub repoints: HashMap<MapData, u32, u64>,
     /// Multicast mode: member LANs where another router forwards (the agent's election).
     pub mcast_lans: HashMap<MapData, u32, anycast_common::McastLan>,
-    /// `SLOT_STATE`, mapped: members out of service, times of the last flips.
+    /// `SLOT_STATE`, mapped: members out of service, times of the last flips, set heads.
     pub slot_state: crate::mapped::SlotStates,
     /// A one-word table, made on first use, that [`Maps::grace_period`] stores at
     /// `GRACE_INDEX`.

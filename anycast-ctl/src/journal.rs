@@ -4,12 +4,16 @@
 //!
 //! Invariants:
 //! - Undo replays the log backwards, so the maps pass back through the states the forward writes
-//!   went through, each of which the dataplane could already read safely.
+//!   went through, each of which the dataplane could already read safely (spares excepted,
+//!   which stay as written: see below).
 //! - Counter resets (`MEMBER_STATS`, `ADDR_STATS`) are not undone: a counter slot is zeroed again
 //!   whenever it is handed out.
 //! - A Maglev table swapped into a `TABLES` slot that was empty stays there after an undo: no
-//!   restored member set refers to it. A table written in place is a spare: an undo that flips
-//!   back makes the other one, untouched, live again.
+//!   live member set refers to it. A table written in place, and every member set written
+//!   (with its head), is a spare: an undo that flips back makes the other one, untouched, live
+//!   again, and leaves the spare as written. Restoring it would rewrite, without waiting, a
+//!   set that XDP runs begun before the flip-back may still be reading; nothing reads a spare,
+//!   and the next change of the address writes it whole.
 //! - Every write of an `ADDRS` or `ADDRS6` bucket (a flip, or an undo that flips back) stamps
 //!   its slot's `SlotState::retired_at` before and after the write, and only [`Maps::settle`]
 //!   clears it, once a grace period has passed since: waited for if the stamp is younger than
@@ -74,7 +78,6 @@ pub enum Free {
 pub enum Undo {
     Addr(u32, AddrBucket),
     Addr6(u32, AddrBucket6),
-    MemberSet(u32, Box<MemberSet>),
     /// The key was absent.
     AddrKey(Ip6Key),
     Host(u32, Host),
@@ -120,7 +123,6 @@ impl Maps {
                 self.slot_state.set_retired_at(old.slot, monotonic_ns());
                 undone.map_err(|e| Error::map("ADDRS6", e))
             }
-            Undo::MemberSet(index, old) => self.set_member_set(index, &old),
             Undo::AddrKey(key) => self
                 .addr_keys
                 .remove(&key)
@@ -203,13 +205,8 @@ impl Maps {
         }
     }
 
+    /// Writes a spare member set (and its head). Not undone: see the module docs.
     pub fn set_member_set(&mut self, index: u32, set: &MemberSet) -> Result<()> {
-        self.record(|m| {
-            Undo::MemberSet(
-                index,
-                Box::new(m.member_sets.get(&index, 0).unwrap_or_default()),
-            )
-        });
         self.store_member_set(index, set)
     }
 

@@ -6,6 +6,8 @@
 //!   kernel requires) and lives no longer than this process's handle on it.
 //! - `SLOT_STATE` words are read and written only as `AtomicU64`s, so the dataplane (which
 //!   reads `SlotState::down` with one aligned load) and other writers never see a torn word.
+//!   A slot's `SlotState::heads` are two words each, written only for the spare set (with it,
+//!   by `Maps::store_member_set`), which no packet reads until the flip.
 //! - A table is written with plain stores only while no packet can read it (the spare of its
 //!   address, after a grace period): see `members::write`.
 use std::{
@@ -124,7 +126,8 @@ impl Drop for Mapped {
 // SAFETY: the mapping is shared memory accessed through atomics or `&mut self`.
 unsafe impl Send for Mapped {}
 
-/// `SLOT_STATE`: per address slot, the members out of service and the time of the last flip.
+/// `SLOT_STATE`: per address slot, the members out of service, the time of the last flip and
+/// the heads of its two member sets.
 pub struct SlotStates(Mapped);
 
 const WORDS_PER_SLOT: usize = size_of::<SlotState>() / 8;

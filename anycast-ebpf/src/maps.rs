@@ -78,8 +78,9 @@ pub type Table = BtfArray<u64, 1, { (BPF_F_INNER_MAP | BPF_F_MMAPABLE) as usize 
 #[btf_map]
 pub static TABLES: ArrayOfMaps<Table, { TABLE_SLOTS as usize }> = ArrayOfMaps::new();
 
-/// Address slot -> members out of service (`SlotState::down`), stored by user space through
-/// mmap with one atomic write.
+/// Address slot -> members out of service (`SlotState::down`, stored by user space through
+/// mmap with one atomic write) and the heads of its two member sets (`SlotState::heads`,
+/// written with the spare set before its flip).
 #[map]
 pub static SLOT_STATE: Array<SlotState> = Array::pinned(MAX_ADDRS, BPF_F_MMAPABLE);
 

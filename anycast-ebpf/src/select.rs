@@ -12,9 +12,10 @@
 //!    one, or else the flow hash indexes the live set's Maglev table (`TABLES`), which names a
 //!    member position; the choice is recorded in the connection table.
 //!
-//!    Steps 2 and 3 read the set's `SetHead` in the slot's `SlotState` line, not the set:
-//!    a single-member address's datagrams never touch its `MemberSet`, and others read only
-//!    the line of the member the table or the connection table names.
+//!    Steps 2 and 3 read the set's `SetHead` in the slot's `SlotState` line for the single
+//!    member, and the set only for a member the table or the connection table names at
+//!    another position: whole datagrams of a single-member address do not read its
+//!    `MemberSet`.
 //! 4. A member out of service (`SlotState::down`: left, expired, link down or deleted, while
 //!    its rebuilt set and table follow) is never chosen in any step: its flows go to the
 //!    fallback, the eligible member in service with the highest `fallback_score` for the flow

@@ -1114,6 +1114,12 @@ fn set_heads_follow_their_sets_and_place_single_member_flows() {
                 let set = bed.maps.member_sets.get(&index, 0).unwrap();
                 let head = bed.maps.slot_state.head(e.slot, version);
                 assert_eq!(head, SetHead::of(&set), "{label}: {a}, version {version}");
+                assert_eq!((head.single, head.table_size), (set.single, set.table_size));
+                if head.single != 0 {
+                    let member = set.members[head.single as usize - 1];
+                    assert_eq!(head.single_member, member, "{label}: {a}");
+                    assert_ne!(member.host, anycast_common::NO_HOST, "{label}: {a}");
+                }
             }
         }
     };
@@ -1128,16 +1134,34 @@ fn set_heads_follow_their_sets_and_place_single_member_flows() {
     bed.set_weight(ANYCAST_A, M2, DEFAULT_PREFERENCE, 0)
         .unwrap();
     check(&bed, "M2 drained");
-    assert_ne!(
+    // M1 was added first: position 0.
+    assert_eq!(
         live_head(&bed, ANYCAST_A).single,
-        0,
+        1,
         "A's new flows go to M1 alone"
     );
     bed.del_member(ANYCAST_A, M1).unwrap();
     check(&bed, "M1 deleted");
-    bed.add_member(ANYCAST_A, M1, 1, M1_MAC).unwrap();
+    assert_eq!(
+        live_head(&bed, ANYCAST_A),
+        SetHead::default(),
+        "no member takes new flows"
+    );
     bed.set_weight(ANYCAST_A, M2, DEFAULT_PREFERENCE, 1)
         .unwrap();
+    check(&bed, "M2 weighted");
+    // M2 sits at position 1: the single member at another position than the first.
+    assert_eq!(
+        live_head(&bed, ANYCAST_A).single,
+        2,
+        "A's new flows go to M2 alone"
+    );
+    let frame_a = to_router(&bed, &Ipv4::udp(CLIENT, ANYCAST_A, 4001, 53, b"x"));
+    assert_eq!(
+        member_mac(&bed.run(ANYCAST, 0, &frame_a).unwrap().1),
+        M2_MAC
+    );
+    bed.add_member(ANYCAST_A, M1, 1, M1_MAC).unwrap();
     check(&bed, "M1 back, M2 weighted");
     assert_ne!(
         live_head(&bed, ANYCAST_A).table_size,

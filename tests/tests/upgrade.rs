@@ -21,9 +21,10 @@ use serde_json::Value;
 
 /// The maps the program references whose contents must survive: counters, memberships, the
 /// connection table and the fragments.
-const KEPT: [&str; 11] = [
+const KEPT: [&str; 12] = [
     names::ADDRS,
     names::MEMBER_SETS,
+    names::SLOT_STATE,
     names::HOSTS,
     names::IFACES,
     names::TX_PORTS,

@@ -2,9 +2,9 @@
 //!
 //! Invariants:
 //! - A member set and its Maglev table are written into the address's spare `MEMBER_SETS` and
-//!   `TABLES` entries, after the `HOSTS` entries they point to, and only then made live
-//!   together by flipping the bucket's version: the dataplane never follows a member to a
-//!   half-written set, table or host.
+//!   `TABLES` entries (the set's head into its `SLOT_STATE` line with it), after the `HOSTS`
+//!   entries they point to, and only then made live together by flipping the bucket's
+//!   version: the dataplane never follows a member to a half-written set, head, table or host.
 //! - Removal ([`del`], and through it leave, expiry and link down) first takes the member out of
 //!   service with one atomic store into `SLOT_STATE` (the dataplane then sends it nothing and
 //!   gives its flows to the fallback), and only then rebuilds the set and table.

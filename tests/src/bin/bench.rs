@@ -587,7 +587,7 @@ fn measure<'a>(
 }
 
 /// Installs `addresses` as more anycast addresses, each with the same members as `anchor`.
-/// Written straight into the maps (one probe and three updates each): this measures the
+/// Written straight into the maps (one probe, three updates and a head each): this measures the
 /// kernel's lookup at scale, not the control plane.
 fn fill_addresses(bed: &mut Bed, anchor: IpAddr, addresses: &[IpAddr]) -> Result<()> {
     let Bucket::Found { entry, .. } = bed.maps.bucket(anchor)? else {
