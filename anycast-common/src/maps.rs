@@ -605,10 +605,11 @@ impl SetHead {
     /// The head stored as `words` (the inverse of [`SetHead::words`]).
     pub fn from_words(words: [u64; 2]) -> Self {
         let halves = |w: u64| {
-            let bytes = w.to_ne_bytes();
-            let half =
-                |i: usize| u32::from_ne_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
-            (half(0), half(4))
+            let [a0, a1, a2, a3, b0, b1, b2, b3] = w.to_ne_bytes();
+            (
+                u32::from_ne_bytes([a0, a1, a2, a3]),
+                u32::from_ne_bytes([b0, b1, b2, b3]),
+            )
         };
         let (single, table_size) = halves(words[0]);
         let (host, counter) = halves(words[1]);

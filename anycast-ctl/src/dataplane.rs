@@ -460,8 +460,8 @@ impl Maps {
         Ok(())
     }
 
-    /// Writes member set `index` and its head in `SLOT_STATE`, unjournaled (every command
-    /// writes through the journal: [`Maps::set_member_set`]). Only a spare may be written.
+    /// Writes member set `index` and its head in `SLOT_STATE`. Only a spare may be written, and
+    /// the write is not journaled: an undo leaves a spare as written (see `journal`).
     pub fn store_member_set(&mut self, index: u32, set: &MemberSet) -> Result<()> {
         self.member_sets
             .set(index, set, 0)

@@ -28,8 +28,7 @@
 use std::{net::IpAddr, time::Duration};
 
 use anycast_common::{
-    AddrBucket, AddrBucket6, AddrEntry, Host, Ip6Key, MemberInfo, MemberKey, MemberSet, ip_key,
-    ip6_key,
+    AddrBucket, AddrBucket6, AddrEntry, Host, Ip6Key, MemberInfo, MemberKey, ip_key, ip6_key,
 };
 use aya::maps::{Array, MapData};
 
@@ -203,11 +202,6 @@ impl Maps {
                     .map_err(|e| Error::map("ADDRS6", e))
             }
         }
-    }
-
-    /// Writes a spare member set (and its head). Not undone: see the module docs.
-    pub fn set_member_set(&mut self, index: u32, set: &MemberSet) -> Result<()> {
-        self.store_member_set(index, set)
     }
 
     /// Adds a new key to `ADDR_KEYS`.

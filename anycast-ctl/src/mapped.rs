@@ -166,18 +166,24 @@ impl SlotStates {
         self.word(slot, 1).store(ns, Ordering::Release);
     }
 
+    /// Word `i` (0 or 1) of `SlotState::heads[version]` of `slot`.
+    fn head_word(&self, slot: u32, version: u32, i: usize) -> &AtomicU64 {
+        self.word(slot, HEADS + 2 * (version as usize & 1) + i)
+    }
+
     /// `SlotState::heads[version]` of `slot`.
     pub fn head(&self, slot: u32, version: u32) -> SetHead {
-        let at = HEADS + 2 * (version as usize & 1);
-        SetHead::from_words([0, 1].map(|i| self.word(slot, at + i).load(Ordering::Acquire)))
+        SetHead::from_words(
+            [0, 1].map(|i| self.head_word(slot, version, i).load(Ordering::Acquire)),
+        )
     }
 
     /// Stores `SlotState::heads[version]` of `slot`: the spare version's (two stores nothing
     /// reads until the flip that makes that set live).
     pub fn set_head(&self, slot: u32, version: u32, head: &SetHead) {
-        let at = HEADS + 2 * (version as usize & 1);
         for (i, word) in head.words().into_iter().enumerate() {
-            self.word(slot, at + i).store(word, Ordering::Release);
+            self.head_word(slot, version, i)
+                .store(word, Ordering::Release);
         }
     }
 }

@@ -196,7 +196,7 @@ impl Addr<'_> {
     }
 
     /// [`Addr::serving`], from the head if `position` is the single member's: for every
-    /// datagram of a tracked flow of a single-member address, the set is not read.
+    /// datagram of a single-member address, the set is not read.
     #[inline(always)]
     pub fn serving_fast(&self, position: u32) -> Option<MemberRef> {
         if position + 1 == self.head.single {

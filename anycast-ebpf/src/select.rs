@@ -162,19 +162,18 @@ fn new_flow<K: Family>(addr: &Addr, hash: u32) -> Option<(MemberRef, u32)> {
 #[inline(always)]
 pub fn table_pick(addr: &Addr, hash: u32) -> Option<(MemberRef, u32)> {
     let head = &addr.head;
-    if head.single != 0 {
-        // From the head: the set is not read.
-        let position = head.single - 1;
-        return Some((addr.in_service(position, head.single_member)?, position));
-    }
-    if head.table_size == 0 {
-        return None;
-    }
-    let index = pick_index(hash, head.table_size);
-    let (word, shift) = table_word_of(index);
-    let packed = TABLES.get_value(addr.set_index, &word)?;
-    let position = table_position(*packed, shift);
-    Some((addr.serving(position)?, position))
+    let position = if head.single != 0 {
+        head.single - 1
+    } else {
+        if head.table_size == 0 {
+            return None;
+        }
+        let index = pick_index(hash, head.table_size);
+        let (word, shift) = table_word_of(index);
+        let packed = TABLES.get_value(addr.set_index, &word)?;
+        table_position(*packed, shift)
+    };
+    Some((addr.serving_fast(position)?, position))
 }
 
 /// The fallback for a flow whose member is out of service: among the eligible members in

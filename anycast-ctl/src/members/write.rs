@@ -504,7 +504,7 @@ fn publish(
     set: &MemberSet,
 ) -> Result<AddrSlot> {
     let next = entry.flipped();
-    maps.set_member_set(member_set_index(next.slot, next.version), set)?;
+    maps.store_member_set(member_set_index(next.slot, next.version), set)?;
     maps.set_addr(address, index, next)?;
     Ok(next)
 }
