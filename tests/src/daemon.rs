@@ -84,6 +84,22 @@ impl Daemon {
         })
     }
 
+    /// Starts `anycast-ctl agent ARGS...` in `ns` and waits until it logs "agent running"
+    /// (its sockets bound and joined): a test that sends one message right after this is heard.
+    /// A loaded machine can take seconds to get there, so the bound is loose.
+    pub fn spawn_agent(ns: &Netns, name: &str, args: &[&str]) -> Result<Self> {
+        const START: Duration = Duration::from_secs(30);
+        let mut agent = Self::spawn(ns, name, args)?;
+        let deadline = Instant::now() + START;
+        while !agent.log().contains("agent running") {
+            if !agent.running() || Instant::now() >= deadline {
+                bail!("{name} not running after {START:?}:\n{}", agent.log());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(agent)
+    }
+
     /// What it logged so far.
     pub fn log(&self) -> String {
         self.log.lock().expect("log lock").clone()

@@ -120,9 +120,7 @@ impl AgentLab {
             args.extend(["--anycast-prefix", ANYCAST6_PREFIX]);
         }
         args.extend(extra.iter().copied());
-        let mut agent = Daemon::spawn(&self.topo.router, "agent", &args).expect("agent");
-        std::thread::sleep(Duration::from_millis(300));
-        assert!(agent.running(), "agent exited: {}", agent.log());
+        let agent = Daemon::spawn_agent(&self.topo.router, "agent", &args).expect("agent");
         self.agent = Some(agent);
     }
 

@@ -55,8 +55,6 @@ pub const SITE_B: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 5);
 pub const ANYCAST6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x53, 0, 0, 0, 0, 0x53);
 const SECRET: [u8; 32] = [0x5a; 32];
 const KEY_ID: u32 = 9;
-/// How long an agent may take to say it runs.
-const AGENT_START: Duration = Duration::from_secs(30);
 
 /// The routing protocol between the sites and U.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -368,15 +366,8 @@ impl Site {
         if let Some(path) = &config {
             args.extend(["--config", path]);
         }
-        let agent = Daemon::spawn(&self.router, &format!("agent {}", self.name), &args)?;
-        // Listening before anyone announces (a loaded machine can take seconds to start it).
-        if !crate::wait_until(AGENT_START, || agent.log().contains("agent running")) {
-            anyhow::bail!(
-                "agent {} not running after {AGENT_START:?}:\n{}",
-                self.name,
-                agent.log()
-            );
-        }
+        // Listening before anyone announces.
+        let agent = Daemon::spawn_agent(&self.router, &format!("agent {}", self.name), &args)?;
         self.agent = Some(agent);
         Ok(())
     }
