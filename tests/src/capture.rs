@@ -121,11 +121,15 @@ fn open(ifindex: u32) -> Result<OwnedFd> {
     Ok(fd)
 }
 
+/// Frames until `stop`, then those still queued on the socket (a capture thread that ran late
+/// loses none of what the kernel saw before the stop).
 fn record(fd: &OwnedFd, stop: &AtomicBool) -> Vec<Frame> {
     let deadline = Instant::now() + LIFETIME;
     let mut frames = Vec::new();
     let mut buf = vec![0u8; 65536];
-    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline && frames.len() < MAX_FRAMES {
+    while Instant::now() < deadline && frames.len() < MAX_FRAMES {
+        let stopping = stop.load(Ordering::Relaxed);
+        let flags = if stopping { libc::MSG_DONTWAIT } else { 0 };
         // SAFETY: sockaddr_ll is plain data; zero is a valid initial value.
         let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         let mut len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
@@ -135,7 +139,7 @@ fn record(fd: &OwnedFd, stop: &AtomicBool) -> Vec<Frame> {
                 fd.as_raw_fd(),
                 buf.as_mut_ptr().cast(),
                 buf.len(),
-                0,
+                flags,
                 (&mut from as *mut libc::sockaddr_ll).cast(),
                 &mut len,
             )
@@ -143,6 +147,7 @@ fn record(fd: &OwnedFd, stop: &AtomicBool) -> Vec<Frame> {
         if n < 0 {
             let e = std::io::Error::last_os_error();
             match e.kind() {
+                std::io::ErrorKind::WouldBlock if stopping => break,
                 std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted => continue,
                 _ => panic!("capture receive failed: {e}"),
             }

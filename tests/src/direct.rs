@@ -58,7 +58,7 @@ impl DirectLab {
             &["198.51.100.0/24"],
             &["--key-file", key.arg()],
         );
-        let agent = Daemon::spawn(&r.ns, "agent", &args)?;
+        let agent = Daemon::spawn_agent(&r.ns, "agent", &args)?;
         let clients = net.lan_clients(clients)?;
         Ok(Self {
             net,

@@ -132,7 +132,7 @@ impl Scene {
         ctl.attach(&ifaces, "native")?;
         let key = KeyFile::new(topo.router.name(), KEY_ID, &SECRET)?;
         let pin = ctl.pin_dir().display().to_string();
-        let agent = Daemon::spawn(
+        let agent = Daemon::spawn_agent(
             &topo.router,
             "agent",
             &crate::daemon::agent_args(

@@ -65,7 +65,8 @@ fn lan_clients_go_straight_to_members_and_move_only_when_theirs_dies() {
         "{c}"
     );
 
-    // kill -9 of member 0's announcer: its clients move within hold + interval + 50 ms.
+    // kill -9 of member 0's announcer: its clients move within hold + interval, plus a loose
+    // margin for the repoint, the clients' kernels and the receiving threads on a loaded machine.
     let dead = 0;
     let killed = Instant::now();
     announcers[dead].kill();
@@ -76,7 +77,7 @@ fn lan_clients_go_straight_to_members_and_move_only_when_theirs_dies() {
     std::thread::sleep(Duration::from_millis(300));
     drop(senders);
     assert!(moved, "clients of the dead member that never moved");
-    let bound = Duration::from_millis(HOLD_MS + INTERVAL_MS + 50);
+    let bound = Duration::from_millis(HOLD_MS + INTERVAL_MS + 300);
     for client in theirs {
         let at = first_elsewhere(&arrivals, *client, dead, killed).unwrap();
         let took = at - killed;

@@ -268,7 +268,7 @@ impl Lab {
             &["198.51.100.0/24", "2001:db8:53::/48"],
             &["--key-file", &key],
         );
-        Daemon::spawn(&self.topo.router, "agent", &args).expect("agent")
+        Daemon::spawn_agent(&self.topo.router, "agent", &args).expect("agent")
     }
 
     /// Starts `announce ADDRESSES...` on m2 with preference 70.

@@ -404,7 +404,7 @@ fn announced_ipv6_members_fail_over_on_kill_and_leave() {
     lab.wait_learned_of(ANYCAST6, &left, bound + WAIT);
     let took = killed.elapsed();
     assert!(
-        took <= bound + Duration::from_millis(250),
+        took <= bound + Duration::from_millis(500),
         "expired {took:?} after kill -9"
     );
     // kill -9 left the address on m2's lo, so m2 would take anything sent to it.
@@ -421,8 +421,10 @@ fn announced_ipv6_members_fail_over_on_kill_and_leave() {
     let stopped = Instant::now();
     lab.wait_learned_of(ANYCAST6, &[member_ip6(3).into()], WAIT);
     let took = stopped.elapsed();
+    // Its last refresh was at most one interval before the stop, so an expiry comes no
+    // sooner than hold − interval after it: a removal before that was the leave.
     assert!(
-        took < Duration::from_millis(INTERVAL_MS),
+        took < Duration::from_millis(HOLD_MS - INTERVAL_MS),
         "leave took {took:?}"
     );
     let (status, log) = a[0].wait(WAIT).unwrap();

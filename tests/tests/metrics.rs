@@ -283,7 +283,7 @@ fn agent_serves_learned_members_and_its_counters() {
     let topo = Topology::new(TopologyOptions::default()).expect("topology");
     let ctl = Ctl::new(&topo.router);
     let pin = ctl.pin_dir().display().to_string();
-    let mut agent = Daemon::spawn(
+    let mut agent = Daemon::spawn_agent(
         &topo.router,
         "agent",
         &anycast_tests::daemon::agent_args(

@@ -49,7 +49,9 @@ fn every_member_gets_each_datagram_once_through_one_forwarder() {
             &["198.51.100.0/24"],
             &["--key-file", key.arg(), "--router-hello-ms", "100"],
         );
-        agents.push(Daemon::spawn(&r.ns, &format!("agent R{}", r.index), &args).expect("agent"));
+        agents.push(
+            Daemon::spawn_agent(&r.ns, &format!("agent R{}", r.index), &args).expect("agent"),
+        );
         ctls.push(ctl);
     }
     let mut announcers: Vec<Daemon> = (net.members.iter().enumerate())

@@ -251,7 +251,7 @@ impl Lab {
                 &["--key-file", key.arg()],
             );
             let name = format!("agent R{}", r.index);
-            agents.push(Daemon::spawn(&r.ns, &name, &args).expect("agent"));
+            agents.push(Daemon::spawn_agent(&r.ns, &name, &args).expect("agent"));
             ctls.push(ctl);
         }
         Lab {

@@ -143,9 +143,10 @@ fn every_announcer_at_a_dies_u_moves_to_b_and_back_when_they_return() {
     let mut sites = preferred_a(Routing::Bgp);
     let (withdrawn_ms, gap_ms) = fail_a(&mut sites, ANYCAST.into());
     let fast = Announce::FAST;
-    // The last advertisement came at most one interval before the kill; the agent checks
-    // every 10 ms; the poll above takes a few ms per look.
-    let bound = (fast.hold_ms + fast.interval_ms + 50) as f64 + 50.0;
+    // The last advertisement came at most one interval before the kill (the announcers are
+    // killed one after the other, so one more interval), and each look of the poll above is
+    // a process: a loose bound on a loaded machine (`cargo xtask bench` has the figure).
+    let bound = (fast.hold_ms + 2 * fast.interval_ms + 500) as f64;
     assert!(
         withdrawn_ms <= bound,
         "A withdrew {withdrawn_ms:.0} ms after the kill (bound {bound} ms)"
@@ -268,20 +269,20 @@ fn over_ospf_u_prefers_the_better_site_and_fails_over() {
 fn a_member_back_within_the_hold_down_causes_no_withdrawal() {
     let mut sites = Sites::new(Some(Routing::Bgp)).expect("sites");
     let key = sites.key.path().to_path_buf();
-    let hold_down = Duration::from_secs(2);
+    let hold_down = Duration::from_secs(4);
     let config = format!("export_hold_down_ms = {}\n", hold_down.as_millis());
     sites.a.start_agent(&key, Some(&config)).expect("agent");
     sites.a.announce(0, &key, Announce::FAST).expect("announce");
     wait_exported(&sites.a, &route(100), CHANGE);
     sites.wait_via(A, CONVERGE).expect("U via A");
-    // The only member dies and expires; it comes back 1 s later, within the hold-down. Neither
-    // A's table nor U's route ever loses the address.
+    // The only member dies and expires; it comes back 1 s later, well within the hold-down.
+    // Neither A's table nor U's route ever loses the address.
     sites.a.kill_announcers();
     let expired = wait_until(CHANGE, || sites.a.ctl.show().members_of(ANYCAST).is_empty());
     assert!(expired, "the member did not expire");
     let rejoin = Instant::now() + Duration::from_secs(1);
     let mut rejoined = false;
-    while Instant::now() < rejoin + Duration::from_secs(1) {
+    while Instant::now() < rejoin + Duration::from_millis(1500) {
         if !rejoined && Instant::now() >= rejoin {
             sites.a.announce(0, &key, Announce::FAST).expect("announce");
             rejoined = true;
@@ -298,7 +299,8 @@ fn a_member_back_within_the_hold_down_causes_no_withdrawal() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert_eq!(sites.a.ctl.show().members_of(ANYCAST).len(), 1, "rejoined");
+    let rejoined = wait_until(CHANGE, || sites.a.ctl.show().members_of(ANYCAST).len() == 1);
+    assert!(rejoined, "the member did not rejoin");
     // Gone for good: withdrawn once the hold-down is over, not before.
     sites.a.kill_announcers();
     let expired = wait_until(CHANGE, || sites.a.ctl.show().members_of(ANYCAST).is_empty());
@@ -311,7 +313,8 @@ fn a_member_back_within_the_hold_down_causes_no_withdrawal() {
         "withdrawn before the hold-down ended"
     );
     wait_exported(&sites.a, "", hold_down + Duration::from_secs(1));
-    assert!(since.elapsed() >= hold_down - Duration::from_millis(100));
+    // `since` is when the poll saw the expiry, a little after it.
+    assert!(since.elapsed() >= hold_down - Duration::from_millis(500));
     sites.wait_via(NONE, CHANGE).expect("U without a route");
 }
 
