@@ -47,7 +47,9 @@ fn every_member_gets_each_datagram_once_through_one_forwarder() {
             &pin,
             &[ROUTER_LAN],
             &["198.51.100.0/24"],
-            &["--key-file", key.arg(), "--router-hello-ms", "100"],
+            // 300 ms hellos: a stalled agent on a loaded machine must not lose the election
+            // (a takeover then duplicates), and R2 still takes over well within the wait.
+            &["--key-file", key.arg(), "--router-hello-ms", "300"],
         );
         agents.push(
             Daemon::spawn_agent(&r.ns, &format!("agent R{}", r.index), &args).expect("agent"),
