@@ -43,8 +43,13 @@ enum Command {
     Dist,
     /// Run the demo binary of anycast-tests.
     Demo,
-    /// Run the benchmark binary of anycast-tests (writes target/bench/report.json).
-    Bench,
+    /// Run the benchmark binary of anycast-tests (writes target/bench/report.json);
+    /// `cargo xtask bench -- PART` runs one part (`--dataplane-only`, `e2e`, `failover`, ...).
+    Bench {
+        /// Arguments for the bench binary.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
     /// Fuzz the advertisement parser for a bounded time (cargo-fuzz on nightly; not part of test).
     Fuzz {
         /// How long to fuzz, in seconds.
@@ -60,7 +65,7 @@ fn main() -> Result<()> {
         Command::Test { args } => tasks::test(&args),
         Command::Dist => dist::dist(),
         Command::Demo => tasks::demo(),
-        Command::Bench => tasks::bench(),
+        Command::Bench { args } => tasks::bench(&args),
         Command::Fuzz { seconds } => fuzz::fuzz(seconds),
     }
 }

@@ -98,11 +98,13 @@ pub fn demo() -> Result<()> {
     run(cmd.env("ANYCAST_CTL", ctl_path(false)))
 }
 
-/// `cargo xtask bench`: the release bench binary (writes target/bench/report.json).
-pub fn bench() -> Result<()> {
+/// `cargo xtask bench [-- ARGS]`: the release bench binary with ARGS (writes
+/// target/bench/report.json).
+pub fn bench(args: &[String]) -> Result<()> {
     setup()?;
     build_ctl(true)?;
     let mut cmd = cargo(&["run", "--release", "-p", "anycast-tests", "--bin", "bench"]);
+    cmd.arg("--").args(args);
     run(cmd.env("ANYCAST_CTL", ctl_path(true)))
 }
 
