@@ -19,7 +19,7 @@
 //! `bench ipv6` measures only the IPv6 TEST_RUN cases (the forward and the neighbour
 //! advertisement against the baseline, and the forward at 65,536 IPv6 addresses) and prints
 //! them; `bench dataplane` every TEST_RUN figure (the cases, `--track tcp` and the scale
-//! cases), printed.
+//! cases), printed. Any other argument is an error.
 // The report is one `json!` literal, deeper than the macro's default recursion limit.
 #![recursion_limit = "256"]
 use std::{
@@ -63,7 +63,28 @@ struct Case {
     verdict: u32,
 }
 
+/// The parts `bench PART` runs alone; with no argument, every part and the report.
+const PARTS: [&str; 11] = [
+    "--dataplane-only",
+    "dataplane",
+    "ipv6",
+    "e2e",
+    "failover",
+    "control",
+    "export",
+    "sites",
+    "metrics",
+    "direct",
+    "upgrade",
+];
+
 fn main() -> Result<()> {
+    // A mistyped part must not start the full run (and overwrite the report).
+    if let Some(arg) = std::env::args().nth(1)
+        && !PARTS.contains(&arg.as_str())
+    {
+        anyhow::bail!("unknown part {arg:?}: one of {}", PARTS.join(", "));
+    }
     anycast_tests::require_root();
     // `bench control`: only the control plane at scale, printed, no report.
     if std::env::args().nth(1).as_deref() == Some("control") {
