@@ -98,6 +98,17 @@ mod tests {
     }
 
     #[test]
+    fn bench_passes_its_part_to_the_bench_binary() {
+        let cli = Cli::parse_from(["xtask", "bench", "--", "--dataplane-only"]);
+        let Command::Bench { args } = cli.command else {
+            panic!("expected the bench command");
+        };
+        assert_eq!(args, ["--dataplane-only"]);
+        let cli = Cli::parse_from(["xtask", "bench"]);
+        assert!(matches!(cli.command, Command::Bench { args } if args.is_empty()));
+    }
+
+    #[test]
     fn fuzz_seconds_default_and_override() {
         let seconds = |argv: &[&str]| match Cli::parse_from(argv).command {
             Command::Fuzz { seconds } => seconds,
