@@ -35,12 +35,29 @@ pub fn agent_args<'a>(
     args
 }
 
+/// A thread appending everything `pipe` yields to `log`, until it closes.
+fn drain(mut pipe: impl Read + Send + 'static, log: &Arc<Mutex<String>>) -> JoinHandle<()> {
+    let log = Arc::clone(log);
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = pipe.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            log.lock()
+                .expect("log lock")
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    })
+}
+
 pub struct Daemon {
     name: String,
     child: Option<Child>,
-    /// Everything it wrote to stderr so far (drained continuously so it never blocks).
+    /// Everything it wrote to stderr and stdout so far (drained continuously so it never
+    /// blocks).
     log: Arc<Mutex<String>>,
-    drain: Option<JoinHandle<()>>,
+    drains: Vec<JoinHandle<()>>,
 }
 
 impl Daemon {
@@ -57,30 +74,20 @@ impl Daemon {
                 std::env::var("ANYCAST_TEST_LOG").unwrap_or_else(|_| "info".into()),
             )
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .with_context(|| format!("starting {name}"))?;
         let mut child = child;
         let log = Arc::new(Mutex::new(String::new()));
-        let mut stderr = child.stderr.take().context("stderr")?;
-        let sink = Arc::clone(&log);
-        let drain = std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = stderr.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .expect("log lock")
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
+        let stderr = child.stderr.take().context("stderr")?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let drains = vec![drain(stderr, &log), drain(stdout, &log)];
         Ok(Self {
             name: name.to_string(),
             child: Some(child),
             log,
-            drain: Some(drain),
+            drains,
         })
     }
 
@@ -90,12 +97,11 @@ impl Daemon {
     pub fn spawn_agent(ns: &Netns, name: &str, args: &[&str]) -> Result<Self> {
         const START: Duration = Duration::from_secs(30);
         let mut agent = Self::spawn(ns, name, args)?;
-        let deadline = Instant::now() + START;
-        while !agent.log().contains("agent running") {
-            if !agent.running() || Instant::now() >= deadline {
-                bail!("{name} not running after {START:?}:\n{}", agent.log());
-            }
-            std::thread::sleep(Duration::from_millis(10));
+        crate::wait_until(START, || {
+            agent.log().contains("agent running") || !agent.running()
+        });
+        if !agent.log().contains("agent running") {
+            bail!("{name} not running after {START:?}:\n{}", agent.log());
         }
         Ok(agent)
     }
@@ -128,7 +134,7 @@ impl Daemon {
         let mut child = self.child.take().context("already reaped")?;
         loop {
             if let Some(status) = child.try_wait()? {
-                if let Some(drain) = self.drain.take() {
+                for drain in self.drains.drain(..) {
                     let _ = drain.join();
                 }
                 return Ok((status, self.log()));
@@ -148,7 +154,7 @@ impl Daemon {
             let _ = child.kill();
             let _ = child.wait();
         }
-        if let Some(drain) = self.drain.take() {
+        for drain in self.drains.drain(..) {
             let _ = drain.join();
         }
     }

@@ -10,7 +10,9 @@ use std::{
 
 use anycast_tests::{
     ANYCAST, Ctl, Topology, TopologyOptions,
+    daemon::Daemon,
     traffic::{UDP_PORT, udp_round},
+    wait_until,
 };
 use serde_json::Value;
 
@@ -84,33 +86,19 @@ fn ctrl_c_ends_stats_interval_with_status_0() {
     .expect("topology");
     let ctl = Ctl::new(&topo.router);
     ctl.attach(&["r0", "r1"], "native").expect("attach");
-    let mut live = Command::new("nsenter")
-        .arg(format!("--net={}", topo.router.path().display()))
-        .arg("--")
-        .arg(anycast_tests::ctl::binary())
-        .args(["--pin-dir", ctl.pin_dir().to_str().unwrap()])
-        .args(["stats", "--interval", "200ms"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("stats --interval");
+    let pin = ctl.pin_dir().display().to_string();
+    let mut live = Daemon::spawn(
+        &topo.router,
+        "stats",
+        &["--pin-dir", &pin, "stats", "--interval", "200ms"],
+    )
+    .unwrap();
     // Its first report is out, so its Ctrl-C handler is in place (not a fixed sleep).
-    let mut lines = BufReader::new(live.stdout.take().unwrap()).lines();
-    let first = lines.next().expect("a first report").unwrap();
-    // SAFETY: kill(2) on our own child's pid.
-    unsafe { libc::kill(live.id() as i32, libc::SIGINT) };
-    let deadline = std::time::Instant::now() + Duration::from_secs(3);
-    let status = loop {
-        if let Some(status) = live.try_wait().unwrap() {
-            break status;
-        }
-        if std::time::Instant::now() >= deadline {
-            let _ = live.kill();
-            let _ = live.wait();
-            panic!("stats --interval did not exit within 3 s of SIGINT");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let log = format!("first report: {first}");
+    let reported = wait_until(Duration::from_secs(5), || !live.log().is_empty());
+    assert!(reported && live.running(), "{}", live.log());
+    live.signal(libc::SIGINT);
+    let (status, log) = live
+        .wait(Duration::from_secs(3))
+        .expect("exit after SIGINT");
     assert!(status.success(), "{status}: {log}");
 }
