@@ -26,7 +26,7 @@
 //!   the rebuilt set and table follow, which leave the position a hole and clear its bit.
 //! - `SLOT_STATE` also holds the [`SetHead`] of both member sets of the slot, written with the
 //!   set (the spare's, before the flip), so that member choice reads the slot's line, not the
-//!   544-byte set, for the single member; the set is read for a member the table or the
+//!   560-byte set, for the single member; the set is read for a member the table or the
 //!   connection table names at another position, for later fragments and by the fallback.
 //! - The dataplane finds the receiving interface in `IFACES`, an open-addressed array too, probed
 //!   by [`iface_probe`] alone (the dataplane and user space share it). An interface sits within
@@ -154,7 +154,7 @@ pub mod programs {
 /// Version of the pinned state's layout (map set, key and value layouts, their meaning),
 /// recorded in the `LAYOUT` map. A binary refuses pins of another version instead of reusing
 /// maps by name. Bump it with every change to a pinned map.
-pub const LAYOUT_VERSION: u32 = 9;
+pub const LAYOUT_VERSION: u32 = 10;
 
 /// `EXPORT` index: 1 when route export is on, 0 when off.
 pub const EXPORT_ENABLED: u32 = 0;
@@ -526,6 +526,12 @@ pub struct MemberSet {
     /// eligible member is left in service.
     pub standby: u64,
     pub members: [MemberRef; MAX_MEMBERS],
+    /// Only user space reads it: what the members removed from this set had forwarded (their
+    /// `MEMBER_STATS`, read when each was taken out of service, just before the set without
+    /// it was written). The address's forward totals are the live members' counters plus
+    /// this, so they never go backwards when a member goes; it flips with the set, so a
+    /// reader of one set sees each member counted once.
+    pub gone: MemberStats,
 }
 
 /// The bit of member position `position` in `MemberSet::eligible`, `standby` and
@@ -538,7 +544,7 @@ pub const fn position_bit(position: u32) -> u64 {
 /// One address slot's entry of `SLOT_STATE`, written in place by user space (mmap): one
 /// 64-byte cache line (the array is mmapable, so its elements start page-aligned) with what
 /// member choice reads of the address besides its bucket: the down bits and the live set's
-/// head. A `MemberSet` is 544 bytes, so reading its head there would cost a line, and over
+/// head. A `MemberSet` is 560 bytes, so reading its head there would cost a line, and over
 /// many addresses a page, of its own.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -634,6 +640,7 @@ impl Default for MemberSet {
                 host: NO_HOST,
                 counter: 0,
             }; MAX_MEMBERS],
+            gone: MemberStats::default(),
         }
     }
 }
@@ -828,18 +835,37 @@ pub fn iface_probe<T: core::borrow::Borrow<Iface>, E>(
     })
 }
 
-/// Per-address counters (per CPU; user space sums them).
+/// Per-address counters (per CPU; user space sums them): what the forward path does not count
+/// per member. A datagram forwarded to a member is counted once, in the member's
+/// [`MemberStats`] only, so the forward path touches one counter line, not two; the address's
+/// forwarded and received totals are derived by user space:
+/// forwarded = `multicast_*` + the members' counters + [`MemberSet::gone`], and
+/// received = forwarded + the passed (`passed` summed, `passed_bytes`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct AddrStats {
-    pub rx_packets: u64,
-    pub rx_bytes: u64,
-    pub fwd_packets: u64,
-    pub fwd_bytes: u64,
+    /// Bytes of the datagrams passed to the kernel (their number is `passed` summed).
+    pub passed_bytes: u64,
+    /// Datagrams forwarded in multicast mode (to a LAN's group, or relayed to the router that
+    /// puts them on it): not counted per member.
+    pub multicast_packets: u64,
+    pub multicast_bytes: u64,
     /// ARP replies (IPv4 address) or neighbour advertisements (IPv6 address) sent.
     pub arp_replies: u64,
     /// Indexed by [`PassReason::index`].
     pub passed: [u64; PassReason::COUNT],
+}
+
+impl core::ops::AddAssign for AddrStats {
+    fn add_assign(&mut self, v: Self) {
+        self.passed_bytes += v.passed_bytes;
+        self.multicast_packets += v.multicast_packets;
+        self.multicast_bytes += v.multicast_bytes;
+        self.arp_replies += v.arp_replies;
+        for (a, b) in self.passed.iter_mut().zip(v.passed) {
+            *a += b;
+        }
+    }
 }
 
 /// Per-member counters (per CPU; user space sums them).
@@ -848,6 +874,13 @@ pub struct AddrStats {
 pub struct MemberStats {
     pub packets: u64,
     pub bytes: u64,
+}
+
+impl core::ops::AddAssign for MemberStats {
+    fn add_assign(&mut self, v: Self) {
+        self.packets += v.packets;
+        self.bytes += v.bytes;
+    }
 }
 
 /// Key of the fragment table: what identifies one IPv4 datagram.
@@ -947,7 +980,7 @@ const _: () = {
     assert!(core::mem::size_of::<Requester>() == 24);
     assert!(core::mem::size_of::<MemberRef>() == 8);
     assert!(core::mem::size_of::<AddrBucket>() == 16);
-    assert!(core::mem::size_of::<MemberSet>() == 32 + 8 * MAX_MEMBERS);
+    assert!(core::mem::size_of::<MemberSet>() == 32 + 8 * MAX_MEMBERS + 16);
     assert!(MAX_MEMBERS <= 64);
     assert!(core::mem::size_of::<SlotState>() == 64);
     assert!(core::mem::size_of::<SetHead>() == 16);
@@ -958,7 +991,7 @@ const _: () = {
     assert!(core::mem::size_of::<Host>() == 36);
     assert!(core::mem::size_of::<Iface>() == 16);
     assert!(IFACE_SLOTS.is_power_of_two());
-    assert!(core::mem::size_of::<AddrStats>() == 8 * (5 + PassReason::COUNT));
+    assert!(core::mem::size_of::<AddrStats>() == 8 * (4 + PassReason::COUNT));
     assert!(core::mem::size_of::<MemberStats>() == 16);
     assert!(core::mem::size_of::<FragKey>() == 12);
     assert!(core::mem::size_of::<MemberKey>() == 32);

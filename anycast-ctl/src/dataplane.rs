@@ -307,6 +307,20 @@ impl Maps {
             .map_err(|e| Error::map(names::SENDER_SEQ, e))
     }
 
+    /// A slot's address counters, summed over the CPUs.
+    pub fn addr_stats(&self, slot: u32) -> Result<AddrStats> {
+        let per_cpu =
+            (self.addr_stats.get(&slot, 0)).map_err(|e| Error::map(names::ADDR_STATS, e))?;
+        Ok(sum(&per_cpu))
+    }
+
+    /// A member counter's figures, summed over the CPUs.
+    pub fn member_stats(&self, counter: u32) -> Result<MemberStats> {
+        let per_cpu =
+            (self.member_stats.get(&counter, 0)).map_err(|e| Error::map(names::MEMBER_STATS, e))?;
+        Ok(sum(&per_cpu))
+    }
+
     /// Publishes the agent's counters in `AGENT_STATS` for `status` to read.
     pub fn store_agent_counters(&mut self, counters: &[u64]) -> Result<()> {
         for (index, value) in counters.iter().enumerate() {
@@ -520,10 +534,10 @@ fn open<T: TryFrom<Map, Error = aya::maps::MapError>>(
 }
 
 /// Sums a per-CPU value.
-pub fn sum<T: aya::Pod + Default>(values: &[T], add: impl Fn(&mut T, &T)) -> T {
+pub fn sum<T: Copy + Default + std::ops::AddAssign>(values: &[T]) -> T {
     let mut total = T::default();
-    for v in values.iter() {
-        add(&mut total, v);
+    for v in values {
+        total += *v;
     }
     total
 }

@@ -181,12 +181,10 @@ impl Bulk {
         let reading = |name: &'static str| move |e| Error::io(format!("reading {name}"), e);
         let mut bulk = Bulk::default();
         if parts.counters {
-            batch::per_cpu_array(&maps.addr_stats, slots, |v| {
-                bulk.addr_stats.push(sum(v, add_addr_stats))
-            })
-            .map_err(reading(names::ADDR_STATS))?;
+            batch::per_cpu_array(&maps.addr_stats, slots, |v| bulk.addr_stats.push(sum(v)))
+                .map_err(reading(names::ADDR_STATS))?;
             batch::per_cpu_array(&maps.member_stats, counters, |v| {
-                bulk.member_stats.push(sum(v, add_member_stats))
+                bulk.member_stats.push(sum(v))
             })
             .map_err(reading(names::MEMBER_STATS))?;
         }
@@ -200,22 +198,6 @@ impl Bulk {
         }
         Ok(bulk)
     }
-}
-
-fn add_addr_stats(t: &mut AddrStats, v: &AddrStats) {
-    t.rx_packets += v.rx_packets;
-    t.rx_bytes += v.rx_bytes;
-    t.fwd_packets += v.fwd_packets;
-    t.fwd_bytes += v.fwd_bytes;
-    t.arp_replies += v.arp_replies;
-    for (a, b) in t.passed.iter_mut().zip(v.passed) {
-        *a += b;
-    }
-}
-
-fn add_member_stats(t: &mut MemberStats, v: &MemberStats) {
-    t.packets += v.packets;
-    t.bytes += v.bytes;
 }
 
 impl<'m> Reader<'m> {
@@ -241,24 +223,18 @@ impl<'m> Reader<'m> {
 
     /// A slot's address counters, summed over the CPUs.
     fn addr_stats(&self, slot: u32) -> Result<AddrStats> {
-        if let Some(stats) = self.bulk.addr_stats.get(slot as usize) {
-            return Ok(*stats);
+        match self.bulk.addr_stats.get(slot as usize) {
+            Some(stats) => Ok(*stats),
+            None => self.maps.addr_stats(slot),
         }
-        let per_cpu = (self.maps.addr_stats)
-            .get(&slot, 0)
-            .map_err(|e| Error::map(names::ADDR_STATS, e))?;
-        Ok(sum(&per_cpu, add_addr_stats))
     }
 
     /// A member counter's figures, summed over the CPUs.
     fn member_stats(&self, counter: u32) -> Result<MemberStats> {
-        if let Some(stats) = self.bulk.member_stats.get(counter as usize) {
-            return Ok(*stats);
+        match self.bulk.member_stats.get(counter as usize) {
+            Some(stats) => Ok(*stats),
+            None => self.maps.member_stats(counter),
         }
-        let per_cpu = (self.maps.member_stats)
-            .get(&counter, 0)
-            .map_err(|e| Error::map(names::MEMBER_STATS, e))?;
-        Ok(sum(&per_cpu, add_member_stats))
     }
 
     /// A membership's info (the default if it has none). Every membership has one, so one
@@ -423,28 +399,37 @@ pub fn stats(maps: &Maps, only: Option<IpAddr>) -> Result<Stats> {
 }
 
 impl Reader<'_> {
-    /// One address of `stats`.
+    /// One address of `stats`. The forward path counts a datagram against its member only,
+    /// so the address's forwarded and received totals are derived here (see
+    /// `anycast_common::AddrStats`): from one member set, so each member, present or gone, is
+    /// counted once.
     fn address_counters(
         &mut self,
         address: IpAddr,
         entry: &crate::dataplane::AddrSlot,
         set: &MemberSet,
     ) -> Result<AddressCounters> {
-        let total = self.addr_stats(entry.slot)?;
+        let own = self.addr_stats(entry.slot)?;
         let direct = self.direct(anycast_common::direct::StatOf::Addr(entry.slot));
+        let members = self.member_counters(set)?;
+        let forwarded_packets = own.multicast_packets
+            + set.gone.packets
+            + members.iter().map(|m| m.packets).sum::<u64>();
+        let forwarded_bytes =
+            own.multicast_bytes + set.gone.bytes + members.iter().map(|m| m.bytes).sum::<u64>();
         Ok(AddressCounters {
             address,
-            rx_packets: total.rx_packets,
-            rx_bytes: total.rx_bytes,
-            forwarded_packets: total.fwd_packets,
-            forwarded_bytes: total.fwd_bytes,
+            rx_packets: forwarded_packets + own.passed.iter().sum::<u64>(),
+            rx_bytes: forwarded_bytes + own.passed_bytes,
+            forwarded_packets,
+            forwarded_bytes,
             arp_replies: if address.is_ipv4() {
-                total.arp_replies
+                own.arp_replies
             } else {
                 0
             },
             nd_replies: if address.is_ipv6() {
-                total.arp_replies
+                own.arp_replies
             } else {
                 0
             },
@@ -452,9 +437,9 @@ impl Reader<'_> {
             repoints: direct.1,
             passed: PassReason::ALL
                 .iter()
-                .map(|r| (r.name(), total.passed[r.index()]))
+                .map(|r| (r.name(), own.passed[r.index()]))
                 .collect(),
-            members: self.member_counters(set)?,
+            members,
         })
     }
 

@@ -3,15 +3,15 @@
 //!
 //! In order: the headers are checked for length (`Stat::Malformed`), the destination is looked
 //! up (`Stat::NotAnycast`) and the receiving interface (`Stat::IfaceUnknown`); from there the
-//! frame is counted against its address, and `check` decides whether the router may forward it
-//! at all. Then `select` picks the member (for an address in multicast mode, only the LAN:
+//! frame is counted against its address if passed, against its member if forwarded
+//! (`stats::Datagram`), and `check` decides whether the router may forward it at all. Then `select` picks the member (for an address in multicast mode, only the LAN:
 //! `multicast` sends the datagram to all of them), and `forward` rewrites the frame and gives the
 //! verdict. Every pass is counted with its reason.
 use core::mem::size_of;
 
 use anycast_common::{
     ADDR_MODE_MULTICAST, PassReason, Stat,
-    proto::{ETH_HLEN, IPPROTO_TCP, IPPROTO_UDP, XDP_PASS},
+    proto::{ETH_HLEN, IPPROTO_TCP, IPPROTO_UDP},
 };
 use aya_ebpf::programs::XdpContext;
 
@@ -38,44 +38,43 @@ pub fn handle(ctx: &XdpContext, eth: &mut EthHdr) -> Result<u32, u32> {
     let (ports, tcp_flags) = l4(ctx, ip, ip_len, l4_offset)?;
     let iface = maps::iface(ctx.ingress_ifindex() as u32)
         .ok_or_else(|| stats::pass_global(Stat::IfaceUnknown))?;
-    let frame_len = frame_len as u64;
-    let counters = stats::addr(addr.slot).ok_or(XDP_PASS)?;
-    counters.rx_packets += 1;
-    counters.rx_bytes += frame_len;
+    let counted = stats::Datagram {
+        slot: addr.slot,
+        bytes: frame_len as u64,
+    };
 
     // Not this router's to forward: the kernel decides (and normally drops it).
     if !check::for_router(eth, &iface.mac) {
-        return Err(stats::pass(counters, PassReason::NotForRouter));
+        return Err(counted.pass(PassReason::NotForRouter));
     }
     if !check::checksum_ok(ctx, ip, l4_offset) {
-        return Err(stats::pass(counters, PassReason::BadChecksum));
+        return Err(counted.pass(PassReason::BadChecksum));
     }
     if !check::source_ok(ip) {
-        return Err(stats::pass(counters, PassReason::BadSource));
+        return Err(counted.pass(PassReason::BadSource));
     }
     // The kernel sends ICMP time exceeded.
     if ip.ttl <= 1 {
-        return Err(stats::pass(counters, PassReason::TtlExceeded));
+        return Err(counted.pass(PassReason::TtlExceeded));
     }
     let Some(member) = select::member(ip, ports, tcp_flags, &addr) else {
-        return Err(stats::pass(counters, PassReason::NoMember));
+        return Err(counted.pass(PassReason::NoMember));
     };
     let Some(host) = maps::host(member.host) else {
-        return Err(stats::pass(counters, PassReason::NoMember));
+        return Err(counted.pass(PassReason::NoMember));
     };
     if !host.mac_known() {
-        return Err(stats::pass(counters, PassReason::MacUnknown));
+        return Err(counted.pass(PassReason::MacUnknown));
     }
     let action = forward::verdict(ctx, host.ifindex)
-        .ok_or_else(|| stats::pass(counters, PassReason::EgressNotAttached))?;
+        .ok_or_else(|| counted.pass(PassReason::EgressNotAttached))?;
     forward::rewrite(eth, ip, host);
-    counters.fwd_packets += 1;
-    counters.fwd_bytes += frame_len;
     if addr.mode == ADDR_MODE_MULTICAST {
         multicast::retarget(eth, host.ifindex, ip.dst);
+        counted.multicast();
         return Ok(action);
     }
-    stats::member(member.counter, frame_len);
+    counted.forwarded(member.counter);
     Ok(action)
 }
 

@@ -5,7 +5,7 @@
 //! neighbour solicitation right after it is `ndp`'s; the destination is looked up
 //! (`Stat::NotAnycast`), the extension headers walked to the upper layer ([`walk`]), the
 //! receiving interface looked up (`Stat::IfaceUnknown`); from there the frame is counted
-//! against its address. Then the router checks (`check`; IPv6 has no header checksum), the
+//! against its address if passed, against its member if forwarded. Then the router checks (`check`; IPv6 has no header checksum), the
 //! hop limit (1 or 0 passes: the kernel sends ICMPv6 time exceeded), `select` with the IPv6
 //! flow key and fragment table, and `forward`. Every pass is counted with its reason.
 //!
@@ -20,7 +20,7 @@ use anycast_common::{
     FragKey6, PassReason, Stat, compress6, flow_hash, ip6_key,
     proto::{
         ETH_HLEN, IPPROTO_DSTOPTS, IPPROTO_FRAGMENT, IPPROTO_HOPOPTS, IPPROTO_ICMPV6,
-        IPPROTO_ROUTING, IPPROTO_TCP, IPPROTO_UDP, IPV6_HLEN, ND_NEIGHBOR_SOLICIT, XDP_PASS,
+        IPPROTO_ROUTING, IPPROTO_TCP, IPPROTO_UDP, IPV6_HLEN, ND_NEIGHBOR_SOLICIT,
     },
 };
 use aya_ebpf::programs::XdpContext;
@@ -78,23 +78,23 @@ pub fn handle(ctx: &XdpContext, eth: &mut EthHdr) -> Result<u32, u32> {
     let (ports, tcp_flags) = l4(ctx, &upper, end)?;
     let iface = maps::iface(ctx.ingress_ifindex() as u32)
         .ok_or_else(|| stats::pass_global(Stat::IfaceUnknown))?;
-    let frame_len = frame_len as u64;
-    let counters = stats::addr(addr.slot).ok_or(XDP_PASS)?;
-    counters.rx_packets += 1;
-    counters.rx_bytes += frame_len;
+    let counted = stats::Datagram {
+        slot: addr.slot,
+        bytes: frame_len as u64,
+    };
 
     let Some(upper) = upper else {
-        return Err(stats::pass(counters, PassReason::ExtHeaders));
+        return Err(counted.pass(PassReason::ExtHeaders));
     };
     if !check::for_router(eth, &iface.mac) {
-        return Err(stats::pass(counters, PassReason::NotForRouter));
+        return Err(counted.pass(PassReason::NotForRouter));
     }
     let src = ip6_key(ip.src);
     if !check::source_ok6(&src, &dst) {
-        return Err(stats::pass(counters, PassReason::BadSource));
+        return Err(counted.pass(PassReason::BadSource));
     }
     if ip.hop_limit <= 1 {
-        return Err(stats::pass(counters, PassReason::TtlExceeded));
+        return Err(counted.pass(PassReason::TtlExceeded));
     }
     let src_fold = compress6(src);
     let flow = Flow::new(src_fold, ports, upper.proto, &addr);
@@ -112,21 +112,18 @@ pub fn handle(ctx: &XdpContext, eth: &mut EthHdr) -> Result<u32, u32> {
         tcp_flags,
     };
     let Some(member) = select::choose(&FRAGS6, datagram, &addr) else {
-        return Err(stats::pass(counters, PassReason::NoMember));
+        return Err(counted.pass(PassReason::NoMember));
     };
     let Some(host) = maps::host(member.host) else {
-        return Err(stats::pass(counters, PassReason::NoMember));
+        return Err(counted.pass(PassReason::NoMember));
     };
     if !host.mac_known() {
-        return Err(stats::pass(counters, PassReason::MacUnknown));
+        return Err(counted.pass(PassReason::MacUnknown));
     }
     let action = forward::verdict(ctx, host.ifindex)
-        .ok_or_else(|| stats::pass(counters, PassReason::EgressNotAttached))?;
+        .ok_or_else(|| counted.pass(PassReason::EgressNotAttached))?;
     forward::rewrite6(eth, ip, host);
-
-    counters.fwd_packets += 1;
-    counters.fwd_bytes += frame_len;
-    stats::member(member.counter, frame_len);
+    counted.forwarded(member.counter);
     Ok(action)
 }
 

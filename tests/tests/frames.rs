@@ -1192,3 +1192,77 @@ fn set_heads_follow_their_sets_and_place_single_member_flows() {
     bed.maps.slot_state.set_head(b.slot, b.version, &true_head);
     assert_eq!(to(&bed), M3_MAC, "the true head takes the flow back");
 }
+
+/// The forward path counts a datagram against its member only; the address's totals are
+/// derived. They must be exact (received = forwarded + passed, in packets and bytes) and must
+/// not go backwards when a member that carried traffic is removed, nor when its counter slot is
+/// handed to a new member.
+#[test]
+fn address_totals_are_exact_and_keep_a_removed_members_forwards() {
+    let mut bed = bed();
+    let flow =
+        |bed: &Bed, port: u16| to_router(bed, &Ipv4::udp(CLIENT, ANYCAST_A, port, 53, b"payload"));
+    let mut sent_bytes = 0;
+    for port in 40000..40040 {
+        let frame = flow(&bed, port);
+        let (verdict, _) = bed.run(ANYCAST, 0, &frame).unwrap();
+        assert_eq!(verdict, XDP_REDIRECT);
+        sent_bytes += frame.len() as u64;
+    }
+    let mut expired = Ipv4::udp(CLIENT, ANYCAST_A, 40000, 53, b"ttl one");
+    expired.ttl = 1;
+    let expired = to_router(&bed, &expired);
+    assert_eq!(bed.run(ANYCAST, 0, &expired).unwrap().0, XDP_PASS);
+
+    let before = addr_stats(&bed, ANYCAST_A);
+    assert_eq!(
+        (before.forwarded_packets, before.forwarded_bytes),
+        (40, sent_bytes)
+    );
+    assert_eq!(
+        (before.rx_packets, before.rx_bytes),
+        (41, sent_bytes + expired.len() as u64)
+    );
+    assert_eq!(before.passed["ttl_exceeded"], 1);
+    let m1 = before.members.iter().find(|m| m.address == M1).unwrap();
+    assert!(
+        m1.packets > 0 && m1.packets < 40,
+        "both members carry flows: {before:?}"
+    );
+
+    bed.del_member(ANYCAST_A, M1).unwrap();
+    let after = addr_stats(&bed, ANYCAST_A);
+    assert_eq!(after.members.len(), 1);
+    assert_eq!(
+        (
+            after.rx_packets,
+            after.rx_bytes,
+            after.forwarded_packets,
+            after.forwarded_bytes
+        ),
+        (
+            before.rx_packets,
+            before.rx_bytes,
+            before.forwarded_packets,
+            before.forwarded_bytes
+        ),
+        "a removed member's forwards stay in its address's totals"
+    );
+
+    // M1 back: its counter slot is the one just freed, zeroed; the totals only grow.
+    bed.add_member(ANYCAST_A, M1, 1, M1_MAC).unwrap();
+    let frame = flow(&bed, 41000);
+    assert_eq!(bed.run(ANYCAST, 0, &frame).unwrap().0, XDP_REDIRECT);
+    let again = addr_stats(&bed, ANYCAST_A);
+    let m1 = again.members.iter().find(|m| m.address == M1).unwrap();
+    assert!(
+        m1.packets <= 1,
+        "a reused counter starts from zero: {again:?}"
+    );
+    assert_eq!(again.forwarded_packets, before.forwarded_packets + 1);
+    assert_eq!(
+        again.forwarded_bytes,
+        before.forwarded_bytes + frame.len() as u64
+    );
+    assert_eq!(again.rx_packets, before.rx_packets + 1);
+}

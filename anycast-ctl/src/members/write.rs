@@ -19,7 +19,8 @@
 //!   new size gets a new map, put in place while it is still the spare (once per address and
 //!   size).
 //! - A counter slot is zeroed before it is handed to a new (address, member) pair; an address
-//!   slot likewise. Indexes come from [`crate::alloc`], so [`add`] and [`del`] cost a constant
+//!   slot likewise. A removed member's counters are added to the set's `gone` first (the set
+//!   without it carries them), so an address's forward totals never go backwards. Indexes come from [`crate::alloc`], so [`add`] and [`del`] cost a constant
 //!   number of map operations whatever the number of addresses.
 //! - An address stays once created (with zero members it counts `no_member` passes and is no
 //!   longer answered in ARP); a host is dropped from `HOST_IDS` when the last membership that
@@ -236,6 +237,9 @@ fn del_in(maps: &mut Maps, address: IpAddr, member: IpAddr) -> Result<Option<Edg
     // The one write that matters: from here the dataplane sends the member nothing.
     take_down(maps, entry.slot, pos);
     let mut new = old;
+    // What it forwarded stays in the address's totals: read once it is out of service, so
+    // only XDP runs already under way when it went can still count after this.
+    new.gone += maps.member_stats(old.members[pos].counter)?;
     new.members[pos] = MemberRef {
         host: NO_HOST,
         counter: 0,
