@@ -4,9 +4,10 @@
 //! In order: the headers are checked for length (`Stat::Malformed`), the destination is looked
 //! up (`Stat::NotAnycast`) and the receiving interface (`Stat::IfaceUnknown`); from there the
 //! frame is counted against its address if passed, against its member if forwarded
-//! (`stats::Datagram`), and `check` decides whether the router may forward it at all. Then `select` picks the member (for an address in multicast mode, only the LAN:
-//! `multicast` sends the datagram to all of them), and `forward` rewrites the frame and gives the
-//! verdict. Every pass is counted with its reason.
+//! (`stats::Datagram`), and `check` decides whether the router may forward it at all. Then
+//! `select` picks the member (for an address in multicast mode, only the LAN: `multicast` sends
+//! the datagram to all of them), and `forward` rewrites the frame and gives the verdict.
+//! Every pass is counted with its reason.
 use core::mem::size_of;
 
 use anycast_common::{

@@ -5,9 +5,10 @@
 //! neighbour solicitation right after it is `ndp`'s; the destination is looked up
 //! (`Stat::NotAnycast`), the extension headers walked to the upper layer ([`walk`]), the
 //! receiving interface looked up (`Stat::IfaceUnknown`); from there the frame is counted
-//! against its address if passed, against its member if forwarded. Then the router checks (`check`; IPv6 has no header checksum), the
-//! hop limit (1 or 0 passes: the kernel sends ICMPv6 time exceeded), `select` with the IPv6
-//! flow key and fragment table, and `forward`. Every pass is counted with its reason.
+//! against its address if passed, against its member if forwarded. Then the router checks
+//! (`check`; IPv6 has no header checksum), the hop limit (1 or 0 passes: the kernel sends
+//! ICMPv6 time exceeded), `select` with the IPv6 flow key and fragment table, and `forward`.
+//! Every pass is counted with its reason.
 //!
 //! Extension headers: hop-by-hop, routing, destination options and fragment headers are
 //! walked, at most [`MAX_EXT_HEADERS`] of them; a datagram with more is passed

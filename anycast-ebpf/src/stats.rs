@@ -62,7 +62,13 @@ impl Datagram {
     /// Counts the datagram as forwarded to the member with counter `index`.
     #[inline(always)]
     pub fn forwarded(self, index: u32) {
-        member(index, self.bytes);
+        if let Some(counters) = MEMBER_STATS.get_ptr_mut(index) {
+            // SAFETY: per-CPU slot; XDP runs with migration disabled, so this is the only
+            // reference.
+            let counters = unsafe { &mut *counters };
+            counters.packets += 1;
+            counters.bytes += self.bytes;
+        }
     }
 
     /// Counts the datagram as forwarded in multicast mode (not counted per member).
@@ -72,15 +78,5 @@ impl Datagram {
             counters.multicast_packets += 1;
             counters.multicast_bytes += self.bytes;
         }
-    }
-}
-
-#[inline(always)]
-fn member(index: u32, bytes: u64) {
-    if let Some(counters) = MEMBER_STATS.get_ptr_mut(index) {
-        // SAFETY: per-CPU slot; XDP runs with migration disabled, so this is the only reference.
-        let counters = unsafe { &mut *counters };
-        counters.packets += 1;
-        counters.bytes += bytes;
     }
 }

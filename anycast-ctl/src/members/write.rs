@@ -20,8 +20,9 @@
 //!   size).
 //! - A counter slot is zeroed before it is handed to a new (address, member) pair; an address
 //!   slot likewise. A removed member's counters are added to the set's `gone` first (the set
-//!   without it carries them), so an address's forward totals never go backwards. Indexes come from [`crate::alloc`], so [`add`] and [`del`] cost a constant
-//!   number of map operations whatever the number of addresses.
+//!   without it carries them), so an address's forward totals never go backwards. Indexes
+//!   come from [`crate::alloc`], so [`add`] and [`del`] cost a constant number of map
+//!   operations whatever the number of addresses.
 //! - An address stays once created (with zero members it counts `no_member` passes and is no
 //!   longer answered in ARP); a host is dropped from `HOST_IDS` when the last membership that
 //!   refers to it goes (`HOST_REFS` counts them).
