@@ -34,16 +34,16 @@
 //!   permutations are correlated; Maglev accepts it for the exact balance). That is also why `M`
 //!   must be at least [`MIN_SIZE_FACTOR`] times the number of backends.
 //!
-//! A build at `M` = 65,537 with 64 members takes under the paper's ~1.8 ms (0.73 ms on a Xeon
-//! VM, 1.27 ms on an AMD EPYC one, about half the plain walk's time): offsets and skips are computed once, free slots
-//! are a bitset (in L1, and doubled so that a probe needs no `% M`), walks look at 2, 4 and
-//! then 8 positions per branch as the table fills (so that the branch ending a walk is mostly
-//! predicted), the last 128 slots are computed rather than walked to (a walk there takes
-//! hundreds of probes), and [`Builder`] keeps its buffers between builds. Every one of these
-//! gives the slot the plain walk gives: a unit test checks the tables byte for byte against
-//! it. What is left, measured on the EPYC: ~9 ns per claim (its bookkeeping and one probe)
-//! and ~1 ns per further probe, with ~410,000 probes and a mispredicted walk end for most of
-//! the 65,537 claims; the three phases take ~250, ~300 and ~680 µs, the last 128 slots ~25.
+//! A build at `M` = 65,537 with 64 members takes about a quarter of the paper's ~1.8 ms
+//! (0.47 ms on a Xeon VM, where a bitset of free slots, the build before, took 0.63):
+//! offsets and skips are computed once, free slots are a byte map (doubled so that a probe
+//! needs no `% M`, and one load per probe), walks look at 2, 4, 8 and then 16 positions per
+//! branch as the table fills (so that the branch ending a walk is mostly predicted), the last
+//! 128 slots are computed rather than walked to (a walk there takes hundreds of probes), and
+//! [`Builder`] keeps its buffers between builds. Every one of these gives the slot the plain
+//! walk gives: a unit test checks the tables byte for byte against it. What is left is
+//! mostly probes (~410,000 per build, most of them once a third of the table is left) and a
+//! mispredicted walk end for many of the 65,537 claims.
 
 use std::time::Instant;
 
@@ -337,14 +337,15 @@ impl Turn {
     }
 }
 
-/// Which slots are still free, one bit each (set = free), twice over: bits `s` and `size + s`
+/// Which slots are still free, one byte each (1 = free), twice over: bytes `s` and `size + s`
 /// both stand for slot `s`, so a probe at `p + stride` (both below `size`) needs no reduction
-/// modulo `size`. That is 16 KiB at `M` = 65,537, so probes stay in L1, where the 64 KiB
-/// `u8` table would not; the table is only written, once per slot, when the slot is claimed.
+/// modulo `size`. A probe is then one load (a bitset, tried before, fits L1 but needs four
+/// more instructions per probe to find its bit, and the build is mostly probes: bytes made it
+/// 20 % faster); the table is only written, once per slot, when the slot is claimed.
 #[derive(Default)]
 struct FreeSlots {
     size: u32,
-    words: Vec<u64>,
+    bytes: Vec<u8>,
 }
 
 impl FreeSlots {
@@ -352,42 +353,36 @@ impl FreeSlots {
     fn reset(&mut self, size: u32) {
         assert!(size <= MAX_SIZE);
         self.size = size;
-        self.words.clear();
-        self.words
-            .resize((2 * size as usize).div_ceil(64), u64::MAX);
+        self.bytes.clear();
+        self.bytes.resize(2 * size as usize, 1);
     }
 
     /// 1 if slot `q mod size` is free, else 0; `q < 2 * size`.
     #[inline(always)]
-    fn bit(&self, q: u32) -> u32 {
-        let w = (q / 64) as usize;
-        debug_assert!(w < self.words.len());
-        // SAFETY: `words` has 2 * size bits and every caller passes `p + stride` with both
+    fn is_free(&self, q: u32) -> u32 {
+        debug_assert!((q as usize) < self.bytes.len());
+        // SAFETY: `bytes` has 2 * size entries and every caller passes `p + stride` with both
         // terms below `size` (`Turn::next`, `Turn::stride` and `reduce` keep them there). The
-        // bounds check this skips costs ~15% of a build: it is in every probe.
-        let word = unsafe { *self.words.get_unchecked(w) };
-        (word >> (q % 64)) as u32 & 1
+        // bounds check this skips is in every probe.
+        u32::from(unsafe { *self.bytes.get_unchecked(q as usize) })
     }
 
     #[inline(always)]
     fn take(&mut self, slot: u32) {
-        for q in [slot, slot + self.size] {
-            self.words[(q / 64) as usize] &= !(1 << (q % 64));
-        }
+        self.bytes[slot as usize] = 0;
+        self.bytes[(slot + self.size) as usize] = 0;
     }
 
     /// The free slots, in increasing order.
     fn iter(&self) -> impl Iterator<Item = u32> + '_ {
-        (self.words.iter().enumerate())
-            .flat_map(|(w, &word)| {
-                let mut word = word;
-                std::iter::from_fn(move || {
-                    (word != 0).then(|| {
-                        let bit = word.trailing_zeros();
-                        word &= word - 1;
-                        w as u32 * 64 + bit
-                    })
-                })
+        // Eight slots per look (few are free by the time this is called); the doubled half
+        // holds the same bytes, so a look past `size` finds nothing new and is cut off.
+        (self.bytes.chunks_exact(8).enumerate())
+            .filter(|(_, chunk)| u64::from_ne_bytes((*chunk).try_into().expect("8 bytes")) != 0)
+            .flat_map(|(c, chunk)| {
+                (chunk.iter().enumerate())
+                    .filter(|(_, b)| **b != 0)
+                    .map(move |(i, _)| (c * 8 + i) as u32)
             })
             .take_while(|&s| s < self.size)
     }
@@ -395,7 +390,7 @@ impl FreeSlots {
 
 /// The most positions a walk looks at per branch, and how many slots are computed rather
 /// than walked to ([`Endgame`]).
-const GROUP: usize = 8;
+const GROUP: usize = 16;
 const ENDGAME: u32 = 128;
 
 /// Fills `table` by turns.
@@ -404,10 +399,10 @@ const ENDGAME: u32 = 128;
 /// turns, so the quotas (which sum to `size`) fill the table exactly. Each turn finds a free
 /// slot because fewer than `size` slots are taken and the permutation visits all of them.
 ///
-/// A claim's walk looks at 2, 4 and then 8 positions per branch as the table fills (while
-/// more than 2/3, 1/3 and then [`ENDGAME`] slots are free): enough that a walk rarely needs a
-/// second group, so the branch is mostly predicted, and few enough that the probes past the
-/// first free position stay cheap. The phases run one after the other (each loop knows its
+/// A claim's walk looks at 2, 4, 8 and then 16 positions per branch as the table fills
+/// (while more than 2/3, 1/3, 1/8 and then [`ENDGAME`] slots are free): enough that a walk
+/// rarely needs a second group, so the branch is mostly predicted, and few enough that the
+/// probes past the first free position stay cheap. The phases run one after the other (each loop knows its
 /// group size) and all give the slot a one-position walk gives.
 fn fill(table: &mut [u8], turns: &mut [Turn], bits: &mut FreeSlots, end: &mut Endgame, size: u32) {
     let max_quota = turns.iter().map(|t| t.quota).max().unwrap_or(0);
@@ -420,6 +415,7 @@ fn fill(table: &mut [u8], turns: &mut [Turn], bits: &mut FreeSlots, end: &mut En
     let mut free = size;
     free = walk_phase::<2>(table, &mut seq, bits, size, free, size / 3 * 2);
     free = walk_phase::<4>(table, &mut seq, bits, size, free, size / 3);
+    free = walk_phase::<8>(table, &mut seq, bits, size, free, size / 8);
     free = walk_phase::<GROUP>(table, &mut seq, bits, size, free, ENDGAME);
     end.start(bits, seq.turns, size);
     for _ in 0..free {
@@ -494,7 +490,7 @@ fn walk_group<const G: usize>(bits: &FreeSlots, t: &Turn, size: u32) -> (u32, u3
     loop {
         let mut free = 0u32;
         for i in 0..G {
-            free |= bits.bit(p + t.stride[i]) << i;
+            free |= bits.is_free(p + t.stride[i]) << i;
         }
         if free != 0 {
             let i = free.trailing_zeros() as usize;
