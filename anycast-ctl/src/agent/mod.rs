@@ -179,6 +179,7 @@ impl Agent {
             d => d,
         };
         let mut hello = tokio::time::interval(hello_every);
+        let mut alarm = deadlines::Alarm::new().map_err(|e| Error::io("the expiry timer", e))?;
         let mut buf = vec![0u8; 2048];
         tracing::info!(devs = ?self.config.devs, port = self.config.port, group = %self.config.group, group6 = %self.config.group6, ipv6 = v6.is_some(), "agent running");
         loop {
@@ -195,7 +196,9 @@ impl Agent {
                     let mut guard = ready.map_err(|e| Error::io("waiting for advertisements", e))?;
                     self.drain(socket.get_ref(), &mut buf, &mut guard).await;
                 }
-                _ = sleep_until(self.deadlines.next()) => {}
+                woke = alarm.until(self.deadlines.next()) => {
+                    woke.map_err(|e| Error::io("the expiry timer", e))?;
+                }
                 _ = flush.tick() => self.flush(),
                 _ = hello.tick() => {
                     self.routers.hello();
@@ -930,13 +933,5 @@ impl Agent {
     /// changes nothing must leave this unchanged (tested).
     pub fn locks_taken(&self) -> u64 {
         self.locks
-    }
-}
-
-/// Sleeps until `at`, or for ever.
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
-        None => std::future::pending().await,
     }
 }
