@@ -722,7 +722,7 @@ mod tests {
         table
     }
 
-    /// `build` (bitmap walks, then the computed endgame, buffers reused) gives exactly the
+    /// `build` (grouped walks over the byte map, then the computed endgame, buffers reused) gives exactly the
     /// reference's table, over random sets, weights (drained members too) and sizes.
     #[test]
     fn build_equals_the_reference() {

@@ -8,9 +8,10 @@
 //!   reported due.
 //! - An entry armed for a member that has since gone (or come back with another entry) is
 //!   recognised by its arming time and dropped.
-//! - The alarm wakes within microseconds of the earliest entry (a timerfd): tokio's timers
-//!   round a deadline up to the next millisecond, which would judge a member up to about 2 ms
-//!   after its hold.
+//!
+//! The [`Alarm`] is a timerfd, so the agent wakes within tens of microseconds of the earliest
+//! entry: tokio's timers round a deadline up to the next millisecond, which would judge a member
+//! up to about 2 ms after its hold.
 use std::{
     cmp::Reverse,
     collections::BinaryHeap,
@@ -84,11 +85,12 @@ impl Alarm {
         // SAFETY: the AsyncFd owns the OwnedFd, so the fd stays open and the same until the
         // AsyncFd is dropped.
         let fd = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }
-            .map_err(|e| io::Error::other(e.to_string()))?;
+            .map_err(|e| e.into_parts().1)?;
         Ok(Self { fd, armed: None })
     }
 
-    /// Completes at `at` (at once if it has passed), never if `None`. Cancel-safe: dropped
+    /// Completes at `at` (at once if it has passed and was not the time already set; else
+    /// when the reactor reports the firing), never if `None`. Cancel-safe: dropped
     /// before it completes, it leaves the timer set, and the next call sets it again only if
     /// `at` changed (setting a timerfd discards a firing not yet read).
     pub async fn until(&mut self, at: Option<Instant>) -> io::Result<()> {
@@ -175,33 +177,36 @@ mod tests {
             .unwrap();
         rt.block_on(async {
             let mut alarm = Alarm::new().unwrap();
-            let mut late = Vec::new();
-            for i in 0..20u32 {
-                // Deadlines between the milliseconds, where rounding up would show.
-                let at = Instant::now() + Duration::from_micros(2_000 + 137 * u64::from(i));
-                alarm.until(Some(at)).await.unwrap();
-                let now = Instant::now();
-                assert!(now >= at, "woke {:?} early", at - now);
-                late.push(now - at);
-            }
             // A passed deadline completes at once; a changed one replaces the armed one.
             alarm.until(Some(Instant::now())).await.unwrap();
             let far = Instant::now() + Duration::from_secs(60);
-            let near = Instant::now() + Duration::from_millis(3);
             tokio::select! {
                 _ = alarm.until(Some(far)) => panic!("the far alarm fired"),
                 _ = tokio::time::sleep(Duration::from_millis(1)) => {}
             }
+            let near = Instant::now() + Duration::from_millis(3);
             alarm.until(Some(near)).await.unwrap();
             assert!(Instant::now() >= near);
-            late.sort();
-            // Loose, so that a loaded machine still passes: tokio's timer would be about
-            // 0.5 ms late at the median (deadlines between milliseconds, rounded up).
-            assert!(
-                late[10] < Duration::from_micros(500),
-                "median lateness {:?}",
-                late[10]
-            );
+            // Never early, and (loosely, so that a loaded machine passes in one of three
+            // rounds) on time: deadlines fall between the milliseconds, where tokio's rounding
+            // up alone would make the median about 0.5 ms late.
+            let mut medians = Vec::new();
+            for _ in 0..3 {
+                let mut late = Vec::new();
+                for i in 0..20u32 {
+                    let at = Instant::now() + Duration::from_micros(2_000 + 137 * u64::from(i));
+                    alarm.until(Some(at)).await.unwrap();
+                    let now = Instant::now();
+                    assert!(now >= at, "woke {:?} early", at - now);
+                    late.push(now - at);
+                }
+                late.sort();
+                medians.push(late[10]);
+                if late[10] < Duration::from_micros(300) {
+                    return;
+                }
+            }
+            panic!("median lateness {medians:?} in three rounds");
         });
     }
 }

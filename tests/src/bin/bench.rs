@@ -377,7 +377,7 @@ fn main() -> Result<()> {
             "datagrams_after_removal": 0,
             "adverts_per_second": 100_000,
             "leave_p99_ms": 1,
-            "expiry_after_last_advert_ms": 400,
+            "expiry_after_last_advert_ms": anycast_tests::bench::membership::TARGET_EXPIRY_MAX_MS,
             "member_add_65536_ms": 5,
             "member_del_65536_ms": 5,
             "show_65536_ms": 2_000,
